@@ -1,0 +1,360 @@
+//! The connector's configuration: file, `CONNECTOR_*` environment, flags → one typed [`Config`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use serde::Deserialize;
+
+use crate::layered::{self, ConfigError, EnvSource, Secret};
+
+/// Default per-target wait for the backend's response head.
+pub const DEFAULT_TARGET_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default connect timeout to a backend (TCP + TLS).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The file/env shape (every field optional so flags and env can complete it).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// The relay, `https://host[:port]` (port 443 by default).
+    pub server: Option<String>,
+    /// The tenant name.
+    pub tenant: Option<String>,
+    /// A file holding the credential secret (preferred).
+    pub secret_file: Option<PathBuf>,
+    /// The credential secret inline (prefer `secret_file`: environments and files leak less).
+    pub secret: Option<Secret>,
+    /// Extra PEM roots for the relay's certificate (or a TLS-inspecting proxy's CA).
+    pub ca_cert: Option<PathBuf>,
+    /// `auto` (default) or `quic`.
+    pub transport: Option<String>,
+    /// An HTTP CONNECT proxy URL.
+    pub proxy: Option<String>,
+    /// The name this connector reports (defaults to the host name).
+    pub name: Option<String>,
+    /// Targets by name.
+    #[serde(default)]
+    pub targets: BTreeMap<String, TargetFile>,
+    /// Default timeout for targets without their own.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Session tuning.
+    #[serde(default)]
+    pub session: SessionFile,
+}
+
+/// One target in the file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetFile {
+    /// The backend base URL, `http://` or `https://`.
+    pub url: String,
+    /// How long to wait for the backend's response head.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Extra PEM roots to verify an `https` backend.
+    pub ca_cert: Option<PathBuf>,
+    /// Skip certificate verification for an `https` backend (explicit opt-in; logged loudly).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// Session tuning knobs.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionFile {
+    /// QUIC keep-alive interval (default 10 s).
+    #[serde(default, with = "humantime_serde")]
+    pub keep_alive: Option<Duration>,
+    /// Declare the session dead after this much silence (default 30 s).
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// First reconnect backoff (default 1 s).
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_base: Option<Duration>,
+    /// Largest reconnect backoff (default 60 s).
+    #[serde(default, with = "humantime_serde")]
+    pub backoff_cap: Option<Duration>,
+    /// Most concurrent request streams the relay may open on a session (default 100).
+    pub max_streams: Option<u32>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Relay host name (for TLS verification) and port.
+    pub server_host: String,
+    /// Relay port.
+    pub server_port: u16,
+    /// The tenant.
+    pub tenant: String,
+    /// The credential secret.
+    pub secret: Secret,
+    /// Extra roots for the relay's certificate, PEM.
+    pub ca_certs: Vec<PathBuf>,
+    /// The name reported to the relay.
+    pub name: String,
+    /// Targets by canonical name.
+    pub targets: BTreeMap<String, Target>,
+    /// Keep-alive interval.
+    pub keep_alive: Duration,
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+    /// Reconnect backoff base.
+    pub backoff_base: Duration,
+    /// Reconnect backoff cap.
+    pub backoff_cap: Duration,
+    /// Most concurrent streams per session.
+    pub max_streams: u32,
+}
+
+/// A backend the connector may call.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Base URL: scheme, authority and an optional path prefix.
+    pub url: Uri,
+    /// Wait for the response head.
+    pub timeout: Duration,
+    /// Extra roots for an https backend.
+    pub ca_cert: Option<PathBuf>,
+    /// Skip verification of an https backend.
+    pub insecure: bool,
+}
+
+impl Config {
+    /// Loads file + `CONNECTOR_*` env + flags (already shaped as a table) and validates.
+    pub fn load(file: Option<&Path>, env: &dyn EnvSource, flags: toml::Table) -> Result<Config, ConfigError> {
+        let raw: FileConfig = layered::load(file, "CONNECTOR_", env, flags)?;
+        Config::from_file(raw, file)
+    }
+
+    /// Validates a parsed file config. `file` anchors relative paths.
+    pub fn from_file(raw: FileConfig, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let server = raw.server.ok_or_else(|| ConfigError::new("missing setting: server (--server URL)"))?;
+        let (server_host, server_port) = parse_server(&server)?;
+        let tenant = raw.tenant.ok_or_else(|| ConfigError::new("missing setting: tenant (--tenant NAME)"))?;
+        let tenant = canonical_name(&tenant, "tenant")?;
+        let secret = match (raw.secret, raw.secret_file) {
+            (Some(s), None) => s,
+            (None, Some(path)) => {
+                let path = layered::relative_to(file, &path);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigError::new(format!("cannot read secret file {}: {e}", path.display()))
+                })?;
+                let s = text.trim();
+                if s.is_empty() {
+                    return Err(ConfigError::new(format!("secret file {} is empty", path.display())));
+                }
+                Secret::new(s)
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new("set either secret or secret_file, not both"))
+            }
+            (None, None) => {
+                return Err(ConfigError::new("missing setting: secret_file (--secret-file FILE)"))
+            }
+        };
+        match raw.transport.as_deref() {
+            None | Some("auto") | Some("quic") => {}
+            Some("tcp") => {
+                return Err(ConfigError::new(
+                    "transport tcp (TLS over TCP) is not available in this build; use auto or quic",
+                ))
+            }
+            Some(other) => {
+                return Err(ConfigError::new(format!("transport {other:?}: use auto, quic or tcp")))
+            }
+        }
+        if raw.proxy.is_some() {
+            return Err(ConfigError::new(
+                "proxy: HTTP CONNECT proxies need the TLS-over-TCP transport, not available in this build",
+            ));
+        }
+        if raw.targets.is_empty() {
+            return Err(ConfigError::new("no targets: add --target NAME=URL"));
+        }
+        let default_timeout = raw.timeout.unwrap_or(DEFAULT_TARGET_TIMEOUT);
+        let mut targets = BTreeMap::new();
+        for (name, t) in raw.targets {
+            let canonical = canonical_name(&name, "target")?;
+            let url: Uri = t
+                .url
+                .parse()
+                .map_err(|e| ConfigError::new(format!("target {name}: invalid URL {:?}: {e}", t.url)))?;
+            match url.scheme_str() {
+                Some("http") | Some("https") => {}
+                _ => {
+                    return Err(ConfigError::new(format!(
+                        "target {name}: URL {:?} must start with http:// or https://",
+                        t.url
+                    )))
+                }
+            }
+            if url.authority().is_none() {
+                return Err(ConfigError::new(format!("target {name}: URL {:?} has no host", t.url)));
+            }
+            if url.query().is_some() {
+                return Err(ConfigError::new(format!("target {name}: URL {:?} must not have a query", t.url)));
+            }
+            let timeout = t.timeout.unwrap_or(default_timeout);
+            if timeout.is_zero() {
+                return Err(ConfigError::new(format!("target {name}: timeout must be above zero")));
+            }
+            let target = Target {
+                url,
+                timeout,
+                ca_cert: t.ca_cert.map(|p| layered::relative_to(file, &p)),
+                insecure: t.insecure,
+            };
+            if targets.insert(canonical.clone(), target).is_some() {
+                return Err(ConfigError::new(format!("target {canonical} is defined twice")));
+            }
+        }
+        let s = raw.session;
+        let backoff_base = s.backoff_base.unwrap_or(Duration::from_secs(1));
+        let backoff_cap = s.backoff_cap.unwrap_or(Duration::from_secs(60));
+        if backoff_base.is_zero() || backoff_cap < backoff_base {
+            return Err(ConfigError::new("session: backoff_base must be > 0 and <= backoff_cap"));
+        }
+        let keep_alive = s.keep_alive.unwrap_or(Duration::from_secs(10));
+        let idle_timeout = s.idle_timeout.unwrap_or(Duration::from_secs(30));
+        if keep_alive.is_zero() || keep_alive >= idle_timeout {
+            return Err(ConfigError::new("session: keep_alive must be > 0 and below idle_timeout"));
+        }
+        Ok(Config {
+            server_host,
+            server_port,
+            tenant,
+            secret,
+            ca_certs: raw.ca_cert.map(|p| layered::relative_to(file, &p)).into_iter().collect(),
+            name: raw.name.unwrap_or_else(default_name),
+            targets,
+            keep_alive,
+            idle_timeout,
+            backoff_base,
+            backoff_cap,
+            max_streams: s.max_streams.unwrap_or(100).clamp(1, 10_000),
+        })
+    }
+}
+
+/// Parses `--target NAME=URL[,timeout=30s][,ca-cert=FILE][,insecure]` into a file-shaped entry.
+pub fn parse_target_flag(spec: &str) -> Result<(String, TargetFile), ConfigError> {
+    let (name, rest) = spec
+        .split_once('=')
+        .ok_or_else(|| ConfigError::new(format!("--target {spec:?}: expected NAME=URL")))?;
+    let mut parts = rest.split(',');
+    let url = parts.next().unwrap_or_default().to_string();
+    let mut target = TargetFile { url, ..TargetFile::default() };
+    for opt in parts {
+        match opt.split_once('=') {
+            Some(("timeout", v)) => {
+                target.timeout = Some(humantime::parse_duration(v).map_err(|e| {
+                    ConfigError::new(format!("--target {name}: timeout {v:?}: {e}"))
+                })?)
+            }
+            Some(("ca-cert", v)) => target.ca_cert = Some(PathBuf::from(v)),
+            None if opt == "insecure" => target.insecure = true,
+            _ => return Err(ConfigError::new(format!("--target {name}: unknown option {opt:?}"))),
+        }
+    }
+    Ok((name.to_string(), target))
+}
+
+fn parse_server(server: &str) -> Result<(String, u16), ConfigError> {
+    let with_scheme = if server.contains("://") { server.to_string() } else { format!("https://{server}") };
+    let uri: Uri = with_scheme
+        .parse()
+        .map_err(|e| ConfigError::new(format!("server {server:?}: {e}")))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(ConfigError::new(format!("server {server:?}: the relay is reached over https://")));
+    }
+    let host = uri
+        .host()
+        .ok_or_else(|| ConfigError::new(format!("server {server:?}: no host")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    Ok((host, uri.port_u16().unwrap_or(443)))
+}
+
+fn canonical_name(name: &str, what: &str) -> Result<String, ConfigError> {
+    let lower = name.to_ascii_lowercase();
+    let b = lower.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+    if ok {
+        Ok(lower)
+    } else {
+        Err(ConfigError::new(format!(
+            "{what} name {name:?}: use 1-63 characters a-z, 0-9 and '-', starting with a letter or digit"
+        )))
+    }
+}
+
+fn default_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "connector".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> FileConfig {
+        let mut targets = BTreeMap::new();
+        targets.insert("App".into(), TargetFile { url: "http://127.0.0.1:8080/api".into(), ..Default::default() });
+        FileConfig {
+            server: Some("https://relay.example.com".into()),
+            tenant: Some("Demo".into()),
+            secret: Some(Secret::new("x")),
+            targets,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn valid_config_is_canonicalised() {
+        let c = Config::from_file(base(), None).unwrap();
+        assert_eq!((c.server_host.as_str(), c.server_port), ("relay.example.com", 443));
+        assert_eq!(c.tenant, "demo");
+        assert!(c.targets.contains_key("app"));
+        assert_eq!(c.targets["app"].timeout, DEFAULT_TARGET_TIMEOUT);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let mut f = base();
+        f.server = Some("http://relay".into());
+        assert!(Config::from_file(f, None).is_err());
+        let mut f = base();
+        f.targets.insert("x".into(), TargetFile { url: "ftp://a".into(), ..Default::default() });
+        assert!(Config::from_file(f, None).is_err());
+        let mut f = base();
+        f.tenant = Some("a/b".into());
+        assert!(Config::from_file(f, None).is_err());
+        let mut f = base();
+        f.targets.clear();
+        assert!(Config::from_file(f, None).is_err());
+        let mut f = base();
+        f.secret = None;
+        assert!(Config::from_file(f, None).unwrap_err().to_string().contains("secret_file"));
+    }
+
+    #[test]
+    fn target_flags_parse_options() {
+        let (n, t) = parse_target_flag("api=https://10.0.0.1:8443,timeout=5s,insecure").unwrap();
+        assert_eq!(n, "api");
+        assert_eq!(t.timeout, Some(Duration::from_secs(5)));
+        assert!(t.insecure);
+        assert!(parse_target_flag("api").is_err());
+        assert!(parse_target_flag("api=http://x,bogus").is_err());
+    }
+}

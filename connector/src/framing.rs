@@ -1,0 +1,254 @@
+//! The tokio side of the stream protocol: reading [`StreamFrame`]s from a QUIC receive stream,
+//! writing them to a send stream, and a [`TunnelBody`] that turns the frames after a head into an
+//! HTTP body. Shared by the connector and the relay (the relay depends on this crate).
+//!
+//! Memory per stream is bounded: the read buffer holds at most one frame (≤ 64 KiB of data), and
+//! writes wait for QUIC flow control instead of queueing.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tunnel_protocol::{DecodeError, ErrorCode, StreamFrame, FRAME_HEADER_LEN, MAX_DATA_FRAME_LEN};
+
+/// Bytes requested from the transport per read: one full data frame plus its header.
+const READ_CHUNK: usize = MAX_DATA_FRAME_LEN + FRAME_HEADER_LEN;
+
+/// Why reading a stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecvError {
+    /// The peer reset the stream with this code.
+    #[error("stream reset by peer: {0}")]
+    Reset(ErrorCode),
+    /// The peer sent bytes we will not accept.
+    #[error("protocol violation: {0}")]
+    Decode(#[from] DecodeError),
+    /// The stream ended in the middle of a frame, or before the frame we needed.
+    #[error("stream ended early")]
+    Truncated,
+    /// A frame that is not allowed at this point of the stream.
+    #[error("unexpected frame on stream")]
+    Unexpected,
+    /// The connection failed or closed.
+    #[error("connection lost: {0}")]
+    Connection(io::Error),
+}
+
+impl RecvError {
+    fn from_io(err: io::Error) -> RecvError {
+        if let Some(code) = reset_code(&err) {
+            return RecvError::Reset(code);
+        }
+        RecvError::Connection(err)
+    }
+}
+
+/// The reset code inside an I/O error produced by a quinn stream, if it is a reset.
+pub fn reset_code(err: &io::Error) -> Option<ErrorCode> {
+    let inner = err.get_ref()?;
+    match inner.downcast_ref::<quinn::ReadError>() {
+        Some(quinn::ReadError::Reset(code)) => {
+            Some(ErrorCode(u32::try_from(code.into_inner()).unwrap_or(u32::MAX)))
+        }
+        _ => None,
+    }
+}
+
+/// A receive stream that yields frames, and stops the peer's sending (with a code) when dropped
+/// before the stream ended.
+#[derive(Debug)]
+pub struct FramedRecv {
+    io: quinn::RecvStream,
+    buf: BytesMut,
+    done: bool,
+    stop_code: ErrorCode,
+}
+
+impl FramedRecv {
+    /// Wraps a stream; `stop_code` is sent to the peer if this is dropped early.
+    pub fn new(io: quinn::RecvStream, stop_code: ErrorCode) -> FramedRecv {
+        FramedRecv { io, buf: BytesMut::new(), done: false, stop_code }
+    }
+
+    /// Polls for the next frame; `Ready(Ok(None))` at a clean end of stream.
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<StreamFrame>, RecvError>> {
+        loop {
+            if let Some(frame) = StreamFrame::decode(&mut self.buf)? {
+                return Poll::Ready(Ok(Some(frame)));
+            }
+            if self.done {
+                return Poll::Ready(if self.buf.is_empty() { Ok(None) } else { Err(RecvError::Truncated) });
+            }
+            self.buf.reserve(READ_CHUNK);
+            let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf))
+                .map_err(RecvError::from_io)?;
+            if n == 0 {
+                self.done = true;
+            }
+        }
+    }
+
+    /// The next frame; `Ok(None)` at a clean end of stream. Cancel safe.
+    pub async fn next(&mut self) -> Result<Option<StreamFrame>, RecvError> {
+        std::future::poll_fn(|cx| self.poll_frame(cx)).await
+    }
+
+    /// Tells the peer to stop sending (e.g. the consumer went away).
+    pub fn stop(&mut self, code: ErrorCode) {
+        if !self.done {
+            self.done = true;
+            let _ = self.io.stop(code.0.into());
+        }
+    }
+}
+
+impl Drop for FramedRecv {
+    fn drop(&mut self) {
+        self.stop(self.stop_code);
+    }
+}
+
+/// A send stream that writes frames and resets the stream (with a code) when dropped unfinished,
+/// so that an abort is never mistaken for a complete message.
+#[derive(Debug)]
+pub struct FramedSend {
+    io: quinn::SendStream,
+    buf: BytesMut,
+    finished: bool,
+    drop_code: ErrorCode,
+}
+
+impl FramedSend {
+    /// Wraps a stream; `drop_code` resets it if this is dropped before [`FramedSend::finish`].
+    pub fn new(io: quinn::SendStream, drop_code: ErrorCode) -> FramedSend {
+        FramedSend { io, buf: BytesMut::new(), finished: false, drop_code }
+    }
+
+    /// Writes one non-data frame. Waits for flow control.
+    pub async fn send(&mut self, frame: &StreamFrame) -> io::Result<()> {
+        self.buf.clear();
+        frame.encode(&mut self.buf);
+        self.io.write_all(&self.buf).await.map_err(io::Error::from)
+    }
+
+    /// Writes body bytes as data frames without copying them. Waits for flow control.
+    pub async fn send_data(&mut self, mut data: Bytes) -> io::Result<()> {
+        while !data.is_empty() {
+            let chunk = data.split_to(data.len().min(MAX_DATA_FRAME_LEN));
+            let mut header = [0u8; FRAME_HEADER_LEN];
+            header[1..].copy_from_slice(&(chunk.len() as u32).to_be_bytes());
+            let mut chunks = [Bytes::copy_from_slice(&header), chunk];
+            self.io.write_all_chunks(&mut chunks).await.map_err(io::Error::from)?;
+        }
+        Ok(())
+    }
+
+    /// Writes trailer fields.
+    pub async fn send_trailers(&mut self, trailers: HeaderMap) -> io::Result<()> {
+        self.send(&StreamFrame::Trailers(trailers)).await
+    }
+
+    /// Ends the stream cleanly (FIN).
+    pub fn finish(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            let _ = self.io.finish();
+        }
+    }
+
+    /// Aborts the stream with `code`.
+    pub fn reset(&mut self, code: ErrorCode) {
+        if !self.finished {
+            self.finished = true;
+            let _ = self.io.reset(code.0.into());
+        }
+    }
+
+    /// Resolves when the peer asks us to stop sending, with its code. Cancel safe.
+    pub async fn stopped(&mut self) -> Option<ErrorCode> {
+        match self.io.stopped().await {
+            Ok(Some(code)) => Some(ErrorCode(u32::try_from(code.into_inner()).unwrap_or(u32::MAX))),
+            Ok(None) => None,
+            Err(_) => Some(ErrorCode::INTERNAL),
+        }
+    }
+}
+
+impl Drop for FramedSend {
+    fn drop(&mut self) {
+        self.reset(self.drop_code);
+    }
+}
+
+/// The body that follows a head on a stream: `Data` and `Trailers` frames until the FIN.
+///
+/// A reset or any protocol violation becomes a body error, which hyper turns into an aborted
+/// message (connection close on HTTP/1.1, RST_STREAM on HTTP/2) instead of a truncated one.
+#[derive(Debug)]
+pub struct TunnelBody<G = ()> {
+    recv: Option<FramedRecv>,
+    size: Option<u64>,
+    _guard: G,
+}
+
+impl<G> TunnelBody<G> {
+    /// A body read from `recv`, whose length is `size` when known; `guard` lives as long as the
+    /// body (in-flight accounting).
+    pub fn new(recv: FramedRecv, size: Option<u64>, guard: G) -> TunnelBody<G> {
+        let recv = if size == Some(0) { None } else { Some(recv) };
+        TunnelBody { recv, size, _guard: guard }
+    }
+}
+
+impl<G: Unpin> Body for TunnelBody<G> {
+    type Data = Bytes;
+    type Error = RecvError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RecvError>>> {
+        let this = &mut *self;
+        let Some(recv) = this.recv.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let result = ready!(recv.poll_frame(cx));
+        let out = match result {
+            Ok(Some(StreamFrame::Data(data))) => {
+                if let Some(left) = this.size.as_mut() {
+                    *left = left.saturating_sub(data.len() as u64);
+                }
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            Ok(Some(StreamFrame::Trailers(t))) => Some(Ok(Frame::trailers(t))),
+            Ok(Some(StreamFrame::Error(e))) => Some(Err(RecvError::Reset(e.code))),
+            Ok(Some(_)) => Some(Err(RecvError::Unexpected)),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        };
+        if matches!(out, Some(Err(_))) || out.is_none() {
+            // Finished or failed: drop the stream now (a clean end needs no STOP_SENDING).
+            if let Some(mut r) = this.recv.take() {
+                if out.is_none() {
+                    r.done = true;
+                }
+            }
+        }
+        Poll::Ready(out)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.size {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Tenants: the isolation boundary owning targets, connectors and limits.
+
+use std::fmt;
+
+use crate::{is_unique_violation, now_ms, validate_name, Error, Store};
+
+/// A tenant's id (a UUID), distinct from its name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(pub String);
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Per-tenant overrides of the relay's defaults; `None` means "use the relay's default".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantLimits {
+    /// Largest request body accepted from a visitor.
+    pub max_body_bytes: Option<u64>,
+    /// Most streams in flight for the tenant across its sessions.
+    pub max_concurrent_streams: Option<u32>,
+    /// How long the relay waits for the connector's response head.
+    pub request_timeout_ms: Option<u64>,
+}
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    /// Its id.
+    pub id: TenantId,
+    /// Its canonical (lowercase) name, used in relay URLs.
+    pub name: String,
+    /// A name for people.
+    pub display_name: String,
+    /// Disabled tenants look exactly like unknown ones to visitors, and their sessions close.
+    pub enabled: bool,
+    /// Its limits.
+    pub limits: TenantLimits,
+    /// Creation time, ms since the epoch.
+    pub created_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct TenantRow {
+    id: String,
+    name: String,
+    display_name: String,
+    enabled: bool,
+    max_body_bytes: Option<i64>,
+    max_concurrent_streams: Option<i64>,
+    request_timeout_ms: Option<i64>,
+    created_at: i64,
+}
+
+pub(crate) const SELECT_ALL: &str = "SELECT id, name, display_name, enabled, max_body_bytes, \
+     max_concurrent_streams, request_timeout_ms, created_at FROM tenants ORDER BY name";
+
+impl From<TenantRow> for Tenant {
+    fn from(r: TenantRow) -> Tenant {
+        Tenant {
+            id: TenantId(r.id),
+            name: r.name,
+            display_name: r.display_name,
+            enabled: r.enabled,
+            limits: TenantLimits {
+                max_body_bytes: r.max_body_bytes.and_then(|v| u64::try_from(v).ok()),
+                max_concurrent_streams: r
+                    .max_concurrent_streams
+                    .and_then(|v| u32::try_from(v).ok()),
+                request_timeout_ms: r.request_timeout_ms.and_then(|v| u64::try_from(v).ok()),
+            },
+            created_at: r.created_at,
+        }
+    }
+}
+
+impl Store {
+    /// Creates an enabled tenant named `name` (canonicalised to lowercase).
+    pub async fn create_tenant(&self, name: &str) -> Result<Tenant, Error> {
+        let name = validate_name(name)?;
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let now = now_ms();
+        let result = sqlx::query(
+            "INSERT INTO tenants (id, name, display_name, enabled, created_at) VALUES (?, ?, ?, 1, ?)",
+        )
+        .bind(&id)
+        .bind(&name)
+        .bind(&name)
+        .bind(now)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => return Err(Error::TenantExists(name)),
+            Err(e) => return Err(e.into()),
+        }
+        self.tenant(&name).await?.ok_or(Error::TenantNotFound(name))
+    }
+
+    /// The tenant named `name`, if any.
+    pub async fn tenant(&self, name: &str) -> Result<Option<Tenant>, Error> {
+        let name = name.to_ascii_lowercase();
+        let row = sqlx::query_as::<_, TenantRow>(&format!(
+            "{} WHERE name = ?",
+            SELECT_ALL.trim_end_matches(" ORDER BY name")
+        ))
+        .bind(&name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(Tenant::from))
+    }
+
+    /// Every tenant, by name.
+    pub async fn tenants(&self) -> Result<Vec<Tenant>, Error> {
+        let rows = sqlx::query_as::<_, TenantRow>(SELECT_ALL).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(Tenant::from).collect())
+    }
+
+    /// Enables or disables a tenant. Relays close a disabled tenant's sessions.
+    pub async fn set_tenant_enabled(&self, name: &str, enabled: bool) -> Result<(), Error> {
+        let done = sqlx::query("UPDATE tenants SET enabled = ? WHERE name = ?")
+            .bind(enabled)
+            .bind(name.to_ascii_lowercase())
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::TenantNotFound(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Sets a tenant's limits (all three at once; `None` restores the relay default).
+    pub async fn set_tenant_limits(&self, name: &str, limits: &TenantLimits) -> Result<(), Error> {
+        let done = sqlx::query(
+            "UPDATE tenants SET max_body_bytes = ?, max_concurrent_streams = ?, \
+             request_timeout_ms = ? WHERE name = ?",
+        )
+        .bind(limits.max_body_bytes.map(|v| v.min(i64::MAX as u64) as i64))
+        .bind(limits.max_concurrent_streams.map(i64::from))
+        .bind(limits.request_timeout_ms.map(|v| v.min(i64::MAX as u64) as i64))
+        .bind(name.to_ascii_lowercase())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::TenantNotFound(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Deletes a tenant and its credentials.
+    pub async fn delete_tenant(&self, name: &str) -> Result<(), Error> {
+        let done = sqlx::query("DELETE FROM tenants WHERE name = ?")
+            .bind(name.to_ascii_lowercase())
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(Error::TenantNotFound(name.to_string()));
+        }
+        Ok(())
+    }
+}

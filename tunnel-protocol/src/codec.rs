@@ -1,0 +1,139 @@
+//! Field encoding inside a frame payload: big-endian integers, `u16`-length-prefixed strings and
+//! byte strings, and header lists. The reader never allocates more than the payload it was given.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::{DecodeError, MAX_HEADERS};
+
+/// Writes payload fields.
+pub(crate) struct Writer<'a>(pub(crate) &'a mut BytesMut);
+
+impl Writer<'_> {
+    pub(crate) fn u8(&mut self, v: u8) {
+        self.0.put_u8(v);
+    }
+
+    pub(crate) fn u16(&mut self, v: u16) {
+        self.0.put_u16(v);
+    }
+
+    pub(crate) fn u32(&mut self, v: u32) {
+        self.0.put_u32(v);
+    }
+
+    pub(crate) fn u64(&mut self, v: u64) {
+        self.0.put_u64(v);
+    }
+
+    /// A byte string of at most `u16::MAX` bytes; longer input is truncated at a char boundary by
+    /// the callers that build it (messages) or rejected before encoding (heads).
+    pub(crate) fn bytes(&mut self, v: &[u8]) {
+        let len = v.len().min(u16::MAX as usize);
+        self.0.put_u16(len as u16);
+        self.0.put_slice(&v[..len]);
+    }
+
+    pub(crate) fn str(&mut self, v: &str) {
+        self.bytes(truncate_str(v, u16::MAX as usize).as_bytes());
+    }
+
+    pub(crate) fn headers(&mut self, headers: &HeaderMap) {
+        let count = headers.len().min(MAX_HEADERS);
+        self.u16(count as u16);
+        for (name, value) in headers.iter().take(count) {
+            self.bytes(name.as_str().as_bytes());
+            self.bytes(value.as_bytes());
+        }
+    }
+}
+
+/// Reads payload fields; every getter fails with `Malformed(what)` when the payload is short.
+pub(crate) struct Reader {
+    buf: Bytes,
+    what: &'static str,
+}
+
+impl Reader {
+    pub(crate) fn new(buf: Bytes, what: &'static str) -> Reader {
+        Reader { buf, what }
+    }
+
+    fn need(&self, n: usize) -> Result<(), DecodeError> {
+        if self.buf.remaining() < n {
+            Err(DecodeError::Malformed(self.what))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
+        self.need(1)?;
+        Ok(self.buf.get_u8())
+    }
+
+    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
+        self.need(2)?;
+        Ok(self.buf.get_u16())
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.need(4)?;
+        Ok(self.buf.get_u32())
+    }
+
+    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.need(8)?;
+        Ok(self.buf.get_u64())
+    }
+
+    pub(crate) fn bytes(&mut self) -> Result<Bytes, DecodeError> {
+        let len = self.u16()? as usize;
+        self.need(len)?;
+        Ok(self.buf.split_to(len))
+    }
+
+    pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
+        let bytes = self.bytes()?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::InvalidUtf8(self.what))
+    }
+
+    pub(crate) fn headers(&mut self) -> Result<HeaderMap, DecodeError> {
+        let count = self.u16()? as usize;
+        if count > MAX_HEADERS {
+            return Err(DecodeError::TooManyHeaders(count));
+        }
+        let mut map = HeaderMap::with_capacity(count);
+        for _ in 0..count {
+            let name = self.bytes()?;
+            let value = self.bytes()?;
+            let name =
+                HeaderName::from_bytes(&name).map_err(|_| DecodeError::InvalidHeader(self.what))?;
+            let value = HeaderValue::from_maybe_shared(value)
+                .map_err(|_| DecodeError::InvalidHeader(self.what))?;
+            map.append(name, value);
+        }
+        Ok(map)
+    }
+
+    /// Fails when bytes are left over: a payload must be exactly its fields.
+    pub(crate) fn finish(self) -> Result<(), DecodeError> {
+        if self.buf.has_remaining() {
+            Err(DecodeError::Malformed(self.what))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
+pub(crate) fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

@@ -1,0 +1,30 @@
+//! The wire format between `relay-server` and `connector`, without any I/O.
+//!
+//! A *session* is one QUIC connection (ALPN [`ALPN`]). The connector opens the first bidirectional
+//! stream as the **control stream** and speaks [`ControlFrame`]s on it: `Hello` (authenticate), then
+//! `Renew`, `Ping`; the relay answers `Welcome` or `Refused`, then `Renewed`, `Pong`, `GoAway`.
+//! Every other bidirectional stream is opened by the relay and carries one visitor request as
+//! [`StreamFrame`]s: a `RequestHead`, body `Data`, optional `Trailers`, then the stream's FIN; the
+//! connector answers with a `ResponseHead` (or an `Error`), body `Data`, optional `Trailers`, FIN.
+//! An abort is a stream reset carrying an [`ErrorCode`].
+//!
+//! Non-goals: this crate does no I/O, owns no clock and keeps no state beyond the bytes handed to it;
+//! the tokio adapters live in `relay-server` and `connector`. `docs/protocol.md` is the specification.
+
+mod codec;
+mod control;
+mod error;
+mod frame;
+mod stream;
+
+pub use control::{ControlFrame, Credential, GoAway, Hello, Refused, Renewed, Welcome};
+pub use error::{DecodeError, ErrorCode};
+pub use frame::{FRAME_HEADER_LEN, MAX_CONTROL_FRAME_LEN, MAX_DATA_FRAME_LEN, MAX_HEAD_FRAME_LEN};
+pub use stream::{RequestHead, ResponseHead, StreamError, StreamFrame, MAX_HEADERS};
+
+/// The ALPN protocol id of a tunnel session (QUIC, and TLS over TCP later). The trailing number is
+/// the major protocol version: an incompatible change gets a new ALPN id.
+pub const ALPN: &[u8] = b"relay-tunnel/1";
+
+/// The version byte that starts every stream head and `Hello`.
+pub const VERSION: u8 = 1;
