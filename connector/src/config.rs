@@ -15,7 +15,7 @@ pub const DEFAULT_TARGET_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The file/env shape (every field optional so flags and env can complete it).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// The relay, `https://host[:port]` (port 443 by default).

@@ -12,7 +12,7 @@ use std::task::{ready, Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWriteExt};
+
 use tunnel_protocol::{DecodeError, ErrorCode, StreamFrame, FRAME_HEADER_LEN, MAX_DATA_FRAME_LEN};
 
 /// Bytes requested from the transport per read: one full data frame plus its header.

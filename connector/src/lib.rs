@@ -1,1 +1,168 @@
-//! placeholder
+//! The connector: the on-premises agent that dials out to the relay, keeps a session up, and
+//! serves each request stream by calling a local backend.
+//!
+//! ```text
+//! visitor ──► relay ══(QUIC session, outbound from here)══► connector ──► backend
+//! ```
+//!
+//! It never listens on a port: everything is outbound. It retries forever with capped exponential
+//! backoff and full jitter, logging why each attempt failed. It dials only the targets in its own
+//! configuration, whatever the relay asks.
+//!
+//! Non-goals (for now): the TLS-over-TCP transport and CONNECT proxies, several sessions per
+//! process, and service installation; see the issues. The stream framing in [`framing`] and the
+//! layered config loader in [`layered`] are also used by `relay-server`.
+
+pub mod backend;
+pub mod config;
+pub mod control;
+pub mod framing;
+pub mod headers;
+pub mod layered;
+mod session;
+mod stream;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use tunnel_protocol::ErrorCode;
+
+pub use config::Config;
+use layered::ConfigError;
+use session::{AttemptError, Dialer, Ended};
+
+/// A session that stayed up this long resets the backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(60);
+
+/// What the connector is doing, for callers that watch it (tests, the service status).
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// A session is established.
+    pub connected: bool,
+    /// The current session's id.
+    pub session_id: Option<String>,
+    /// How many sessions were established since start.
+    pub sessions_established: u64,
+    /// The last failure, for humans.
+    pub last_error: Option<String>,
+}
+
+type StateTx = watch::Sender<State>;
+
+/// A connector ready to run.
+#[derive(Debug)]
+pub struct Connector {
+    dialer: Arc<Dialer>,
+    state: StateTx,
+}
+
+impl Connector {
+    /// Prepares TLS, the UDP socket and backend clients. Fails only on configuration problems.
+    pub fn new(config: Config) -> Result<Connector, ConfigError> {
+        let backends = backend::Backends::new(&config.targets)?;
+        let dialer = Arc::new(Dialer::new(config, backends)?);
+        Ok(Connector { dialer, state: watch::channel(State::default()).0 })
+    }
+
+    /// A receiver of state changes.
+    pub fn watch(&self) -> watch::Receiver<State> {
+        self.state.subscribe()
+    }
+
+    /// Keeps a session up until `shutdown` is cancelled; then drains in-flight streams (bounded)
+    /// and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let config = self.dialer.config().clone();
+        info!(
+            relay = %format!("{}:{}", config.server_host, config.server_port),
+            tenant = %config.tenant,
+            targets = ?config.targets.keys().collect::<Vec<_>>(),
+            "connector starting"
+        );
+        let mut attempt: u32 = 0;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let started = Instant::now();
+            // Why select: an attempt may hang in DNS or the handshake; shutdown must not wait.
+            let outcome = tokio::select! {
+                r = self.dialer.session(&shutdown, &self.state) => r,
+                _ = shutdown.cancelled() => break,
+            };
+            let hint = match outcome {
+                Ok(Ended::Shutdown) => break,
+                Ok(Ended::Drained) => {
+                    attempt = 0;
+                    Duration::ZERO
+                }
+                Ok(Ended::Lost(reason)) => {
+                    session::set_error(&self.state, &reason);
+                    if started.elapsed() >= STABLE_SESSION {
+                        attempt = 0;
+                    }
+                    Duration::ZERO
+                }
+                Err(e) => {
+                    log_attempt_error(&e);
+                    session::set_error(&self.state, &e.to_string());
+                    e.retry_after()
+                }
+            };
+            let delay = backoff(config.backoff_base, config.backoff_cap, attempt).max(hint);
+            attempt = attempt.saturating_add(1);
+            if !delay.is_zero() {
+                info!(retry_in = ?delay, attempt, "reconnecting");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        self.dialer.close().await;
+        info!("connector stopped");
+    }
+}
+
+fn log_attempt_error(e: &AttemptError) {
+    match e {
+        AttemptError::Refused { code, .. }
+            if matches!(*code, ErrorCode::AUTH_FAILED | ErrorCode::TENANT_DISABLED) =>
+        {
+            error!(error = %e, "authentication failed: check the tenant name and the secret (revoked?)");
+        }
+        _ => warn!(error = %e, "session attempt failed"),
+    }
+}
+
+/// Full-jitter backoff: uniform in `[0, min(cap, base · 2^attempt)]`.
+pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
+    let ceiling = base.saturating_mul(2u32.saturating_pow(attempt.min(30))).min(cap);
+    let millis = ceiling.as_millis() as u64;
+    Duration::from_millis(rand::rng().random_range(0..=millis))
+}
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let base = Duration::from_secs(1);
+        let cap = Duration::from_secs(60);
+        for attempt in 0..40 {
+            let d = backoff(base, cap, attempt);
+            let ceiling = base.saturating_mul(2u32.saturating_pow(attempt.min(30))).min(cap);
+            assert!(d <= ceiling, "attempt {attempt}: {d:?} > {ceiling:?}");
+        }
+        let samples: std::collections::HashSet<_> = (0..50).map(|_| backoff(base, cap, 10)).collect();
+        assert!(samples.len() > 10, "not jittered");
+    }
+}

@@ -1,1 +1,163 @@
-fn main() {}
+//! `connector`: CLI → config → tracing → run until Ctrl-C/SIGTERM → exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use connector::layered::{ConfigError, ProcessEnv, EXIT_CONFIG};
+use connector::{Config, Connector};
+use tokio_util::sync::CancellationToken;
+
+/// The on-premises agent of the relay tunnel: dials out to the relay and forwards its requests to
+/// local backends. Settings come from --config FILE, CONNECTOR_* variables and these flags.
+#[derive(Parser, Debug)]
+#[command(name = "connector", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Connect to the relay and serve requests until stopped.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// TOML config file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The relay, e.g. https://relay.example.com (port 443 unless given).
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// The tenant this connector serves.
+    #[arg(long, value_name = "NAME")]
+    tenant: Option<String>,
+    /// A file holding the tenant credential secret.
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// A target: NAME=URL[,timeout=30s][,ca-cert=FILE][,insecure]. Repeatable.
+    #[arg(long = "target", value_name = "NAME=URL")]
+    targets: Vec<String>,
+    /// Extra PEM roots to verify the relay's certificate.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// auto (default) or quic.
+    #[arg(long, value_name = "MODE")]
+    transport: Option<String>,
+    /// HTTP CONNECT proxy URL.
+    #[arg(long, value_name = "URL")]
+    proxy: Option<String>,
+    /// Default backend response timeout for targets without their own, e.g. 30s.
+    #[arg(long, value_name = "DURATION")]
+    timeout: Option<String>,
+    /// Log format: text (default) or json. Level from RUST_LOG.
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Run(args) = cli.command;
+    init_tracing(&args.log_format);
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("connector: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("connector: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let connector = match Connector::new(config) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("connector: configuration error: {e}");
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
+        };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signal_shutdown(shutdown.clone()));
+        connector.run(shutdown).await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn load(args: &RunArgs) -> Result<Config, ConfigError> {
+    let mut flags = toml::Table::new();
+    let mut put = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            flags.insert(k.to_string(), toml::Value::String(v));
+        }
+    };
+    put("server", args.server.clone());
+    put("tenant", args.tenant.clone());
+    put("secret_file", args.secret_file.as_ref().map(|p| p.display().to_string()));
+    put("ca_cert", args.ca_cert.as_ref().map(|p| p.display().to_string()));
+    put("transport", args.transport.clone());
+    put("proxy", args.proxy.clone());
+    put("timeout", args.timeout.clone());
+    if !args.targets.is_empty() {
+        let mut targets = toml::Table::new();
+        for spec in &args.targets {
+            let (name, t) = connector::config::parse_target_flag(spec)?;
+            let mut entry = toml::Table::new();
+            entry.insert("url".into(), toml::Value::String(t.url));
+            if let Some(d) = t.timeout {
+                entry.insert("timeout".into(), toml::Value::String(humantime::format_duration(d).to_string()));
+            }
+            if let Some(p) = t.ca_cert {
+                entry.insert("ca_cert".into(), toml::Value::String(p.display().to_string()));
+            }
+            if t.insecure {
+                entry.insert("insecure".into(), toml::Value::Boolean(true));
+            }
+            targets.insert(name, toml::Value::Table(entry));
+        }
+        flags.insert("targets".into(), toml::Value::Table(targets));
+    }
+    Config::load(args.config.as_deref(), &ProcessEnv, flags)
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn signal_shutdown(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                token.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown requested");
+    token.cancel();
+}

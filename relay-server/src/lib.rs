@@ -1,1 +1,249 @@
-//! placeholder
+//! The relay: the internet-facing server of the tunnel.
+//!
+//! ```text
+//! visitor ──HTTPS/HTTP──► ingress ──► proxy ──stream──► session ══QUIC══ connector ──► backend
+//!                                        ▲                 ▲
+//!                               catalog (tenants)    registry (live sessions)
+//! ```
+//!
+//! It accepts visitors on the HTTPS ingress (and optionally plain HTTP), accepts connector
+//! sessions on QUIC on the same port number, authenticates them against the tenant catalog, and
+//! carries each visitor request as one stream on the least-loaded session of its tenant.
+//!
+//! Non-goals here: TLS-over-TCP sessions and CONNECT proxies (transport issue), hostname routing
+//! and the HTTP hardening corpus (edge issue), the management UI and API (management issue),
+//! PostgreSQL, queue mode and clustering.
+
+mod auth;
+mod catalog;
+mod echo;
+pub mod cli;
+pub mod config;
+mod error;
+mod ingress;
+pub mod keys;
+mod proxy;
+mod registry;
+mod route;
+mod tunnel;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use relay_store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+use tunnel_protocol::ErrorCode;
+
+pub use config::Config;
+
+use auth::Auth;
+use catalog::Catalog;
+use registry::{CloseKind, Registry};
+
+/// Counters read by tests, logs and (later) `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Visitor requests received.
+    pub requests: AtomicU64,
+    /// Streams in flight (request sent, response body not yet finished).
+    pub in_flight: AtomicUsize,
+    /// Connector authentications refused.
+    pub auth_failures: AtomicU64,
+}
+
+/// State shared by every task of one relay.
+#[derive(Debug)]
+pub(crate) struct Relay {
+    config: Config,
+    store: Store,
+    catalog: Arc<Catalog>,
+    registry: Registry,
+    auth: Auth,
+    metrics: Arc<Metrics>,
+}
+
+/// Sockets the relay serves; binaries bind them, tests pass `127.0.0.1:0` ones.
+#[derive(Debug)]
+pub struct Listeners {
+    /// HTTPS ingress (TCP).
+    pub https: TcpListener,
+    /// QUIC endpoint (UDP), normally on the same port as `https`.
+    pub quic: UdpSocket,
+    /// Plain-HTTP ingress.
+    pub http: Option<TcpListener>,
+    /// Admin listener.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the configured addresses (HTTPS and QUIC on the same port).
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let https = TcpListener::bind(config.listen_https)
+            .await
+            .with_context(|| format!("cannot listen on {} (TCP)", config.listen_https))?;
+        let addr = https.local_addr()?;
+        let quic = UdpSocket::bind(addr).with_context(|| format!("cannot listen on {addr} (UDP)"))?;
+        let http = match config.listen_http {
+            Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a}"))?),
+            None => None,
+        };
+        let admin = match config.listen_admin {
+            Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a}"))?),
+            None => None,
+        };
+        Ok(Listeners { https, quic, http, admin })
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> BoundAddrs {
+        BoundAddrs {
+            https: self.https.local_addr().ok(),
+            http: self.http.as_ref().and_then(|l| l.local_addr().ok()),
+            admin: self.admin.as_ref().and_then(|l| l.local_addr().ok()),
+        }
+    }
+}
+
+/// Where the listeners ended up.
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    /// HTTPS and QUIC.
+    pub https: Option<SocketAddr>,
+    /// Plain HTTP.
+    pub http: Option<SocketAddr>,
+    /// Admin.
+    pub admin: Option<SocketAddr>,
+}
+
+/// A relay's live view, for callers that embed it (quickstart, tests).
+#[derive(Debug, Clone)]
+pub struct RelayView {
+    relay: Arc<Relay>,
+}
+
+impl RelayView {
+    /// Counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.relay.metrics
+    }
+
+    /// Live sessions of a tenant (by name).
+    pub fn session_count(&self, tenant: &str) -> usize {
+        match self.relay.catalog.enabled_tenant(tenant) {
+            Some(t) => self.relay.registry.of_tenant(&t.id).len(),
+            None => 0,
+        }
+    }
+
+    /// The token signer, for tests that need a token (`test-util`).
+    #[cfg(feature = "test-util")]
+    pub fn issue_token_for(&self, tenant: &str, credential_id: &str) -> Option<String> {
+        let tenant = self.relay.catalog.enabled_tenant(tenant)?;
+        let identity = auth::Identity { tenant, credential_id: relay_store::CredentialId(credential_id.to_string()) };
+        self.relay.auth.issue(&identity).ok()
+    }
+}
+
+/// Runs the relay on `listeners` until `shutdown` is cancelled, then drains and returns.
+/// `started` receives a view once everything is serving.
+pub async fn run(
+    config: Config,
+    store: Store,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    started: Option<tokio::sync::oneshot::Sender<RelayView>>,
+) -> anyhow::Result<()> {
+    let keys = keys::Keys::load_or_create(&config.data_dir)?;
+    let (certs, key) = keys::tls_material(&config.data_dir, config.tls.as_ref())?;
+    let catalog = Arc::new(Catalog::load(&store).await.context("loading tenants")?);
+    let auth = Auth::new(
+        catalog.clone(),
+        store.clone(),
+        &keys,
+        &config.tunnel.issuer,
+        config.tunnel.token_ttl,
+        config.tunnel.secret_check_concurrency,
+    );
+    let acceptor = ingress::tls_acceptor(certs.clone(), key.clone_key()).context("TLS setup")?;
+    let quic_config = tunnel::server_config(certs, key, &config).context("QUIC setup")?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(quic_config),
+        listeners.quic,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .context("QUIC endpoint")?;
+    let relay = Arc::new(Relay {
+        config,
+        store: store.clone(),
+        catalog: catalog.clone(),
+        registry: Registry::default(),
+        auth,
+        metrics: Arc::new(Metrics::default()),
+    });
+
+    // Visitors stop being accepted first; sessions are told to move after that.
+    let stop_accepting = shutdown.child_token();
+    let background = CancellationToken::new();
+    let sessions = TaskTracker::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(ingress::serve(relay.clone(), listeners.https, Some(acceptor), stop_accepting.clone()));
+    if let Some(http) = listeners.http {
+        tasks.spawn(ingress::serve(relay.clone(), http, None, stop_accepting.clone()));
+    }
+    if let Some(admin) = listeners.admin {
+        let app = management_web::app(management_web::AppState { store: store.clone() });
+        let stop = stop_accepting.clone();
+        tasks.spawn(async move {
+            let _ = axum::serve(admin, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+        });
+    }
+    let quic_task = tokio::spawn(tunnel::serve(relay.clone(), endpoint.clone(), stop_accepting.clone(), sessions.clone()));
+    let refresh_relay = relay.clone();
+    tokio::spawn(catalog::run_refresh(catalog, store, background.clone(), move || {
+        close_invalid_sessions(&refresh_relay)
+    }));
+    info!(node = %relay.config.node_name, "relay serving");
+    if let Some(tx) = started {
+        let _ = tx.send(RelayView { relay: relay.clone() });
+    }
+
+    shutdown.cancelled().await;
+    info!("shutting down: no new visitors; asking connectors to move");
+    // The ingress tasks drain their in-flight requests within the grace period.
+    for s in relay.registry.all() {
+        s.request_close(CloseKind::Drain(ErrorCode::GOING_AWAY));
+    }
+    while tasks.join_next().await.is_some() {}
+    for s in relay.registry.all() {
+        s.request_close(CloseKind::Drain(ErrorCode::GOING_AWAY));
+    }
+    let _ = quic_task.await;
+    sessions.close();
+    if tokio::time::timeout(relay.config.shutdown_grace, sessions.wait()).await.is_err() {
+        tracing::warn!("sessions still open after the grace period; closing them");
+    }
+    endpoint.close(quinn::VarInt::from_u32(ErrorCode::GOING_AWAY.0), b"going_away");
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+    background.cancel();
+    info!(requests = relay.metrics.requests.load(Ordering::Relaxed), "relay stopped");
+    Ok(())
+}
+
+/// After a catalog change: close sessions whose credential was revoked or tenant disabled.
+fn close_invalid_sessions(relay: &Relay) {
+    for s in relay.registry.all() {
+        if let Err(code) = relay.auth.still_valid(&s.identity) {
+            info!(session_id = %s.id, code = %code, "closing session after a catalog change");
+            s.request_close(CloseKind::Kill(code));
+        }
+    }
+}
+
+#[cfg(feature = "test-util")]
+pub mod testing;

@@ -1,0 +1,209 @@
+//! Calls to backends: one pooled hyper client per target, with that target's TLS trust.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::{PathAndQuery, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tracing::warn;
+
+use crate::config::{Target, DEFAULT_CONNECT_TIMEOUT};
+use crate::framing::TunnelBody;
+use crate::layered::ConfigError;
+
+/// How long an idle pooled backend connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Most idle pooled connections per backend host.
+const POOL_MAX_IDLE_PER_HOST: usize = 64;
+
+/// The request body type sent to backends.
+pub type BackendBody = TunnelBody<()>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, BackendBody>;
+
+/// A target ready to be called.
+#[derive(Debug)]
+pub struct Backend {
+    /// The target's settings.
+    pub target: Target,
+    client: HttpClient,
+}
+
+/// All targets of this connector, by name.
+#[derive(Debug, Clone)]
+pub struct Backends(Arc<BTreeMap<String, Backend>>);
+
+impl Backends {
+    /// Builds a client per target; fails on unreadable CA files.
+    pub fn new(targets: &BTreeMap<String, Target>) -> Result<Backends, ConfigError> {
+        let native = native_roots();
+        let mut map = BTreeMap::new();
+        for (name, target) in targets {
+            let tls = tls_config(name, target, &native)?;
+            let mut http = HttpConnector::new();
+            http.enforce_http(false);
+            http.set_nodelay(true);
+            http.set_connect_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http);
+            let client = Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+                .build(https);
+            map.insert(name.clone(), Backend { target: target.clone(), client });
+        }
+        Ok(Backends(Arc::new(map)))
+    }
+
+    /// The backend for a target name.
+    pub fn get(&self, name: &str) -> Option<&Backend> {
+        self.0.get(name)
+    }
+
+    /// The target names.
+    pub fn names(&self) -> Vec<String> {
+        self.0.keys().cloned().collect()
+    }
+}
+
+impl Backend {
+    /// The backend URI for a path and query below the target's base URL.
+    pub fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        let base = &self.target.url;
+        let prefix = base.path().trim_end_matches('/');
+        let pq: PathAndQuery = format!("{prefix}{path_and_query}").parse()?;
+        let mut parts = base.clone().into_parts();
+        parts.path_and_query = Some(pq);
+        Ok(Uri::from_parts(parts)?)
+    }
+
+    /// Sends a request; the caller applies the target's timeout.
+    pub async fn send(
+        &self,
+        req: http::Request<BackendBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        self.client.request(req).await
+    }
+}
+
+fn native_roots() -> RootCertStore {
+    let mut roots = RootCertStore::empty();
+    let loaded = rustls_native_certs::load_native_certs();
+    for cert in loaded.certs {
+        let _ = roots.add(cert);
+    }
+    roots
+}
+
+fn tls_config(name: &str, target: &Target, native: &RootCertStore) -> Result<rustls::ClientConfig, ConfigError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::new(format!("target {name}: TLS setup: {e}")))?;
+    let mut config = if target.insecure {
+        warn!(target = name, "certificate verification is OFF for this target (insecure = true)");
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth()
+    } else {
+        let mut roots = native.clone();
+        if let Some(path) = &target.ca_cert {
+            for cert in load_certs(path).map_err(|e| ConfigError::new(format!("target {name}: {e}")))? {
+                roots
+                    .add(cert)
+                    .map_err(|e| ConfigError::new(format!("target {name}: CA {}: {e}", path.display())))?;
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Reads every certificate from a PEM file.
+pub fn load_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?
+        .collect();
+    let certs = certs.map_err(|e| format!("invalid PEM in {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {}", path.display()));
+    }
+    Ok(certs)
+}
+
+/// Accepts any certificate: only for targets configured with `insecure = true`.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(url: &str) -> Backend {
+        let target = Target {
+            url: url.parse().unwrap(),
+            timeout: Duration::from_secs(1),
+            ca_cert: None,
+            insecure: false,
+        };
+        let mut m = BTreeMap::new();
+        m.insert("t".to_string(), target);
+        let b = Backends::new(&m).unwrap();
+        let out = Arc::try_unwrap(b.0).unwrap();
+        out.into_values().next().unwrap()
+    }
+
+    #[test]
+    fn joins_base_path_and_request_path() {
+        assert_eq!(backend("http://h:1").uri("/a?b=1").unwrap(), "http://h:1/a?b=1");
+        assert_eq!(backend("http://h:1/api/").uri("/x%2Fy?q").unwrap(), "http://h:1/api/x%2Fy?q");
+        assert_eq!(backend("https://h/api").uri("/").unwrap(), "https://h/api/");
+    }
+}

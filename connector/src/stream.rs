@@ -1,0 +1,151 @@
+//! One request stream: read the head, call the backend, stream the answer back.
+//!
+//! The one place where a failure becomes a stream `Error` frame or reset carrying an
+//! [`ErrorCode`]; the relay maps the code back to a visitor status.
+
+use std::time::Duration;
+
+use http::header::{HeaderValue, CONTENT_LENGTH};
+use http::Request;
+use http_body_util::BodyExt;
+use tracing::{debug, info_span, warn, Instrument};
+use tunnel_protocol::{ErrorCode, RequestHead, ResponseHead, StreamError, StreamFrame, MAX_HEAD_FRAME_LEN};
+
+use crate::backend::{Backend, Backends};
+use crate::framing::{FramedRecv, FramedSend, TunnelBody};
+use crate::headers::strip_hop_by_hop;
+
+/// How long the relay may take to send the request head after opening a stream.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one stream the relay opened. Never panics on peer input; every failure is logged once.
+pub(crate) async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, backends: Backends) {
+    let mut send = FramedSend::new(send, ErrorCode::BACKEND_ABORTED);
+    let mut recv = FramedRecv::new(recv, ErrorCode::BACKEND_ABORTED);
+    let head = match tokio::time::timeout(HEAD_TIMEOUT, recv.next()).await {
+        Ok(Ok(Some(StreamFrame::RequestHead(head)))) => head,
+        Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
+            debug!("stream without a valid request head");
+            send.reset(ErrorCode::PROTOCOL_ERROR);
+            return;
+        }
+    };
+    let span = info_span!("stream", request_id = %head.request_id, target = %head.target);
+    async move {
+        let Some(backend) = backends.get(&head.target) else {
+            debug!("unknown target");
+            fail(&mut send, ErrorCode::UNKNOWN_TARGET, "target not defined on this connector").await;
+            return;
+        };
+        proxy(head, backend, send, recv).await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv: FramedRecv) {
+    let uri = match backend.uri(&head.path_and_query) {
+        Ok(uri) => uri,
+        Err(e) => {
+            fail(&mut send, ErrorCode::PROTOCOL_ERROR, &format!("bad path: {e}")).await;
+            return;
+        }
+    };
+    let mut headers = head.headers;
+    strip_hop_by_hop(&mut headers);
+    headers.remove(http::header::HOST);
+    if let Some(len) = head.content_length {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    let mut req = Request::new(TunnelBody::new(recv, head.content_length, ()));
+    *req.method_mut() = head.method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+
+    let timeout = backend.target.timeout;
+    // Why select: the relay stops the stream when the visitor goes away; the backend request is
+    // then dropped, which cancels it, instead of waiting for a response nobody will read.
+    let response = tokio::select! {
+        r = tokio::time::timeout(timeout, backend.send(req)) => r,
+        code = send.stopped() => {
+            debug!(?code, "relay cancelled the request before the response head");
+            return;
+        }
+    };
+    let response = match response {
+        Err(_) => {
+            fail(&mut send, ErrorCode::BACKEND_TIMEOUT, &format!("no response head within {timeout:?}")).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            let code = if e.is_connect() { ErrorCode::BACKEND_UNAVAILABLE } else { ErrorCode::BACKEND_BAD_RESPONSE };
+            warn!(error = %error_chain(&e), "backend request failed");
+            fail(&mut send, code, &error_chain(&e)).await;
+            return;
+        }
+        Ok(Ok(r)) => r,
+    };
+    let (parts, mut body) = response.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    let head = StreamFrame::ResponseHead(ResponseHead { status: parts.status, headers });
+    let mut encoded = bytes::BytesMut::new();
+    head.encode(&mut encoded);
+    if encoded.len() > MAX_HEAD_FRAME_LEN {
+        fail(&mut send, ErrorCode::BACKEND_BAD_RESPONSE, "response head too large").await;
+        return;
+    }
+    if send.send(&head).await.is_err() {
+        return;
+    }
+    loop {
+        // Why select: a slow backend chunk must not delay noticing that the visitor went away.
+        let frame = tokio::select! {
+            f = body.frame() => f,
+            code = send.stopped() => {
+                debug!(?code, "relay stopped the response body");
+                return;
+            }
+        };
+        let sent = match frame {
+            None => {
+                send.finish();
+                return;
+            }
+            Some(Err(e)) => {
+                warn!(error = %e, "backend body failed mid-stream");
+                send.reset(ErrorCode::BACKEND_ABORTED);
+                return;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => send.send_data(data).await,
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => send.send_trailers(trailers).await,
+                    Err(_) => Ok(()),
+                },
+            },
+        };
+        if sent.is_err() {
+            // The relay stopped or reset the stream; dropping `body` cancels the backend.
+            return;
+        }
+    }
+}
+
+async fn fail(send: &mut FramedSend, code: ErrorCode, message: &str) {
+    let frame = StreamFrame::Error(StreamError { code, message: message.to_string() });
+    if send.send(&frame).await.is_ok() {
+        send.finish();
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

@@ -1,0 +1,124 @@
+//! Spawning a connector in-process for tests (`test-util` feature).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{FileConfig, SessionFile, TargetFile};
+use crate::layered::Secret;
+use crate::{Config, Connector, State};
+
+/// A running connector; dropping it shuts it down.
+#[derive(Debug)]
+pub struct ConnectorHandle {
+    shutdown: CancellationToken,
+    state: watch::Receiver<State>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ConnectorHandle {
+    /// Waits until a session is established (panics after 20 s: tests only).
+    pub async fn connected(&mut self) -> &mut Self {
+        let wait = self.state.wait_for(|s| s.connected);
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .expect("connector did not connect within 20 s")
+            .expect("connector task ended");
+        self
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver of state changes.
+    pub fn watch(&self) -> watch::Receiver<State> {
+        self.state.clone()
+    }
+
+    /// Shuts down and waits for the connector to stop.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for ConnectorHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A builder for a test connector.
+#[derive(Debug, Clone)]
+pub struct Builder {
+    file: FileConfig,
+}
+
+/// Starts building a connector for `tenant` at `server` (`https://host:port`).
+pub fn connector(server: &str, tenant: &str, secret: &str) -> Builder {
+    Builder {
+        file: FileConfig {
+            server: Some(server.to_string()),
+            tenant: Some(tenant.to_string()),
+            secret: Some(Secret::new(secret)),
+            targets: BTreeMap::new(),
+            session: SessionFile {
+                backoff_base: Some(Duration::from_millis(100)),
+                backoff_cap: Some(Duration::from_secs(1)),
+                ..SessionFile::default()
+            },
+            ..FileConfig::default()
+        },
+    }
+}
+
+impl Builder {
+    /// Adds a target.
+    pub fn target(mut self, name: &str, url: &str) -> Self {
+        self.file.targets.insert(name.to_string(), TargetFile { url: url.to_string(), ..TargetFile::default() });
+        self
+    }
+
+    /// Adds a target with a timeout.
+    pub fn target_with_timeout(mut self, name: &str, url: &str, timeout: Duration) -> Self {
+        self.file.targets.insert(
+            name.to_string(),
+            TargetFile { url: url.to_string(), timeout: Some(timeout), ..TargetFile::default() },
+        );
+        self
+    }
+
+    /// Trusts this CA for the relay.
+    pub fn ca_cert(mut self, path: PathBuf) -> Self {
+        self.file.ca_cert = Some(path);
+        self
+    }
+
+    /// Sets the QUIC idle timeout (and a keep-alive below it).
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.file.session.idle_timeout = Some(idle);
+        self.file.session.keep_alive = Some(idle / 3);
+        self
+    }
+
+    /// The validated config.
+    pub fn config(self) -> Config {
+        Config::from_file(self.file, None).expect("valid test connector config")
+    }
+
+    /// Spawns the connector.
+    pub fn spawn(self) -> ConnectorHandle {
+        let connector = Connector::new(self.config()).expect("connector setup");
+        let state = connector.watch();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(connector.run(shutdown.clone()));
+        ConnectorHandle { shutdown, state, task: Some(task) }
+    }
+}

@@ -1,0 +1,122 @@
+//! The in-memory view of tenants and credentials that the data plane reads: no store query per
+//! visitor request or per connector authentication. It is replaced as a whole snapshot when the
+//! store's revision changes (polled), and each refresh closes sessions whose credential was
+//! revoked or whose tenant was disabled or deleted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use relay_store::{CredentialRecord, Snapshot, Store, Tenant, TenantId};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// How often the store's revision is polled.
+pub(crate) const REFRESH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// One immutable snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct CatalogData {
+    pub(crate) revision: i64,
+    by_name: HashMap<String, Arc<Tenant>>,
+    by_id: HashMap<TenantId, Arc<Tenant>>,
+    credentials: HashMap<String, CredentialRecord>,
+}
+
+impl CatalogData {
+    fn from_snapshot(s: Snapshot) -> CatalogData {
+        let mut by_name = HashMap::with_capacity(s.tenants.len());
+        let mut by_id = HashMap::with_capacity(s.tenants.len());
+        for t in s.tenants {
+            let t = Arc::new(t);
+            by_name.insert(t.name.clone(), t.clone());
+            by_id.insert(t.id.clone(), t);
+        }
+        let credentials = s.credentials.into_iter().map(|c| (c.id.0.clone(), c)).collect();
+        CatalogData { revision: s.revision, by_name, by_id, credentials }
+    }
+}
+
+/// The shared catalog.
+#[derive(Debug, Default)]
+pub(crate) struct Catalog {
+    data: RwLock<Arc<CatalogData>>,
+}
+
+impl Catalog {
+    /// Loads the first snapshot.
+    pub(crate) async fn load(store: &Store) -> Result<Catalog, relay_store::Error> {
+        let snapshot = store.snapshot().await?;
+        Ok(Catalog { data: RwLock::new(Arc::new(CatalogData::from_snapshot(snapshot))) })
+    }
+
+    fn current(&self) -> Arc<CatalogData> {
+        self.data.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// An enabled tenant by canonical name. Disabled and unknown look the same.
+    pub(crate) fn enabled_tenant(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.current().by_name.get(name).filter(|t| t.enabled).cloned()
+    }
+
+    /// An enabled tenant by id.
+    pub(crate) fn enabled_tenant_by_id(&self, id: &TenantId) -> Option<Arc<Tenant>> {
+        self.current().by_id.get(id).filter(|t| t.enabled).cloned()
+    }
+
+    /// An active (not revoked) credential.
+    pub(crate) fn credential(&self, id: &str) -> Option<CredentialRecord> {
+        self.current().credentials.get(id).cloned()
+    }
+
+    /// The current revision.
+    pub(crate) fn revision(&self) -> i64 {
+        self.current().revision
+    }
+
+    fn replace(&self, data: CatalogData) {
+        *self.data.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(data);
+    }
+}
+
+/// Polls the store and swaps in new snapshots until `shutdown`; `on_change` runs after each swap.
+pub(crate) async fn run_refresh(
+    catalog: Arc<Catalog>,
+    store: Store,
+    shutdown: CancellationToken,
+    on_change: impl Fn() + Send + 'static,
+) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REFRESH_INTERVAL) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        // Fail static: when the store is unreachable the last snapshot keeps serving.
+        let revision = match store.revision().await {
+            Ok(r) => r,
+            Err(e) => {
+                if !failing {
+                    warn!(error = %e, "store unreachable; serving the last known tenants");
+                    failing = true;
+                }
+                continue;
+            }
+        };
+        if failing {
+            info!("store reachable again");
+            failing = false;
+        }
+        if revision == catalog.revision() {
+            continue;
+        }
+        match store.snapshot().await {
+            Ok(s) => {
+                debug!(revision = s.revision, tenants = s.tenants.len(), "catalog refreshed");
+                catalog.replace(CatalogData::from_snapshot(s));
+                on_change();
+            }
+            Err(e) => warn!(error = %e, "catalog refresh failed"),
+        }
+    }
+}

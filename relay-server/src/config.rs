@@ -1,0 +1,300 @@
+//! The relay's configuration: file, `RELAY_*` environment, flags → one typed [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use connector::layered::{self, ConfigError, EnvSource};
+use serde::Deserialize;
+
+/// The file/env shape. Every field is optional; [`Config::from_file`] fills defaults.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// This node's name (logs, session placement). Default: the host name.
+    pub node_name: Option<String>,
+    /// Where the relay keeps its keys, generated certificate and SQLite database.
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite://PATH`; default `sqlite://{data_dir}/relay.db`.
+    pub database_url: Option<String>,
+    /// The public base URL visitors use, for printed URLs (default from the listener).
+    pub public_url: Option<String>,
+    /// Listeners.
+    #[serde(default)]
+    pub listen: ListenFile,
+    /// Certificate and key for the HTTPS ingress and the QUIC endpoint.
+    #[serde(default)]
+    pub tls: TlsFile,
+    /// Visitor-side limits.
+    #[serde(default)]
+    pub limits: LimitsFile,
+    /// Connector-session settings.
+    #[serde(default)]
+    pub tunnel: TunnelFile,
+    /// Shutdown settings.
+    #[serde(default)]
+    pub shutdown: ShutdownFile,
+}
+
+/// `[listen]`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    /// HTTPS (TCP) and QUIC (UDP) on the same port. Default `0.0.0.0:8443`.
+    pub https: Option<SocketAddr>,
+    /// Optional plain-HTTP ingress, for running behind a TLS-terminating load balancer.
+    pub http: Option<SocketAddr>,
+    /// Optional admin listener (`/healthz`, `/readyz`, management web). Keep it on loopback.
+    pub admin: Option<SocketAddr>,
+}
+
+/// `[tls]`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// PEM certificate chain. Without cert and key a self-signed one is generated once.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+/// `[limits]`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Largest visitor request body (tenants may override). Default 10 MiB.
+    pub max_body_bytes: Option<u64>,
+    /// Wait for the connector's response head (tenants may override). Default 30 s.
+    #[serde(default, with = "humantime_serde")]
+    pub request_timeout: Option<Duration>,
+    /// Most streams in flight per tenant (tenants may override). Default 256.
+    pub max_concurrent_streams: Option<u32>,
+    /// Time from a visitor connection's first byte to the end of the request headers. Default 10 s.
+    #[serde(default, with = "humantime_serde")]
+    pub header_read_timeout: Option<Duration>,
+    /// Longest gap between two reads of a request body. Default 30 s.
+    #[serde(default, with = "humantime_serde")]
+    pub body_idle_timeout: Option<Duration>,
+    /// Most request header fields. Default 100.
+    pub max_headers: Option<usize>,
+    /// Most visitor connections at once. Default 10 000.
+    pub max_connections: Option<usize>,
+    /// TLS handshake deadline for visitors. Default 10 s.
+    #[serde(default, with = "humantime_serde")]
+    pub tls_handshake_timeout: Option<Duration>,
+}
+
+/// `[tunnel]`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelFile {
+    /// A silent session is dead after this. Default 30 s.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// Deadline from handshake to `Hello`. Default 10 s.
+    #[serde(default, with = "humantime_serde")]
+    pub auth_timeout: Option<Duration>,
+    /// Lifetime of issued tokens (at most 15 min). Default 10 min.
+    #[serde(default, with = "humantime_serde")]
+    pub token_ttl: Option<Duration>,
+    /// Secret checks running at once. Default 8.
+    pub secret_check_concurrency: Option<usize>,
+    /// QUIC handshakes pending at once. Default 1024.
+    pub max_pending_handshakes: Option<u32>,
+    /// The JWT issuer and audience prefix. Default `relay`.
+    pub issuer: Option<String>,
+}
+
+/// `[shutdown]`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownFile {
+    /// How long in-flight requests may finish after a stop signal. Default 30 s.
+    #[serde(default, with = "humantime_serde")]
+    pub grace: Option<Duration>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Node name.
+    pub node_name: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Database URL.
+    pub database_url: String,
+    /// Public base URL, if configured.
+    pub public_url: Option<String>,
+    /// HTTPS + QUIC address.
+    pub listen_https: SocketAddr,
+    /// Plain-HTTP address.
+    pub listen_http: Option<SocketAddr>,
+    /// Admin address.
+    pub listen_admin: Option<SocketAddr>,
+    /// Certificate + key files, or `None` for the generated self-signed pair.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Limits.
+    pub limits: Limits,
+    /// Tunnel settings.
+    pub tunnel: Tunnel,
+    /// Drain grace on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// Visitor-side limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Default body limit.
+    pub max_body_bytes: u64,
+    /// Default response-head wait.
+    pub request_timeout: Duration,
+    /// Default per-tenant stream cap.
+    pub max_concurrent_streams: u32,
+    /// Header read timeout.
+    pub header_read_timeout: Duration,
+    /// Body idle timeout.
+    pub body_idle_timeout: Duration,
+    /// Header count.
+    pub max_headers: usize,
+    /// Connection cap.
+    pub max_connections: usize,
+    /// TLS handshake deadline.
+    pub tls_handshake_timeout: Duration,
+}
+
+/// Tunnel settings.
+#[derive(Debug, Clone)]
+pub struct Tunnel {
+    /// QUIC idle timeout.
+    pub idle_timeout: Duration,
+    /// Auth deadline.
+    pub auth_timeout: Duration,
+    /// Token lifetime.
+    pub token_ttl: Duration,
+    /// Concurrent secret checks.
+    pub secret_check_concurrency: usize,
+    /// Pending QUIC handshakes.
+    pub max_pending_handshakes: u32,
+    /// JWT issuer.
+    pub issuer: String,
+}
+
+/// Longest token lifetime accepted in configuration.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+
+impl Config {
+    /// Loads file + `RELAY_*` env + flags and validates.
+    pub fn load(file: Option<&Path>, env: &dyn EnvSource, flags: toml::Table) -> Result<Config, ConfigError> {
+        let raw: FileConfig = layered::load(file, "RELAY_", env, flags)?;
+        Config::from_file(raw, file)
+    }
+
+    /// Validates and fills defaults. `file` anchors relative paths.
+    pub fn from_file(raw: FileConfig, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let data_dir = layered::relative_to(file, &raw.data_dir.unwrap_or_else(|| PathBuf::from("relay-data")));
+        let database_url = raw
+            .database_url
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("relay.db").display()));
+        let tls = match (raw.tls.cert, raw.tls.key) {
+            (Some(c), Some(k)) => Some((layered::relative_to(file, &c), layered::relative_to(file, &k))),
+            (None, None) => None,
+            _ => return Err(ConfigError::new("tls: set both cert and key, or neither (self-signed)")),
+        };
+        let l = raw.limits;
+        let limits = Limits {
+            max_body_bytes: l.max_body_bytes.unwrap_or(10 * 1024 * 1024),
+            request_timeout: positive("limits.request_timeout", l.request_timeout, 30)?,
+            max_concurrent_streams: l.max_concurrent_streams.unwrap_or(256).max(1),
+            header_read_timeout: positive("limits.header_read_timeout", l.header_read_timeout, 10)?,
+            body_idle_timeout: positive("limits.body_idle_timeout", l.body_idle_timeout, 30)?,
+            max_headers: l.max_headers.unwrap_or(100).clamp(1, 1000),
+            max_connections: l.max_connections.unwrap_or(10_000).max(1),
+            tls_handshake_timeout: positive("limits.tls_handshake_timeout", l.tls_handshake_timeout, 10)?,
+        };
+        let t = raw.tunnel;
+        let token_ttl = positive("tunnel.token_ttl", t.token_ttl, 600)?;
+        if token_ttl > MAX_TOKEN_TTL {
+            return Err(ConfigError::new("tunnel.token_ttl: at most 15m"));
+        }
+        let tunnel = Tunnel {
+            idle_timeout: positive("tunnel.idle_timeout", t.idle_timeout, 30)?,
+            auth_timeout: positive("tunnel.auth_timeout", t.auth_timeout, 10)?,
+            token_ttl,
+            secret_check_concurrency: t.secret_check_concurrency.unwrap_or(8).max(1),
+            max_pending_handshakes: t.max_pending_handshakes.unwrap_or(1024).max(1),
+            issuer: t.issuer.unwrap_or_else(|| "relay".to_string()),
+        };
+        let node_name = raw.node_name.unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "relay".to_string())
+        });
+        Ok(Config {
+            node_name,
+            data_dir,
+            database_url,
+            public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_string()),
+            listen_https: raw.listen.https.unwrap_or_else(|| "0.0.0.0:8443".parse().expect("literal")),
+            listen_http: raw.listen.http,
+            listen_admin: raw.listen.admin,
+            tls,
+            limits,
+            tunnel,
+            shutdown_grace: positive("shutdown.grace", raw.shutdown.grace, 30)?,
+        })
+    }
+}
+
+fn positive(name: &str, v: Option<Duration>, default_secs: u64) -> Result<Duration, ConfigError> {
+    let d = v.unwrap_or(Duration::from_secs(default_secs));
+    if d.is_zero() {
+        return Err(ConfigError::new(format!("{name} must be above zero")));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_production_values() {
+        let c = Config::from_file(FileConfig::default(), None).unwrap();
+        assert_eq!(c.listen_https.port(), 8443);
+        assert_eq!(c.limits.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(c.tunnel.token_ttl, Duration::from_secs(600));
+        assert!(c.database_url.starts_with("sqlite://"));
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/relay-server.example.toml");
+        let c = Config::load(Some(&path), &Vec::new(), toml::Table::new()).unwrap();
+        assert_eq!(c.limits.max_headers, 100);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_stop_the_binary() {
+        let env = vec![("RELAY_LIMITS__MAX_BODDY".to_string(), "1".to_string())];
+        assert!(Config::load(None, &env, toml::Table::new()).is_err());
+        let env = vec![("RELAY_TUNNEL__TOKEN_TTL".to_string(), "1h".to_string())];
+        assert!(Config::load(None, &env, toml::Table::new()).is_err());
+        let env = vec![("RELAY_TLS__CERT".to_string(), "/x".to_string())];
+        assert!(Config::load(None, &env, toml::Table::new()).is_err());
+    }
+
+    #[test]
+    fn environment_sets_nested_values() {
+        let env = vec![
+            ("RELAY_DATABASE_URL".to_string(), "sqlite:///tmp/x.db".to_string()),
+            ("RELAY_LISTEN__HTTPS".to_string(), "127.0.0.1:9443".to_string()),
+            ("RELAY_LIMITS__REQUEST_TIMEOUT".to_string(), "5s".to_string()),
+        ];
+        let c = Config::load(None, &env, toml::Table::new()).unwrap();
+        assert_eq!(c.database_url, "sqlite:///tmp/x.db");
+        assert_eq!(c.listen_https.port(), 9443);
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,126 @@
+//! Proxy errors, who is to blame, and the one function that turns them into visitor responses.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use tracing::{debug, error, warn};
+use tunnel_protocol::ErrorCode;
+
+/// Who caused a failure: decides the log level and what the visitor is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Blame {
+    Backend,
+    Connector,
+    Relay,
+    Visitor,
+}
+
+/// Why a visitor request failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProxyError {
+    #[error("backend did not answer in time")]
+    BackendTimeout,
+    #[error("backend unavailable: {0}")]
+    BackendUnavailable(String),
+    #[error("request body exceeds {0} bytes")]
+    BodyTooLarge(u64),
+    #[error("request body stalled for {0:?}")]
+    BodyTimeout(Duration),
+    #[error("connector failed the stream: {0}")]
+    Connector(String),
+    #[error("malformed relay path")]
+    MalformedRoute,
+    #[error("tenant has no live session")]
+    NoSession,
+    #[error("no route for this path")]
+    NotFound,
+    #[error("connector did not send a response head within {0:?}")]
+    ResponseTimeout(Duration),
+    #[error("tenant stream limit reached")]
+    TooManyStreams,
+    #[error("target not defined on the connector")]
+    UnknownTarget,
+    #[error("unknown or disabled tenant")]
+    UnknownTenant,
+}
+
+impl ProxyError {
+    /// Blame and visitor status come from one match, so they cannot drift apart.
+    pub(crate) fn outcome(&self) -> (Blame, StatusCode) {
+        match self {
+            Self::BackendTimeout => (Blame::Backend, StatusCode::GATEWAY_TIMEOUT),
+            Self::BackendUnavailable(_) => (Blame::Backend, StatusCode::BAD_GATEWAY),
+            Self::BodyTooLarge(_) => (Blame::Visitor, StatusCode::PAYLOAD_TOO_LARGE),
+            Self::BodyTimeout(_) => (Blame::Visitor, StatusCode::REQUEST_TIMEOUT),
+            Self::Connector(_) => (Blame::Connector, StatusCode::BAD_GATEWAY),
+            Self::MalformedRoute => (Blame::Visitor, StatusCode::BAD_REQUEST),
+            Self::NoSession => (Blame::Connector, StatusCode::SERVICE_UNAVAILABLE),
+            Self::NotFound => (Blame::Visitor, StatusCode::NOT_FOUND),
+            Self::ResponseTimeout(_) => (Blame::Connector, StatusCode::GATEWAY_TIMEOUT),
+            Self::TooManyStreams => (Blame::Visitor, StatusCode::TOO_MANY_REQUESTS),
+            Self::UnknownTarget => (Blame::Visitor, StatusCode::NOT_FOUND),
+            Self::UnknownTenant => (Blame::Visitor, StatusCode::NOT_FOUND),
+        }
+    }
+
+    /// The short, internals-free text the visitor sees.
+    fn detail(&self) -> &'static str {
+        match self {
+            Self::BackendTimeout | Self::ResponseTimeout(_) => "the backend did not answer in time",
+            Self::BackendUnavailable(_) | Self::Connector(_) => "the backend could not be reached",
+            Self::BodyTooLarge(_) => "the request body is too large",
+            Self::BodyTimeout(_) => "the request body stalled",
+            Self::MalformedRoute => "malformed relay path",
+            Self::NoSession => "no connector is online for this tenant",
+            Self::NotFound | Self::UnknownTenant => "not found",
+            Self::TooManyStreams => "too many requests in flight for this tenant",
+            Self::UnknownTarget => "unknown target",
+        }
+    }
+
+    /// `Retry-After` for the statuses that promise a retry.
+    fn retry_after(&self) -> Option<u32> {
+        match self {
+            Self::NoSession => Some(5),
+            Self::TooManyStreams => Some(1),
+            _ => None,
+        }
+    }
+
+    /// Maps a connector's stream error code back to an error with the blame it reported.
+    pub(crate) fn from_code(code: ErrorCode, message: String) -> ProxyError {
+        match code {
+            ErrorCode::UNKNOWN_TARGET => Self::UnknownTarget,
+            ErrorCode::BACKEND_TIMEOUT => Self::BackendTimeout,
+            ErrorCode::BACKEND_UNAVAILABLE | ErrorCode::BACKEND_BAD_RESPONSE => Self::BackendUnavailable(message),
+            _ => Self::Connector(format!("{code}: {message}")),
+        }
+    }
+}
+
+/// The one place a failed request becomes a response: log once, say little.
+pub(crate) fn error_response(err: &ProxyError, request_id: &str) -> Response<Full<Bytes>> {
+    let (blame, status) = err.outcome();
+    match blame {
+        Blame::Visitor => debug!(request_id, error = %err, "request refused"),
+        Blame::Backend | Blame::Connector => warn!(request_id, error = %err, "request failed"),
+        Blame::Relay => error!(request_id, error = %err, "request failed"),
+    }
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": err.detail(),
+        "request_id": request_id,
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    if let Some(secs) = err.retry_after() {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}

@@ -1,0 +1,128 @@
+//! The visitor side: HTTPS (HTTP/1.1 and HTTP/2 by ALPN) and the optional plain-HTTP listener.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::Relay;
+
+/// Pause after an accept error (EMFILE and kin) so the loop neither spins nor dies.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The TLS config for visitors: TLS 1.2 and 1.3, ALPN h2 and http/1.1.
+pub(crate) fn tls_acceptor(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> anyhow::Result<TlsAcceptor> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(tls)))
+}
+
+/// Serves visitors on `listener` until `shutdown`; then lets in-flight requests finish for the
+/// grace period. `tls` is `None` for the plain-HTTP ingress.
+pub(crate) async fn serve(
+    relay: Arc<Relay>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
+    let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(relay.config.limits.max_connections));
+    let builder = builder(&relay);
+    loop {
+        // Why select: accept blocks; shutdown must stop accepting at once.
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            debug!(%peer, "connection limit reached; refusing");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let relay = relay.clone();
+        let builder = builder.clone();
+        let tls = tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(relay.config.limits.tls_handshake_timeout, acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(tls_stream)) => serve_connection(relay, builder, tls_stream, peer, "https", watcher).await,
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+                None => serve_connection(relay, builder, stream, peer, "http", watcher).await,
+            }
+        });
+    }
+    drop(listener);
+    let grace = relay.config.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        warn!(?grace, "visitor connections still open after the grace period; closing them");
+    }
+}
+
+fn builder(relay: &Relay) -> auto::Builder<TokioExecutor> {
+    let limits = &relay.config.limits;
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(64 * 1024);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(100)
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_header_list_size(16 * 1024)
+        .max_send_buf_size(64 * 1024);
+    b
+}
+
+async fn serve_connection<S>(
+    relay: Arc<Relay>,
+    builder: auto::Builder<TokioExecutor>,
+    stream: S,
+    peer: SocketAddr,
+    scheme: &'static str,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let relay = relay.clone();
+        async move { Ok::<_, Infallible>(crate::proxy::handle(relay, req, peer, scheme).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        debug!(%peer, error = %e, "visitor connection ended with an error");
+    }
+}

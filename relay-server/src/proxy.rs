@@ -1,0 +1,256 @@
+//! One visitor request: route it, pick a session, open a stream, stream the body both ways.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use connector::framing::{FramedRecv, FramedSend, TunnelBody};
+use connector::headers::strip_hop_by_hop;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tunnel_protocol::{ErrorCode, RequestHead, StreamFrame};
+
+use crate::error::{error_response, ProxyError};
+use crate::registry::SessionEntry;
+use crate::route::{self, RouteError};
+use crate::Relay;
+
+/// The response body: a short local answer, or the backend's body streamed from the tunnel.
+pub(crate) type ProxyBody = Either<Full<Bytes>, TunnelBody<InFlight>>;
+
+/// How long to wait for the connector to accept a new stream (its stream limit).
+const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+
+static X_RELAY_REQUEST_ID: HeaderName = HeaderName::from_static("x-relay-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Counts a stream as in flight on its session and the relay until dropped (with the body).
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    session: Arc<SessionEntry>,
+    relay: Arc<Relay>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl InFlight {
+    fn new(session: Arc<SessionEntry>, relay: Arc<Relay>, permit: OwnedSemaphorePermit) -> InFlight {
+        session.in_flight.fetch_add(1, Ordering::Relaxed);
+        relay.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { session, relay, _permit: permit }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.session.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.relay.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one visitor request. Never fails: errors become problem+json responses.
+pub(crate) async fn handle(
+    relay: Arc<Relay>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    scheme: &'static str,
+) -> Response<ProxyBody> {
+    let request_id = uuid::Uuid::now_v7().simple().to_string();
+    relay.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let mut response = match proxy(&relay, req, peer, scheme, &request_id).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e, &request_id).map(Either::Left),
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(X_RELAY_REQUEST_ID.clone(), v);
+    }
+    response
+}
+
+async fn proxy(
+    relay: &Arc<Relay>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    scheme: &'static str,
+    request_id: &str,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (parts, body) = req.into_parts();
+    let route = route::parse(parts.uri.path()).map_err(|e| match e {
+        RouteError::NotRelay => ProxyError::NotFound,
+        RouteError::Malformed => ProxyError::MalformedRoute,
+    })?;
+    let tenant = relay.catalog.enabled_tenant(&route.tenant).ok_or(ProxyError::UnknownTenant)?;
+    let limits = &relay.config.limits;
+    let max_body = tenant.limits.max_body_bytes.unwrap_or(limits.max_body_bytes);
+    let content_length = body.size_hint().exact();
+    if content_length.is_some_and(|n| n > max_body) {
+        return Err(ProxyError::BodyTooLarge(max_body));
+    }
+    let cap = tenant.limits.max_concurrent_streams.unwrap_or(limits.max_concurrent_streams);
+    let permit = relay
+        .registry
+        .tenant_cap(&tenant.id, cap)
+        .try_acquire_owned()
+        .map_err(|_| ProxyError::TooManyStreams)?;
+    let session = relay.registry.pick(&tenant.id).ok_or(ProxyError::NoSession)?;
+    let guard = InFlight::new(session.clone(), relay.clone(), permit);
+
+    let (send, recv) = match tokio::time::timeout(OPEN_STREAM_TIMEOUT, session.conn.open_bi()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) | Err(_) => return Err(ProxyError::NoSession),
+    };
+    let mut send = FramedSend::new(send, ErrorCode::VISITOR_ABORTED);
+    let mut recv = FramedRecv::new(recv, ErrorCode::VISITOR_ABORTED);
+
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{}?{q}", route.path),
+        None => route.path.to_string(),
+    };
+    let target = route.target.clone();
+    let headers = request_headers(parts.headers, &parts.uri, peer, scheme, request_id);
+    let head = StreamFrame::RequestHead(RequestHead {
+        request_id: request_id.to_string(),
+        target,
+        method: parts.method,
+        path_and_query,
+        headers,
+        content_length,
+    });
+    if send.send(&head).await.is_err() {
+        return Err(ProxyError::Connector("stream failed while sending the request head".into()));
+    }
+
+    // The request body flows on its own task, so a backend that answers before reading the whole
+    // body (or a slow upload) never blocks the response.
+    let (fail_tx, mut fail_rx) = oneshot::channel();
+    tokio::spawn(pump_request(body, send, max_body, limits.body_idle_timeout, fail_tx));
+
+    let timeout = tenant
+        .limits
+        .request_timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(limits.request_timeout);
+    // Why select: the head may never come (timeout), or the upload may fail first (too large,
+    // stalled), in which case the visitor gets that status instead of waiting for the backend.
+    let first = tokio::select! {
+        r = tokio::time::timeout(timeout, recv.next()) => r,
+        Ok(err) = &mut fail_rx => return Err(err),
+    };
+    match first {
+        Err(_) => Err(ProxyError::ResponseTimeout(timeout)),
+        Ok(Ok(Some(StreamFrame::ResponseHead(head)))) => {
+            let mut headers = head.headers;
+            strip_hop_by_hop(&mut headers);
+            let mut response = Response::new(Either::Right(TunnelBody::new(recv, None, guard)));
+            *response.status_mut() = head.status;
+            *response.headers_mut() = headers;
+            Ok(response)
+        }
+        Ok(Ok(Some(StreamFrame::Error(e)))) => Err(ProxyError::from_code(e.code, e.message)),
+        Ok(Ok(Some(_))) => Err(ProxyError::Connector("unexpected frame before the response head".into())),
+        Ok(Ok(None)) => Err(ProxyError::Connector("stream ended before the response head".into())),
+        Ok(Err(e)) => Err(ProxyError::Connector(e.to_string())),
+    }
+}
+
+/// The headers sent to the backend: hop-by-hop and relay-internal ones removed, then the
+/// forwarding headers set from what the relay itself saw (never appended to a visitor's).
+fn request_headers(
+    mut headers: HeaderMap,
+    uri: &http::Uri,
+    peer: SocketAddr,
+    scheme: &'static str,
+    request_id: &str,
+) -> HeaderMap {
+    let host = headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    strip_hop_by_hop(&mut headers);
+    let internal: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-relay-"))
+        .cloned()
+        .collect();
+    for name in internal {
+        headers.remove(name);
+    }
+    for name in [header::HOST, header::CONTENT_LENGTH, header::FORWARDED, HeaderName::from_static("x-real-ip")] {
+        headers.remove(name);
+    }
+    // Added after stripping, so a visitor can neither remove nor pre-set them.
+    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+    match host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST.clone(), h);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        headers.insert(X_RELAY_REQUEST_ID.clone(), v);
+    }
+    headers
+}
+
+/// Streams the visitor's body into the tunnel, enforcing the size limit and the idle timeout.
+/// A failure resets the stream (the backend sees an aborted request, never a complete one) and is
+/// reported through `fail` so the visitor can be told why, if no response has started.
+async fn pump_request(
+    mut body: Incoming,
+    mut send: FramedSend,
+    max: u64,
+    idle: Duration,
+    fail: oneshot::Sender<ProxyError>,
+) {
+    let mut total: u64 = 0;
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => {
+                send.reset(ErrorCode::REQUEST_REJECTED);
+                let _ = fail.send(ProxyError::BodyTimeout(idle));
+                return;
+            }
+            Ok(None) => {
+                send.finish();
+                return;
+            }
+            Ok(Some(Err(_))) => {
+                // The visitor went away mid-upload: the backend request must be cancelled.
+                send.reset(ErrorCode::VISITOR_ABORTED);
+                return;
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let sent = match frame.into_data() {
+            Ok(data) => {
+                total = total.saturating_add(data.len() as u64);
+                if total > max {
+                    send.reset(ErrorCode::REQUEST_REJECTED);
+                    let _ = fail.send(ProxyError::BodyTooLarge(max));
+                    return;
+                }
+                send.send_data(data).await
+            }
+            Err(frame) => match frame.into_trailers() {
+                Ok(trailers) => send.send_trailers(trailers).await,
+                Err(_) => Ok(()),
+            },
+        };
+        if sent.is_err() {
+            // The connector stopped reading (the backend answered or failed); nothing to add.
+            return;
+        }
+    }
+}

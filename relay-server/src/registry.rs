@@ -1,0 +1,135 @@
+//! Live sessions by tenant, and the choice of session for each request (fewest streams in flight).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use relay_store::TenantId;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tunnel_protocol::ErrorCode;
+
+use crate::auth::Identity;
+
+/// How a session is asked to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseKind {
+    /// Ask the connector to move, let streams finish (shutdown, drain).
+    Drain(ErrorCode),
+    /// Cut now (revoked credential, disabled tenant).
+    Kill(ErrorCode),
+}
+
+/// One live session.
+#[derive(Debug)]
+pub(crate) struct SessionEntry {
+    pub(crate) id: String,
+    pub(crate) identity: Identity,
+    pub(crate) connector_id: String,
+    pub(crate) connector_version: String,
+    pub(crate) conn: quinn::Connection,
+    pub(crate) remote: SocketAddr,
+    pub(crate) connected_at: SystemTime,
+    pub(crate) in_flight: AtomicUsize,
+    draining: AtomicBool,
+    close: Mutex<Option<CloseKind>>,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl SessionEntry {
+    pub(crate) fn new(
+        id: String,
+        identity: Identity,
+        connector_id: String,
+        connector_version: String,
+        conn: quinn::Connection,
+    ) -> SessionEntry {
+        SessionEntry {
+            id,
+            identity,
+            connector_id,
+            connector_version,
+            remote: conn.remote_address(),
+            conn,
+            connected_at: SystemTime::now(),
+            in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            close: Mutex::new(None),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Asks the session task to end this way (the first request wins, except that a kill
+    /// overrides a drain).
+    pub(crate) fn request_close(&self, kind: CloseKind) {
+        let mut close = self.close.lock().unwrap_or_else(|p| p.into_inner());
+        match (*close, kind) {
+            (None, _) | (Some(CloseKind::Drain(_)), CloseKind::Kill(_)) => *close = Some(kind),
+            _ => {}
+        }
+        self.draining.store(true, Ordering::Release);
+        self.cancel.cancel();
+    }
+
+    pub(crate) fn close_kind(&self) -> Option<CloseKind> {
+        *self.close.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn available(&self) -> bool {
+        !self.draining.load(Ordering::Acquire) && self.conn.close_reason().is_none()
+    }
+}
+
+/// Live sessions and per-tenant stream caps.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    sessions: RwLock<HashMap<TenantId, Vec<Arc<SessionEntry>>>>,
+    tenant_caps: Mutex<HashMap<TenantId, Arc<Semaphore>>>,
+}
+
+impl Registry {
+    pub(crate) fn insert(&self, entry: Arc<SessionEntry>) {
+        let mut map = self.sessions.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(entry.identity.tenant.id.clone()).or_default().push(entry);
+    }
+
+    pub(crate) fn remove(&self, entry: &SessionEntry) {
+        let mut map = self.sessions.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = map.get_mut(&entry.identity.tenant.id) {
+            list.retain(|s| s.id != entry.id);
+            if list.is_empty() {
+                map.remove(&entry.identity.tenant.id);
+            }
+        }
+    }
+
+    /// The available session of `tenant` with the fewest streams in flight.
+    pub(crate) fn pick(&self, tenant: &TenantId) -> Option<Arc<SessionEntry>> {
+        let map = self.sessions.read().unwrap_or_else(|p| p.into_inner());
+        map.get(tenant)?
+            .iter()
+            .filter(|s| s.available())
+            .min_by_key(|s| s.in_flight.load(Ordering::Relaxed))
+            .cloned()
+    }
+
+    /// The sessions of `tenant`.
+    pub(crate) fn of_tenant(&self, tenant: &TenantId) -> Vec<Arc<SessionEntry>> {
+        let map = self.sessions.read().unwrap_or_else(|p| p.into_inner());
+        map.get(tenant).cloned().unwrap_or_default()
+    }
+
+    /// Every session.
+    pub(crate) fn all(&self) -> Vec<Arc<SessionEntry>> {
+        let map = self.sessions.read().unwrap_or_else(|p| p.into_inner());
+        map.values().flatten().cloned().collect()
+    }
+
+    /// The stream cap of a tenant (created on first use with `limit` permits).
+    pub(crate) fn tenant_cap(&self, tenant: &TenantId, limit: u32) -> Arc<Semaphore> {
+        let mut caps = self.tenant_caps.lock().unwrap_or_else(|p| p.into_inner());
+        caps.entry(tenant.clone()).or_insert_with(|| Arc::new(Semaphore::new(limit as usize))).clone()
+    }
+}

@@ -1,0 +1,255 @@
+//! The connector side of the relay: the QUIC endpoint, session authentication and the session's
+//! control loop (renewal, expiry, drain, revocation).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{Endpoint, TransportConfig, VarInt};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, info_span, warn, Instrument};
+use tunnel_protocol::{ControlFrame, ErrorCode, GoAway, Refused, Renewed, Welcome, ALPN};
+
+use connector::control::ControlStream;
+
+use crate::auth::Refusal;
+use crate::registry::{CloseKind, SessionEntry};
+use crate::Relay;
+
+/// Streams a connector may open towards the relay: the control stream, with room to spare.
+const CONNECTOR_OPENED_STREAMS: u32 = 4;
+/// How long the relay waits for a refused connector to read the refusal before closing.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+
+/// Builds the QUIC server config: TLS 1.3 only, our ALPN, no 0-RTT, bounded windows.
+pub(crate) fn server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    config: &crate::Config,
+) -> anyhow::Result<quinn::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = QuicServerConfig::try_from(tls)?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut t = TransportConfig::default();
+    t.max_idle_timeout(Some(config.tunnel.idle_timeout.try_into()?));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(CONNECTOR_OPENED_STREAMS));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.receive_window(VarInt::from_u32(16 * 1024 * 1024));
+    t.stream_receive_window(VarInt::from_u32(1024 * 1024));
+    t.send_window(8 * 1024 * 1024);
+    t.datagram_receive_buffer_size(None);
+    server.transport_config(Arc::new(t));
+    server.max_incoming(config.tunnel.max_pending_handshakes as usize);
+    Ok(server)
+}
+
+/// Accepts connector sessions until `shutdown`.
+pub(crate) async fn serve(relay: Arc<Relay>, endpoint: Endpoint, shutdown: CancellationToken, tracker: TaskTracker) {
+    loop {
+        // Why select: accept waits indefinitely; shutdown must end the loop at once.
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = shutdown.cancelled() => break,
+        };
+        let Some(incoming) = incoming else { break };
+        let relay = relay.clone();
+        tracker.spawn(async move {
+            let remote = incoming.remote_address();
+            session(relay, incoming).instrument(info_span!("session", peer_addr = %remote)).await
+        });
+    }
+}
+
+async fn session(relay: Arc<Relay>, incoming: quinn::Incoming) {
+    let auth_timeout = relay.config.tunnel.auth_timeout;
+    let conn = match tokio::time::timeout(auth_timeout, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
+        Err(_) => return debug!("handshake timed out"),
+    };
+    // The first stream the connector opens is the control stream, with `Hello` first.
+    let hello = tokio::time::timeout(auth_timeout, async {
+        let (send, recv) = conn.accept_bi().await?;
+        let mut control = ControlStream::new(send, recv);
+        let frame = control.next().await?;
+        anyhow::Ok((control, frame))
+    })
+    .await;
+    let (mut control, hello) = match hello {
+        Ok(Ok((control, ControlFrame::Hello(h)))) => (control, h),
+        Ok(Ok(_)) => return close(&conn, ErrorCode::PROTOCOL_ERROR),
+        Ok(Err(e)) => {
+            debug!(error = %e, "no hello");
+            return close(&conn, ErrorCode::PROTOCOL_ERROR);
+        }
+        Err(_) => return close(&conn, ErrorCode::AUTH_TIMEOUT),
+    };
+    let granted = match relay.auth.authenticate(&hello.tenant, &hello.credential).await {
+        Ok(g) => g,
+        Err(refusal) => {
+            info!(tenant = %hello.tenant, code = %refusal.code, "connector refused");
+            relay.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return refuse(&conn, &mut control, refusal).await;
+        }
+    };
+    let session_id = uuid::Uuid::now_v7().simple().to_string();
+    let entry = Arc::new(SessionEntry::new(
+        session_id.clone(),
+        granted.identity.clone(),
+        hello.connector_id.clone(),
+        hello.connector_version.clone(),
+        conn.clone(),
+    ));
+    let welcome = ControlFrame::Welcome(Welcome {
+        session_id: session_id.clone(),
+        relay_node: relay.config.node_name.clone(),
+        token: granted.token.unwrap_or_default(),
+        expires_in_secs: u32::try_from(granted.expires_in.as_secs()).unwrap_or(u32::MAX),
+    });
+    if control.send(&welcome).await.is_err() {
+        return close(&conn, ErrorCode::PROTOCOL_ERROR);
+    }
+    relay.registry.insert(entry.clone());
+    let span = info_span!("established", tenant_id = %entry.identity.tenant.id, session_id = %session_id);
+    async {
+        info!(tenant = %entry.identity.tenant.name, connector_id = %hello.connector_id, version = %hello.connector_version, "session established");
+        let code = control_loop(&relay, &entry, &mut control, granted.expires_in).await;
+        relay.registry.remove(&entry);
+        info!(code = %code, "session closed");
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Runs the control stream until the session ends; returns the close code used.
+async fn control_loop(
+    relay: &Relay,
+    entry: &SessionEntry,
+    control: &mut ControlStream,
+    expires_in: Duration,
+) -> ErrorCode {
+    let conn = &entry.conn;
+    let mut expires_at = tokio::time::Instant::now() + expires_in;
+    loop {
+        // Why select: the session ends on whichever comes first — a control frame, expiry of its
+        // authentication, a close request (shutdown, revocation) or the connection dying.
+        tokio::select! {
+            frame = control.next() => match frame {
+                Ok(ControlFrame::Renew(credential)) => {
+                    let tenant = entry.identity.tenant.name.clone();
+                    match relay.auth.authenticate(&tenant, &credential).await {
+                        Ok(g) if g.identity.credential_id == entry.identity.credential_id
+                            || g.identity.tenant.id == entry.identity.tenant.id =>
+                        {
+                            let token = match g.token {
+                                Some(t) => t,
+                                None => relay.auth.issue(&g.identity).unwrap_or_default(),
+                            };
+                            expires_at = tokio::time::Instant::now() + relay.config.tunnel.token_ttl;
+                            let renewed = ControlFrame::Renewed(Renewed {
+                                token,
+                                expires_in_secs: relay.config.tunnel.token_ttl.as_secs() as u32,
+                            });
+                            if control.send(&renewed).await.is_err() {
+                                return close_code(conn, ErrorCode::PROTOCOL_ERROR);
+                            }
+                            debug!("session renewed");
+                        }
+                        Ok(_) => return refuse_code(conn, control, AUTH_MISMATCH).await,
+                        Err(refusal) => return refuse_code(conn, control, refusal).await,
+                    }
+                }
+                Ok(ControlFrame::Ping(n)) => {
+                    if control.send(&ControlFrame::Pong(n)).await.is_err() {
+                        return close_code(conn, ErrorCode::PROTOCOL_ERROR);
+                    }
+                }
+                Ok(ControlFrame::Pong(_)) => {}
+                Ok(_) => return close_code(conn, ErrorCode::PROTOCOL_ERROR),
+                Err(_) => return close_code(conn, ErrorCode::NO_ERROR),
+            },
+            _ = tokio::time::sleep_until(expires_at) => {
+                let refusal = Refusal { code: ErrorCode::TOKEN_EXPIRED, message: "session authentication expired without renewal", retry_after_secs: 0 };
+                return refuse_code(conn, control, refusal).await;
+            }
+            _ = entry.cancel.cancelled() => {
+                return match entry.close_kind() {
+                    Some(CloseKind::Kill(code)) => {
+                        let refusal = Refusal { code, message: kill_message(code), retry_after_secs: 0 };
+                        refuse_code(conn, control, refusal).await
+                    }
+                    Some(CloseKind::Drain(_)) | None => drain(relay, entry, control, code_or(entry)).await,
+                };
+            }
+            _ = conn.closed() => return ErrorCode::NO_ERROR,
+        }
+    }
+}
+
+const AUTH_MISMATCH: Refusal = Refusal {
+    code: ErrorCode::AUTH_FAILED,
+    message: "renewal presented another tenant's credential",
+    retry_after_secs: 0,
+};
+
+fn code_or(entry: &SessionEntry) -> ErrorCode {
+    match entry.close_kind() {
+        Some(CloseKind::Drain(c)) | Some(CloseKind::Kill(c)) => c,
+        None => ErrorCode::GOING_AWAY,
+    }
+}
+
+fn kill_message(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::CREDENTIAL_REVOKED => "the credential of this session was revoked",
+        ErrorCode::TENANT_DISABLED => "the tenant was disabled or deleted",
+        _ => "session closed by the relay",
+    }
+}
+
+/// Tells the connector to move, waits (bounded) for its streams to finish and for it to close.
+async fn drain(relay: &Relay, entry: &SessionEntry, control: &mut ControlStream, code: ErrorCode) -> ErrorCode {
+    let go_away = ControlFrame::GoAway(GoAway { code, message: "relay is shutting down".into() });
+    let _ = control.send(&go_away).await;
+    // The connector closes the connection once its in-flight streams are done.
+    if tokio::time::timeout(relay.config.shutdown_grace, entry.conn.closed()).await.is_err() {
+        warn!(in_flight = entry.in_flight.load(std::sync::atomic::Ordering::Relaxed), "drain grace over; closing session");
+    }
+    close_code(&entry.conn, code)
+}
+
+async fn refuse(conn: &quinn::Connection, control: &mut ControlStream, refusal: Refusal) {
+    refuse_code(conn, control, refusal).await;
+}
+
+/// Sends `Refused`, gives the connector a moment to read it, then closes.
+async fn refuse_code(conn: &quinn::Connection, control: &mut ControlStream, refusal: Refusal) -> ErrorCode {
+    let code = refusal.code;
+    let frame = ControlFrame::Refused(Refused {
+        code,
+        message: refusal.message.to_string(),
+        retry_after_secs: refusal.retry_after_secs,
+    });
+    if control.send(&frame).await.is_ok() {
+        control.finish();
+        let _ = tokio::time::timeout(REFUSAL_LINGER, conn.closed()).await;
+    }
+    close_code(conn, code)
+}
+
+fn close(conn: &quinn::Connection, code: ErrorCode) {
+    close_code(conn, code);
+}
+
+fn close_code(conn: &quinn::Connection, code: ErrorCode) -> ErrorCode {
+    conn.close(VarInt::from_u32(code.0), code.name().as_bytes());
+    code
+}
