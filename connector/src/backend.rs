@@ -109,7 +109,8 @@ fn tls_config(name: &str, target: &Target, native: &RootCertStore) -> Result<rus
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ConfigError::new(format!("target {name}: TLS setup: {e}")))?;
-    let mut config = if target.insecure {
+    // hyper-rustls sets ALPN itself (and refuses a config that already has it).
+    let config = if target.insecure {
         warn!(target = name, "certificate verification is OFF for this target (insecure = true)");
         builder
             .dangerous()
@@ -126,7 +127,6 @@ fn tls_config(name: &str, target: &Target, native: &RootCertStore) -> Result<rus
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 

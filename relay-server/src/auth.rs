@@ -227,11 +227,6 @@ impl Auth {
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, &claims, &self.encoding)
     }
-
-    /// The hasher (for CLI and tests that create credentials).
-    pub(crate) fn hasher(&self) -> &SecretHasher {
-        &self.hasher
-    }
 }
 
 fn now_secs() -> u64 {

@@ -161,7 +161,15 @@ pub async fn dispatch(command: Command, config: Config, shutdown: CancellationTo
             let store = open_store(&config).await?;
             let listeners = Listeners::bind(&config).await?;
             let addrs = listeners.addrs();
-            tracing::info!(https = ?addrs.https, http = ?addrs.http, admin = ?addrs.admin, "listening");
+            if let Some(a) = addrs.https {
+                tracing::info!(https = %a, "listening (HTTPS over TCP, connectors over QUIC/UDP)");
+            }
+            if let Some(a) = addrs.http {
+                tracing::info!(http = %a, "listening (plain HTTP)");
+            }
+            if let Some(a) = addrs.admin {
+                tracing::info!(admin = %a, "listening (admin)");
+            }
             run(config, store, listeners, shutdown, None).await
         }
         Command::Quickstart(_) => quickstart(config, shutdown).await,

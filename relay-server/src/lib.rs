@@ -60,7 +60,6 @@ pub struct Metrics {
 #[derive(Debug)]
 pub(crate) struct Relay {
     config: Config,
-    store: Store,
     catalog: Arc<Catalog>,
     registry: Registry,
     auth: Auth,
@@ -120,6 +119,25 @@ pub struct BoundAddrs {
     pub admin: Option<SocketAddr>,
 }
 
+/// One live connector session, as the management API lists it.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Session id.
+    pub id: String,
+    /// The connector process's id (sessions of one connector share it).
+    pub connector_id: String,
+    /// The connector's version string.
+    pub connector_version: String,
+    /// The connector's address as seen by the relay.
+    pub remote: SocketAddr,
+    /// When the session was established.
+    pub connected_at: std::time::SystemTime,
+    /// Streams in flight.
+    pub in_flight: usize,
+    /// The relay node holding it.
+    pub node: String,
+}
+
 /// A relay's live view, for callers that embed it (quickstart, tests).
 #[derive(Debug, Clone)]
 pub struct RelayView {
@@ -133,11 +151,22 @@ impl RelayView {
     }
 
     /// Live sessions of a tenant (by name).
-    pub fn session_count(&self, tenant: &str) -> usize {
-        match self.relay.catalog.enabled_tenant(tenant) {
-            Some(t) => self.relay.registry.of_tenant(&t.id).len(),
-            None => 0,
-        }
+    pub fn sessions(&self, tenant: &str) -> Vec<SessionInfo> {
+        let Some(t) = self.relay.catalog.enabled_tenant(tenant) else { return Vec::new() };
+        self.relay
+            .registry
+            .of_tenant(&t.id)
+            .iter()
+            .map(|s| SessionInfo {
+                id: s.id.clone(),
+                connector_id: s.connector_id.clone(),
+                connector_version: s.connector_version.clone(),
+                remote: s.remote,
+                connected_at: s.connected_at,
+                in_flight: s.in_flight.load(Ordering::Relaxed),
+                node: self.relay.config.node_name.clone(),
+            })
+            .collect()
     }
 
     /// The token signer, for tests that need a token (`test-util`).
@@ -180,7 +209,6 @@ pub async fn run(
     .context("QUIC endpoint")?;
     let relay = Arc::new(Relay {
         config,
-        store: store.clone(),
         catalog: catalog.clone(),
         registry: Registry::default(),
         auth,

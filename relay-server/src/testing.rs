@@ -1,0 +1,181 @@
+//! Spawning a relay in-process on `127.0.0.1:0` for tests (`test-util` feature).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay_store::{NewCredential, SecretHasher, Store, Tenant};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::FileConfig;
+use crate::keys::{self, Keys};
+use crate::{run, Config, Listeners, RelayView};
+
+/// A running relay; dropping it shuts it down (without waiting).
+#[derive(Debug)]
+pub struct RelayHandle {
+    /// HTTPS + QUIC address.
+    pub addr: SocketAddr,
+    /// Plain-HTTP ingress address.
+    pub http_addr: Option<SocketAddr>,
+    /// Admin address.
+    pub admin_addr: Option<SocketAddr>,
+    /// Live view.
+    pub view: RelayView,
+    /// The store.
+    pub store: Store,
+    dir: Arc<TempDir>,
+    file: FileConfig,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Builds a test relay.
+#[derive(Debug, Default, Clone)]
+pub struct Builder {
+    file: FileConfig,
+}
+
+/// A builder with test-friendly defaults (short grace, admin and plain HTTP on loopback).
+pub fn relay() -> Builder {
+    let mut file = FileConfig::default();
+    file.node_name = Some("test-node".into());
+    file.shutdown.grace = Some(Duration::from_secs(5));
+    file.listen.https = Some("127.0.0.1:0".parse().expect("literal"));
+    file.listen.http = Some("127.0.0.1:0".parse().expect("literal"));
+    file.listen.admin = Some("127.0.0.1:0".parse().expect("literal"));
+    Builder { file }
+}
+
+impl Builder {
+    /// Changes the file-level config before start.
+    pub fn configure(mut self, f: impl FnOnce(&mut FileConfig)) -> Self {
+        f(&mut self.file);
+        self
+    }
+
+    /// Starts the relay in a fresh data directory.
+    pub async fn spawn(self) -> RelayHandle {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        start(self.file, dir).await
+    }
+}
+
+async fn start(mut file: FileConfig, dir: Arc<TempDir>) -> RelayHandle {
+    file.data_dir = Some(dir.path().to_path_buf());
+    let config = Config::from_file(file.clone(), None).expect("valid test config");
+    let store = Store::connect(&config.database_url).await.expect("store");
+    let listeners = bind_with_retry(&config).await;
+    let addrs = listeners.addrs();
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(run(config, store.clone(), listeners, shutdown.clone(), Some(tx)));
+    let view = rx.await.expect("relay failed to start");
+    RelayHandle {
+        addr: addrs.https.expect("https address"),
+        http_addr: addrs.http,
+        admin_addr: addrs.admin,
+        view,
+        store,
+        dir,
+        file,
+        shutdown,
+        task: Some(task),
+    }
+}
+
+/// Binding TCP port 0 and then UDP on the same port can collide with another test's UDP socket;
+/// retry with a new port.
+async fn bind_with_retry(config: &Config) -> Listeners {
+    let mut last = None;
+    for _ in 0..20 {
+        match Listeners::bind(config).await {
+            Ok(l) => return l,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("cannot bind test listeners: {last:?}");
+}
+
+impl RelayHandle {
+    /// `https://127.0.0.1:PORT`.
+    pub fn server(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// `https://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server())
+    }
+
+    /// `http://127.0.0.1:PORT{path}` on the plain-HTTP ingress.
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr.expect("plain HTTP listener"))
+    }
+
+    /// The generated certificate, for clients and connectors to trust.
+    pub fn ca_cert(&self) -> PathBuf {
+        keys::self_signed_cert_path(self.dir.path())
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// Creates a tenant.
+    pub async fn create_tenant(&self, name: &str) -> Tenant {
+        self.store.create_tenant(name).await.expect("create tenant")
+    }
+
+    /// Creates a credential for a tenant.
+    pub async fn create_credential(&self, tenant: &str) -> NewCredential {
+        let keys = Keys::load_or_create(self.dir.path()).expect("keys");
+        self.store
+            .create_credential(tenant, "test", &SecretHasher::new(&keys.pepper))
+            .await
+            .expect("create credential")
+    }
+
+    /// Waits until the relay's catalog shows a change made through the store (≤ 5 s).
+    pub async fn sync(&self) {
+        let want = self.store.revision().await.expect("revision");
+        for _ in 0..100 {
+            if self.view.relay.catalog.revision() >= want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("relay did not pick up revision {want}");
+    }
+
+    /// Stops gracefully and waits.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        match self.task.take() {
+            Some(t) => t.await?,
+            None => Ok(()),
+        }
+    }
+
+    /// Stops gracefully, then starts again on the same port with the same data directory.
+    pub async fn restart(mut self) -> RelayHandle {
+        let port = self.addr.port();
+        let dir = self.dir.clone();
+        let mut file = self.file.clone();
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            t.await.expect("relay task").expect("relay stopped cleanly");
+        }
+        file.listen.https = Some(SocketAddr::from(([127, 0, 0, 1], port)));
+        start(file, dir).await
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

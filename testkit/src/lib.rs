@@ -1,1 +1,31 @@
-//! placeholder
+//! Test support, only ever a dev-dependency: a recording backend on `127.0.0.1:0`, an HTTPS
+//! client that trusts a given CA, helpers for the built binaries and process memory. Its `tests/`
+//! folder holds the end-to-end suite (real relay, connector and backend on loopback).
+
+pub mod backend;
+pub mod client;
+pub mod process;
+
+pub use backend::{pattern_sha256, Backend};
+pub use client::Client;
+
+/// Installs a test tracing subscriber once (`RUST_LOG` picks the level; default warn).
+pub fn trace_init() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Hex SHA-256 of bytes.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

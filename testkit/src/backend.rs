@@ -1,0 +1,249 @@
+//! A backend that records what it receives and answers by path:
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/bytes/{n}` | `n` bytes of a deterministic pattern, streamed in 64 KiB chunks |
+//! | `/sink` | reads the whole body; answers `"{len} {sha256}"` |
+//! | `/slow` | `first\n`, then waits for [`Backend::release`] (≤ 30 s), then `second\n` |
+//! | `/hold` | 1 KiB every 10 ms until the reader goes away |
+//! | `/sleep/{ms}` | waits, then `slept` |
+//! | `/status/{code}` | that status, empty body |
+//! | anything else | 200, `x-echo-method`/`x-echo-path` headers, the request body streamed back |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// Chunk size of generated bodies.
+const CHUNK: usize = 64 * 1024;
+
+/// What the backend saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// Method.
+    pub method: String,
+    /// Path and query as received.
+    pub path: String,
+    /// Headers.
+    pub headers: HeaderMap,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    requests: AtomicU64,
+    active_streams: AtomicI64,
+    seen: Mutex<Vec<Seen>>,
+    release: Notify,
+}
+
+/// A running backend; it stops when dropped.
+#[derive(Debug)]
+pub struct Backend {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    /// Starts on `127.0.0.1:0`.
+    pub async fn spawn() -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let addr = listener.local_addr().expect("addr");
+        let shared = Arc::new(Shared::default());
+        let s = shared.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let s = s.clone();
+                        async move { Ok::<_, Infallible>(handle(s, req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Backend { addr, shared, task }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Requests received.
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Streaming responses (`/hold`, `/bytes`) still being produced.
+    pub fn active_streams(&self) -> i64 {
+        self.shared.active_streams.load(Ordering::SeqCst)
+    }
+
+    /// What the backend saw, oldest first (the last 1000 requests).
+    pub fn seen(&self) -> Vec<Seen> {
+        self.shared.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Lets waiting `/slow` responses finish.
+    pub fn release(&self) {
+        self.shared.release.notify_waiters();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The SHA-256 (hex) of the first `n` bytes of the `/bytes` pattern.
+pub fn pattern_sha256(n: u64) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut sent = 0u64;
+    while sent < n {
+        let len = (n - sent).min(CHUNK as u64) as usize;
+        ctx.update(&pattern_chunk(sent, len));
+        sent += len as u64;
+    }
+    crate::hex(ctx.finish().as_ref())
+}
+
+/// The pattern bytes at `offset..offset+len`.
+pub fn pattern_chunk(offset: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| ((offset + i) % 251) as u8).collect()
+}
+
+struct ActiveGuard(Arc<Shared>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active_streams.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn active(shared: &Arc<Shared>) -> ActiveGuard {
+    shared.active_streams.fetch_add(1, Ordering::SeqCst);
+    ActiveGuard(shared.clone())
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    shared.requests.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    {
+        let mut seen = shared.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= 1000 {
+            seen.remove(0);
+        }
+        seen.push(Seen { method: req.method().to_string(), path: path.clone(), headers: req.headers().clone() });
+    }
+    let p = req.uri().path().to_string();
+    if let Some(n) = p.strip_prefix("/bytes/") {
+        let n: u64 = n.parse().unwrap_or(0);
+        let guard = active(&shared);
+        let stream = futures_util::stream::unfold((0u64, guard), move |(sent, guard)| async move {
+            if sent >= n {
+                return None;
+            }
+            let len = (n - sent).min(CHUNK as u64) as usize;
+            let chunk = Bytes::from(pattern_chunk(sent, len));
+            Some((Ok::<_, BoxError>(Frame::data(chunk)), (sent + len as u64, guard)))
+        });
+        let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+        resp.headers_mut().insert(http::header::CONTENT_LENGTH, n.into());
+        return resp;
+    }
+    match p.as_str() {
+        "/sink" => {
+            let mut body = req.into_body();
+            let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+            let mut len = 0u64;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => {
+                        if let Ok(d) = f.into_data() {
+                            len += d.len() as u64;
+                            ctx.update(&d);
+                        }
+                    }
+                    Err(_) => return text(StatusCode::BAD_REQUEST, "body failed"),
+                }
+            }
+            text(StatusCode::OK, &format!("{len} {}", crate::hex(ctx.finish().as_ref())))
+        }
+        "/slow" => {
+            let s = shared.clone();
+            let stream = futures_util::stream::unfold(0u8, move |step| {
+                let s = s.clone();
+                async move {
+                    match step {
+                        0 => Some((Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"first\n"))), 1)),
+                        1 => {
+                            let _ = tokio::time::timeout(Duration::from_secs(30), s.release.notified()).await;
+                            Some((Ok(Frame::data(Bytes::from_static(b"second\n"))), 2))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            Response::new(BodyExt::boxed(StreamBody::new(stream)))
+        }
+        "/hold" => {
+            let guard = active(&shared);
+            let stream = futures_util::stream::unfold(guard, |guard| async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Some((Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'x'; 1024]))), guard))
+            });
+            Response::new(BodyExt::boxed(StreamBody::new(stream)))
+        }
+        _ if p.starts_with("/sleep/") => {
+            let ms: u64 = p["/sleep/".len()..].parse().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            text(StatusCode::OK, "slept")
+        }
+        _ if p.starts_with("/status/") => {
+            let code = p["/status/".len()..].parse().ok().and_then(|c| StatusCode::from_u16(c).ok());
+            text(code.unwrap_or(StatusCode::BAD_REQUEST), "")
+        }
+        _ => {
+            let method = req.method().to_string();
+            let body = BodyStream::new(req.into_body()).map(|r| r.map_err(|e| Box::new(e) as BoxError));
+            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(body)));
+            resp.headers_mut().insert("x-echo-method", method.parse().expect("method is a valid header"));
+            if let Ok(v) = path.parse() {
+                resp.headers_mut().insert("x-echo-path", v);
+            }
+            resp
+        }
+    }
+}
+
+fn text(status: StatusCode, s: &str) -> Response<Body> {
+    let mut resp = Response::new(BodyExt::boxed(Full::new(Bytes::from(s.to_string())).map_err(|n: Infallible| match n {})));
+    *resp.status_mut() = status;
+    resp
+}

@@ -1,0 +1,256 @@
+//! End to end on loopback: a real relay, real connectors and a real backend, in-process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use connector::testing::connector;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use relay_server::testing::relay;
+use testkit::{trace_init, Backend, Client};
+
+#[tokio::test]
+async fn visitor_reaches_backend_through_connector() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay().spawn().await;
+    relay.create_tenant("acme").await;
+    let cred = relay.create_credential("acme").await;
+    relay.sync().await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &backend.url())
+        .spawn();
+    conn.connected().await;
+
+    let client = Client::new(&relay.ca_cert());
+    let answer = client.request("POST", &relay.url("/relay/acme/app/some/path%2Fx?q=%20&r"), Bytes::from_static(b"hello")).await?;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.text(), "hello");
+    assert_eq!(answer.headers["x-echo-method"], "POST");
+    assert_eq!(answer.headers["x-echo-path"], "/some/path%2Fx?q=%20&r");
+    let request_id = answer.headers["x-relay-request-id"].to_str()?.to_string();
+    assert_eq!(request_id.len(), 32);
+
+    // The backend sees the relay's forwarding headers and the request id, not the visitor's.
+    let seen = backend.seen().pop().expect("backend saw the request");
+    assert_eq!(seen.headers["x-relay-request-id"], request_id.as_str());
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+
+    // Plain-HTTP ingress and HTTP/2 reach the same backend.
+    let plain = client.get(&relay.http_url("/relay/acme/app/plain")).await?;
+    assert_eq!((plain.status, plain.headers["x-echo-path"].to_str()?), (StatusCode::OK, "/plain"));
+    let h2 = Client::http2(&relay.ca_cert()).get(&relay.url("/relay/ACME/App/h2")).await?;
+    assert_eq!((h2.status, h2.headers["x-echo-path"].to_str()?), (StatusCode::OK, "/h2"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn statuses_follow_the_contract() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay().spawn().await;
+    relay.create_tenant("acme").await;
+    relay.create_tenant("lonely").await;
+    relay.create_tenant("off").await;
+    relay.store.set_tenant_enabled("off", false).await?;
+    let cred = relay.create_credential("acme").await;
+    relay.sync().await;
+    let backend = Backend::spawn().await;
+    // A port nobody listens on: bind, note, drop.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+    let mut conn = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &backend.url())
+        .target("down", &format!("http://{closed}"))
+        .target_with_timeout("slow", &backend.url(), Duration::from_millis(300))
+        .spawn();
+    conn.connected().await;
+    let client = Client::new(&relay.ca_cert());
+
+    let unknown = client.get(&relay.url("/relay/nobody/app/")).await?;
+    let disabled = client.get(&relay.url("/relay/off/app/")).await?;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(disabled.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.headers["content-type"], "application/problem+json");
+    // No enumeration: the bodies differ only in the request id.
+    let strip = |a: &testkit::client::Answer| {
+        let mut v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        v.as_object_mut().unwrap().remove("request_id");
+        v
+    };
+    assert_eq!(strip(&unknown), strip(&disabled));
+
+    let offline = client.get(&relay.url("/relay/lonely/app/")).await?;
+    assert_eq!(offline.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(offline.headers["retry-after"], "5");
+
+    assert_eq!(client.get(&relay.url("/relay/acme/nope/")).await?.status, StatusCode::NOT_FOUND);
+    assert_eq!(client.get(&relay.url("/relay/acme/down/")).await?.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(client.get(&relay.url("/relay/acme/slow/sleep/3000")).await?.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(client.get(&relay.url("/relay/acme/app/a/../../../x")).await?.status, StatusCode::BAD_REQUEST);
+    assert_eq!(client.get(&relay.url("/relay/ac%2Fme/app/")).await?.status, StatusCode::BAD_REQUEST);
+    assert_eq!(client.get(&relay.url("/admin")).await?.status, StatusCode::NOT_FOUND);
+    assert_eq!(client.get(&relay.url("/relay/acme/app/status/418")).await?.status, StatusCode::IM_A_TEAPOT);
+    for a in [&unknown, &offline] {
+        assert!(a.headers.contains_key("x-relay-request-id"));
+        assert!(!a.text().contains("127.0.0.1"), "no internals in problem bodies");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn body_limit_is_enforced_before_the_tunnel() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay().configure(|f| f.limits.max_body_bytes = Some(1000)).spawn().await;
+    relay.create_tenant("acme").await;
+    let cred = relay.create_credential("acme").await;
+    relay.sync().await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &backend.url())
+        .spawn();
+    conn.connected().await;
+    let client = Client::new(&relay.ca_cert());
+    let ok = client.request("POST", &relay.url("/relay/acme/app/sink"), Bytes::from(vec![1u8; 1000])).await?;
+    assert_eq!(ok.status, StatusCode::OK);
+    let before = backend.requests();
+    let big = client.request("POST", &relay.url("/relay/acme/app/sink"), Bytes::from(vec![1u8; 1001])).await?;
+    assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(backend.requests(), before, "the backend never saw the oversized request");
+
+    // A streamed (chunked) body over the limit is cut mid-stream: the backend never gets it whole.
+    let chunks = futures_util::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(vec![2u8; 100])))));
+    let body = BodyExt::boxed(http_body_util::StreamBody::new(chunks).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>));
+    let req = http::Request::post(relay.url("/relay/acme/app/sink")).body(body)?;
+    let resp = client.send(req).await?;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    Ok(())
+}
+
+#[tokio::test]
+async fn slow_chunked_response_streams_before_the_backend_finishes() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay().spawn().await;
+    relay.create_tenant("acme").await;
+    let cred = relay.create_credential("acme").await;
+    relay.sync().await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &backend.url())
+        .spawn();
+    conn.connected().await;
+    let client = Client::new(&relay.ca_cert());
+    let req = http::Request::get(relay.url("/relay/acme/app/slow")).body(testkit::client::Body::default())?;
+    let resp = client.send(req).await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("first chunk arrives while the backend still holds the rest")
+        .expect("a frame")?;
+    assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"first\n"));
+    backend.release();
+    let rest = body.collect().await?.to_bytes();
+    assert_eq!(rest, Bytes::from_static(b"second\n"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_requests_spread_over_two_connectors() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay().spawn().await;
+    relay.create_tenant("acme").await;
+    let cred = relay.create_credential("acme").await;
+    relay.sync().await;
+    let (b1, b2) = (Backend::spawn().await, Backend::spawn().await);
+    let mut c1 = connector(&relay.server(), "acme", &cred.secret).ca_cert(relay.ca_cert()).target("app", &b1.url()).spawn();
+    let mut c2 = connector(&relay.server(), "acme", &cred.secret).ca_cert(relay.ca_cert()).target("app", &b2.url()).spawn();
+    c1.connected().await;
+    c2.connected().await;
+    assert_eq!(relay.view.sessions("acme").len(), 2);
+
+    let client = Client::new(&relay.ca_cert());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let client = client.clone();
+        let url = relay.url(&format!("/relay/acme/app/sleep-{i}"));
+        tasks.spawn(async move {
+            let body = Bytes::from(format!("request {i} ").repeat(50));
+            let answer = client.request("PUT", &url, body.clone()).await.expect("request");
+            assert_eq!(answer.status, StatusCode::OK, "request {i}");
+            assert_eq!(answer.body, body, "request {i} got another request's body");
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r?;
+    }
+    let (n1, n2) = (b1.requests(), b2.requests());
+    assert_eq!(n1 + n2, 200);
+    assert!(n1 > 0 && n2 > 0, "both connectors serve: {n1} / {n2}");
+    assert_eq!(relay.view.metrics().in_flight.load(std::sync::atomic::Ordering::SeqCst), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn connector_reconnects_after_relay_restart() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay().spawn().await;
+    relay.create_tenant("acme").await;
+    let cred = relay.create_credential("acme").await;
+    relay.sync().await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &backend.url())
+        .spawn();
+    conn.connected().await;
+    let client = Client::new(&relay.ca_cert());
+    assert_eq!(client.get(&relay.url("/relay/acme/app/1")).await?.status, StatusCode::OK);
+
+    let relay = relay.restart().await;
+    let mut state = conn.watch();
+    tokio::time::timeout(Duration::from_secs(20), state.wait_for(|s| s.connected && s.sessions_established >= 2)).await??;
+    let client = Client::new(&relay.ca_cert());
+    assert_eq!(client.get(&relay.url("/relay/acme/app/2")).await?.status, StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test]
+async fn visitor_abort_cancels_the_backend_stream() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay().spawn().await;
+    relay.create_tenant("acme").await;
+    let cred = relay.create_credential("acme").await;
+    relay.sync().await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &cred.secret).ca_cert(relay.ca_cert()).target("app", &backend.url()).spawn();
+    conn.connected().await;
+    let client = Client::new(&relay.ca_cert());
+    let req = http::Request::get(relay.url("/relay/acme/app/hold")).body(testkit::client::Body::default())?;
+    let resp = client.send(req).await?;
+    let mut body = resp.into_body();
+    body.frame().await.expect("data")?;
+    assert_eq!(backend.active_streams(), 1);
+    drop(body);
+    drop(client);
+    wait_until(|| backend.active_streams() == 0, "backend stream cancelled").await;
+    wait_until(|| relay.view.metrics().in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0, "relay in-flight back to 0").await;
+    Ok(())
+}
+
+async fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[allow(dead_code)]
+fn _assert_send(_: Arc<()>) {}
