@@ -23,8 +23,9 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Most idle pooled connections per backend host.
 const POOL_MAX_IDLE_PER_HOST: usize = 64;
 
-/// The request body type sent to backends.
-pub type BackendBody = TunnelBody<()>;
+/// The request body type sent to backends; the sender is dropped (signalling its receiver) when
+/// hyper is done with the body, which starts the response timeout.
+pub type BackendBody = TunnelBody<tokio::sync::oneshot::Sender<()>>;
 type HttpClient = Client<HttpsConnector<HttpConnector>, BackendBody>;
 
 /// A target ready to be called.
@@ -86,7 +87,7 @@ impl Backend {
         Ok(Uri::from_parts(parts)?)
     }
 
-    /// Sends a request; the caller applies the target's timeout.
+    /// Sends a request; the caller applies the target's timeout (from the end of the body).
     pub async fn send(
         &self,
         req: http::Request<BackendBody>,

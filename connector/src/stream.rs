@@ -57,7 +57,10 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
     if let Some(len) = head.content_length {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     }
-    let mut req = Request::new(TunnelBody::new(recv, head.content_length, ()));
+    // The response timeout runs from the end of the request body, not from its start: a large
+    // upload to a slow backend is not a timeout.
+    let (body_done, body_sent) = tokio::sync::oneshot::channel::<()>();
+    let mut req = Request::new(TunnelBody::new(recv, head.content_length, body_done));
     *req.method_mut() = head.method;
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
@@ -65,8 +68,13 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
     let timeout = backend.target.timeout;
     // Why select: the relay stops the stream when the visitor goes away; the backend request is
     // then dropped, which cancels it, instead of waiting for a response nobody will read.
+    let deadline = async {
+        let _ = body_sent.await;
+        tokio::time::sleep(timeout).await;
+    };
     let response = tokio::select! {
-        r = tokio::time::timeout(timeout, backend.send(req)) => r,
+        r = backend.send(req) => Ok(r),
+        _ = deadline => Err(()),
         code = send.stopped() => {
             debug!(?code, "relay cancelled the request before the response head");
             return;

@@ -160,16 +160,6 @@ pub async fn dispatch(command: Command, config: Config, shutdown: CancellationTo
         Command::Run(_) => {
             let store = open_store(&config).await?;
             let listeners = Listeners::bind(&config).await?;
-            let addrs = listeners.addrs();
-            if let Some(a) = addrs.https {
-                tracing::info!(https = %a, "listening (HTTPS over TCP, connectors over QUIC/UDP)");
-            }
-            if let Some(a) = addrs.http {
-                tracing::info!(http = %a, "listening (plain HTTP)");
-            }
-            if let Some(a) = addrs.admin {
-                tracing::info!(admin = %a, "listening (admin)");
-            }
             run(config, store, listeners, shutdown, None).await
         }
         Command::Quickstart(_) => quickstart(config, shutdown).await,
@@ -336,8 +326,9 @@ async fn quickstart(config: Config, shutdown: CancellationToken) -> anyhow::Resu
     let mut state = conn.watch();
     let conn_shutdown = CancellationToken::new();
     let conn_task = tokio::spawn(conn.run(conn_shutdown.clone()));
-    let connected = tokio::time::timeout(Duration::from_secs(15), state.wait_for(|s| s.connected)).await;
-    if !matches!(connected, Ok(Ok(_))) {
+    // The watch guard must not outlive this statement: it would block the connector's updates.
+    let connected = matches!(tokio::time::timeout(Duration::from_secs(15), state.wait_for(|s| s.connected)).await, Ok(Ok(_)));
+    if !connected {
         tracing::warn!("the demo connector is not connected yet; requests get 503 until it is");
     }
 

@@ -187,6 +187,7 @@ pub async fn run(
     shutdown: CancellationToken,
     started: Option<tokio::sync::oneshot::Sender<RelayView>>,
 ) -> anyhow::Result<()> {
+    let addrs = listeners.addrs();
     let keys = keys::Keys::load_or_create(&config.data_dir)?;
     let (certs, key) = keys::tls_material(&config.data_dir, config.tls.as_ref())?;
     let catalog = Arc::new(Catalog::load(&store).await.context("loading tenants")?);
@@ -237,6 +238,15 @@ pub async fn run(
         close_invalid_sessions(&refresh_relay)
     }));
     info!(node = %relay.config.node_name, "relay serving");
+    if let Some(a) = addrs.https {
+        info!(https = %a, "listening (HTTPS over TCP, connectors over QUIC/UDP)");
+    }
+    if let Some(a) = addrs.http {
+        info!(http = %a, "listening (plain HTTP)");
+    }
+    if let Some(a) = addrs.admin {
+        info!(admin = %a, "listening (admin)");
+    }
     if let Some(tx) = started {
         let _ = tx.send(RelayView { relay: relay.clone() });
     }

@@ -129,23 +129,36 @@ async fn proxy(
 
     // The request body flows on its own task, so a backend that answers before reading the whole
     // body (or a slow upload) never blocks the response.
-    let (fail_tx, mut fail_rx) = oneshot::channel();
-    tokio::spawn(pump_request(body, send, max_body, limits.body_idle_timeout, fail_tx));
+    let (pump_tx, mut pump_rx) = oneshot::channel();
+    tokio::spawn(pump_request(body, send, max_body, limits.body_idle_timeout, pump_tx));
 
     let timeout = tenant
         .limits
         .request_timeout_ms
         .map(Duration::from_millis)
         .unwrap_or(limits.request_timeout);
-    // Why select: the head may never come (timeout), or the upload may fail first (too large,
-    // stalled), in which case the visitor gets that status instead of waiting for the backend.
-    let first = tokio::select! {
-        r = tokio::time::timeout(timeout, recv.next()) => r,
-        Ok(err) = &mut fail_rx => return Err(err),
+    // The response timeout runs from the end of the request body (as Envoy's route timeout):
+    // an upload that is still flowing is governed by the body idle timeout instead.
+    let deadline = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(deadline);
+    let mut uploading = true;
+    let first = loop {
+        // Why select: the head may come first (an early answer), the upload may fail first (too
+        // large, stalled: the visitor gets that status), or the deadline may pass.
+        tokio::select! {
+            r = recv.next() => break r,
+            outcome = &mut pump_rx, if uploading => {
+                uploading = false;
+                if let Ok(Err(e)) = outcome {
+                    return Err(e);
+                }
+                deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
+            }
+            _ = &mut deadline => return Err(ProxyError::ResponseTimeout(timeout)),
+        }
     };
     match first {
-        Err(_) => Err(ProxyError::ResponseTimeout(timeout)),
-        Ok(Ok(Some(StreamFrame::ResponseHead(head)))) => {
+        Ok(Some(StreamFrame::ResponseHead(head))) => {
             let mut headers = head.headers;
             strip_hop_by_hop(&mut headers);
             let mut response = Response::new(Either::Right(TunnelBody::new(recv, None, guard)));
@@ -153,10 +166,10 @@ async fn proxy(
             *response.headers_mut() = headers;
             Ok(response)
         }
-        Ok(Ok(Some(StreamFrame::Error(e)))) => Err(ProxyError::from_code(e.code, e.message)),
-        Ok(Ok(Some(_))) => Err(ProxyError::Connector("unexpected frame before the response head".into())),
-        Ok(Ok(None)) => Err(ProxyError::Connector("stream ended before the response head".into())),
-        Ok(Err(e)) => Err(ProxyError::Connector(e.to_string())),
+        Ok(Some(StreamFrame::Error(e))) => Err(ProxyError::from_code(e.code, e.message)),
+        Ok(Some(_)) => Err(ProxyError::Connector("unexpected frame before the response head".into())),
+        Ok(None) => Err(ProxyError::Connector("stream ended before the response head".into())),
+        Err(e) => Err(ProxyError::Connector(e.to_string())),
     }
 }
 
@@ -206,30 +219,35 @@ fn request_headers(
 
 /// Streams the visitor's body into the tunnel, enforcing the size limit and the idle timeout.
 /// A failure resets the stream (the backend sees an aborted request, never a complete one) and is
-/// reported through `fail` so the visitor can be told why, if no response has started.
+/// reported through `done` so the visitor can be told why, if no response has started; `Ok` (or
+/// the sender dropped) means the body is done and the response timeout starts.
 async fn pump_request(
-    mut body: Incoming,
-    mut send: FramedSend,
+    body: Incoming,
+    send: FramedSend,
     max: u64,
     idle: Duration,
-    fail: oneshot::Sender<ProxyError>,
+    done: oneshot::Sender<Result<(), ProxyError>>,
 ) {
+    let outcome = pump(body, send, max, idle).await;
+    let _ = done.send(outcome);
+}
+
+async fn pump(mut body: Incoming, mut send: FramedSend, max: u64, idle: Duration) -> Result<(), ProxyError> {
     let mut total: u64 = 0;
     loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => {
                 send.reset(ErrorCode::REQUEST_REJECTED);
-                let _ = fail.send(ProxyError::BodyTimeout(idle));
-                return;
+                return Err(ProxyError::BodyTimeout(idle));
             }
             Ok(None) => {
                 send.finish();
-                return;
+                return Ok(());
             }
             Ok(Some(Err(_))) => {
                 // The visitor went away mid-upload: the backend request must be cancelled.
                 send.reset(ErrorCode::VISITOR_ABORTED);
-                return;
+                return Ok(());
             }
             Ok(Some(Ok(frame))) => frame,
         };
@@ -238,8 +256,7 @@ async fn pump_request(
                 total = total.saturating_add(data.len() as u64);
                 if total > max {
                     send.reset(ErrorCode::REQUEST_REJECTED);
-                    let _ = fail.send(ProxyError::BodyTooLarge(max));
-                    return;
+                    return Err(ProxyError::BodyTooLarge(max));
                 }
                 send.send_data(data).await
             }
@@ -250,7 +267,7 @@ async fn pump_request(
         };
         if sent.is_err() {
             // The connector stopped reading (the backend answered or failed); nothing to add.
-            return;
+            return Ok(());
         }
     }
 }

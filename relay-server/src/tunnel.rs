@@ -40,6 +40,9 @@ pub(crate) fn server_config(
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut t = TransportConfig::default();
     t.max_idle_timeout(Some(config.tunnel.idle_timeout.try_into()?));
+    // The negotiated idle timeout is the smaller of both peers'; pinging from this side too keeps
+    // a quiet session alive even when a connector's keep-alive is longer than our idle timeout.
+    t.keep_alive_interval(Some(config.tunnel.idle_timeout / 3));
     t.max_concurrent_bidi_streams(VarInt::from_u32(CONNECTOR_OPENED_STREAMS));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     t.receive_window(VarInt::from_u32(16 * 1024 * 1024));

@@ -133,9 +133,16 @@ pub fn pattern_sha256(n: u64) -> String {
     crate::hex(ctx.finish().as_ref())
 }
 
-/// The pattern bytes at `offset..offset+len`.
-pub fn pattern_chunk(offset: u64, len: usize) -> Vec<u8> {
-    (0..len as u64).map(|i| ((offset + i) % 251) as u8).collect()
+/// The pattern's period: byte `i` is `i % 251`.
+const PERIOD: usize = 251;
+
+/// The pattern bytes at `offset..offset+len` (`len` ≤ 64 KiB), sliced from one precomputed run.
+pub fn pattern_chunk(offset: u64, len: usize) -> Bytes {
+    static RUN: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| (0..CHUNK + PERIOD).map(|i| (i % PERIOD) as u8).collect::<Vec<u8>>().into());
+    assert!(len <= CHUNK, "pattern chunks are at most 64 KiB");
+    let start = (offset % PERIOD as u64) as usize;
+    run.slice(start..start + len)
 }
 
 struct ActiveGuard(Arc<Shared>);
@@ -170,7 +177,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                 return None;
             }
             let len = (n - sent).min(CHUNK as u64) as usize;
-            let chunk = Bytes::from(pattern_chunk(sent, len));
+            let chunk = pattern_chunk(sent, len);
             Some((Ok::<_, BoxError>(Frame::data(chunk)), (sent + len as u64, guard)))
         });
         let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));

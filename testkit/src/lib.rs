@@ -6,7 +6,7 @@ pub mod backend;
 pub mod client;
 pub mod process;
 
-pub use backend::{pattern_sha256, Backend};
+pub use backend::{pattern_chunk, pattern_sha256, Backend};
 pub use client::Client;
 
 /// Installs a test tracing subscriber once (`RUST_LOG` picks the level; default warn).

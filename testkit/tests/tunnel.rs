@@ -254,3 +254,35 @@ async fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
 
 #[allow(dead_code)]
 fn _assert_send(_: Arc<()>) {}
+
+#[tokio::test]
+async fn response_timeout_starts_after_the_upload() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay().configure(|f| f.limits.request_timeout = Some(Duration::from_millis(800))).spawn().await;
+    relay.create_tenant("acme").await;
+    let cred = relay.create_credential("acme").await;
+    relay.sync().await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target_with_timeout("app", &backend.url(), Duration::from_millis(800))
+        .spawn();
+    conn.connected().await;
+    let client = Client::new(&relay.ca_cert());
+    // A 2 s upload (8 chunks, 250 ms apart) to a backend that answers after the last byte.
+    let chunks = futures_util::stream::unfold(0u32, |i| async move {
+        if i == 8 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        Some((Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(vec![3u8; 1000]))), i + 1))
+    });
+    let body = BodyExt::boxed(http_body_util::StreamBody::new(chunks).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>));
+    let resp = client.send(http::Request::post(relay.url("/relay/acme/app/sink")).body(body)?).await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = String::from_utf8(resp.into_body().collect().await?.to_bytes().to_vec())?;
+    assert!(text.starts_with("8000 "), "{text}");
+    // A backend that is slow after the upload still times out.
+    assert_eq!(client.get(&relay.url("/relay/acme/app/sleep/3000")).await?.status, StatusCode::GATEWAY_TIMEOUT);
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! The real binaries as processes: 1 GiB each way with bounded memory, a connector killed
+//! mid-response, and the quickstart's printed curl line.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use relay_server::testing::relay;
+use testkit::process::{bin, rss_kib, ChildGuard, RssSampler};
+use testkit::{pattern_chunk, pattern_sha256, trace_init, Backend, Client};
+
+const GIB: u64 = 1 << 30;
+const CHUNK: usize = 64 * 1024;
+
+/// Runs a relay-server CLI command to completion and returns its stdout.
+fn relay_cli(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin("relay-server"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("run relay-server");
+    assert!(out.status.success(), "relay-server {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// Starts `relay-server run` and returns it with its HTTPS port (read from its JSON log).
+fn start_relay(data_dir: &Path, envs: &[(&str, &str)]) -> (ChildGuard, u16) {
+    let mut cmd = Command::new(bin("relay-server"));
+    cmd.arg("--data-dir").arg(data_dir).args(["--log-format", "json", "run", "--listen", "127.0.0.1:0"]);
+    cmd.envs(envs.iter().copied()).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn relay");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if let Some(addr) = v["fields"]["https"].as_str() {
+                        let port: u16 = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+                        let _ = tx.send(port);
+                        sent = true;
+                    }
+                }
+            }
+            if std::env::var_os("RUST_LOG").is_some() {
+                eprintln!("relay: {line}");
+            }
+        }
+    });
+    let port = rx.recv_timeout(Duration::from_secs(30)).expect("relay reported its port");
+    (ChildGuard(child), port)
+}
+
+fn start_connector(port: u16, data_dir: &Path, backend: &Backend) -> ChildGuard {
+    let mut cmd = Command::new(bin("connector"));
+    cmd.args(["run", "--server", &format!("https://127.0.0.1:{port}"), "--tenant", "acme"])
+        .arg("--secret-file")
+        .arg(data_dir.join("secret"))
+        .arg("--ca-cert")
+        .arg(data_dir.join("tls/cert.pem"))
+        .args(["--target", &format!("app={}", backend.url())])
+        .env("CONNECTOR_SESSION__BACKOFF_CAP", "1s");
+    ChildGuard::spawn(cmd)
+}
+
+fn provision(data_dir: &Path) {
+    relay_cli(data_dir, &["tenant", "create", "acme"]);
+    let out = relay_cli(data_dir, &["tenant", "credential", "create", "acme"]);
+    let secret = out.lines().last().expect("secret line").trim();
+    assert!(secret.starts_with("rsk_"), "{out}");
+    std::fs::write(data_dir.join("secret"), secret).unwrap();
+}
+
+async fn wait_ready(client: &Client, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(a) = client.get(url).await {
+            if a.status == StatusCode::OK {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "tunnel not ready: {url}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_gib_each_way_with_bounded_memory() -> anyhow::Result<()> {
+    trace_init();
+    let dir = tempfile::tempdir()?;
+    provision(dir.path());
+    let backend = Backend::spawn().await;
+    let (relay, port) = start_relay(dir.path(), &[("RELAY_LIMITS__MAX_BODY_BYTES", "2147483648")]);
+    let conn = start_connector(port, dir.path(), &backend);
+    let client = Client::new(&dir.path().join("tls/cert.pem"));
+    let base = format!("https://127.0.0.1:{port}/relay/acme/app");
+    wait_ready(&client, &format!("{base}/warmup")).await;
+    // Warm both paths so pools and buffers exist before the baseline.
+    let _ = client.get(&format!("{base}/bytes/10000000")).await?;
+    let (relay_base, conn_base) = (rss_kib(relay.pid()), rss_kib(conn.pid()));
+    let (relay_rss, conn_rss) = (RssSampler::start(relay.pid()), RssSampler::start(conn.pid()));
+
+    // Download.
+    let started = Instant::now();
+    let req = http::Request::get(format!("{base}/bytes/{GIB}")).body(testkit::client::Body::default())?;
+    let resp = client.send(req).await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut got = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(d) = frame?.into_data() {
+            got += d.len() as u64;
+            ctx.update(&d);
+        }
+    }
+    let down = started.elapsed();
+    assert_eq!(got, GIB);
+    assert_eq!(testkit::hex(ctx.finish().as_ref()), pattern_sha256(GIB));
+
+    // Upload.
+    let started = Instant::now();
+    let chunks = futures_util::stream::unfold(0u64, |sent| async move {
+        if sent >= GIB {
+            return None;
+        }
+        let len = (GIB - sent).min(CHUNK as u64) as usize;
+        Some((Ok::<_, std::io::Error>(hyper::body::Frame::data(pattern_chunk(sent, len))), sent + len as u64))
+    });
+    let body = BodyExt::boxed(
+        http_body_util::StreamBody::new(chunks).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+    );
+    let req = http::Request::put(format!("{base}/sink")).header("content-length", GIB).body(body)?;
+    let resp = client.send(req).await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let answer = String::from_utf8(resp.into_body().collect().await?.to_bytes().to_vec())?;
+    let up = started.elapsed();
+    assert_eq!(answer, format!("{GIB} {}", pattern_sha256(GIB)));
+
+    let (relay_peak, conn_peak) = (relay_rss.finish(), conn_rss.finish());
+    let (relay_growth, conn_growth) = (relay_peak.saturating_sub(relay_base), conn_peak.saturating_sub(conn_base));
+    eprintln!(
+        "1 GiB download {:.0} MiB/s, upload {:.0} MiB/s; RSS growth relay {} KiB (base {relay_base}), connector {} KiB (base {conn_base})",
+        1024.0 / down.as_secs_f64(),
+        1024.0 / up.as_secs_f64(),
+        relay_growth,
+        conn_growth
+    );
+    assert!(relay_growth < 64 * 1024, "relay RSS grew {relay_growth} KiB");
+    assert!(conn_growth < 64 * 1024, "connector RSS grew {conn_growth} KiB");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_connector_aborts_its_responses_and_the_other_takes_over() -> anyhow::Result<()> {
+    trace_init();
+    // The relay is in-process (to read its in-flight gauge); connectors are real processes.
+    let relay = relay().configure(|f| f.tunnel.idle_timeout = Some(Duration::from_secs(3))).spawn().await;
+    relay.create_tenant("acme").await;
+    let cred = relay.create_credential("acme").await;
+    relay.sync().await;
+    let dir = relay.data_dir();
+    std::fs::write(dir.join("secret"), &cred.secret)?;
+    let (b1, b2) = (Backend::spawn().await, Backend::spawn().await);
+    let mut c1 = start_connector(relay.addr.port(), &dir, &b1);
+    let mut c2 = start_connector(relay.addr.port(), &dir, &b2);
+    let client = Client::new(&relay.ca_cert());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relay.view.sessions("acme").len() < 2 {
+        assert!(Instant::now() < deadline, "connectors did not connect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let req = http::Request::get(relay.url("/relay/acme/app/hold")).body(testkit::client::Body::default())?;
+    let resp = client.send(req).await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    body.frame().await.expect("first bytes")?;
+    let victim = if b1.active_streams() == 1 { &mut c1 } else { &mut c2 };
+    victim.kill();
+
+    // The response ends in an error (aborted), never in a clean end of body.
+    let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match body.frame().await {
+                Some(Ok(_)) => continue,
+                Some(Err(_)) => return "aborted",
+                None => return "clean end",
+            }
+        }
+    })
+    .await
+    .expect("the cut response ends within the idle timeout");
+    assert_eq!(outcome, "aborted");
+
+    for i in 0..20 {
+        let a = client.get(&relay.url(&format!("/relay/acme/app/after/{i}"))).await?;
+        assert_eq!(a.status, StatusCode::OK, "request {i} after the kill");
+    }
+    assert_eq!(relay.view.sessions("acme").len(), 1);
+    assert_eq!(relay.view.metrics().in_flight.load(Ordering::SeqCst), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_prints_a_working_curl_line_and_reuses_its_data() -> anyhow::Result<()> {
+    trace_init();
+    let dir = tempfile::tempdir()?;
+    for round in 0..2 {
+        let mut cmd = Command::new(bin("relay-server"));
+        cmd.current_dir(dir.path())
+            .args(["quickstart", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn()?;
+        let stdout = child.stdout.take().expect("stdout");
+        let mut child = ChildGuard(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let done = line.contains("Ctrl-C");
+                lines.push(line);
+                if done {
+                    let _ = tx.send(lines.clone());
+                }
+            }
+        });
+        let lines = rx.recv_timeout(Duration::from_secs(60)).expect("quickstart banner");
+        let curl = lines.iter().find_map(|l| l.trim().strip_prefix("Try it:")).expect("a curl line").trim().to_string();
+        assert!(lines.iter().any(|l| l.contains("Management web:") && l.contains("login: admin /")), "{lines:?}");
+        let args: Vec<&str> = curl.split_whitespace().collect();
+        assert_eq!(args[0], "curl");
+        let out = Command::new("curl").current_dir(dir.path()).args(&args[1..]).args(["-sS", "--max-time", "20"]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "round {round}: {curl}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.starts_with("GET /hello"), "round {round}: echo answer: {text}");
+        // Ctrl-C stops it cleanly (exit 0).
+        let pid = child.pid().to_string();
+        Command::new("kill").args(["-INT", &pid]).status()?;
+        let status = wait_exit(&mut child.0, Duration::from_secs(30));
+        assert!(status.is_some_and(|s| s.success()), "round {round}: quickstart exit {status:?}");
+    }
+    // The second start reused the tenant: exactly one credential was created.
+    let creds = relay_cli_in(dir.path(), &["tenant", "credential", "list", "demo"]);
+    assert_eq!(creds.lines().filter(|l| l.contains("active")).count(), 1, "{creds}");
+    Ok(())
+}
+
+fn relay_cli_in(cwd: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin("relay-server")).current_dir(cwd).args(args).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[allow(dead_code)]
+fn _unused(_: Bytes) {}
