@@ -32,8 +32,6 @@ pub struct FileConfig {
     pub transport: Option<String>,
     /// An HTTP CONNECT proxy URL.
     pub proxy: Option<String>,
-    /// The name this connector reports (defaults to the host name).
-    pub name: Option<String>,
     /// Targets by name.
     #[serde(default)]
     pub targets: BTreeMap<String, TargetFile>,
@@ -94,8 +92,6 @@ pub struct Config {
     pub secret: Secret,
     /// Extra roots for the relay's certificate, PEM.
     pub ca_certs: Vec<PathBuf>,
-    /// The name reported to the relay.
-    pub name: String,
     /// Targets by canonical name.
     pub targets: BTreeMap<String, Target>,
     /// Keep-alive interval.
@@ -229,7 +225,6 @@ impl Config {
             tenant,
             secret,
             ca_certs: raw.ca_cert.map(|p| layered::relative_to(file, &p)).into_iter().collect(),
-            name: raw.name.unwrap_or_else(default_name),
             targets,
             keep_alive,
             idle_timeout,
@@ -296,13 +291,6 @@ fn canonical_name(name: &str, what: &str) -> Result<String, ConfigError> {
     }
 }
 
-fn default_name() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "connector".to_string())
-}
 
 #[cfg(test)]
 mod tests {

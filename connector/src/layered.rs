@@ -65,10 +65,21 @@ pub fn load<T: DeserializeOwned>(
     env: &dyn EnvSource,
     flags: toml::Table,
 ) -> Result<T, ConfigError> {
-    let mut table = match file {
-        Some(path) => read_file(path)?,
-        None => toml::Table::new(),
-    };
+    load_with_defaults(toml::Table::new(), file, prefix, env, flags)
+}
+
+/// Like [`load`], with `defaults` below everything else (a mode's own defaults).
+pub fn load_with_defaults<T: DeserializeOwned>(
+    defaults: toml::Table,
+    file: Option<&Path>,
+    prefix: &str,
+    env: &dyn EnvSource,
+    flags: toml::Table,
+) -> Result<T, ConfigError> {
+    let mut table = defaults;
+    if let Some(path) = file {
+        merge(&mut table, read_file(path)?);
+    }
     let mut vars = env.vars();
     vars.sort();
     for (name, raw) in vars {

@@ -89,13 +89,12 @@ impl Connector {
                 break;
             }
             let started = Instant::now();
-            // Why select: an attempt may hang in DNS or the handshake; shutdown must not wait.
-            let outcome = tokio::select! {
-                r = self.dialer.session(&shutdown, &self.state) => r,
-                _ = shutdown.cancelled() => break,
-            };
+            // The session watches `shutdown` itself: while establishing it gives up at once; once
+            // established it stops taking streams and lets those in flight finish.
+            let outcome = self.dialer.session(&shutdown, &self.state).await;
             let hint = match outcome {
                 Ok(Ended::Shutdown) => break,
+                Err(AttemptError::Shutdown) => break,
                 Ok(Ended::Drained) => {
                     attempt = 0;
                     Duration::ZERO

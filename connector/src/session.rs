@@ -54,6 +54,8 @@ pub(crate) enum AttemptError {
     AuthTimeout(Duration),
     #[error("relay sent {0} instead of Welcome")]
     Unexpected(&'static str),
+    #[error("shutting down")]
+    Shutdown,
 }
 
 impl AttemptError {
@@ -99,7 +101,11 @@ impl Dialer {
         shutdown: &CancellationToken,
         state: &StateTx,
     ) -> Result<Ended, AttemptError> {
-        let (conn, mut control, session_id, expires_in) = self.establish().await?;
+        // Why select: DNS, the handshake or authentication may hang; shutdown must not wait.
+        let (conn, mut control, session_id, expires_in) = tokio::select! {
+            r = self.establish() => r?,
+            _ = shutdown.cancelled() => return Err(AttemptError::Shutdown),
+        };
         info!(
             session_id = %session_id,
             relay = %conn.remote_address(),

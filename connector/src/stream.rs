@@ -96,6 +96,10 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
     let (parts, mut body) = response.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
+    if headers.len() > tunnel_protocol::MAX_HEADERS {
+        fail(&mut send, ErrorCode::BACKEND_BAD_RESPONSE, "too many response header fields").await;
+        return;
+    }
     let head = StreamFrame::ResponseHead(ResponseHead { status: parts.status, headers });
     let mut encoded = bytes::BytesMut::new();
     head.encode(&mut encoded);

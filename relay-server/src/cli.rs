@@ -143,14 +143,18 @@ impl Cli {
                 }
             }
         }
-        if matches!(self.command, Some(Command::Quickstart(_))) {
-            table.entry("https").or_insert_with(|| toml::Value::String("127.0.0.1:8443".into()));
-            table.entry("admin").or_insert_with(|| toml::Value::String("127.0.0.1:9090".into()));
-        }
         if !table.is_empty() {
             flags.insert("listen".into(), toml::Value::Table(table));
         }
-        Config::load(self.config.as_deref(), env, flags)
+        // The quickstart listens on loopback with an admin listener unless told otherwise.
+        let mut defaults = toml::Table::new();
+        if matches!(self.command, Some(Command::Quickstart(_))) {
+            let mut listen = toml::Table::new();
+            listen.insert("https".into(), toml::Value::String("127.0.0.1:8443".into()));
+            listen.insert("admin".into(), toml::Value::String("127.0.0.1:9090".into()));
+            defaults.insert("listen".into(), toml::Value::Table(listen));
+        }
+        Config::load_with_defaults(defaults, self.config.as_deref(), env, flags)
     }
 }
 
@@ -282,11 +286,10 @@ async fn quickstart(config: Config, shutdown: CancellationToken) -> anyhow::Resu
     let password_path = dir.join("admin-password");
     let password = match std::fs::read_to_string(&password_path) {
         Ok(p) if !p.trim().is_empty() => p.trim().to_string(),
+        _ if store.admin_user_exists("admin").await? => "(set earlier; not stored here)".to_string(),
         _ => {
             let p = random_token(18);
-            if !store.admin_user_exists("admin").await? {
-                store.create_admin_user("admin", &p).await?;
-            }
+            store.create_admin_user("admin", &p).await?;
             write_private(&password_path, &p)?;
             p
         }

@@ -185,7 +185,17 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 impl Config {
     /// Loads file + `RELAY_*` env + flags and validates.
     pub fn load(file: Option<&Path>, env: &dyn EnvSource, flags: toml::Table) -> Result<Config, ConfigError> {
-        let raw: FileConfig = layered::load(file, "RELAY_", env, flags)?;
+        Config::load_with_defaults(toml::Table::new(), file, env, flags)
+    }
+
+    /// Like [`Config::load`], with a mode's defaults below the file.
+    pub fn load_with_defaults(
+        defaults: toml::Table,
+        file: Option<&Path>,
+        env: &dyn EnvSource,
+        flags: toml::Table,
+    ) -> Result<Config, ConfigError> {
+        let raw: FileConfig = layered::load_with_defaults(defaults, file, "RELAY_", env, flags)?;
         Config::from_file(raw, file)
     }
 

@@ -39,6 +39,8 @@ pub(crate) enum ProxyError {
     NotFound,
     #[error("connector did not send a response head within {0:?}")]
     ResponseTimeout(Duration),
+    #[error("too many request header fields")]
+    TooManyHeaders,
     #[error("tenant stream limit reached")]
     TooManyStreams,
     #[error("target not defined on the connector")]
@@ -60,6 +62,7 @@ impl ProxyError {
             Self::NoSession => (Blame::Connector, StatusCode::SERVICE_UNAVAILABLE),
             Self::NotFound => (Blame::Visitor, StatusCode::NOT_FOUND),
             Self::ResponseTimeout(_) => (Blame::Connector, StatusCode::GATEWAY_TIMEOUT),
+            Self::TooManyHeaders => (Blame::Visitor, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
             Self::TooManyStreams => (Blame::Visitor, StatusCode::TOO_MANY_REQUESTS),
             Self::UnknownTarget => (Blame::Visitor, StatusCode::NOT_FOUND),
             Self::UnknownTenant => (Blame::Visitor, StatusCode::NOT_FOUND),
@@ -76,6 +79,7 @@ impl ProxyError {
             Self::MalformedRoute => "malformed relay path",
             Self::NoSession => "no connector is online for this tenant",
             Self::NotFound | Self::UnknownTenant => "not found",
+            Self::TooManyHeaders => "too many request header fields",
             Self::TooManyStreams => "too many requests in flight for this tenant",
             Self::UnknownTarget => "unknown target",
         }

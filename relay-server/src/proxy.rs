@@ -88,6 +88,10 @@ async fn proxy(
     })?;
     let tenant = relay.catalog.enabled_tenant(&route.tenant).ok_or(ProxyError::UnknownTenant)?;
     let limits = &relay.config.limits;
+    // HTTP/1.1 counts fields in hyper's parser; HTTP/2 only bounds their total size.
+    if parts.headers.len() > limits.max_headers {
+        return Err(ProxyError::TooManyHeaders);
+    }
     let max_body = tenant.limits.max_body_bytes.unwrap_or(limits.max_body_bytes);
     let content_length = body.size_hint().exact();
     if content_length.is_some_and(|n| n > max_body) {

@@ -91,7 +91,11 @@ async fn session(relay: Arc<Relay>, incoming: quinn::Incoming) {
         Ok(Ok(_)) => return close(&conn, ErrorCode::PROTOCOL_ERROR),
         Ok(Err(e)) => {
             debug!(error = %e, "no hello");
-            return close(&conn, ErrorCode::PROTOCOL_ERROR);
+            let unsupported = matches!(
+                e.downcast_ref::<connector::control::ControlError>(),
+                Some(connector::control::ControlError::Decode(tunnel_protocol::DecodeError::UnsupportedVersion(_)))
+            );
+            return close(&conn, if unsupported { ErrorCode::VERSION_UNSUPPORTED } else { ErrorCode::PROTOCOL_ERROR });
         }
         Err(_) => return close(&conn, ErrorCode::AUTH_TIMEOUT),
     };

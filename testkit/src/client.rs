@@ -64,6 +64,7 @@ impl Client {
             .with_no_client_auth();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
+        http.set_nodelay(true);
         let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
         let connector = if h2_only { b.enable_http2().wrap_connector(http) } else { b.enable_all_versions().wrap_connector(http) };
         let mut builder = hyper_util::client::legacy::Client::builder(TokioExecutor::new());

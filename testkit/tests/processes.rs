@@ -14,7 +14,10 @@ use relay_server::testing::relay;
 use testkit::process::{bin, rss_kib, ChildGuard, RssSampler};
 use testkit::{pattern_chunk, pattern_sha256, trace_init, Backend, Client};
 
-const GIB: u64 = 1 << 30;
+/// Bytes moved each way; `TRANSFER_BYTES` overrides it for quick local runs.
+fn transfer_bytes() -> u64 {
+    std::env::var("TRANSFER_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 30)
+}
 const CHUNK: usize = 64 * 1024;
 
 /// Runs a relay-server CLI command to completion and returns its stdout.
@@ -95,6 +98,7 @@ async fn wait_ready(client: &Client, url: &str) {
 async fn one_gib_each_way_with_bounded_memory() -> anyhow::Result<()> {
     trace_init();
     let dir = tempfile::tempdir()?;
+    let total = transfer_bytes();
     provision(dir.path());
     let backend = Backend::spawn().await;
     let (relay, port) = start_relay(dir.path(), &[("RELAY_LIMITS__MAX_BODY_BYTES", "2147483648")]);
@@ -109,7 +113,7 @@ async fn one_gib_each_way_with_bounded_memory() -> anyhow::Result<()> {
 
     // Download.
     let started = Instant::now();
-    let req = http::Request::get(format!("{base}/bytes/{GIB}")).body(testkit::client::Body::default())?;
+    let req = http::Request::get(format!("{base}/bytes/{total}")).body(testkit::client::Body::default())?;
     let resp = client.send(req).await?;
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
@@ -122,34 +126,34 @@ async fn one_gib_each_way_with_bounded_memory() -> anyhow::Result<()> {
         }
     }
     let down = started.elapsed();
-    assert_eq!(got, GIB);
-    assert_eq!(testkit::hex(ctx.finish().as_ref()), pattern_sha256(GIB));
+    assert_eq!(got, total);
+    assert_eq!(testkit::hex(ctx.finish().as_ref()), pattern_sha256(total));
 
     // Upload.
     let started = Instant::now();
-    let chunks = futures_util::stream::unfold(0u64, |sent| async move {
-        if sent >= GIB {
+    let chunks = futures_util::stream::unfold(0u64, move |sent| async move {
+        if sent >= total {
             return None;
         }
-        let len = (GIB - sent).min(CHUNK as u64) as usize;
+        let len = (total - sent).min(CHUNK as u64) as usize;
         Some((Ok::<_, std::io::Error>(hyper::body::Frame::data(pattern_chunk(sent, len))), sent + len as u64))
     });
     let body = BodyExt::boxed(
         http_body_util::StreamBody::new(chunks).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
     );
-    let req = http::Request::put(format!("{base}/sink")).header("content-length", GIB).body(body)?;
+    let req = http::Request::put(format!("{base}/sink")).header("content-length", total).body(body)?;
     let resp = client.send(req).await?;
     assert_eq!(resp.status(), StatusCode::OK);
     let answer = String::from_utf8(resp.into_body().collect().await?.to_bytes().to_vec())?;
     let up = started.elapsed();
-    assert_eq!(answer, format!("{GIB} {}", pattern_sha256(GIB)));
+    assert_eq!(answer, format!("{total} {}", pattern_sha256(total)));
 
     let (relay_peak, conn_peak) = (relay_rss.finish(), conn_rss.finish());
     let (relay_growth, conn_growth) = (relay_peak.saturating_sub(relay_base), conn_peak.saturating_sub(conn_base));
     eprintln!(
-        "1 GiB download {:.0} MiB/s, upload {:.0} MiB/s; RSS growth relay {} KiB (base {relay_base}), connector {} KiB (base {conn_base})",
-        1024.0 / down.as_secs_f64(),
-        1024.0 / up.as_secs_f64(),
+        "{total} bytes each way: download {:.0} MiB/s, upload {:.0} MiB/s; RSS growth relay {} KiB (base {relay_base}), connector {} KiB (base {conn_base})",
+        total as f64 / 1048576.0 / down.as_secs_f64(),
+        total as f64 / 1048576.0 / up.as_secs_f64(),
         relay_growth,
         conn_growth
     );

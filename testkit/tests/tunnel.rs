@@ -252,6 +252,14 @@ async fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
     panic!("timed out waiting for: {what}");
 }
 
+/// The relay's data directory goes away with its handle: keep a copy of its certificate.
+fn tempfile_copy(path: &std::path::Path) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("ca.pem");
+    std::fs::copy(path, &copy).unwrap();
+    (dir, copy)
+}
+
 #[allow(dead_code)]
 fn _assert_send(_: Arc<()>) {}
 
@@ -284,5 +292,63 @@ async fn response_timeout_starts_after_the_upload() -> anyhow::Result<()> {
     assert!(text.starts_with("8000 "), "{text}");
     // A backend that is slow after the upload still times out.
     assert_eq!(client.get(&relay.url("/relay/acme/app/sleep/3000")).await?.status, StatusCode::GATEWAY_TIMEOUT);
+    Ok(())
+}
+
+/// Starts a `/slow` request and returns its body after the first chunk arrived.
+async fn slow_request_in_flight(client: &Client, url: &str) -> hyper::body::Incoming {
+    let req = http::Request::get(url).body(testkit::client::Body::default()).unwrap();
+    let resp = client.send(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, Bytes::from_static(b"first\n"));
+    body
+}
+
+#[tokio::test]
+async fn connector_shutdown_lets_in_flight_requests_finish() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay().spawn().await;
+    relay.create_tenant("acme").await;
+    let cred = relay.create_credential("acme").await;
+    relay.sync().await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &cred.secret).ca_cert(relay.ca_cert()).target("app", &backend.url()).spawn();
+    conn.connected().await;
+    let client = Client::new(&relay.ca_cert());
+    let body = slow_request_in_flight(&client, &relay.url("/relay/acme/app/slow")).await;
+    let stopping = tokio::spawn(conn.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stopping.is_finished(), "the connector waits for its stream");
+    backend.release();
+    assert_eq!(body.collect().await?.to_bytes(), Bytes::from_static(b"second\n"));
+    tokio::time::timeout(Duration::from_secs(10), stopping).await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn relay_shutdown_drains_in_flight_requests_and_refuses_new_ones() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay().spawn().await;
+    relay.create_tenant("acme").await;
+    let cred = relay.create_credential("acme").await;
+    relay.sync().await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &cred.secret).ca_cert(relay.ca_cert()).target("app", &backend.url()).spawn();
+    conn.connected().await;
+    let client = Client::new(&relay.ca_cert());
+    let body = slow_request_in_flight(&client, &relay.url("/relay/acme/app/slow")).await;
+    let url = relay.url("/relay/acme/app/after");
+    let ca = relay.ca_cert();
+    let ca_copy = tempfile_copy(&ca);
+    let stopping = tokio::spawn(relay.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stopping.is_finished(), "the relay waits for the in-flight request");
+    // A new visitor connection is refused while the relay drains.
+    assert!(Client::new(&ca_copy.1).get(&url).await.is_err());
+    backend.release();
+    assert_eq!(body.collect().await?.to_bytes(), Bytes::from_static(b"second\n"));
+    tokio::time::timeout(Duration::from_secs(10), stopping).await???;
     Ok(())
 }

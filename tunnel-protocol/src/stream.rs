@@ -10,6 +10,9 @@ use crate::{DecodeError, ErrorCode, VERSION};
 /// Most header fields in one head or trailer block. The relay's own visitor limit is lower.
 pub const MAX_HEADERS: usize = 256;
 
+/// Longest `Error` message; longer ones are truncated when encoded.
+const MAX_ERROR_MESSAGE_LEN: usize = 1024;
+
 const DATA: u8 = 0x00;
 const TRAILERS: u8 = 0x01;
 const REQUEST_HEAD: u8 = 0x02;
@@ -103,7 +106,7 @@ impl StreamFrame {
             }),
             StreamFrame::Error(err) => encode_payload(dst, ERROR, |w| {
                 w.u32(err.code.0);
-                w.str(&err.message);
+                w.str(crate::codec::truncate_str(&err.message, MAX_ERROR_MESSAGE_LEN));
             }),
         }
     }
