@@ -60,7 +60,13 @@ impl Backends {
                 .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                 .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
                 .build(https);
-            map.insert(name.clone(), Backend { target: target.clone(), client });
+            map.insert(
+                name.clone(),
+                Backend {
+                    target: target.clone(),
+                    client,
+                },
+            );
         }
         Ok(Backends(Arc::new(map)))
     }
@@ -105,14 +111,21 @@ fn native_roots() -> RootCertStore {
     roots
 }
 
-fn tls_config(name: &str, target: &Target, native: &RootCertStore) -> Result<rustls::ClientConfig, ConfigError> {
+fn tls_config(
+    name: &str,
+    target: &Target,
+    native: &RootCertStore,
+) -> Result<rustls::ClientConfig, ConfigError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ConfigError::new(format!("target {name}: TLS setup: {e}")))?;
     // hyper-rustls sets ALPN itself (and refuses a config that already has it).
     let config = if target.insecure {
-        warn!(target = name, "certificate verification is OFF for this target (insecure = true)");
+        warn!(
+            target = name,
+            "certificate verification is OFF for this target (insecure = true)"
+        );
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
@@ -120,10 +133,12 @@ fn tls_config(name: &str, target: &Target, native: &RootCertStore) -> Result<rus
     } else {
         let mut roots = native.clone();
         if let Some(path) = &target.ca_cert {
-            for cert in load_certs(path).map_err(|e| ConfigError::new(format!("target {name}: {e}")))? {
-                roots
-                    .add(cert)
-                    .map_err(|e| ConfigError::new(format!("target {name}: CA {}: {e}", path.display())))?;
+            for cert in
+                load_certs(path).map_err(|e| ConfigError::new(format!("target {name}: {e}")))?
+            {
+                roots.add(cert).map_err(|e| {
+                    ConfigError::new(format!("target {name}: CA {}: {e}", path.display()))
+                })?;
             }
         }
         builder.with_root_certificates(roots).with_no_client_auth()
@@ -166,7 +181,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -175,7 +195,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -203,8 +228,14 @@ mod tests {
 
     #[test]
     fn joins_base_path_and_request_path() {
-        assert_eq!(backend("http://h:1").uri("/a?b=1").unwrap(), "http://h:1/a?b=1");
-        assert_eq!(backend("http://h:1/api/").uri("/x%2Fy?q").unwrap(), "http://h:1/api/x%2Fy?q");
+        assert_eq!(
+            backend("http://h:1").uri("/a?b=1").unwrap(),
+            "http://h:1/a?b=1"
+        );
+        assert_eq!(
+            backend("http://h:1/api/").uri("/x%2Fy?q").unwrap(),
+            "http://h:1/api/x%2Fy?q"
+        );
         assert_eq!(backend("https://h/api").uri("/").unwrap(), "https://h/api/");
     }
 }

@@ -121,16 +121,24 @@ pub struct Target {
 
 impl Config {
     /// Loads file + `CONNECTOR_*` env + flags (already shaped as a table) and validates.
-    pub fn load(file: Option<&Path>, env: &dyn EnvSource, flags: toml::Table) -> Result<Config, ConfigError> {
+    pub fn load(
+        file: Option<&Path>,
+        env: &dyn EnvSource,
+        flags: toml::Table,
+    ) -> Result<Config, ConfigError> {
         let raw: FileConfig = layered::load(file, "CONNECTOR_", env, flags)?;
         Config::from_file(raw, file)
     }
 
     /// Validates a parsed file config. `file` anchors relative paths.
     pub fn from_file(raw: FileConfig, file: Option<&Path>) -> Result<Config, ConfigError> {
-        let server = raw.server.ok_or_else(|| ConfigError::new("missing setting: server (--server URL)"))?;
+        let server = raw
+            .server
+            .ok_or_else(|| ConfigError::new("missing setting: server (--server URL)"))?;
         let (server_host, server_port) = parse_server(&server)?;
-        let tenant = raw.tenant.ok_or_else(|| ConfigError::new("missing setting: tenant (--tenant NAME)"))?;
+        let tenant = raw
+            .tenant
+            .ok_or_else(|| ConfigError::new("missing setting: tenant (--tenant NAME)"))?;
         let tenant = canonical_name(&tenant, "tenant")?;
         let secret = match (raw.secret, raw.secret_file) {
             (Some(s), None) => s,
@@ -141,15 +149,22 @@ impl Config {
                 })?;
                 let s = text.trim();
                 if s.is_empty() {
-                    return Err(ConfigError::new(format!("secret file {} is empty", path.display())));
+                    return Err(ConfigError::new(format!(
+                        "secret file {} is empty",
+                        path.display()
+                    )));
                 }
                 Secret::new(s)
             }
             (Some(_), Some(_)) => {
-                return Err(ConfigError::new("set either secret or secret_file, not both"))
+                return Err(ConfigError::new(
+                    "set either secret or secret_file, not both",
+                ))
             }
             (None, None) => {
-                return Err(ConfigError::new("missing setting: secret_file (--secret-file FILE)"))
+                return Err(ConfigError::new(
+                    "missing setting: secret_file (--secret-file FILE)",
+                ))
             }
         };
         match raw.transport.as_deref() {
@@ -160,7 +175,9 @@ impl Config {
                 ))
             }
             Some(other) => {
-                return Err(ConfigError::new(format!("transport {other:?}: use auto, quic or tcp")))
+                return Err(ConfigError::new(format!(
+                    "transport {other:?}: use auto, quic or tcp"
+                )))
             }
         }
         if raw.proxy.is_some() {
@@ -175,10 +192,9 @@ impl Config {
         let mut targets = BTreeMap::new();
         for (name, t) in raw.targets {
             let canonical = canonical_name(&name, "target")?;
-            let url: Uri = t
-                .url
-                .parse()
-                .map_err(|e| ConfigError::new(format!("target {name}: invalid URL {:?}: {e}", t.url)))?;
+            let url: Uri = t.url.parse().map_err(|e| {
+                ConfigError::new(format!("target {name}: invalid URL {:?}: {e}", t.url))
+            })?;
             match url.scheme_str() {
                 Some("http") | Some("https") => {}
                 _ => {
@@ -189,14 +205,22 @@ impl Config {
                 }
             }
             if url.authority().is_none() {
-                return Err(ConfigError::new(format!("target {name}: URL {:?} has no host", t.url)));
+                return Err(ConfigError::new(format!(
+                    "target {name}: URL {:?} has no host",
+                    t.url
+                )));
             }
             if url.query().is_some() {
-                return Err(ConfigError::new(format!("target {name}: URL {:?} must not have a query", t.url)));
+                return Err(ConfigError::new(format!(
+                    "target {name}: URL {:?} must not have a query",
+                    t.url
+                )));
             }
             let timeout = t.timeout.unwrap_or(default_timeout);
             if timeout.is_zero() {
-                return Err(ConfigError::new(format!("target {name}: timeout must be above zero")));
+                return Err(ConfigError::new(format!(
+                    "target {name}: timeout must be above zero"
+                )));
             }
             let target = Target {
                 url,
@@ -205,26 +229,36 @@ impl Config {
                 insecure: t.insecure,
             };
             if targets.insert(canonical.clone(), target).is_some() {
-                return Err(ConfigError::new(format!("target {canonical} is defined twice")));
+                return Err(ConfigError::new(format!(
+                    "target {canonical} is defined twice"
+                )));
             }
         }
         let s = raw.session;
         let backoff_base = s.backoff_base.unwrap_or(Duration::from_secs(1));
         let backoff_cap = s.backoff_cap.unwrap_or(Duration::from_secs(60));
         if backoff_base.is_zero() || backoff_cap < backoff_base {
-            return Err(ConfigError::new("session: backoff_base must be > 0 and <= backoff_cap"));
+            return Err(ConfigError::new(
+                "session: backoff_base must be > 0 and <= backoff_cap",
+            ));
         }
         let keep_alive = s.keep_alive.unwrap_or(Duration::from_secs(10));
         let idle_timeout = s.idle_timeout.unwrap_or(Duration::from_secs(30));
         if keep_alive.is_zero() || keep_alive >= idle_timeout {
-            return Err(ConfigError::new("session: keep_alive must be > 0 and below idle_timeout"));
+            return Err(ConfigError::new(
+                "session: keep_alive must be > 0 and below idle_timeout",
+            ));
         }
         Ok(Config {
             server_host,
             server_port,
             tenant,
             secret,
-            ca_certs: raw.ca_cert.map(|p| layered::relative_to(file, &p)).into_iter().collect(),
+            ca_certs: raw
+                .ca_cert
+                .map(|p| layered::relative_to(file, &p))
+                .into_iter()
+                .collect(),
             targets,
             keep_alive,
             idle_timeout,
@@ -242,7 +276,10 @@ pub fn parse_target_flag(spec: &str) -> Result<(String, TargetFile), ConfigError
         .ok_or_else(|| ConfigError::new(format!("--target {spec:?}: expected NAME=URL")))?;
     let mut parts = rest.split(',');
     let url = parts.next().unwrap_or_default().to_string();
-    let mut target = TargetFile { url, ..TargetFile::default() };
+    let mut target = TargetFile {
+        url,
+        ..TargetFile::default()
+    };
     for opt in parts {
         match opt.split_once('=') {
             Some(("timeout", v)) => {
@@ -252,19 +289,29 @@ pub fn parse_target_flag(spec: &str) -> Result<(String, TargetFile), ConfigError
             }
             Some(("ca-cert", v)) => target.ca_cert = Some(PathBuf::from(v)),
             None if opt == "insecure" => target.insecure = true,
-            _ => return Err(ConfigError::new(format!("--target {name}: unknown option {opt:?}"))),
+            _ => {
+                return Err(ConfigError::new(format!(
+                    "--target {name}: unknown option {opt:?}"
+                )))
+            }
         }
     }
     Ok((name.to_string(), target))
 }
 
 fn parse_server(server: &str) -> Result<(String, u16), ConfigError> {
-    let with_scheme = if server.contains("://") { server.to_string() } else { format!("https://{server}") };
+    let with_scheme = if server.contains("://") {
+        server.to_string()
+    } else {
+        format!("https://{server}")
+    };
     let uri: Uri = with_scheme
         .parse()
         .map_err(|e| ConfigError::new(format!("server {server:?}: {e}")))?;
     if uri.scheme_str() != Some("https") {
-        return Err(ConfigError::new(format!("server {server:?}: the relay is reached over https://")));
+        return Err(ConfigError::new(format!(
+            "server {server:?}: the relay is reached over https://"
+        )));
     }
     let host = uri
         .host()
@@ -281,7 +328,8 @@ fn canonical_name(name: &str, what: &str) -> Result<String, ConfigError> {
     let ok = !b.is_empty()
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
     if ok {
         Ok(lower)
     } else {
@@ -291,14 +339,19 @@ fn canonical_name(name: &str, what: &str) -> Result<String, ConfigError> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn base() -> FileConfig {
         let mut targets = BTreeMap::new();
-        targets.insert("App".into(), TargetFile { url: "http://127.0.0.1:8080/api".into(), ..Default::default() });
+        targets.insert(
+            "App".into(),
+            TargetFile {
+                url: "http://127.0.0.1:8080/api".into(),
+                ..Default::default()
+            },
+        );
         FileConfig {
             server: Some("https://relay.example.com".into()),
             tenant: Some("Demo".into()),
@@ -311,7 +364,10 @@ mod tests {
     #[test]
     fn valid_config_is_canonicalised() {
         let c = Config::from_file(base(), None).unwrap();
-        assert_eq!((c.server_host.as_str(), c.server_port), ("relay.example.com", 443));
+        assert_eq!(
+            (c.server_host.as_str(), c.server_port),
+            ("relay.example.com", 443)
+        );
         assert_eq!(c.tenant, "demo");
         assert!(c.targets.contains_key("app"));
         assert_eq!(c.targets["app"].timeout, DEFAULT_TARGET_TIMEOUT);
@@ -323,7 +379,13 @@ mod tests {
         f.server = Some("http://relay".into());
         assert!(Config::from_file(f, None).is_err());
         let mut f = base();
-        f.targets.insert("x".into(), TargetFile { url: "ftp://a".into(), ..Default::default() });
+        f.targets.insert(
+            "x".into(),
+            TargetFile {
+                url: "ftp://a".into(),
+                ..Default::default()
+            },
+        );
         assert!(Config::from_file(f, None).is_err());
         let mut f = base();
         f.tenant = Some("a/b".into());
@@ -333,7 +395,10 @@ mod tests {
         assert!(Config::from_file(f, None).is_err());
         let mut f = base();
         f.secret = None;
-        assert!(Config::from_file(f, None).unwrap_err().to_string().contains("secret_file"));
+        assert!(Config::from_file(f, None)
+            .unwrap_err()
+            .to_string()
+            .contains("secret_file"));
     }
 
     #[test]

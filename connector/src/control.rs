@@ -34,7 +34,11 @@ pub struct ControlStream {
 impl ControlStream {
     /// Wraps the two halves of the control stream.
     pub fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> ControlStream {
-        ControlStream { send, recv, buf: BytesMut::new() }
+        ControlStream {
+            send,
+            recv,
+            buf: BytesMut::new(),
+        }
     }
 
     /// Sends one frame.

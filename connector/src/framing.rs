@@ -51,9 +51,9 @@ impl RecvError {
 pub fn reset_code(err: &io::Error) -> Option<ErrorCode> {
     let inner = err.get_ref()?;
     match inner.downcast_ref::<quinn::ReadError>() {
-        Some(quinn::ReadError::Reset(code)) => {
-            Some(ErrorCode(u32::try_from(code.into_inner()).unwrap_or(u32::MAX)))
-        }
+        Some(quinn::ReadError::Reset(code)) => Some(ErrorCode(
+            u32::try_from(code.into_inner()).unwrap_or(u32::MAX),
+        )),
         _ => None,
     }
 }
@@ -71,21 +71,37 @@ pub struct FramedRecv {
 impl FramedRecv {
     /// Wraps a stream; `stop_code` is sent to the peer if this is dropped early.
     pub fn new(io: quinn::RecvStream, stop_code: ErrorCode) -> FramedRecv {
-        FramedRecv { io, buf: BytesMut::new(), done: false, stop_code }
+        FramedRecv {
+            io,
+            buf: BytesMut::new(),
+            done: false,
+            stop_code,
+        }
     }
 
     /// Polls for the next frame; `Ready(Ok(None))` at a clean end of stream.
-    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<StreamFrame>, RecvError>> {
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<StreamFrame>, RecvError>> {
         loop {
             if let Some(frame) = StreamFrame::decode(&mut self.buf)? {
                 return Poll::Ready(Ok(Some(frame)));
             }
             if self.done {
-                return Poll::Ready(if self.buf.is_empty() { Ok(None) } else { Err(RecvError::Truncated) });
+                return Poll::Ready(if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(RecvError::Truncated)
+                });
             }
             self.buf.reserve(READ_CHUNK);
-            let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf))
-                .map_err(RecvError::from_io)?;
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut self.io),
+                cx,
+                &mut self.buf
+            ))
+            .map_err(RecvError::from_io)?;
             if n == 0 {
                 self.done = true;
             }
@@ -125,7 +141,12 @@ pub struct FramedSend {
 impl FramedSend {
     /// Wraps a stream; `drop_code` resets it if this is dropped before [`FramedSend::finish`].
     pub fn new(io: quinn::SendStream, drop_code: ErrorCode) -> FramedSend {
-        FramedSend { io, buf: BytesMut::new(), finished: false, drop_code }
+        FramedSend {
+            io,
+            buf: BytesMut::new(),
+            finished: false,
+            drop_code,
+        }
     }
 
     /// Writes one non-data frame. Waits for flow control.
@@ -142,7 +163,10 @@ impl FramedSend {
             let mut header = [0u8; FRAME_HEADER_LEN];
             header[1..].copy_from_slice(&(chunk.len() as u32).to_be_bytes());
             let mut chunks = [Bytes::copy_from_slice(&header), chunk];
-            self.io.write_all_chunks(&mut chunks).await.map_err(io::Error::from)?;
+            self.io
+                .write_all_chunks(&mut chunks)
+                .await
+                .map_err(io::Error::from)?;
         }
         Ok(())
     }
@@ -171,7 +195,9 @@ impl FramedSend {
     /// Resolves when the peer asks us to stop sending, with its code. Cancel safe.
     pub async fn stopped(&mut self) -> Option<ErrorCode> {
         match self.io.stopped().await {
-            Ok(Some(code)) => Some(ErrorCode(u32::try_from(code.into_inner()).unwrap_or(u32::MAX))),
+            Ok(Some(code)) => Some(ErrorCode(
+                u32::try_from(code.into_inner()).unwrap_or(u32::MAX),
+            )),
             Ok(None) => None,
             Err(_) => Some(ErrorCode::INTERNAL),
         }
@@ -200,7 +226,11 @@ impl<G> TunnelBody<G> {
     /// body (in-flight accounting).
     pub fn new(recv: FramedRecv, size: Option<u64>, guard: G) -> TunnelBody<G> {
         let recv = if size == Some(0) { None } else { Some(recv) };
-        TunnelBody { recv, size, _guard: guard }
+        TunnelBody {
+            recv,
+            size,
+            _guard: guard,
+        }
     }
 }
 

@@ -83,27 +83,44 @@ pub fn load_with_defaults<T: DeserializeOwned>(
     let mut vars = env.vars();
     vars.sort();
     for (name, raw) in vars {
-        let Some(rest) = name.strip_prefix(prefix) else { continue };
+        let Some(rest) = name.strip_prefix(prefix) else {
+            continue;
+        };
         let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
         if path.iter().any(|s| s.is_empty()) {
-            return Err(ConfigError::new(format!("environment variable {name}: malformed name")));
+            return Err(ConfigError::new(format!(
+                "environment variable {name}: malformed name"
+            )));
         }
         set_path(&mut table, &path, parse_value(&raw))
             .map_err(|e| ConfigError::new(format!("environment variable {name}: {e}")))?;
     }
     merge(&mut table, flags);
-    let source = file.map(|p| p.display().to_string()).unwrap_or_else(|| "settings".into());
-    T::deserialize(toml::Value::Table(table))
-        .map_err(|e| ConfigError::new(format!("invalid configuration ({source} + {prefix}* + flags): {e}")))
+    let source = file
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "settings".into());
+    T::deserialize(toml::Value::Table(table)).map_err(|e| {
+        ConfigError::new(format!(
+            "invalid configuration ({source} + {prefix}* + flags): {e}"
+        ))
+    })
 }
 
 /// Sets `table[path] = value`, creating intermediate tables.
-pub fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+pub fn set_path(
+    table: &mut toml::Table,
+    path: &[String],
+    value: toml::Value,
+) -> Result<(), String> {
     let (last, parents) = path.split_last().ok_or("empty key")?;
     let mut cur = table;
     for p in parents {
-        let entry = cur.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry.as_table_mut().ok_or_else(|| format!("{p} is not a table"))?;
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{p} is not a table"))?;
     }
     cur.insert(last.clone(), value);
     Ok(())
@@ -111,7 +128,9 @@ pub fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) ->
 
 fn parse_value(raw: &str) -> toml::Value {
     match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     }
 }
@@ -128,8 +147,9 @@ fn merge(dst: &mut toml::Table, src: toml::Table) {
 }
 
 fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(format!("cannot read config file {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(format!("cannot read config file {}: {e}", path.display()))
+    })?;
     text.parse::<toml::Table>()
         .map_err(|e| ConfigError::new(format!("config file {}: {e}", path.display())))
 }
@@ -186,7 +206,10 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -209,14 +232,25 @@ mod tests {
     fn flags_win_over_environment() {
         let mut flags = toml::Table::new();
         flags.insert("port".into(), toml::Value::Integer(81));
-        let d: Demo = load(None, "X_", &env(&[("X_NAME", "a"), ("X_PORT", "80")]), flags).unwrap();
+        let d: Demo = load(
+            None,
+            "X_",
+            &env(&[("X_NAME", "a"), ("X_PORT", "80")]),
+            flags,
+        )
+        .unwrap();
         assert_eq!(d.port, 81);
     }
 
     #[test]
     fn unknown_keys_are_errors() {
-        let err = load::<Demo>(None, "X_", &env(&[("X_NAME", "a"), ("X_PORT", "1"), ("X_POTR", "2")]), toml::Table::new())
-            .unwrap_err();
+        let err = load::<Demo>(
+            None,
+            "X_",
+            &env(&[("X_NAME", "a"), ("X_PORT", "1"), ("X_POTR", "2")]),
+            toml::Table::new(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("potr"), "{err}");
     }
 

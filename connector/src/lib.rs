@@ -65,7 +65,10 @@ impl Connector {
     pub fn new(config: Config) -> Result<Connector, ConfigError> {
         let backends = backend::Backends::new(&config.targets)?;
         let dialer = Arc::new(Dialer::new(config, backends)?);
-        Ok(Connector { dialer, state: watch::channel(State::default()).0 })
+        Ok(Connector {
+            dialer,
+            state: watch::channel(State::default()).0,
+        })
     }
 
     /// A receiver of state changes.
@@ -140,7 +143,9 @@ fn log_attempt_error(e: &AttemptError) {
 
 /// Full-jitter backoff: uniform in `[0, min(cap, base · 2^attempt)]`.
 pub fn backoff(base: Duration, cap: Duration, attempt: u32) -> Duration {
-    let ceiling = base.saturating_mul(2u32.saturating_pow(attempt.min(30))).min(cap);
+    let ceiling = base
+        .saturating_mul(2u32.saturating_pow(attempt.min(30)))
+        .min(cap);
     let millis = ceiling.as_millis() as u64;
     Duration::from_millis(rand::rng().random_range(0..=millis))
 }
@@ -158,10 +163,13 @@ mod tests {
         let cap = Duration::from_secs(60);
         for attempt in 0..40 {
             let d = backoff(base, cap, attempt);
-            let ceiling = base.saturating_mul(2u32.saturating_pow(attempt.min(30))).min(cap);
+            let ceiling = base
+                .saturating_mul(2u32.saturating_pow(attempt.min(30)))
+                .min(cap);
             assert!(d <= ceiling, "attempt {attempt}: {d:?} > {ceiling:?}");
         }
-        let samples: std::collections::HashSet<_> = (0..50).map(|_| backoff(base, cap, 10)).collect();
+        let samples: std::collections::HashSet<_> =
+            (0..50).map(|_| backoff(base, cap, 10)).collect();
         assert!(samples.len() > 10, "not jittered");
     }
 }

@@ -99,8 +99,14 @@ fn load(args: &RunArgs) -> Result<Config, ConfigError> {
     };
     put("server", args.server.clone());
     put("tenant", args.tenant.clone());
-    put("secret_file", args.secret_file.as_ref().map(|p| p.display().to_string()));
-    put("ca_cert", args.ca_cert.as_ref().map(|p| p.display().to_string()));
+    put(
+        "secret_file",
+        args.secret_file.as_ref().map(|p| p.display().to_string()),
+    );
+    put(
+        "ca_cert",
+        args.ca_cert.as_ref().map(|p| p.display().to_string()),
+    );
     put("transport", args.transport.clone());
     put("proxy", args.proxy.clone());
     put("timeout", args.timeout.clone());
@@ -111,10 +117,16 @@ fn load(args: &RunArgs) -> Result<Config, ConfigError> {
             let mut entry = toml::Table::new();
             entry.insert("url".into(), toml::Value::String(t.url));
             if let Some(d) = t.timeout {
-                entry.insert("timeout".into(), toml::Value::String(humantime::format_duration(d).to_string()));
+                entry.insert(
+                    "timeout".into(),
+                    toml::Value::String(humantime::format_duration(d).to_string()),
+                );
             }
             if let Some(p) = t.ca_cert {
-                entry.insert("ca_cert".into(), toml::Value::String(p.display().to_string()));
+                entry.insert(
+                    "ca_cert".into(),
+                    toml::Value::String(p.display().to_string()),
+                );
             }
             if t.insecure {
                 entry.insert("insecure".into(), toml::Value::Boolean(true));
@@ -129,7 +141,9 @@ fn load(args: &RunArgs) -> Result<Config, ConfigError> {
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {

@@ -47,7 +47,11 @@ pub(crate) enum AttemptError {
     #[error("QUIC connect to {0} failed: {1}")]
     Connect(SocketAddr, String),
     #[error("relay refused authentication: {message} ({code})")]
-    Refused { code: ErrorCode, message: String, retry_after: Duration },
+    Refused {
+        code: ErrorCode,
+        message: String,
+        retry_after: Duration,
+    },
     #[error("control stream failed during authentication: {0}")]
     Control(#[from] ControlError),
     #[error("relay did not answer authentication within {0:?}")]
@@ -88,7 +92,13 @@ impl Dialer {
         let mut endpoint = bind_endpoint()?;
         endpoint.set_default_client_config(client_config);
         let connector_id = uuid_like();
-        Ok(Dialer { endpoint, config, backends, token: Mutex::new(TokenCache::default()), connector_id })
+        Ok(Dialer {
+            endpoint,
+            config,
+            backends,
+            token: Mutex::new(TokenCache::default()),
+            connector_id,
+        })
     }
 
     pub(crate) fn config(&self) -> &Config {
@@ -125,7 +135,9 @@ impl Dialer {
         Ok(ended)
     }
 
-    async fn establish(&self) -> Result<(quinn::Connection, ControlStream, String, Duration), AttemptError> {
+    async fn establish(
+        &self,
+    ) -> Result<(quinn::Connection, ControlStream, String, Duration), AttemptError> {
         let host = &self.config.server_host;
         let port = self.config.server_port;
         let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
@@ -143,7 +155,10 @@ impl Dialer {
             }
         }
         Err(last.unwrap_or_else(|| {
-            AttemptError::Resolve(format!("{host}:{port}"), std::io::Error::other("no addresses"))
+            AttemptError::Resolve(
+                format!("{host}:{port}"),
+                std::io::Error::other("no addresses"),
+            )
         }))
     }
 
@@ -155,7 +170,10 @@ impl Dialer {
         match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(AttemptError::Connect(addr, e.to_string())),
-            Err(_) => Err(AttemptError::Connect(addr, format!("no answer within {CONNECT_TIMEOUT:?} (UDP blocked?)"))),
+            Err(_) => Err(AttemptError::Connect(
+                addr,
+                format!("no answer within {CONNECT_TIMEOUT:?} (UDP blocked?)"),
+            )),
         }
     }
 
@@ -199,7 +217,11 @@ impl Dialer {
                 Err(AttemptError::Refused {
                     code: r.code,
                     message: r.message,
-                    retry_after: if used_token { Duration::ZERO } else { Duration::from_secs(u64::from(r.retry_after_secs)) },
+                    retry_after: if used_token {
+                        Duration::ZERO
+                    } else {
+                        Duration::from_secs(u64::from(r.retry_after_secs))
+                    },
                 })
             }
             _ => Err(AttemptError::Unexpected("another frame")),
@@ -209,7 +231,9 @@ impl Dialer {
     fn credential(&self) -> Credential {
         let cache = self.token.lock().unwrap_or_else(|p| p.into_inner());
         match &cache.0 {
-            Some((token, expires)) if expires.saturating_duration_since(Instant::now()) > TOKEN_MIN_LIFE => {
+            Some((token, expires))
+                if expires.saturating_duration_since(Instant::now()) > TOKEN_MIN_LIFE =>
+            {
                 Credential::Token(token.clone())
             }
             _ => Credential::Secret(self.config.secret.expose().to_string()),
@@ -217,7 +241,8 @@ impl Dialer {
     }
 
     fn store_token(&self, token: String, life: Duration) {
-        self.token.lock().unwrap_or_else(|p| p.into_inner()).0 = Some((token, Instant::now() + life));
+        self.token.lock().unwrap_or_else(|p| p.into_inner()).0 =
+            Some((token, Instant::now() + life));
     }
 
     /// Serves streams and the control stream until the session ends.
@@ -278,8 +303,14 @@ impl Dialer {
         };
         // Let the streams in flight finish (bounded), then close the connection.
         streams.close();
-        if tokio::time::timeout(DRAIN_GRACE, streams.wait()).await.is_err() {
-            warn!(left = streams.len(), "streams still in flight after the drain grace; cutting them");
+        if tokio::time::timeout(DRAIN_GRACE, streams.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                left = streams.len(),
+                "streams still in flight after the drain grace; cutting them"
+            );
         }
         let code = match ended {
             Ended::Shutdown => ErrorCode::CONNECTOR_SHUTDOWN,
@@ -329,7 +360,8 @@ fn client_config(config: &Config) -> Result<quinn::ClientConfig, ConfigError> {
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.enable_early_data = false;
-    let crypto = QuicClientConfig::try_from(tls).map_err(|e| ConfigError::new(format!("QUIC TLS setup: {e}")))?;
+    let crypto = QuicClientConfig::try_from(tls)
+        .map_err(|e| ConfigError::new(format!("QUIC TLS setup: {e}")))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(Arc::new(transport_config(config)?));
     Ok(client)

@@ -9,7 +9,9 @@ use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::Request;
 use http_body_util::BodyExt;
 use tracing::{debug, info_span, warn, Instrument};
-use tunnel_protocol::{ErrorCode, RequestHead, ResponseHead, StreamError, StreamFrame, MAX_HEAD_FRAME_LEN};
+use tunnel_protocol::{
+    ErrorCode, RequestHead, ResponseHead, StreamError, StreamFrame, MAX_HEAD_FRAME_LEN,
+};
 
 use crate::backend::{Backend, Backends};
 use crate::framing::{FramedRecv, FramedSend, TunnelBody};
@@ -34,7 +36,12 @@ pub(crate) async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, back
     async move {
         let Some(backend) = backends.get(&head.target) else {
             debug!("unknown target");
-            fail(&mut send, ErrorCode::UNKNOWN_TARGET, "target not defined on this connector").await;
+            fail(
+                &mut send,
+                ErrorCode::UNKNOWN_TARGET,
+                "target not defined on this connector",
+            )
+            .await;
             return;
         };
         proxy(head, backend, send, recv).await;
@@ -47,7 +54,12 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
     let uri = match backend.uri(&head.path_and_query) {
         Ok(uri) => uri,
         Err(e) => {
-            fail(&mut send, ErrorCode::PROTOCOL_ERROR, &format!("bad path: {e}")).await;
+            fail(
+                &mut send,
+                ErrorCode::PROTOCOL_ERROR,
+                &format!("bad path: {e}"),
+            )
+            .await;
             return;
         }
     };
@@ -82,11 +94,20 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
     };
     let response = match response {
         Err(_) => {
-            fail(&mut send, ErrorCode::BACKEND_TIMEOUT, &format!("no response head within {timeout:?}")).await;
+            fail(
+                &mut send,
+                ErrorCode::BACKEND_TIMEOUT,
+                &format!("no response head within {timeout:?}"),
+            )
+            .await;
             return;
         }
         Ok(Err(e)) => {
-            let code = if e.is_connect() { ErrorCode::BACKEND_UNAVAILABLE } else { ErrorCode::BACKEND_BAD_RESPONSE };
+            let code = if e.is_connect() {
+                ErrorCode::BACKEND_UNAVAILABLE
+            } else {
+                ErrorCode::BACKEND_BAD_RESPONSE
+            };
             warn!(error = %error_chain(&e), "backend request failed");
             fail(&mut send, code, &error_chain(&e)).await;
             return;
@@ -97,14 +118,27 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     if headers.len() > tunnel_protocol::MAX_HEADERS {
-        fail(&mut send, ErrorCode::BACKEND_BAD_RESPONSE, "too many response header fields").await;
+        fail(
+            &mut send,
+            ErrorCode::BACKEND_BAD_RESPONSE,
+            "too many response header fields",
+        )
+        .await;
         return;
     }
-    let head = StreamFrame::ResponseHead(ResponseHead { status: parts.status, headers });
+    let head = StreamFrame::ResponseHead(ResponseHead {
+        status: parts.status,
+        headers,
+    });
     let mut encoded = bytes::BytesMut::new();
     head.encode(&mut encoded);
     if encoded.len() > MAX_HEAD_FRAME_LEN {
-        fail(&mut send, ErrorCode::BACKEND_BAD_RESPONSE, "response head too large").await;
+        fail(
+            &mut send,
+            ErrorCode::BACKEND_BAD_RESPONSE,
+            "response head too large",
+        )
+        .await;
         return;
     }
     if send.send(&head).await.is_err() {
@@ -145,7 +179,10 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
 }
 
 async fn fail(send: &mut FramedSend, code: ErrorCode, message: &str) {
-    let frame = StreamFrame::Error(StreamError { code, message: message.to_string() });
+    let frame = StreamFrame::Error(StreamError {
+        code,
+        message: message.to_string(),
+    });
     if send.send(&frame).await.is_ok() {
         send.finish();
     }

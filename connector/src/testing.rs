@@ -82,7 +82,13 @@ pub fn connector(server: &str, tenant: &str, secret: &str) -> Builder {
 impl Builder {
     /// Adds a target.
     pub fn target(mut self, name: &str, url: &str) -> Self {
-        self.file.targets.insert(name.to_string(), TargetFile { url: url.to_string(), ..TargetFile::default() });
+        self.file.targets.insert(
+            name.to_string(),
+            TargetFile {
+                url: url.to_string(),
+                ..TargetFile::default()
+            },
+        );
         self
     }
 
@@ -90,7 +96,11 @@ impl Builder {
     pub fn target_with_timeout(mut self, name: &str, url: &str, timeout: Duration) -> Self {
         self.file.targets.insert(
             name.to_string(),
-            TargetFile { url: url.to_string(), timeout: Some(timeout), ..TargetFile::default() },
+            TargetFile {
+                url: url.to_string(),
+                timeout: Some(timeout),
+                ..TargetFile::default()
+            },
         );
         self
     }
@@ -119,6 +129,10 @@ impl Builder {
         let state = connector.watch();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(connector.run(shutdown.clone()));
-        ConnectorHandle { shutdown, state, task: Some(task) }
+        ConnectorHandle {
+            shutdown,
+            state,
+            task: Some(task),
+        }
     }
 }

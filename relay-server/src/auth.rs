@@ -84,7 +84,10 @@ pub(crate) struct Auth {
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auth").field("kid", &self.kid).field("issuer", &self.issuer).finish_non_exhaustive()
+        f.debug_struct("Auth")
+            .field("kid", &self.kid)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -99,7 +102,10 @@ impl Auth {
     ) -> Auth {
         let kid = {
             let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &keys.verifying_key);
-            digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+            digest.as_ref()[..8]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
         };
         Auth {
             catalog,
@@ -117,7 +123,11 @@ impl Auth {
     }
 
     /// Authenticates a `Hello` (or a `Renew`) for tenant `tenant`.
-    pub(crate) async fn authenticate(&self, tenant: &str, credential: &Credential) -> Result<Granted, Refusal> {
+    pub(crate) async fn authenticate(
+        &self,
+        tenant: &str,
+        credential: &Credential,
+    ) -> Result<Granted, Refusal> {
         match credential {
             Credential::Secret(secret) => self.check_secret(tenant, secret).await,
             Credential::Token(token) => self.check_token(tenant, token),
@@ -126,7 +136,11 @@ impl Auth {
 
     /// Whether a session's identity still holds (credential active, tenant enabled).
     pub(crate) fn still_valid(&self, identity: &Identity) -> Result<(), ErrorCode> {
-        if self.catalog.enabled_tenant_by_id(&identity.tenant.id).is_none() {
+        if self
+            .catalog
+            .enabled_tenant_by_id(&identity.tenant.id)
+            .is_none()
+        {
             return Err(ErrorCode::TENANT_DISABLED);
         }
         match self.catalog.credential(&identity.credential_id.0) {
@@ -154,7 +168,10 @@ impl Auth {
         if !self.hasher.verify(secret, &record.secret_hash) {
             return Err(AUTH_FAILED);
         }
-        let identity = Identity { tenant, credential_id: record.id.clone() };
+        let identity = Identity {
+            tenant,
+            credential_id: record.id.clone(),
+        };
         let token = self.issue(&identity).map_err(|_| Refusal {
             code: ErrorCode::INTERNAL,
             message: "token issuing failed",
@@ -165,7 +182,11 @@ impl Auth {
         tokio::spawn(async move {
             let _ = store.touch_credential(&record.id).await;
         });
-        Ok(Granted { identity, token: Some(token), expires_in: self.ttl })
+        Ok(Granted {
+            identity,
+            token: Some(token),
+            expires_in: self.ttl,
+        })
     }
 
     fn check_token(&self, tenant: &str, token: &str) -> Result<Granted, Refusal> {
@@ -197,17 +218,29 @@ impl Auth {
             Err(_) => return Err(invalid),
         };
         let claims = data.claims;
-        if claims.tenant != tenant.to_ascii_lowercase() || claims.exp > claims.iat + self.ttl.as_secs() + LEEWAY_SECS {
+        if claims.tenant != tenant.to_ascii_lowercase()
+            || claims.exp > claims.iat + self.ttl.as_secs() + LEEWAY_SECS
+        {
             return Err(invalid);
         }
-        let tenant = self.catalog.enabled_tenant_by_id(&TenantId(claims.tid)).ok_or(AUTH_FAILED)?;
+        let tenant = self
+            .catalog
+            .enabled_tenant_by_id(&TenantId(claims.tid))
+            .ok_or(AUTH_FAILED)?;
         if tenant.name != claims.tenant {
             return Err(invalid);
         }
-        let identity = Identity { tenant, credential_id: CredentialId(claims.sub) };
+        let identity = Identity {
+            tenant,
+            credential_id: CredentialId(claims.sub),
+        };
         self.still_valid(&identity).map_err(|_| AUTH_FAILED)?;
         let left = claims.exp.saturating_sub(now_secs());
-        Ok(Granted { identity, token: None, expires_in: Duration::from_secs(left.max(1)) })
+        Ok(Granted {
+            identity,
+            token: None,
+            expires_in: Duration::from_secs(left.max(1)),
+        })
     }
 
     /// Signs a token for `identity`.
@@ -230,5 +263,8 @@ impl Auth {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

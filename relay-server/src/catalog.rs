@@ -32,8 +32,17 @@ impl CatalogData {
             by_name.insert(t.name.clone(), t.clone());
             by_id.insert(t.id.clone(), t);
         }
-        let credentials = s.credentials.into_iter().map(|c| (c.id.0.clone(), c)).collect();
-        CatalogData { revision: s.revision, by_name, by_id, credentials }
+        let credentials = s
+            .credentials
+            .into_iter()
+            .map(|c| (c.id.0.clone(), c))
+            .collect();
+        CatalogData {
+            revision: s.revision,
+            by_name,
+            by_id,
+            credentials,
+        }
     }
 }
 
@@ -47,7 +56,9 @@ impl Catalog {
     /// Loads the first snapshot.
     pub(crate) async fn load(store: &Store) -> Result<Catalog, relay_store::Error> {
         let snapshot = store.snapshot().await?;
-        Ok(Catalog { data: RwLock::new(Arc::new(CatalogData::from_snapshot(snapshot))) })
+        Ok(Catalog {
+            data: RwLock::new(Arc::new(CatalogData::from_snapshot(snapshot))),
+        })
     }
 
     fn current(&self) -> Arc<CatalogData> {
@@ -56,7 +67,11 @@ impl Catalog {
 
     /// An enabled tenant by canonical name. Disabled and unknown look the same.
     pub(crate) fn enabled_tenant(&self, name: &str) -> Option<Arc<Tenant>> {
-        self.current().by_name.get(name).filter(|t| t.enabled).cloned()
+        self.current()
+            .by_name
+            .get(name)
+            .filter(|t| t.enabled)
+            .cloned()
     }
 
     /// An enabled tenant by id.
@@ -112,7 +127,11 @@ pub(crate) async fn run_refresh(
         }
         match store.snapshot().await {
             Ok(s) => {
-                debug!(revision = s.revision, tenants = s.tenants.len(), "catalog refreshed");
+                debug!(
+                    revision = s.revision,
+                    tenants = s.tenants.len(),
+                    "catalog refreshed"
+                );
                 catalog.replace(CatalogData::from_snapshot(s));
                 on_change();
             }

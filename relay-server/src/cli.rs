@@ -126,7 +126,10 @@ impl Cli {
     pub fn load_config(&self, env: &dyn EnvSource) -> Result<Config, ConfigError> {
         let mut flags = toml::Table::new();
         if let Some(d) = &self.data_dir {
-            flags.insert("data_dir".into(), toml::Value::String(d.display().to_string()));
+            flags.insert(
+                "data_dir".into(),
+                toml::Value::String(d.display().to_string()),
+            );
         }
         if let Some(u) = &self.database_url {
             flags.insert("database_url".into(), toml::Value::String(u.clone()));
@@ -137,7 +140,11 @@ impl Cli {
         };
         let mut table = toml::Table::new();
         if let Some(l) = listen {
-            for (key, v) in [("https", &l.listen), ("http", &l.listen_http), ("admin", &l.admin)] {
+            for (key, v) in [
+                ("https", &l.listen),
+                ("http", &l.listen_http),
+                ("admin", &l.admin),
+            ] {
                 if let Some(v) = v {
                     table.insert(key.into(), toml::Value::String(v.clone()));
                 }
@@ -159,7 +166,11 @@ impl Cli {
 }
 
 /// Runs a parsed command with a loaded config.
-pub async fn dispatch(command: Command, config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn dispatch(
+    command: Command,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     match command {
         Command::Run(_) => {
             let store = open_store(&config).await?;
@@ -173,13 +184,25 @@ pub async fn dispatch(command: Command, config: Config, shutdown: CancellationTo
             Ok(())
         }
         Command::Tenant(cmd) => tenant(cmd, &config).await,
-        Command::Admin(AdminCommand::User(AdminUserCommand::Create { username, password_file })) => {
+        Command::Admin(AdminCommand::User(AdminUserCommand::Create {
+            username,
+            password_file,
+        })) => {
             let store = open_store(&config).await?;
             let (password, generated) = match password_file {
-                Some(p) => (std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?.trim().to_string(), false),
+                Some(p) => (
+                    std::fs::read_to_string(&p)
+                        .with_context(|| format!("reading {}", p.display()))?
+                        .trim()
+                        .to_string(),
+                    false,
+                ),
                 None => (random_token(18), true),
             };
-            anyhow::ensure!(password.len() >= 12, "the password must have at least 12 characters");
+            anyhow::ensure!(
+                password.len() >= 12,
+                "the password must have at least 12 characters"
+            );
             store.create_admin_user(&username, &password).await?;
             println!("admin user {username} created");
             if generated {
@@ -206,16 +229,26 @@ async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Result<()> {
             println!("tenant {} created (id {})", t.name, t.id);
         }
         TenantCommand::List => {
-            println!("{:<32} {:<8} {}", "NAME", "ENABLED", "ID");
+            println!("{:<32} {:<8} ID", "NAME", "ENABLED");
             for t in store.tenants().await? {
                 println!("{:<32} {:<8} {}", t.name, t.enabled, t.id);
             }
         }
         TenantCommand::Show { name } => {
-            let t = store.tenant(&name).await?.ok_or_else(|| relay_store::Error::TenantNotFound(name.clone()))?;
-            println!("name:     {}\nid:       {}\nenabled:  {}\nlimits:   {:?}", t.name, t.id, t.enabled, t.limits);
+            let t = store
+                .tenant(&name)
+                .await?
+                .ok_or_else(|| relay_store::Error::TenantNotFound(name.clone()))?;
+            println!(
+                "name:     {}\nid:       {}\nenabled:  {}\nlimits:   {:?}",
+                t.name, t.id, t.enabled, t.limits
+            );
             for c in store.credentials(&t.name).await? {
-                let state = if c.revoked_at.is_some() { "revoked" } else { "active" };
+                let state = if c.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
                 println!("credential {} {state} {}", c.id, c.label);
             }
         }
@@ -234,14 +267,21 @@ async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Result<()> {
         TenantCommand::Credential(CredentialCommand::Create { tenant, label }) => {
             let hasher = hasher(config)?;
             let c = store.create_credential(&tenant, &label, &hasher).await?;
-            println!("credential {} created for tenant {}", c.credential.id, c.credential.tenant);
+            println!(
+                "credential {} created for tenant {}",
+                c.credential.id, c.credential.tenant
+            );
             println!("secret (shown once, store it in the connector's --secret-file):");
             println!("{}", c.secret);
         }
         TenantCommand::Credential(CredentialCommand::List { tenant }) => {
             println!("{:<34} {:<8} LABEL", "ID", "STATE");
             for c in store.credentials(&tenant).await? {
-                let state = if c.revoked_at.is_some() { "revoked" } else { "active" };
+                let state = if c.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
                 println!("{:<34} {:<8} {}", c.id, state, c.label);
             }
         }
@@ -278,7 +318,9 @@ async fn quickstart(config: Config, shutdown: CancellationToken) -> anyhow::Resu
     let secret = match std::fs::read_to_string(&secret_path) {
         Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
         _ => {
-            let c = store.create_credential("demo", "quickstart", &hasher(&config)?).await?;
+            let c = store
+                .create_credential("demo", "quickstart", &hasher(&config)?)
+                .await?;
             write_private(&secret_path, &c.secret)?;
             c.secret
         }
@@ -286,7 +328,9 @@ async fn quickstart(config: Config, shutdown: CancellationToken) -> anyhow::Resu
     let password_path = dir.join("admin-password");
     let password = match std::fs::read_to_string(&password_path) {
         Ok(p) if !p.trim().is_empty() => p.trim().to_string(),
-        _ if store.admin_user_exists("admin").await? => "(set earlier; not stored here)".to_string(),
+        _ if store.admin_user_exists("admin").await? => {
+            "(set earlier; not stored here)".to_string()
+        }
         _ => {
             let p = random_token(18);
             store.create_admin_user("admin", &p).await?;
@@ -298,15 +342,32 @@ async fn quickstart(config: Config, shutdown: CancellationToken) -> anyhow::Resu
     let listeners = Listeners::bind(&config).await?;
     let addrs = listeners.addrs();
     let https = addrs.https.context("no HTTPS address")?;
-    let host = if https.ip().is_unspecified() { "127.0.0.1".to_string() } else { https.ip().to_string() };
-    let host = if host.contains(':') { format!("[{host}]") } else { host };
-    let base = config.public_url.clone().unwrap_or_else(|| format!("https://{host}:{}", https.port()));
+    let host = if https.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        https.ip().to_string()
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let base = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{host}:{}", https.port()));
     let self_signed = config.tls.is_none();
     let cert_path = keys::self_signed_cert_path(&config.data_dir);
 
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let relay_shutdown = CancellationToken::new();
-    let relay = tokio::spawn(run(config.clone(), store, listeners, relay_shutdown.clone(), Some(started_tx)));
+    let relay = tokio::spawn(run(
+        config.clone(),
+        store,
+        listeners,
+        relay_shutdown.clone(),
+        Some(started_tx),
+    ));
     let _view = started_rx.await.context("relay failed to start")?;
 
     let backend_stop = CancellationToken::new();
@@ -322,22 +383,36 @@ async fn quickstart(config: Config, shutdown: CancellationToken) -> anyhow::Resu
     }
     file.targets.insert(
         "echo".into(),
-        connector::config::TargetFile { url: format!("http://{echo}"), ..Default::default() },
+        connector::config::TargetFile {
+            url: format!("http://{echo}"),
+            ..Default::default()
+        },
     );
-    let conn_config = connector::Config::from_file(file, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let conn_config =
+        connector::Config::from_file(file, None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let conn = connector::Connector::new(conn_config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut state = conn.watch();
     let conn_shutdown = CancellationToken::new();
     let conn_task = tokio::spawn(conn.run(conn_shutdown.clone()));
     // The watch guard must not outlive this statement: it would block the connector's updates.
-    let connected = matches!(tokio::time::timeout(Duration::from_secs(15), state.wait_for(|s| s.connected)).await, Ok(Ok(_)));
+    let connected = matches!(
+        tokio::time::timeout(Duration::from_secs(15), state.wait_for(|s| s.connected)).await,
+        Ok(Ok(_))
+    );
     if !connected {
         tracing::warn!("the demo connector is not connected yet; requests get 503 until it is");
     }
 
-    let cacert = if self_signed { format!("--cacert {} ", display_path(&cert_path)) } else { String::new() };
+    let cacert = if self_signed {
+        format!("--cacert {} ", display_path(&cert_path))
+    } else {
+        String::new()
+    };
     println!();
-    println!("Relay is running (data in {}).", display_path(&config.data_dir));
+    println!(
+        "Relay is running (data in {}).",
+        display_path(&config.data_dir)
+    );
     println!();
     println!("  Public URL:      {base}/relay/demo/echo/");
     println!("  Try it:          curl {cacert}{base}/relay/demo/echo/hello");
@@ -370,7 +445,9 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut f = options.open(path).with_context(|| format!("writing {}", path.display()))?;
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
     f.write_all(text.as_bytes())?;
     Ok(())
 }

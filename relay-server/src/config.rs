@@ -184,7 +184,11 @@ const MAX_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 
 impl Config {
     /// Loads file + `RELAY_*` env + flags and validates.
-    pub fn load(file: Option<&Path>, env: &dyn EnvSource, flags: toml::Table) -> Result<Config, ConfigError> {
+    pub fn load(
+        file: Option<&Path>,
+        env: &dyn EnvSource,
+        flags: toml::Table,
+    ) -> Result<Config, ConfigError> {
         Config::load_with_defaults(toml::Table::new(), file, env, flags)
     }
 
@@ -201,14 +205,24 @@ impl Config {
 
     /// Validates and fills defaults. `file` anchors relative paths.
     pub fn from_file(raw: FileConfig, file: Option<&Path>) -> Result<Config, ConfigError> {
-        let data_dir = layered::relative_to(file, &raw.data_dir.unwrap_or_else(|| PathBuf::from("relay-data")));
+        let data_dir = layered::relative_to(
+            file,
+            &raw.data_dir.unwrap_or_else(|| PathBuf::from("relay-data")),
+        );
         let database_url = raw
             .database_url
             .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("relay.db").display()));
         let tls = match (raw.tls.cert, raw.tls.key) {
-            (Some(c), Some(k)) => Some((layered::relative_to(file, &c), layered::relative_to(file, &k))),
+            (Some(c), Some(k)) => Some((
+                layered::relative_to(file, &c),
+                layered::relative_to(file, &k),
+            )),
             (None, None) => None,
-            _ => return Err(ConfigError::new("tls: set both cert and key, or neither (self-signed)")),
+            _ => {
+                return Err(ConfigError::new(
+                    "tls: set both cert and key, or neither (self-signed)",
+                ))
+            }
         };
         let l = raw.limits;
         let limits = Limits {
@@ -219,7 +233,11 @@ impl Config {
             body_idle_timeout: positive("limits.body_idle_timeout", l.body_idle_timeout, 30)?,
             max_headers: l.max_headers.unwrap_or(100).clamp(1, 1000),
             max_connections: l.max_connections.unwrap_or(10_000).max(1),
-            tls_handshake_timeout: positive("limits.tls_handshake_timeout", l.tls_handshake_timeout, 10)?,
+            tls_handshake_timeout: positive(
+                "limits.tls_handshake_timeout",
+                l.tls_handshake_timeout,
+                10,
+            )?,
         };
         let t = raw.tunnel;
         let token_ttl = positive("tunnel.token_ttl", t.token_ttl, 600)?;
@@ -246,7 +264,10 @@ impl Config {
             data_dir,
             database_url,
             public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_string()),
-            listen_https: raw.listen.https.unwrap_or_else(|| "0.0.0.0:8443".parse().expect("literal")),
+            listen_https: raw
+                .listen
+                .https
+                .unwrap_or_else(|| "0.0.0.0:8443".parse().expect("literal")),
             listen_http: raw.listen.http,
             listen_admin: raw.listen.admin,
             tls,
@@ -280,7 +301,8 @@ mod tests {
 
     #[test]
     fn the_example_config_parses() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/relay-server.example.toml");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/relay-server.example.toml");
         let c = Config::load(Some(&path), &Vec::new(), toml::Table::new()).unwrap();
         assert_eq!(c.limits.max_headers, 100);
     }
@@ -298,9 +320,18 @@ mod tests {
     #[test]
     fn environment_sets_nested_values() {
         let env = vec![
-            ("RELAY_DATABASE_URL".to_string(), "sqlite:///tmp/x.db".to_string()),
-            ("RELAY_LISTEN__HTTPS".to_string(), "127.0.0.1:9443".to_string()),
-            ("RELAY_LIMITS__REQUEST_TIMEOUT".to_string(), "5s".to_string()),
+            (
+                "RELAY_DATABASE_URL".to_string(),
+                "sqlite:///tmp/x.db".to_string(),
+            ),
+            (
+                "RELAY_LISTEN__HTTPS".to_string(),
+                "127.0.0.1:9443".to_string(),
+            ),
+            (
+                "RELAY_LIMITS__REQUEST_TIMEOUT".to_string(),
+                "5s".to_string(),
+            ),
         ];
         let c = Config::load(None, &env, toml::Table::new()).unwrap();
         assert_eq!(c.database_url, "sqlite:///tmp/x.db");

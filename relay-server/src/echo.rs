@@ -5,8 +5,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::{Request, Response};
 use futures_util::StreamExt;
+use http::{Request, Response};
 use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
@@ -40,13 +40,25 @@ pub(crate) async fn spawn(shutdown: CancellationToken) -> std::io::Result<Socket
 fn echo(req: Request<Incoming>) -> Response<EchoBody> {
     let mut head = format!("{} {}\n", req.method(), req.uri());
     for (name, value) in req.headers() {
-        head.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())));
+        head.push_str(&format!(
+            "{name}: {}\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
     }
     head.push('\n');
-    let first = futures_util::stream::once(async move { Ok::<_, hyper::Error>(Frame::data(Bytes::from(head))) });
+    let first =
+        futures_util::stream::once(
+            async move { Ok::<_, hyper::Error>(Frame::data(Bytes::from(head))) },
+        );
     let body = StreamBody::new(first.chain(BodyStream::new(req.into_body())));
     Response::builder()
         .header("content-type", "text/plain; charset=utf-8")
         .body(BodyExt::boxed(body))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).map_err(|n: Infallible| match n {}).boxed()))
+        .unwrap_or_else(|_| {
+            Response::new(
+                Full::new(Bytes::new())
+                    .map_err(|n: Infallible| match n {})
+                    .boxed(),
+            )
+        })
 }

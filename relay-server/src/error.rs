@@ -99,7 +99,9 @@ impl ProxyError {
         match code {
             ErrorCode::UNKNOWN_TARGET => Self::UnknownTarget,
             ErrorCode::BACKEND_TIMEOUT => Self::BackendTimeout,
-            ErrorCode::BACKEND_UNAVAILABLE | ErrorCode::BACKEND_BAD_RESPONSE => Self::BackendUnavailable(message),
+            ErrorCode::BACKEND_UNAVAILABLE | ErrorCode::BACKEND_BAD_RESPONSE => {
+                Self::BackendUnavailable(message)
+            }
             _ => Self::Connector(format!("{code}: {message}")),
         }
     }
@@ -122,10 +124,13 @@ pub(crate) fn error_response(err: &ProxyError, request_id: &str) -> Response<Ful
     });
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
     if let Some(secs) = err.retry_after() {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
 }

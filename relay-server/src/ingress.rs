@@ -23,7 +23,10 @@ use crate::Relay;
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The TLS config for visitors: TLS 1.2 and 1.3, ALPN h2 and http/1.1.
-pub(crate) fn tls_acceptor(certs: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> anyhow::Result<TlsAcceptor> {
+pub(crate) fn tls_acceptor(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<TlsAcceptor> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -71,9 +74,16 @@ pub(crate) async fn serve(
             let _permit = permit;
             match tls {
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(relay.config.limits.tls_handshake_timeout, acceptor.accept(stream)).await;
+                    let handshake = tokio::time::timeout(
+                        relay.config.limits.tls_handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await;
                     match handshake {
-                        Ok(Ok(tls_stream)) => serve_connection(relay, builder, tls_stream, peer, "https", watcher).await,
+                        Ok(Ok(tls_stream)) => {
+                            serve_connection(relay, builder, tls_stream, peer, "https", watcher)
+                                .await
+                        }
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
@@ -84,8 +94,14 @@ pub(crate) async fn serve(
     }
     drop(listener);
     let grace = relay.config.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        warn!(?grace, "visitor connections still open after the grace period; closing them");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(
+            ?grace,
+            "visitor connections still open after the grace period; closing them"
+        );
     }
 }
 

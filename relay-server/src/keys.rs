@@ -50,11 +50,16 @@ impl Keys {
         let pepper_path = dir.join("credential-pepper");
         let pepper = read_or_create(&pepper_path, || {
             let mut b = vec![0u8; 32];
-            rand::SystemRandom::new().fill(&mut b).map_err(|_| "random failed".to_string())?;
+            rand::SystemRandom::new()
+                .fill(&mut b)
+                .map_err(|_| "random failed".to_string())?;
             Ok(b)
         })?;
         if pepper.len() < 32 {
-            return Err(KeyError::Invalid(pepper_path, "pepper shorter than 32 bytes".into()));
+            return Err(KeyError::Invalid(
+                pepper_path,
+                "pepper shorter than 32 bytes".into(),
+            ));
         }
         let key_path = dir.join("token-ed25519.pk8");
         let signing_pkcs8 = read_or_create(&key_path, || {
@@ -64,9 +69,15 @@ impl Keys {
         })?;
         let pair = Ed25519KeyPair::from_pkcs8(&signing_pkcs8)
             .or_else(|_| Ed25519KeyPair::from_pkcs8_maybe_unchecked(&signing_pkcs8))
-            .map_err(|e| KeyError::Invalid(key_path.clone(), format!("not an Ed25519 PKCS#8 key: {e}")))?;
+            .map_err(|e| {
+                KeyError::Invalid(key_path.clone(), format!("not an Ed25519 PKCS#8 key: {e}"))
+            })?;
         let verifying_key = pair.public_key().as_ref().to_vec();
-        Ok(Keys { pepper, signing_pkcs8, verifying_key })
+        Ok(Keys {
+            pepper,
+            signing_pkcs8,
+            verifying_key,
+        })
     }
 }
 
@@ -109,15 +120,26 @@ fn self_signed(data_dir: &Path) -> Result<(PathBuf, PathBuf), KeyError> {
         "no TLS certificate configured: generating a self-signed certificate for localhost; \
          visitors and connectors must trust it explicitly (set [tls] cert and key for production)"
     );
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-    let generated = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| KeyError::Invalid(cert_path.clone(), format!("certificate generation failed: {e}")))?;
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let generated = rcgen::generate_simple_self_signed(names).map_err(|e| {
+        KeyError::Invalid(
+            cert_path.clone(),
+            format!("certificate generation failed: {e}"),
+        )
+    })?;
     write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())?;
     fs::write(&cert_path, generated.cert.pem()).map_err(|e| KeyError::Io(cert_path.clone(), e))?;
     Ok((cert_path, key_path))
 }
 
-fn read_or_create(path: &Path, make: impl FnOnce() -> Result<Vec<u8>, String>) -> Result<Vec<u8>, KeyError> {
+fn read_or_create(
+    path: &Path,
+    make: impl FnOnce() -> Result<Vec<u8>, String>,
+) -> Result<Vec<u8>, KeyError> {
     match fs::read(path) {
         Ok(bytes) => Ok(bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -142,9 +164,13 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut f = options.open(path).map_err(|e| KeyError::Io(path.to_path_buf(), e))?;
-    f.write_all(bytes).map_err(|e| KeyError::Io(path.to_path_buf(), e))?;
-    f.sync_all().map_err(|e| KeyError::Io(path.to_path_buf(), e))
+    let mut f = options
+        .open(path)
+        .map_err(|e| KeyError::Io(path.to_path_buf(), e))?;
+    f.write_all(bytes)
+        .map_err(|e| KeyError::Io(path.to_path_buf(), e))?;
+    f.sync_all()
+        .map_err(|e| KeyError::Io(path.to_path_buf(), e))
 }
 
 #[cfg(test)]
@@ -162,12 +188,18 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             for f in ["keys/credential-pepper", "keys/token-ed25519.pk8"] {
-                let mode = fs::metadata(dir.path().join(f)).unwrap().permissions().mode();
+                let mode = fs::metadata(dir.path().join(f))
+                    .unwrap()
+                    .permissions()
+                    .mode();
                 assert_eq!(mode & 0o777, 0o600, "{f}");
             }
         }
         let (certs, _key) = tls_material(dir.path(), None).unwrap();
         let (again, _) = tls_material(dir.path(), None).unwrap();
-        assert_eq!(certs, again, "the self-signed certificate is generated once");
+        assert_eq!(
+            certs, again,
+            "the self-signed certificate is generated once"
+        );
     }
 }

@@ -16,9 +16,9 @@
 
 mod auth;
 mod catalog;
-mod echo;
 pub mod cli;
 pub mod config;
+mod echo;
 mod error;
 mod ingress;
 pub mod keys;
@@ -86,16 +86,30 @@ impl Listeners {
             .await
             .with_context(|| format!("cannot listen on {} (TCP)", config.listen_https))?;
         let addr = https.local_addr()?;
-        let quic = UdpSocket::bind(addr).with_context(|| format!("cannot listen on {addr} (UDP)"))?;
+        let quic =
+            UdpSocket::bind(addr).with_context(|| format!("cannot listen on {addr} (UDP)"))?;
         let http = match config.listen_http {
-            Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a}"))?),
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on {a}"))?,
+            ),
             None => None,
         };
         let admin = match config.listen_admin {
-            Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a}"))?),
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on {a}"))?,
+            ),
             None => None,
         };
-        Ok(Listeners { https, quic, http, admin })
+        Ok(Listeners {
+            https,
+            quic,
+            http,
+            admin,
+        })
     }
 
     /// The bound addresses.
@@ -152,7 +166,9 @@ impl RelayView {
 
     /// Live sessions of a tenant (by name).
     pub fn sessions(&self, tenant: &str) -> Vec<SessionInfo> {
-        let Some(t) = self.relay.catalog.enabled_tenant(tenant) else { return Vec::new() };
+        let Some(t) = self.relay.catalog.enabled_tenant(tenant) else {
+            return Vec::new();
+        };
         self.relay
             .registry
             .of_tenant(&t.id)
@@ -173,7 +189,10 @@ impl RelayView {
     #[cfg(feature = "test-util")]
     pub fn issue_token_for(&self, tenant: &str, credential_id: &str) -> Option<String> {
         let tenant = self.relay.catalog.enabled_tenant(tenant)?;
-        let identity = auth::Identity { tenant, credential_id: relay_store::CredentialId(credential_id.to_string()) };
+        let identity = auth::Identity {
+            tenant,
+            credential_id: relay_store::CredentialId(credential_id.to_string()),
+        };
         self.relay.auth.issue(&identity).ok()
     }
 }
@@ -221,22 +240,44 @@ pub async fn run(
     let background = CancellationToken::new();
     let sessions = TaskTracker::new();
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(ingress::serve(relay.clone(), listeners.https, Some(acceptor), stop_accepting.clone()));
+    tasks.spawn(ingress::serve(
+        relay.clone(),
+        listeners.https,
+        Some(acceptor),
+        stop_accepting.clone(),
+    ));
     if let Some(http) = listeners.http {
-        tasks.spawn(ingress::serve(relay.clone(), http, None, stop_accepting.clone()));
+        tasks.spawn(ingress::serve(
+            relay.clone(),
+            http,
+            None,
+            stop_accepting.clone(),
+        ));
     }
     if let Some(admin) = listeners.admin {
-        let app = management_web::app(management_web::AppState { store: store.clone() });
+        let app = management_web::app(management_web::AppState {
+            store: store.clone(),
+        });
         let stop = stop_accepting.clone();
         tasks.spawn(async move {
-            let _ = axum::serve(admin, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+            let _ = axum::serve(admin, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
         });
     }
-    let quic_task = tokio::spawn(tunnel::serve(relay.clone(), endpoint.clone(), stop_accepting.clone(), sessions.clone()));
+    let quic_task = tokio::spawn(tunnel::serve(
+        relay.clone(),
+        endpoint.clone(),
+        stop_accepting.clone(),
+        sessions.clone(),
+    ));
     let refresh_relay = relay.clone();
-    tokio::spawn(catalog::run_refresh(catalog, store, background.clone(), move || {
-        close_invalid_sessions(&refresh_relay)
-    }));
+    tokio::spawn(catalog::run_refresh(
+        catalog,
+        store,
+        background.clone(),
+        move || close_invalid_sessions(&refresh_relay),
+    ));
     info!(node = %relay.config.node_name, "relay serving");
     if let Some(a) = addrs.https {
         info!(https = %a, "listening (HTTPS over TCP, connectors over QUIC/UDP)");
@@ -248,7 +289,9 @@ pub async fn run(
         info!(admin = %a, "listening (admin)");
     }
     if let Some(tx) = started {
-        let _ = tx.send(RelayView { relay: relay.clone() });
+        let _ = tx.send(RelayView {
+            relay: relay.clone(),
+        });
     }
 
     shutdown.cancelled().await;
@@ -263,13 +306,22 @@ pub async fn run(
     }
     let _ = quic_task.await;
     sessions.close();
-    if tokio::time::timeout(relay.config.shutdown_grace, sessions.wait()).await.is_err() {
+    if tokio::time::timeout(relay.config.shutdown_grace, sessions.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("sessions still open after the grace period; closing them");
     }
-    endpoint.close(quinn::VarInt::from_u32(ErrorCode::GOING_AWAY.0), b"going_away");
+    endpoint.close(
+        quinn::VarInt::from_u32(ErrorCode::GOING_AWAY.0),
+        b"going_away",
+    );
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
     background.cancel();
-    info!(requests = relay.metrics.requests.load(Ordering::Relaxed), "relay stopped");
+    info!(
+        requests = relay.metrics.requests.load(Ordering::Relaxed),
+        "relay stopped"
+    );
     Ok(())
 }
 

@@ -41,10 +41,18 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
-    fn new(session: Arc<SessionEntry>, relay: Arc<Relay>, permit: OwnedSemaphorePermit) -> InFlight {
+    fn new(
+        session: Arc<SessionEntry>,
+        relay: Arc<Relay>,
+        permit: OwnedSemaphorePermit,
+    ) -> InFlight {
         session.in_flight.fetch_add(1, Ordering::Relaxed);
         relay.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { session, relay, _permit: permit }
+        InFlight {
+            session,
+            relay,
+            _permit: permit,
+        }
     }
 }
 
@@ -86,27 +94,40 @@ async fn proxy(
         RouteError::NotRelay => ProxyError::NotFound,
         RouteError::Malformed => ProxyError::MalformedRoute,
     })?;
-    let tenant = relay.catalog.enabled_tenant(&route.tenant).ok_or(ProxyError::UnknownTenant)?;
+    let tenant = relay
+        .catalog
+        .enabled_tenant(&route.tenant)
+        .ok_or(ProxyError::UnknownTenant)?;
     let limits = &relay.config.limits;
     // HTTP/1.1 counts fields in hyper's parser; HTTP/2 only bounds their total size.
     if parts.headers.len() > limits.max_headers {
         return Err(ProxyError::TooManyHeaders);
     }
-    let max_body = tenant.limits.max_body_bytes.unwrap_or(limits.max_body_bytes);
+    let max_body = tenant
+        .limits
+        .max_body_bytes
+        .unwrap_or(limits.max_body_bytes);
     let content_length = body.size_hint().exact();
     if content_length.is_some_and(|n| n > max_body) {
         return Err(ProxyError::BodyTooLarge(max_body));
     }
-    let cap = tenant.limits.max_concurrent_streams.unwrap_or(limits.max_concurrent_streams);
+    let cap = tenant
+        .limits
+        .max_concurrent_streams
+        .unwrap_or(limits.max_concurrent_streams);
     let permit = relay
         .registry
         .tenant_cap(&tenant.id, cap)
         .try_acquire_owned()
         .map_err(|_| ProxyError::TooManyStreams)?;
-    let session = relay.registry.pick(&tenant.id).ok_or(ProxyError::NoSession)?;
+    let session = relay
+        .registry
+        .pick(&tenant.id)
+        .ok_or(ProxyError::NoSession)?;
     let guard = InFlight::new(session.clone(), relay.clone(), permit);
 
-    let (send, recv) = match tokio::time::timeout(OPEN_STREAM_TIMEOUT, session.conn.open_bi()).await {
+    let (send, recv) = match tokio::time::timeout(OPEN_STREAM_TIMEOUT, session.conn.open_bi()).await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(_)) | Err(_) => return Err(ProxyError::NoSession),
     };
@@ -128,13 +149,21 @@ async fn proxy(
         content_length,
     });
     if send.send(&head).await.is_err() {
-        return Err(ProxyError::Connector("stream failed while sending the request head".into()));
+        return Err(ProxyError::Connector(
+            "stream failed while sending the request head".into(),
+        ));
     }
 
     // The request body flows on its own task, so a backend that answers before reading the whole
     // body (or a slow upload) never blocks the response.
     let (pump_tx, mut pump_rx) = oneshot::channel();
-    tokio::spawn(pump_request(body, send, max_body, limits.body_idle_timeout, pump_tx));
+    tokio::spawn(pump_request(
+        body,
+        send,
+        max_body,
+        limits.body_idle_timeout,
+        pump_tx,
+    ));
 
     let timeout = tenant
         .limits
@@ -171,8 +200,12 @@ async fn proxy(
             Ok(response)
         }
         Ok(Some(StreamFrame::Error(e))) => Err(ProxyError::from_code(e.code, e.message)),
-        Ok(Some(_)) => Err(ProxyError::Connector("unexpected frame before the response head".into())),
-        Ok(None) => Err(ProxyError::Connector("stream ended before the response head".into())),
+        Ok(Some(_)) => Err(ProxyError::Connector(
+            "unexpected frame before the response head".into(),
+        )),
+        Ok(None) => Err(ProxyError::Connector(
+            "stream ended before the response head".into(),
+        )),
         Err(e) => Err(ProxyError::Connector(e.to_string())),
     }
 }
@@ -186,10 +219,10 @@ fn request_headers(
     scheme: &'static str,
     request_id: &str,
 ) -> HeaderMap {
-    let host = headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let host = headers.get(header::HOST).cloned().or_else(|| {
+        uri.authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     strip_hop_by_hop(&mut headers);
     let internal: Vec<HeaderName> = headers
         .keys()
@@ -199,7 +232,12 @@ fn request_headers(
     for name in internal {
         headers.remove(name);
     }
-    for name in [header::HOST, header::CONTENT_LENGTH, header::FORWARDED, HeaderName::from_static("x-real-ip")] {
+    for name in [
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::FORWARDED,
+        HeaderName::from_static("x-real-ip"),
+    ] {
         headers.remove(name);
     }
     // Added after stripping, so a visitor can neither remove nor pre-set them.
@@ -236,7 +274,12 @@ async fn pump_request(
     let _ = done.send(outcome);
 }
 
-async fn pump(mut body: Incoming, mut send: FramedSend, max: u64, idle: Duration) -> Result<(), ProxyError> {
+async fn pump(
+    mut body: Incoming,
+    mut send: FramedSend,
+    max: u64,
+    idle: Duration,
+) -> Result<(), ProxyError> {
     let mut total: u64 = 0;
     loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {

@@ -92,7 +92,9 @@ pub(crate) struct Registry {
 impl Registry {
     pub(crate) fn insert(&self, entry: Arc<SessionEntry>) {
         let mut map = self.sessions.write().unwrap_or_else(|p| p.into_inner());
-        map.entry(entry.identity.tenant.id.clone()).or_default().push(entry);
+        map.entry(entry.identity.tenant.id.clone())
+            .or_default()
+            .push(entry);
     }
 
     pub(crate) fn remove(&self, entry: &SessionEntry) {
@@ -130,6 +132,8 @@ impl Registry {
     /// The stream cap of a tenant (created on first use with `limit` permits).
     pub(crate) fn tenant_cap(&self, tenant: &TenantId, limit: u32) -> Arc<Semaphore> {
         let mut caps = self.tenant_caps.lock().unwrap_or_else(|p| p.into_inner());
-        caps.entry(tenant.clone()).or_insert_with(|| Arc::new(Semaphore::new(limit as usize))).clone()
+        caps.entry(tenant.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(limit as usize)))
+            .clone()
     }
 }

@@ -36,7 +36,11 @@ pub(crate) fn parse(path: &str) -> Result<Route<'_>, RouteError> {
     if climbs_out(path) {
         return Err(RouteError::Malformed);
     }
-    Ok(Route { tenant, target, path })
+    Ok(Route {
+        tenant,
+        target,
+        path,
+    })
 }
 
 /// Whether dot-segments (plain or percent-encoded) would climb above the path's root.
@@ -66,7 +70,10 @@ mod tests {
     #[test]
     fn parses_tenant_target_and_path() {
         let r = parse("/relay/Demo/Echo/a/b%2Fc").unwrap();
-        assert_eq!((r.tenant.as_str(), r.target.as_str(), r.path), ("demo", "echo", "/a/b%2Fc"));
+        assert_eq!(
+            (r.tenant.as_str(), r.target.as_str(), r.path),
+            ("demo", "echo", "/a/b%2Fc")
+        );
         assert_eq!(parse("/relay/demo/echo").unwrap().path, "/");
         assert_eq!(parse("/relay/demo/echo/").unwrap().path, "/");
         assert_eq!(parse("/relay/demo/echo/x/../y").unwrap().path, "/x/../y");

@@ -40,8 +40,7 @@ pub struct Builder {
 
 /// A builder with test-friendly defaults (short grace, admin and plain HTTP on loopback).
 pub fn relay() -> Builder {
-    let mut file = FileConfig::default();
-    file.node_name = Some("test-node".into());
+    let mut file = FileConfig { node_name: Some("test-node".into()), ..FileConfig::default() };
     file.shutdown.grace = Some(Duration::from_secs(5));
     file.listen.https = Some("127.0.0.1:0".parse().expect("literal"));
     file.listen.http = Some("127.0.0.1:0".parse().expect("literal"));
@@ -71,7 +70,13 @@ async fn start(mut file: FileConfig, dir: Arc<TempDir>) -> RelayHandle {
     let addrs = listeners.addrs();
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(run(config, store.clone(), listeners, shutdown.clone(), Some(tx)));
+    let task = tokio::spawn(run(
+        config,
+        store.clone(),
+        listeners,
+        shutdown.clone(),
+        Some(tx),
+    ));
     let view = rx.await.expect("relay failed to start");
     RelayHandle {
         addr: addrs.https.expect("https address"),
@@ -112,7 +117,10 @@ impl RelayHandle {
 
     /// `http://127.0.0.1:PORT{path}` on the plain-HTTP ingress.
     pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http_addr.expect("plain HTTP listener"))
+        format!(
+            "http://{}{path}",
+            self.http_addr.expect("plain HTTP listener")
+        )
     }
 
     /// The generated certificate, for clients and connectors to trust.

@@ -55,7 +55,12 @@ pub(crate) fn server_config(
 }
 
 /// Accepts connector sessions until `shutdown`.
-pub(crate) async fn serve(relay: Arc<Relay>, endpoint: Endpoint, shutdown: CancellationToken, tracker: TaskTracker) {
+pub(crate) async fn serve(
+    relay: Arc<Relay>,
+    endpoint: Endpoint,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
     loop {
         // Why select: accept waits indefinitely; shutdown must end the loop at once.
         let incoming = tokio::select! {
@@ -66,7 +71,9 @@ pub(crate) async fn serve(relay: Arc<Relay>, endpoint: Endpoint, shutdown: Cance
         let relay = relay.clone();
         tracker.spawn(async move {
             let remote = incoming.remote_address();
-            session(relay, incoming).instrument(info_span!("session", peer_addr = %remote)).await
+            session(relay, incoming)
+                .instrument(info_span!("session", peer_addr = %remote))
+                .await
         });
     }
 }
@@ -93,17 +100,33 @@ async fn session(relay: Arc<Relay>, incoming: quinn::Incoming) {
             debug!(error = %e, "no hello");
             let unsupported = matches!(
                 e.downcast_ref::<connector::control::ControlError>(),
-                Some(connector::control::ControlError::Decode(tunnel_protocol::DecodeError::UnsupportedVersion(_)))
+                Some(connector::control::ControlError::Decode(
+                    tunnel_protocol::DecodeError::UnsupportedVersion(_)
+                ))
             );
-            return close(&conn, if unsupported { ErrorCode::VERSION_UNSUPPORTED } else { ErrorCode::PROTOCOL_ERROR });
+            return close(
+                &conn,
+                if unsupported {
+                    ErrorCode::VERSION_UNSUPPORTED
+                } else {
+                    ErrorCode::PROTOCOL_ERROR
+                },
+            );
         }
         Err(_) => return close(&conn, ErrorCode::AUTH_TIMEOUT),
     };
-    let granted = match relay.auth.authenticate(&hello.tenant, &hello.credential).await {
+    let granted = match relay
+        .auth
+        .authenticate(&hello.tenant, &hello.credential)
+        .await
+    {
         Ok(g) => g,
         Err(refusal) => {
             info!(tenant = %hello.tenant, code = %refusal.code, "connector refused");
-            relay.metrics.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            relay
+                .metrics
+                .auth_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return refuse(&conn, &mut control, refusal).await;
         }
     };
@@ -125,7 +148,8 @@ async fn session(relay: Arc<Relay>, incoming: quinn::Incoming) {
         return close(&conn, ErrorCode::PROTOCOL_ERROR);
     }
     relay.registry.insert(entry.clone());
-    let span = info_span!("established", tenant_id = %entry.identity.tenant.id, session_id = %session_id);
+    let span =
+        info_span!("established", tenant_id = %entry.identity.tenant.id, session_id = %session_id);
     async {
         info!(tenant = %entry.identity.tenant.name, connector_id = %hello.connector_id, version = %hello.connector_version, "session established");
         let code = control_loop(&relay, &entry, &mut control, granted.expires_in).await;
@@ -223,12 +247,26 @@ fn kill_message(code: ErrorCode) -> &'static str {
 }
 
 /// Tells the connector to move, waits (bounded) for its streams to finish and for it to close.
-async fn drain(relay: &Relay, entry: &SessionEntry, control: &mut ControlStream, code: ErrorCode) -> ErrorCode {
-    let go_away = ControlFrame::GoAway(GoAway { code, message: "relay is shutting down".into() });
+async fn drain(
+    relay: &Relay,
+    entry: &SessionEntry,
+    control: &mut ControlStream,
+    code: ErrorCode,
+) -> ErrorCode {
+    let go_away = ControlFrame::GoAway(GoAway {
+        code,
+        message: "relay is shutting down".into(),
+    });
     let _ = control.send(&go_away).await;
     // The connector closes the connection once its in-flight streams are done.
-    if tokio::time::timeout(relay.config.shutdown_grace, entry.conn.closed()).await.is_err() {
-        warn!(in_flight = entry.in_flight.load(std::sync::atomic::Ordering::Relaxed), "drain grace over; closing session");
+    if tokio::time::timeout(relay.config.shutdown_grace, entry.conn.closed())
+        .await
+        .is_err()
+    {
+        warn!(
+            in_flight = entry.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+            "drain grace over; closing session"
+        );
     }
     close_code(&entry.conn, code)
 }
@@ -238,7 +276,11 @@ async fn refuse(conn: &quinn::Connection, control: &mut ControlStream, refusal: 
 }
 
 /// Sends `Refused`, gives the connector a moment to read it, then closes.
-async fn refuse_code(conn: &quinn::Connection, control: &mut ControlStream, refusal: Refusal) -> ErrorCode {
+async fn refuse_code(
+    conn: &quinn::Connection,
+    control: &mut ControlStream,
+    refusal: Refusal,
+) -> ErrorCode {
     let code = refusal.code;
     let frame = ControlFrame::Refused(Refused {
         code,

@@ -25,11 +25,17 @@ pub(crate) fn argon2() -> Argon2<'static> {
 
 impl Store {
     /// Creates an admin user with `password` (hashed with argon2id on a blocking thread).
-    pub async fn create_admin_user(&self, username: &str, password: &str) -> Result<AdminUser, Error> {
+    pub async fn create_admin_user(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<AdminUser, Error> {
         let password = password.to_string();
         let hash = tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
-            argon2().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
+            argon2()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
         })
         .await
         .map_err(|_| Error::PasswordHash)?
@@ -46,7 +52,11 @@ impl Store {
         .execute(&self.pool)
         .await;
         match result {
-            Ok(_) => Ok(AdminUser { id, username: username.to_string(), created_at: now }),
+            Ok(_) => Ok(AdminUser {
+                id,
+                username: username.to_string(),
+                created_at: now,
+            }),
             Err(e) if is_unique_violation(&e) => Err(Error::AdminUserExists(username.to_string())),
             Err(e) => Err(e.into()),
         }
@@ -54,10 +64,11 @@ impl Store {
 
     /// Whether an admin user named `username` exists.
     pub async fn admin_user_exists(&self, username: &str) -> Result<bool, Error> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT id FROM admin_users WHERE username = ?")
-            .bind(username)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM admin_users WHERE username = ?")
+                .bind(username)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.is_some())
     }
 }

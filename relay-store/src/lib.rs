@@ -148,7 +148,11 @@ impl Store {
             .map(CredentialRecord::from)
             .collect();
         tx.commit().await?;
-        Ok(Snapshot { revision, tenants, credentials })
+        Ok(Snapshot {
+            revision,
+            tenants,
+            credentials,
+        })
     }
 
     /// Checks that the database answers (readiness).

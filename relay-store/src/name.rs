@@ -2,7 +2,9 @@
 
 /// A name that breaks the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid name {0:?}: use 1-63 characters a-z, 0-9 and '-', starting with a letter or digit")]
+#[error(
+    "invalid name {0:?}: use 1-63 characters a-z, 0-9 and '-', starting with a letter or digit"
+)]
 pub struct NameError(pub String);
 
 /// Returns the canonical (lowercase) form of `name`, or why it is not a valid tenant/target name.
@@ -12,7 +14,9 @@ pub fn validate_name(name: &str) -> Result<String, NameError> {
     let ok = !bytes.is_empty()
         && bytes.len() <= 63
         && bytes[0].is_ascii_alphanumeric()
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
     if ok {
         Ok(lower)
     } else {
@@ -33,7 +37,17 @@ mod tests {
 
     #[test]
     fn rejects_invalid_names() {
-        for bad in ["", "-a", "a_b", "a.b", "a/b", "ä", "a b", "%2e", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "-a",
+            "a_b",
+            "a.b",
+            "a/b",
+            "ä",
+            "a b",
+            "%2e",
+            &"a".repeat(64),
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -20,7 +20,9 @@ pub struct SecretHasher {
 impl SecretHasher {
     /// A hasher keyed by `pepper` (at least 32 random bytes, kept outside the database).
     pub fn new(pepper: &[u8]) -> SecretHasher {
-        SecretHasher { key: hmac::Key::new(hmac::HMAC_SHA256, pepper) }
+        SecretHasher {
+            key: hmac::Key::new(hmac::HMAC_SHA256, pepper),
+        }
     }
 
     /// The value stored for `secret`.
@@ -55,7 +57,9 @@ pub fn parse_secret(secret: &str) -> Option<&str> {
     let (id, random) = rest.split_once('_')?;
     let id_ok = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
     let random_ok = random.len() == 43
-        && random.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && random
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     (id_ok && random_ok).then_some(id)
 }
 
@@ -78,7 +82,12 @@ mod tests {
 
     #[test]
     fn malformed_secrets_do_not_parse() {
-        for bad in ["", "rsk_", "rsk_abc_def", "xyz_0123456789abcdef0123456789abcdef_aaaa"] {
+        for bad in [
+            "",
+            "rsk_",
+            "rsk_abc_def",
+            "xyz_0123456789abcdef0123456789abcdef_aaaa",
+        ] {
             assert_eq!(parse_secret(bad), None, "{bad}");
         }
     }

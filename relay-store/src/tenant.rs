@@ -114,7 +114,9 @@ impl Store {
 
     /// Every tenant, by name.
     pub async fn tenants(&self) -> Result<Vec<Tenant>, Error> {
-        let rows = sqlx::query_as::<_, TenantRow>(SELECT_ALL).fetch_all(&self.pool).await?;
+        let rows = sqlx::query_as::<_, TenantRow>(SELECT_ALL)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().map(Tenant::from).collect())
     }
 
@@ -139,7 +141,11 @@ impl Store {
         )
         .bind(limits.max_body_bytes.map(|v| v.min(i64::MAX as u64) as i64))
         .bind(limits.max_concurrent_streams.map(i64::from))
-        .bind(limits.request_timeout_ms.map(|v| v.min(i64::MAX as u64) as i64))
+        .bind(
+            limits
+                .request_timeout_ms
+                .map(|v| v.min(i64::MAX as u64) as i64),
+        )
         .bind(name.to_ascii_lowercase())
         .execute(&self.pool)
         .await?;

@@ -62,13 +62,17 @@ pub struct Backend {
 impl Backend {
     /// Starts on `127.0.0.1:0`.
     pub async fn spawn() -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
         let addr = listener.local_addr().expect("addr");
         let shared = Arc::new(Shared::default());
         let s = shared.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let s = s.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
@@ -106,7 +110,11 @@ impl Backend {
 
     /// What the backend saw, oldest first (the last 1000 requests).
     pub fn seen(&self) -> Vec<Seen> {
-        self.shared.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Lets waiting `/slow` responses finish.
@@ -139,7 +147,12 @@ const PERIOD: usize = 251;
 /// The pattern bytes at `offset..offset+len` (`len` ≤ 64 KiB), sliced from one precomputed run.
 pub fn pattern_chunk(offset: u64, len: usize) -> Bytes {
     static RUN: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    let run = RUN.get_or_init(|| (0..CHUNK + PERIOD).map(|i| (i % PERIOD) as u8).collect::<Vec<u8>>().into());
+    let run = RUN.get_or_init(|| {
+        (0..CHUNK + PERIOD)
+            .map(|i| (i % PERIOD) as u8)
+            .collect::<Vec<u8>>()
+            .into()
+    });
     assert!(len <= CHUNK, "pattern chunks are at most 64 KiB");
     let start = (offset % PERIOD as u64) as usize;
     run.slice(start..start + len)
@@ -160,13 +173,21 @@ fn active(shared: &Arc<Shared>) -> ActiveGuard {
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     shared.requests.fetch_add(1, Ordering::SeqCst);
-    let path = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
     {
         let mut seen = shared.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() >= 1000 {
             seen.remove(0);
         }
-        seen.push(Seen { method: req.method().to_string(), path: path.clone(), headers: req.headers().clone() });
+        seen.push(Seen {
+            method: req.method().to_string(),
+            path: path.clone(),
+            headers: req.headers().clone(),
+        });
     }
     let p = req.uri().path().to_string();
     if let Some(n) = p.strip_prefix("/bytes/") {
@@ -178,10 +199,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             }
             let len = (n - sent).min(CHUNK as u64) as usize;
             let chunk = pattern_chunk(sent, len);
-            Some((Ok::<_, BoxError>(Frame::data(chunk)), (sent + len as u64, guard)))
+            Some((
+                Ok::<_, BoxError>(Frame::data(chunk)),
+                (sent + len as u64, guard),
+            ))
         });
         let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-        resp.headers_mut().insert(http::header::CONTENT_LENGTH, n.into());
+        resp.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, n.into());
         return resp;
     }
     match p.as_str() {
@@ -200,7 +225,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                     Err(_) => return text(StatusCode::BAD_REQUEST, "body failed"),
                 }
             }
-            text(StatusCode::OK, &format!("{len} {}", crate::hex(ctx.finish().as_ref())))
+            text(
+                StatusCode::OK,
+                &format!("{len} {}", crate::hex(ctx.finish().as_ref())),
+            )
         }
         "/slow" => {
             let s = shared.clone();
@@ -208,9 +236,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                 let s = s.clone();
                 async move {
                     match step {
-                        0 => Some((Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"first\n"))), 1)),
+                        0 => Some((
+                            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"first\n"))),
+                            1,
+                        )),
                         1 => {
-                            let _ = tokio::time::timeout(Duration::from_secs(30), s.release.notified()).await;
+                            let _ =
+                                tokio::time::timeout(Duration::from_secs(30), s.release.notified())
+                                    .await;
                             Some((Ok(Frame::data(Bytes::from_static(b"second\n"))), 2))
                         }
                         _ => None,
@@ -223,7 +256,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             let guard = active(&shared);
             let stream = futures_util::stream::unfold(guard, |guard| async move {
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                Some((Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'x'; 1024]))), guard))
+                Some((
+                    Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'x'; 1024]))),
+                    guard,
+                ))
             });
             Response::new(BodyExt::boxed(StreamBody::new(stream)))
         }
@@ -233,14 +269,21 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             text(StatusCode::OK, "slept")
         }
         _ if p.starts_with("/status/") => {
-            let code = p["/status/".len()..].parse().ok().and_then(|c| StatusCode::from_u16(c).ok());
+            let code = p["/status/".len()..]
+                .parse()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok());
             text(code.unwrap_or(StatusCode::BAD_REQUEST), "")
         }
         _ => {
             let method = req.method().to_string();
-            let body = BodyStream::new(req.into_body()).map(|r| r.map_err(|e| Box::new(e) as BoxError));
+            let body =
+                BodyStream::new(req.into_body()).map(|r| r.map_err(|e| Box::new(e) as BoxError));
             let mut resp = Response::new(BodyExt::boxed(StreamBody::new(body)));
-            resp.headers_mut().insert("x-echo-method", method.parse().expect("method is a valid header"));
+            resp.headers_mut().insert(
+                "x-echo-method",
+                method.parse().expect("method is a valid header"),
+            );
             if let Ok(v) = path.parse() {
                 resp.headers_mut().insert("x-echo-path", v);
             }
@@ -250,7 +293,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
 }
 
 fn text(status: StatusCode, s: &str) -> Response<Body> {
-    let mut resp = Response::new(BodyExt::boxed(Full::new(Bytes::from(s.to_string())).map_err(|n: Infallible| match n {})));
+    let mut resp = Response::new(BodyExt::boxed(
+        Full::new(Bytes::from(s.to_string())).map_err(|n: Infallible| match n {}),
+    ));
     *resp.status_mut() = status;
     resp
 }

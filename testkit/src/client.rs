@@ -65,11 +65,19 @@ impl Client {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
-        let connector = if h2_only { b.enable_http2().wrap_connector(http) } else { b.enable_all_versions().wrap_connector(http) };
+        let b = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let connector = if h2_only {
+            b.enable_http2().wrap_connector(http)
+        } else {
+            b.enable_all_versions().wrap_connector(http)
+        };
         let mut builder = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
         builder.http2_only(h2_only).pool_max_idle_per_host(256);
-        Client { inner: builder.build(connector) }
+        Client {
+            inner: builder.build(connector),
+        }
     }
 
     /// Sends a request with any body; returns the streaming response.
@@ -91,6 +99,10 @@ impl Client {
         let resp = self.send(req).await?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await?.to_bytes();
-        Ok(Answer { status: parts.status, headers: parts.headers, body })
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
     }
 }

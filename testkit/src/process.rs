@@ -81,7 +81,11 @@ impl RssSampler {
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
-        RssSampler { peak, stop, thread: Some(thread) }
+        RssSampler {
+            peak,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// Stops and returns the peak in KiB.

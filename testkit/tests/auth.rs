@@ -28,8 +28,14 @@ async fn hello(relay: &RelayHandle, tenant: &str, credential: Credential) -> Con
         .with_no_client_auth();
     tls.alpn_protocols = vec![tunnel_protocol::ALPN.to_vec()];
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap())));
-    let conn = endpoint.connect(relay.addr, "localhost").unwrap().await.unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        QuicClientConfig::try_from(tls).unwrap(),
+    )));
+    let conn = endpoint
+        .connect(relay.addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
     let (send, recv) = conn.open_bi().await.unwrap();
     let mut control = ControlStream::new(send, recv);
     control
@@ -42,7 +48,10 @@ async fn hello(relay: &RelayHandle, tenant: &str, credential: Credential) -> Con
         }))
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), control.next()).await.expect("an answer").expect("a frame")
+    tokio::time::timeout(Duration::from_secs(10), control.next())
+        .await
+        .expect("an answer")
+        .expect("a frame")
 }
 
 fn refused_code(frame: &ControlFrame) -> ErrorCode {
@@ -65,19 +74,27 @@ struct Claims<'a> {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Signs claims with the relay's own key (read from its data directory) or another key.
 fn sign(relay: &RelayHandle, claims: &Claims<'_>, foreign_key: bool) -> String {
     let pk8 = std::fs::read(relay.data_dir().join("keys/token-ed25519.pk8")).unwrap();
     let pair = Ed25519KeyPair::from_pkcs8(&pk8).unwrap();
-    let kid: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pair.public_key().as_ref()).as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let kid: String =
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pair.public_key().as_ref()).as_ref()
+            [..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
     let signing = if foreign_key {
-        Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).unwrap().as_ref().to_vec()
+        Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
+            .unwrap()
+            .as_ref()
+            .to_vec()
     } else {
         pk8
     };
@@ -96,19 +113,29 @@ async fn secrets_are_checked_and_exchanged_for_tokens() {
     relay.sync().await;
 
     let welcome = hello(&relay, "acme", Credential::Secret(cred.secret.clone())).await;
-    let ControlFrame::Welcome(w) = welcome else { panic!("expected Welcome, got {welcome:?}") };
+    let ControlFrame::Welcome(w) = welcome else {
+        panic!("expected Welcome, got {welcome:?}")
+    };
     assert!(!w.token.is_empty(), "a secret is exchanged for a token");
     assert!(w.expires_in_secs > 0 && w.expires_in_secs <= 15 * 60);
 
     // The token authenticates too, without issuing a new one.
     let again = hello(&relay, "acme", Credential::Token(w.token.clone())).await;
-    assert!(matches!(&again, ControlFrame::Welcome(w2) if w2.token.is_empty()), "{again:?}");
+    assert!(
+        matches!(&again, ControlFrame::Welcome(w2) if w2.token.is_empty()),
+        "{again:?}"
+    );
 
     // Wrong random part, garbage, right secret for the wrong tenant: one code for all.
     let mut wrong = cred.secret.clone();
     let last = wrong.pop().unwrap();
     wrong.push(if last == 'A' { 'B' } else { 'A' });
-    for (tenant, secret) in [("acme", wrong.as_str()), ("acme", "garbage"), ("other", cred.secret.as_str()), ("ghost", cred.secret.as_str())] {
+    for (tenant, secret) in [
+        ("acme", wrong.as_str()),
+        ("acme", "garbage"),
+        ("other", cred.secret.as_str()),
+        ("ghost", cred.secret.as_str()),
+    ] {
         let answer = hello(&relay, tenant, Credential::Secret(secret.into())).await;
         assert_eq!(refused_code(&answer), ErrorCode::AUTH_FAILED, "{tenant}");
     }
@@ -128,20 +155,89 @@ async fn secrets_are_checked_and_exchanged_for_tokens() {
         nbf: now() - 1200,
         exp: now() - 600,
     };
-    assert_eq!(refused_code(&hello(&relay, "acme", Credential::Token(sign(&relay, &base, false))).await), ErrorCode::TOKEN_EXPIRED);
-    let fresh = Claims { iat: now(), nbf: now(), exp: now() + 300, ..base };
-    assert!(matches!(hello(&relay, "acme", Credential::Token(sign(&relay, &fresh, false))).await, ControlFrame::Welcome(_)));
-    assert_eq!(refused_code(&hello(&relay, "acme", Credential::Token(sign(&relay, &fresh, true))).await), ErrorCode::TOKEN_INVALID);
-    let wrong_aud = Claims { aud: "someone-else", ..fresh };
-    assert_eq!(refused_code(&hello(&relay, "acme", Credential::Token(sign(&relay, &wrong_aud, false))).await), ErrorCode::TOKEN_INVALID);
-    let too_long = Claims { exp: now() + 24 * 3600, ..fresh };
-    assert_eq!(refused_code(&hello(&relay, "acme", Credential::Token(sign(&relay, &too_long, false))).await), ErrorCode::TOKEN_INVALID);
+    assert_eq!(
+        refused_code(
+            &hello(
+                &relay,
+                "acme",
+                Credential::Token(sign(&relay, &base, false))
+            )
+            .await
+        ),
+        ErrorCode::TOKEN_EXPIRED
+    );
+    let fresh = Claims {
+        iat: now(),
+        nbf: now(),
+        exp: now() + 300,
+        ..base
+    };
+    assert!(matches!(
+        hello(
+            &relay,
+            "acme",
+            Credential::Token(sign(&relay, &fresh, false))
+        )
+        .await,
+        ControlFrame::Welcome(_)
+    ));
+    assert_eq!(
+        refused_code(
+            &hello(
+                &relay,
+                "acme",
+                Credential::Token(sign(&relay, &fresh, true))
+            )
+            .await
+        ),
+        ErrorCode::TOKEN_INVALID
+    );
+    let wrong_aud = Claims {
+        aud: "someone-else",
+        ..fresh
+    };
+    assert_eq!(
+        refused_code(
+            &hello(
+                &relay,
+                "acme",
+                Credential::Token(sign(&relay, &wrong_aud, false))
+            )
+            .await
+        ),
+        ErrorCode::TOKEN_INVALID
+    );
+    let too_long = Claims {
+        exp: now() + 24 * 3600,
+        ..fresh
+    };
+    assert_eq!(
+        refused_code(
+            &hello(
+                &relay,
+                "acme",
+                Credential::Token(sign(&relay, &too_long, false))
+            )
+            .await
+        ),
+        ErrorCode::TOKEN_INVALID
+    );
     let signed = sign(&relay, &fresh, false);
     let mut parts = signed.split('.');
     let (_, payload) = (parts.next(), parts.next().unwrap());
     let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
-    assert_eq!(refused_code(&hello(&relay, "acme", Credential::Token(none)).await), ErrorCode::TOKEN_INVALID);
-    assert!(relay.view.metrics().auth_failures.load(std::sync::atomic::Ordering::SeqCst) >= 8);
+    assert_eq!(
+        refused_code(&hello(&relay, "acme", Credential::Token(none)).await),
+        ErrorCode::TOKEN_INVALID
+    );
+    assert!(
+        relay
+            .view
+            .metrics()
+            .auth_failures
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 8
+    );
 }
 
 #[tokio::test]
@@ -151,16 +247,30 @@ async fn bad_secret_is_refused_with_a_clear_reason() {
     relay.create_tenant("acme").await;
     relay.sync().await;
     let backend = Backend::spawn().await;
-    let conn = connector(&relay.server(), "acme", "rsk_00000000000000000000000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
-        .ca_cert(relay.ca_cert())
-        .target("app", &backend.url())
-        .spawn();
+    let conn = connector(
+        &relay.server(),
+        "acme",
+        "rsk_00000000000000000000000000000000_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    )
+    .ca_cert(relay.ca_cert())
+    .target("app", &backend.url())
+    .spawn();
     let mut state = conn.watch();
-    let s = tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| s.last_error.is_some())).await.unwrap().unwrap().clone();
+    let s = tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| s.last_error.is_some()),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .clone();
     let err = s.last_error.unwrap();
     assert!(err.contains("credential rejected"), "{err}");
     assert!(!s.connected);
-    assert!(!err.contains("AAAAAAAA"), "the secret never appears in errors");
+    assert!(
+        !err.contains("AAAAAAAA"),
+        "the secret never appears in errors"
+    );
 }
 
 #[tokio::test]
@@ -172,21 +282,41 @@ async fn revoking_a_credential_closes_its_sessions_and_refuses_reconnects() {
     let keep = relay.create_credential("acme").await;
     relay.sync().await;
     let backend = Backend::spawn().await;
-    let mut revoked = connector(&relay.server(), "acme", &cred.secret).ca_cert(relay.ca_cert()).target("app", &backend.url()).spawn();
-    let mut kept = connector(&relay.server(), "acme", &keep.secret).ca_cert(relay.ca_cert()).target("app", &backend.url()).spawn();
+    let mut revoked = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &backend.url())
+        .spawn();
+    let mut kept = connector(&relay.server(), "acme", &keep.secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &backend.url())
+        .spawn();
     revoked.connected().await;
     kept.connected().await;
     assert_eq!(relay.view.sessions("acme").len(), 2);
 
-    relay.store.revoke_credential("acme", &cred.credential.id.0).await.unwrap();
+    relay
+        .store
+        .revoke_credential("acme", &cred.credential.id.0)
+        .await
+        .unwrap();
     let mut state = revoked.watch();
-    tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| !s.connected)).await.unwrap().unwrap();
-    // It keeps trying, and keeps being refused; the other credential's session is untouched.
-    let s = tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| s.last_error.as_deref().is_some_and(|e| e.contains("credential rejected"))))
+    tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| !s.connected))
         .await
         .unwrap()
-        .unwrap()
-        .clone();
+        .unwrap();
+    // It keeps trying, and keeps being refused; the other credential's session is untouched.
+    let s = tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| {
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("credential rejected"))
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .clone();
     assert!(!s.connected);
     assert!(kept.state().connected);
     assert_eq!(relay.view.sessions("acme").len(), 1);
@@ -194,5 +324,8 @@ async fn revoking_a_credential_closes_its_sessions_and_refuses_reconnects() {
     // Disabling the tenant closes the rest.
     relay.store.set_tenant_enabled("acme", false).await.unwrap();
     let mut state = kept.watch();
-    tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| !s.connected)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| !s.connected))
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -16,7 +16,10 @@ use testkit::{pattern_chunk, pattern_sha256, trace_init, Backend, Client};
 
 /// Bytes moved each way; `TRANSFER_BYTES` overrides it for quick local runs.
 fn transfer_bytes() -> u64 {
-    std::env::var("TRANSFER_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 30)
+    std::env::var("TRANSFER_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 30)
 }
 const CHUNK: usize = 64 * 1024;
 
@@ -28,15 +31,28 @@ fn relay_cli(data_dir: &Path, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("run relay-server");
-    assert!(out.status.success(), "relay-server {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "relay-server {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
 /// Starts `relay-server run` and returns it with its HTTPS port (read from its JSON log).
 fn start_relay(data_dir: &Path, envs: &[(&str, &str)]) -> (ChildGuard, u16) {
     let mut cmd = Command::new(bin("relay-server"));
-    cmd.arg("--data-dir").arg(data_dir).args(["--log-format", "json", "run", "--listen", "127.0.0.1:0"]);
-    cmd.envs(envs.iter().copied()).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.arg("--data-dir").arg(data_dir).args([
+        "--log-format",
+        "json",
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    cmd.envs(envs.iter().copied())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn relay");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -46,7 +62,11 @@ fn start_relay(data_dir: &Path, envs: &[(&str, &str)]) -> (ChildGuard, u16) {
             if !sent {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                     if let Some(addr) = v["fields"]["https"].as_str() {
-                        let port: u16 = addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+                        let port: u16 = addr
+                            .rsplit(':')
+                            .next()
+                            .and_then(|p| p.parse().ok())
+                            .expect("port");
                         let _ = tx.send(port);
                         sent = true;
                     }
@@ -57,19 +77,27 @@ fn start_relay(data_dir: &Path, envs: &[(&str, &str)]) -> (ChildGuard, u16) {
             }
         }
     });
-    let port = rx.recv_timeout(Duration::from_secs(30)).expect("relay reported its port");
+    let port = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("relay reported its port");
     (ChildGuard(child), port)
 }
 
 fn start_connector(port: u16, data_dir: &Path, backend: &Backend) -> ChildGuard {
     let mut cmd = Command::new(bin("connector"));
-    cmd.args(["run", "--server", &format!("https://127.0.0.1:{port}"), "--tenant", "acme"])
-        .arg("--secret-file")
-        .arg(data_dir.join("secret"))
-        .arg("--ca-cert")
-        .arg(data_dir.join("tls/cert.pem"))
-        .args(["--target", &format!("app={}", backend.url())])
-        .env("CONNECTOR_SESSION__BACKOFF_CAP", "1s");
+    cmd.args([
+        "run",
+        "--server",
+        &format!("https://127.0.0.1:{port}"),
+        "--tenant",
+        "acme",
+    ])
+    .arg("--secret-file")
+    .arg(data_dir.join("secret"))
+    .arg("--ca-cert")
+    .arg(data_dir.join("tls/cert.pem"))
+    .args(["--target", &format!("app={}", backend.url())])
+    .env("CONNECTOR_SESSION__BACKOFF_CAP", "1s");
     ChildGuard::spawn(cmd)
 }
 
@@ -101,7 +129,10 @@ async fn one_gib_each_way_with_bounded_memory() -> anyhow::Result<()> {
     let total = transfer_bytes();
     provision(dir.path());
     let backend = Backend::spawn().await;
-    let (relay, port) = start_relay(dir.path(), &[("RELAY_LIMITS__MAX_BODY_BYTES", "2147483648")]);
+    let (relay, port) = start_relay(
+        dir.path(),
+        &[("RELAY_LIMITS__MAX_BODY_BYTES", "2147483648")],
+    );
     let conn = start_connector(port, dir.path(), &backend);
     let client = Client::new(&dir.path().join("tls/cert.pem"));
     let base = format!("https://127.0.0.1:{port}/relay/acme/app");
@@ -109,11 +140,15 @@ async fn one_gib_each_way_with_bounded_memory() -> anyhow::Result<()> {
     // Warm both paths so pools and buffers exist before the baseline.
     let _ = client.get(&format!("{base}/bytes/10000000")).await?;
     let (relay_base, conn_base) = (rss_kib(relay.pid()), rss_kib(conn.pid()));
-    let (relay_rss, conn_rss) = (RssSampler::start(relay.pid()), RssSampler::start(conn.pid()));
+    let (relay_rss, conn_rss) = (
+        RssSampler::start(relay.pid()),
+        RssSampler::start(conn.pid()),
+    );
 
     // Download.
     let started = Instant::now();
-    let req = http::Request::get(format!("{base}/bytes/{total}")).body(testkit::client::Body::default())?;
+    let req = http::Request::get(format!("{base}/bytes/{total}"))
+        .body(testkit::client::Body::default())?;
     let resp = client.send(req).await?;
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
@@ -136,12 +171,18 @@ async fn one_gib_each_way_with_bounded_memory() -> anyhow::Result<()> {
             return None;
         }
         let len = (total - sent).min(CHUNK as u64) as usize;
-        Some((Ok::<_, std::io::Error>(hyper::body::Frame::data(pattern_chunk(sent, len))), sent + len as u64))
+        Some((
+            Ok::<_, std::io::Error>(hyper::body::Frame::data(pattern_chunk(sent, len))),
+            sent + len as u64,
+        ))
     });
     let body = BodyExt::boxed(
-        http_body_util::StreamBody::new(chunks).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+        http_body_util::StreamBody::new(chunks)
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
     );
-    let req = http::Request::put(format!("{base}/sink")).header("content-length", total).body(body)?;
+    let req = http::Request::put(format!("{base}/sink"))
+        .header("content-length", total)
+        .body(body)?;
     let resp = client.send(req).await?;
     assert_eq!(resp.status(), StatusCode::OK);
     let answer = String::from_utf8(resp.into_body().collect().await?.to_bytes().to_vec())?;
@@ -149,7 +190,10 @@ async fn one_gib_each_way_with_bounded_memory() -> anyhow::Result<()> {
     assert_eq!(answer, format!("{total} {}", pattern_sha256(total)));
 
     let (relay_peak, conn_peak) = (relay_rss.finish(), conn_rss.finish());
-    let (relay_growth, conn_growth) = (relay_peak.saturating_sub(relay_base), conn_peak.saturating_sub(conn_base));
+    let (relay_growth, conn_growth) = (
+        relay_peak.saturating_sub(relay_base),
+        conn_peak.saturating_sub(conn_base),
+    );
     eprintln!(
         "{total} bytes each way: download {:.0} MiB/s, upload {:.0} MiB/s; RSS growth relay {} KiB (base {relay_base}), connector {} KiB (base {conn_base})",
         total as f64 / 1048576.0 / down.as_secs_f64(),
@@ -157,8 +201,14 @@ async fn one_gib_each_way_with_bounded_memory() -> anyhow::Result<()> {
         relay_growth,
         conn_growth
     );
-    assert!(relay_growth < 64 * 1024, "relay RSS grew {relay_growth} KiB");
-    assert!(conn_growth < 64 * 1024, "connector RSS grew {conn_growth} KiB");
+    assert!(
+        relay_growth < 64 * 1024,
+        "relay RSS grew {relay_growth} KiB"
+    );
+    assert!(
+        conn_growth < 64 * 1024,
+        "connector RSS grew {conn_growth} KiB"
+    );
     Ok(())
 }
 
@@ -166,7 +216,10 @@ async fn one_gib_each_way_with_bounded_memory() -> anyhow::Result<()> {
 async fn killed_connector_aborts_its_responses_and_the_other_takes_over() -> anyhow::Result<()> {
     trace_init();
     // The relay is in-process (to read its in-flight gauge); connectors are real processes.
-    let relay = relay().configure(|f| f.tunnel.idle_timeout = Some(Duration::from_secs(3))).spawn().await;
+    let relay = relay()
+        .configure(|f| f.tunnel.idle_timeout = Some(Duration::from_secs(3)))
+        .spawn()
+        .await;
     relay.create_tenant("acme").await;
     let cred = relay.create_credential("acme").await;
     relay.sync().await;
@@ -182,12 +235,17 @@ async fn killed_connector_aborts_its_responses_and_the_other_takes_over() -> any
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let req = http::Request::get(relay.url("/relay/acme/app/hold")).body(testkit::client::Body::default())?;
+    let req = http::Request::get(relay.url("/relay/acme/app/hold"))
+        .body(testkit::client::Body::default())?;
     let resp = client.send(req).await?;
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
     body.frame().await.expect("first bytes")?;
-    let victim = if b1.active_streams() == 1 { &mut c1 } else { &mut c2 };
+    let victim = if b1.active_streams() == 1 {
+        &mut c1
+    } else {
+        &mut c2
+    };
     victim.kill();
 
     // The response ends in an error (aborted), never in a clean end of body.
@@ -205,7 +263,9 @@ async fn killed_connector_aborts_its_responses_and_the_other_takes_over() -> any
     assert_eq!(outcome, "aborted");
 
     for i in 0..20 {
-        let a = client.get(&relay.url(&format!("/relay/acme/app/after/{i}"))).await?;
+        let a = client
+            .get(&relay.url(&format!("/relay/acme/app/after/{i}")))
+            .await?;
         assert_eq!(a.status, StatusCode::OK, "request {i} after the kill");
     }
     assert_eq!(relay.view.sessions("acme").len(), 1);
@@ -220,7 +280,13 @@ async fn quickstart_prints_a_working_curl_line_and_reuses_its_data() -> anyhow::
     for round in 0..2 {
         let mut cmd = Command::new(bin("relay-server"));
         cmd.current_dir(dir.path())
-            .args(["quickstart", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args([
+                "quickstart",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         let mut child = cmd.spawn()?;
@@ -237,30 +303,68 @@ async fn quickstart_prints_a_working_curl_line_and_reuses_its_data() -> anyhow::
                 }
             }
         });
-        let lines = rx.recv_timeout(Duration::from_secs(60)).expect("quickstart banner");
-        let curl = lines.iter().find_map(|l| l.trim().strip_prefix("Try it:")).expect("a curl line").trim().to_string();
-        assert!(lines.iter().any(|l| l.contains("Management web:") && l.contains("login: admin /")), "{lines:?}");
+        let lines = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("quickstart banner");
+        let curl = lines
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("Try it:"))
+            .expect("a curl line")
+            .trim()
+            .to_string();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("Management web:") && l.contains("login: admin /")),
+            "{lines:?}"
+        );
         let args: Vec<&str> = curl.split_whitespace().collect();
         assert_eq!(args[0], "curl");
-        let out = Command::new("curl").current_dir(dir.path()).args(&args[1..]).args(["-sS", "--max-time", "20"]).output()?;
+        let out = Command::new("curl")
+            .current_dir(dir.path())
+            .args(&args[1..])
+            .args(["-sS", "--max-time", "20"])
+            .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "round {round}: {curl}: {}", String::from_utf8_lossy(&out.stderr));
-        assert!(text.starts_with("GET /hello"), "round {round}: echo answer: {text}");
+        assert!(
+            out.status.success(),
+            "round {round}: {curl}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.starts_with("GET /hello"),
+            "round {round}: echo answer: {text}"
+        );
         // Ctrl-C stops it cleanly (exit 0).
         let pid = child.pid().to_string();
         Command::new("kill").args(["-INT", &pid]).status()?;
         let status = wait_exit(&mut child.0, Duration::from_secs(30));
-        assert!(status.is_some_and(|s| s.success()), "round {round}: quickstart exit {status:?}");
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "round {round}: quickstart exit {status:?}"
+        );
     }
     // The second start reused the tenant: exactly one credential was created.
     let creds = relay_cli_in(dir.path(), &["tenant", "credential", "list", "demo"]);
-    assert_eq!(creds.lines().filter(|l| l.contains("active")).count(), 1, "{creds}");
+    assert_eq!(
+        creds.lines().filter(|l| l.contains("active")).count(),
+        1,
+        "{creds}"
+    );
     Ok(())
 }
 
 fn relay_cli_in(cwd: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin("relay-server")).current_dir(cwd).args(args).output().expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin("relay-server"))
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("utf-8")
 }
 

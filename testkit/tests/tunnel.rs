@@ -25,7 +25,13 @@ async fn visitor_reaches_backend_through_connector() -> anyhow::Result<()> {
     conn.connected().await;
 
     let client = Client::new(&relay.ca_cert());
-    let answer = client.request("POST", &relay.url("/relay/acme/app/some/path%2Fx?q=%20&r"), Bytes::from_static(b"hello")).await?;
+    let answer = client
+        .request(
+            "POST",
+            &relay.url("/relay/acme/app/some/path%2Fx?q=%20&r"),
+            Bytes::from_static(b"hello"),
+        )
+        .await?;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.text(), "hello");
     assert_eq!(answer.headers["x-echo-method"], "POST");
@@ -41,9 +47,17 @@ async fn visitor_reaches_backend_through_connector() -> anyhow::Result<()> {
 
     // Plain-HTTP ingress and HTTP/2 reach the same backend.
     let plain = client.get(&relay.http_url("/relay/acme/app/plain")).await?;
-    assert_eq!((plain.status, plain.headers["x-echo-path"].to_str()?), (StatusCode::OK, "/plain"));
-    let h2 = Client::http2(&relay.ca_cert()).get(&relay.url("/relay/ACME/App/h2")).await?;
-    assert_eq!((h2.status, h2.headers["x-echo-path"].to_str()?), (StatusCode::OK, "/h2"));
+    assert_eq!(
+        (plain.status, plain.headers["x-echo-path"].to_str()?),
+        (StatusCode::OK, "/plain")
+    );
+    let h2 = Client::http2(&relay.ca_cert())
+        .get(&relay.url("/relay/ACME/App/h2"))
+        .await?;
+    assert_eq!(
+        (h2.status, h2.headers["x-echo-path"].to_str()?),
+        (StatusCode::OK, "/h2")
+    );
     Ok(())
 }
 
@@ -59,7 +73,9 @@ async fn statuses_follow_the_contract() -> anyhow::Result<()> {
     relay.sync().await;
     let backend = Backend::spawn().await;
     // A port nobody listens on: bind, note, drop.
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await?
+        .local_addr()?;
     let mut conn = connector(&relay.server(), "acme", &cred.secret)
         .ca_cert(relay.ca_cert())
         .target("app", &backend.url())
@@ -86,16 +102,49 @@ async fn statuses_follow_the_contract() -> anyhow::Result<()> {
     assert_eq!(offline.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(offline.headers["retry-after"], "5");
 
-    assert_eq!(client.get(&relay.url("/relay/acme/nope/")).await?.status, StatusCode::NOT_FOUND);
-    assert_eq!(client.get(&relay.url("/relay/acme/down/")).await?.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(client.get(&relay.url("/relay/acme/slow/sleep/3000")).await?.status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(client.get(&relay.url("/relay/acme/app/a/../../../x")).await?.status, StatusCode::BAD_REQUEST);
-    assert_eq!(client.get(&relay.url("/relay/ac%2Fme/app/")).await?.status, StatusCode::BAD_REQUEST);
-    assert_eq!(client.get(&relay.url("/admin")).await?.status, StatusCode::NOT_FOUND);
-    assert_eq!(client.get(&relay.url("/relay/acme/app/status/418")).await?.status, StatusCode::IM_A_TEAPOT);
+    assert_eq!(
+        client.get(&relay.url("/relay/acme/nope/")).await?.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        client.get(&relay.url("/relay/acme/down/")).await?.status,
+        StatusCode::BAD_GATEWAY
+    );
+    assert_eq!(
+        client
+            .get(&relay.url("/relay/acme/slow/sleep/3000"))
+            .await?
+            .status,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    assert_eq!(
+        client
+            .get(&relay.url("/relay/acme/app/a/../../../x"))
+            .await?
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        client.get(&relay.url("/relay/ac%2Fme/app/")).await?.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        client.get(&relay.url("/admin")).await?.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        client
+            .get(&relay.url("/relay/acme/app/status/418"))
+            .await?
+            .status,
+        StatusCode::IM_A_TEAPOT
+    );
     for a in [&unknown, &offline] {
         assert!(a.headers.contains_key("x-relay-request-id"));
-        assert!(!a.text().contains("127.0.0.1"), "no internals in problem bodies");
+        assert!(
+            !a.text().contains("127.0.0.1"),
+            "no internals in problem bodies"
+        );
     }
     Ok(())
 }
@@ -103,7 +152,10 @@ async fn statuses_follow_the_contract() -> anyhow::Result<()> {
 #[tokio::test]
 async fn body_limit_is_enforced_before_the_tunnel() -> anyhow::Result<()> {
     trace_init();
-    let relay = relay().configure(|f| f.limits.max_body_bytes = Some(1000)).spawn().await;
+    let relay = relay()
+        .configure(|f| f.limits.max_body_bytes = Some(1000))
+        .spawn()
+        .await;
     relay.create_tenant("acme").await;
     let cred = relay.create_credential("acme").await;
     relay.sync().await;
@@ -114,16 +166,38 @@ async fn body_limit_is_enforced_before_the_tunnel() -> anyhow::Result<()> {
         .spawn();
     conn.connected().await;
     let client = Client::new(&relay.ca_cert());
-    let ok = client.request("POST", &relay.url("/relay/acme/app/sink"), Bytes::from(vec![1u8; 1000])).await?;
+    let ok = client
+        .request(
+            "POST",
+            &relay.url("/relay/acme/app/sink"),
+            Bytes::from(vec![1u8; 1000]),
+        )
+        .await?;
     assert_eq!(ok.status, StatusCode::OK);
     let before = backend.requests();
-    let big = client.request("POST", &relay.url("/relay/acme/app/sink"), Bytes::from(vec![1u8; 1001])).await?;
+    let big = client
+        .request(
+            "POST",
+            &relay.url("/relay/acme/app/sink"),
+            Bytes::from(vec![1u8; 1001]),
+        )
+        .await?;
     assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(backend.requests(), before, "the backend never saw the oversized request");
+    assert_eq!(
+        backend.requests(),
+        before,
+        "the backend never saw the oversized request"
+    );
 
     // A streamed (chunked) body over the limit is cut mid-stream: the backend never gets it whole.
-    let chunks = futures_util::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(vec![2u8; 100])))));
-    let body = BodyExt::boxed(http_body_util::StreamBody::new(chunks).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>));
+    let chunks =
+        futures_util::stream::iter((0..20).map(|_| {
+            Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(vec![2u8; 100])))
+        }));
+    let body = BodyExt::boxed(
+        http_body_util::StreamBody::new(chunks)
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+    );
     let req = http::Request::post(relay.url("/relay/acme/app/sink")).body(body)?;
     let resp = client.send(req).await?;
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
@@ -144,7 +218,8 @@ async fn slow_chunked_response_streams_before_the_backend_finishes() -> anyhow::
         .spawn();
     conn.connected().await;
     let client = Client::new(&relay.ca_cert());
-    let req = http::Request::get(relay.url("/relay/acme/app/slow")).body(testkit::client::Body::default())?;
+    let req = http::Request::get(relay.url("/relay/acme/app/slow"))
+        .body(testkit::client::Body::default())?;
     let resp = client.send(req).await?;
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
@@ -167,8 +242,14 @@ async fn concurrent_requests_spread_over_two_connectors() -> anyhow::Result<()> 
     let cred = relay.create_credential("acme").await;
     relay.sync().await;
     let (b1, b2) = (Backend::spawn().await, Backend::spawn().await);
-    let mut c1 = connector(&relay.server(), "acme", &cred.secret).ca_cert(relay.ca_cert()).target("app", &b1.url()).spawn();
-    let mut c2 = connector(&relay.server(), "acme", &cred.secret).ca_cert(relay.ca_cert()).target("app", &b2.url()).spawn();
+    let mut c1 = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &b1.url())
+        .spawn();
+    let mut c2 = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &b2.url())
+        .spawn();
     c1.connected().await;
     c2.connected().await;
     assert_eq!(relay.view.sessions("acme").len(), 2);
@@ -180,7 +261,10 @@ async fn concurrent_requests_spread_over_two_connectors() -> anyhow::Result<()> 
         let url = relay.url(&format!("/relay/acme/app/sleep-{i}"));
         tasks.spawn(async move {
             let body = Bytes::from(format!("request {i} ").repeat(50));
-            let answer = client.request("PUT", &url, body.clone()).await.expect("request");
+            let answer = client
+                .request("PUT", &url, body.clone())
+                .await
+                .expect("request");
             assert_eq!(answer.status, StatusCode::OK, "request {i}");
             assert_eq!(answer.body, body, "request {i} got another request's body");
         });
@@ -191,7 +275,14 @@ async fn concurrent_requests_spread_over_two_connectors() -> anyhow::Result<()> 
     let (n1, n2) = (b1.requests(), b2.requests());
     assert_eq!(n1 + n2, 200);
     assert!(n1 > 0 && n2 > 0, "both connectors serve: {n1} / {n2}");
-    assert_eq!(relay.view.metrics().in_flight.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        relay
+            .view
+            .metrics()
+            .in_flight
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
     Ok(())
 }
 
@@ -209,13 +300,23 @@ async fn connector_reconnects_after_relay_restart() -> anyhow::Result<()> {
         .spawn();
     conn.connected().await;
     let client = Client::new(&relay.ca_cert());
-    assert_eq!(client.get(&relay.url("/relay/acme/app/1")).await?.status, StatusCode::OK);
+    assert_eq!(
+        client.get(&relay.url("/relay/acme/app/1")).await?.status,
+        StatusCode::OK
+    );
 
     let relay = relay.restart().await;
     let mut state = conn.watch();
-    tokio::time::timeout(Duration::from_secs(20), state.wait_for(|s| s.connected && s.sessions_established >= 2)).await??;
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        state.wait_for(|s| s.connected && s.sessions_established >= 2),
+    )
+    .await??;
     let client = Client::new(&relay.ca_cert());
-    assert_eq!(client.get(&relay.url("/relay/acme/app/2")).await?.status, StatusCode::OK);
+    assert_eq!(
+        client.get(&relay.url("/relay/acme/app/2")).await?.status,
+        StatusCode::OK
+    );
     Ok(())
 }
 
@@ -227,10 +328,14 @@ async fn visitor_abort_cancels_the_backend_stream() -> anyhow::Result<()> {
     let cred = relay.create_credential("acme").await;
     relay.sync().await;
     let backend = Backend::spawn().await;
-    let mut conn = connector(&relay.server(), "acme", &cred.secret).ca_cert(relay.ca_cert()).target("app", &backend.url()).spawn();
+    let mut conn = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &backend.url())
+        .spawn();
     conn.connected().await;
     let client = Client::new(&relay.ca_cert());
-    let req = http::Request::get(relay.url("/relay/acme/app/hold")).body(testkit::client::Body::default())?;
+    let req = http::Request::get(relay.url("/relay/acme/app/hold"))
+        .body(testkit::client::Body::default())?;
     let resp = client.send(req).await?;
     let mut body = resp.into_body();
     body.frame().await.expect("data")?;
@@ -238,7 +343,18 @@ async fn visitor_abort_cancels_the_backend_stream() -> anyhow::Result<()> {
     drop(body);
     drop(client);
     wait_until(|| backend.active_streams() == 0, "backend stream cancelled").await;
-    wait_until(|| relay.view.metrics().in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0, "relay in-flight back to 0").await;
+    wait_until(
+        || {
+            relay
+                .view
+                .metrics()
+                .in_flight
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 0
+        },
+        "relay in-flight back to 0",
+    )
+    .await;
     Ok(())
 }
 
@@ -266,7 +382,10 @@ fn _assert_send(_: Arc<()>) {}
 #[tokio::test]
 async fn response_timeout_starts_after_the_upload() -> anyhow::Result<()> {
     trace_init();
-    let relay = relay().configure(|f| f.limits.request_timeout = Some(Duration::from_millis(800))).spawn().await;
+    let relay = relay()
+        .configure(|f| f.limits.request_timeout = Some(Duration::from_millis(800)))
+        .spawn()
+        .await;
     relay.create_tenant("acme").await;
     let cred = relay.create_credential("acme").await;
     relay.sync().await;
@@ -283,21 +402,37 @@ async fn response_timeout_starts_after_the_upload() -> anyhow::Result<()> {
             return None;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
-        Some((Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(vec![3u8; 1000]))), i + 1))
+        Some((
+            Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(vec![3u8; 1000]))),
+            i + 1,
+        ))
     });
-    let body = BodyExt::boxed(http_body_util::StreamBody::new(chunks).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>));
-    let resp = client.send(http::Request::post(relay.url("/relay/acme/app/sink")).body(body)?).await?;
+    let body = BodyExt::boxed(
+        http_body_util::StreamBody::new(chunks)
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+    );
+    let resp = client
+        .send(http::Request::post(relay.url("/relay/acme/app/sink")).body(body)?)
+        .await?;
     assert_eq!(resp.status(), StatusCode::OK);
     let text = String::from_utf8(resp.into_body().collect().await?.to_bytes().to_vec())?;
     assert!(text.starts_with("8000 "), "{text}");
     // A backend that is slow after the upload still times out.
-    assert_eq!(client.get(&relay.url("/relay/acme/app/sleep/3000")).await?.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        client
+            .get(&relay.url("/relay/acme/app/sleep/3000"))
+            .await?
+            .status,
+        StatusCode::GATEWAY_TIMEOUT
+    );
     Ok(())
 }
 
 /// Starts a `/slow` request and returns its body after the first chunk arrived.
 async fn slow_request_in_flight(client: &Client, url: &str) -> hyper::body::Incoming {
-    let req = http::Request::get(url).body(testkit::client::Body::default()).unwrap();
+    let req = http::Request::get(url)
+        .body(testkit::client::Body::default())
+        .unwrap();
     let resp = client.send(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
@@ -314,15 +449,24 @@ async fn connector_shutdown_lets_in_flight_requests_finish() -> anyhow::Result<(
     let cred = relay.create_credential("acme").await;
     relay.sync().await;
     let backend = Backend::spawn().await;
-    let mut conn = connector(&relay.server(), "acme", &cred.secret).ca_cert(relay.ca_cert()).target("app", &backend.url()).spawn();
+    let mut conn = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &backend.url())
+        .spawn();
     conn.connected().await;
     let client = Client::new(&relay.ca_cert());
     let body = slow_request_in_flight(&client, &relay.url("/relay/acme/app/slow")).await;
     let stopping = tokio::spawn(conn.stop());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!stopping.is_finished(), "the connector waits for its stream");
+    assert!(
+        !stopping.is_finished(),
+        "the connector waits for its stream"
+    );
     backend.release();
-    assert_eq!(body.collect().await?.to_bytes(), Bytes::from_static(b"second\n"));
+    assert_eq!(
+        body.collect().await?.to_bytes(),
+        Bytes::from_static(b"second\n")
+    );
     tokio::time::timeout(Duration::from_secs(10), stopping).await??;
     Ok(())
 }
@@ -335,7 +479,10 @@ async fn relay_shutdown_drains_in_flight_requests_and_refuses_new_ones() -> anyh
     let cred = relay.create_credential("acme").await;
     relay.sync().await;
     let backend = Backend::spawn().await;
-    let mut conn = connector(&relay.server(), "acme", &cred.secret).ca_cert(relay.ca_cert()).target("app", &backend.url()).spawn();
+    let mut conn = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &backend.url())
+        .spawn();
     conn.connected().await;
     let client = Client::new(&relay.ca_cert());
     let body = slow_request_in_flight(&client, &relay.url("/relay/acme/app/slow")).await;
@@ -344,11 +491,17 @@ async fn relay_shutdown_drains_in_flight_requests_and_refuses_new_ones() -> anyh
     let ca_copy = tempfile_copy(&ca);
     let stopping = tokio::spawn(relay.stop());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!stopping.is_finished(), "the relay waits for the in-flight request");
+    assert!(
+        !stopping.is_finished(),
+        "the relay waits for the in-flight request"
+    );
     // A new visitor connection is refused while the relay drains.
     assert!(Client::new(&ca_copy.1).get(&url).await.is_err());
     backend.release();
-    assert_eq!(body.collect().await?.to_bytes(), Bytes::from_static(b"second\n"));
+    assert_eq!(
+        body.collect().await?.to_bytes(),
+        Bytes::from_static(b"second\n")
+    );
     tokio::time::timeout(Duration::from_secs(10), stopping).await???;
     Ok(())
 }

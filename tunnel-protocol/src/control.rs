@@ -170,7 +170,9 @@ impl ControlFrame {
     /// Decodes one frame from the front of `src`; `Ok(None)` when more bytes are needed.
     pub fn decode(src: &mut BytesMut) -> Result<Option<ControlFrame>, DecodeError> {
         let Some((frame_type, payload)) = split_frame(src, |t| {
-            (HELLO..=GO_AWAY).contains(&t).then_some(MAX_CONTROL_FRAME_LEN)
+            (HELLO..=GO_AWAY)
+                .contains(&t)
+                .then_some(MAX_CONTROL_FRAME_LEN)
         })?
         else {
             return Ok(None);

@@ -35,7 +35,11 @@ pub(crate) fn split_frame(
     let len = u32::from_be_bytes([src[1], src[2], src[3], src[4]]) as usize;
     let limit = limit_for(frame_type).ok_or(DecodeError::UnexpectedFrame(frame_type))?;
     if len > limit {
-        return Err(DecodeError::FrameTooLarge { frame_type, len, limit });
+        return Err(DecodeError::FrameTooLarge {
+            frame_type,
+            len,
+            limit,
+        });
     }
     if src.len() < FRAME_HEADER_LEN + len {
         src.reserve(FRAME_HEADER_LEN + len - src.len());

@@ -106,7 +106,10 @@ impl StreamFrame {
             }),
             StreamFrame::Error(err) => encode_payload(dst, ERROR, |w| {
                 w.u32(err.code.0);
-                w.str(crate::codec::truncate_str(&err.message, MAX_ERROR_MESSAGE_LEN));
+                w.str(crate::codec::truncate_str(
+                    &err.message,
+                    MAX_ERROR_MESSAGE_LEN,
+                ));
             }),
         }
     }

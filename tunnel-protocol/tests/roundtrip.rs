@@ -4,9 +4,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tunnel_protocol::{
-    ControlFrame, Credential, DecodeError, ErrorCode, GoAway, Hello, Refused, Renewed,
-    RequestHead, ResponseHead, StreamError, StreamFrame, Welcome, MAX_DATA_FRAME_LEN,
-    MAX_HEAD_FRAME_LEN,
+    ControlFrame, Credential, DecodeError, ErrorCode, GoAway, Hello, Refused, Renewed, RequestHead,
+    ResponseHead, StreamError, StreamFrame, Welcome, MAX_DATA_FRAME_LEN, MAX_HEAD_FRAME_LEN,
 };
 
 fn headers() -> HeaderMap {
@@ -36,10 +35,16 @@ fn stream_frames() -> Vec<StreamFrame> {
             headers: HeaderMap::new(),
             content_length: None,
         }),
-        StreamFrame::ResponseHead(ResponseHead { status: StatusCode::IM_A_TEAPOT, headers: headers() }),
+        StreamFrame::ResponseHead(ResponseHead {
+            status: StatusCode::IM_A_TEAPOT,
+            headers: headers(),
+        }),
         StreamFrame::Data(Bytes::from_static(b"hello")),
         StreamFrame::Trailers(headers()),
-        StreamFrame::Error(StreamError { code: ErrorCode::BACKEND_TIMEOUT, message: "slow ü".into() }),
+        StreamFrame::Error(StreamError {
+            code: ErrorCode::BACKEND_TIMEOUT,
+            message: "slow ü".into(),
+        }),
     ]
 }
 
@@ -71,10 +76,16 @@ fn control_frames() -> Vec<ControlFrame> {
             retry_after_secs: 3,
         }),
         ControlFrame::Renew(Credential::Token("x".into())),
-        ControlFrame::Renewed(Renewed { token: "y".into(), expires_in_secs: 1 }),
+        ControlFrame::Renewed(Renewed {
+            token: "y".into(),
+            expires_in_secs: 1,
+        }),
         ControlFrame::Ping(u64::MAX),
         ControlFrame::Pong(0),
-        ControlFrame::GoAway(GoAway { code: ErrorCode::GOING_AWAY, message: "bye".into() }),
+        ControlFrame::GoAway(GoAway {
+            code: ErrorCode::GOING_AWAY,
+            message: "bye".into(),
+        }),
     ]
 }
 
@@ -157,29 +168,47 @@ fn large_data_is_split_into_acceptable_frames() {
 fn oversized_frames_are_rejected_before_buffering() {
     // Only the 5-byte header is present: the declared length alone is enough to refuse.
     let mut buf = BytesMut::from(&[0x00, 0xff, 0xff, 0xff, 0xff][..]);
-    assert!(matches!(StreamFrame::decode(&mut buf), Err(DecodeError::FrameTooLarge { .. })));
+    assert!(matches!(
+        StreamFrame::decode(&mut buf),
+        Err(DecodeError::FrameTooLarge { .. })
+    ));
     let len = (MAX_HEAD_FRAME_LEN + 1) as u32;
     let mut buf = BytesMut::new();
     buf.put_u8(0x02);
     buf.put_u32(len);
-    assert!(matches!(StreamFrame::decode(&mut buf), Err(DecodeError::FrameTooLarge { .. })));
+    assert!(matches!(
+        StreamFrame::decode(&mut buf),
+        Err(DecodeError::FrameTooLarge { .. })
+    ));
     let mut buf = BytesMut::new();
     buf.put_u8(0x10);
     buf.put_u32(1 << 20);
-    assert!(matches!(ControlFrame::decode(&mut buf), Err(DecodeError::FrameTooLarge { .. })));
+    assert!(matches!(
+        ControlFrame::decode(&mut buf),
+        Err(DecodeError::FrameTooLarge { .. })
+    ));
 }
 
 #[test]
 fn unknown_and_misplaced_frame_types_are_rejected() {
     let mut buf = BytesMut::from(&[0x7f, 0, 0, 0, 0][..]);
-    assert_eq!(StreamFrame::decode(&mut buf), Err(DecodeError::UnexpectedFrame(0x7f)));
+    assert_eq!(
+        StreamFrame::decode(&mut buf),
+        Err(DecodeError::UnexpectedFrame(0x7f))
+    );
     // A control frame on a request stream and the other way round.
     let mut wire = BytesMut::new();
     ControlFrame::Ping(1).encode(&mut wire);
-    assert!(matches!(StreamFrame::decode(&mut wire.clone()), Err(DecodeError::UnexpectedFrame(_))));
+    assert!(matches!(
+        StreamFrame::decode(&mut wire.clone()),
+        Err(DecodeError::UnexpectedFrame(_))
+    ));
     let mut wire = BytesMut::new();
     StreamFrame::Data(Bytes::from_static(b"x")).encode(&mut wire);
-    assert!(matches!(ControlFrame::decode(&mut wire), Err(DecodeError::UnexpectedFrame(0))));
+    assert!(matches!(
+        ControlFrame::decode(&mut wire),
+        Err(DecodeError::UnexpectedFrame(0))
+    ));
 }
 
 #[test]
@@ -197,7 +226,10 @@ fn malformed_payloads_are_rejected_not_panicking() {
     extra.put_u8(0);
     let len = (extra.len() - 5) as u32;
     extra[1..5].copy_from_slice(&len.to_be_bytes());
-    assert_eq!(StreamFrame::decode(&mut extra), Err(DecodeError::Malformed("request head")));
+    assert_eq!(
+        StreamFrame::decode(&mut extra),
+        Err(DecodeError::Malformed("request head"))
+    );
 }
 
 #[test]
@@ -208,19 +240,28 @@ fn invalid_headers_and_versions_are_rejected() {
     let payload: &[u8] = &[1, 0, 200, 0, 1, 0, 1, b'x', 0, 4, b'a', b'\r', b'\n', b'b'];
     buf.put_u32(payload.len() as u32);
     buf.put_slice(payload);
-    assert!(matches!(StreamFrame::decode(&mut buf), Err(DecodeError::InvalidHeader(_))));
+    assert!(matches!(
+        StreamFrame::decode(&mut buf),
+        Err(DecodeError::InvalidHeader(_))
+    ));
     // Version 9.
     let mut buf = BytesMut::new();
     buf.put_u8(0x03);
     buf.put_u32(5);
     buf.put_slice(&[9, 0, 200, 0, 0]);
-    assert_eq!(StreamFrame::decode(&mut buf), Err(DecodeError::UnsupportedVersion(9)));
+    assert_eq!(
+        StreamFrame::decode(&mut buf),
+        Err(DecodeError::UnsupportedVersion(9))
+    );
     // A header count above the limit is refused before anything is read.
     let mut buf = BytesMut::new();
     buf.put_u8(0x01);
     buf.put_u32(2);
     buf.put_u16(60000);
-    assert_eq!(StreamFrame::decode(&mut buf), Err(DecodeError::TooManyHeaders(60000)));
+    assert_eq!(
+        StreamFrame::decode(&mut buf),
+        Err(DecodeError::TooManyHeaders(60000))
+    );
 }
 
 #[test]
@@ -235,6 +276,9 @@ fn secrets_never_show_in_debug_output() {
 
 #[test]
 fn error_codes_have_names() {
-    assert_eq!(ErrorCode::BACKEND_TIMEOUT.to_string(), "backend_timeout(0x22)");
+    assert_eq!(
+        ErrorCode::BACKEND_TIMEOUT.to_string(),
+        "backend_timeout(0x22)"
+    );
     assert_eq!(ErrorCode(0xdead).name(), "unknown");
 }

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Usage: scripts/test.sh [extra cargo test args]
+# The one test command (README, .ci/run): installs what the tests need when it is missing,
+# builds the binaries the end-to-end tests start as processes, then runs the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+install_packages() {
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+        have sudo || { echo "test.sh: please install: $*" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    if have apt-get; then
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"
+    else
+        echo "test.sh: no apt-get here; please install: $*" >&2
+        exit 1
+    fi
+}
+
+missing=()
+have curl || missing+=(curl)          # the quickstart test runs the printed curl line
+have cc || missing+=(gcc)             # aws-lc-sys and other -sys crates build C code
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "test.sh: installing ${missing[*]}"
+    install_packages "${missing[@]}" ca-certificates
+fi
+
+# The end-to-end tests start relay-server and connector as real processes.
+cargo build --workspace --bins --locked
+cargo test --workspace --locked "$@"
