@@ -40,7 +40,10 @@ pub struct Builder {
 
 /// A builder with test-friendly defaults (short grace, admin and plain HTTP on loopback).
 pub fn relay() -> Builder {
-    let mut file = FileConfig { node_name: Some("test-node".into()), ..FileConfig::default() };
+    let mut file = FileConfig {
+        node_name: Some("test-node".into()),
+        ..FileConfig::default()
+    };
     file.shutdown.grace = Some(Duration::from_secs(5));
     file.listen.https = Some("127.0.0.1:0".parse().expect("literal"));
     file.listen.http = Some("127.0.0.1:0".parse().expect("literal"));

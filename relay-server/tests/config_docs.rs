@@ -23,8 +23,9 @@ fn check_connector(text: &str, what: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("connector.toml");
     std::fs::write(&path, text).unwrap();
-    let mut file: ConnectorFile = layered::load(Some(&path), "CONNECTOR_", &Vec::new(), toml::Table::new())
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut file: ConnectorFile =
+        layered::load(Some(&path), "CONNECTOR_", &Vec::new(), toml::Table::new())
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
     // The example's secret file does not exist here; validate the rest with an inline secret.
     if file.secret_file.take().is_some() {
         file.secret = Some(Secret::new("x"));

@@ -1,0 +1,176 @@
+//! The store's behaviour on the embedded SQLite backend (PostgreSQL joins this suite with the
+//! store issue: the same test functions will run against both).
+
+use relay_store::{Error, SecretHasher, Store, TenantLimits};
+
+async fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    let store = Store::connect(&url).await.unwrap();
+    (dir, store)
+}
+
+fn hasher() -> SecretHasher {
+    SecretHasher::new(&[7u8; 32])
+}
+
+#[tokio::test]
+async fn tenants_are_created_once_with_canonical_names() {
+    let (_dir, store) = store().await;
+    let t = store.create_tenant("Acme-1").await.unwrap();
+    assert_eq!(t.name, "acme-1");
+    assert!(t.enabled);
+    assert!(
+        matches!(store.create_tenant("ACME-1").await, Err(Error::TenantExists(n)) if n == "acme-1")
+    );
+    assert!(matches!(
+        store.create_tenant("a/b").await,
+        Err(Error::InvalidName(_))
+    ));
+    assert_eq!(store.tenants().await.unwrap().len(), 1);
+    assert_eq!(store.tenant("ACME-1").await.unwrap().unwrap().id, t.id);
+}
+
+#[tokio::test]
+async fn changes_bump_the_revision_and_show_in_snapshots() {
+    let (_dir, store) = store().await;
+    let r0 = store.revision().await.unwrap();
+    store.create_tenant("acme").await.unwrap();
+    let cred = store
+        .create_credential("acme", "ci", &hasher())
+        .await
+        .unwrap();
+    let r1 = store.revision().await.unwrap();
+    assert!(r1 > r0);
+    let snap = store.snapshot().await.unwrap();
+    assert_eq!(snap.revision, r1);
+    assert_eq!(snap.tenants.len(), 1);
+    assert_eq!(snap.credentials.len(), 1);
+    assert!(hasher().verify(&cred.secret, &snap.credentials[0].secret_hash));
+
+    store.touch_credential(&cred.credential.id).await.unwrap();
+    assert_eq!(
+        store.revision().await.unwrap(),
+        r1,
+        "last-used updates do not invalidate caches"
+    );
+
+    store
+        .revoke_credential("acme", &cred.credential.id.0)
+        .await
+        .unwrap();
+    let snap = store.snapshot().await.unwrap();
+    assert!(snap.revision > r1);
+    assert!(
+        snap.credentials.is_empty(),
+        "revoked credentials leave the snapshot"
+    );
+    assert!(matches!(
+        store.revoke_credential("acme", &cred.credential.id.0).await,
+        Err(Error::CredentialNotFound(_))
+    ));
+    let listed = store.credentials("acme").await.unwrap();
+    assert!(listed[0].revoked_at.is_some() && listed[0].last_used_at.is_some());
+}
+
+#[tokio::test]
+async fn secrets_are_never_stored() {
+    let (dir, store) = store().await;
+    store.create_tenant("acme").await.unwrap();
+    let cred = store
+        .create_credential("acme", "", &hasher())
+        .await
+        .unwrap();
+    store
+        .create_admin_user("admin", "correct horse battery staple")
+        .await
+        .unwrap();
+    store.close().await;
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        all.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    let text = String::from_utf8_lossy(&all);
+    let random_part = cred.secret.rsplit('_').next().unwrap();
+    assert!(
+        !text.contains(random_part),
+        "the secret is in the database files"
+    );
+    assert!(
+        !text.contains("correct horse"),
+        "the password is in the database files"
+    );
+    assert!(
+        text.contains("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "argon2id with the OWASP parameters"
+    );
+    assert!(
+        !format!("{cred:?}").contains(random_part),
+        "Debug hides the secret"
+    );
+}
+
+#[tokio::test]
+async fn limits_enable_and_delete() {
+    let (_dir, store) = store().await;
+    store.create_tenant("acme").await.unwrap();
+    let limits = TenantLimits {
+        max_body_bytes: Some(5),
+        max_concurrent_streams: Some(2),
+        request_timeout_ms: Some(100),
+    };
+    store.set_tenant_limits("acme", &limits).await.unwrap();
+    store.set_tenant_enabled("acme", false).await.unwrap();
+    let t = store.tenant("acme").await.unwrap().unwrap();
+    assert_eq!(t.limits, limits);
+    assert!(!t.enabled);
+    store
+        .create_credential("acme", "", &hasher())
+        .await
+        .unwrap();
+    store.delete_tenant("acme").await.unwrap();
+    assert!(store.tenant("acme").await.unwrap().is_none());
+    assert!(
+        store.snapshot().await.unwrap().credentials.is_empty(),
+        "credentials go with their tenant"
+    );
+    assert!(matches!(
+        store.delete_tenant("acme").await,
+        Err(Error::TenantNotFound(_))
+    ));
+    assert!(matches!(
+        store.set_tenant_enabled("nobody", true).await,
+        Err(Error::TenantNotFound(_))
+    ));
+    assert!(matches!(
+        store.create_credential("nobody", "", &hasher()).await,
+        Err(Error::TenantNotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_newer_schema_stops_the_binary() {
+    let (dir, store) = store().await;
+    store.close().await;
+    let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    // A migration a newer build applied.
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from the future', 1, x'00', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert!(matches!(
+        Store::connect(&url).await,
+        Err(Error::SchemaTooNew(9999))
+    ));
+}
+
+#[tokio::test]
+async fn other_url_schemes_are_refused_clearly() {
+    let err = Store::connect("mysql://x").await.unwrap_err();
+    assert!(err.to_string().contains("sqlite://"), "{err}");
+}
