@@ -20,6 +20,7 @@ pub mod framing;
 pub mod headers;
 pub mod layered;
 mod session;
+pub mod signal;
 mod stream;
 
 use std::sync::Arc;

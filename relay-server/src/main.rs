@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        tokio::spawn(signal_shutdown(shutdown.clone()));
+        tokio::spawn(connector::signal::cancel_on_signal(shutdown.clone()));
         relay_server::cli::dispatch(command, config, shutdown).await
     });
     match result {
@@ -51,25 +51,4 @@ fn init_tracing(format: &str) {
     } else {
         builder.init();
     }
-}
-
-async fn signal_shutdown(token: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        } else {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("shutdown requested");
-    token.cancel();
 }

@@ -103,6 +103,12 @@ fn sign(relay: &RelayHandle, claims: &Claims<'_>, foreign_key: bool) -> String {
     jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(&signing)).unwrap()
 }
 
+/// Presents a token signed over `claims` for tenant acme and returns the refusal code.
+async fn token_refusal(relay: &RelayHandle, claims: &Claims<'_>, foreign_key: bool) -> ErrorCode {
+    let token = sign(relay, claims, foreign_key);
+    refused_code(&hello(relay, "acme", Credential::Token(token)).await)
+}
+
 #[tokio::test]
 async fn secrets_are_checked_and_exchanged_for_tokens() {
     trace_init();
@@ -156,14 +162,7 @@ async fn secrets_are_checked_and_exchanged_for_tokens() {
         exp: now() - 600,
     };
     assert_eq!(
-        refused_code(
-            &hello(
-                &relay,
-                "acme",
-                Credential::Token(sign(&relay, &base, false))
-            )
-            .await
-        ),
+        token_refusal(&relay, &base, false).await,
         ErrorCode::TOKEN_EXPIRED
     );
     let fresh = Claims {
@@ -182,14 +181,7 @@ async fn secrets_are_checked_and_exchanged_for_tokens() {
         ControlFrame::Welcome(_)
     ));
     assert_eq!(
-        refused_code(
-            &hello(
-                &relay,
-                "acme",
-                Credential::Token(sign(&relay, &fresh, true))
-            )
-            .await
-        ),
+        token_refusal(&relay, &fresh, true).await,
         ErrorCode::TOKEN_INVALID
     );
     let wrong_aud = Claims {
@@ -197,14 +189,7 @@ async fn secrets_are_checked_and_exchanged_for_tokens() {
         ..fresh
     };
     assert_eq!(
-        refused_code(
-            &hello(
-                &relay,
-                "acme",
-                Credential::Token(sign(&relay, &wrong_aud, false))
-            )
-            .await
-        ),
+        token_refusal(&relay, &wrong_aud, false).await,
         ErrorCode::TOKEN_INVALID
     );
     let too_long = Claims {
@@ -212,14 +197,7 @@ async fn secrets_are_checked_and_exchanged_for_tokens() {
         ..fresh
     };
     assert_eq!(
-        refused_code(
-            &hello(
-                &relay,
-                "acme",
-                Credential::Token(sign(&relay, &too_long, false))
-            )
-            .await
-        ),
+        token_refusal(&relay, &too_long, false).await,
         ErrorCode::TOKEN_INVALID
     );
     let signed = sign(&relay, &fresh, false);

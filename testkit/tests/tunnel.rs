@@ -10,10 +10,17 @@ use http_body_util::BodyExt;
 use relay_server::testing::relay;
 use testkit::{trace_init, Backend, Client};
 
-#[tokio::test]
-async fn visitor_reaches_backend_through_connector() -> anyhow::Result<()> {
+/// A relay with tenant `acme`, one connector serving target `app` from one backend, a client.
+struct Setup {
+    relay: relay_server::testing::RelayHandle,
+    backend: Backend,
+    conn: connector::testing::ConnectorHandle,
+    client: Client,
+}
+
+async fn setup(builder: relay_server::testing::Builder) -> Setup {
     trace_init();
-    let relay = relay().spawn().await;
+    let relay = builder.spawn().await;
     relay.create_tenant("acme").await;
     let cred = relay.create_credential("acme").await;
     relay.sync().await;
@@ -23,15 +30,43 @@ async fn visitor_reaches_backend_through_connector() -> anyhow::Result<()> {
         .target("app", &backend.url())
         .spawn();
     conn.connected().await;
-
     let client = Client::new(&relay.ca_cert());
-    let answer = client
-        .request(
-            "POST",
-            &relay.url("/relay/acme/app/some/path%2Fx?q=%20&r"),
-            Bytes::from_static(b"hello"),
-        )
-        .await?;
+    Setup {
+        relay,
+        backend,
+        conn,
+        client,
+    }
+}
+
+#[tokio::test]
+async fn visitor_reaches_backend_through_connector() -> anyhow::Result<()> {
+    let Setup {
+        relay,
+        backend,
+        conn: _conn,
+        client,
+    } = setup(relay()).await;
+
+    // Spoofed forwarding, relay-internal, proxy and connection-listed headers from the visitor.
+    let req = http::Request::post(relay.url("/relay/acme/app/some/path%2Fx?q=%20&r"))
+        .header("x-forwarded-for", "1.2.3.4")
+        .header("forwarded", "for=1.2.3.4")
+        .header("x-relay-tenant", "other")
+        .header("proxy-authorization", "Basic c2VjcmV0")
+        .header("connection", "x-secret")
+        .header("x-secret", "1")
+        .header("x-kept", "yes")
+        .body(BodyExt::boxed(
+            http_body_util::Full::new(Bytes::from_static(b"hello")).map_err(|n| match n {}),
+        ))?;
+    let resp = client.send(req).await?;
+    let (parts, body) = resp.into_parts();
+    let answer = testkit::client::Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await?.to_bytes(),
+    };
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.text(), "hello");
     assert_eq!(answer.headers["x-echo-method"], "POST");
@@ -44,6 +79,20 @@ async fn visitor_reaches_backend_through_connector() -> anyhow::Result<()> {
     assert_eq!(seen.headers["x-relay-request-id"], request_id.as_str());
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["x-kept"], "yes");
+    for stripped in [
+        "forwarded",
+        "x-relay-tenant",
+        "proxy-authorization",
+        "connection",
+        "x-secret",
+    ] {
+        assert!(
+            !seen.headers.contains_key(stripped),
+            "{stripped} reached the backend"
+        );
+    }
+    assert_eq!(seen.headers.get_all("x-forwarded-for").iter().count(), 1);
 
     // Plain-HTTP ingress and HTTP/2 reach the same backend.
     let plain = client.get(&relay.http_url("/relay/acme/app/plain")).await?;
@@ -151,21 +200,12 @@ async fn statuses_follow_the_contract() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn body_limit_is_enforced_before_the_tunnel() -> anyhow::Result<()> {
-    trace_init();
-    let relay = relay()
-        .configure(|f| f.limits.max_body_bytes = Some(1000))
-        .spawn()
-        .await;
-    relay.create_tenant("acme").await;
-    let cred = relay.create_credential("acme").await;
-    relay.sync().await;
-    let backend = Backend::spawn().await;
-    let mut conn = connector(&relay.server(), "acme", &cred.secret)
-        .ca_cert(relay.ca_cert())
-        .target("app", &backend.url())
-        .spawn();
-    conn.connected().await;
-    let client = Client::new(&relay.ca_cert());
+    let Setup {
+        relay,
+        backend,
+        conn: _conn,
+        client,
+    } = setup(relay().configure(|f| f.limits.max_body_bytes = Some(1000))).await;
     let ok = client
         .request(
             "POST",
@@ -206,18 +246,12 @@ async fn body_limit_is_enforced_before_the_tunnel() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn slow_chunked_response_streams_before_the_backend_finishes() -> anyhow::Result<()> {
-    trace_init();
-    let relay = relay().spawn().await;
-    relay.create_tenant("acme").await;
-    let cred = relay.create_credential("acme").await;
-    relay.sync().await;
-    let backend = Backend::spawn().await;
-    let mut conn = connector(&relay.server(), "acme", &cred.secret)
-        .ca_cert(relay.ca_cert())
-        .target("app", &backend.url())
-        .spawn();
-    conn.connected().await;
-    let client = Client::new(&relay.ca_cert());
+    let Setup {
+        relay,
+        backend,
+        conn: _conn,
+        client,
+    } = setup(relay()).await;
     let req = http::Request::get(relay.url("/relay/acme/app/slow"))
         .body(testkit::client::Body::default())?;
     let resp = client.send(req).await?;
@@ -288,18 +322,12 @@ async fn concurrent_requests_spread_over_two_connectors() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn connector_reconnects_after_relay_restart() -> anyhow::Result<()> {
-    trace_init();
-    let relay = relay().spawn().await;
-    relay.create_tenant("acme").await;
-    let cred = relay.create_credential("acme").await;
-    relay.sync().await;
-    let backend = Backend::spawn().await;
-    let mut conn = connector(&relay.server(), "acme", &cred.secret)
-        .ca_cert(relay.ca_cert())
-        .target("app", &backend.url())
-        .spawn();
-    conn.connected().await;
-    let client = Client::new(&relay.ca_cert());
+    let Setup {
+        relay,
+        backend: _backend,
+        conn,
+        client,
+    } = setup(relay()).await;
     assert_eq!(
         client.get(&relay.url("/relay/acme/app/1")).await?.status,
         StatusCode::OK
@@ -322,18 +350,12 @@ async fn connector_reconnects_after_relay_restart() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn visitor_abort_cancels_the_backend_stream() -> anyhow::Result<()> {
-    trace_init();
-    let relay = relay().spawn().await;
-    relay.create_tenant("acme").await;
-    let cred = relay.create_credential("acme").await;
-    relay.sync().await;
-    let backend = Backend::spawn().await;
-    let mut conn = connector(&relay.server(), "acme", &cred.secret)
-        .ca_cert(relay.ca_cert())
-        .target("app", &backend.url())
-        .spawn();
-    conn.connected().await;
-    let client = Client::new(&relay.ca_cert());
+    let Setup {
+        relay,
+        backend,
+        conn: _conn,
+        client,
+    } = setup(relay()).await;
     let req = http::Request::get(relay.url("/relay/acme/app/hold"))
         .body(testkit::client::Body::default())?;
     let resp = client.send(req).await?;
@@ -443,18 +465,12 @@ async fn slow_request_in_flight(client: &Client, url: &str) -> hyper::body::Inco
 
 #[tokio::test]
 async fn connector_shutdown_lets_in_flight_requests_finish() -> anyhow::Result<()> {
-    trace_init();
-    let relay = relay().spawn().await;
-    relay.create_tenant("acme").await;
-    let cred = relay.create_credential("acme").await;
-    relay.sync().await;
-    let backend = Backend::spawn().await;
-    let mut conn = connector(&relay.server(), "acme", &cred.secret)
-        .ca_cert(relay.ca_cert())
-        .target("app", &backend.url())
-        .spawn();
-    conn.connected().await;
-    let client = Client::new(&relay.ca_cert());
+    let Setup {
+        relay,
+        backend,
+        conn,
+        client,
+    } = setup(relay()).await;
     let body = slow_request_in_flight(&client, &relay.url("/relay/acme/app/slow")).await;
     let stopping = tokio::spawn(conn.stop());
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -473,18 +489,12 @@ async fn connector_shutdown_lets_in_flight_requests_finish() -> anyhow::Result<(
 
 #[tokio::test]
 async fn relay_shutdown_drains_in_flight_requests_and_refuses_new_ones() -> anyhow::Result<()> {
-    trace_init();
-    let relay = relay().spawn().await;
-    relay.create_tenant("acme").await;
-    let cred = relay.create_credential("acme").await;
-    relay.sync().await;
-    let backend = Backend::spawn().await;
-    let mut conn = connector(&relay.server(), "acme", &cred.secret)
-        .ca_cert(relay.ca_cert())
-        .target("app", &backend.url())
-        .spawn();
-    conn.connected().await;
-    let client = Client::new(&relay.ca_cert());
+    let Setup {
+        relay,
+        backend,
+        conn: _conn,
+        client,
+    } = setup(relay()).await;
     let body = slow_request_in_flight(&client, &relay.url("/relay/acme/app/slow")).await;
     let url = relay.url("/relay/acme/app/after");
     let ca = relay.ca_cert();
