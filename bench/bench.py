@@ -1,0 +1,321 @@
+"""The benchmark harness (see ../shared/benchmarks.md for the method).
+
+Starts an nginx backend, an nginx one-hop proxy (the anchor), an upload sink, and the release
+relay-server + connector on loopback; then measures every path in interleaved rounds
+(A B C A B C ...): wrk throughput at c64, latency at c1, Connection: close, a large download and
+upload with curl, and memory per idle visitor connection. Results go to bench/results/latest.json;
+bench/report.py turns them into docs/benchmarks.md and docs/benchmarks.svg.
+
+Usage: python3 bench/bench.py [--smoke] [--rounds N] [--duration SECONDS]
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import ssl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+PORTS = {"backend": 18080, "proxy": 18081, "sink": 18082, "relay": 18443, "relay_http": 18090}
+IDLE_CONNECTIONS = 1000
+
+
+def log(*a):
+    print("[bench]", *a, file=sys.stderr, flush=True)
+
+
+def rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Sampler:
+    """Peak RSS of some processes while a measurement runs."""
+
+    def __init__(self, pids):
+        self.pids = pids
+        self.peak = {p: rss_kib(p) for p in pids}
+        self.base = dict(self.peak)
+        self.stop = False
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while not self.stop:
+            for p in self.pids:
+                self.peak[p] = max(self.peak[p], rss_kib(p))
+            time.sleep(0.05)
+
+    def finish(self):
+        self.stop = True
+        self.t.join()
+        return self.base, self.peak
+
+
+def wait_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"port {port} did not open")
+
+
+def nginx_conf(work, big):
+    return f"""
+worker_processes 1;
+daemon off;
+error_log {work}/nginx-error.log warn;
+pid {work}/nginx.pid;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    sendfile on;
+    tcp_nodelay on;
+    upstream backend {{ server 127.0.0.1:{PORTS['backend']}; keepalive 128; keepalive_requests 100000000; }}
+    upstream sink {{ server 127.0.0.1:{PORTS['sink']}; keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{PORTS['backend']} backlog=4096;
+        root {work}/www;
+        location = /small {{ default_type text/plain; }}
+        location = /big {{ default_type application/octet-stream; }}
+    }}
+    server {{
+        listen 127.0.0.1:{PORTS['proxy']} backlog=4096;
+        client_max_body_size 0;
+        location /upload {{
+            proxy_pass http://sink;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_request_buffering off;
+        }}
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+def wrk(url, conns, threads, duration, close=False):
+    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", url]
+    if close:
+        cmd[1:1] = ["-H", "Connection: close"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = {}
+    for pct, val, unit in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
+        lat[pct] = float(val) * {"us": 1, "ms": 1000, "s": 1_000_000}[unit]
+    errors = 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    return {"rps": rps, "p50_us": lat.get("50"), "p99_us": lat.get("99"), "errors": errors}
+
+
+def curl_speed(args, field):
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", f"%{{http_code}} %{{{field}}}"] + args,
+                         capture_output=True, text=True, check=True).stdout.split()
+    if out[0] != "200":
+        raise SystemExit(f"curl {args}: status {out[0]}")
+    return float(out[1]) / (1024 * 1024)
+
+
+def idle_connections(port, path, pid, count):
+    """Opens `count` keep-alive connections, one request each, and returns KiB of RSS per
+    connection held idle by `pid`."""
+    before = rss_kib(pid)
+    socks = []
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(request)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += s.recv(65536)
+        socks.append(s)
+    time.sleep(1.0)
+    after = rss_kib(pid)
+    for s in socks:
+        s.close()
+    return max(after - before, 0) / count
+
+
+LOGS = []
+
+
+def start(cmd, env=None, **kw):
+    log_file = tempfile.TemporaryFile()
+    LOGS.append((os.path.basename(cmd[0]), log_file))
+    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=log_file,
+                            stderr=subprocess.STDOUT, start_new_session=True, **kw)
+
+
+def dump_logs():
+    for name, f in LOGS:
+        f.seek(0)
+        tail = f.read()[-2000:].decode(errors="replace")
+        if tail.strip():
+            log(f"--- {name} (last lines) ---\n{tail}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true", help="one short round: proves the harness works")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=10)
+    args = ap.parse_args()
+    rounds = 1 if args.smoke else args.rounds
+    duration = 2 if args.smoke else args.duration
+    big = (64 << 20) if args.smoke else (1 << 30)
+
+    work = tempfile.mkdtemp(prefix="relay-bench-")
+    os.chmod(work, 0o755)  # nginx workers run as an unprivileged user
+    procs = []
+    try:
+        os.makedirs(f"{work}/www")
+        with open(f"{work}/www/small", "wb") as f:
+            f.write(b"x" * 100)
+        with open(f"{work}/www/big", "wb") as f:
+            chunk = os.urandom(1 << 20)
+            for _ in range(big >> 20):
+                f.write(chunk)
+        upload = f"{work}/www/big"
+        with open(f"{work}/nginx.conf", "w") as f:
+            f.write(nginx_conf(work, big))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        procs.append(start([nginx, "-c", f"{work}/nginx.conf", "-p", work]))
+        procs.append(start([sys.executable, os.path.join(ROOT, "bench", "sink.py"), str(PORTS["sink"])]))
+        for p in ("backend", "proxy", "sink"):
+            wait_port(PORTS[p])
+        # Page cache: read the big file once.
+        subprocess.run(["cat", upload], stdout=subprocess.DEVNULL, check=True)
+
+        relay_bin, conn_bin = os.path.join(RELEASE, "relay-server"), os.path.join(RELEASE, "connector")
+        data = f"{work}/relay-data"
+        def relay_cli(*a):
+            return subprocess.run([relay_bin, "--data-dir", data, *a], capture_output=True, text=True, check=True).stdout
+        relay_cli("tenant", "create", "bench")
+        secret = relay_cli("tenant", "credential", "create", "bench").strip().splitlines()[-1]
+        with open(f"{work}/secret", "w") as f:
+            f.write(secret)
+        relay = start([relay_bin, "--data-dir", data, "run", "--listen", f"127.0.0.1:{PORTS['relay']}",
+                       "--listen-http", f"127.0.0.1:{PORTS['relay_http']}"],
+                      env={"RELAY_LIMITS__MAX_BODY_BYTES": str(4 << 30), "RELAY_LIMITS__MAX_CONCURRENT_STREAMS": "4096",
+                           "RUST_LOG": "warn"})
+        procs.append(relay)
+        wait_port(PORTS["relay_http"])
+        conn = start([conn_bin, "run", "--server", f"https://127.0.0.1:{PORTS['relay']}", "--tenant", "bench",
+                      "--secret-file", f"{work}/secret", "--ca-cert", f"{data}/tls/cert.pem",
+                      "--target", f"app=http://127.0.0.1:{PORTS['backend']}",
+                      "--target", f"sink=http://127.0.0.1:{PORTS['sink']}"], env={"RUST_LOG": "warn"})
+        procs.append(conn)
+        relay_base = f"http://127.0.0.1:{PORTS['relay_http']}/relay/bench"
+        deadline = time.time() + 30
+        last = None
+        while True:
+            try:
+                if urllib.request.urlopen(f"{relay_base}/app/small", timeout=2).status == 200:
+                    break
+            except Exception as e:
+                last = e
+            if time.time() > deadline:
+                raise SystemExit(f"the tunnel did not come up: {last}")
+            time.sleep(0.2)
+
+        paths = {
+            "direct": {"small": f"http://127.0.0.1:{PORTS['backend']}/small", "big": f"http://127.0.0.1:{PORTS['backend']}/big",
+                       "upload": f"http://127.0.0.1:{PORTS['sink']}/upload", "pids": []},
+            "nginx": {"small": f"http://127.0.0.1:{PORTS['proxy']}/small", "big": f"http://127.0.0.1:{PORTS['proxy']}/big",
+                      "upload": f"http://127.0.0.1:{PORTS['proxy']}/upload", "pids": []},
+            "relay-quic": {"small": f"{relay_base}/app/small", "big": f"{relay_base}/app/big",
+                           "upload": f"{relay_base}/sink/upload", "pids": [relay.pid, conn.pid]},
+        }
+        results = []
+        for r in range(rounds):
+            for name, p in paths.items():
+                log(f"round {r + 1}/{rounds}: {name}")
+                row = {"round": r + 1, "path": name}
+                s = Sampler(p["pids"])
+                row["c64"] = wrk(p["small"], 64, 2, duration)
+                row["c1"] = wrk(p["small"], 1, 1, duration)
+                row["close"] = wrk(p["small"], 64, 2, duration, close=True)
+                row["download_mib_s"] = curl_speed([p["big"]], "speed_download")
+                row["upload_mib_s"] = curl_speed(["-T", upload, "-H", "Expect:", p["upload"]], "speed_upload")
+                base, peak = s.finish()
+                if p["pids"]:
+                    row["relay_rss_kib"] = {"base": base[relay.pid], "peak": peak[relay.pid]}
+                    row["connector_rss_kib"] = {"base": base[conn.pid], "peak": peak[conn.pid]}
+                results.append(row)
+        log("idle keep-alive connections")
+        idle = {"relay": idle_connections(PORTS["relay_http"], "/relay/bench/app/small", relay.pid, IDLE_CONNECTIONS)}
+
+        out = {
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "smoke": args.smoke,
+            "rounds": rounds,
+            "duration_s": duration,
+            "big_bytes": big,
+            "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                        "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1)},
+            "versions": {
+                "relay": subprocess.run([relay_bin, "--version"], capture_output=True, text=True).stdout.strip(),
+                "nginx": subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip(),
+                "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0],
+            },
+            "results": results,
+            "idle_kib_per_connection": idle,
+        }
+        os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+        name = "smoke.json" if args.smoke else "latest.json"
+        with open(os.path.join(ROOT, "bench", "results", name), "w") as f:
+            json.dump(out, f, indent=1)
+        subprocess.run([sys.executable, os.path.join(ROOT, "bench", "report.py"), os.path.join(ROOT, "bench", "results", name)],
+                       check=True)
+    except BaseException:
+        dump_logs()
+        raise
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
