@@ -19,8 +19,8 @@ pub mod control;
 pub mod framing;
 pub mod headers;
 pub mod layered;
+pub mod process;
 mod session;
-pub mod signal;
 mod stream;
 
 use std::sync::Arc;

@@ -60,7 +60,7 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let Command::Run(args) = cli.command;
-    init_tracing(&args.log_format);
+    connector::process::init_tracing(&args.log_format, "info,quinn=warn,rustls=warn");
     let config = match load(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
             }
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(connector::signal::cancel_on_signal(shutdown.clone()));
+        tokio::spawn(connector::process::cancel_on_signal(shutdown.clone()));
         connector.run(shutdown).await;
         ExitCode::SUCCESS
     })
@@ -136,17 +136,4 @@ fn load(args: &RunArgs) -> Result<Config, ConfigError> {
         flags.insert("targets".into(), toml::Value::Table(targets));
     }
     Config::load(args.config.as_deref(), &ProcessEnv, flags)
-}
-
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log_format);
+    connector::process::init_tracing(&cli.log_format, "info,quinn=warn,rustls=warn,sqlx=warn");
     let config = match cli.load_config(&ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        tokio::spawn(connector::signal::cancel_on_signal(shutdown.clone()));
+        tokio::spawn(connector::process::cancel_on_signal(shutdown.clone()));
         relay_server::cli::dispatch(command, config, shutdown).await
     });
     match result {
@@ -36,19 +36,5 @@ fn main() -> ExitCode {
             eprintln!("relay-server: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn,sqlx=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

@@ -151,43 +151,17 @@ async fn statuses_follow_the_contract() -> anyhow::Result<()> {
     assert_eq!(offline.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(offline.headers["retry-after"], "5");
 
-    assert_eq!(
-        client.get(&relay.url("/relay/acme/nope/")).await?.status,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        client.get(&relay.url("/relay/acme/down/")).await?.status,
-        StatusCode::BAD_GATEWAY
-    );
-    assert_eq!(
-        client
-            .get(&relay.url("/relay/acme/slow/sleep/3000"))
-            .await?
-            .status,
-        StatusCode::GATEWAY_TIMEOUT
-    );
-    assert_eq!(
-        client
-            .get(&relay.url("/relay/acme/app/a/../../../x"))
-            .await?
-            .status,
-        StatusCode::BAD_REQUEST
-    );
-    assert_eq!(
-        client.get(&relay.url("/relay/ac%2Fme/app/")).await?.status,
-        StatusCode::BAD_REQUEST
-    );
-    assert_eq!(
-        client.get(&relay.url("/admin")).await?.status,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        client
-            .get(&relay.url("/relay/acme/app/status/418"))
-            .await?
-            .status,
-        StatusCode::IM_A_TEAPOT
-    );
+    for (path, status) in [
+        ("/relay/acme/nope/", StatusCode::NOT_FOUND),
+        ("/relay/acme/down/", StatusCode::BAD_GATEWAY),
+        ("/relay/acme/slow/sleep/3000", StatusCode::GATEWAY_TIMEOUT),
+        ("/relay/acme/app/a/../../../x", StatusCode::BAD_REQUEST),
+        ("/relay/ac%2Fme/app/", StatusCode::BAD_REQUEST),
+        ("/admin", StatusCode::NOT_FOUND),
+        ("/relay/acme/app/status/418", StatusCode::IM_A_TEAPOT),
+    ] {
+        assert_eq!(client.get(&relay.url(path)).await?.status, status, "{path}");
+    }
     for a in [&unknown, &offline] {
         assert!(a.headers.contains_key("x-relay-request-id"));
         assert!(

@@ -1,4 +1,5 @@
-//! Stop signals for the binaries: Ctrl-C, and SIGTERM on Unix (systemd, `docker stop`).
+//! What both binaries do around their work: structured logging, and stop signals (Ctrl-C, and
+//! SIGTERM on Unix: systemd, `docker stop`).
 
 use tokio_util::sync::CancellationToken;
 
@@ -26,4 +27,19 @@ pub async fn cancel_on_signal(token: CancellationToken) {
     }
     tracing::info!("shutdown requested");
     token.cancel();
+}
+
+/// Installs the global tracing subscriber on stderr: `text` or `json` format, level from
+/// `RUST_LOG`, else `default_filter`.
+pub fn init_tracing(format: &str, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }
