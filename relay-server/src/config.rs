@@ -252,6 +252,15 @@ impl Config {
             max_pending_handshakes: t.max_pending_handshakes.unwrap_or(1024).max(1),
             issuer: t.issuer.unwrap_or_else(|| "relay".to_string()),
         };
+        // The admin listener has no authentication yet: it must not be reachable from outside.
+        if let Some(a) = raw.listen.admin {
+            if !a.ip().is_loopback() {
+                return Err(ConfigError::new(format!(
+                    "listen.admin = {a}: the admin listener (health, readiness, metrics) has no \
+                     authentication in this build; bind it to a loopback address"
+                )));
+            }
+        }
         let node_name = raw.node_name.unwrap_or_else(|| {
             std::fs::read_to_string("/etc/hostname")
                 .ok()
@@ -315,6 +324,12 @@ mod tests {
         assert!(Config::load(None, &env, toml::Table::new()).is_err());
         let env = vec![("RELAY_TLS__CERT".to_string(), "/x".to_string())];
         assert!(Config::load(None, &env, toml::Table::new()).is_err());
+        let env = vec![(
+            "RELAY_LISTEN__ADMIN".to_string(),
+            "0.0.0.0:9090".to_string(),
+        )];
+        let err = Config::load(None, &env, toml::Table::new()).unwrap_err();
+        assert!(err.to_string().contains("loopback"), "{err}");
     }
 
     #[test]

@@ -22,13 +22,14 @@ mod echo;
 mod error;
 mod ingress;
 pub mod keys;
+mod metrics;
 mod proxy;
 mod registry;
 mod route;
 mod tunnel;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -40,21 +41,11 @@ use tracing::info;
 use tunnel_protocol::ErrorCode;
 
 pub use config::Config;
+pub use metrics::Metrics;
 
 use auth::Auth;
 use catalog::Catalog;
 use registry::{CloseKind, Registry};
-
-/// Counters read by tests, logs and (later) `/metrics`.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Visitor requests received.
-    pub requests: AtomicU64,
-    /// Streams in flight (request sent, response body not yet finished).
-    pub in_flight: AtomicUsize,
-    /// Connector authentications refused.
-    pub auth_failures: AtomicU64,
-}
 
 /// State shared by every task of one relay.
 #[derive(Debug)]
@@ -255,9 +246,22 @@ pub async fn run(
         ));
     }
     if let Some(admin) = listeners.admin {
+        let metrics = relay.metrics.clone();
         let app = management_web::app(management_web::AppState {
             store: store.clone(),
-        });
+        })
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = metrics.render();
+                async move {
+                    (
+                        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        text,
+                    )
+                }
+            }),
+        );
         let stop = stop_accepting.clone();
         tasks.spawn(async move {
             let _ = axum::serve(admin, app)

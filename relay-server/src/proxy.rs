@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use connector::framing::{FramedRecv, FramedSend, TunnelBody};
@@ -17,12 +17,48 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tunnel_protocol::{ErrorCode, RequestHead, StreamFrame};
 
 use crate::error::{error_response, ProxyError};
+use crate::metrics::TenantCounters;
 use crate::registry::SessionEntry;
 use crate::route::{self, RouteError};
 use crate::Relay;
 
 /// The response body: a short local answer, or the backend's body streamed from the tunnel.
-pub(crate) type ProxyBody = Either<Full<Bytes>, TunnelBody<InFlight>>;
+pub(crate) type ProxyBody = Either<Full<Bytes>, Metered<TunnelBody<InFlight>>>;
+
+/// A response body that counts the bytes it passes on.
+#[derive(Debug)]
+pub(crate) struct Metered<B> {
+    inner: B,
+    counters: Arc<TenantCounters>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Metered<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+        let poll = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &poll {
+            if let Some(data) = frame.data_ref() {
+                self.counters
+                    .response_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// How long to wait for the connector to accept a new stream (its stream limit).
 const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,12 +106,19 @@ pub(crate) async fn handle(
     peer: SocketAddr,
     scheme: &'static str,
 ) -> Response<ProxyBody> {
+    let started = Instant::now();
     let request_id = uuid::Uuid::now_v7().simple().to_string();
     relay.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    let mut response = match proxy(&relay, req, peer, scheme, &request_id).await {
+    // Requests that match no tenant count under "" (visitor-chosen names never become labels).
+    let mut counters = None;
+    let mut response = match proxy(&relay, req, peer, scheme, &request_id, &mut counters).await {
         Ok(r) => r,
         Err(e) => error_response(&e, &request_id).map(Either::Left),
     };
+    let counters = counters.unwrap_or_else(|| relay.metrics.tenant(""));
+    relay
+        .metrics
+        .record(&counters, response.status().as_u16(), started.elapsed());
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(X_RELAY_REQUEST_ID.clone(), v);
     }
@@ -88,6 +131,7 @@ async fn proxy(
     peer: SocketAddr,
     scheme: &'static str,
     request_id: &str,
+    counters: &mut Option<Arc<TenantCounters>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (parts, body) = req.into_parts();
     let route = route::parse(parts.uri.path()).map_err(|e| match e {
@@ -98,6 +142,8 @@ async fn proxy(
         .catalog
         .enabled_tenant(&route.tenant)
         .ok_or(ProxyError::UnknownTenant)?;
+    let tenant_counters = relay.metrics.tenant(&tenant.name);
+    *counters = Some(tenant_counters.clone());
     let limits = &relay.config.limits;
     // HTTP/1.1 counts fields in hyper's parser; HTTP/2 only bounds their total size.
     if parts.headers.len() > limits.max_headers {
@@ -160,8 +206,8 @@ async fn proxy(
     tokio::spawn(pump_request(
         body,
         send,
-        max_body,
-        limits.body_idle_timeout,
+        (max_body, limits.body_idle_timeout),
+        tenant_counters.clone(),
         pump_tx,
     ));
 
@@ -194,7 +240,11 @@ async fn proxy(
         Ok(Some(StreamFrame::ResponseHead(head))) => {
             let mut headers = head.headers;
             strip_hop_by_hop(&mut headers);
-            let mut response = Response::new(Either::Right(TunnelBody::new(recv, None, guard)));
+            let body = Metered {
+                inner: TunnelBody::new(recv, None, guard),
+                counters: tenant_counters,
+            };
+            let mut response = Response::new(Either::Right(body));
             *response.status_mut() = head.status;
             *response.headers_mut() = headers;
             Ok(response)
@@ -266,11 +316,11 @@ fn request_headers(
 async fn pump_request(
     body: Incoming,
     send: FramedSend,
-    max: u64,
-    idle: Duration,
+    (max, idle): (u64, Duration),
+    counters: Arc<TenantCounters>,
     done: oneshot::Sender<Result<(), ProxyError>>,
 ) {
-    let outcome = pump(body, send, max, idle).await;
+    let outcome = pump(body, send, max, idle, &counters).await;
     let _ = done.send(outcome);
 }
 
@@ -279,6 +329,7 @@ async fn pump(
     mut send: FramedSend,
     max: u64,
     idle: Duration,
+    counters: &TenantCounters,
 ) -> Result<(), ProxyError> {
     let mut total: u64 = 0;
     loop {
@@ -301,6 +352,9 @@ async fn pump(
         let sent = match frame.into_data() {
             Ok(data) => {
                 total = total.saturating_add(data.len() as u64);
+                counters
+                    .request_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
                 if total > max {
                     send.reset(ErrorCode::REQUEST_REJECTED);
                     return Err(ProxyError::BodyTooLarge(max));

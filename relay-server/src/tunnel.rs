@@ -148,12 +148,17 @@ async fn session(relay: Arc<Relay>, incoming: quinn::Incoming) {
         return close(&conn, ErrorCode::PROTOCOL_ERROR);
     }
     relay.registry.insert(entry.clone());
+    relay
+        .metrics
+        .sessions
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let span =
         info_span!("established", tenant_id = %entry.identity.tenant.id, session_id = %session_id);
     async {
         info!(tenant = %entry.identity.tenant.name, connector_id = %hello.connector_id, version = %hello.connector_version, "session established");
         let code = control_loop(&relay, &entry, &mut control, granted.expires_in).await;
         relay.registry.remove(&entry);
+        relay.metrics.sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         info!(code = %code, "session closed");
     }
     .instrument(span)

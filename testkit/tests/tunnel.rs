@@ -489,3 +489,60 @@ async fn relay_shutdown_drains_in_flight_requests_and_refuses_new_ones() -> anyh
     tokio::time::timeout(Duration::from_secs(10), stopping).await???;
     Ok(())
 }
+
+#[tokio::test]
+async fn admin_listener_reports_health_and_metrics() -> anyhow::Result<()> {
+    let Setup {
+        relay,
+        backend: _backend,
+        conn: _conn,
+        client,
+    } = setup(relay()).await;
+    for _ in 0..3 {
+        let ok = client
+            .request(
+                "POST",
+                &relay.url("/relay/acme/app/echo"),
+                Bytes::from_static(b"12345"),
+            )
+            .await?;
+        assert_eq!(ok.status, StatusCode::OK);
+    }
+    assert_eq!(
+        client.get(&relay.url("/relay/acme/nope/")).await?.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        client.get(&relay.url("/relay/ghost/app/")).await?.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let admin = format!("http://{}", relay.admin_addr.expect("admin listener"));
+    assert_eq!(
+        client.get(&format!("{admin}/healthz")).await?.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        client.get(&format!("{admin}/readyz")).await?.status,
+        StatusCode::OK
+    );
+    let metrics = client.get(&format!("{admin}/metrics")).await?;
+    assert_eq!(metrics.status, StatusCode::OK);
+    let text = metrics.text();
+    for line in [
+        "relay_requests_total{tenant=\"acme\",class=\"2xx\"} 3",
+        "relay_requests_total{tenant=\"acme\",class=\"4xx\"} 1",
+        // The unknown tenant's name never becomes a label.
+        "relay_requests_total{tenant=\"\",class=\"4xx\"} 1",
+        "relay_request_body_bytes_total{tenant=\"acme\"} 15",
+        "relay_response_body_bytes_total{tenant=\"acme\"} 15",
+        "relay_response_head_duration_seconds_count 5",
+        "relay_sessions 1",
+        "relay_streams_in_flight 0",
+        "relay_auth_failures_total 0",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    assert!(!text.contains("ghost"));
+    Ok(())
+}

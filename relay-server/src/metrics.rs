@@ -1,0 +1,194 @@
+//! The relay's counters and their Prometheus text rendering (`/metrics` on the admin listener).
+//!
+//! Labels are bounded: `tenant` takes only provisioned tenant names (requests for unknown tenants
+//! count under `tenant=""`), `class` is the status class. Nothing is labelled per request or stream.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the response-head latency histogram.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+];
+
+/// Counters of one tenant.
+#[derive(Debug, Default)]
+pub(crate) struct TenantCounters {
+    /// Responses by status class 1xx..5xx.
+    classes: [AtomicU64; 5],
+    /// Request body bytes received from visitors.
+    pub(crate) request_bytes: AtomicU64,
+    /// Response body bytes sent to visitors.
+    pub(crate) response_bytes: AtomicU64,
+}
+
+/// Counters read by tests, logs and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Visitor requests received.
+    pub requests: AtomicU64,
+    /// Streams in flight (request sent, response body not yet finished).
+    pub in_flight: AtomicUsize,
+    /// Connector authentications refused.
+    pub auth_failures: AtomicU64,
+    /// Live sessions.
+    pub sessions: AtomicUsize,
+    tenants: RwLock<HashMap<String, Arc<TenantCounters>>>,
+    buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+}
+
+impl Metrics {
+    /// The counters of `tenant` (`""` for requests that matched no tenant).
+    pub(crate) fn tenant(&self, tenant: &str) -> Arc<TenantCounters> {
+        if let Some(c) = self
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+        {
+            return c.clone();
+        }
+        let mut map = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(tenant.to_string()).or_default().clone()
+    }
+
+    /// Records one answered request.
+    pub(crate) fn record(&self, counters: &TenantCounters, status: u16, head_latency: Duration) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        counters.classes[class].fetch_add(1, Ordering::Relaxed);
+        let secs = head_latency.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros
+            .fetch_add(head_latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let tenants: Vec<(String, Arc<TenantCounters>)> = {
+            let map = self.tenants.read().unwrap_or_else(|p| p.into_inner());
+            let mut v: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let _ = writeln!(
+            out,
+            "# HELP relay_requests_total Visitor requests answered, by tenant and status class."
+        );
+        let _ = writeln!(out, "# TYPE relay_requests_total counter");
+        for (name, c) in &tenants {
+            for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+                let n = c.classes[i].load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "relay_requests_total{{tenant=\"{name}\",class=\"{class}\"}} {n}"
+                    );
+                }
+            }
+        }
+        for (metric, help, pick) in [
+            (
+                "relay_request_body_bytes_total",
+                "Request body bytes received from visitors.",
+                0,
+            ),
+            (
+                "relay_response_body_bytes_total",
+                "Response body bytes sent to visitors.",
+                1,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {metric} {help}");
+            let _ = writeln!(out, "# TYPE {metric} counter");
+            for (name, c) in &tenants {
+                let n = if pick == 0 {
+                    &c.request_bytes
+                } else {
+                    &c.response_bytes
+                }
+                .load(Ordering::Relaxed);
+                let _ = writeln!(out, "{metric}{{tenant=\"{name}\"}} {n}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP relay_response_head_duration_seconds Time from request to response head."
+        );
+        let _ = writeln!(out, "# TYPE relay_response_head_duration_seconds histogram");
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let n = self.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "relay_response_head_duration_seconds_bucket{{le=\"{bound}\"}} {n}"
+            );
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "relay_response_head_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let sum = self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "relay_response_head_duration_seconds_sum {sum}");
+        let _ = writeln!(out, "relay_response_head_duration_seconds_count {count}");
+        for (metric, kind, help, v) in [
+            (
+                "relay_sessions",
+                "gauge",
+                "Live connector sessions.",
+                self.sessions.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "relay_streams_in_flight",
+                "gauge",
+                "Visitor requests in flight through sessions.",
+                self.in_flight.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "relay_auth_failures_total",
+                "counter",
+                "Connector authentications refused.",
+                self.auth_failures.load(Ordering::Relaxed),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {metric} {help}");
+            let _ = writeln!(out, "# TYPE {metric} {kind}");
+            let _ = writeln!(out, "{metric} {v}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_a_cumulative_histogram() {
+        let m = Metrics::default();
+        let acme = m.tenant("acme");
+        m.record(&acme, 200, Duration::from_millis(3));
+        m.record(&acme, 503, Duration::from_secs(2));
+        acme.response_bytes.fetch_add(42, Ordering::Relaxed);
+        let text = m.render();
+        assert!(
+            text.contains("relay_requests_total{tenant=\"acme\",class=\"2xx\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("relay_requests_total{tenant=\"acme\",class=\"5xx\"} 1"));
+        assert!(text.contains("relay_response_body_bytes_total{tenant=\"acme\"} 42"));
+        assert!(text.contains("relay_response_head_duration_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("relay_response_head_duration_seconds_bucket{le=\"5\"} 2"));
+        assert!(text.contains("relay_response_head_duration_seconds_count 2"));
+    }
+}
