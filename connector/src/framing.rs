@@ -222,10 +222,25 @@ pub struct TunnelBody<G = ()> {
 }
 
 impl<G> TunnelBody<G> {
+    /// An empty body (the stream stays with the caller, e.g. for an upgrade).
+    pub fn empty(guard: G) -> TunnelBody<G> {
+        TunnelBody {
+            recv: None,
+            size: Some(0),
+            _guard: guard,
+        }
+    }
+
     /// A body read from `recv`, whose length is `size` when known; `guard` lives as long as the
     /// body (in-flight accounting).
-    pub fn new(recv: FramedRecv, size: Option<u64>, guard: G) -> TunnelBody<G> {
-        let recv = if size == Some(0) { None } else { Some(recv) };
+    pub fn new(mut recv: FramedRecv, size: Option<u64>, guard: G) -> TunnelBody<G> {
+        let recv = if size == Some(0) {
+            // Nothing to read: the peer's FIN follows on its own; no STOP_SENDING needed.
+            recv.done = true;
+            None
+        } else {
+            Some(recv)
+        };
         TunnelBody {
             recv,
             size,
@@ -280,5 +295,84 @@ impl<G: Unpin> Body for TunnelBody<G> {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
         }
+    }
+}
+
+/// How long an upgraded stream may carry no bytes in either direction before it is cut.
+pub const UPGRADED_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Bytes read from the upgraded connection per data frame.
+const SPLICE_CHUNK: usize = 16 * 1024;
+
+/// Carries raw bytes both ways between an upgraded HTTP connection (after its `101`) and a
+/// tunnel stream, until both directions have ended, either side fails, or nothing moved for
+/// [`UPGRADED_IDLE_TIMEOUT`]. A failure resets the stream; a clean end finishes it.
+pub async fn splice<IO>(io: IO, mut send: FramedSend, mut recv: FramedRecv)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let started = tokio::time::Instant::now();
+    let last = AtomicU64::new(0);
+    let touch = || last.store(started.elapsed().as_secs(), Ordering::Relaxed);
+    let (mut reader, mut writer) = tokio::io::split(io);
+    let outbound = async {
+        let mut buf = BytesMut::with_capacity(SPLICE_CHUNK);
+        loop {
+            buf.reserve(SPLICE_CHUNK);
+            match reader.read_buf(&mut buf).await {
+                Ok(0) => {
+                    send.finish();
+                    return Ok(());
+                }
+                Ok(_) => {
+                    touch();
+                    send.send_data(buf.split().freeze()).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let inbound = async {
+        loop {
+            match recv.next().await {
+                Ok(Some(StreamFrame::Data(data))) => {
+                    touch();
+                    writer.write_all(&data).await?;
+                }
+                Ok(None) => {
+                    let _ = writer.shutdown().await;
+                    return Ok(());
+                }
+                Ok(Some(_)) => {
+                    return Err(io::Error::other("unexpected frame on an upgraded stream"))
+                }
+                Err(e) => return Err(io::Error::other(e)),
+            }
+        }
+    };
+    let idle = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            let quiet = started
+                .elapsed()
+                .as_secs()
+                .saturating_sub(last.load(Ordering::Relaxed));
+            if quiet >= UPGRADED_IDLE_TIMEOUT.as_secs() {
+                return;
+            }
+        }
+    };
+    // Why select: the splice ends when both directions are done, on the first error, or when
+    // the connection has been idle too long; dropping the halves then closes everything.
+    tokio::select! {
+        r = async { tokio::try_join!(outbound, inbound) } => {
+            if r.is_err() {
+                tracing::debug!("upgraded stream failed");
+            }
+        }
+        _ = idle => tracing::debug!("upgraded stream idle; closing"),
     }
 }

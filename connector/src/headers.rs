@@ -33,6 +33,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The `Upgrade` value when a message asks to switch protocols (`Connection: upgrade` plus an
+/// `Upgrade` field), read before hop-by-hop stripping removes both.
+pub fn upgrade_of(headers: &HeaderMap) -> Option<http::HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Puts the upgrade request back after stripping (`Connection: upgrade`, `Upgrade: value`).
+pub fn restore_upgrade(headers: &mut HeaderMap, value: http::HeaderValue) {
+    headers.insert(
+        header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    headers.insert(header::UPGRADE, value);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +74,18 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn upgrade_needs_both_fields() {
+        let mut h = HeaderMap::new();
+        h.insert("upgrade", "websocket".parse().unwrap());
+        assert_eq!(upgrade_of(&h), None);
+        h.insert("connection", "keep-alive, Upgrade".parse().unwrap());
+        assert_eq!(upgrade_of(&h).unwrap(), "websocket");
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+        restore_upgrade(&mut h, "websocket".parse().unwrap());
+        assert_eq!(upgrade_of(&h).unwrap(), "websocket");
     }
 }

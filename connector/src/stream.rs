@@ -6,16 +6,17 @@
 use std::time::Duration;
 
 use http::header::{HeaderValue, CONTENT_LENGTH};
-use http::Request;
+use http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
 use tracing::{debug, info_span, warn, Instrument};
 use tunnel_protocol::{
     ErrorCode, RequestHead, ResponseHead, StreamError, StreamFrame, MAX_HEAD_FRAME_LEN,
 };
 
 use crate::backend::{Backend, Backends};
-use crate::framing::{FramedRecv, FramedSend, TunnelBody};
-use crate::headers::strip_hop_by_hop;
+use crate::framing::{splice, FramedRecv, FramedSend, TunnelBody};
+use crate::headers::{restore_upgrade, strip_hop_by_hop, upgrade_of};
 
 /// How long the relay may take to send the request head after opening a stream.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,6 +65,8 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
         }
     };
     let mut headers = head.headers;
+    // An upgrade (WebSocket) keeps the stream for raw bytes after the backend's 101.
+    let upgrade = upgrade_of(&headers).filter(|_| head.content_length == Some(0));
     strip_hop_by_hop(&mut headers);
     headers.remove(http::header::HOST);
     if let Some(len) = head.content_length {
@@ -72,7 +75,14 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
     // The response timeout runs from the end of the request body, not from its start: a large
     // upload to a slow backend is not a timeout.
     let (body_done, body_sent) = tokio::sync::oneshot::channel::<()>();
-    let mut req = Request::new(TunnelBody::new(recv, head.content_length, body_done));
+    let (body, upgrade_recv) = match upgrade.clone() {
+        Some(value) => {
+            restore_upgrade(&mut headers, value);
+            (TunnelBody::empty(body_done), Some(recv))
+        }
+        None => (TunnelBody::new(recv, head.content_length, body_done), None),
+    };
+    let mut req = Request::new(body);
     *req.method_mut() = head.method;
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
@@ -114,9 +124,16 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
         }
         Ok(Ok(r)) => r,
     };
+    let mut response = response;
+    let switching = upgrade_recv.is_some() && response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let on_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
     let (parts, mut body) = response.into_parts();
     let mut headers = parts.headers;
+    let answer_upgrade = upgrade_of(&headers);
     strip_hop_by_hop(&mut headers);
+    if let (true, Some(value)) = (switching, answer_upgrade) {
+        restore_upgrade(&mut headers, value);
+    }
     if headers.len() > tunnel_protocol::MAX_HEADERS {
         fail(
             &mut send,
@@ -142,6 +159,13 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
         return;
     }
     if send.send(&head).await.is_err() {
+        return;
+    }
+    if let (Some(on_upgrade), Some(recv)) = (on_upgrade, upgrade_recv) {
+        match on_upgrade.await {
+            Ok(upgraded) => splice(TokioIo::new(upgraded), send, recv).await,
+            Err(e) => warn!(error = %e, "backend upgrade failed after its 101"),
+        }
         return;
     }
     loop {

@@ -26,6 +26,7 @@ pub(crate) async fn spawn(shutdown: CancellationToken) -> std::io::Result<Socket
                 r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
                 _ = shutdown.cancelled() => return,
             };
+            let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 let service = service_fn(|req| async move { Ok::<_, Infallible>(echo(req)) });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use connector::framing::{FramedRecv, FramedSend, TunnelBody};
-use connector::headers::strip_hop_by_hop;
+use connector::framing::{splice, FramedRecv, FramedSend, TunnelBody};
+use connector::headers::{restore_upgrade, strip_hop_by_hop, upgrade_of};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tunnel_protocol::{ErrorCode, RequestHead, StreamFrame};
 
@@ -133,7 +134,7 @@ async fn proxy(
     request_id: &str,
     counters: &mut Option<Arc<TenantCounters>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let route = route::parse(parts.uri.path()).map_err(|e| match e {
         RouteError::NotRelay => ProxyError::NotFound,
         RouteError::Malformed => ProxyError::MalformedRoute,
@@ -185,7 +186,17 @@ async fn proxy(
         None => route.path.to_string(),
     };
     let target = route.target.clone();
-    let headers = request_headers(parts.headers, &parts.uri, peer, scheme, request_id);
+    // An HTTP/1.1 upgrade (WebSocket) without a body: the stream stays open after the head and
+    // carries raw bytes once the backend answers 101 — never before (no premature bytes).
+    let upgrade = upgrade_of(&parts.headers)
+        .filter(|_| content_length == Some(0) && parts.version == http::Version::HTTP_11);
+    let on_upgrade = upgrade
+        .as_ref()
+        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    let mut headers = request_headers(parts.headers, &parts.uri, peer, scheme, request_id);
+    if let Some(value) = upgrade.clone() {
+        restore_upgrade(&mut headers, value);
+    }
     let head = StreamFrame::RequestHead(RequestHead {
         request_id: request_id.to_string(),
         target,
@@ -203,13 +214,22 @@ async fn proxy(
     // The request body flows on its own task, so a backend that answers before reading the whole
     // body (or a slow upload) never blocks the response.
     let (pump_tx, mut pump_rx) = oneshot::channel();
-    tokio::spawn(pump_request(
-        body,
-        send,
-        (max_body, limits.body_idle_timeout),
-        tenant_counters.clone(),
-        pump_tx,
-    ));
+    let mut upgrade_send = None;
+    match on_upgrade {
+        Some(_) => {
+            upgrade_send = Some(send);
+            let _ = pump_tx.send(Ok(()));
+        }
+        None => {
+            tokio::spawn(pump_request(
+                body,
+                send,
+                (max_body, limits.body_idle_timeout),
+                tenant_counters.clone(),
+                pump_tx,
+            ));
+        }
+    }
 
     let timeout = tenant
         .limits
@@ -239,7 +259,30 @@ async fn proxy(
     match first {
         Ok(Some(StreamFrame::ResponseHead(head))) => {
             let mut headers = head.headers;
+            let answer_upgrade = upgrade_of(&headers);
             strip_hop_by_hop(&mut headers);
+            if let (Some(mut send), Some(on_upgrade)) = (upgrade_send, on_upgrade) {
+                if head.status != http::StatusCode::SWITCHING_PROTOCOLS {
+                    // No switch: the (empty) request body ends here; the response is ordinary.
+                    send.finish();
+                } else {
+                    if let Some(value) = answer_upgrade {
+                        restore_upgrade(&mut headers, value);
+                    }
+                    // The tunnel carries raw bytes once hyper hands over the visitor connection;
+                    // the stream counts as in flight until the splice ends.
+                    tokio::spawn(async move {
+                        if let Ok(upgraded) = on_upgrade.await {
+                            splice(TokioIo::new(upgraded), send, recv).await;
+                        }
+                        drop(guard);
+                    });
+                    let mut response = Response::new(Either::Left(Full::new(Bytes::new())));
+                    *response.status_mut() = head.status;
+                    *response.headers_mut() = headers;
+                    return Ok(response);
+                }
+            }
             let body = Metered {
                 inner: TunnelBody::new(recv, None, guard),
                 counters: tenant_counters,

@@ -8,6 +8,7 @@
 //! | `/hold` | 1 KiB every 10 ms until the reader goes away |
 //! | `/sleep/{ms}` | waits, then `slept` |
 //! | `/status/{code}` | that status, empty body |
+//! | `/upgrade-echo` | `101 Switching Protocols`, then echoes raw bytes |
 //! | anything else | 200, `x-echo-method`/`x-echo-path` headers, the request body streamed back |
 
 use std::convert::Infallible;
@@ -73,6 +74,7 @@ impl Backend {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                let _ = stream.set_nodelay(true);
                 let s = s.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
@@ -80,7 +82,7 @@ impl Backend {
                         async move { Ok::<_, Infallible>(handle(s, req).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
                 });
             }
@@ -171,7 +173,7 @@ fn active(shared: &Arc<Shared>) -> ActiveGuard {
     ActiveGuard(shared.clone())
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Body> {
     shared.requests.fetch_add(1, Ordering::SeqCst);
     let path = req
         .uri()
@@ -210,6 +212,23 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         return resp;
     }
     match p.as_str() {
+        "/upgrade-echo" => {
+            // Switches protocols, then echoes raw bytes until the peer closes.
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
+                }
+            });
+            let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, "");
+            resp.headers_mut()
+                .insert("connection", "upgrade".parse().expect("static"));
+            resp.headers_mut()
+                .insert("upgrade", "websocket".parse().expect("static"));
+            resp
+        }
         "/sink" => {
             let mut body = req.into_body();
             let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);

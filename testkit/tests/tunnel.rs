@@ -546,3 +546,115 @@ async fn admin_listener_reports_health_and_metrics() -> anyhow::Result<()> {
     assert!(!text.contains("ghost"));
     Ok(())
 }
+
+/// Reads an HTTP/1.1 response head from a raw socket (byte by byte: what follows is the caller's).
+async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(
+            s.read(&mut b).await.unwrap(),
+            1,
+            "connection closed in a response head"
+        );
+        head.push(b[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[tokio::test]
+async fn upgraded_connections_carry_raw_bytes_both_ways() -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let Setup {
+        relay,
+        backend: _backend,
+        conn: _conn,
+        client: _client,
+    } = setup(relay()).await;
+    let mut s = tokio::net::TcpStream::connect(relay.http_addr.unwrap()).await?;
+    s.write_all(b"GET /relay/acme/app/upgrade-echo HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await?;
+    let head = read_head(&mut s).await.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("x-relay-request-id"), "{head}");
+
+    let (r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        for i in 0..10_000 {
+            w.write_all(format!("message {i}\n").as_bytes())
+                .await
+                .unwrap();
+        }
+        w.shutdown().await.unwrap();
+    });
+    let mut lines = BufReader::new(r).lines();
+    for i in 0..10_000 {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await??;
+        assert_eq!(line.as_deref(), Some(format!("message {i}").as_str()));
+    }
+    // The backend closes after our half-close; the tunnel passes the end through.
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await??,
+        None
+    );
+    writer.await?;
+    wait_until(
+        || {
+            relay
+                .view
+                .metrics()
+                .in_flight
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 0
+        },
+        "in-flight back to 0",
+    )
+    .await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bytes_after_a_refused_upgrade_are_a_new_request() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Setup {
+        relay,
+        backend,
+        conn: _conn,
+        client: _client,
+    } = setup(relay()).await;
+    let mut s = tokio::net::TcpStream::connect(relay.http_addr.unwrap()).await?;
+    // The backend answers 200, not 101: the trailing bytes must never reach it on this stream.
+    s.write_all(
+        b"GET /relay/acme/app/status/200 HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\
+          GET /admin HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await?;
+    let first = read_head(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let len: usize = first
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await?;
+    assert!(
+        body.is_empty(),
+        "the echo saw a request body: {:?}",
+        String::from_utf8_lossy(&body)
+    );
+    let second = read_head(&mut s).await;
+    assert!(
+        second.starts_with("HTTP/1.1 404"),
+        "the trailing bytes were parsed by the relay: {second}"
+    );
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].path, "/status/200");
+    Ok(())
+}
