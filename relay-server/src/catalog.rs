@@ -21,6 +21,7 @@ pub(crate) struct CatalogData {
     by_name: HashMap<String, Arc<Tenant>>,
     by_id: HashMap<TenantId, Arc<Tenant>>,
     credentials: HashMap<String, CredentialRecord>,
+    hostnames: HashMap<String, (TenantId, String)>,
 }
 
 impl CatalogData {
@@ -37,11 +38,17 @@ impl CatalogData {
             .into_iter()
             .map(|c| (c.id.0.clone(), c))
             .collect();
+        let hostnames = s
+            .hostnames
+            .into_iter()
+            .map(|h| (h.hostname, (h.tenant_id, h.target)))
+            .collect();
         CatalogData {
             revision: s.revision,
             by_name,
             by_id,
             credentials,
+            hostnames,
         }
     }
 }
@@ -77,6 +84,15 @@ impl Catalog {
     /// An enabled tenant by id.
     pub(crate) fn enabled_tenant_by_id(&self, id: &TenantId) -> Option<Arc<Tenant>> {
         self.current().by_id.get(id).filter(|t| t.enabled).cloned()
+    }
+
+    /// The enabled tenant and target a hostname routes to. `None` for unknown hostnames; a
+    /// disabled tenant's hostname gives `Some(None)` so it answers like an unknown tenant.
+    pub(crate) fn hostname(&self, host: &str) -> Option<Option<(Arc<Tenant>, String)>> {
+        let data = self.current();
+        let (tenant_id, target) = data.hostnames.get(host)?;
+        let tenant = data.by_id.get(tenant_id).filter(|t| t.enabled).cloned();
+        Some(tenant.map(|t| (t, target.clone())))
     }
 
     /// An active (not revoked) credential.

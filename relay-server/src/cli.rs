@@ -85,6 +85,25 @@ pub enum TenantCommand {
     /// Manage a tenant's connector credentials.
     #[command(subcommand)]
     Credential(CredentialCommand),
+    /// Manage the hostnames a tenant owns.
+    #[command(subcommand)]
+    Hostname(HostnameCommand),
+}
+
+/// `tenant hostname …`
+#[derive(Subcommand, Debug)]
+pub enum HostnameCommand {
+    /// Route a hostname (e.g. app.contoso.example) to one of the tenant's targets.
+    Add {
+        tenant: String,
+        hostname: String,
+        #[arg(long)]
+        target: String,
+    },
+    /// List a tenant's hostnames.
+    List { tenant: String },
+    /// Remove a hostname.
+    Remove { tenant: String, hostname: String },
 }
 
 /// `tenant credential …`
@@ -284,6 +303,24 @@ async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Result<()> {
                 };
                 println!("{:<34} {:<8} {}", c.id, state, c.label);
             }
+        }
+        TenantCommand::Hostname(HostnameCommand::Add {
+            tenant,
+            hostname,
+            target,
+        }) => {
+            let h = store.add_hostname(&tenant, &hostname, &target).await?;
+            println!("{} -> tenant {tenant}, target {}", h.hostname, h.target);
+        }
+        TenantCommand::Hostname(HostnameCommand::List { tenant }) => {
+            println!("{:<40} TARGET", "HOSTNAME");
+            for h in store.hostnames(&tenant).await? {
+                println!("{:<40} {}", h.hostname, h.target);
+            }
+        }
+        TenantCommand::Hostname(HostnameCommand::Remove { tenant, hostname }) => {
+            store.remove_hostname(&tenant, &hostname).await?;
+            println!("hostname {hostname} removed");
         }
         TenantCommand::Credential(CredentialCommand::Revoke { tenant, id }) => {
             store.revoke_credential(&tenant, &id).await?;

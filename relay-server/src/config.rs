@@ -34,6 +34,18 @@ pub struct FileConfig {
     /// Shutdown settings.
     #[serde(default)]
     pub shutdown: ShutdownFile,
+    /// Hostname routing.
+    #[serde(default)]
+    pub routing: RoutingFile,
+}
+
+/// `[routing]`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingFile {
+    /// A wildcard base domain: `{target}.{tenant}.{base_domain}` routes without provisioning (needs
+    /// a wildcard DNS entry and certificate).
+    pub base_domain: Option<String>,
 }
 
 /// `[listen]`
@@ -139,6 +151,8 @@ pub struct Config {
     pub tunnel: Tunnel,
     /// Drain grace on shutdown.
     pub shutdown_grace: Duration,
+    /// Wildcard base domain for `{target}.{tenant}.{base}` hostnames.
+    pub base_domain: Option<String>,
 }
 
 /// Visitor-side limits.
@@ -283,6 +297,14 @@ impl Config {
             limits,
             tunnel,
             shutdown_grace: positive("shutdown.grace", raw.shutdown.grace, 30)?,
+            base_domain: raw
+                .routing
+                .base_domain
+                .map(|d| {
+                    relay_store::canonical_hostname(&d)
+                        .map_err(|e| ConfigError::new(format!("routing.base_domain: {e}")))
+                })
+                .transpose()?,
         })
     }
 }

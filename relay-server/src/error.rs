@@ -33,6 +33,10 @@ pub(crate) enum ProxyError {
     Connector(String),
     #[error("malformed relay path")]
     MalformedRoute,
+    #[error("Host and authority disagree, or several Host fields")]
+    BadHost,
+    #[error("TLS server name and Host differ")]
+    Misdirected,
     #[error("tenant has no live session")]
     NoSession,
     #[error("no route for this path")]
@@ -58,7 +62,8 @@ impl ProxyError {
             Self::BodyTooLarge(_) => (Blame::Visitor, StatusCode::PAYLOAD_TOO_LARGE),
             Self::BodyTimeout(_) => (Blame::Visitor, StatusCode::REQUEST_TIMEOUT),
             Self::Connector(_) => (Blame::Connector, StatusCode::BAD_GATEWAY),
-            Self::MalformedRoute => (Blame::Visitor, StatusCode::BAD_REQUEST),
+            Self::MalformedRoute | Self::BadHost => (Blame::Visitor, StatusCode::BAD_REQUEST),
+            Self::Misdirected => (Blame::Visitor, StatusCode::MISDIRECTED_REQUEST),
             Self::NoSession => (Blame::Connector, StatusCode::SERVICE_UNAVAILABLE),
             Self::NotFound => (Blame::Visitor, StatusCode::NOT_FOUND),
             Self::ResponseTimeout(_) => (Blame::Connector, StatusCode::GATEWAY_TIMEOUT),
@@ -77,6 +82,8 @@ impl ProxyError {
             Self::BodyTooLarge(_) => "the request body is too large",
             Self::BodyTimeout(_) => "the request body stalled",
             Self::MalformedRoute => "malformed relay path",
+            Self::BadHost => "conflicting host",
+            Self::Misdirected => "this connection cannot serve that host",
             Self::NoSession => "no connector is online for this tenant",
             Self::NotFound | Self::UnknownTenant => "not found",
             Self::TooManyHeaders => "too many request header fields",

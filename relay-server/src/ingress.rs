@@ -1,7 +1,6 @@
 //! The visitor side: HTTPS (HTTP/1.1 and HTTP/2 by ALPN) and the optional plain-HTTP listener.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::proxy::Visitor;
 use crate::Relay;
 
 /// Pause after an accept error (EMFILE and kin) so the loop neither spins nor dies.
@@ -81,14 +81,30 @@ pub(crate) async fn serve(
                     .await;
                     match handshake {
                         Ok(Ok(tls_stream)) => {
-                            serve_connection(relay, builder, tls_stream, peer, "https", watcher)
-                                .await
+                            let sni = tls_stream
+                                .get_ref()
+                                .1
+                                .server_name()
+                                .map(str::to_ascii_lowercase);
+                            let visitor = Visitor {
+                                peer,
+                                scheme: "https",
+                                sni,
+                            };
+                            serve_connection(relay, builder, tls_stream, visitor, watcher).await
                         }
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
                 }
-                None => serve_connection(relay, builder, stream, peer, "http", watcher).await,
+                None => {
+                    let visitor = Visitor {
+                        peer,
+                        scheme: "http",
+                        sni: None,
+                    };
+                    serve_connection(relay, builder, stream, visitor, watcher).await
+                }
             }
         });
     }
@@ -127,15 +143,17 @@ async fn serve_connection<S>(
     relay: Arc<Relay>,
     builder: auto::Builder<TokioExecutor>,
     stream: S,
-    peer: SocketAddr,
-    scheme: &'static str,
+    visitor: Visitor,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer = visitor.peer;
+    let visitor = Arc::new(visitor);
     let service = service_fn(move |req| {
         let relay = relay.clone();
-        async move { Ok::<_, Infallible>(crate::proxy::handle(relay, req, peer, scheme).await) }
+        let visitor = visitor.clone();
+        async move { Ok::<_, Infallible>(crate::proxy::handle(relay, req, visitor).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {

@@ -104,15 +104,14 @@ impl Drop for InFlight {
 pub(crate) async fn handle(
     relay: Arc<Relay>,
     req: Request<Incoming>,
-    peer: SocketAddr,
-    scheme: &'static str,
+    conn: Arc<Visitor>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let request_id = uuid::Uuid::now_v7().simple().to_string();
     relay.metrics.requests.fetch_add(1, Ordering::Relaxed);
     // Requests that match no tenant count under "" (visitor-chosen names never become labels).
     let mut counters = None;
-    let mut response = match proxy(&relay, req, peer, scheme, &request_id, &mut counters).await {
+    let mut response = match proxy(&relay, req, &conn, &request_id, &mut counters).await {
         Ok(r) => r,
         Err(e) => error_response(&e, &request_id).map(Either::Left),
     };
@@ -129,20 +128,14 @@ pub(crate) async fn handle(
 async fn proxy(
     relay: &Arc<Relay>,
     req: Request<Incoming>,
-    peer: SocketAddr,
-    scheme: &'static str,
+    conn: &Visitor,
     request_id: &str,
     counters: &mut Option<Arc<TenantCounters>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    let route = route::parse(parts.uri.path()).map_err(|e| match e {
-        RouteError::NotRelay => ProxyError::NotFound,
-        RouteError::Malformed => ProxyError::MalformedRoute,
-    })?;
-    let tenant = relay
-        .catalog
-        .enabled_tenant(&route.tenant)
-        .ok_or(ProxyError::UnknownTenant)?;
+    let (peer, scheme) = (conn.peer, conn.scheme);
+    let route = resolve(relay, &parts, conn.sni.as_deref())?;
+    let tenant = route.tenant;
     let tenant_counters = relay.metrics.tenant(&tenant.name);
     *counters = Some(tenant_counters.clone());
     let limits = &relay.config.limits;
@@ -303,6 +296,120 @@ async fn proxy(
     }
 }
 
+/// The visitor connection a request arrived on.
+#[derive(Debug)]
+pub(crate) struct Visitor {
+    pub(crate) peer: SocketAddr,
+    pub(crate) scheme: &'static str,
+    /// The TLS server name the visitor asked for (lowercase), if any.
+    pub(crate) sni: Option<String>,
+}
+
+/// Where a request goes.
+struct Resolved<'a> {
+    tenant: Arc<relay_store::Tenant>,
+    target: String,
+    path: &'a str,
+}
+
+/// Resolves tenant, target and path: a tenant hostname first, then the wildcard base domain
+/// (`{target}.{tenant}.{base}`), then `/relay/{tenant}/{target}/{path}`. One parse result feeds
+/// both authorisation and routing.
+fn resolve<'a>(
+    relay: &Relay,
+    parts: &'a http::request::Parts,
+    sni: Option<&str>,
+) -> Result<Resolved<'a>, ProxyError> {
+    let host = request_host(parts)?;
+    if let (Some(sni), Some(host)) = (sni, host.as_deref()) {
+        // Domain fronting / connection coalescing onto another tenant's name.
+        if sni != host {
+            return Err(ProxyError::Misdirected);
+        }
+    }
+    let path = parts.uri.path();
+    if let Some(host) = host.as_deref() {
+        if let Some(found) = relay.catalog.hostname(host) {
+            let (tenant, target) = found.ok_or(ProxyError::UnknownTenant)?;
+            return Ok(Resolved {
+                tenant,
+                target,
+                path: route::checked_path(path).ok_or(ProxyError::MalformedRoute)?,
+            });
+        }
+        let below_base = relay
+            .config
+            .base_domain
+            .as_deref()
+            .and_then(|base| host.strip_suffix(base))
+            .and_then(|p| p.strip_suffix('.'));
+        if let Some(prefix) = below_base {
+            let (target, tenant) = prefix.split_once('.').ok_or(ProxyError::NotFound)?;
+            let target = relay_store::validate_name(target).map_err(|_| ProxyError::NotFound)?;
+            let tenant = relay_store::validate_name(tenant).map_err(|_| ProxyError::NotFound)?;
+            let tenant = relay
+                .catalog
+                .enabled_tenant(&tenant)
+                .ok_or(ProxyError::UnknownTenant)?;
+            return Ok(Resolved {
+                tenant,
+                target,
+                path: route::checked_path(path).ok_or(ProxyError::MalformedRoute)?,
+            });
+        }
+    }
+    let route = route::parse(path).map_err(|e| match e {
+        RouteError::NotRelay => ProxyError::NotFound,
+        RouteError::Malformed => ProxyError::MalformedRoute,
+    })?;
+    let tenant = relay
+        .catalog
+        .enabled_tenant(&route.tenant)
+        .ok_or(ProxyError::UnknownTenant)?;
+    Ok(Resolved {
+        tenant,
+        target: route.target,
+        path: route.path,
+    })
+}
+
+/// The request's host, canonical (lowercase, no port, no trailing dot), from the URI authority
+/// (HTTP/2, absolute form) or `Host`; both present and different is a bad request.
+fn request_host(parts: &http::request::Parts) -> Result<Option<String>, ProxyError> {
+    let authority = parts.uri.authority().map(|a| canonical_host(a.as_str()));
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let header = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(ProxyError::BadHost),
+        (Some(h), None) => Some(canonical_host(h.to_str().map_err(|_| ProxyError::BadHost)?)),
+        (None, _) => None,
+    };
+    match (authority, header) {
+        (Some(a), Some(h)) if a != h => Err(ProxyError::BadHost),
+        (Some(a), _) => Ok(Some(a)),
+        (None, h) => Ok(h),
+    }
+}
+
+/// Lowercase, port and one trailing dot removed (`[::1]:443` → `[::1]`).
+fn canonical_host(raw: &str) -> String {
+    let lower = raw.trim().to_ascii_lowercase();
+    let without_port = if lower.starts_with('[') {
+        lower
+            .split_once(']')
+            .map(|(h, _)| format!("{h}]"))
+            .unwrap_or(lower.clone())
+    } else {
+        lower
+            .rsplit_once(':')
+            .map(|(h, _)| h.to_string())
+            .unwrap_or(lower.clone())
+    };
+    without_port
+        .strip_suffix('.')
+        .map(str::to_string)
+        .unwrap_or(without_port)
+}
+
 /// The headers sent to the backend: hop-by-hop and relay-internal ones removed, then the
 /// forwarding headers set from what the relay itself saw (never appended to a visitor's).
 fn request_headers(
@@ -413,5 +520,45 @@ async fn pump(
             // The connector stopped reading (the backend answered or failed); nothing to add.
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_canonicalised() {
+        assert_eq!(canonical_host("App.Example.COM."), "app.example.com");
+        assert_eq!(canonical_host("app.example.com:8443"), "app.example.com");
+        assert_eq!(canonical_host("app.example.com.:443"), "app.example.com");
+        assert_eq!(canonical_host("[::1]:443"), "[::1]");
+        assert_eq!(canonical_host("127.0.0.1:80"), "127.0.0.1");
+    }
+
+    #[test]
+    fn host_and_authority_must_agree() {
+        let req = |uri: &str, hosts: &[&str]| {
+            let mut b = Request::builder().uri(uri);
+            for h in hosts {
+                b = b.header("host", *h);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        assert_eq!(
+            request_host(&req("/x", &["A.example:80"]))
+                .unwrap()
+                .as_deref(),
+            Some("a.example")
+        );
+        assert_eq!(
+            request_host(&req("https://a.example/x", &[]))
+                .unwrap()
+                .as_deref(),
+            Some("a.example")
+        );
+        assert!(request_host(&req("https://a.example/x", &["a.example"])).is_ok());
+        assert!(request_host(&req("https://a.example/x", &["b.example"])).is_err());
+        assert!(request_host(&req("/x", &["a.example", "b.example"])).is_err());
     }
 }

@@ -43,6 +43,11 @@ pub(crate) fn parse(path: &str) -> Result<Route<'_>, RouteError> {
     })
 }
 
+/// `path` when its dot-segments stay below its root (hostname routes pass the whole path).
+pub(crate) fn checked_path(path: &str) -> Option<&str> {
+    (!climbs_out(path)).then_some(path)
+}
+
 /// Whether dot-segments (plain or percent-encoded) would climb above the path's root.
 fn climbs_out(path: &str) -> bool {
     let mut depth: i64 = 0;

@@ -10,6 +10,7 @@
 
 mod admin;
 mod credential;
+mod hostname;
 mod name;
 mod secret;
 mod tenant;
@@ -22,6 +23,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 pub use admin::AdminUser;
 pub use credential::{Credential, CredentialId, CredentialRecord, NewCredential};
+pub use hostname::{canonical_hostname, Hostname, HostnameError};
 pub use name::{validate_name, NameError};
 pub use secret::{parse_secret, SecretHasher};
 pub use tenant::{Tenant, TenantId, TenantLimits};
@@ -46,6 +48,15 @@ pub enum Error {
     /// No such credential for that tenant.
     #[error("credential {0} not found")]
     CredentialNotFound(String),
+    /// The hostname belongs to a tenant already.
+    #[error("hostname {0} is taken")]
+    HostnameTaken(String),
+    /// No such hostname for that tenant.
+    #[error("hostname {0} not found")]
+    HostnameNotFound(String),
+    /// A hostname is not a valid DNS name.
+    #[error(transparent)]
+    InvalidHostname(#[from] HostnameError),
     /// An admin user with that name exists already.
     #[error("admin user {0} already exists")]
     AdminUserExists(String),
@@ -78,6 +89,8 @@ pub struct Snapshot {
     pub tenants: Vec<Tenant>,
     /// Every credential that is not revoked.
     pub credentials: Vec<CredentialRecord>,
+    /// Every hostname route.
+    pub hostnames: Vec<Hostname>,
 }
 
 /// A handle on the database; cheap to clone.
@@ -147,11 +160,18 @@ impl Store {
             .into_iter()
             .map(CredentialRecord::from)
             .collect();
+        let hostnames = sqlx::query_as::<_, hostname::HostnameRow>(hostname::SELECT_ALL)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(Hostname::from)
+            .collect();
         tx.commit().await?;
         Ok(Snapshot {
             revision,
             tenants,
             credentials,
+            hostnames,
         })
     }
 

@@ -174,3 +174,41 @@ async fn other_url_schemes_are_refused_clearly() {
     let err = Store::connect("mysql://x").await.unwrap_err();
     assert!(err.to_string().contains("sqlite://"), "{err}");
 }
+
+#[tokio::test]
+async fn hostnames_belong_to_one_tenant() {
+    let (_dir, store) = store().await;
+    store.create_tenant("acme").await.unwrap();
+    store.create_tenant("other").await.unwrap();
+    let r0 = store.revision().await.unwrap();
+    let h = store
+        .add_hostname("acme", "App.Acme.Example.", "app")
+        .await
+        .unwrap();
+    assert_eq!(h.hostname, "app.acme.example");
+    assert!(store.revision().await.unwrap() > r0);
+    assert!(matches!(
+        store.add_hostname("other", "app.acme.example", "app").await,
+        Err(Error::HostnameTaken(_))
+    ));
+    assert!(matches!(
+        store.add_hostname("acme", "bad_host", "app").await,
+        Err(Error::InvalidHostname(_))
+    ));
+    assert!(matches!(
+        store
+            .add_hostname("acme", "x.acme.example", "Bad/Target")
+            .await,
+        Err(Error::InvalidName(_))
+    ));
+    assert_eq!(store.snapshot().await.unwrap().hostnames, vec![h.clone()]);
+    assert!(matches!(
+        store.remove_hostname("other", "app.acme.example").await,
+        Err(Error::HostnameNotFound(_))
+    ));
+    store.delete_tenant("acme").await.unwrap();
+    assert!(
+        store.snapshot().await.unwrap().hostnames.is_empty(),
+        "hostnames go with their tenant"
+    );
+}

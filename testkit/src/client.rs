@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject;
@@ -19,7 +20,49 @@ pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 /// A visitor client.
 #[derive(Debug, Clone)]
 pub struct Client {
-    inner: hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+    inner: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<HttpConnector<Resolver>>,
+        Body,
+    >,
+}
+
+/// Name resolution for test clients: the system's, or every name to 127.0.0.1 (like
+/// `curl --resolve`), so hostname routing can be tested with real SNI and no DNS.
+#[derive(Debug, Clone)]
+enum Resolver {
+    System(GaiResolver),
+    Loopback,
+}
+
+type Addrs = std::vec::IntoIter<std::net::SocketAddr>;
+
+impl tower_service::Service<Name> for Resolver {
+    type Response = Addrs;
+    type Error = std::io::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Addrs, std::io::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), std::io::Error>> {
+        match self {
+            Resolver::System(g) => g.poll_ready(cx),
+            Resolver::Loopback => std::task::Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        match self {
+            Resolver::System(g) => {
+                let fut = g.call(name);
+                Box::pin(async move { Ok(fut.await?.collect::<Vec<_>>().into_iter()) })
+            }
+            Resolver::Loopback => Box::pin(async {
+                Ok(vec![std::net::SocketAddr::from(([127, 0, 0, 1], 0))].into_iter())
+            }),
+        }
+    }
 }
 
 /// A fully read response.
@@ -43,15 +86,22 @@ impl Answer {
 impl Client {
     /// A client trusting the PEM certificate(s) at `ca`.
     pub fn new(ca: &Path) -> Client {
-        Self::build(ca, false)
+        Self::build(ca, false, Resolver::System(GaiResolver::new()))
     }
 
     /// The same, but HTTP/2 only over TLS.
     pub fn http2(ca: &Path) -> Client {
-        Self::build(ca, true)
+        Self::build(ca, true, Resolver::System(GaiResolver::new()))
     }
 
-    fn build(ca: &Path, h2_only: bool) -> Client {
+    /// An HTTP/1.1 client that resolves every host name to 127.0.0.1 (URL ports are kept): the
+    /// URL's host is the TLS server name, and a `Host` header set on a request is sent as is.
+    pub fn loopback(ca: &Path) -> Client {
+        Self::build(ca, false, Resolver::Loopback)
+    }
+
+    fn build(ca: &Path, h2_only: bool, resolver: Resolver) -> Client {
+        let http1_only = matches!(resolver, Resolver::Loopback);
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(ca).expect("read CA") {
             roots.add(cert.expect("CA PEM")).expect("add CA");
@@ -62,13 +112,15 @@ impl Client {
             .expect("TLS versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(resolver);
         http.enforce_http(false);
         http.set_nodelay(true);
         let b = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();
-        let connector = if h2_only {
+        let connector = if http1_only {
+            b.enable_http1().wrap_connector(http)
+        } else if h2_only {
             b.enable_http2().wrap_connector(http)
         } else {
             b.enable_all_versions().wrap_connector(http)
