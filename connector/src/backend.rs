@@ -51,14 +51,18 @@ impl Backends {
             http.enforce_http(false);
             http.set_nodelay(true);
             http.set_connect_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
-            let https = hyper_rustls::HttpsConnectorBuilder::new()
+            let builder = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(tls)
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(http);
+                .https_or_http();
+            let https = if target.http2 {
+                builder.enable_http2().wrap_connector(http)
+            } else {
+                builder.enable_http1().wrap_connector(http)
+            };
             let client = Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                 .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+                .http2_only(target.http2)
                 .build(https);
             map.insert(
                 name.clone(),
@@ -218,6 +222,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             ca_cert: None,
             insecure: false,
+            http2: false,
         };
         let mut m = BTreeMap::new();
         m.insert("t".to_string(), target);

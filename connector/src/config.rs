@@ -57,6 +57,10 @@ pub struct TargetFile {
     /// Skip certificate verification for an `https` backend (explicit opt-in; logged loudly).
     #[serde(default)]
     pub insecure: bool,
+    /// Speak HTTP/2 to the backend: h2c (prior knowledge) for `http://`, ALPN `h2` for `https://`.
+    /// Needed for gRPC backends.
+    #[serde(default)]
+    pub http2: bool,
 }
 
 /// Session tuning knobs.
@@ -117,6 +121,8 @@ pub struct Target {
     pub ca_cert: Option<PathBuf>,
     /// Skip verification of an https backend.
     pub insecure: bool,
+    /// HTTP/2 to the backend.
+    pub http2: bool,
 }
 
 impl Config {
@@ -227,6 +233,7 @@ impl Config {
                 timeout,
                 ca_cert: t.ca_cert.map(|p| layered::relative_to(file, &p)),
                 insecure: t.insecure,
+                http2: t.http2,
             };
             if targets.insert(canonical.clone(), target).is_some() {
                 return Err(ConfigError::new(format!(
@@ -269,7 +276,8 @@ impl Config {
     }
 }
 
-/// Parses `--target NAME=URL[,timeout=30s][,ca-cert=FILE][,insecure]` into a file-shaped entry.
+/// Parses `--target NAME=URL[,timeout=30s][,ca-cert=FILE][,insecure][,http2]` into a file-shaped
+/// entry.
 pub fn parse_target_flag(spec: &str) -> Result<(String, TargetFile), ConfigError> {
     let (name, rest) = spec
         .split_once('=')
@@ -289,6 +297,7 @@ pub fn parse_target_flag(spec: &str) -> Result<(String, TargetFile), ConfigError
             }
             Some(("ca-cert", v)) => target.ca_cert = Some(PathBuf::from(v)),
             None if opt == "insecure" => target.insecure = true,
+            None if opt == "http2" => target.http2 = true,
             _ => {
                 return Err(ConfigError::new(format!(
                     "--target {name}: unknown option {opt:?}"
@@ -403,7 +412,9 @@ mod tests {
 
     #[test]
     fn target_flags_parse_options() {
-        let (n, t) = parse_target_flag("api=https://10.0.0.1:8443,timeout=5s,insecure").unwrap();
+        let (n, t) =
+            parse_target_flag("api=https://10.0.0.1:8443,timeout=5s,insecure,http2").unwrap();
+        assert!(t.http2);
         assert_eq!(n, "api");
         assert_eq!(t.timeout, Some(Duration::from_secs(5)));
         assert!(t.insecure);

@@ -16,8 +16,15 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers and every header named in `Connection`.
+/// Removes hop-by-hop headers and every header named in `Connection`. `TE: trailers` is the one
+/// `TE` value that survives: gRPC requires it end to end, and it only says trailers are welcome.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -30,6 +37,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for name in &HOP_BY_HOP {
         headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
     }
 }
 
@@ -74,6 +84,13 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-kept"], "yes");
+        let mut h = HeaderMap::new();
+        h.insert("te", "gzip, trailers".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["te"], "trailers");
+        h.insert("te", "gzip".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
     }
 
     #[test]

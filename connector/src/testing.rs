@@ -105,6 +105,19 @@ impl Builder {
         self
     }
 
+    /// Adds a target spoken to with HTTP/2 (h2c for `http://`).
+    pub fn target_http2(mut self, name: &str, url: &str) -> Self {
+        self.file.targets.insert(
+            name.to_string(),
+            TargetFile {
+                url: url.to_string(),
+                http2: true,
+                ..TargetFile::default()
+            },
+        );
+        self
+    }
+
     /// Trusts this CA for the relay.
     pub fn ca_cert(mut self, path: PathBuf) -> Self {
         self.file.ca_cert = Some(path);

@@ -9,6 +9,7 @@
 //! | `/sleep/{ms}` | waits, then `slept` |
 //! | `/status/{code}` | that status, empty body |
 //! | `/upgrade-echo` | `101 Switching Protocols`, then echoes raw bytes |
+//! | `/trailers` | two data chunks, then trailers `grpc-status: 0`, `x-trailer: yes` (gRPC-shaped) |
 //! | anything else | 200, `x-echo-method`/`x-echo-path` headers, the request body streamed back |
 
 use std::convert::Infallible;
@@ -227,6 +228,32 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bod
                 .insert("connection", "upgrade".parse().expect("static"));
             resp.headers_mut()
                 .insert("upgrade", "websocket".parse().expect("static"));
+            resp
+        }
+        "/trailers" => {
+            // A gRPC-shaped answer: data, then trailers; says which HTTP version and TE it saw.
+            let version = format!("{:?}", req.version());
+            let te = req
+                .headers()
+                .get("te")
+                .map(|v| v.to_str().unwrap_or("").to_string())
+                .unwrap_or_default();
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().expect("static"));
+            trailers.insert("x-trailer", "yes".parse().expect("static"));
+            let frames = vec![
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"part-1;"))),
+                Ok(Frame::data(Bytes::from_static(b"part-2"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(
+                futures_util::stream::iter(frames),
+            )));
+            resp.headers_mut()
+                .insert("x-seen-version", version.parse().expect("version"));
+            if let Ok(v) = te.parse() {
+                resp.headers_mut().insert("x-seen-te", v);
+            }
             resp
         }
         "/sink" => {

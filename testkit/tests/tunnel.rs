@@ -658,3 +658,46 @@ async fn bytes_after_a_refused_upgrade_are_a_new_request() -> anyhow::Result<()>
     assert_eq!(seen[0].path, "/status/200");
     Ok(())
 }
+
+#[tokio::test]
+async fn grpc_shaped_calls_keep_trailers_end_to_end_over_http2() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay().spawn().await;
+    relay.create_tenant("acme").await;
+    let cred = relay.create_credential("acme").await;
+    relay.sync().await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target_http2("grpc", &backend.url())
+        .spawn();
+    conn.connected().await;
+    let client = Client::http2(&relay.ca_cert());
+    let req = http::Request::post(relay.url("/relay/acme/grpc/trailers"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(BodyExt::boxed(
+            http_body_util::Full::new(Bytes::from_static(b"\0\0\0\0\0")).map_err(|n| match n {}),
+        ))?;
+    let resp = client.send(req).await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()["x-seen-version"],
+        "HTTP/2.0",
+        "h2c to the backend"
+    );
+    assert_eq!(
+        resp.headers()["x-seen-te"],
+        "trailers",
+        "TE: trailers survives the hop-by-hop strip"
+    );
+    let collected = resp.into_body().collect().await?;
+    let trailers = collected
+        .trailers()
+        .cloned()
+        .expect("trailers arrive at the visitor");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-trailer"], "yes");
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"part-1;part-2"));
+    Ok(())
+}
