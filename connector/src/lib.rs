@@ -10,7 +10,7 @@
 //! configuration, whatever the relay asks.
 //!
 //! Non-goals (for now): the TLS-over-TCP transport and CONNECT proxies, several sessions per
-//! process, and service installation; see the issues. The stream framing in [`framing`] and the
+//! process, and the Windows service; see the issues. The stream framing in [`framing`] and the
 //! layered config loader in [`layered`] are also used by `relay-server`.
 
 pub mod backend;
@@ -20,6 +20,7 @@ pub mod framing;
 pub mod headers;
 pub mod layered;
 pub mod process;
+pub mod service;
 mod session;
 mod stream;
 

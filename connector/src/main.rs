@@ -21,6 +21,53 @@ struct Cli {
 enum Command {
     /// Connect to the relay and serve requests until stopped.
     Run(RunArgs),
+    /// Register the connector with the service manager (systemd on Linux).
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ServiceCommand {
+    /// Write a systemd unit that runs `connector run --config FILE`, then enable and start it.
+    Install {
+        /// The config file the service runs with (validated now).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Unit name.
+        #[arg(long, default_value = "relay-connector")]
+        name: String,
+        /// Where to write the unit.
+        #[arg(long, value_name = "DIR", default_value = connector::service::SYSTEM_UNIT_DIR)]
+        unit_dir: PathBuf,
+        /// Only write the unit; do not call systemctl.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// Stop, disable and remove the unit.
+    Uninstall {
+        #[arg(long, default_value = "relay-connector")]
+        name: String,
+        #[arg(long, value_name = "DIR", default_value = connector::service::SYSTEM_UNIT_DIR)]
+        unit_dir: PathBuf,
+        /// Only remove the unit file; do not call systemctl.
+        #[arg(long)]
+        no_stop: bool,
+    },
+    /// Start the service.
+    Start {
+        #[arg(long, default_value = "relay-connector")]
+        name: String,
+    },
+    /// Stop the service.
+    Stop {
+        #[arg(long, default_value = "relay-connector")]
+        name: String,
+    },
+    /// Show the service's state.
+    Status {
+        #[arg(long, default_value = "relay-connector")]
+        name: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -59,7 +106,10 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Run(args) = cli.command;
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::Service(cmd) => return service(cmd),
+    };
     connector::process::init_tracing(&args.log_format, "info,quinn=warn,rustls=warn");
     let config = match load(&args) {
         Ok(c) => c,
@@ -88,6 +138,59 @@ fn main() -> ExitCode {
         connector.run(shutdown).await;
         ExitCode::SUCCESS
     })
+}
+
+fn service(cmd: ServiceCommand) -> ExitCode {
+    use connector::service::{self, Unit};
+    let result = match cmd {
+        ServiceCommand::Install {
+            config,
+            name,
+            unit_dir,
+            no_start,
+        } => {
+            // The unit must not point at a config that would fail at every restart.
+            if let Err(e) = Config::load(
+                Some(&config),
+                &connector::layered::ProcessEnv,
+                toml::Table::new(),
+            ) {
+                eprintln!(
+                    "connector: configuration error in {}: {e}",
+                    config.display()
+                );
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
+            let exe = std::env::current_exe().and_then(|p| p.canonicalize());
+            let config = config.canonicalize();
+            match (exe, config) {
+                (Ok(exe), Ok(config)) => {
+                    service::install(&Unit { name, exe, config }, &unit_dir, !no_start)
+                        .map(|p| format!("installed {}", p.display()))
+                }
+                (Err(e), _) | (_, Err(e)) => Err(service::ServiceError::Io(PathBuf::from("."), e)),
+            }
+        }
+        ServiceCommand::Uninstall {
+            name,
+            unit_dir,
+            no_stop,
+        } => service::uninstall(&name, &unit_dir, !no_stop)
+            .map(|p| format!("removed {}", p.display())),
+        ServiceCommand::Start { name } => service::control("start", &name),
+        ServiceCommand::Stop { name } => service::control("stop", &name),
+        ServiceCommand::Status { name } => service::control("status", &name),
+    };
+    match result {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("connector: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn load(args: &RunArgs) -> Result<Config, ConfigError> {

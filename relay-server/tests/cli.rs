@@ -1,0 +1,109 @@
+//! The relay binary's command line: help, version, exit code 64 on bad config, provisioning.
+
+use std::process::Command;
+
+fn relay() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_relay-server"))
+}
+
+#[test]
+fn help_and_version() {
+    let out = relay().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = relay().arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("quickstart"));
+}
+
+#[test]
+fn bad_configuration_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = relay()
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["tenant", "list"])
+        .env("RELAY_LIMITS__MAX_BODDY_BYTES", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_boddy_bytes"));
+    let config = dir.path().join("relay.toml");
+    std::fs::write(&config, "[listen]\nadmin = \"0.0.0.0:9090\"\n").unwrap();
+    let out = relay()
+        .arg("--config")
+        .arg(&config)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn provisioning_commands_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = relay()
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(run(&["tenant", "create", "Contoso"]).0, Some(0));
+    let (code, _, err) = run(&["tenant", "create", "contoso"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("already exists"), "{err}");
+    let (code, _, err) = run(&["tenant", "create", "bad/name"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("invalid name"), "{err}");
+    let (_, out, _) = run(&["tenant", "credential", "create", "contoso"]);
+    let secret = out.lines().last().unwrap().trim().to_string();
+    assert!(secret.starts_with("rsk_"));
+    let (_, list, _) = run(&["tenant", "credential", "list", "contoso"]);
+    assert!(list.contains("active") && !list.contains(&secret), "{list}");
+    assert_eq!(
+        run(&[
+            "tenant",
+            "hostname",
+            "add",
+            "contoso",
+            "app.contoso.example",
+            "--target",
+            "app"
+        ])
+        .0,
+        Some(0)
+    );
+    assert!(run(&["tenant", "hostname", "list", "contoso"])
+        .1
+        .contains("app.contoso.example"));
+    assert_eq!(run(&["tenant", "disable", "contoso"]).0, Some(0));
+    assert!(run(&["tenant", "list"]).1.contains("false"));
+    // The secret is nowhere in the data directory.
+    for entry in walk(dir.path()) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(secret.rsplit('_').next().unwrap()),
+            "{}",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
