@@ -33,8 +33,12 @@ pub(crate) enum ProxyError {
     Connector(String),
     #[error("malformed relay path")]
     MalformedRoute,
-    #[error("Host and authority disagree, or several Host fields")]
+    #[error("Host and authority disagree, several Host fields, or none on HTTP/1.1")]
     BadHost,
+    #[error("malformed request body")]
+    BadBody,
+    #[error("both Content-Length and Transfer-Encoding")]
+    ConflictingFraming,
     #[error("TLS server name and Host differ")]
     Misdirected,
     #[error("tenant has no live session")]
@@ -62,7 +66,9 @@ impl ProxyError {
             Self::BodyTooLarge(_) => (Blame::Visitor, StatusCode::PAYLOAD_TOO_LARGE),
             Self::BodyTimeout(_) => (Blame::Visitor, StatusCode::REQUEST_TIMEOUT),
             Self::Connector(_) => (Blame::Connector, StatusCode::BAD_GATEWAY),
-            Self::MalformedRoute | Self::BadHost => (Blame::Visitor, StatusCode::BAD_REQUEST),
+            Self::MalformedRoute | Self::BadHost | Self::BadBody | Self::ConflictingFraming => {
+                (Blame::Visitor, StatusCode::BAD_REQUEST)
+            }
             Self::Misdirected => (Blame::Visitor, StatusCode::MISDIRECTED_REQUEST),
             Self::NoSession => (Blame::Connector, StatusCode::SERVICE_UNAVAILABLE),
             Self::NotFound => (Blame::Visitor, StatusCode::NOT_FOUND),
@@ -82,7 +88,9 @@ impl ProxyError {
             Self::BodyTooLarge(_) => "the request body is too large",
             Self::BodyTimeout(_) => "the request body stalled",
             Self::MalformedRoute => "malformed relay path",
-            Self::BadHost => "conflicting host",
+            Self::BadHost => "missing or conflicting host",
+            Self::BadBody => "malformed request body",
+            Self::ConflictingFraming => "conflicting message framing",
             Self::Misdirected => "this connection cannot serve that host",
             Self::NoSession => "no connector is online for this tenant",
             Self::NotFound | Self::UnknownTenant => "not found",
@@ -135,6 +143,11 @@ pub(crate) fn error_response(err: &ProxyError, request_id: &str) -> Response<Ful
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
+    if matches!(err, ProxyError::ConflictingFraming | ProxyError::BadBody) {
+        // The rest of the connection's bytes cannot be trusted to frame the next request.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(secs) = err.retry_after() {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));

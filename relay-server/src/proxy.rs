@@ -134,6 +134,13 @@ async fn proxy(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let (peer, scheme) = (conn.peer, conn.scheme);
+    // Both framing headers (CL.TE / TE.CL smuggling): refuse outright and close the connection,
+    // rather than picking one interpretation.
+    if parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(ProxyError::ConflictingFraming);
+    }
     let route = resolve(relay, &parts, conn.sni.as_deref())?;
     let tenant = route.tenant;
     let tenant_counters = relay.metrics.tenant(&tenant.name);
@@ -386,6 +393,8 @@ fn request_host(parts: &http::request::Parts) -> Result<Option<String>, ProxyErr
     match (authority, header) {
         (Some(a), Some(h)) if a != h => Err(ProxyError::BadHost),
         (Some(a), _) => Ok(Some(a)),
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is a bad request.
+        (None, None) if parts.version == http::Version::HTTP_11 => Err(ProxyError::BadHost),
         (None, h) => Ok(h),
     }
 }
@@ -492,10 +501,15 @@ async fn pump(
                 send.finish();
                 return Ok(());
             }
-            Ok(Some(Err(_))) => {
-                // The visitor went away mid-upload: the backend request must be cancelled.
+            Ok(Some(Err(e))) => {
+                // Either the visitor went away mid-upload, or it sent a malformed body (a bad
+                // chunk size, say): the backend request is cancelled either way, and the latter
+                // is answered 400 if no response has started.
                 send.reset(ErrorCode::VISITOR_ABORTED);
-                return Ok(());
+                if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+                    return Ok(());
+                }
+                return Err(ProxyError::BadBody);
             }
             Ok(Some(Ok(frame))) => frame,
         };
