@@ -5,6 +5,7 @@
 //! Memory per stream is bounded: the read buffer holds at most one frame (≤ 64 KiB of data), and
 //! writes wait for QUIC flow control instead of queueing.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -36,6 +37,9 @@ pub enum RecvError {
     /// The connection failed or closed.
     #[error("connection lost: {0}")]
     Connection(io::Error),
+    /// No frame arrived within the body's idle timeout while its reader was waiting.
+    #[error("stream idle for {0:?}")]
+    Idle(std::time::Duration),
 }
 
 impl RecvError {
@@ -218,7 +222,17 @@ impl Drop for FramedSend {
 pub struct TunnelBody<G = ()> {
     recv: Option<FramedRecv>,
     size: Option<u64>,
+    idle: Option<Idle>,
     _guard: G,
+}
+
+/// The idle timer of a body: it runs only while the body's reader waits for the next frame, so a
+/// slow reader (backpressure) is never mistaken for a stalled sender.
+#[derive(Debug)]
+struct Idle {
+    limit: std::time::Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
 }
 
 impl<G> TunnelBody<G> {
@@ -227,6 +241,7 @@ impl<G> TunnelBody<G> {
         TunnelBody {
             recv: None,
             size: Some(0),
+            idle: None,
             _guard: guard,
         }
     }
@@ -244,8 +259,19 @@ impl<G> TunnelBody<G> {
         TunnelBody {
             recv,
             size,
+            idle: None,
             _guard: guard,
         }
+    }
+
+    /// Fails the body when no frame arrives for `limit` while it is being read.
+    pub fn with_idle_timeout(mut self, limit: std::time::Duration) -> TunnelBody<G> {
+        self.idle = Some(Idle {
+            limit,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+            armed: false,
+        });
+        self
     }
 }
 
@@ -261,7 +287,31 @@ impl<G: Unpin> Body for TunnelBody<G> {
         let Some(recv) = this.recv.as_mut() else {
             return Poll::Ready(None);
         };
-        let result = ready!(recv.poll_frame(cx));
+        if let Some(idle) = this.idle.as_mut() {
+            if !idle.armed {
+                idle.sleep
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + idle.limit);
+                idle.armed = true;
+            }
+        }
+        let result = match recv.poll_frame(cx) {
+            Poll::Ready(r) => {
+                if let Some(idle) = this.idle.as_mut() {
+                    idle.armed = false;
+                }
+                r
+            }
+            Poll::Pending => {
+                let Some(idle) = this.idle.as_mut() else {
+                    return Poll::Pending;
+                };
+                if idle.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                Err(RecvError::Idle(idle.limit))
+            }
+        };
         let out = match result {
             Ok(Some(StreamFrame::Data(data))) => {
                 if let Some(left) = this.size.as_mut() {

@@ -89,6 +89,10 @@ pub struct LimitsFile {
     pub body_idle_timeout: Option<Duration>,
     /// Most request header fields. Default 100.
     pub max_headers: Option<usize>,
+    /// A response body that delivers nothing for this long while the visitor waits is cut. Default
+    /// 300 s (long enough for server-sent events with heartbeats).
+    #[serde(default, with = "humantime_serde")]
+    pub stream_idle_timeout: Option<Duration>,
     /// Most visitor connections at once. Default 10 000.
     pub max_connections: Option<usize>,
     /// TLS handshake deadline for visitors. Default 10 s.
@@ -170,6 +174,8 @@ pub struct Limits {
     pub body_idle_timeout: Duration,
     /// Header count.
     pub max_headers: usize,
+    /// Response body idle timeout.
+    pub stream_idle_timeout: Duration,
     /// Connection cap.
     pub max_connections: usize,
     /// TLS handshake deadline.
@@ -246,6 +252,11 @@ impl Config {
             header_read_timeout: positive("limits.header_read_timeout", l.header_read_timeout, 10)?,
             body_idle_timeout: positive("limits.body_idle_timeout", l.body_idle_timeout, 30)?,
             max_headers: l.max_headers.unwrap_or(100).clamp(1, 1000),
+            stream_idle_timeout: positive(
+                "limits.stream_idle_timeout",
+                l.stream_idle_timeout,
+                300,
+            )?,
             max_connections: l.max_connections.unwrap_or(10_000).max(1),
             tls_handshake_timeout: positive(
                 "limits.tls_handshake_timeout",

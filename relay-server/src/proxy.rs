@@ -284,7 +284,8 @@ async fn proxy(
                 }
             }
             let body = Metered {
-                inner: TunnelBody::new(recv, None, guard),
+                inner: TunnelBody::new(recv, None, guard)
+                    .with_idle_timeout(limits.stream_idle_timeout),
                 counters: tenant_counters,
             };
             let mut response = Response::new(Either::Right(body));

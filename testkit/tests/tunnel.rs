@@ -701,3 +701,42 @@ async fn grpc_shaped_calls_keep_trailers_end_to_end_over_http2() -> anyhow::Resu
     assert_eq!(collected.to_bytes(), Bytes::from_static(b"part-1;part-2"));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_stalled_response_is_cut_but_a_slow_reader_is_not() -> anyhow::Result<()> {
+    let Setup {
+        relay,
+        backend,
+        conn: _conn,
+        client,
+    } = setup(
+        relay().configure(|f| f.limits.stream_idle_timeout = Some(Duration::from_millis(800))),
+    )
+    .await;
+    // The backend sends a first chunk, then nothing: the visitor's response is aborted, not ended.
+    let mut body = slow_request_in_flight(&client, &relay.url("/relay/acme/app/slow")).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), body.frame()).await?;
+    assert!(
+        matches!(outcome, Some(Err(_))),
+        "expected an aborted body, got {outcome:?}"
+    );
+    // A reader that pauses longer than the idle timeout while data is waiting is not cut.
+    let req = http::Request::get(relay.url("/relay/acme/app/bytes/2000000"))
+        .body(testkit::client::Body::default())?;
+    let resp = client.send(req).await?;
+    let mut body = resp.into_body();
+    let mut got = body
+        .frame()
+        .await
+        .expect("data")?
+        .into_data()
+        .unwrap()
+        .len();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    while let Some(frame) = body.frame().await {
+        got += frame?.into_data().map(|d| d.len()).unwrap_or(0);
+    }
+    assert_eq!(got, 2_000_000);
+    backend.release();
+    Ok(())
+}
