@@ -93,8 +93,10 @@ pub struct LimitsFile {
     /// 300 s (long enough for server-sent events with heartbeats).
     #[serde(default, with = "humantime_serde")]
     pub stream_idle_timeout: Option<Duration>,
-    /// Most visitor connections at once. Default 10 000.
+    /// Most visitor connections at once, per listener. Default 10 000.
     pub max_connections: Option<usize>,
+    /// Most visitor connections at once from one source address, per listener. Default 256.
+    pub max_connections_per_ip: Option<usize>,
     /// TLS handshake deadline for visitors. Default 10 s.
     #[serde(default, with = "humantime_serde")]
     pub tls_handshake_timeout: Option<Duration>,
@@ -178,6 +180,8 @@ pub struct Limits {
     pub stream_idle_timeout: Duration,
     /// Connection cap.
     pub max_connections: usize,
+    /// Per-address connection cap.
+    pub max_connections_per_ip: usize,
     /// TLS handshake deadline.
     pub tls_handshake_timeout: Duration,
 }
@@ -258,6 +262,7 @@ impl Config {
                 300,
             )?,
             max_connections: l.max_connections.unwrap_or(10_000).max(1),
+            max_connections_per_ip: l.max_connections_per_ip.unwrap_or(256).max(1),
             tls_handshake_timeout: positive(
                 "limits.tls_handshake_timeout",
                 l.tls_handshake_timeout,

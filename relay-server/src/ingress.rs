@@ -1,7 +1,10 @@
 //! The visitor side: HTTPS (HTTP/1.1 and HTTP/2 by ALPN) and the optional plain-HTTP listener.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -46,6 +49,7 @@ pub(crate) async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(relay.config.limits.max_connections));
+    let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let builder = builder(&relay);
     loop {
         // Why select: accept blocks; shutdown must stop accepting at once.
@@ -65,13 +69,22 @@ pub(crate) async fn serve(
             drop(stream);
             continue;
         };
+        let Some(per_ip) = PerIp::acquire(
+            &per_ip,
+            peer.ip(),
+            relay.config.limits.max_connections_per_ip,
+        ) else {
+            debug!(%peer, "per-address connection limit reached; refusing");
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let relay = relay.clone();
         let builder = builder.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, per_ip);
             match tls {
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(
@@ -118,6 +131,43 @@ pub(crate) async fn serve(
             ?grace,
             "visitor connections still open after the grace period; closing them"
         );
+    }
+}
+
+/// One connection counted against its source address; dropping it gives the slot back.
+struct PerIp {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn acquire(
+        counts: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+        ip: IpAddr,
+        limit: usize,
+    ) -> Option<PerIp> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(PerIp {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIp {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 

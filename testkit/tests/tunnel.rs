@@ -740,3 +740,47 @@ async fn a_stalled_response_is_cut_but_a_slow_reader_is_not() -> anyhow::Result<
     backend.release();
     Ok(())
 }
+
+#[tokio::test]
+async fn connections_per_source_address_are_capped() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Setup {
+        relay,
+        backend: _backend,
+        conn: _conn,
+        client: _client,
+    } = setup(relay().configure(|f| f.limits.max_connections_per_ip = Some(3))).await;
+    let addr = relay.http_addr.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /relay/acme/app/a HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await?;
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        held.push(s);
+    }
+    // The fourth is closed without an answer; the three held ones keep working.
+    let mut fourth = tokio::net::TcpStream::connect(addr).await?;
+    let _ = fourth
+        .write_all(b"GET /relay/acme/app/a HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), fourth.read_to_end(&mut buf)).await;
+    assert!(
+        matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+        "the fourth connection got an answer: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = tokio::net::TcpStream::connect(addr).await?;
+    again
+        .write_all(b"GET /relay/acme/app/a HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await?;
+    assert!(
+        read_head(&mut again).await.starts_with("HTTP/1.1 200"),
+        "a slot is free again"
+    );
+    Ok(())
+}
