@@ -22,9 +22,17 @@ install_packages() {
     fi
 }
 
+have_initdb() {
+    [ -n "${PG_BIN:-}" ] && [ -x "$PG_BIN/initdb" ] && return 0
+    have initdb && return 0
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+}
+
 missing=()
 have curl || missing+=(curl)          # the quickstart test runs the printed curl line
 have cc || missing+=(gcc)             # aws-lc-sys and other -sys crates build C code
+have_initdb || missing+=(postgresql)  # store and relay tests start throwaway PostgreSQL clusters
+have runuser || missing+=(util-linux) # as root, the clusters run as the postgres user
 if [ ${#missing[@]} -gt 0 ]; then
     echo "test.sh: installing ${missing[*]}"
     install_packages "${missing[@]}" ca-certificates

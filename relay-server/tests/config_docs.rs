@@ -63,3 +63,17 @@ fn configuration_doc_blocks_parse() {
     }
     assert!(blocks >= 2, "found {blocks} blocks");
 }
+
+#[test]
+fn migration_folders_list_the_same_files() {
+    let list = |dir: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(root().join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(list("migrations/sqlite"), list("migrations/postgres"));
+}

@@ -43,7 +43,7 @@ impl Store {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let now = now_ms();
         let result = sqlx::query(
-            "INSERT INTO admin_users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO admin_users (id, username, password_hash, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(&id)
         .bind(username)
@@ -65,7 +65,7 @@ impl Store {
     /// Whether an admin user named `username` exists.
     pub async fn admin_user_exists(&self, username: &str) -> Result<bool, Error> {
         let row: Option<(String,)> =
-            sqlx::query_as("SELECT id FROM admin_users WHERE username = ?")
+            sqlx::query_as("SELECT id FROM admin_users WHERE username = $1")
                 .bind(username)
                 .fetch_optional(&self.pool)
                 .await?;

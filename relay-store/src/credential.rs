@@ -130,7 +130,7 @@ impl Store {
         let secret = secret::generate(&id);
         sqlx::query(
             "INSERT INTO credentials (id, tenant_id, label, secret_hash, created_at) \
-             VALUES (?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&id)
         .bind(&t.id.0)
@@ -149,7 +149,7 @@ impl Store {
     /// One credential of a tenant.
     pub async fn credential(&self, tenant: &str, id: &str) -> Result<Option<Credential>, Error> {
         let row = sqlx::query_as::<_, CredentialRow>(&format!(
-            "{SELECT_LISTED} WHERE t.name = ? AND c.id = ?"
+            "{SELECT_LISTED} WHERE t.name = $1 AND c.id = $2"
         ))
         .bind(tenant.to_ascii_lowercase())
         .bind(id)
@@ -164,7 +164,7 @@ impl Store {
             return Err(Error::TenantNotFound(tenant.to_string()));
         }
         let rows = sqlx::query_as::<_, CredentialRow>(&format!(
-            "{SELECT_LISTED} WHERE t.name = ? ORDER BY c.created_at DESC"
+            "{SELECT_LISTED} WHERE t.name = $1 ORDER BY c.created_at DESC"
         ))
         .bind(tenant.to_ascii_lowercase())
         .fetch_all(&self.pool)
@@ -175,8 +175,8 @@ impl Store {
     /// Revokes a credential; relays close the sessions that use it.
     pub async fn revoke_credential(&self, tenant: &str, id: &str) -> Result<(), Error> {
         let done = sqlx::query(
-            "UPDATE credentials SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL \
-             AND tenant_id = (SELECT id FROM tenants WHERE name = ?)",
+            "UPDATE credentials SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL \
+             AND tenant_id = (SELECT id FROM tenants WHERE name = $3)",
         )
         .bind(now_ms())
         .bind(id)
@@ -191,7 +191,7 @@ impl Store {
 
     /// Records a successful use (best effort; it does not bump the revision).
     pub async fn touch_credential(&self, id: &CredentialId) -> Result<(), Error> {
-        sqlx::query("UPDATE credentials SET last_used_at = ? WHERE id = ?")
+        sqlx::query("UPDATE credentials SET last_used_at = $1 WHERE id = $2")
             .bind(now_ms())
             .bind(&id.0)
             .execute(&self.pool)

@@ -77,7 +77,7 @@ impl Store {
             .await?
             .ok_or_else(|| Error::TenantNotFound(tenant.to_string()))?;
         let result = sqlx::query(
-            "INSERT INTO hostnames (hostname, tenant_id, target, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO hostnames (hostname, tenant_id, target, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(&hostname)
         .bind(&t.id.0)
@@ -103,7 +103,7 @@ impl Store {
             .await?
             .ok_or_else(|| Error::TenantNotFound(tenant.to_string()))?;
         let rows = sqlx::query_as::<_, HostnameRow>(
-            "SELECT hostname, tenant_id, target FROM hostnames WHERE tenant_id = ? ORDER BY hostname",
+            "SELECT hostname, tenant_id, target FROM hostnames WHERE tenant_id = $1 ORDER BY hostname",
         )
         .bind(&t.id.0)
         .fetch_all(&self.pool)
@@ -115,7 +115,7 @@ impl Store {
     pub async fn remove_hostname(&self, tenant: &str, hostname: &str) -> Result<(), Error> {
         let hostname = canonical_hostname(hostname)?;
         let done = sqlx::query(
-            "DELETE FROM hostnames WHERE hostname = ? AND tenant_id = (SELECT id FROM tenants WHERE name = ?)",
+            "DELETE FROM hostnames WHERE hostname = $1 AND tenant_id = (SELECT id FROM tenants WHERE name = $2)",
         )
         .bind(&hostname)
         .bind(tenant.to_ascii_lowercase())

@@ -15,11 +15,12 @@ mod name;
 mod secret;
 mod tenant;
 
-use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::AnyPool;
+use sqlx::Executor;
 
 pub use admin::AdminUser;
 pub use credential::{Credential, CredentialId, CredentialRecord, NewCredential};
@@ -29,11 +30,25 @@ pub use secret::{parse_secret, SecretHasher};
 pub use tenant::{Tenant, TenantId, TenantLimits};
 
 static SQLITE: Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("../migrations/postgres");
 
 /// How long a writer waits for SQLite's lock before failing (the data plane never waits on it).
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections in the SQLite pool: one writer at a time anyway; a few readers.
 const SQLITE_MAX_CONNECTIONS: u32 = 4;
+/// Connections in the PostgreSQL pool of one process.
+const POSTGRES_MAX_CONNECTIONS: u32 = 8;
+/// How long to wait for a pooled connection before the operation fails.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL: production, several relay nodes.
+    Postgres,
+    /// SQLite: the embedded default for one node.
+    Sqlite,
+}
 
 /// A store failure, in the store's vocabulary: callers never see SQL error codes.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +79,7 @@ pub enum Error {
     #[error(transparent)]
     InvalidName(#[from] NameError),
     /// The database URL's scheme is not one this build supports.
-    #[error("unsupported database URL {0:?}: use sqlite://PATH (PostgreSQL support is not in this build yet)")]
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
     UnsupportedUrl(String),
     /// The database holds a schema newer than this binary knows.
     #[error("the database schema is newer than this build (migration {0} is unknown); upgrade the binary")]
@@ -94,34 +109,75 @@ pub struct Snapshot {
 }
 
 /// A handle on the database; cheap to clone.
+///
+/// One schema, two backends: every query is written once with `$n` placeholders (which SQLite
+/// also understands, in order) and runs through sqlx's `Any` driver; the migrations differ per
+/// backend only in types and triggers.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 impl Store {
-    /// Opens (creating when missing) the database at `url` and applies pending migrations.
+    /// Opens the database at `url` (`sqlite://PATH`, created when missing, or `postgres://…`)
+    /// and applies pending migrations.
     pub async fn connect(url: &str) -> Result<Store, Error> {
-        if !(url.starts_with("sqlite:") || url.starts_with("sqlite://")) {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
             return Err(Error::UnsupportedUrl(url.to_string()));
-        }
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(SQLITE_BUSY_TIMEOUT)
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(SQLITE_MAX_CONNECTIONS)
-            .connect_with(options)
+        };
+        let (url, max) = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                (format!("{url}{sep}mode=rwc"), SQLITE_MAX_CONNECTIONS)
+            }
+            Backend::Sqlite => (url.to_string(), SQLITE_MAX_CONNECTIONS),
+            Backend::Postgres => (url.to_string(), POSTGRES_MAX_CONNECTIONS),
+        };
+        let busy_ms = SQLITE_BUSY_TIMEOUT.as_millis();
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // Per-connection settings: enforce foreign keys, wait (bounded) for the
+                        // writer lock, and let readers run beside the writer.
+                        conn.execute(&*format!(
+                            "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {busy_ms}; PRAGMA journal_mode = WAL;"
+                        ))
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await?;
-        let store = Store { pool };
+        let store = Store { pool, backend };
         store.migrate().await?;
         Ok(store)
     }
 
+    /// Which backend this store uses.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self.backend {
+            Backend::Postgres => &POSTGRES,
+            Backend::Sqlite => &SQLITE,
+        }
+    }
+
     /// Applies pending migrations; refuses a database migrated by a newer build.
     pub async fn migrate(&self) -> Result<(), Error> {
-        let known: Vec<i64> = SQLITE.iter().map(|m| m.version).collect();
+        let known: Vec<i64> = self.migrator().iter().map(|m| m.version).collect();
         let applied: Vec<(i64,)> =
             sqlx::query_as("SELECT version FROM _sqlx_migrations ORDER BY version")
                 .fetch_all(&self.pool)
@@ -130,7 +186,7 @@ impl Store {
         if let Some((v,)) = applied.iter().find(|(v,)| !known.contains(v)) {
             return Err(Error::SchemaTooNew(*v));
         }
-        SQLITE.run(&self.pool).await?;
+        self.migrator().run(&self.pool).await?;
         Ok(())
     }
 

@@ -47,7 +47,7 @@ pub(crate) struct TenantRow {
     id: String,
     name: String,
     display_name: String,
-    enabled: bool,
+    enabled: i64,
     max_body_bytes: Option<i64>,
     max_concurrent_streams: Option<i64>,
     request_timeout_ms: Option<i64>,
@@ -63,7 +63,7 @@ impl From<TenantRow> for Tenant {
             id: TenantId(r.id),
             name: r.name,
             display_name: r.display_name,
-            enabled: r.enabled,
+            enabled: r.enabled != 0,
             limits: TenantLimits {
                 max_body_bytes: r.max_body_bytes.and_then(|v| u64::try_from(v).ok()),
                 max_concurrent_streams: r
@@ -83,7 +83,7 @@ impl Store {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let now = now_ms();
         let result = sqlx::query(
-            "INSERT INTO tenants (id, name, display_name, enabled, created_at) VALUES (?, ?, ?, 1, ?)",
+            "INSERT INTO tenants (id, name, display_name, enabled, created_at) VALUES ($1, $2, $3, 1, $4)",
         )
         .bind(&id)
         .bind(&name)
@@ -103,7 +103,7 @@ impl Store {
     pub async fn tenant(&self, name: &str) -> Result<Option<Tenant>, Error> {
         let name = name.to_ascii_lowercase();
         let row = sqlx::query_as::<_, TenantRow>(&format!(
-            "{} WHERE name = ?",
+            "{} WHERE name = $1",
             SELECT_ALL.trim_end_matches(" ORDER BY name")
         ))
         .bind(&name)
@@ -122,8 +122,8 @@ impl Store {
 
     /// Enables or disables a tenant. Relays close a disabled tenant's sessions.
     pub async fn set_tenant_enabled(&self, name: &str, enabled: bool) -> Result<(), Error> {
-        let done = sqlx::query("UPDATE tenants SET enabled = ? WHERE name = ?")
-            .bind(enabled)
+        let done = sqlx::query("UPDATE tenants SET enabled = $1 WHERE name = $2")
+            .bind(i64::from(enabled))
             .bind(name.to_ascii_lowercase())
             .execute(&self.pool)
             .await?;
@@ -136,8 +136,8 @@ impl Store {
     /// Sets a tenant's limits (all three at once; `None` restores the relay default).
     pub async fn set_tenant_limits(&self, name: &str, limits: &TenantLimits) -> Result<(), Error> {
         let done = sqlx::query(
-            "UPDATE tenants SET max_body_bytes = ?, max_concurrent_streams = ?, \
-             request_timeout_ms = ? WHERE name = ?",
+            "UPDATE tenants SET max_body_bytes = $1, max_concurrent_streams = $2, \
+             request_timeout_ms = $3 WHERE name = $4",
         )
         .bind(limits.max_body_bytes.map(|v| v.min(i64::MAX as u64) as i64))
         .bind(limits.max_concurrent_streams.map(i64::from))
@@ -157,7 +157,7 @@ impl Store {
 
     /// Deletes a tenant and its credentials.
     pub async fn delete_tenant(&self, name: &str) -> Result<(), Error> {
-        let done = sqlx::query("DELETE FROM tenants WHERE name = ?")
+        let done = sqlx::query("DELETE FROM tenants WHERE name = $1")
             .bind(name.to_ascii_lowercase())
             .execute(&self.pool)
             .await?;

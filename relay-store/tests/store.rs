@@ -1,7 +1,8 @@
-//! The store's behaviour on the embedded SQLite backend (PostgreSQL joins this suite with the
-//! store issue: the same test functions will run against both).
+//! The store's behaviour: the same test functions run against the embedded SQLite backend and a
+//! throwaway PostgreSQL cluster (`both!` below); a few cases are about SQLite files only.
 
-use relay_store::{Error, SecretHasher, Store, TenantLimits};
+use relay_store::{Backend, Error, SecretHasher, Store, TenantLimits};
+use testkit::PgCluster;
 
 async fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -10,13 +11,61 @@ async fn store() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
+/// Runs each listed `async fn(Store)` once on SQLite and once on its own PostgreSQL cluster.
+macro_rules! both {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (_dir, store) = super::store().await;
+                    assert_eq!(store.backend(), super::Backend::Sqlite);
+                    super::$case(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let cluster = super::PgCluster::start();
+                    let store = super::Store::connect(&cluster.url()).await.unwrap();
+                    assert_eq!(store.backend(), super::Backend::Postgres);
+                    super::$case(store).await;
+                }
+            )*
+        }
+    };
+}
+
+both!(
+    tenants_are_created_once_with_canonical_names,
+    changes_bump_the_revision_and_show_in_snapshots,
+    limits_enable_and_delete,
+    hostnames_belong_to_one_tenant,
+    admin_users_are_unique,
+);
+
+async fn admin_users_are_unique(store: Store) {
+    assert!(!store.admin_user_exists("admin").await.unwrap());
+    store
+        .create_admin_user("admin", "correct horse battery staple")
+        .await
+        .unwrap();
+    assert!(store.admin_user_exists("admin").await.unwrap());
+    assert!(matches!(
+        store
+            .create_admin_user("admin", "another long password")
+            .await,
+        Err(Error::AdminUserExists(_))
+    ));
+}
+
 fn hasher() -> SecretHasher {
     SecretHasher::new(&[7u8; 32])
 }
 
-#[tokio::test]
-async fn tenants_are_created_once_with_canonical_names() {
-    let (_dir, store) = store().await;
+async fn tenants_are_created_once_with_canonical_names(store: Store) {
     let t = store.create_tenant("Acme-1").await.unwrap();
     assert_eq!(t.name, "acme-1");
     assert!(t.enabled);
@@ -31,9 +80,7 @@ async fn tenants_are_created_once_with_canonical_names() {
     assert_eq!(store.tenant("ACME-1").await.unwrap().unwrap().id, t.id);
 }
 
-#[tokio::test]
-async fn changes_bump_the_revision_and_show_in_snapshots() {
-    let (_dir, store) = store().await;
+async fn changes_bump_the_revision_and_show_in_snapshots(store: Store) {
     let r0 = store.revision().await.unwrap();
     store.create_tenant("acme").await.unwrap();
     let cred = store
@@ -110,9 +157,7 @@ async fn secrets_are_never_stored() {
     );
 }
 
-#[tokio::test]
-async fn limits_enable_and_delete() {
-    let (_dir, store) = store().await;
+async fn limits_enable_and_delete(store: Store) {
     store.create_tenant("acme").await.unwrap();
     let limits = TenantLimits {
         max_body_bytes: Some(5),
@@ -175,9 +220,7 @@ async fn other_url_schemes_are_refused_clearly() {
     assert!(err.to_string().contains("sqlite://"), "{err}");
 }
 
-#[tokio::test]
-async fn hostnames_belong_to_one_tenant() {
-    let (_dir, store) = store().await;
+async fn hostnames_belong_to_one_tenant(store: Store) {
     store.create_tenant("acme").await.unwrap();
     store.create_tenant("other").await.unwrap();
     let r0 = store.revision().await.unwrap();

@@ -4,10 +4,12 @@
 
 pub mod backend;
 pub mod client;
+pub mod postgres;
 pub mod process;
 
 pub use backend::{pattern_chunk, pattern_sha256, Backend};
 pub use client::Client;
+pub use postgres::PgCluster;
 
 /// Installs a test tracing subscriber once (`RUST_LOG` picks the level; default warn).
 pub fn trace_init() {

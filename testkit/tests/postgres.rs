@@ -1,0 +1,149 @@
+//! The relay on PostgreSQL: provisioning through one store handle reaches the relay, a connector
+//! serves through it, revocation closes the session, and a second relay node on the same database
+//! sees the same tenants.
+
+use std::time::Duration;
+
+use connector::testing::connector;
+use http::StatusCode;
+use relay_server::testing::relay;
+use testkit::{trace_init, Backend, Client, PgCluster};
+
+#[tokio::test]
+async fn relay_serves_from_postgres_and_two_nodes_share_it() {
+    trace_init();
+    let cluster = PgCluster::start();
+    let url = cluster.url();
+    let node_a = relay()
+        .configure(|f| f.database_url = Some(url.clone()))
+        .spawn()
+        .await;
+    assert_eq!(node_a.store.backend(), relay_store::Backend::Postgres);
+    node_a.create_tenant("acme").await;
+    let cred = node_a.create_credential("acme").await;
+    node_a.sync().await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&node_a.server(), "acme", &cred.secret)
+        .ca_cert(node_a.ca_cert())
+        .target("app", &backend.url())
+        .spawn();
+    conn.connected().await;
+    let client = Client::new(&node_a.ca_cert());
+    assert_eq!(
+        client
+            .get(&node_a.url("/relay/acme/app/x"))
+            .await
+            .unwrap()
+            .status,
+        StatusCode::OK
+    );
+
+    // A second node on the same database knows the tenant (503: its connector is on node A) and
+    // an unknown tenant stays 404. The two nodes have their own key directories in this test, so
+    // the connector's credential is only usable on the node whose pepper hashed it.
+    let node_b = relay()
+        .configure(|f| f.database_url = Some(url.clone()))
+        .spawn()
+        .await;
+    node_b.sync().await;
+    let client_b = Client::new(&node_b.ca_cert());
+    assert_eq!(
+        client_b
+            .get(&node_b.url("/relay/acme/app/x"))
+            .await
+            .unwrap()
+            .status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        client_b
+            .get(&node_b.url("/relay/ghost/app/x"))
+            .await
+            .unwrap()
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Revoking through node B's store handle closes the session on node A.
+    node_b
+        .store
+        .revoke_credential("acme", &cred.credential.id.0)
+        .await
+        .unwrap();
+    let mut state = conn.watch();
+    tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| !s.connected))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        client
+            .get(&node_a.url("/relay/acme/app/y"))
+            .await
+            .unwrap()
+            .status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    drop(cluster);
+}
+
+#[tokio::test]
+async fn known_tenants_keep_working_while_postgres_is_down() {
+    trace_init();
+    let cluster = PgCluster::start();
+    let url = cluster.url();
+    let relay = relay()
+        .configure(|f| f.database_url = Some(url.clone()))
+        .spawn()
+        .await;
+    relay.create_tenant("acme").await;
+    let cred = relay.create_credential("acme").await;
+    relay.sync().await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &backend.url())
+        .spawn();
+    conn.connected().await;
+    let client = Client::new(&relay.ca_cert());
+    let admin = format!("http://{}", relay.admin_addr.unwrap());
+
+    cluster.stop();
+    // Fail static: the catalog in memory keeps serving known tenants.
+    for i in 0..20 {
+        let a = client
+            .get(&relay.url(&format!("/relay/acme/app/{i}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            a.status,
+            StatusCode::OK,
+            "request {i} with the database down"
+        );
+    }
+    assert_eq!(
+        client.get(&format!("{admin}/readyz")).await.unwrap().status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    cluster.start_again();
+    let mut ready = false;
+    for _ in 0..100 {
+        if client.get(&format!("{admin}/readyz")).await.unwrap().status == StatusCode::OK {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "ready again once PostgreSQL is back");
+    // Changes flow again.
+    relay.create_tenant("later").await;
+    relay.sync().await;
+    assert_eq!(
+        client
+            .get(&relay.url("/relay/later/app/"))
+            .await
+            .unwrap()
+            .status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
