@@ -37,6 +37,9 @@ pub struct FileConfig {
     /// Hostname routing.
     #[serde(default)]
     pub routing: RoutingFile,
+    /// `[audit]`
+    #[serde(default)]
+    pub audit: AuditFile,
 }
 
 /// `[routing]`
@@ -123,6 +126,20 @@ pub struct TunnelFile {
     pub issuer: Option<String>,
 }
 
+/// `[audit]`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    /// Record every visitor request. Default true.
+    pub enabled: Option<bool>,
+    /// Records older than this are purged. Default 30 days.
+    #[serde(default, with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    /// Records waiting to be written, at most; beyond it they are dropped and counted.
+    /// Default 10000.
+    pub queue: Option<usize>,
+}
+
 /// `[shutdown]`
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -159,6 +176,19 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Wildcard base domain for `{target}.{tenant}.{base}` hostnames.
     pub base_domain: Option<String>,
+    /// The audit log.
+    pub audit: Audit,
+}
+
+/// `[audit]`, validated.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    /// Record requests at all.
+    pub enabled: bool,
+    /// Age after which records are purged.
+    pub retention: Duration,
+    /// Queue bound.
+    pub queue: usize,
 }
 
 /// Visitor-side limits.
@@ -298,7 +328,13 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| "relay".to_string())
         });
+        let audit = Audit {
+            enabled: raw.audit.enabled.unwrap_or(true),
+            retention: positive("audit.retention", raw.audit.retention, 30 * 24 * 3600)?,
+            queue: raw.audit.queue.unwrap_or(10_000).clamp(1, 1_000_000),
+        };
         Ok(Config {
+            audit,
             node_name,
             data_dir,
             database_url,

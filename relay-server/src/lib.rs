@@ -14,6 +14,7 @@
 //! and the HTTP hardening corpus (edge issue), the management UI and API (management issue),
 //! PostgreSQL, queue mode and clustering.
 
+mod audit;
 mod auth;
 mod catalog;
 pub mod cli;
@@ -55,6 +56,7 @@ pub(crate) struct Relay {
     registry: Registry,
     auth: Auth,
     metrics: Arc<Metrics>,
+    audit: audit::AuditLog,
 }
 
 /// Sockets the relay serves; binaries bind them, tests pass `127.0.0.1:0` ones.
@@ -218,12 +220,32 @@ pub async fn run(
         Arc::new(quinn::TokioRuntime),
     )
     .context("QUIC endpoint")?;
+    let metrics = Arc::new(Metrics::default());
+    // The audit writer outlives the ingress: it flushes what the last requests queued.
+    let audit_stop = CancellationToken::new();
+    let (audit, audit_task) = if config.audit.enabled {
+        let (log, task) = audit::AuditLog::start(
+            store.clone(),
+            metrics.clone(),
+            config.node_name.clone(),
+            config.audit.queue,
+            config.audit.retention,
+            audit_stop.clone(),
+        );
+        (log, Some(task))
+    } else {
+        (
+            audit::AuditLog::disabled(metrics.clone(), config.node_name.clone()),
+            None,
+        )
+    };
     let relay = Arc::new(Relay {
         config,
         catalog: catalog.clone(),
         registry: Registry::default(),
         auth,
-        metrics: Arc::new(Metrics::default()),
+        metrics,
+        audit,
     });
 
     // Visitors stop being accepted first; sessions are told to move after that.
@@ -322,6 +344,10 @@ pub async fn run(
     );
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
     background.cancel();
+    audit_stop.cancel();
+    if let Some(task) = audit_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
     info!(
         requests = relay.metrics.requests.load(Ordering::Relaxed),
         "relay stopped"

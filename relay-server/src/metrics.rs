@@ -36,6 +36,10 @@ pub struct Metrics {
     pub auth_failures: AtomicU64,
     /// Live sessions.
     pub sessions: AtomicUsize,
+    /// Audit records written to the store.
+    pub audit_written: AtomicU64,
+    /// Audit records dropped (queue full, or the store failed the batch).
+    pub audit_dropped: AtomicU64,
     tenants: RwLock<HashMap<String, Arc<TenantCounters>>>,
     buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
@@ -159,6 +163,18 @@ impl Metrics {
                 "counter",
                 "Connector authentications refused.",
                 self.auth_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "relay_audit_written_total",
+                "counter",
+                "Audit records written to the store.",
+                self.audit_written.load(Ordering::Relaxed),
+            ),
+            (
+                "relay_audit_dropped_total",
+                "counter",
+                "Audit records dropped because the queue was full or the store failed.",
+                self.audit_dropped.load(Ordering::Relaxed),
             ),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}");

@@ -1,12 +1,12 @@
 //! One visitor request: route it, pick a session, open a stream, stream the body both ways.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use connector::framing::{splice, FramedRecv, FramedSend, TunnelBody};
+use connector::framing::{splice, FramedRecv, FramedSend, RecvError, TunnelBody};
 use connector::headers::{restore_upgrade, strip_hop_by_hop, upgrade_of};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tunnel_protocol::{ErrorCode, RequestHead, StreamFrame};
 
+use crate::audit::{Draft, Outcome};
 use crate::error::{error_response, ProxyError};
 use crate::metrics::TenantCounters;
 use crate::registry::SessionEntry;
@@ -26,28 +27,64 @@ use crate::Relay;
 /// The response body: a short local answer, or the backend's body streamed from the tunnel.
 pub(crate) type ProxyBody = Either<Full<Bytes>, Metered<TunnelBody<InFlight>>>;
 
-/// A response body that counts the bytes it passes on.
+/// A response body that counts the bytes it passes on, and writes the request's audit record
+/// when it is dropped: `ok` after a clean end, `backend-error`/`timeout` after a tunnel failure,
+/// `visitor-aborted` when hyper dropped it before the end (the visitor went away).
 #[derive(Debug)]
 pub(crate) struct Metered<B> {
     inner: B,
     counters: Arc<TenantCounters>,
+    sent: u64,
+    ended: Option<Outcome>,
+    audit: Option<(Arc<Relay>, Draft, u16)>,
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Metered<B> {
+impl<B> Metered<B> {
+    fn new(inner: B, counters: Arc<TenantCounters>) -> Metered<B> {
+        Metered {
+            inner,
+            counters,
+            sent: 0,
+            ended: None,
+            audit: None,
+        }
+    }
+}
+
+impl<B> Drop for Metered<B> {
+    fn drop(&mut self) {
+        if let Some((relay, draft, status)) = self.audit.take() {
+            let outcome = self.ended.unwrap_or(Outcome::VisitorAborted);
+            relay.audit.record(draft, status, outcome, self.sent);
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes, Error = RecvError> + Unpin> Body for Metered<B> {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = RecvError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, RecvError>>> {
         let poll = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &poll {
-            if let Some(data) = frame.data_ref() {
-                self.counters
-                    .response_bytes
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+        match &poll {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    self.sent += n;
+                    self.counters.response_bytes.fetch_add(n, Ordering::Relaxed);
+                }
             }
+            std::task::Poll::Ready(Some(Err(e))) => {
+                self.ended = Some(match e {
+                    RecvError::Idle(_) => Outcome::Timeout,
+                    _ => Outcome::BackendError,
+                });
+            }
+            std::task::Poll::Ready(None) => self.ended = Some(Outcome::Ok),
+            std::task::Poll::Pending => {}
         }
         poll
     }
@@ -111,7 +148,13 @@ pub(crate) async fn handle(
     relay.metrics.requests.fetch_add(1, Ordering::Relaxed);
     // Requests that match no tenant count under "" (visitor-chosen names never become labels).
     let mut counters = None;
-    let mut response = match proxy(&relay, req, &conn, &request_id, &mut counters).await {
+    let mut draft = Draft::new(
+        &request_id,
+        req.method().as_str(),
+        req.uri().path(),
+        conn.peer.ip().to_string(),
+    );
+    let mut response = match proxy(&relay, req, &conn, &mut draft, &mut counters).await {
         Ok(r) => r,
         Err(e) => error_response(&e, &request_id).map(Either::Left),
     };
@@ -122,6 +165,14 @@ pub(crate) async fn handle(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(X_RELAY_REQUEST_ID.clone(), v);
     }
+    let status = response.status().as_u16();
+    match response.body_mut() {
+        // Streamed: recorded when the body ends or is dropped.
+        Either::Right(body) => body.audit = Some((relay.clone(), draft, status)),
+        Either::Left(_) => relay
+            .audit
+            .record(draft, status, Outcome::of_status(status), 0),
+    }
     response
 }
 
@@ -129,9 +180,11 @@ async fn proxy(
     relay: &Arc<Relay>,
     req: Request<Incoming>,
     conn: &Visitor,
-    request_id: &str,
+    draft: &mut Draft,
     counters: &mut Option<Arc<TenantCounters>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let request_id = draft.request_id.clone();
+    let request_id = request_id.as_str();
     let (mut parts, body) = req.into_parts();
     let (peer, scheme) = (conn.peer, conn.scheme);
     // Both framing headers (CL.TE / TE.CL smuggling): refuse outright and close the connection,
@@ -143,6 +196,8 @@ async fn proxy(
     }
     let route = resolve(relay, &parts, conn.sni.as_deref())?;
     let tenant = route.tenant;
+    draft.tenant = tenant.name.clone();
+    draft.target = route.target.clone();
     let tenant_counters = relay.metrics.tenant(&tenant.name);
     *counters = Some(tenant_counters.clone());
     let limits = &relay.config.limits;
@@ -171,6 +226,7 @@ async fn proxy(
         .registry
         .pick(&tenant.id)
         .ok_or(ProxyError::NoSession)?;
+    draft.session_id = session.id.clone();
     let guard = InFlight::new(session.clone(), relay.clone(), permit);
 
     let (send, recv) = match tokio::time::timeout(OPEN_STREAM_TIMEOUT, session.conn.open_bi()).await
@@ -225,7 +281,7 @@ async fn proxy(
                 body,
                 send,
                 (max_body, limits.body_idle_timeout),
-                tenant_counters.clone(),
+                (tenant_counters.clone(), draft.bytes_in.clone()),
                 pump_tx,
             ));
         }
@@ -283,11 +339,10 @@ async fn proxy(
                     return Ok(response);
                 }
             }
-            let body = Metered {
-                inner: TunnelBody::new(recv, None, guard)
-                    .with_idle_timeout(limits.stream_idle_timeout),
-                counters: tenant_counters,
-            };
+            let body = Metered::new(
+                TunnelBody::new(recv, None, guard).with_idle_timeout(limits.stream_idle_timeout),
+                tenant_counters,
+            );
             let mut response = Response::new(Either::Right(body));
             *response.status_mut() = head.status;
             *response.headers_mut() = headers;
@@ -477,10 +532,10 @@ async fn pump_request(
     body: Incoming,
     send: FramedSend,
     (max, idle): (u64, Duration),
-    counters: Arc<TenantCounters>,
+    (counters, received): (Arc<TenantCounters>, Arc<AtomicU64>),
     done: oneshot::Sender<Result<(), ProxyError>>,
 ) {
-    let outcome = pump(body, send, max, idle, &counters).await;
+    let outcome = pump(body, send, max, idle, (&counters, &received)).await;
     let _ = done.send(outcome);
 }
 
@@ -489,7 +544,7 @@ async fn pump(
     mut send: FramedSend,
     max: u64,
     idle: Duration,
-    counters: &TenantCounters,
+    (counters, received): (&TenantCounters, &AtomicU64),
 ) -> Result<(), ProxyError> {
     let mut total: u64 = 0;
     loop {
@@ -520,6 +575,7 @@ async fn pump(
                 counters
                     .request_bytes
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
+                received.fetch_add(data.len() as u64, Ordering::Relaxed);
                 if total > max {
                     send.reset(ErrorCode::REQUEST_REJECTED);
                     return Err(ProxyError::BodyTooLarge(max));

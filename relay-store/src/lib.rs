@@ -9,6 +9,7 @@
 //! an HMAC of the secret ([`SecretHasher`]), admin passwords an argon2id hash.
 
 mod admin;
+mod audit;
 mod credential;
 mod hostname;
 mod name;
@@ -23,6 +24,7 @@ use sqlx::AnyPool;
 use sqlx::Executor;
 
 pub use admin::AdminUser;
+pub use audit::AuditRecord;
 pub use credential::{Credential, CredentialId, CredentialRecord, NewCredential};
 pub use hostname::{canonical_hostname, Hostname, HostnameError};
 pub use name::{validate_name, NameError};

@@ -44,7 +44,61 @@ both!(
     limits_enable_and_delete,
     hostnames_belong_to_one_tenant,
     admin_users_are_unique,
+    audit_records_batch_query_and_purge,
 );
+
+fn audit_record(id: &str, tenant: &str, at: i64) -> relay_store::AuditRecord {
+    relay_store::AuditRecord {
+        request_id: id.to_string(),
+        tenant: tenant.to_string(),
+        target: "app".into(),
+        method: "GET".into(),
+        path: "/relay/acme/app/x".into(),
+        status: 200,
+        outcome: "ok".into(),
+        bytes_in: 0,
+        bytes_out: 4_000_000_000_000,
+        duration_ms: 12,
+        visitor: "192.0.2.1".into(),
+        session_id: "s1".into(),
+        relay_node: "n1".into(),
+        created_at: at,
+    }
+}
+
+async fn audit_records_batch_query_and_purge(store: Store) {
+    let batch: Vec<_> = (0..600)
+        .map(|i| {
+            audit_record(
+                &format!("r{i}"),
+                if i % 2 == 0 { "acme" } else { "beta" },
+                1_000 + i,
+            )
+        })
+        .collect();
+    store.insert_audit(&batch).await.unwrap();
+    // Newest first, per tenant, bounded.
+    let acme = store.audit(Some("acme"), 10).await.unwrap();
+    assert_eq!(acme.len(), 10);
+    assert_eq!(acme[0].request_id, "r598");
+    assert!(acme.iter().all(|r| r.tenant == "acme"));
+    assert_eq!(acme[0], audit_record("r598", "acme", 1_598));
+    assert_eq!(store.audit(None, 5000).await.unwrap().len(), 600);
+    // A duplicate id fails the whole batch (one transaction), nothing half-written.
+    let dup = vec![
+        audit_record("new", "acme", 5_000),
+        audit_record("r0", "acme", 5_000),
+    ];
+    assert!(store.insert_audit(&dup).await.is_err());
+    assert!(!store
+        .audit(None, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .any(|r| r.request_id == "new"));
+    assert_eq!(store.purge_audit(1_100).await.unwrap(), 100);
+    assert_eq!(store.audit(None, 1000).await.unwrap().len(), 500);
+}
 
 async fn admin_users_are_unique(store: Store) {
     assert!(!store.admin_user_exists("admin").await.unwrap());

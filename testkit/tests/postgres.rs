@@ -124,6 +124,20 @@ async fn known_tenants_keep_working_while_postgres_is_down() {
         client.get(&format!("{admin}/readyz")).await.unwrap().status,
         StatusCode::SERVICE_UNAVAILABLE
     );
+    // Their audit records cannot be written: dropped and counted, never waited for.
+    let mut dropped = 0;
+    for _ in 0..200 {
+        dropped = relay
+            .view
+            .metrics()
+            .audit_dropped
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if dropped > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(dropped > 0, "audit drops counted while PostgreSQL is down");
 
     cluster.start_again();
     let mut ready = false;
@@ -135,6 +149,25 @@ async fn known_tenants_keep_working_while_postgres_is_down() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ready, "ready again once PostgreSQL is back");
+    // Audit writing resumes by itself.
+    let after = client
+        .get(&relay.url("/relay/acme/app/after"))
+        .await
+        .unwrap();
+    let id = after.headers["x-relay-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut written = false;
+    for _ in 0..100 {
+        let all = relay.store.audit(Some("acme"), 100).await.unwrap();
+        if all.iter().any(|r| r.request_id == id && r.outcome == "ok") {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(written, "audit record written after PostgreSQL came back");
     // Changes flow again.
     relay.create_tenant("later").await;
     relay.sync().await;

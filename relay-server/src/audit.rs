@@ -1,0 +1,238 @@
+//! The audit write path: one record per visitor request, queued without waiting and inserted in
+//! batches by a background task, so a slow or unreachable store never delays a request.
+//!
+//! The queue is bounded (`audit.queue`): when it is full, or a batch cannot be written, the
+//! records are dropped and counted (`relay_audit_dropped_total`), never retried into memory.
+//! A purge task deletes records older than `audit.retention`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use relay_store::{AuditRecord, Store};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::metrics::Metrics;
+
+/// Records per insert transaction.
+const BATCH: usize = 500;
+/// How long a partial batch may wait for more records.
+const BATCH_WAIT: Duration = Duration::from_millis(200);
+/// How often the retention purge runs.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// What the proxy knows about a request when it arrives; completed into an [`AuditRecord`].
+#[derive(Debug)]
+pub(crate) struct Draft {
+    pub(crate) request_id: String,
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) visitor: String,
+    pub(crate) tenant: String,
+    pub(crate) target: String,
+    pub(crate) session_id: String,
+    /// Request body bytes, counted by the upload pump.
+    pub(crate) bytes_in: Arc<AtomicU64>,
+    pub(crate) started: Instant,
+    pub(crate) created_at: i64,
+}
+
+impl Draft {
+    pub(crate) fn new(request_id: &str, method: &str, path: &str, visitor: String) -> Draft {
+        Draft {
+            request_id: request_id.to_string(),
+            method: method.to_string(),
+            // Never the query string: it often carries secrets.
+            path: path.chars().take(2048).collect(),
+            visitor,
+            tenant: String::new(),
+            target: String::new(),
+            session_id: String::new(),
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            started: Instant::now(),
+            created_at: now_ms(),
+        }
+    }
+
+    /// The finished record.
+    pub(crate) fn finish(
+        self,
+        status: u16,
+        outcome: Outcome,
+        bytes_out: u64,
+        node: &str,
+    ) -> AuditRecord {
+        AuditRecord {
+            request_id: self.request_id,
+            tenant: self.tenant,
+            target: self.target,
+            method: self.method,
+            path: self.path,
+            status: i64::from(status),
+            outcome: outcome.as_str().to_string(),
+            bytes_in: i64::try_from(self.bytes_in.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+            bytes_out: i64::try_from(bytes_out).unwrap_or(i64::MAX),
+            duration_ms: i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX),
+            visitor: self.visitor,
+            session_id: self.session_id,
+            relay_node: node.to_string(),
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// How a request ended, as the audit log names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ok,
+    VisitorAborted,
+    BackendError,
+    Timeout,
+    Refused,
+}
+
+impl Outcome {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::VisitorAborted => "visitor-aborted",
+            Outcome::BackendError => "backend-error",
+            Outcome::Timeout => "timeout",
+            Outcome::Refused => "refused",
+        }
+    }
+
+    /// The outcome of a response the relay answered itself (no body streamed).
+    pub(crate) fn of_status(status: u16) -> Outcome {
+        match status {
+            100..=399 => Outcome::Ok,
+            408 | 504 => Outcome::Timeout,
+            502 => Outcome::BackendError,
+            _ => Outcome::Refused,
+        }
+    }
+}
+
+/// The sending side, held by the relay; cheap to use from any request task.
+#[derive(Debug)]
+pub(crate) struct AuditLog {
+    tx: Option<mpsc::Sender<AuditRecord>>,
+    metrics: Arc<Metrics>,
+    node: String,
+}
+
+impl AuditLog {
+    /// A log that records nothing (audit disabled).
+    pub(crate) fn disabled(metrics: Arc<Metrics>, node: String) -> AuditLog {
+        AuditLog {
+            tx: None,
+            metrics,
+            node,
+        }
+    }
+
+    /// Starts the writer and purge tasks; they end when `stop` is cancelled (after flushing what
+    /// is queued, bounded by the store's own timeouts).
+    pub(crate) fn start(
+        store: Store,
+        metrics: Arc<Metrics>,
+        node: String,
+        queue: usize,
+        retention: Duration,
+        stop: CancellationToken,
+    ) -> (AuditLog, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        tokio::spawn(purge(store.clone(), retention, stop.clone()));
+        let writer = tokio::spawn(write(store, rx, metrics.clone(), stop));
+        (
+            AuditLog {
+                tx: Some(tx),
+                metrics,
+                node,
+            },
+            writer,
+        )
+    }
+
+    /// Queues a finished request; never waits.
+    pub(crate) fn record(&self, draft: Draft, status: u16, outcome: Outcome, bytes_out: u64) {
+        let Some(tx) = &self.tx else { return };
+        let record = draft.finish(status, outcome, bytes_out, &self.node);
+        if tx.try_send(record).is_err() {
+            self.metrics.audit_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn write(
+    store: Store,
+    mut rx: mpsc::Receiver<AuditRecord>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        // Why select: wait for the first record of a batch, or for shutdown (then drain).
+        let first = tokio::select! {
+            r = rx.recv() => r,
+            _ = stop.cancelled() => { rx.close(); rx.recv().await }
+        };
+        let Some(first) = first else { break };
+        batch.push(first);
+        // Fill the batch for a short while: one transaction per many records.
+        let deadline = tokio::time::Instant::now() + BATCH_WAIT;
+        while batch.len() < BATCH {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(r)) => batch.push(r),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        match store.insert_audit(&batch).await {
+            Ok(()) => {
+                metrics
+                    .audit_written
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                metrics
+                    .audit_dropped
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                // One warning per minute at most: an outage must not flood the log.
+                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    warn!(error = %e, dropped = batch.len(), "audit batch not written; records dropped");
+                    last_warning = Some(Instant::now());
+                }
+            }
+        }
+        batch.clear();
+    }
+    debug!("audit writer stopped");
+}
+
+async fn purge(store: Store, retention: Duration, stop: CancellationToken) {
+    let mut every = tokio::time::interval(PURGE_EVERY);
+    loop {
+        // Why select: the purge waits an hour between runs; shutdown must not.
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let before =
+            now_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        match store.purge_audit(before).await {
+            Ok(0) => {}
+            Ok(n) => debug!(deleted = n, "audit records past retention purged"),
+            Err(e) => warn!(error = %e, "audit purge failed; will retry"),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,142 @@
+//! The request audit log: one row per visitor request, inserted in batches by the relay's audit
+//! writer (never on the request path), read by admins, purged by retention.
+
+use crate::{Error, Store};
+
+/// What happened to a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// The id visitors see in `x-relay-request-id`.
+    pub request_id: String,
+    /// Tenant name (empty when the request matched no tenant).
+    pub tenant: String,
+    /// Target name (empty when unknown).
+    pub target: String,
+    /// HTTP method.
+    pub method: String,
+    /// Path without the query string.
+    pub path: String,
+    /// Status sent to the visitor.
+    pub status: i64,
+    /// `ok`, `visitor-aborted`, `backend-error`, `timeout` or `refused`.
+    pub outcome: String,
+    /// Request body bytes received.
+    pub bytes_in: i64,
+    /// Response body bytes sent.
+    pub bytes_out: i64,
+    /// From arrival to the end of the response, in milliseconds.
+    pub duration_ms: i64,
+    /// The visitor's address.
+    pub visitor: String,
+    /// The session that carried it (empty when none).
+    pub session_id: String,
+    /// The relay node that served it.
+    pub relay_node: String,
+    /// Arrival time, ms since the epoch.
+    pub created_at: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    request_id: String,
+    tenant: String,
+    target: String,
+    method: String,
+    path: String,
+    status: i64,
+    outcome: String,
+    bytes_in: i64,
+    bytes_out: i64,
+    duration_ms: i64,
+    visitor: String,
+    session_id: String,
+    relay_node: String,
+    created_at: i64,
+}
+
+impl From<AuditRow> for AuditRecord {
+    fn from(r: AuditRow) -> AuditRecord {
+        AuditRecord {
+            request_id: r.request_id,
+            tenant: r.tenant,
+            target: r.target,
+            method: r.method,
+            path: r.path,
+            status: r.status,
+            outcome: r.outcome,
+            bytes_in: r.bytes_in,
+            bytes_out: r.bytes_out,
+            duration_ms: r.duration_ms,
+            visitor: r.visitor,
+            session_id: r.session_id,
+            relay_node: r.relay_node,
+            created_at: r.created_at,
+        }
+    }
+}
+
+impl Store {
+    /// Inserts a batch in one transaction.
+    pub async fn insert_audit(&self, records: &[AuditRecord]) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        for r in records {
+            sqlx::query(
+                "INSERT INTO audit_requests (request_id, tenant, target, method, path, status, outcome, \
+                 bytes_in, bytes_out, duration_ms, visitor, session_id, relay_node, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            )
+            .bind(&r.request_id)
+            .bind(&r.tenant)
+            .bind(&r.target)
+            .bind(&r.method)
+            .bind(&r.path)
+            .bind(r.status)
+            .bind(&r.outcome)
+            .bind(r.bytes_in)
+            .bind(r.bytes_out)
+            .bind(r.duration_ms)
+            .bind(&r.visitor)
+            .bind(&r.session_id)
+            .bind(&r.relay_node)
+            .bind(r.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The newest records (of one tenant, or all), at most `limit` (capped at 1000).
+    pub async fn audit(&self, tenant: Option<&str>, limit: u32) -> Result<Vec<AuditRecord>, Error> {
+        let limit = i64::from(limit.min(1000));
+        let base = "SELECT request_id, tenant, target, method, path, status, outcome, bytes_in, bytes_out, \
+                    duration_ms, visitor, session_id, relay_node, created_at FROM audit_requests";
+        let rows = match tenant {
+            Some(t) => {
+                sqlx::query_as::<_, AuditRow>(&format!(
+                    "{base} WHERE tenant = $1 ORDER BY created_at DESC LIMIT $2"
+                ))
+                .bind(t.to_ascii_lowercase())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query_as::<_, AuditRow>(&format!("{base} ORDER BY created_at DESC LIMIT $1"))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        Ok(rows.into_iter().map(AuditRecord::from).collect())
+    }
+
+    /// Deletes records older than `before_ms`; returns how many.
+    pub async fn purge_audit(&self, before_ms: i64) -> Result<u64, Error> {
+        let done = sqlx::query("DELETE FROM audit_requests WHERE created_at < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}

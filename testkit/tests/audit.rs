@@ -1,0 +1,143 @@
+//! The audit log: one record per visitor request, written off the request path.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use connector::testing::connector;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use relay_server::testing::relay;
+use relay_store::AuditRecord;
+use testkit::{trace_init, Backend, Client};
+
+/// Polls the store until `request_id` has a record (the writer batches every 200 ms).
+async fn record_of(store: &relay_store::Store, request_id: &str) -> AuditRecord {
+    for _ in 0..100 {
+        let all = store.audit(None, 1000).await.expect("audit query");
+        if let Some(r) = all.into_iter().find(|r| r.request_id == request_id) {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no audit record for {request_id}");
+}
+
+fn request_id(headers: &http::HeaderMap) -> String {
+    headers["x-relay-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_string()
+}
+
+#[tokio::test]
+async fn every_request_gets_a_record_with_its_outcome() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay().spawn().await;
+    relay.create_tenant("acme").await;
+    let cred = relay.create_credential("acme").await;
+    relay.sync().await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &backend.url())
+        .target("down", "http://127.0.0.1:1")
+        .spawn();
+    conn.connected().await;
+    let session_id = relay.view.sessions("acme")[0].id.clone();
+    let client = Client::new(&relay.ca_cert());
+
+    // A complete exchange: bytes both ways, path kept, query string never stored.
+    let ok = client
+        .request(
+            "POST",
+            &relay.url("/relay/acme/app/orders/7?token=s3cret"),
+            Bytes::from_static(b"hello"),
+        )
+        .await?;
+    assert_eq!(ok.status, StatusCode::OK);
+    let r = record_of(&relay.store, &request_id(&ok.headers)).await;
+    assert_eq!(
+        (r.tenant.as_str(), r.target.as_str(), r.method.as_str()),
+        ("acme", "app", "POST")
+    );
+    assert_eq!(r.path, "/relay/acme/app/orders/7");
+    assert_eq!((r.status, r.outcome.as_str()), (200, "ok"));
+    assert_eq!((r.bytes_in, r.bytes_out), (5, 5));
+    assert_eq!(r.session_id, session_id);
+    assert_eq!(r.relay_node, "test-node");
+    assert_eq!(r.visitor, "127.0.0.1");
+
+    // Answered by the relay itself: refused, no session involved.
+    let unknown = client.get(&relay.url("/relay/nobody/app/")).await?;
+    let r = record_of(&relay.store, &request_id(&unknown.headers)).await;
+    assert_eq!((r.status, r.outcome.as_str()), (404, "refused"));
+    assert_eq!(r.session_id, "");
+
+    // The backend is down: a backend error.
+    let down = client.get(&relay.url("/relay/acme/down/")).await?;
+    assert_eq!(down.status, StatusCode::BAD_GATEWAY);
+    let r = record_of(&relay.store, &request_id(&down.headers)).await;
+    assert_eq!((r.status, r.outcome.as_str()), (502, "backend-error"));
+
+    // The visitor reads the head and the first bytes, then goes away.
+    let resp = client
+        .send(
+            http::Request::get(relay.url("/relay/acme/app/hold"))
+                .body(http_body_util::Empty::new().map_err(|n| match n {}).boxed())?,
+        )
+        .await?;
+    let id = request_id(resp.headers());
+    let mut body = resp.into_body();
+    let first = body.frame().await.expect("a frame")?;
+    assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+    drop(body);
+    let r = record_of(&relay.store, &id).await;
+    assert_eq!((r.status, r.outcome.as_str()), (200, "visitor-aborted"));
+    assert!(r.bytes_out > 0);
+
+    // Nothing dropped, and the counters are exposed.
+    let metrics = client
+        .get(&format!("http://{}/metrics", relay.admin_addr.unwrap()))
+        .await?
+        .text();
+    assert!(metrics.contains("relay_audit_dropped_total 0"), "{metrics}");
+    assert!(
+        !metrics.contains("relay_audit_written_total 0\n"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn retention_purges_old_records() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay().spawn().await;
+    let client = Client::new(&relay.ca_cert());
+    let a = client.get(&relay.url("/relay/nobody/app/")).await?;
+    record_of(&relay.store, &request_id(&a.headers)).await;
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis(),
+    )?;
+    assert_eq!(relay.store.purge_audit(now_ms - 60_000).await?, 0);
+    assert_eq!(relay.store.purge_audit(now_ms + 1).await?, 1);
+    assert!(relay.store.audit(None, 10).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn disabled_audit_writes_nothing() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay()
+        .configure(|f| f.audit.enabled = Some(false))
+        .spawn()
+        .await;
+    let client = Client::new(&relay.ca_cert());
+    for _ in 0..3 {
+        client.get(&relay.url("/relay/nobody/app/")).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(relay.store.audit(None, 10).await?.is_empty());
+    Ok(())
+}
