@@ -37,7 +37,20 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "test.sh: installing ${missing[*]}"
     install_packages "${missing[@]}" ca-certificates
 fi
+# The CONNECT-proxy tests run a real proxy (Debian 12 packages the binary as tinyproxy-bin).
+if ! have tinyproxy; then
+    echo "test.sh: installing tinyproxy"
+    install_packages tinyproxy-bin || install_packages tinyproxy
+fi
 
 # The end-to-end tests start relay-server and connector as real processes.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
+
+# Every end-to-end test of the tunnel once more with the connectors on TLS over TCP (the first
+# pass runs them on QUIC): in-process connectors and the spawned binaries read the variable.
+if [ $# -eq 0 ]; then
+    echo "test.sh: end-to-end suites again over TLS/TCP sessions"
+    CONNECTOR_TRANSPORT=tcp cargo test --locked -p testkit \
+        --test tunnel --test auth --test processes --test hostnames --test audit --test smuggling
+fi

@@ -28,10 +28,13 @@ pub struct FileConfig {
     pub secret: Option<Secret>,
     /// Extra PEM roots for the relay's certificate (or a TLS-inspecting proxy's CA).
     pub ca_cert: Option<PathBuf>,
-    /// `auto` (default) or `quic`.
+    /// `auto` (default: QUIC, falling back to TLS over TCP), `quic` or `tcp`.
     pub transport: Option<String>,
-    /// An HTTP CONNECT proxy URL.
+    /// An HTTP CONNECT proxy URL, `http://[user:password@]host:port`. Default: `HTTPS_PROXY`
+    /// (or `https_proxy`) unless `NO_PROXY` matches the relay's host.
     pub proxy: Option<String>,
+    /// A file holding `user:password` for the proxy (instead of putting them in the URL).
+    pub proxy_credentials_file: Option<PathBuf>,
     /// Targets by name.
     #[serde(default)]
     pub targets: BTreeMap<String, TargetFile>,
@@ -81,6 +84,13 @@ pub struct SessionFile {
     pub backoff_cap: Option<Duration>,
     /// Most concurrent request streams the relay may open on a session (default 100).
     pub max_streams: Option<u32>,
+    /// With transport `auto`: how long to wait for QUIC before trying TLS over TCP (default 4 s).
+    #[serde(default, with = "humantime_serde")]
+    pub quic_fallback_after: Option<Duration>,
+    /// With transport `auto`, after falling back to TCP: how long before QUIC is tried again on
+    /// the next connection (default 5 min).
+    #[serde(default, with = "humantime_serde")]
+    pub quic_probe_interval: Option<Duration>,
 }
 
 /// A validated configuration.
@@ -108,6 +118,47 @@ pub struct Config {
     pub backoff_cap: Duration,
     /// Most concurrent streams per session.
     pub max_streams: u32,
+    /// Which transports to use.
+    pub transport: TransportMode,
+    /// The CONNECT proxy to reach the relay through, if any.
+    pub proxy: Option<Proxy>,
+    /// How long `auto` waits for QUIC before falling back to TCP.
+    pub quic_fallback_after: Duration,
+    /// After a fallback, how long `auto` stays on TCP before trying QUIC again.
+    pub quic_probe_interval: Duration,
+}
+
+/// `--transport`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportMode {
+    /// QUIC first; TLS over TCP when UDP is blocked or fails.
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// TLS over TCP only.
+    Tcp,
+}
+
+/// An HTTP CONNECT proxy.
+#[derive(Clone)]
+pub struct Proxy {
+    /// Proxy host.
+    pub host: String,
+    /// Proxy port.
+    pub port: u16,
+    /// Basic credentials, `user:password`.
+    pub credentials: Option<Secret>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credentials.
+        write!(f, "Proxy({}:{}", self.host, self.port)?;
+        if self.credentials.is_some() {
+            f.write_str(", with credentials")?;
+        }
+        f.write_str(")")
+    }
 }
 
 /// A backend the connector may call.
@@ -132,7 +183,10 @@ impl Config {
         env: &dyn EnvSource,
         flags: toml::Table,
     ) -> Result<Config, ConfigError> {
-        let raw: FileConfig = layered::load(file, "CONNECTOR_", env, flags)?;
+        let mut raw: FileConfig = layered::load(file, "CONNECTOR_", env, flags)?;
+        if raw.proxy.is_none() {
+            raw.proxy = proxy_from_env(&env.vars(), raw.server.as_deref());
+        }
         Config::from_file(raw, file)
     }
 
@@ -173,22 +227,27 @@ impl Config {
                 ))
             }
         };
-        match raw.transport.as_deref() {
-            None | Some("auto") | Some("quic") => {}
-            Some("tcp") => {
-                return Err(ConfigError::new(
-                    "transport tcp (TLS over TCP) is not available in this build; use auto or quic",
-                ))
-            }
+        let transport = match raw.transport.as_deref() {
+            None | Some("auto") => TransportMode::Auto,
+            Some("quic") => TransportMode::Quic,
+            Some("tcp") => TransportMode::Tcp,
             Some(other) => {
                 return Err(ConfigError::new(format!(
                     "transport {other:?}: use auto, quic or tcp"
                 )))
             }
-        }
-        if raw.proxy.is_some() {
+        };
+        let proxy = match &raw.proxy {
+            None => None,
+            Some(url) => Some(parse_proxy(
+                url,
+                raw.proxy_credentials_file.as_deref(),
+                file,
+            )?),
+        };
+        if proxy.is_some() && transport == TransportMode::Quic {
             return Err(ConfigError::new(
-                "proxy: HTTP CONNECT proxies need the TLS-over-TCP transport, not available in this build",
+                "proxy: a CONNECT proxy carries TCP only; use transport auto or tcp with it",
             ));
         }
         if raw.targets.is_empty() {
@@ -272,8 +331,162 @@ impl Config {
             backoff_base,
             backoff_cap,
             max_streams: s.max_streams.unwrap_or(100).clamp(1, 10_000),
+            transport,
+            proxy,
+            quic_fallback_after: nonzero(
+                "session.quic_fallback_after",
+                s.quic_fallback_after,
+                Duration::from_secs(4),
+            )?,
+            quic_probe_interval: nonzero(
+                "session.quic_probe_interval",
+                s.quic_probe_interval,
+                Duration::from_secs(300),
+            )?,
         })
     }
+}
+
+fn nonzero(name: &str, v: Option<Duration>, default: Duration) -> Result<Duration, ConfigError> {
+    let d = v.unwrap_or(default);
+    if d.is_zero() {
+        return Err(ConfigError::new(format!("{name} must be above zero")));
+    }
+    Ok(d)
+}
+
+/// `HTTPS_PROXY` / `https_proxy`, unless `NO_PROXY` / `no_proxy` covers the relay's host.
+fn proxy_from_env(vars: &[(String, String)], server: Option<&str>) -> Option<String> {
+    let get = |names: [&str; 2]| {
+        names.iter().find_map(|n| {
+            vars.iter()
+                .find(|(k, v)| k == n && !v.trim().is_empty())
+                .map(|(_, v)| v.trim().to_string())
+        })
+    };
+    let proxy = get(["HTTPS_PROXY", "https_proxy"])?;
+    let host = server
+        .and_then(|s| parse_server(s).ok())
+        .map(|(h, _)| h.to_ascii_lowercase())
+        .unwrap_or_default();
+    if let Some(no_proxy) = get(["NO_PROXY", "no_proxy"]) {
+        if no_proxy_matches(&no_proxy, &host) {
+            return None;
+        }
+    }
+    Some(proxy)
+}
+
+/// `NO_PROXY` semantics as curl has them: `*`, exact hosts, and domain suffixes (`example.com`
+/// and `.example.com` both cover `relay.example.com`). Ports in entries are ignored.
+pub fn no_proxy_matches(no_proxy: &str, host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    no_proxy.split(',').map(str::trim).any(|entry| {
+        let entry = entry.to_ascii_lowercase();
+        let entry = match entry.rsplit_once(':') {
+            Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => {
+                h.to_string()
+            }
+            _ => entry,
+        };
+        let entry = entry.trim_start_matches('.').trim_end_matches('.');
+        if entry.is_empty() {
+            return false;
+        }
+        entry == "*" || host == entry || host.ends_with(&format!(".{entry}"))
+    })
+}
+
+/// Parses `http://[user:password@]host[:port]` (port 80 when absent); the credentials may be
+/// percent-encoded, or come from `credentials_file` instead.
+fn parse_proxy(
+    url: &str,
+    credentials_file: Option<&Path>,
+    file: Option<&Path>,
+) -> Result<Proxy, ConfigError> {
+    let bad = |why: &str| ConfigError::new(format!("proxy {:?}: {why}", redact(url)));
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| bad("must start with http:// (a CONNECT proxy reached over plain TCP)"))?;
+    let rest = rest.trim_end_matches('/');
+    let (userinfo, hostport) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    if hostport.contains('/') || hostport.is_empty() {
+        return Err(bad("expected http://[user:password@]host:port"));
+    }
+    let authority: http::uri::Authority =
+        hostport.parse().map_err(|_| bad("invalid host or port"))?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = authority.port_u16().unwrap_or(80);
+    let mut credentials = match userinfo {
+        Some(u) => {
+            let decoded = percent_decode(u)
+                .ok_or_else(|| bad("invalid percent-encoding in the credentials"))?;
+            if !decoded.contains(':') {
+                return Err(bad("credentials must be user:password"));
+            }
+            Some(Secret::new(&decoded))
+        }
+        None => None,
+    };
+    if let Some(path) = credentials_file {
+        if credentials.is_some() {
+            return Err(ConfigError::new(
+                "proxy: give credentials in the URL or in proxy_credentials_file, not both",
+            ));
+        }
+        let path = layered::relative_to(file, path);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError::new(format!(
+                "cannot read proxy credentials file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let text = text.trim();
+        if !text.contains(':') {
+            return Err(ConfigError::new(format!(
+                "proxy credentials file {}: expected user:password",
+                path.display()
+            )));
+        }
+        credentials = Some(Secret::new(text));
+    }
+    Ok(Proxy {
+        host,
+        port,
+        credentials,
+    })
+}
+
+/// The URL with any password replaced, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***@{}", &url[..s + 3], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Parses `--target NAME=URL[,timeout=30s][,ca-cert=FILE][,insecure][,http2]` into a file-shaped

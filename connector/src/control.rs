@@ -1,10 +1,12 @@
-//! The control stream: [`ControlFrame`]s over one bidirectional QUIC stream.
+//! The control stream: [`ControlFrame`]s over one bidirectional stream of the session.
 
 use std::io;
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tunnel_protocol::{ControlFrame, DecodeError};
+
+use crate::transport::{RecvHalf, SendHalf};
 
 /// Bytes read per call on the control stream.
 const READ_CHUNK: usize = 4096;
@@ -26,17 +28,17 @@ pub enum ControlError {
 /// A control stream, either side.
 #[derive(Debug)]
 pub struct ControlStream {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    send: SendHalf,
+    recv: RecvHalf,
     buf: BytesMut,
 }
 
 impl ControlStream {
     /// Wraps the two halves of the control stream.
-    pub fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> ControlStream {
+    pub fn new(send: impl Into<SendHalf>, recv: impl Into<RecvHalf>) -> ControlStream {
         ControlStream {
-            send,
-            recv,
+            send: send.into(),
+            recv: recv.into(),
             buf: BytesMut::new(),
         }
     }
@@ -45,7 +47,7 @@ impl ControlStream {
     pub async fn send(&mut self, frame: &ControlFrame) -> Result<(), ControlError> {
         let mut out = BytesMut::new();
         frame.encode(&mut out);
-        self.send.write_all(&out).await.map_err(io::Error::from)?;
+        self.send.write_all(&out).await?;
         Ok(())
     }
 
@@ -65,6 +67,6 @@ impl ControlStream {
 
     /// Finishes our side of the stream.
     pub fn finish(&mut self) {
-        let _ = self.send.finish();
+        self.send.finish();
     }
 }

@@ -1,9 +1,10 @@
-//! The tokio side of the stream protocol: reading [`StreamFrame`]s from a QUIC receive stream,
+//! The tokio side of the stream protocol: reading [`StreamFrame`]s from a receive stream (QUIC or
+//! multiplexed TCP),
 //! writing them to a send stream, and a [`TunnelBody`] that turns the frames after a head into an
 //! HTTP body. Shared by the connector and the relay (the relay depends on this crate).
 //!
 //! Memory per stream is bounded: the read buffer holds at most one frame (≤ 64 KiB of data), and
-//! writes wait for QUIC flow control instead of queueing.
+//! writes wait for the transport's flow control instead of queueing.
 
 use std::future::Future;
 use std::io;
@@ -51,22 +52,14 @@ impl RecvError {
     }
 }
 
-/// The reset code inside an I/O error produced by a quinn stream, if it is a reset.
-pub fn reset_code(err: &io::Error) -> Option<ErrorCode> {
-    let inner = err.get_ref()?;
-    match inner.downcast_ref::<quinn::ReadError>() {
-        Some(quinn::ReadError::Reset(code)) => Some(ErrorCode(
-            u32::try_from(code.into_inner()).unwrap_or(u32::MAX),
-        )),
-        _ => None,
-    }
-}
+pub use crate::transport::reset_code;
+use crate::transport::{RecvHalf, SendHalf};
 
 /// A receive stream that yields frames, and stops the peer's sending (with a code) when dropped
 /// before the stream ended.
 #[derive(Debug)]
 pub struct FramedRecv {
-    io: quinn::RecvStream,
+    io: RecvHalf,
     buf: BytesMut,
     done: bool,
     stop_code: ErrorCode,
@@ -74,9 +67,9 @@ pub struct FramedRecv {
 
 impl FramedRecv {
     /// Wraps a stream; `stop_code` is sent to the peer if this is dropped early.
-    pub fn new(io: quinn::RecvStream, stop_code: ErrorCode) -> FramedRecv {
+    pub fn new(io: impl Into<RecvHalf>, stop_code: ErrorCode) -> FramedRecv {
         FramedRecv {
-            io,
+            io: io.into(),
             buf: BytesMut::new(),
             done: false,
             stop_code,
@@ -121,7 +114,7 @@ impl FramedRecv {
     pub fn stop(&mut self, code: ErrorCode) {
         if !self.done {
             self.done = true;
-            let _ = self.io.stop(code.0.into());
+            self.io.stop(code);
         }
     }
 }
@@ -136,7 +129,7 @@ impl Drop for FramedRecv {
 /// so that an abort is never mistaken for a complete message.
 #[derive(Debug)]
 pub struct FramedSend {
-    io: quinn::SendStream,
+    io: SendHalf,
     buf: BytesMut,
     finished: bool,
     drop_code: ErrorCode,
@@ -144,9 +137,9 @@ pub struct FramedSend {
 
 impl FramedSend {
     /// Wraps a stream; `drop_code` resets it if this is dropped before [`FramedSend::finish`].
-    pub fn new(io: quinn::SendStream, drop_code: ErrorCode) -> FramedSend {
+    pub fn new(io: impl Into<SendHalf>, drop_code: ErrorCode) -> FramedSend {
         FramedSend {
-            io,
+            io: io.into(),
             buf: BytesMut::new(),
             finished: false,
             drop_code,
@@ -157,7 +150,7 @@ impl FramedSend {
     pub async fn send(&mut self, frame: &StreamFrame) -> io::Result<()> {
         self.buf.clear();
         frame.encode(&mut self.buf);
-        self.io.write_all(&self.buf).await.map_err(io::Error::from)
+        self.io.write_all(&self.buf).await
     }
 
     /// Writes body bytes as data frames without copying them. Waits for flow control.
@@ -166,11 +159,9 @@ impl FramedSend {
             let chunk = data.split_to(data.len().min(MAX_DATA_FRAME_LEN));
             let mut header = [0u8; FRAME_HEADER_LEN];
             header[1..].copy_from_slice(&(chunk.len() as u32).to_be_bytes());
-            let mut chunks = [Bytes::copy_from_slice(&header), chunk];
             self.io
-                .write_all_chunks(&mut chunks)
-                .await
-                .map_err(io::Error::from)?;
+                .write_header_and(Bytes::copy_from_slice(&header), chunk)
+                .await?;
         }
         Ok(())
     }
@@ -184,7 +175,7 @@ impl FramedSend {
     pub fn finish(&mut self) {
         if !self.finished {
             self.finished = true;
-            let _ = self.io.finish();
+            self.io.finish();
         }
     }
 
@@ -192,19 +183,13 @@ impl FramedSend {
     pub fn reset(&mut self, code: ErrorCode) {
         if !self.finished {
             self.finished = true;
-            let _ = self.io.reset(code.0.into());
+            self.io.reset(code);
         }
     }
 
     /// Resolves when the peer asks us to stop sending, with its code. Cancel safe.
     pub async fn stopped(&mut self) -> Option<ErrorCode> {
-        match self.io.stopped().await {
-            Ok(Some(code)) => Some(ErrorCode(
-                u32::try_from(code.into_inner()).unwrap_or(u32::MAX),
-            )),
-            Ok(None) => None,
-            Err(_) => Some(ErrorCode::INTERNAL),
-        }
+        self.io.stopped().await
     }
 }
 

@@ -2,15 +2,16 @@
 //! serves each request stream by calling a local backend.
 //!
 //! ```text
-//! visitor ──► relay ══(QUIC session, outbound from here)══► connector ──► backend
+//! visitor ──► relay ══(QUIC or TLS/TCP session, outbound from here)══► connector ──► backend
 //! ```
 //!
 //! It never listens on a port: everything is outbound. It retries forever with capped exponential
 //! backoff and full jitter, logging why each attempt failed. It dials only the targets in its own
 //! configuration, whatever the relay asks.
 //!
-//! Non-goals (for now): the TLS-over-TCP transport and CONNECT proxies, several sessions per
-//! process, and the Windows service; see the issues. The stream framing in [`framing`] and the
+//! Sessions run over QUIC, or over TLS on the relay's HTTPS port with the [`mux`] multiplexer
+//! where UDP is blocked (`--transport auto` falls back by itself), directly or through an HTTP
+//! CONNECT proxy. Non-goals (for now): several sessions per process and the Windows service. The stream framing in [`framing`] and the
 //! layered config loader in [`layered`] are also used by `relay-server`.
 
 pub mod backend;
@@ -18,11 +19,14 @@ pub mod config;
 pub mod control;
 pub mod framing;
 pub mod headers;
+mod http_proxy;
 pub mod layered;
+pub mod mux;
 pub mod process;
 pub mod service;
 mod session;
 mod stream;
+pub mod transport;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +51,8 @@ pub struct State {
     pub connected: bool,
     /// The current session's id.
     pub session_id: Option<String>,
+    /// The current session's transport.
+    pub transport: Option<transport::Transport>,
     /// How many sessions were established since start.
     pub sessions_established: u64,
     /// The last failure, for humans.

@@ -90,12 +90,16 @@ struct RunArgs {
     /// Extra PEM roots to verify the relay's certificate.
     #[arg(long, value_name = "FILE")]
     ca_cert: Option<PathBuf>,
-    /// auto (default) or quic.
+    /// auto (default: QUIC, falling back to TLS over TCP on the same port), quic or tcp.
     #[arg(long, value_name = "MODE")]
     transport: Option<String>,
-    /// HTTP CONNECT proxy URL.
+    /// HTTP CONNECT proxy, http://[user:password@]host:port (default: HTTPS_PROXY unless NO_PROXY
+    /// matches the relay).
     #[arg(long, value_name = "URL")]
     proxy: Option<String>,
+    /// A file holding user:password for the proxy.
+    #[arg(long, value_name = "FILE")]
+    proxy_credentials_file: Option<PathBuf>,
     /// Default backend response timeout for targets without their own, e.g. 30s.
     #[arg(long, value_name = "DURATION")]
     timeout: Option<String>,
@@ -212,6 +216,12 @@ fn load(args: &RunArgs) -> Result<Config, ConfigError> {
     );
     put("transport", args.transport.clone());
     put("proxy", args.proxy.clone());
+    put(
+        "proxy_credentials_file",
+        args.proxy_credentials_file
+            .as_ref()
+            .map(|p| p.display().to_string()),
+    );
     put("timeout", args.timeout.clone());
     if !args.targets.is_empty() {
         let mut targets = toml::Table::new();

@@ -1,5 +1,6 @@
-//! One session to the relay: QUIC connect, authenticate on the control stream, then serve the
-//! streams the relay opens until the session ends.
+//! One session to the relay: connect (QUIC, or TLS over TCP on the HTTPS port, directly or
+//! through a CONNECT proxy), authenticate on the control stream, then serve the streams the relay
+//! opens until the session ends.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -14,9 +15,11 @@ use tracing::{debug, info, warn};
 use tunnel_protocol::{ControlFrame, Credential, ErrorCode, Hello, ALPN};
 
 use crate::backend::{load_certs, Backends};
-use crate::config::Config;
+use crate::config::{Config, TransportMode};
 use crate::control::{ControlError, ControlStream};
 use crate::layered::ConfigError;
+use crate::mux;
+use crate::transport::Conn;
 use crate::{State, StateTx};
 
 /// Deadline for the QUIC handshake to the relay.
@@ -46,6 +49,10 @@ pub(crate) enum AttemptError {
     Resolve(String, std::io::Error),
     #[error("QUIC connect to {0} failed: {1}")]
     Connect(SocketAddr, String),
+    #[error("TLS-over-TCP connect to {0} failed: {1}")]
+    ConnectTcp(String, String),
+    #[error(transparent)]
+    Proxy(#[from] crate::http_proxy::ProxyError),
     #[error("relay refused authentication: {message} ({code})")]
     Refused {
         code: ErrorCode,
@@ -80,6 +87,9 @@ struct TokenCache(Option<(String, Instant)>);
 #[derive(Debug)]
 pub(crate) struct Dialer {
     endpoint: Endpoint,
+    tls: Arc<rustls::ClientConfig>,
+    /// In `auto` mode, after QUIC failed: use TCP directly until then (then probe QUIC again).
+    quic_blocked_until: Mutex<Option<Instant>>,
     config: Config,
     backends: Backends,
     token: Mutex<TokenCache>,
@@ -88,12 +98,15 @@ pub(crate) struct Dialer {
 
 impl Dialer {
     pub(crate) fn new(config: Config, backends: Backends) -> Result<Dialer, ConfigError> {
-        let client_config = client_config(&config)?;
+        let tls = tls_config(&config)?;
+        let client_config = client_config(&config, tls.clone())?;
         let mut endpoint = bind_endpoint()?;
         endpoint.set_default_client_config(client_config);
         let connector_id = uuid_like();
         Ok(Dialer {
             endpoint,
+            tls: Arc::new(tls),
+            quic_blocked_until: Mutex::new(None),
             config,
             backends,
             token: Mutex::new(TokenCache::default()),
@@ -119,72 +132,207 @@ impl Dialer {
         info!(
             session_id = %session_id,
             relay = %conn.remote_address(),
+            transport = %conn.transport(),
             "session established"
         );
         state.send_modify(|s| {
             s.connected = true;
             s.session_id = Some(session_id.clone());
+            s.transport = Some(conn.transport());
             s.sessions_established += 1;
         });
         let ended = self.serve(&conn, &mut control, shutdown, expires_in).await;
         state.send_modify(|s| {
             s.connected = false;
             s.session_id = None;
+            s.transport = None;
         });
         info!(session_id = %session_id, ?ended, "session ended");
         Ok(ended)
     }
 
-    async fn establish(
-        &self,
-    ) -> Result<(quinn::Connection, ControlStream, String, Duration), AttemptError> {
+    async fn establish(&self) -> Result<(Conn, ControlStream, String, Duration), AttemptError> {
+        let conn = match self.config.transport {
+            TransportMode::Quic => self.connect_quic(CONNECT_TIMEOUT).await?,
+            TransportMode::Tcp => self.connect_tcp().await?,
+            // A CONNECT proxy carries TCP only.
+            TransportMode::Auto if self.config.proxy.is_some() => self.connect_tcp().await?,
+            TransportMode::Auto => {
+                let blocked = self
+                    .quic_blocked_until
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some_and(|until| Instant::now() < until);
+                if blocked {
+                    self.connect_tcp().await?
+                } else {
+                    match self.connect_quic(self.config.quic_fallback_after).await {
+                        Ok(c) => c,
+                        Err(AttemptError::Resolve(h, e)) => {
+                            return Err(AttemptError::Resolve(h, e))
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "QUIC failed; falling back to TLS over TCP");
+                            *self
+                                .quic_blocked_until
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner()) =
+                                Some(Instant::now() + self.config.quic_probe_interval);
+                            self.connect_tcp().await?
+                        }
+                    }
+                }
+            }
+        };
+        self.authenticate(conn).await
+    }
+
+    async fn resolve(&self) -> Result<Vec<SocketAddr>, AttemptError> {
         let host = &self.config.server_host;
         let port = self.config.server_port;
         let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
             .await
             .map_err(|e| AttemptError::Resolve(format!("{host}:{port}"), e))?
             .collect();
+        if addrs.is_empty() {
+            return Err(AttemptError::Resolve(
+                format!("{host}:{port}"),
+                std::io::Error::other("no addresses"),
+            ));
+        }
         // IPv4 first: a relay bound to 0.0.0.0 is the common case, and a failed v6 attempt
         // would cost a full handshake timeout.
         addrs.sort_by_key(|a| a.is_ipv6());
+        Ok(addrs)
+    }
+
+    /// A QUIC connection to the first relay address that answers within `timeout` each.
+    async fn connect_quic(&self, timeout: Duration) -> Result<Conn, AttemptError> {
         let mut last = None;
-        for addr in addrs {
-            match self.connect(addr).await {
-                Ok(c) => return self.authenticate(c).await,
+        for addr in self.resolve().await? {
+            match self.connect(addr, timeout).await {
+                Ok(c) => return Ok(Conn::Quic(c)),
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| {
-            AttemptError::Resolve(
-                format!("{host}:{port}"),
-                std::io::Error::other("no addresses"),
-            )
-        }))
+        Err(last.unwrap_or(AttemptError::Unexpected("no address")))
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<quinn::Connection, AttemptError> {
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<quinn::Connection, AttemptError> {
         let connecting = self
             .endpoint
             .connect(addr, &self.config.server_host)
             .map_err(|e| AttemptError::Connect(addr, e.to_string()))?;
-        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        match tokio::time::timeout(timeout, connecting).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(AttemptError::Connect(addr, e.to_string())),
             Err(_) => Err(AttemptError::Connect(
                 addr,
-                format!("no answer within {CONNECT_TIMEOUT:?} (UDP blocked?)"),
+                format!("no answer within {timeout:?} (UDP blocked?)"),
             )),
         }
     }
 
+    /// TLS over TCP to the relay's HTTPS port (through the proxy when one is configured), with
+    /// the tunnel's ALPN, and the multiplexer on top.
+    async fn connect_tcp(&self) -> Result<Conn, AttemptError> {
+        let host = self.config.server_host.clone();
+        let port = self.config.server_port;
+        let (tcp, remote) = match &self.config.proxy {
+            Some(proxy) => {
+                let tcp = crate::http_proxy::connect(proxy, &host, port, CONNECT_TIMEOUT).await?;
+                let remote = tcp.peer_addr().map_err(|e| {
+                    AttemptError::ConnectTcp(format!("{host}:{port}"), e.to_string())
+                })?;
+                (tcp, remote)
+            }
+            None => {
+                let mut last = None;
+                let mut found = None;
+                for addr in self.resolve().await? {
+                    match tokio::time::timeout(
+                        CONNECT_TIMEOUT,
+                        tokio::net::TcpStream::connect(addr),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tcp)) => {
+                            found = Some((tcp, addr));
+                            break;
+                        }
+                        Ok(Err(e)) => {
+                            last = Some(AttemptError::ConnectTcp(addr.to_string(), e.to_string()))
+                        }
+                        Err(_) => {
+                            last = Some(AttemptError::ConnectTcp(
+                                addr.to_string(),
+                                format!("no answer within {CONNECT_TIMEOUT:?}"),
+                            ))
+                        }
+                    }
+                }
+                match found {
+                    Some(f) => f,
+                    None => return Err(last.unwrap_or(AttemptError::Unexpected("no address"))),
+                }
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| AttemptError::ConnectTcp(host.clone(), e.to_string()))?;
+        let tls = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                return Err(AttemptError::ConnectTcp(
+                    format!("{host}:{port}"),
+                    format!("TLS: {e}"),
+                ))
+            }
+            Err(_) => {
+                return Err(AttemptError::ConnectTcp(
+                    format!("{host}:{port}"),
+                    format!("TLS handshake not done within {CONNECT_TIMEOUT:?}"),
+                ))
+            }
+        };
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
+            return Err(AttemptError::ConnectTcp(
+                format!("{host}:{port}"),
+                "the server does not accept tunnel sessions over TLS/TCP (no ALPN agreement): \
+                 is this the relay's HTTPS port?"
+                    .into(),
+            ));
+        }
+        let config = mux::Config {
+            max_streams: self.config.max_streams,
+            keep_alive: self.config.keep_alive,
+            idle_timeout: self.config.idle_timeout,
+        };
+        Ok(Conn::Tcp(mux::Connection::new(
+            tls,
+            mux::Role::Dialer,
+            config,
+            remote,
+        )))
+    }
+
     async fn authenticate(
         &self,
-        conn: quinn::Connection,
-    ) -> Result<(quinn::Connection, ControlStream, String, Duration), AttemptError> {
-        let (send, recv) = conn
-            .open_bi()
+        conn: Conn,
+    ) -> Result<(Conn, ControlStream, String, Duration), AttemptError> {
+        let (send, recv) = tokio::time::timeout(AUTH_TIMEOUT, conn.open_bi())
             .await
-            .map_err(|e| AttemptError::Control(ControlError::Io(e.into())))?;
+            .map_err(|_| AttemptError::AuthTimeout(AUTH_TIMEOUT))?
+            .map_err(|e| AttemptError::Control(ControlError::Io(e)))?;
         let mut control = ControlStream::new(send, recv);
         let credential = self.credential();
         let used_token = matches!(credential, Credential::Token(_));
@@ -213,7 +361,7 @@ impl Dialer {
                     // The token is no good any more (expired, key rotated): use the secret next.
                     self.token.lock().unwrap_or_else(|p| p.into_inner()).0 = None;
                 }
-                conn.close(VarInt::from_u32(r.code.0), b"refused");
+                conn.close(r.code, b"refused");
                 Err(AttemptError::Refused {
                     code: r.code,
                     message: r.message,
@@ -248,7 +396,7 @@ impl Dialer {
     /// Serves streams and the control stream until the session ends.
     async fn serve(
         &self,
-        conn: &quinn::Connection,
+        conn: &Conn,
         control: &mut ControlStream,
         shutdown: &CancellationToken,
         expires_in: Duration,
@@ -318,7 +466,8 @@ impl Dialer {
             Ended::Lost(_) => ErrorCode::INTERNAL,
         };
         control.finish();
-        conn.close(VarInt::from_u32(code.0), code.name().as_bytes());
+        conn.close(code, code.name().as_bytes());
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.drained()).await;
         ended
     }
 
@@ -340,7 +489,9 @@ fn bind_endpoint() -> Result<Endpoint, ConfigError> {
         .map_err(|e| ConfigError::new(format!("cannot open a UDP socket: {e}")))
 }
 
-fn client_config(config: &Config) -> Result<quinn::ClientConfig, ConfigError> {
+/// The TLS client config for both transports: TLS 1.3, the tunnel's ALPN, system roots plus
+/// `--ca-cert`.
+fn tls_config(config: &Config) -> Result<rustls::ClientConfig, ConfigError> {
     let mut roots = RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
@@ -360,6 +511,13 @@ fn client_config(config: &Config) -> Result<quinn::ClientConfig, ConfigError> {
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.enable_early_data = false;
+    Ok(tls)
+}
+
+fn client_config(
+    config: &Config,
+    tls: rustls::ClientConfig,
+) -> Result<quinn::ClientConfig, ConfigError> {
     let crypto = QuicClientConfig::try_from(tls)
         .map_err(|e| ConfigError::new(format!("QUIC TLS setup: {e}")))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));

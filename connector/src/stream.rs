@@ -17,12 +17,13 @@ use tunnel_protocol::{
 use crate::backend::{Backend, Backends};
 use crate::framing::{splice, FramedRecv, FramedSend, TunnelBody};
 use crate::headers::{restore_upgrade, strip_hop_by_hop, upgrade_of};
+use crate::transport::{RecvHalf, SendHalf};
 
 /// How long the relay may take to send the request head after opening a stream.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one stream the relay opened. Never panics on peer input; every failure is logged once.
-pub(crate) async fn serve(send: quinn::SendStream, recv: quinn::RecvStream, backends: Backends) {
+pub(crate) async fn serve(send: SendHalf, recv: RecvHalf, backends: Backends) {
     let mut send = FramedSend::new(send, ErrorCode::BACKEND_ABORTED);
     let mut recv = FramedRecv::new(recv, ErrorCode::BACKEND_ABORTED);
     let head = match tokio::time::timeout(HEAD_TIMEOUT, recv.next()).await {

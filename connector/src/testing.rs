@@ -62,7 +62,14 @@ pub struct Builder {
 }
 
 /// Starts building a connector for `tenant` at `server` (`https://host:port`).
+///
+/// The transport is `auto` unless `CONNECTOR_TRANSPORT` says otherwise — the test command runs
+/// the end-to-end suites once more with `CONNECTOR_TRANSPORT=tcp`, so that every one of them
+/// covers both transports (spawned connector binaries read the same variable).
 pub fn connector(server: &str, tenant: &str, secret: &str) -> Builder {
+    let transport = std::env::var("CONNECTOR_TRANSPORT")
+        .ok()
+        .filter(|t| !t.is_empty());
     Builder {
         file: FileConfig {
             server: Some(server.to_string()),
@@ -74,6 +81,7 @@ pub fn connector(server: &str, tenant: &str, secret: &str) -> Builder {
                 backoff_cap: Some(Duration::from_secs(1)),
                 ..SessionFile::default()
             },
+            transport,
             ..FileConfig::default()
         },
     }
@@ -128,6 +136,24 @@ impl Builder {
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
         self.file.session.idle_timeout = Some(idle);
         self.file.session.keep_alive = Some(idle / 3);
+        self
+    }
+
+    /// `auto`, `quic` or `tcp`.
+    pub fn transport(mut self, mode: &str) -> Self {
+        self.file.transport = Some(mode.to_string());
+        self
+    }
+
+    /// Reaches the relay through this CONNECT proxy URL.
+    pub fn proxy(mut self, url: &str) -> Self {
+        self.file.proxy = Some(url.to_string());
+        self
+    }
+
+    /// With `auto`: how long to wait for QUIC before falling back to TCP.
+    pub fn quic_fallback_after(mut self, d: Duration) -> Self {
+        self.file.session.quic_fallback_after = Some(d);
         self
     }
 

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::proxy::Visitor;
@@ -25,7 +26,8 @@ use crate::Relay;
 /// Pause after an accept error (EMFILE and kin) so the loop neither spins nor dies.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The TLS config for visitors: TLS 1.2 and 1.3, ALPN h2 and http/1.1.
+/// The TLS config for visitors — TLS 1.2 and 1.3, ALPN h2 and http/1.1 — and for connectors'
+/// TLS-over-TCP sessions, told apart by the tunnel's own ALPN (which no browser offers).
 pub(crate) fn tls_acceptor(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -35,7 +37,11 @@ pub(crate) fn tls_acceptor(
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tls.alpn_protocols = vec![
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+        tunnel_protocol::ALPN.to_vec(),
+    ];
     Ok(TlsAcceptor::from(Arc::new(tls)))
 }
 
@@ -46,6 +52,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
+    sessions: TaskTracker,
 ) {
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(relay.config.limits.max_connections));
@@ -83,6 +90,7 @@ pub(crate) async fn serve(
         let builder = builder.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
+        let sessions = sessions.clone();
         tokio::spawn(async move {
             let _permits = (permit, per_ip);
             match tls {
@@ -93,6 +101,15 @@ pub(crate) async fn serve(
                     )
                     .await;
                     match handshake {
+                        Ok(Ok(tls_stream))
+                            if tls_stream.get_ref().1.alpn_protocol()
+                                == Some(tunnel_protocol::ALPN) =>
+                        {
+                            // A connector session, tracked with the QUIC ones for the drain.
+                            sessions
+                                .track_future(crate::tunnel::session_tcp(relay, tls_stream, peer))
+                                .await
+                        }
                         Ok(Ok(tls_stream)) => {
                             let sni = tls_stream
                                 .get_ref()

@@ -10,9 +10,10 @@
 //! sessions on QUIC on the same port number, authenticates them against the tenant catalog, and
 //! carries each visitor request as one stream on the least-loaded session of its tenant.
 //!
-//! Non-goals here: TLS-over-TCP sessions and CONNECT proxies (transport issue), hostname routing
-//! and the HTTP hardening corpus (edge issue), the management UI and API (management issue),
-//! PostgreSQL, queue mode and clustering.
+//! Connectors reach it over QUIC, or where UDP is blocked over TLS on the HTTPS port itself (told
+//! apart from visitors by ALPN), possibly through a CONNECT proxy.
+//!
+//! Non-goals here: the management UI and API (management issue), queue mode.
 
 mod audit;
 mod auth;
@@ -137,6 +138,8 @@ pub struct SessionInfo {
     pub connector_version: String,
     /// The connector's address as seen by the relay.
     pub remote: SocketAddr,
+    /// `quic` or `tcp`.
+    pub transport: &'static str,
     /// When the session was established.
     pub connected_at: std::time::SystemTime,
     /// Streams in flight.
@@ -171,6 +174,7 @@ impl RelayView {
                 connector_id: s.connector_id.clone(),
                 connector_version: s.connector_version.clone(),
                 remote: s.remote,
+                transport: s.conn.transport().as_str(),
                 connected_at: s.connected_at,
                 in_flight: s.in_flight.load(Ordering::Relaxed),
                 node: self.relay.config.node_name.clone(),
@@ -258,6 +262,7 @@ pub async fn run(
         listeners.https,
         Some(acceptor),
         stop_accepting.clone(),
+        sessions.clone(),
     ));
     if let Some(http) = listeners.http {
         tasks.spawn(ingress::serve(
@@ -265,6 +270,7 @@ pub async fn run(
             http,
             None,
             stop_accepting.clone(),
+            sessions.clone(),
         ));
     }
     if let Some(admin) = listeners.admin {
@@ -306,7 +312,7 @@ pub async fn run(
     ));
     info!(node = %relay.config.node_name, "relay serving");
     if let Some(a) = addrs.https {
-        info!(https = %a, "listening (HTTPS over TCP, connectors over QUIC/UDP)");
+        info!(https = %a, "listening (HTTPS and connectors over TLS/TCP, connectors over QUIC/UDP)");
     }
     if let Some(a) = addrs.http {
         info!(http = %a, "listening (plain HTTP)");

@@ -29,7 +29,7 @@ pub(crate) struct SessionEntry {
     pub(crate) identity: Identity,
     pub(crate) connector_id: String,
     pub(crate) connector_version: String,
-    pub(crate) conn: quinn::Connection,
+    pub(crate) conn: connector::transport::Conn,
     pub(crate) remote: SocketAddr,
     pub(crate) connected_at: SystemTime,
     pub(crate) in_flight: AtomicUsize,
@@ -44,7 +44,7 @@ impl SessionEntry {
         identity: Identity,
         connector_id: String,
         connector_version: String,
-        conn: quinn::Connection,
+        conn: connector::transport::Conn,
     ) -> SessionEntry {
         SessionEntry {
             id,
@@ -71,6 +71,11 @@ impl SessionEntry {
         }
         self.draining.store(true, Ordering::Release);
         self.cancel.cancel();
+    }
+
+    /// Stops new streams from being routed here (the connector is moving).
+    pub(crate) fn mark_draining(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     pub(crate) fn close_kind(&self) -> Option<CloseKind> {

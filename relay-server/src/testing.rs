@@ -28,6 +28,7 @@ pub struct RelayHandle {
     pub store: Store,
     dir: Arc<TempDir>,
     file: FileConfig,
+    udp_elsewhere: bool,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -36,6 +37,7 @@ pub struct RelayHandle {
 #[derive(Debug, Default, Clone)]
 pub struct Builder {
     file: FileConfig,
+    udp_elsewhere: bool,
 }
 
 /// A builder with test-friendly defaults (short grace, admin and plain HTTP on loopback).
@@ -48,7 +50,10 @@ pub fn relay() -> Builder {
     file.listen.https = Some("127.0.0.1:0".parse().expect("literal"));
     file.listen.http = Some("127.0.0.1:0".parse().expect("literal"));
     file.listen.admin = Some("127.0.0.1:0".parse().expect("literal"));
-    Builder { file }
+    Builder {
+        file,
+        udp_elsewhere: false,
+    }
 }
 
 impl Builder {
@@ -58,18 +63,28 @@ impl Builder {
         self
     }
 
+    /// Serves QUIC on another UDP port than the HTTPS port: to connectors, UDP to the relay's
+    /// address looks blocked (nothing answers), while TLS over TCP works.
+    pub fn udp_elsewhere(mut self) -> Self {
+        self.udp_elsewhere = true;
+        self
+    }
+
     /// Starts the relay in a fresh data directory.
     pub async fn spawn(self) -> RelayHandle {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        start(self.file, dir).await
+        start(self.file, dir, self.udp_elsewhere).await
     }
 }
 
-async fn start(mut file: FileConfig, dir: Arc<TempDir>) -> RelayHandle {
+async fn start(mut file: FileConfig, dir: Arc<TempDir>, udp_elsewhere: bool) -> RelayHandle {
     file.data_dir = Some(dir.path().to_path_buf());
     let config = Config::from_file(file.clone(), None).expect("valid test config");
     let store = Store::connect(&config.database_url).await.expect("store");
-    let listeners = bind_with_retry(&config).await;
+    let mut listeners = bind_with_retry(&config).await;
+    if udp_elsewhere {
+        listeners.quic = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp socket");
+    }
     let addrs = listeners.addrs();
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -89,6 +104,7 @@ async fn start(mut file: FileConfig, dir: Arc<TempDir>) -> RelayHandle {
         store,
         dir,
         file,
+        udp_elsewhere,
         shutdown,
         task: Some(task),
     }
@@ -181,7 +197,7 @@ impl RelayHandle {
             t.await.expect("relay task").expect("relay stopped cleanly");
         }
         file.listen.https = Some(SocketAddr::from(([127, 0, 0, 1], port)));
-        start(file, dir).await
+        start(file, dir, self.udp_elsewhere).await
     }
 }
 

@@ -13,6 +13,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use tunnel_protocol::{ControlFrame, ErrorCode, GoAway, Refused, Renewed, Welcome, ALPN};
 
 use connector::control::ControlStream;
+use connector::mux;
+use connector::transport::Conn;
 
 use crate::auth::Refusal;
 use crate::registry::{CloseKind, SessionEntry};
@@ -72,7 +74,7 @@ pub(crate) async fn serve(
         tracker.spawn(async move {
             let remote = incoming.remote_address();
             session(relay, incoming)
-                .instrument(info_span!("session", peer_addr = %remote))
+                .instrument(info_span!("session", peer_addr = %remote, transport = "quic"))
                 .await
         });
     }
@@ -85,6 +87,30 @@ async fn session(relay: Arc<Relay>, incoming: quinn::Incoming) {
         Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
         Err(_) => return debug!("handshake timed out"),
     };
+    established(relay, Conn::Quic(conn)).await
+}
+
+/// A connector session over TLS on the HTTPS port (the ingress told it apart by ALPN), with the
+/// stream multiplexer on top.
+pub(crate) async fn session_tcp<IO>(relay: Arc<Relay>, io: IO, peer: std::net::SocketAddr)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let idle = relay.config.tunnel.idle_timeout;
+    let config = mux::Config {
+        max_streams: CONNECTOR_OPENED_STREAMS,
+        keep_alive: idle / 3,
+        idle_timeout: idle,
+    };
+    let conn = mux::Connection::new(io, mux::Role::Acceptor, config, peer);
+    established(relay, Conn::Tcp(conn))
+        .instrument(info_span!("session", peer_addr = %peer, transport = "tcp"))
+        .await
+}
+
+/// Authenticates a connected session and runs it until it ends.
+async fn established(relay: Arc<Relay>, conn: Conn) {
+    let auth_timeout = relay.config.tunnel.auth_timeout;
     // The first stream the connector opens is the control stream, with `Hello` first.
     let hello = tokio::time::timeout(auth_timeout, async {
         let (send, recv) = conn.accept_bi().await?;
@@ -155,7 +181,7 @@ async fn session(relay: Arc<Relay>, incoming: quinn::Incoming) {
     let span =
         info_span!("established", tenant_id = %entry.identity.tenant.id, session_id = %session_id);
     async {
-        info!(tenant = %entry.identity.tenant.name, connector_id = %hello.connector_id, version = %hello.connector_version, "session established");
+        info!(tenant = %entry.identity.tenant.name, connector_id = %hello.connector_id, version = %hello.connector_version, transport = %entry.conn.transport(), "session established");
         let code = control_loop(&relay, &entry, &mut control, granted.expires_in).await;
         relay.registry.remove(&entry);
         relay.metrics.sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -174,6 +200,8 @@ async fn control_loop(
 ) -> ErrorCode {
     let conn = &entry.conn;
     let mut expires_at = tokio::time::Instant::now() + expires_in;
+    // Set when the connector announced it is moving: close once its streams are done.
+    let mut moving_since: Option<tokio::time::Instant> = None;
     loop {
         // Why select: the session ends on whichever comes first — a control frame, expiry of its
         // authentication, a close request (shutdown, revocation) or the connection dying.
@@ -209,6 +237,13 @@ async fn control_loop(
                     }
                 }
                 Ok(ControlFrame::Pong(_)) => {}
+                Ok(ControlFrame::GoAway(g)) => {
+                    // The connector is moving (to another transport or relay): no new streams
+                    // here; it closes once the streams in flight are done.
+                    debug!(code = %g.code, reason = %g.message, "connector is draining this session");
+                    entry.mark_draining();
+                    moving_since.get_or_insert_with(tokio::time::Instant::now);
+                }
                 Ok(_) => return close_code(conn, ErrorCode::PROTOCOL_ERROR),
                 Err(_) => return close_code(conn, ErrorCode::NO_ERROR),
             },
@@ -224,6 +259,13 @@ async fn control_loop(
                     }
                     Some(CloseKind::Drain(_)) | None => drain(relay, entry, control, code_or(entry)).await,
                 };
+            }
+            _ = tokio::time::sleep(Duration::from_millis(50)), if moving_since.is_some() => {
+                let done = entry.in_flight.load(std::sync::atomic::Ordering::Acquire) == 0;
+                let over = moving_since.is_some_and(|t| t.elapsed() > relay.config.shutdown_grace);
+                if done || over {
+                    return close_code(conn, ErrorCode::NO_ERROR);
+                }
             }
             _ = conn.closed() => return ErrorCode::NO_ERROR,
         }
@@ -276,16 +318,12 @@ async fn drain(
     close_code(&entry.conn, code)
 }
 
-async fn refuse(conn: &quinn::Connection, control: &mut ControlStream, refusal: Refusal) {
+async fn refuse(conn: &Conn, control: &mut ControlStream, refusal: Refusal) {
     refuse_code(conn, control, refusal).await;
 }
 
 /// Sends `Refused`, gives the connector a moment to read it, then closes.
-async fn refuse_code(
-    conn: &quinn::Connection,
-    control: &mut ControlStream,
-    refusal: Refusal,
-) -> ErrorCode {
+async fn refuse_code(conn: &Conn, control: &mut ControlStream, refusal: Refusal) -> ErrorCode {
     let code = refusal.code;
     let frame = ControlFrame::Refused(Refused {
         code,
@@ -299,11 +337,11 @@ async fn refuse_code(
     close_code(conn, code)
 }
 
-fn close(conn: &quinn::Connection, code: ErrorCode) {
+fn close(conn: &Conn, code: ErrorCode) {
     close_code(conn, code);
 }
 
-fn close_code(conn: &quinn::Connection, code: ErrorCode) -> ErrorCode {
-    conn.close(VarInt::from_u32(code.0), code.name().as_bytes());
+fn close_code(conn: &Conn, code: ErrorCode) -> ErrorCode {
+    conn.close(code, code.name().as_bytes());
     code
 }

@@ -4,11 +4,13 @@
 
 pub mod backend;
 pub mod client;
+pub mod http_proxy;
 pub mod postgres;
 pub mod process;
 
 pub use backend::{pattern_chunk, pattern_sha256, Backend};
 pub use client::Client;
+pub use http_proxy::HttpProxy;
 pub use postgres::PgCluster;
 
 /// Installs a test tracing subscriber once (`RUST_LOG` picks the level; default warn).

@@ -1,0 +1,257 @@
+//! The transport ladder: TLS over TCP on the HTTPS port, `auto` falling back when UDP is blocked,
+//! and a real CONNECT proxy (tinyproxy) with and without Basic authentication.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use connector::testing::connector;
+use connector::transport::Transport;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use relay_server::testing::{relay, RelayHandle};
+use testkit::{pattern_chunk, pattern_sha256, trace_init, Backend, Client, HttpProxy};
+
+async fn relay_with_acme(builder: relay_server::testing::Builder) -> (RelayHandle, String) {
+    trace_init();
+    let relay = builder.spawn().await;
+    relay.create_tenant("acme").await;
+    let cred = relay.create_credential("acme").await;
+    relay.sync().await;
+    (relay, cred.secret)
+}
+
+/// Downloads `n` pattern bytes through the relay, hashing as they stream.
+async fn download_sha(client: &Client, url: &str) -> anyhow::Result<(u64, String)> {
+    let resp = client
+        .send(
+            http::Request::get(url)
+                .body(http_body_util::Empty::new().map_err(|n| match n {}).boxed())?,
+        )
+        .await?;
+    anyhow::ensure!(resp.status() == StatusCode::OK, "status {}", resp.status());
+    let mut body = resp.into_body();
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame?.data_ref() {
+            total += data.len() as u64;
+            ctx.update(data);
+        }
+    }
+    Ok((total, testkit::hex(ctx.finish().as_ref())))
+}
+
+#[tokio::test]
+async fn tls_over_tcp_carries_requests_and_large_bodies_both_ways() -> anyhow::Result<()> {
+    let (relay, secret) = relay_with_acme(relay()).await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &secret)
+        .ca_cert(relay.ca_cert())
+        .transport("tcp")
+        .target("app", &backend.url())
+        .spawn();
+    conn.connected().await;
+    assert_eq!(conn.state().transport, Some(Transport::Tcp));
+    assert_eq!(relay.view.sessions("acme")[0].transport, "tcp");
+    let client = Client::new(&relay.ca_cert());
+
+    let echo = client
+        .request(
+            "POST",
+            &relay.url("/relay/acme/app/x"),
+            Bytes::from_static(b"hi"),
+        )
+        .await?;
+    assert_eq!((echo.status, echo.text().as_str()), (StatusCode::OK, "hi"));
+
+    // 64 MiB down, verified: flow control returns credit, nothing is lost or reordered.
+    let n: u64 = 64 * 1024 * 1024;
+    let (got, sha) =
+        download_sha(&client, &relay.url(&format!("/relay/acme/app/bytes/{n}"))).await?;
+    assert_eq!((got, sha), (n, pattern_sha256(n)));
+    // Many streams at once share the one TCP connection.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let client = client.clone();
+        let url = relay.url(&format!("/relay/acme/app/bytes/{}", 100_000 + i));
+        tasks.spawn(async move { download_sha(&client, &url).await.map(|r| (i, r)) });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let (i, (got, sha)) = r??;
+        assert_eq!((got, sha), (100_000 + i, pattern_sha256(100_000 + i)));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn uploads_stream_over_tls_over_tcp() -> anyhow::Result<()> {
+    let (relay, secret) = relay_with_acme(relay().configure(|f| {
+        f.limits.max_body_bytes = Some(1 << 40);
+    }))
+    .await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &secret)
+        .ca_cert(relay.ca_cert())
+        .transport("tcp")
+        .target("app", &backend.url())
+        .spawn();
+    conn.connected().await;
+    let client = Client::new(&relay.ca_cert());
+    let n: u64 = 64 * 1024 * 1024;
+    let stream = futures_util::stream::unfold(0u64, move |offset| async move {
+        (offset < n).then(|| {
+            let len = (n - offset).min(64 * 1024) as usize;
+            (
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(
+                    pattern_chunk(offset, len),
+                )),
+                offset + len as u64,
+            )
+        })
+    });
+    let req = http::Request::post(relay.url("/relay/acme/app/sink"))
+        .body(http_body_util::StreamBody::new(stream).boxed())?;
+    let resp = client.send(req).await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = String::from_utf8(resp.into_body().collect().await?.to_bytes().to_vec())?;
+    assert_eq!(text, format!("{n} {}", pattern_sha256(n)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn auto_prefers_quic() -> anyhow::Result<()> {
+    let (relay, secret) = relay_with_acme(relay()).await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &secret)
+        .ca_cert(relay.ca_cert())
+        .transport("auto")
+        .target("app", &backend.url())
+        .spawn();
+    conn.connected().await;
+    assert_eq!(conn.state().transport, Some(Transport::Quic));
+    assert_eq!(relay.view.sessions("acme")[0].transport, "quic");
+    Ok(())
+}
+
+#[tokio::test]
+async fn auto_falls_back_to_tls_over_tcp_when_udp_gets_no_answer() -> anyhow::Result<()> {
+    let (relay, secret) = relay_with_acme(relay().udp_elsewhere()).await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &secret)
+        .ca_cert(relay.ca_cert())
+        .transport("auto")
+        .quic_fallback_after(Duration::from_millis(500))
+        .target("app", &backend.url())
+        .spawn();
+    conn.connected().await;
+    assert_eq!(conn.state().transport, Some(Transport::Tcp));
+    let client = Client::new(&relay.ca_cert());
+    let a = client
+        .get(&relay.url("/relay/acme/app/after-fallback"))
+        .await?;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.headers["x-echo-path"], "/after-fallback");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sessions_go_through_a_connect_proxy() -> anyhow::Result<()> {
+    let (relay, secret) = relay_with_acme(relay()).await;
+    let backend = Backend::spawn().await;
+    let proxy = HttpProxy::start(None);
+    let mut conn = connector(&relay.server(), "acme", &secret)
+        .ca_cert(relay.ca_cert())
+        .proxy(&proxy.url())
+        .target("app", &backend.url())
+        .spawn();
+    conn.connected().await;
+    // `auto` with a proxy goes straight to TCP, through the proxy.
+    assert_eq!(conn.state().transport, Some(Transport::Tcp));
+    assert!(
+        proxy
+            .log()
+            .contains(&format!("CONNECT 127.0.0.1:{}", relay.addr.port())),
+        "{}",
+        proxy.log()
+    );
+    let client = Client::new(&relay.ca_cert());
+    let a = client.get(&relay.url("/relay/acme/app/via-proxy")).await?;
+    assert_eq!(a.status, StatusCode::OK);
+
+    // The proxy goes away: the session is lost, and comes back once a proxy is there again.
+    drop(proxy);
+    let mut watch = conn.watch();
+    tokio::time::timeout(Duration::from_secs(60), watch.wait_for(|s| !s.connected)).await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn proxy_basic_auth_and_clear_errors() -> anyhow::Result<()> {
+    let (relay, secret) = relay_with_acme(relay()).await;
+    let backend = Backend::spawn().await;
+    let proxy = HttpProxy::start(Some(("alice", "s3cret")));
+
+    // Right credentials (percent-encoding allowed in the URL).
+    let mut good = connector(&relay.server(), "acme", &secret)
+        .ca_cert(relay.ca_cert())
+        .proxy(&proxy.url_with("alice", "s3cr%65t"))
+        .target("app", &backend.url())
+        .spawn();
+    good.connected().await;
+    let client = Client::new(&relay.ca_cert());
+    assert_eq!(
+        client.get(&relay.url("/relay/acme/app/")).await?.status,
+        StatusCode::OK
+    );
+    good.stop().await;
+
+    // Wrong password, and none at all: never connected, and the log says why.
+    for (url, want) in [
+        (proxy.url_with("alice", "wrong"), "refused the credentials"),
+        (proxy.url(), "requires authentication"),
+    ] {
+        let bad = connector(&relay.server(), "acme", &secret)
+            .ca_cert(relay.ca_cert())
+            .proxy(&url)
+            .target("app", &backend.url())
+            .spawn();
+        let mut watch = bad.watch();
+        let state = tokio::time::timeout(
+            Duration::from_secs(20),
+            watch.wait_for(|s| s.last_error.is_some()),
+        )
+        .await??
+        .clone();
+        assert!(!state.connected);
+        let err = state.last_error.unwrap_or_default();
+        assert!(err.contains(want), "{err}");
+        assert!(
+            !err.contains("wrong"),
+            "the password must not be logged: {err}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_relay_certificate_is_verified_through_the_proxy() -> anyhow::Result<()> {
+    let (relay, secret) = relay_with_acme(relay()).await;
+    let backend = Backend::spawn().await;
+    let proxy = HttpProxy::start(None);
+    // No --ca-cert: the relay's self-signed certificate is not trusted, proxy or not.
+    let conn = connector(&relay.server(), "acme", &secret)
+        .proxy(&proxy.url())
+        .target("app", &backend.url())
+        .spawn();
+    let mut watch = conn.watch();
+    let state = tokio::time::timeout(
+        Duration::from_secs(20),
+        watch.wait_for(|s| s.last_error.is_some()),
+    )
+    .await??
+    .clone();
+    let err = state.last_error.unwrap_or_default();
+    assert!(err.contains("certificate"), "{err}");
+    assert!(!state.connected);
+    Ok(())
+}
