@@ -87,8 +87,11 @@ pub struct SessionFile {
     /// With transport `auto`: how long to wait for QUIC before trying TLS over TCP (default 4 s).
     #[serde(default, with = "humantime_serde")]
     pub quic_fallback_after: Option<Duration>,
-    /// With transport `auto`, after falling back to TCP: how long before QUIC is tried again on
-    /// the next connection (default 5 min).
+    /// Sessions this connector keeps to the relay at once (default 2): requests spread over
+    /// them, and a lost one is replaced while the others carry on.
+    pub count: Option<u32>,
+    /// With transport `auto`, after falling back to TCP: how long before QUIC is tried again
+    /// (default 5 min).
     #[serde(default, with = "humantime_serde")]
     pub quic_probe_interval: Option<Duration>,
 }
@@ -126,6 +129,8 @@ pub struct Config {
     pub quic_fallback_after: Duration,
     /// After a fallback, how long `auto` stays on TCP before trying QUIC again.
     pub quic_probe_interval: Duration,
+    /// Sessions kept at once.
+    pub sessions: u32,
 }
 
 /// `--transport`.
@@ -338,6 +343,7 @@ impl Config {
                 s.quic_fallback_after,
                 Duration::from_secs(4),
             )?,
+            sessions: s.count.unwrap_or(2).clamp(1, 16),
             quic_probe_interval: nonzero(
                 "session.quic_probe_interval",
                 s.quic_probe_interval,
@@ -423,7 +429,16 @@ fn parse_proxy(
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let port = authority.port_u16().unwrap_or(80);
+    // Not `authority.port()`: it reads an out-of-range port as no port at all.
+    let port = match authority
+        .as_str()
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .filter(|p| !p.contains(']'))
+    {
+        Some(p) => p.parse::<u16>().map_err(|_| bad("invalid port"))?,
+        None => 80,
+    };
     let mut credentials = match userinfo {
         Some(u) => {
             let decoded = percent_decode(u)
@@ -581,6 +596,86 @@ mod tests {
             targets,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn transports_and_proxies_are_validated() {
+        let mut f = base();
+        f.transport = Some("tcp".into());
+        assert_eq!(
+            Config::from_file(f, None).unwrap().transport,
+            TransportMode::Tcp
+        );
+        let mut f = base();
+        f.transport = Some("udp".into());
+        assert!(Config::from_file(f, None).is_err());
+
+        let mut f = base();
+        f.proxy = Some("http://al%40ice:p%3Ass@proxy.local:3128/".into());
+        let c = Config::from_file(f, None).unwrap();
+        let p = c.proxy.unwrap();
+        assert_eq!((p.host.as_str(), p.port), ("proxy.local", 3128));
+        assert_eq!(p.credentials.unwrap().expose(), "al@ice:p:ss");
+        let mut f = base();
+        f.proxy = Some("http://[::1]".into());
+        let p = Config::from_file(f, None).unwrap().proxy.unwrap();
+        assert_eq!((p.host.as_str(), p.port), ("::1", 80));
+
+        for bad in [
+            "https://proxy:3128",
+            "proxy:3128",
+            "http://user@proxy:3128",
+            "http://proxy:99999",
+        ] {
+            let mut f = base();
+            f.proxy = Some(bad.into());
+            assert!(Config::from_file(f, None).is_err(), "{bad}");
+        }
+        // The password never shows in the error.
+        let mut f = base();
+        f.proxy = Some("ftp://u:topsecret@proxy:1".into());
+        let err = Config::from_file(f, None).unwrap_err().to_string();
+        assert!(!err.contains("topsecret"), "{err}");
+        // A proxy carries TCP only.
+        let mut f = base();
+        f.proxy = Some("http://proxy:3128".into());
+        f.transport = Some("quic".into());
+        assert!(Config::from_file(f, None).is_err());
+    }
+
+    #[test]
+    fn https_proxy_and_no_proxy_from_the_environment() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let server = Some("https://relay.example.com:8443");
+        assert_eq!(
+            proxy_from_env(&env(&[("HTTPS_PROXY", "http://p:3128")]), server).as_deref(),
+            Some("http://p:3128")
+        );
+        assert_eq!(
+            proxy_from_env(&env(&[("https_proxy", "http://p:1")]), server).as_deref(),
+            Some("http://p:1")
+        );
+        for no in [
+            "example.com",
+            ".example.com",
+            "*",
+            "other, relay.example.com:8443",
+            "RELAY.example.com",
+        ] {
+            let vars = env(&[("HTTPS_PROXY", "http://p:3128"), ("NO_PROXY", no)]);
+            assert_eq!(proxy_from_env(&vars, server), None, "{no}");
+        }
+        let vars = env(&[
+            ("HTTPS_PROXY", "http://p:3128"),
+            ("no_proxy", "ample.com,localhost"),
+        ]);
+        assert!(proxy_from_env(&vars, server).is_some());
+        assert!(proxy_from_env(&env(&[("HTTP_PROXY", "http://p:1")]), server).is_none());
     }
 
     #[test]

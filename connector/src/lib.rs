@@ -47,11 +47,13 @@ const STABLE_SESSION: Duration = Duration::from_secs(60);
 /// What the connector is doing, for callers that watch it (tests, the service status).
 #[derive(Debug, Clone, Default)]
 pub struct State {
-    /// A session is established.
+    /// At least one session is established.
     pub connected: bool,
-    /// The current session's id.
+    /// Sessions established right now.
+    pub sessions: usize,
+    /// The newest session's id.
     pub session_id: Option<String>,
-    /// The current session's transport.
+    /// The newest session's transport.
     pub transport: Option<transport::Transport>,
     /// How many sessions were established since start.
     pub sessions_established: u64,
@@ -59,7 +61,7 @@ pub struct State {
     pub last_error: Option<String>,
 }
 
-type StateTx = watch::Sender<State>;
+type StateTx = Arc<watch::Sender<State>>;
 
 /// A connector ready to run.
 #[derive(Debug)]
@@ -75,7 +77,7 @@ impl Connector {
         let dialer = Arc::new(Dialer::new(config, backends)?);
         Ok(Connector {
             dialer,
-            state: watch::channel(State::default()).0,
+            state: Arc::new(watch::channel(State::default()).0),
         })
     }
 
@@ -84,57 +86,79 @@ impl Connector {
         self.state.subscribe()
     }
 
-    /// Keeps a session up until `shutdown` is cancelled; then drains in-flight streams (bounded)
-    /// and returns.
+    /// Keeps `session.count` sessions up until `shutdown` is cancelled; then drains in-flight
+    /// streams (bounded) and returns.
     pub async fn run(self, shutdown: CancellationToken) {
         let config = self.dialer.config().clone();
         info!(
             relay = %format!("{}:{}", config.server_host, config.server_port),
             tenant = %config.tenant,
             targets = ?config.targets.keys().collect::<Vec<_>>(),
+            sessions = config.sessions,
             "connector starting"
         );
-        let mut attempt: u32 = 0;
-        loop {
-            if shutdown.is_cancelled() {
-                break;
-            }
-            let started = Instant::now();
-            // The session watches `shutdown` itself: while establishing it gives up at once; once
-            // established it stops taking streams and lets those in flight finish.
-            let outcome = self.dialer.session(&shutdown, &self.state).await;
-            let hint = match outcome {
-                Ok(Ended::Shutdown) => break,
-                Err(AttemptError::Shutdown) => break,
-                Ok(Ended::Drained) => {
-                    attempt = 0;
-                    Duration::ZERO
-                }
-                Ok(Ended::Lost(reason)) => {
-                    session::set_error(&self.state, &reason);
-                    if started.elapsed() >= STABLE_SESSION {
-                        attempt = 0;
-                    }
-                    Duration::ZERO
-                }
-                Err(e) => {
-                    log_attempt_error(&e);
-                    session::set_error(&self.state, &e.to_string());
-                    e.retry_after()
-                }
-            };
-            let delay = backoff(config.backoff_base, config.backoff_cap, attempt).max(hint);
-            attempt = attempt.saturating_add(1);
-            if !delay.is_zero() {
-                info!(retry_in = ?delay, attempt, "reconnecting");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.cancelled() => break,
-            }
+        let mut slots = tokio::task::JoinSet::new();
+        for slot in 0..config.sessions as usize {
+            slots.spawn(keep_session(
+                self.dialer.clone(),
+                self.state.clone(),
+                slot,
+                shutdown.clone(),
+            ));
         }
+        while slots.join_next().await.is_some() {}
         self.dialer.close().await;
         info!("connector stopped");
+    }
+}
+
+/// One session slot: establishes a session, serves it, and reconnects with backoff, forever.
+async fn keep_session(
+    dialer: Arc<Dialer>,
+    state: StateTx,
+    slot: usize,
+    shutdown: CancellationToken,
+) {
+    let config = dialer.config().clone();
+    let mut attempt: u32 = 0;
+    loop {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let started = Instant::now();
+        // The session watches `shutdown` itself: while establishing it gives up at once; once
+        // established it stops taking streams and lets those in flight finish.
+        let outcome = dialer.session(slot, &shutdown, &state).await;
+        let hint = match outcome {
+            Ok(Ended::Shutdown) => break,
+            Err(AttemptError::Shutdown) => break,
+            Ok(Ended::Drained) => {
+                attempt = 0;
+                Duration::ZERO
+            }
+            Ok(Ended::Lost(reason)) => {
+                session::set_error(&state, &reason);
+                if started.elapsed() >= STABLE_SESSION {
+                    attempt = 0;
+                }
+                Duration::ZERO
+            }
+            Err(e) => {
+                log_attempt_error(&e);
+                session::set_error(&state, &e.to_string());
+                e.retry_after()
+            }
+        };
+        let delay = backoff(config.backoff_base, config.backoff_cap, attempt).max(hint);
+        attempt = attempt.saturating_add(1);
+        if !delay.is_zero() {
+            info!(slot, retry_in = ?delay, attempt, "reconnecting");
+        }
+        // Why select: the backoff sleep must not delay shutdown.
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => break,
+        }
     }
 }
 

@@ -31,8 +31,8 @@
 //!   the receiver is done with a stream the peer opened (both local handles dropped).
 //! - Flow control: each direction of each stream starts with [`STREAM_WINDOW`] (1 MiB) of credit,
 //!   each direction of the connection with [`CONN_WINDOW`] (16 MiB). DATA of n bytes consumes n of
-//!   both. The receiver returns credit with WINDOW once the application has consumed at least half
-//!   a window since the last update (and returns connection credit for data it discards). Sending
+//!   both. The receiver returns credit with WINDOW once the application has consumed at least an
+//!   eighth of a window since the last update (and returns connection credit for data it discards). Sending
 //!   beyond the credit, or granting credit beyond the initial window, is a protocol error.
 //! - A STOP is answered by a RESET with the same code. Frames for a stream that was already
 //!   removed are ignored (DATA is discarded and credited back); frames for a stream id that was
@@ -240,12 +240,12 @@ impl StreamState {
         }
     }
 
-    /// The application consumed `n` buffered bytes: return credit when half a window is due.
+    /// The application consumed `n` buffered bytes: return credit when an eighth of a window is due.
     fn consumed(&mut self, id: u64, n: u64, conn: &mut ConnState) {
         self.recv_buffered = self.recv_buffered.saturating_sub(n);
         if self.recv == RecvState::Open {
             self.recv_unacked += n;
-            if self.recv_unacked >= STREAM_WINDOW / 2 {
+            if self.recv_unacked >= STREAM_WINDOW / 8 {
                 let inc = u32::try_from(self.recv_unacked).unwrap_or(u32::MAX);
                 conn.send(Frame::Window(id, inc));
                 self.recv_limit += u64::from(inc);
@@ -310,10 +310,11 @@ impl ConnState {
         }
     }
 
-    /// `n` received bytes left the connection's buffers: return credit when half a window is due.
+    /// `n` received bytes left the connection's buffers: return credit when an eighth of the window
+    /// is due (as quinn does), so a few unread streams cannot starve the others for long.
     fn credit(&mut self, n: u64) {
         self.recv_pending += n;
-        if self.recv_pending >= CONN_WINDOW / 2 {
+        if self.recv_pending >= CONN_WINDOW / 8 {
             let inc = u32::try_from(self.recv_pending).unwrap_or(u32::MAX);
             self.send(Frame::Window(0, inc));
             self.recv_limit += u64::from(inc);
@@ -408,7 +409,10 @@ impl Shared {
             .map(|(id, _)| *id)
             .collect();
         for id in complete {
-            if let Some(s) = streams.remove(&id) {
+            if let Some(mut s) = streams.remove(&id) {
+                // Its writers and `stopped` waiters must learn of the close.
+                wakers.extend(s.send_waker.take());
+                wakers.extend(s.stopped_waker.take());
                 guard.streams.insert(id, s);
             }
         }
@@ -587,6 +591,10 @@ impl Shared {
         let Some(s) = streams.get_mut(&id) else {
             return Poll::Ready(Err(conn.closed_error()));
         };
+        // A stream kept readable after a close (its FIN had arrived) can no longer send.
+        if conn.closed.is_some() {
+            return Poll::Ready(Err(conn.closed_error()));
+        }
         match s.send {
             SendState::Open => {}
             SendState::Stopped(code) => {
@@ -1063,6 +1071,9 @@ impl SendStream {
         let Some(s) = streams.get_mut(&self.id) else {
             return Err(conn.closed_error());
         };
+        if conn.closed.is_some() {
+            return Err(conn.closed_error());
+        }
         match s.send {
             SendState::Open => {
                 s.send = SendState::Finished;
@@ -1097,6 +1108,12 @@ impl SendStream {
             let Some(s) = streams.get_mut(&self.id) else {
                 return Poll::Ready(Err(conn.closed_error()));
             };
+            if let Some(code) = s.stop_code {
+                return Poll::Ready(Ok(Some(code)));
+            }
+            if conn.closed.is_some() && s.send == SendState::Open {
+                return Poll::Ready(Err(conn.closed_error()));
+            }
             if let Some(code) = s.stop_code {
                 return Poll::Ready(Ok(Some(code)));
             }
@@ -1493,6 +1510,37 @@ mod tests {
         let mut sa = timeout(SECS5, writer).await.unwrap().unwrap().unwrap();
         sa.finish().unwrap();
         assert_eq!(rb.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_complete_message_stays_readable_after_close_but_its_sender_fails() {
+        let (a, b) = pair(cfg(), cfg());
+        let (mut sa, _ra) = a.open_bi().await.unwrap();
+        sa.write_all(b"request").await.unwrap();
+        sa.finish().unwrap();
+        let (mut sb, mut rb) = b.accept_bi().await.unwrap();
+        // b's response is blocked on credit (a never reads) when the connection dies.
+        let blocked = tokio::spawn(async move {
+            let r = sb
+                .write_bytes(Bytes::from(vec![7u8; 2 * STREAM_WINDOW as usize]))
+                .await;
+            (r, sb)
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!blocked.is_finished(), "the write waits for credit");
+        // Wait until b has the FIN, then the peer goes away.
+        let mut got = Vec::new();
+        rb.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"request");
+        a.close(0, b"gone");
+        timeout(SECS5, b.closed()).await.unwrap();
+        let (r, mut sb) = timeout(SECS5, blocked).await.unwrap().unwrap();
+        assert!(matches!(
+            stream_err(&r.unwrap_err()),
+            Some(StreamError::Closed(_))
+        ));
+        assert!(timeout(SECS5, sb.stopped()).await.unwrap().is_err());
+        assert!(sb.finish().is_err());
     }
 
     #[tokio::test]

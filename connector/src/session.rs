@@ -19,7 +19,7 @@ use crate::config::{Config, TransportMode};
 use crate::control::{ControlError, ControlStream};
 use crate::layered::ConfigError;
 use crate::mux;
-use crate::transport::Conn;
+use crate::transport::{Conn, Transport};
 use crate::{State, StateTx};
 
 /// Deadline for the QUIC handshake to the relay.
@@ -40,6 +40,22 @@ pub(crate) enum Ended {
     Lost(String),
     /// We are shutting down.
     Shutdown,
+}
+
+/// A session that is up and authenticated.
+#[derive(Debug)]
+pub(crate) struct Established {
+    conn: Conn,
+    control: ControlStream,
+    session_id: String,
+    expires_in: Duration,
+}
+
+/// How `serve` ended: the session is over, or it was replaced by a better one (TCP → QUIC) that
+/// the slot serves next while the old one drains in the background.
+enum Served {
+    Ended(Ended),
+    Replaced(Box<Established>),
 }
 
 /// Why an attempt to establish a session failed.
@@ -87,6 +103,8 @@ struct TokenCache(Option<(String, Instant)>);
 #[derive(Debug)]
 pub(crate) struct Dialer {
     endpoint: Endpoint,
+    /// Sessions finishing their streams after their slot moved on.
+    lingering: TaskTracker,
     tls: Arc<rustls::ClientConfig>,
     /// In `auto` mode, after QUIC failed: use TCP directly until then (then probe QUIC again).
     quic_blocked_until: Mutex<Option<Instant>>,
@@ -105,6 +123,7 @@ impl Dialer {
         let connector_id = uuid_like();
         Ok(Dialer {
             endpoint,
+            lingering: TaskTracker::new(),
             tls: Arc::new(tls),
             quic_blocked_until: Mutex::new(None),
             config,
@@ -118,45 +137,64 @@ impl Dialer {
         &self.config
     }
 
-    /// Establishes and authenticates one session, then serves it until it ends.
+    /// Establishes and authenticates one session for `slot`, then serves it (and any session
+    /// that replaces it) until it ends.
     pub(crate) async fn session(
         self: &Arc<Self>,
+        slot: usize,
         shutdown: &CancellationToken,
         state: &StateTx,
     ) -> Result<Ended, AttemptError> {
         // Why select: DNS, the handshake or authentication may hang; shutdown must not wait.
-        let (conn, mut control, session_id, expires_in) = tokio::select! {
-            r = self.establish() => r?,
+        let mut session = tokio::select! {
+            r = self.establish(slot) => r?,
             _ = shutdown.cancelled() => return Err(AttemptError::Shutdown),
         };
-        info!(
-            session_id = %session_id,
-            relay = %conn.remote_address(),
-            transport = %conn.transport(),
-            "session established"
-        );
-        state.send_modify(|s| {
-            s.connected = true;
-            s.session_id = Some(session_id.clone());
-            s.transport = Some(conn.transport());
-            s.sessions_established += 1;
-        });
-        let ended = self.serve(&conn, &mut control, shutdown, expires_in).await;
-        state.send_modify(|s| {
-            s.connected = false;
-            s.session_id = None;
-            s.transport = None;
-        });
-        info!(session_id = %session_id, ?ended, "session ended");
-        Ok(ended)
+        loop {
+            let session_id = session.session_id.clone();
+            info!(
+                slot,
+                session_id = %session_id,
+                relay = %session.conn.remote_address(),
+                transport = %session.conn.transport(),
+                "session established"
+            );
+            let transport = session.conn.transport();
+            state.send_modify(|s| {
+                s.sessions += 1;
+                s.connected = true;
+                s.session_id = Some(session_id.clone());
+                s.transport = Some(transport);
+                s.sessions_established += 1;
+            });
+            let served = self.serve(session, shutdown).await;
+            state.send_modify(|s| {
+                s.sessions = s.sessions.saturating_sub(1);
+                s.connected = s.sessions > 0;
+                if s.session_id.as_deref() == Some(session_id.as_str()) {
+                    s.session_id = None;
+                    s.transport = None;
+                }
+            });
+            match served {
+                Served::Replaced(next) => {
+                    info!(session_id = %session_id, "session replaced; the old one drains");
+                    session = *next;
+                }
+                Served::Ended(ended) => {
+                    info!(session_id = %session_id, ?ended, "session ended");
+                    return Ok(ended);
+                }
+            }
+        }
     }
 
-    async fn establish(&self) -> Result<(Conn, ControlStream, String, Duration), AttemptError> {
+    async fn establish(&self, slot: usize) -> Result<Established, AttemptError> {
         let conn = match self.config.transport {
-            TransportMode::Quic => self.connect_quic(CONNECT_TIMEOUT).await?,
-            TransportMode::Tcp => self.connect_tcp().await?,
+            TransportMode::Quic => self.connect_quic(slot, CONNECT_TIMEOUT).await?,
+            TransportMode::Tcp => self.connect_tcp(slot).await?,
             // A CONNECT proxy carries TCP only.
-            TransportMode::Auto if self.config.proxy.is_some() => self.connect_tcp().await?,
+            TransportMode::Auto if self.config.proxy.is_some() => self.connect_tcp(slot).await?,
             TransportMode::Auto => {
                 let blocked = self
                     .quic_blocked_until
@@ -164,9 +202,12 @@ impl Dialer {
                     .unwrap_or_else(|p| p.into_inner())
                     .is_some_and(|until| Instant::now() < until);
                 if blocked {
-                    self.connect_tcp().await?
+                    self.connect_tcp(slot).await?
                 } else {
-                    match self.connect_quic(self.config.quic_fallback_after).await {
+                    match self
+                        .connect_quic(slot, self.config.quic_fallback_after)
+                        .await
+                    {
                         Ok(c) => c,
                         Err(AttemptError::Resolve(h, e)) => {
                             return Err(AttemptError::Resolve(h, e))
@@ -178,7 +219,7 @@ impl Dialer {
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner()) =
                                 Some(Instant::now() + self.config.quic_probe_interval);
-                            self.connect_tcp().await?
+                            self.connect_tcp(slot).await?
                         }
                     }
                 }
@@ -187,7 +228,9 @@ impl Dialer {
         self.authenticate(conn).await
     }
 
-    async fn resolve(&self) -> Result<Vec<SocketAddr>, AttemptError> {
+    /// The relay's addresses, IPv4 first, rotated by `slot` so that the sessions of one connector
+    /// spread over the addresses DNS returns (each falls back to the others).
+    async fn resolve(&self, slot: usize) -> Result<Vec<SocketAddr>, AttemptError> {
         let host = &self.config.server_host;
         let port = self.config.server_port;
         let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
@@ -203,13 +246,17 @@ impl Dialer {
         // IPv4 first: a relay bound to 0.0.0.0 is the common case, and a failed v6 attempt
         // would cost a full handshake timeout.
         addrs.sort_by_key(|a| a.is_ipv6());
+        let v4 = addrs.iter().filter(|a| a.is_ipv4()).count();
+        if v4 > 1 {
+            addrs[..v4].rotate_left(slot % v4);
+        }
         Ok(addrs)
     }
 
     /// A QUIC connection to the first relay address that answers within `timeout` each.
-    async fn connect_quic(&self, timeout: Duration) -> Result<Conn, AttemptError> {
+    async fn connect_quic(&self, slot: usize, timeout: Duration) -> Result<Conn, AttemptError> {
         let mut last = None;
-        for addr in self.resolve().await? {
+        for addr in self.resolve(slot).await? {
             match self.connect(addr, timeout).await {
                 Ok(c) => return Ok(Conn::Quic(c)),
                 Err(e) => last = Some(e),
@@ -239,7 +286,7 @@ impl Dialer {
 
     /// TLS over TCP to the relay's HTTPS port (through the proxy when one is configured), with
     /// the tunnel's ALPN, and the multiplexer on top.
-    async fn connect_tcp(&self) -> Result<Conn, AttemptError> {
+    async fn connect_tcp(&self, slot: usize) -> Result<Conn, AttemptError> {
         let host = self.config.server_host.clone();
         let port = self.config.server_port;
         let (tcp, remote) = match &self.config.proxy {
@@ -253,7 +300,7 @@ impl Dialer {
             None => {
                 let mut last = None;
                 let mut found = None;
-                for addr in self.resolve().await? {
+                for addr in self.resolve(slot).await? {
                     match tokio::time::timeout(
                         CONNECT_TIMEOUT,
                         tokio::net::TcpStream::connect(addr),
@@ -325,10 +372,7 @@ impl Dialer {
         )))
     }
 
-    async fn authenticate(
-        &self,
-        conn: Conn,
-    ) -> Result<(Conn, ControlStream, String, Duration), AttemptError> {
+    async fn authenticate(&self, conn: Conn) -> Result<Established, AttemptError> {
         let (send, recv) = tokio::time::timeout(AUTH_TIMEOUT, conn.open_bi())
             .await
             .map_err(|_| AttemptError::AuthTimeout(AUTH_TIMEOUT))?
@@ -354,7 +398,12 @@ impl Dialer {
                 if !w.token.is_empty() {
                     self.store_token(w.token, expires_in);
                 }
-                Ok((conn, control, w.session_id, expires_in))
+                Ok(Established {
+                    conn,
+                    control,
+                    session_id: w.session_id,
+                    expires_in,
+                })
             }
             ControlFrame::Refused(r) => {
                 if used_token {
@@ -393,19 +442,26 @@ impl Dialer {
             Some((token, Instant::now() + life));
     }
 
-    /// Serves streams and the control stream until the session ends.
-    async fn serve(
-        &self,
-        conn: &Conn,
-        control: &mut ControlStream,
-        shutdown: &CancellationToken,
-        expires_in: Duration,
-    ) -> Ended {
+    /// Serves streams and the control stream until the session ends or is replaced.
+    async fn serve(self: &Arc<Self>, session: Established, shutdown: &CancellationToken) -> Served {
+        let Established {
+            conn,
+            mut control,
+            expires_in,
+            ..
+        } = session;
         let streams = TaskTracker::new();
         let mut renew_at = tokio::time::Instant::now() + renew_delay(expires_in);
+        // On TCP in `auto` mode (no proxy), try QUIC again now and then, in the background.
+        let probing = conn.transport() == Transport::Tcp
+            && self.config.transport == TransportMode::Auto
+            && self.config.proxy.is_none();
+        let mut probe_at = tokio::time::Instant::now() + self.config.quic_probe_interval;
+        let mut probe: Option<tokio::task::JoinHandle<Result<Established, AttemptError>>> = None;
         let ended = loop {
             // Why select: the session is driven by whichever comes first — a new stream from the
-            // relay, a control frame, the renewal deadline, the connection closing, or shutdown.
+            // relay, a control frame, the renewal deadline, a QUIC probe, the connection closing,
+            // or shutdown.
             tokio::select! {
                 incoming = conn.accept_bi() => match incoming {
                     Ok((send, recv)) => {
@@ -423,7 +479,9 @@ impl Dialer {
                     }
                     Ok(ControlFrame::GoAway(g)) => {
                         info!(code = %g.code, reason = %g.message, "relay asked this session to move");
-                        break Ended::Drained;
+                        // The slot reconnects at once; this session finishes its streams meanwhile.
+                        self.lingering.spawn(linger(conn, control, streams, self.backends.clone(), Linger::Asked));
+                        return Served::Ended(Ended::Drained);
                     }
                     Ok(ControlFrame::Ping(n)) => {
                         if control.send(&ControlFrame::Pong(n)).await.is_err() {
@@ -446,9 +504,40 @@ impl Dialer {
                     // Until the answer arrives, do not ask again for a while.
                     renew_at = tokio::time::Instant::now() + Duration::from_secs(30);
                 }
+                _ = tokio::time::sleep_until(probe_at), if probing && probe.is_none() => {
+                    let dialer = self.clone();
+                    probe = Some(tokio::spawn(async move {
+                        let conn = dialer.connect_quic(0, dialer.config.quic_fallback_after).await?;
+                        dialer.authenticate(conn).await
+                    }));
+                }
+                result = async { probe.as_mut().expect("guarded by the condition").await }, if probe.is_some() => {
+                    probe = None;
+                    probe_at = tokio::time::Instant::now() + self.config.quic_probe_interval;
+                    match result {
+                        Ok(Ok(next)) => {
+                            info!("QUIC reachable again: moving this session from TLS/TCP to QUIC");
+                            *self.quic_blocked_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                            // The relay stops routing here and closes once our streams are done;
+                            // until then this session keeps serving what arrives.
+                            let go_away = ControlFrame::GoAway(tunnel_protocol::GoAway {
+                                code: ErrorCode::NO_ERROR,
+                                message: "moving to QUIC".into(),
+                            });
+                            let _ = control.send(&go_away).await;
+                            self.lingering.spawn(linger(conn, control, streams, self.backends.clone(), Linger::Moving));
+                            return Served::Replaced(Box::new(next));
+                        }
+                        Ok(Err(e)) => debug!(error = %e, "QUIC still unavailable; staying on TLS/TCP"),
+                        Err(e) => debug!(error = %e, "QUIC probe failed"),
+                    }
+                }
                 _ = shutdown.cancelled() => break Ended::Shutdown,
             }
         };
+        if let Some(p) = probe {
+            p.abort();
+        }
         // Let the streams in flight finish (bounded), then close the connection.
         streams.close();
         if tokio::time::timeout(DRAIN_GRACE, streams.wait())
@@ -468,13 +557,67 @@ impl Dialer {
         control.finish();
         conn.close(code, code.name().as_bytes());
         let _ = tokio::time::timeout(Duration::from_secs(2), conn.drained()).await;
-        ended
+        Served::Ended(ended)
     }
 
-    /// Waits (bounded) for close frames to be sent before the endpoint goes away.
+    /// Waits (bounded) for lingering sessions to finish and for close frames to be sent before
+    /// the endpoint goes away.
     pub(crate) async fn close(&self) {
+        self.lingering.close();
+        let _ = tokio::time::timeout(DRAIN_GRACE, self.lingering.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
+}
+
+/// Why a session lingers after its slot moved on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Linger {
+    /// The relay sent `GoAway` (it drains): close once our streams are done.
+    Asked,
+    /// We sent `GoAway` (moving to QUIC): the relay closes once nothing is in flight there.
+    Moving,
+}
+
+/// A session its slot has moved away from: it keeps serving the streams the relay still opens
+/// (one may have been opened just before the `GoAway`), and closes when its work is done, bounded
+/// by the drain grace.
+async fn linger(
+    conn: Conn,
+    mut control: ControlStream,
+    streams: TaskTracker,
+    backends: Backends,
+    why: Linger,
+) {
+    let started = tokio::time::Instant::now();
+    let deadline = tokio::time::sleep(DRAIN_GRACE);
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        // Why select: accept until the relay closes the connection, our streams are done (when
+        // the relay asked), or the grace is over.
+        tokio::select! {
+            incoming = conn.accept_bi() => match incoming {
+                Ok((send, recv)) => {
+                    streams.spawn(crate::stream::serve(send, recv, backends.clone()));
+                }
+                Err(_) => break,
+            },
+            _ = tick.tick() => {
+                if why == Linger::Asked
+                    && streams.is_empty()
+                    && started.elapsed() >= Duration::from_millis(200)
+                {
+                    break;
+                }
+            }
+            _ = &mut deadline => break,
+        }
+    }
+    streams.close();
+    let _ = tokio::time::timeout(DRAIN_GRACE, streams.wait()).await;
+    control.finish();
+    conn.close(ErrorCode::NO_ERROR, ErrorCode::NO_ERROR.name().as_bytes());
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.drained()).await;
 }
 
 /// Renew at two thirds of the token's life.

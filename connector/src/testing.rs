@@ -20,7 +20,7 @@ pub struct ConnectorHandle {
 }
 
 impl ConnectorHandle {
-    /// Waits until a session is established (panics after 20 s: tests only).
+    /// Waits until at least one session is established (panics after 20 s: tests only).
     pub async fn connected(&mut self) -> &mut Self {
         let wait = self.state.wait_for(|s| s.connected);
         tokio::time::timeout(Duration::from_secs(20), wait)
@@ -79,6 +79,8 @@ pub fn connector(server: &str, tenant: &str, secret: &str) -> Builder {
             session: SessionFile {
                 backoff_base: Some(Duration::from_millis(100)),
                 backoff_cap: Some(Duration::from_secs(1)),
+                // One session unless a test asks for more: most tests count sessions.
+                count: Some(1),
                 ..SessionFile::default()
             },
             transport,
@@ -139,6 +141,12 @@ impl Builder {
         self
     }
 
+    /// Keeps `n` sessions at once.
+    pub fn sessions(mut self, n: u32) -> Self {
+        self.file.session.count = Some(n);
+        self
+    }
+
     /// `auto`, `quic` or `tcp`.
     pub fn transport(mut self, mode: &str) -> Self {
         self.file.transport = Some(mode.to_string());
@@ -154,6 +162,12 @@ impl Builder {
     /// With `auto`: how long to wait for QUIC before falling back to TCP.
     pub fn quic_fallback_after(mut self, d: Duration) -> Self {
         self.file.session.quic_fallback_after = Some(d);
+        self
+    }
+
+    /// With `auto`, after a fallback: how long before QUIC is tried again.
+    pub fn quic_probe_interval(mut self, d: Duration) -> Self {
+        self.file.session.quic_probe_interval = Some(d);
         self
     }
 

@@ -18,6 +18,8 @@ use crate::{run, Config, Listeners, RelayView};
 pub struct RelayHandle {
     /// HTTPS + QUIC address.
     pub addr: SocketAddr,
+    /// QUIC (UDP) address: `addr` unless built with `udp_elsewhere`.
+    pub quic_addr: SocketAddr,
     /// Plain-HTTP ingress address.
     pub http_addr: Option<SocketAddr>,
     /// Admin address.
@@ -86,6 +88,7 @@ async fn start(mut file: FileConfig, dir: Arc<TempDir>, udp_elsewhere: bool) -> 
         listeners.quic = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp socket");
     }
     let addrs = listeners.addrs();
+    let quic_addr = listeners.quic.local_addr().expect("udp address");
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(run(
@@ -98,6 +101,7 @@ async fn start(mut file: FileConfig, dir: Arc<TempDir>, udp_elsewhere: bool) -> 
     let view = rx.await.expect("relay failed to start");
     RelayHandle {
         addr: addrs.https.expect("https address"),
+        quic_addr,
         http_addr: addrs.http,
         admin_addr: addrs.admin,
         view,

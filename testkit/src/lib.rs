@@ -7,11 +7,13 @@ pub mod client;
 pub mod http_proxy;
 pub mod postgres;
 pub mod process;
+pub mod udp_gate;
 
 pub use backend::{pattern_chunk, pattern_sha256, Backend};
 pub use client::Client;
 pub use http_proxy::HttpProxy;
 pub use postgres::PgCluster;
+pub use udp_gate::UdpGate;
 
 /// Installs a test tracing subscriber once (`RUST_LOG` picks the level; default warn).
 pub fn trace_init() {

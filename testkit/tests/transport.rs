@@ -255,3 +255,130 @@ async fn the_relay_certificate_is_verified_through_the_proxy() -> anyhow::Result
     assert!(!state.connected);
     Ok(())
 }
+
+#[tokio::test]
+async fn auto_moves_back_to_quic_when_udp_returns_without_failing_requests() -> anyhow::Result<()> {
+    // The relay's QUIC socket is elsewhere; a gate on the HTTPS port number forwards UDP to it
+    // only while open: closed = UDP blocked.
+    let (relay, secret) = relay_with_acme(relay().udp_elsewhere()).await;
+    let gate = testkit::UdpGate::start(relay.addr, relay.quic_addr, false).await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &secret)
+        .ca_cert(relay.ca_cert())
+        .transport("auto")
+        .quic_fallback_after(Duration::from_millis(300))
+        .quic_probe_interval(Duration::from_secs(1))
+        .target("app", &backend.url())
+        .spawn();
+    conn.connected().await;
+    assert_eq!(conn.state().transport, Some(Transport::Tcp));
+    let client = Client::new(&relay.ca_cert());
+
+    // A request in flight on the TCP session, and a steady stream of new ones.
+    let held = {
+        let req = http::Request::get(relay.url("/relay/acme/app/slow"))
+            .body(testkit::client::Body::default())?;
+        let resp = client.send(req).await?;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body();
+        body.frame().await.expect("first chunk")?;
+        body
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (client, url, stop) = (
+            client.clone(),
+            relay.url("/relay/acme/app/during"),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match client.get(&url).await {
+                    Ok(a) if a.status == StatusCode::OK => ok += 1,
+                    Ok(a) => failed.push(a.status.to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failed)
+        })
+    };
+
+    gate.set_open(true);
+    let mut watch = conn.watch();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        watch.wait_for(|s| s.transport == Some(Transport::Quic)),
+    )
+    .await??;
+    // The relay ends up with only the QUIC session once the old one has drained.
+    backend.release();
+    let rest = held.collect().await?.to_bytes();
+    assert_eq!(
+        rest,
+        Bytes::from_static(b"second\n"),
+        "the in-flight response completed"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let sessions = relay.view.sessions("acme");
+        if sessions.len() == 1 && sessions[0].transport == "quic" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "old TCP session not closed: {sessions:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await?;
+    assert!(
+        failed.is_empty(),
+        "requests failed during the move: {failed:?}"
+    );
+    assert!(ok > 5, "the load ran ({ok} requests)");
+    Ok(())
+}
+
+#[tokio::test]
+async fn requests_spread_over_a_connectors_sessions() -> anyhow::Result<()> {
+    let (relay, secret) = relay_with_acme(relay()).await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &secret)
+        .ca_cert(relay.ca_cert())
+        .sessions(2)
+        .target("app", &backend.url())
+        .spawn();
+    conn.connected().await;
+    let mut watch = conn.watch();
+    tokio::time::timeout(Duration::from_secs(20), watch.wait_for(|s| s.sessions == 2)).await??;
+    let sessions = relay.view.sessions("acme");
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(sessions[0].connector_id, sessions[1].connector_id);
+    let client = Client::new(&relay.ca_cert());
+    // Four held requests: the least-loaded pick puts two on each session.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let req = http::Request::get(relay.url("/relay/acme/app/slow"))
+            .body(testkit::client::Body::default())?;
+        let resp = client.send(req).await?;
+        let mut body = resp.into_body();
+        body.frame().await.expect("first chunk")?;
+        held.push(body);
+    }
+    let loads: Vec<usize> = relay
+        .view
+        .sessions("acme")
+        .iter()
+        .map(|s| s.in_flight)
+        .collect();
+    assert_eq!(loads, vec![2, 2]);
+    backend.release();
+    for body in held {
+        body.collect().await?;
+    }
+    Ok(())
+}
