@@ -223,33 +223,41 @@ def main():
         data = f"{work}/relay-data"
         def relay_cli(*a):
             return subprocess.run([relay_bin, "--data-dir", data, *a], capture_output=True, text=True, check=True).stdout
-        relay_cli("tenant", "create", "bench")
-        secret = relay_cli("tenant", "credential", "create", "bench").strip().splitlines()[-1]
-        with open(f"{work}/secret", "w") as f:
-            f.write(secret)
+        # One tenant per transport: `bench` served by a QUIC connector, `benchtcp` by a TLS-over-TCP one.
+        for tenant in ("bench", "benchtcp"):
+            relay_cli("tenant", "create", tenant)
+            secret = relay_cli("tenant", "credential", "create", tenant).strip().splitlines()[-1]
+            with open(f"{work}/secret-{tenant}", "w") as f:
+                f.write(secret)
         relay = start([relay_bin, "--data-dir", data, "run", "--listen", f"127.0.0.1:{PORTS['relay']}",
                        "--listen-http", f"127.0.0.1:{PORTS['relay_http']}"],
                       env={"RELAY_LIMITS__MAX_BODY_BYTES": str(4 << 30), "RELAY_LIMITS__MAX_CONCURRENT_STREAMS": "4096",
                            "RUST_LOG": "warn"})
         procs.append(relay)
         wait_port(PORTS["relay_http"])
-        conn = start([conn_bin, "run", "--server", f"https://127.0.0.1:{PORTS['relay']}", "--tenant", "bench",
-                      "--secret-file", f"{work}/secret", "--ca-cert", f"{data}/tls/cert.pem",
-                      "--target", f"app=http://127.0.0.1:{PORTS['backend']}",
-                      "--target", f"sink=http://127.0.0.1:{PORTS['sink']}"], env={"RUST_LOG": "warn"})
-        procs.append(conn)
+        def connector(tenant, transport):
+            return start([conn_bin, "run", "--server", f"https://127.0.0.1:{PORTS['relay']}", "--tenant", tenant,
+                          "--secret-file", f"{work}/secret-{tenant}", "--ca-cert", f"{data}/tls/cert.pem",
+                          "--transport", transport,
+                          "--target", f"app=http://127.0.0.1:{PORTS['backend']}",
+                          "--target", f"sink=http://127.0.0.1:{PORTS['sink']}"], env={"RUST_LOG": "warn"})
+        conn = connector("bench", "quic")
+        conn_tcp = connector("benchtcp", "tcp")
+        procs += [conn, conn_tcp]
         relay_base = f"http://127.0.0.1:{PORTS['relay_http']}/relay/bench"
+        tcp_base = f"http://127.0.0.1:{PORTS['relay_http']}/relay/benchtcp"
         deadline = time.time() + 30
         last = None
-        while True:
-            try:
-                if urllib.request.urlopen(f"{relay_base}/app/small", timeout=2).status == 200:
-                    break
-            except Exception as e:
-                last = e
-            if time.time() > deadline:
-                raise SystemExit(f"the tunnel did not come up: {last}")
-            time.sleep(0.2)
+        for base_url in (relay_base, tcp_base):
+            while True:
+                try:
+                    if urllib.request.urlopen(f"{base_url}/app/small", timeout=2).status == 200:
+                        break
+                except Exception as e:
+                    last = e
+                if time.time() > deadline:
+                    raise SystemExit(f"the tunnel did not come up: {last}")
+                time.sleep(0.2)
 
         paths = {
             "direct": {"small": f"http://127.0.0.1:{PORTS['backend']}/small", "big": f"http://127.0.0.1:{PORTS['backend']}/big",
@@ -257,7 +265,9 @@ def main():
             "nginx": {"small": f"http://127.0.0.1:{PORTS['proxy']}/small", "big": f"http://127.0.0.1:{PORTS['proxy']}/big",
                       "upload": f"http://127.0.0.1:{PORTS['proxy']}/upload", "pids": []},
             "relay-quic": {"small": f"{relay_base}/app/small", "big": f"{relay_base}/app/big",
-                           "upload": f"{relay_base}/sink/upload", "pids": [relay.pid, conn.pid]},
+                           "upload": f"{relay_base}/sink/upload", "pids": [relay.pid, conn.pid], "conn": conn.pid},
+            "relay-tcp": {"small": f"{tcp_base}/app/small", "big": f"{tcp_base}/app/big",
+                          "upload": f"{tcp_base}/sink/upload", "pids": [relay.pid, conn_tcp.pid], "conn": conn_tcp.pid},
         }
         results = []
         for r in range(rounds):
@@ -273,7 +283,7 @@ def main():
                 base, peak = s.finish()
                 if p["pids"]:
                     row["relay_rss_kib"] = {"base": base[relay.pid], "peak": peak[relay.pid]}
-                    row["connector_rss_kib"] = {"base": base[conn.pid], "peak": peak[conn.pid]}
+                    row["connector_rss_kib"] = {"base": base[p["conn"]], "peak": peak[p["conn"]]}
                 results.append(row)
         log("idle keep-alive connections")
         idle = {"relay": idle_connections(PORTS["relay_http"], "/relay/bench/app/small", relay.pid, IDLE_CONNECTIONS)}

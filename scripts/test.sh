@@ -33,6 +33,8 @@ have curl || missing+=(curl)          # the quickstart test runs the printed cur
 have cc || missing+=(gcc)             # aws-lc-sys and other -sys crates build C code
 have_initdb || missing+=(postgresql)  # store and relay tests start throwaway PostgreSQL clusters
 have runuser || missing+=(util-linux) # as root, the clusters run as the postgres user
+have ip || missing+=(iproute2)        # the firewall test builds a network namespace…
+have iptables || missing+=(iptables)  # …and drops UDP in it
 if [ ${#missing[@]} -gt 0 ]; then
     echo "test.sh: installing ${missing[*]}"
     install_packages "${missing[@]}" ca-certificates
@@ -41,6 +43,19 @@ fi
 if ! have tinyproxy; then
     echo "test.sh: installing tinyproxy"
     install_packages tinyproxy-bin || install_packages tinyproxy
+fi
+
+# The TLS-inspecting proxy test runs mitmproxy (PyPI), in a venv under target/.
+MITM_VENV=target/test-tools/mitmproxy
+if [ -z "${MITMDUMP:-}" ] && ! have mitmdump && [ ! -x "$MITM_VENV/bin/mitmdump" ]; then
+    echo "test.sh: installing mitmproxy into $MITM_VENV"
+    have python3 || install_packages python3
+    if ! python3 -m venv "$MITM_VENV" 2>/dev/null; then
+        rm -rf "$MITM_VENV"
+        install_packages python3-venv
+        python3 -m venv "$MITM_VENV"
+    fi
+    "$MITM_VENV/bin/pip" install --quiet --disable-pip-version-check mitmproxy
 fi
 
 # The end-to-end tests start relay-server and connector as real processes.

@@ -64,9 +64,12 @@ pub struct Backend {
 impl Backend {
     /// Starts on `127.0.0.1:0`.
     pub async fn spawn() -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
+        Backend::spawn_on("127.0.0.1:0".parse().expect("literal")).await
+    }
+
+    /// Starts on `addr` (e.g. a veth address a network namespace can reach).
+    pub async fn spawn_on(addr: std::net::SocketAddr) -> Backend {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
         let addr = listener.local_addr().expect("addr");
         let shared = Arc::new(Shared::default());
         let s = shared.clone();

@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod client;
 pub mod http_proxy;
+pub mod mitm;
 pub mod postgres;
 pub mod process;
 pub mod udp_gate;
@@ -12,6 +13,7 @@ pub mod udp_gate;
 pub use backend::{pattern_chunk, pattern_sha256, Backend};
 pub use client::Client;
 pub use http_proxy::HttpProxy;
+pub use mitm::MitmProxy;
 pub use postgres::PgCluster;
 pub use udp_gate::UdpGate;
 

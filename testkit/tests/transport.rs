@@ -382,3 +382,41 @@ async fn requests_spread_over_a_connectors_sessions() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_tls_inspecting_proxy_is_refused_unless_its_ca_is_given() -> anyhow::Result<()> {
+    let (relay, secret) = relay_with_acme(relay()).await;
+    let backend = Backend::spawn().await;
+    let mitm = tokio::task::spawn_blocking(testkit::MitmProxy::start).await?;
+
+    // Trusting only the relay's own certificate: the proxy's forged one is refused.
+    let refused = connector(&relay.server(), "acme", &secret)
+        .ca_cert(relay.ca_cert())
+        .proxy(&mitm.url())
+        .target("app", &backend.url())
+        .spawn();
+    let mut watch = refused.watch();
+    let state = tokio::time::timeout(
+        Duration::from_secs(30),
+        watch.wait_for(|s| s.last_error.is_some()),
+    )
+    .await??
+    .clone();
+    let err = state.last_error.unwrap_or_default();
+    assert!(err.contains("certificate"), "{err}");
+    assert!(!state.connected);
+    refused.stop().await;
+
+    // With the proxy's CA given explicitly, the session works through it.
+    let mut trusted = connector(&relay.server(), "acme", &secret)
+        .ca_cert(mitm.ca_cert())
+        .proxy(&mitm.url())
+        .target("app", &backend.url())
+        .spawn();
+    trusted.connected().await;
+    let client = Client::new(&relay.ca_cert());
+    let a = client.get(&relay.url("/relay/acme/app/inspected")).await?;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.headers["x-echo-path"], "/inspected");
+    Ok(())
+}
