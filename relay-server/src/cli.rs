@@ -127,6 +127,26 @@ pub enum AdminCommand {
     /// Manage admin users.
     #[command(subcommand)]
     User(AdminUserCommand),
+    /// Manage API tokens for the management API.
+    #[command(subcommand)]
+    Token(AdminTokenCommand),
+    /// Show the newest admin actions (who changed what).
+    Log {
+        /// How many, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+/// `admin token …`
+#[derive(Subcommand, Debug)]
+pub enum AdminTokenCommand {
+    /// Create an API token; it is printed once.
+    Create { name: String },
+    /// List API tokens (never their values).
+    List,
+    /// Revoke an API token by id or name.
+    Revoke { token: String },
 }
 
 /// `admin user …`
@@ -223,13 +243,76 @@ pub async fn dispatch(
                 "the password must have at least 12 characters"
             );
             store.create_admin_user(&username, &password).await?;
+            store
+                .record_admin_action(CLI_ACTOR, "admin_user.create", &username)
+                .await?;
             println!("admin user {username} created");
             if generated {
                 println!("password (shown once): {password}");
             }
             Ok(())
         }
+        Command::Admin(AdminCommand::Token(cmd)) => {
+            let store = open_store(&config).await?;
+            match cmd {
+                AdminTokenCommand::Create { name } => {
+                    let t = store.create_api_token(&name, &hasher(&config)?).await?;
+                    store
+                        .record_admin_action(CLI_ACTOR, "api_token.create", &t.token.name)
+                        .await?;
+                    println!("API token {} created (id {})", t.token.name, t.token.id);
+                    println!("token (shown once; send it as `Authorization: Bearer <token>`):");
+                    println!("{}", t.value);
+                }
+                AdminTokenCommand::List => {
+                    println!("{:<34} {:<8} NAME", "ID", "STATE");
+                    for t in store.api_tokens().await? {
+                        let state = if t.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        };
+                        println!("{:<34} {:<8} {}", t.id, state, t.name);
+                    }
+                }
+                AdminTokenCommand::Revoke { token } => {
+                    let t = store.revoke_api_token(&token).await?;
+                    store
+                        .record_admin_action(CLI_ACTOR, "api_token.revoke", &t.name)
+                        .await?;
+                    println!("API token {} revoked", t.name);
+                }
+            }
+            Ok(())
+        }
+        Command::Admin(AdminCommand::Log { limit }) => {
+            let store = open_store(&config).await?;
+            println!(
+                "{:<24} {:<12} {:<22} OBJECT",
+                "WHEN (UTC)", "ACTOR", "ACTION"
+            );
+            for a in store.admin_actions(limit).await? {
+                println!(
+                    "{:<24} {:<12} {:<22} {}",
+                    format_ms(a.created_at),
+                    a.actor,
+                    a.action,
+                    a.object
+                );
+            }
+            Ok(())
+        }
     }
+}
+
+/// The actor recorded for changes made with this CLI.
+const CLI_ACTOR: &str = "cli";
+
+/// `2026-11-23T17:42:24Z` from ms since the epoch.
+fn format_ms(ms: i64) -> String {
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
@@ -245,6 +328,9 @@ async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Result<()> {
     match cmd {
         TenantCommand::Create { name } => {
             let t = store.create_tenant(&name).await?;
+            store
+                .record_admin_action(CLI_ACTOR, "tenant.create", &t.name)
+                .await?;
             println!("tenant {} created (id {})", t.name, t.id);
         }
         TenantCommand::List => {
@@ -273,19 +359,35 @@ async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Result<()> {
         }
         TenantCommand::Enable { name } => {
             store.set_tenant_enabled(&name, true).await?;
+            store
+                .record_admin_action(CLI_ACTOR, "tenant.enable", &name)
+                .await?;
             println!("tenant {name} enabled");
         }
         TenantCommand::Disable { name } => {
             store.set_tenant_enabled(&name, false).await?;
+            store
+                .record_admin_action(CLI_ACTOR, "tenant.disable", &name)
+                .await?;
             println!("tenant {name} disabled");
         }
         TenantCommand::Delete { name } => {
             store.delete_tenant(&name).await?;
+            store
+                .record_admin_action(CLI_ACTOR, "tenant.delete", &name)
+                .await?;
             println!("tenant {name} deleted");
         }
         TenantCommand::Credential(CredentialCommand::Create { tenant, label }) => {
             let hasher = hasher(config)?;
             let c = store.create_credential(&tenant, &label, &hasher).await?;
+            store
+                .record_admin_action(
+                    CLI_ACTOR,
+                    "credential.create",
+                    &format!("{}/{}", c.credential.tenant, c.credential.id),
+                )
+                .await?;
             println!(
                 "credential {} created for tenant {}",
                 c.credential.id, c.credential.tenant
@@ -310,6 +412,13 @@ async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Result<()> {
             target,
         }) => {
             let h = store.add_hostname(&tenant, &hostname, &target).await?;
+            store
+                .record_admin_action(
+                    CLI_ACTOR,
+                    "hostname.add",
+                    &format!("{tenant}/{}", h.hostname),
+                )
+                .await?;
             println!("{} -> tenant {tenant}, target {}", h.hostname, h.target);
         }
         TenantCommand::Hostname(HostnameCommand::List { tenant }) => {
@@ -320,10 +429,20 @@ async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Result<()> {
         }
         TenantCommand::Hostname(HostnameCommand::Remove { tenant, hostname }) => {
             store.remove_hostname(&tenant, &hostname).await?;
+            store
+                .record_admin_action(
+                    CLI_ACTOR,
+                    "hostname.remove",
+                    &format!("{tenant}/{hostname}"),
+                )
+                .await?;
             println!("hostname {hostname} removed");
         }
         TenantCommand::Credential(CredentialCommand::Revoke { tenant, id }) => {
             store.revoke_credential(&tenant, &id).await?;
+            store
+                .record_admin_action(CLI_ACTOR, "credential.revoke", &format!("{tenant}/{id}"))
+                .await?;
             println!("credential {id} revoked; its sessions close within a second");
         }
     }

@@ -84,11 +84,55 @@ fn provisioning_commands_round_trip() {
         .contains("app.contoso.example"));
     assert_eq!(run(&["tenant", "disable", "contoso"]).0, Some(0));
     assert!(run(&["tenant", "list"]).1.contains("false"));
-    // The secret is nowhere in the data directory.
+    // API tokens: shown once, listed without the value, unique names, revocable.
+    let (code, out, _) = run(&["admin", "token", "create", "ci-bot"]);
+    assert_eq!(code, Some(0));
+    let token = out.lines().last().unwrap().trim().to_string();
+    assert!(token.starts_with("rat_"), "{out}");
+    let (_, list, _) = run(&["admin", "token", "list"]);
+    assert!(list.contains("ci-bot") && list.contains("active") && !list.contains(&token));
+    let (code, _, err) = run(&["admin", "token", "create", "CI-bot"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(run(&["admin", "token", "revoke", "ci-bot"]).0, Some(0));
+    assert!(run(&["admin", "token", "list"]).1.contains("revoked"));
+    let (code, _, err) = run(&["admin", "token", "revoke", "nope"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not found"), "{err}");
+    // Every change above is in the admin log, newest first.
+    let (_, log, _) = run(&["admin", "log"]);
+    let actions: Vec<&str> = log
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "api_token.revoke",
+            "api_token.create",
+            "tenant.disable",
+            "hostname.add",
+            "credential.create",
+            "tenant.create"
+        ],
+        "{log}"
+    );
+    assert!(
+        log.contains("cli") && log.contains("contoso/app.contoso.example"),
+        "{log}"
+    );
+    // Neither the secret nor the token is anywhere in the data directory.
     for entry in walk(dir.path()) {
         let bytes = std::fs::read(&entry).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
         assert!(
-            !String::from_utf8_lossy(&bytes).contains(secret.rsplit('_').next().unwrap()),
+            !text.contains(secret.rsplit('_').next().unwrap()),
+            "{}",
+            entry.display()
+        );
+        assert!(
+            !text.contains(token.rsplit('_').next().unwrap()),
             "{}",
             entry.display()
         );

@@ -9,6 +9,7 @@
 //! an HMAC of the secret ([`SecretHasher`]), admin passwords an argon2id hash.
 
 mod admin;
+mod api_token;
 mod audit;
 mod credential;
 mod hostname;
@@ -24,6 +25,7 @@ use sqlx::AnyPool;
 use sqlx::Executor;
 
 pub use admin::AdminUser;
+pub use api_token::{AdminAction, ApiToken, NewApiToken};
 pub use audit::AuditRecord;
 pub use credential::{Credential, CredentialId, CredentialRecord, NewCredential};
 pub use hostname::{canonical_hostname, Hostname, HostnameError};
@@ -77,6 +79,12 @@ pub enum Error {
     /// An admin user with that name exists already.
     #[error("admin user {0} already exists")]
     AdminUserExists(String),
+    /// An API token with that name exists already.
+    #[error("API token {0} already exists")]
+    ApiTokenExists(String),
+    /// No API token with that id or name.
+    #[error("API token {0} not found")]
+    ApiTokenNotFound(String),
     /// A name does not follow the naming rule.
     #[error(transparent)]
     InvalidName(#[from] NameError),

@@ -43,17 +43,30 @@ impl std::fmt::Debug for SecretHasher {
     }
 }
 
+/// The prefix of admin API tokens (same shape as credential secrets).
+pub(crate) const TOKEN_PREFIX: &str = "rat_";
+
 /// Makes a new secret for credential `id`.
 pub(crate) fn generate(id: &str) -> String {
+    generate_with(PREFIX, id)
+}
+
+/// Makes `{prefix}{id}_{256 random bits, base64url}`.
+pub(crate) fn generate_with(prefix: &str, id: &str) -> String {
     let mut bytes = [0u8; 32];
     // The system RNG failing is not recoverable: we must never hand out a weak secret.
     rand::fill(&mut bytes).expect("system random number generator failed");
-    format!("{PREFIX}{id}_{}", URL_SAFE_NO_PAD.encode(bytes))
+    format!("{prefix}{id}_{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// The credential id inside a well-formed secret; `None` for anything else.
 pub fn parse_secret(secret: &str) -> Option<&str> {
-    let rest = secret.strip_prefix(PREFIX)?;
+    parse_with(PREFIX, secret)
+}
+
+/// The id inside a well-formed `{prefix}{id}_{random}` value.
+pub(crate) fn parse_with<'a>(prefix: &str, secret: &'a str) -> Option<&'a str> {
+    let rest = secret.strip_prefix(prefix)?;
     let (id, random) = rest.split_once('_')?;
     let id_ok = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
     let random_ok = random.len() == 43

@@ -45,7 +45,71 @@ both!(
     hostnames_belong_to_one_tenant,
     admin_users_are_unique,
     audit_records_batch_query_and_purge,
+    api_tokens_verify_only_while_active,
 );
+
+async fn api_tokens_verify_only_while_active(store: Store) {
+    let hasher = relay_store::SecretHasher::new(b"pepper-for-tests-0123456789abcdef");
+    let new = store.create_api_token("Deploy", &hasher).await.unwrap();
+    assert_eq!(new.token.name, "deploy");
+    assert!(new.value.starts_with("rat_"));
+    assert!(matches!(
+        store.create_api_token("deploy", &hasher).await,
+        Err(relay_store::Error::ApiTokenExists(_))
+    ));
+    let ok = store
+        .verify_api_token(&new.value, &hasher)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ok.id, new.token.id);
+    assert!(ok.last_used_at.is_some());
+    // Tampered, wrong-pepper and malformed values are refused.
+    let mut tampered = new.value.clone();
+    tampered.pop();
+    tampered.push(if new.value.ends_with('A') { 'B' } else { 'A' });
+    assert!(store
+        .verify_api_token(&tampered, &hasher)
+        .await
+        .unwrap()
+        .is_none());
+    let other = relay_store::SecretHasher::new(b"another-pepper-0123456789abcdef00");
+    assert!(store
+        .verify_api_token(&new.value, &other)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .verify_api_token("Bearer x", &hasher)
+        .await
+        .unwrap()
+        .is_none());
+    store.revoke_api_token("deploy").await.unwrap();
+    assert!(store
+        .verify_api_token(&new.value, &hasher)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store.api_tokens().await.unwrap()[0].revoked_at.is_some());
+    assert!(matches!(
+        store.revoke_api_token("missing").await,
+        Err(relay_store::Error::ApiTokenNotFound(_))
+    ));
+    store
+        .record_admin_action("cli", "tenant.create", "acme")
+        .await
+        .unwrap();
+    store
+        .record_admin_action("user:alice", "tenant.disable", "acme")
+        .await
+        .unwrap();
+    let log = store.admin_actions(10).await.unwrap();
+    assert_eq!(
+        log.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(),
+        ["tenant.disable", "tenant.create"]
+    );
+    assert_eq!(log[0].actor, "user:alice");
+}
 
 fn audit_record(id: &str, tenant: &str, at: i64) -> relay_store::AuditRecord {
     relay_store::AuditRecord {
