@@ -58,6 +58,8 @@ pub(crate) struct Relay {
     auth: Auth,
     metrics: Arc<Metrics>,
     audit: audit::AuditLog,
+    /// For writes off the request path only (session history); the data plane never waits on it.
+    store: Store,
 }
 
 /// Sockets the relay serves; binaries bind them, tests pass `127.0.0.1:0` ones.
@@ -207,6 +209,12 @@ pub async fn run(
     let keys = keys::Keys::load_or_create(&config.data_dir)?;
     let (certs, key) = keys::tls_material(&config.data_dir, config.tls.as_ref())?;
     let catalog = Arc::new(Catalog::load(&store).await.context("loading tenants")?);
+    // Sessions this node left open in the history when it last stopped without closing them.
+    match store.close_stale_sessions(&config.node_name).await {
+        Ok(0) => {}
+        Ok(n) => info!(sessions = n, "marked sessions of an earlier run as ended"),
+        Err(e) => tracing::warn!(error = %e, "cannot update the session history"),
+    }
     let auth = Auth::new(
         catalog.clone(),
         store.clone(),
@@ -250,6 +258,7 @@ pub async fn run(
         auth,
         metrics,
         audit,
+        store: store.clone(),
     });
 
     // Visitors stop being accepted first; sessions are told to move after that.

@@ -174,6 +174,28 @@ async fn established(relay: Arc<Relay>, conn: Conn) {
         return close(&conn, ErrorCode::PROTOCOL_ERROR);
     }
     relay.registry.insert(entry.clone());
+    // The session history is written in the background: a slow store never holds up a session.
+    let record = relay_store::SessionRecord {
+        id: session_id.clone(),
+        tenant: entry.identity.tenant.name.clone(),
+        relay_node: relay.config.node_name.clone(),
+        connector_id: hello.connector_id.clone(),
+        connector_version: hello.connector_version.clone(),
+        transport: entry.conn.transport().as_str().to_string(),
+        remote_addr: entry.remote.to_string(),
+        connected_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0),
+        disconnected_at: None,
+        close_code: None,
+    };
+    let store = relay.store.clone();
+    let opened = tokio::spawn(async move {
+        if let Err(e) = store.session_opened(&record).await {
+            debug!(error = %e, "session not recorded in the history");
+        }
+    });
     relay
         .metrics
         .sessions
@@ -184,6 +206,13 @@ async fn established(relay: Arc<Relay>, conn: Conn) {
         info!(tenant = %entry.identity.tenant.name, connector_id = %hello.connector_id, version = %hello.connector_version, transport = %entry.conn.transport(), "session established");
         let code = control_loop(&relay, &entry, &mut control, granted.expires_in).await;
         relay.registry.remove(&entry);
+        let (store, id) = (relay.store.clone(), entry.id.clone());
+        tokio::spawn(async move {
+            let _ = opened.await;
+            if let Err(e) = store.session_closed(&id, code.name()).await {
+                debug!(error = %e, "session end not recorded in the history");
+            }
+        });
         relay.metrics.sessions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         info!(code = %code, "session closed");
     }

@@ -15,6 +15,7 @@ mod credential;
 mod hostname;
 mod name;
 mod secret;
+mod session_log;
 mod tenant;
 
 use std::time::Duration;
@@ -31,6 +32,7 @@ pub use credential::{Credential, CredentialId, CredentialRecord, NewCredential};
 pub use hostname::{canonical_hostname, Hostname, HostnameError};
 pub use name::{validate_name, NameError};
 pub use secret::{parse_secret, SecretHasher};
+pub use session_log::SessionRecord;
 pub use tenant::{Tenant, TenantId, TenantLimits};
 
 static SQLITE: Migrator = sqlx::migrate!("../migrations/sqlite");

@@ -46,7 +46,39 @@ both!(
     admin_users_are_unique,
     audit_records_batch_query_and_purge,
     api_tokens_verify_only_while_active,
+    session_history_opens_closes_and_recovers,
 );
+
+async fn session_history_opens_closes_and_recovers(store: Store) {
+    let record = |id: &str, node: &str, at: i64| relay_store::SessionRecord {
+        id: id.into(),
+        tenant: "acme".into(),
+        relay_node: node.into(),
+        connector_id: "c1".into(),
+        connector_version: "connector/1.0".into(),
+        transport: "tcp".into(),
+        remote_addr: "[2001:db8::1]:4000".into(),
+        connected_at: at,
+        disconnected_at: None,
+        close_code: None,
+    };
+    store.session_opened(&record("s1", "n1", 10)).await.unwrap();
+    store.session_opened(&record("s2", "n1", 20)).await.unwrap();
+    store.session_opened(&record("s3", "n2", 30)).await.unwrap();
+    store.session_closed("s1", "no_error").await.unwrap();
+    // Closing twice keeps the first end.
+    store.session_closed("s1", "internal").await.unwrap();
+    assert_eq!(store.close_stale_sessions("n1").await.unwrap(), 1);
+    let h = store.session_history("ACME", 10).await.unwrap();
+    assert_eq!(
+        h.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["s3", "s2", "s1"]
+    );
+    assert_eq!(h[2].close_code.as_deref(), Some("no_error"));
+    assert_eq!(h[1].close_code.as_deref(), Some("relay_restarted"));
+    assert!(h[0].disconnected_at.is_none());
+    assert_eq!(h[0], record("s3", "n2", 30));
+}
 
 async fn api_tokens_verify_only_while_active(store: Store) {
     let hasher = relay_store::SecretHasher::new(b"pepper-for-tests-0123456789abcdef");

@@ -141,3 +141,72 @@ async fn disabled_audit_writes_nothing() -> anyhow::Result<()> {
     assert!(relay.store.audit(None, 10).await?.is_empty());
     Ok(())
 }
+
+#[tokio::test]
+async fn connector_sessions_are_kept_in_the_history() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay().spawn().await;
+    relay.create_tenant("acme").await;
+    let cred = relay.create_credential("acme").await;
+    relay.sync().await;
+    // A row a crashed run of this node left open is closed when the relay starts again.
+    relay
+        .store
+        .session_opened(&relay_store::SessionRecord {
+            id: "stale".into(),
+            tenant: "acme".into(),
+            relay_node: "test-node".into(),
+            connector_id: "c0".into(),
+            connector_version: "connector/0".into(),
+            transport: "quic".into(),
+            remote_addr: "192.0.2.1:1".into(),
+            connected_at: 1,
+            disconnected_at: None,
+            close_code: None,
+        })
+        .await?;
+    let relay = relay.restart().await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &backend.url())
+        .spawn();
+    conn.connected().await;
+    let transport = conn.state().transport.expect("transport").as_str();
+
+    let open = wait_history(&relay, |h| h.iter().any(|s| s.disconnected_at.is_none())).await;
+    let live = open
+        .iter()
+        .find(|s| s.id != "stale")
+        .expect("the live session");
+    assert_eq!(live.id, relay.view.sessions("acme")[0].id);
+    assert_eq!(live.transport, transport);
+    assert_eq!(live.relay_node, "test-node");
+    assert!(live.connector_version.starts_with("connector/"));
+    assert!(live.remote_addr.starts_with("127.0.0.1:"));
+    let stale = open.iter().find(|s| s.id == "stale").expect("stale row");
+    assert_eq!(stale.close_code.as_deref(), Some("relay_restarted"));
+
+    conn.stop().await;
+    let done = wait_history(&relay, |h| h.iter().all(|s| s.disconnected_at.is_some())).await;
+    assert!(done.iter().all(|s| s.close_code.is_some()), "{done:?}");
+    Ok(())
+}
+
+async fn wait_history(
+    relay: &relay_server::testing::RelayHandle,
+    ok: impl Fn(&[relay_store::SessionRecord]) -> bool,
+) -> Vec<relay_store::SessionRecord> {
+    for _ in 0..100 {
+        let h = relay
+            .store
+            .session_history("acme", 10)
+            .await
+            .expect("history");
+        if h.len() >= 2 && ok(&h) {
+            return h;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("history never matched");
+}
