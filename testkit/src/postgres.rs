@@ -25,6 +25,15 @@ pub struct PgCluster {
 impl PgCluster {
     /// Initialises and starts a cluster; panics with an install hint when PostgreSQL is missing.
     pub fn start() -> PgCluster {
+        PgCluster::start_with("")
+    }
+
+    /// A cluster that logs every statement it runs (see [`PgCluster::server_log`]).
+    pub fn start_logging_statements() -> PgCluster {
+        PgCluster::start_with("-c log_statement=all")
+    }
+
+    fn start_with(extra: &str) -> PgCluster {
         let bin = bin_dir().unwrap_or_else(|| panic!("{INSTALL_HINT}"));
         let dir = tempfile::Builder::new()
             .prefix("relay-pg-")
@@ -62,7 +71,8 @@ impl PgCluster {
         );
         let socket = cluster.dir.path().display().to_string();
         let log = cluster.dir.path().join("server.log").display().to_string();
-        let opts = format!("-k {socket} -h '' -F -c max_connections=40 -c shared_buffers=16MB");
+        let opts =
+            format!("-k {socket} -h '' -F -c max_connections=40 -c shared_buffers=16MB {extra}");
         cluster.run(
             "pg_ctl",
             &[
@@ -98,6 +108,11 @@ impl PgCluster {
                 "-D", &data, "-l", &log, "-w", "-t", "60", "-o", &opts, "start",
             ],
         );
+    }
+
+    /// The server log so far (with `log_statement = 'all'`, every statement the server ran).
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
     fn data(&self) -> String {

@@ -180,3 +180,89 @@ async fn known_tenants_keep_working_while_postgres_is_down() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
+
+/// Statements the server logged (with `log_statement = 'all'`).
+fn statements(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("LOG:  statement:") || l.contains("LOG:  execute"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_tenants_are_served_without_store_queries_per_request() {
+    trace_init();
+    let cluster = PgCluster::start_logging_statements();
+    let url = cluster.url();
+    let relay = relay()
+        .configure(|f| f.database_url = Some(url.clone()))
+        .spawn()
+        .await;
+    let rss_before = testkit::process::rss_kib(std::process::id());
+    for i in 0..10_000 {
+        relay
+            .store
+            .create_tenant(&format!("t{i:05}"))
+            .await
+            .expect("create tenant");
+    }
+    relay.create_tenant("acme").await;
+    let cred = relay.create_credential("acme").await;
+    relay.sync().await;
+    let rss_after = testkit::process::rss_kib(std::process::id());
+    println!(
+        "10 000 tenants loaded: test process RSS {} MiB -> {} MiB",
+        rss_before / 1024,
+        rss_after / 1024
+    );
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &backend.url())
+        .spawn();
+    conn.connected().await;
+
+    // Every statement the server runs is logged: count from here.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let logged_before = statements(&cluster.server_log()).len();
+
+    let client = Client::new(&relay.ca_cert());
+    let n = 1000;
+    for i in 0..n {
+        // Known tenants without a connector: found in memory, answered 503; one with a connector: 200.
+        let tenant = format!("t{:05}", (i * 7919) % 10_000);
+        let a = client
+            .get(&relay.url(&format!("/relay/{tenant}/app/")))
+            .await
+            .unwrap();
+        assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{tenant}");
+        if i % 10 == 0 {
+            let a = client.get(&relay.url("/relay/acme/app/")).await.unwrap();
+            assert_eq!(a.status, StatusCode::OK);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = cluster.server_log();
+    let during: Vec<String> = statements(&log).split_off(logged_before);
+    // Only the catalog's revision poll and the batched audit inserts reach the database — no
+    // tenant, credential or hostname lookup, and far fewer statements than requests.
+    for s in &during {
+        let catalog_read = ["tenants", "credentials", "hostnames"]
+            .iter()
+            .any(|t| s.contains(&format!("FROM {t}")));
+        assert!(!catalog_read, "a catalog query on the request path: {s}");
+    }
+    println!(
+        "{} requests, {} SQL statements meanwhile (revision polls and audit batches)",
+        n + n / 10,
+        during.len()
+    );
+    assert!(
+        during.len() < (n + n / 10) / 4,
+        "{} statements for {} requests",
+        during.len(),
+        n + n / 10
+    );
+    // The audit batches did run.
+    assert!(during.iter().any(|s| s.contains("audit_requests")));
+}
