@@ -82,6 +82,31 @@ pub enum TenantCommand {
     Disable { name: String },
     /// Delete a tenant and its credentials.
     Delete { name: String },
+    /// Change a tenant's settings and limits (unset flags keep their values).
+    Set {
+        name: String,
+        /// A name for people.
+        #[arg(long)]
+        display_name: Option<String>,
+        /// Free text for admins.
+        #[arg(long)]
+        description: Option<String>,
+        /// Keep query strings in this tenant's audit records (true/false; default false).
+        #[arg(long, value_name = "BOOL")]
+        audit_query_strings: Option<bool>,
+        /// Largest request body in bytes (overrides the relay's limits.max_body_bytes).
+        #[arg(long, value_name = "BYTES")]
+        max_body_bytes: Option<u64>,
+        /// Streams in flight at once across the tenant's sessions.
+        #[arg(long, value_name = "N")]
+        max_concurrent_streams: Option<u32>,
+        /// Wait for the response head, e.g. 30s.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        request_timeout: Option<std::time::Duration>,
+        /// Remove the tenant's own limits (the relay's defaults apply), before applying the above.
+        #[arg(long)]
+        clear_limits: bool,
+    },
     /// Manage a tenant's connector credentials.
     #[command(subcommand)]
     Credential(CredentialCommand),
@@ -345,8 +370,14 @@ async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Result<()> {
                 .await?
                 .ok_or_else(|| relay_store::Error::TenantNotFound(name.clone()))?;
             println!(
-                "name:     {}\nid:       {}\nenabled:  {}\nlimits:   {:?}",
-                t.name, t.id, t.enabled, t.limits
+                "name:     {}\nid:       {}\nenabled:  {}\nlimits:   {:?}\ndisplay:  {}\nabout:    {}\naudit query strings: {}",
+                t.name,
+                t.id,
+                t.enabled,
+                t.limits,
+                t.display_name,
+                t.description,
+                t.audit_query_strings
             );
             for c in store.credentials(&t.name).await? {
                 let state = if c.revoked_at.is_some() {
@@ -370,6 +401,46 @@ async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Result<()> {
                 .record_admin_action(CLI_ACTOR, "tenant.disable", &name)
                 .await?;
             println!("tenant {name} disabled");
+        }
+        TenantCommand::Set {
+            name,
+            display_name,
+            description,
+            audit_query_strings,
+            max_body_bytes,
+            max_concurrent_streams,
+            request_timeout,
+            clear_limits,
+        } => {
+            let settings = relay_store::TenantSettings {
+                display_name,
+                description,
+                audit_query_strings,
+            };
+            let t = store.set_tenant_settings(&name, &settings).await?;
+            let mut limits = if clear_limits {
+                relay_store::TenantLimits::default()
+            } else {
+                t.limits.clone()
+            };
+            if let Some(v) = max_body_bytes {
+                limits.max_body_bytes = Some(v);
+            }
+            if let Some(v) = max_concurrent_streams {
+                anyhow::ensure!(v > 0, "--max-concurrent-streams must be at least 1");
+                limits.max_concurrent_streams = Some(v);
+            }
+            if let Some(d) = request_timeout {
+                anyhow::ensure!(!d.is_zero(), "--request-timeout must be above zero");
+                limits.request_timeout_ms = Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            }
+            if limits != t.limits {
+                store.set_tenant_limits(&t.name, &limits).await?;
+            }
+            store
+                .record_admin_action(CLI_ACTOR, "tenant.update", &t.name)
+                .await?;
+            println!("tenant {} updated", t.name);
         }
         TenantCommand::Delete { name } => {
             store.delete_tenant(&name).await?;

@@ -197,6 +197,11 @@ async fn proxy(
     let route = resolve(relay, &parts, conn.sni.as_deref())?;
     let tenant = route.tenant;
     draft.tenant = tenant.name.clone();
+    if tenant.audit_query_strings {
+        if let Some(q) = parts.uri.query() {
+            draft.path = format!("{}?{q}", draft.path).chars().take(4096).collect();
+        }
+    }
     draft.target = route.target.clone();
     let tenant_counters = relay.metrics.tenant(&tenant.name);
     *counters = Some(tenant_counters.clone());

@@ -82,6 +82,28 @@ fn provisioning_commands_round_trip() {
     assert!(run(&["tenant", "hostname", "list", "contoso"])
         .1
         .contains("app.contoso.example"));
+    let (code, _, err) = run(&[
+        "tenant",
+        "set",
+        "contoso",
+        "--description",
+        "Contoso's intranet",
+        "--audit-query-strings",
+        "true",
+        "--max-body-bytes",
+        "1000",
+        "--request-timeout",
+        "5s",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_, show, _) = run(&["tenant", "show", "contoso"]);
+    assert!(show.contains("Contoso's intranet"), "{show}");
+    assert!(show.contains("audit query strings: true"), "{show}");
+    assert!(show.contains("max_body_bytes: Some(1000)"), "{show}");
+    assert!(show.contains("request_timeout_ms: Some(5000)"), "{show}");
+    let (code, _, err) = run(&["tenant", "set", "contoso", "--request-timeout", "0s"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("above zero"), "{err}");
     assert_eq!(run(&["tenant", "disable", "contoso"]).0, Some(0));
     assert!(run(&["tenant", "list"]).1.contains("false"));
     // API tokens: shown once, listed without the value, unique names, revocable.
@@ -112,6 +134,7 @@ fn provisioning_commands_round_trip() {
             "api_token.revoke",
             "api_token.create",
             "tenant.disable",
+            "tenant.update",
             "hostname.add",
             "credential.create",
             "tenant.create"

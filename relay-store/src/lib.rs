@@ -33,7 +33,7 @@ pub use hostname::{canonical_hostname, Hostname, HostnameError};
 pub use name::{validate_name, NameError};
 pub use secret::{parse_secret, SecretHasher};
 pub use session_log::SessionRecord;
-pub use tenant::{Tenant, TenantId, TenantLimits};
+pub use tenant::{Tenant, TenantId, TenantLimits, TenantSettings};
 
 static SQLITE: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("../migrations/postgres");

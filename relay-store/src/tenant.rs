@@ -34,6 +34,11 @@ pub struct Tenant {
     pub name: String,
     /// A name for people.
     pub display_name: String,
+    /// Free text for admins.
+    pub description: String,
+    /// Whether audit records keep the query string of this tenant's requests (off by default:
+    /// query strings often carry secrets).
+    pub audit_query_strings: bool,
     /// Disabled tenants look exactly like unknown ones to visitors, and their sessions close.
     pub enabled: bool,
     /// Its limits.
@@ -42,11 +47,24 @@ pub struct Tenant {
     pub created_at: i64,
 }
 
+/// Changes to a tenant's descriptive and audit settings; `None` leaves a value as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantSettings {
+    /// A name for people (at most 200 characters kept).
+    pub display_name: Option<String>,
+    /// Free text (at most 2000 characters kept).
+    pub description: Option<String>,
+    /// Keep query strings in this tenant's audit records.
+    pub audit_query_strings: Option<bool>,
+}
+
 #[derive(sqlx::FromRow)]
 pub(crate) struct TenantRow {
     id: String,
     name: String,
     display_name: String,
+    description: String,
+    audit_query_strings: i64,
     enabled: i64,
     max_body_bytes: Option<i64>,
     max_concurrent_streams: Option<i64>,
@@ -54,7 +72,8 @@ pub(crate) struct TenantRow {
     created_at: i64,
 }
 
-pub(crate) const SELECT_ALL: &str = "SELECT id, name, display_name, enabled, max_body_bytes, \
+pub(crate) const SELECT_ALL: &str =
+    "SELECT id, name, display_name, description, audit_query_strings, enabled, max_body_bytes, \
      max_concurrent_streams, request_timeout_ms, created_at FROM tenants ORDER BY name";
 
 impl From<TenantRow> for Tenant {
@@ -63,6 +82,8 @@ impl From<TenantRow> for Tenant {
             id: TenantId(r.id),
             name: r.name,
             display_name: r.display_name,
+            description: r.description,
+            audit_query_strings: r.audit_query_strings != 0,
             enabled: r.enabled != 0,
             limits: TenantLimits {
                 max_body_bytes: r.max_body_bytes.and_then(|v| u64::try_from(v).ok()),
@@ -156,6 +177,36 @@ impl Store {
     }
 
     /// Deletes a tenant and its credentials.
+    /// Sets the descriptive and audit settings of a tenant (`None` keeps a value).
+    pub async fn set_tenant_settings(
+        &self,
+        name: &str,
+        settings: &TenantSettings,
+    ) -> Result<Tenant, Error> {
+        let t = self
+            .tenant(name)
+            .await?
+            .ok_or_else(|| Error::TenantNotFound(name.to_string()))?;
+        let display_name = settings.display_name.clone().unwrap_or(t.display_name);
+        let description = settings.description.clone().unwrap_or(t.description);
+        let audit_query_strings = settings
+            .audit_query_strings
+            .unwrap_or(t.audit_query_strings);
+        sqlx::query(
+            "UPDATE tenants SET display_name = $1, description = $2, audit_query_strings = $3 \
+             WHERE id = $4",
+        )
+        .bind(display_name.chars().take(200).collect::<String>())
+        .bind(description.chars().take(2000).collect::<String>())
+        .bind(i64::from(audit_query_strings))
+        .bind(&t.id.0)
+        .execute(&self.pool)
+        .await?;
+        self.tenant(&t.name)
+            .await?
+            .ok_or_else(|| Error::TenantNotFound(name.to_string()))
+    }
+
     pub async fn delete_tenant(&self, name: &str) -> Result<(), Error> {
         let done = sqlx::query("DELETE FROM tenants WHERE name = $1")
             .bind(name.to_ascii_lowercase())

@@ -67,6 +67,24 @@ async fn every_request_gets_a_record_with_its_outcome() -> anyhow::Result<()> {
     assert_eq!(r.relay_node, "test-node");
     assert_eq!(r.visitor, "127.0.0.1");
 
+    // A tenant may opt in to keeping query strings.
+    relay
+        .store
+        .set_tenant_settings(
+            "acme",
+            &relay_store::TenantSettings {
+                audit_query_strings: Some(true),
+                ..Default::default()
+            },
+        )
+        .await?;
+    relay.sync().await;
+    let with_query = client
+        .get(&relay.url("/relay/acme/app/search?q=kept"))
+        .await?;
+    let r = record_of(&relay.store, &request_id(&with_query.headers)).await;
+    assert_eq!(r.path, "/relay/acme/app/search?q=kept");
+
     // Answered by the relay itself: refused, no session involved.
     let unknown = client.get(&relay.url("/relay/nobody/app/")).await?;
     let r = record_of(&relay.store, &request_id(&unknown.headers)).await;

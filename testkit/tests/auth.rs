@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use connector::control::ControlStream;
 use connector::testing::connector;
+use http_body_util::BodyExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use quinn::crypto::rustls::QuicClientConfig;
 use relay_server::testing::{relay, RelayHandle};
@@ -306,4 +307,78 @@ async fn revoking_a_credential_closes_its_sessions_and_refuses_reconnects() {
         .await
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn revoking_mid_download_aborts_the_response_and_the_credential_stays_refused() {
+    trace_init();
+    let relay = relay().spawn().await;
+    relay.create_tenant("acme").await;
+    let cred = relay.create_credential("acme").await;
+    relay.sync().await;
+    let backend = Backend::spawn().await;
+    let conn = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &backend.url())
+        .spawn();
+    let mut state = conn.watch();
+    tokio::time::timeout(Duration::from_secs(20), state.wait_for(|s| s.connected))
+        .await
+        .unwrap()
+        .unwrap();
+    let client = testkit::Client::new(&relay.ca_cert());
+    let gib: u64 = 1 << 30;
+    let req = http::Request::get(relay.url(&format!("/relay/acme/app/bytes/{gib}")))
+        .body(testkit::client::Body::default())
+        .unwrap();
+    let resp = client.send(req).await.unwrap();
+    assert_eq!(resp.status(), http::StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut got: u64 = 0;
+    while got < 8 << 20 {
+        let frame = body
+            .frame()
+            .await
+            .expect("more body")
+            .expect("no error yet");
+        got += frame.data_ref().map_or(0, |d| d.len() as u64);
+    }
+
+    relay
+        .store
+        .revoke_credential("acme", &cred.credential.id.0)
+        .await
+        .unwrap();
+    // The session closes, and the visitor's response ends in an error, never in a clean end.
+    let outcome = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match body.frame().await {
+                Some(Ok(f)) => got += f.data_ref().map_or(0, |d| d.len() as u64),
+                Some(Err(_)) => return "aborted",
+                None => return "clean end",
+            }
+        }
+    })
+    .await
+    .expect("the response ends soon after the revocation");
+    assert_eq!(outcome, "aborted");
+    assert!(got < gib, "the download was cut ({got} bytes)");
+    tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| !s.connected))
+        .await
+        .unwrap()
+        .unwrap();
+    let s = tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| {
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("credential rejected"))
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .clone();
+    assert!(!s.connected);
+    assert!(relay.view.sessions("acme").is_empty());
 }
