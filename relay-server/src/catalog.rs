@@ -11,9 +11,6 @@ use relay_store::{CredentialRecord, Snapshot, Store, Tenant, TenantId};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// How often the store's revision is polled.
-pub(crate) const REFRESH_INTERVAL: Duration = Duration::from_millis(500);
-
 /// One immutable snapshot.
 #[derive(Debug, Default)]
 pub(crate) struct CatalogData {
@@ -114,13 +111,17 @@ impl Catalog {
 pub(crate) async fn run_refresh(
     catalog: Arc<Catalog>,
     store: Store,
+    (interval, wake): (Duration, Arc<tokio::sync::Notify>),
     shutdown: CancellationToken,
     on_change: impl Fn() + Send + 'static,
 ) {
     let mut failing = false;
     loop {
+        // Why select: refresh on the poll interval, at once when PostgreSQL notifies a change,
+        // and stop on shutdown.
         tokio::select! {
-            _ = tokio::time::sleep(REFRESH_INTERVAL) => {}
+            _ = tokio::time::sleep(interval) => {}
+            _ = wake.notified() => {}
             _ = shutdown.cancelled() => return,
         }
         // Fail static: when the store is unreachable the last snapshot keeps serving.

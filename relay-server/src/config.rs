@@ -40,6 +40,9 @@ pub struct FileConfig {
     /// `[audit]`
     #[serde(default)]
     pub audit: AuditFile,
+    /// `[catalog]`
+    #[serde(default)]
+    pub catalog: CatalogFile,
 }
 
 /// `[routing]`
@@ -126,6 +129,16 @@ pub struct TunnelFile {
     pub issuer: Option<String>,
 }
 
+/// `[catalog]`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogFile {
+    /// How often the relay checks the store for tenant, credential and hostname changes.
+    /// Default 500 ms. On PostgreSQL changes are also pushed at once (LISTEN/NOTIFY).
+    #[serde(default, with = "humantime_serde")]
+    pub poll_interval: Option<Duration>,
+}
+
 /// `[audit]`
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,6 +191,8 @@ pub struct Config {
     pub base_domain: Option<String>,
     /// The audit log.
     pub audit: Audit,
+    /// How often the catalog is checked for changes.
+    pub catalog_poll_interval: Duration,
 }
 
 /// `[audit]`, validated.
@@ -333,8 +348,11 @@ impl Config {
             retention: positive("audit.retention", raw.audit.retention, 30 * 24 * 3600)?,
             queue: raw.audit.queue.unwrap_or(10_000).clamp(1, 1_000_000),
         };
+        let catalog_poll_interval =
+            positive_ms("catalog.poll_interval", raw.catalog.poll_interval, 500)?;
         Ok(Config {
             audit,
+            catalog_poll_interval,
             node_name,
             data_dir,
             database_url,
@@ -359,6 +377,14 @@ impl Config {
                 .transpose()?,
         })
     }
+}
+
+fn positive_ms(name: &str, v: Option<Duration>, default_ms: u64) -> Result<Duration, ConfigError> {
+    let d = v.unwrap_or(Duration::from_millis(default_ms));
+    if d < Duration::from_millis(10) {
+        return Err(ConfigError::new(format!("{name} must be at least 10ms")));
+    }
+    Ok(d)
 }
 
 fn positive(name: &str, v: Option<Duration>, default_secs: u64) -> Result<Duration, ConfigError> {

@@ -313,9 +313,17 @@ pub async fn run(
         sessions.clone(),
     ));
     let refresh_relay = relay.clone();
+    // PostgreSQL pushes changes (LISTEN relay_catalog); the poll is the fallback and the only
+    // path on SQLite.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let listener = {
+        let (store, wake) = (store.clone(), wake.clone());
+        tokio::spawn(async move { store.listen_for_changes(move || wake.notify_one()).await })
+    };
     tokio::spawn(catalog::run_refresh(
         catalog,
         store,
+        (relay.config.catalog_poll_interval, wake),
         background.clone(),
         move || close_invalid_sessions(&refresh_relay),
     ));
@@ -359,6 +367,7 @@ pub async fn run(
     );
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
     background.cancel();
+    listener.abort();
     audit_stop.cancel();
     if let Some(task) = audit_task {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;

@@ -129,6 +129,18 @@ pub struct Snapshot {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    url: Url,
+}
+
+/// The database URL, kept for the PostgreSQL change listener; never printed (it may hold a
+/// password).
+#[derive(Clone)]
+struct Url(std::sync::Arc<str>);
+
+impl std::fmt::Debug for Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Url(***)")
+    }
 }
 
 impl Store {
@@ -170,9 +182,49 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        let store = Store { pool, backend };
+        let store = Store {
+            pool,
+            backend,
+            url: Url(url.as_str().into()),
+        };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// PostgreSQL only: calls `on_change` each time any process changes tenants, credentials or
+    /// hostnames (the triggers' `NOTIFY relay_catalog`), reconnecting after failures; runs until
+    /// the task is dropped. Returns at once on SQLite, where one process makes the changes.
+    pub async fn listen_for_changes(&self, on_change: impl Fn() + Send) {
+        if self.backend != Backend::Postgres {
+            return;
+        }
+        let mut failures: u32 = 0;
+        loop {
+            let error = match sqlx::postgres::PgListener::connect(&self.url.0).await {
+                Ok(mut listener) => match listener.listen("relay_catalog").await {
+                    Ok(()) => {
+                        failures = 0;
+                        // Changes made while (re)connecting were not heard: let the caller check.
+                        on_change();
+                        loop {
+                            match listener.recv().await {
+                                Ok(_) => on_change(),
+                                Err(e) => break e,
+                            }
+                        }
+                    }
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            failures = failures.saturating_add(1);
+            if failures == 1 {
+                tracing::warn!(error = %error, "catalog change listener failed; polling meanwhile");
+            }
+            // Bounded backoff (0.5 s to 10 s); the revision poll covers the gap.
+            let wait = Duration::from_millis(500u64.saturating_mul(u64::from(failures.min(20))));
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Which backend this store uses.

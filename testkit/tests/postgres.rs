@@ -266,3 +266,50 @@ async fn ten_thousand_tenants_are_served_without_store_queries_per_request() {
     // The audit batches did run.
     assert!(during.iter().any(|s| s.contains("audit_requests")));
 }
+
+#[tokio::test]
+async fn changes_are_pushed_to_relays_without_waiting_for_the_poll() {
+    trace_init();
+    let cluster = PgCluster::start();
+    let url = cluster.url();
+    // Polling once a minute: only PostgreSQL's NOTIFY can bring the change in time.
+    let relay = relay()
+        .configure(|f| {
+            f.database_url = Some(url.clone());
+            f.catalog.poll_interval = Some(Duration::from_secs(60));
+        })
+        .spawn()
+        .await;
+    // Another process (the CLI, another node) makes the change.
+    let other = relay_store::Store::connect(&url).await.unwrap();
+    other.create_tenant("pushed").await.unwrap();
+    relay.sync().await;
+    let client = Client::new(&relay.ca_cert());
+    assert_eq!(
+        client
+            .get(&relay.url("/relay/pushed/app/"))
+            .await
+            .unwrap()
+            .status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "known tenant, no connector yet"
+    );
+    // A revocation reaches the live session the same way.
+    let cred = relay.create_credential("pushed").await;
+    relay.sync().await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "pushed", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &backend.url())
+        .spawn();
+    conn.connected().await;
+    other
+        .revoke_credential("pushed", &cred.credential.id.0)
+        .await
+        .unwrap();
+    let mut state = conn.watch();
+    tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| !s.connected))
+        .await
+        .expect("the session closes within seconds, not at the next poll")
+        .unwrap();
+}
