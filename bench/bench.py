@@ -232,6 +232,8 @@ def main():
         relay = start([relay_bin, "--data-dir", data, "run", "--listen", f"127.0.0.1:{PORTS['relay']}",
                        "--listen-http", f"127.0.0.1:{PORTS['relay_http']}"],
                       env={"RELAY_LIMITS__MAX_BODY_BYTES": str(4 << 30), "RELAY_LIMITS__MAX_CONCURRENT_STREAMS": "4096",
+                           # The idle test holds 1000 connections from one address (the default cap is 256).
+                           "RELAY_LIMITS__MAX_CONNECTIONS_PER_IP": "4096",
                            "RUST_LOG": "warn"})
         procs.append(relay)
         wait_port(PORTS["relay_http"])

@@ -126,6 +126,11 @@ impl ProxyError {
 pub(crate) fn error_response(err: &ProxyError, request_id: &str) -> Response<Full<Bytes>> {
     let (blame, status) = err.outcome();
     match blame {
+        // Every request to a tenant without a connector would warn: the session's own log lines
+        // (closed, reconnecting) already tell that story.
+        _ if matches!(err, ProxyError::NoSession) => {
+            debug!(request_id, error = %err, "request refused")
+        }
         Blame::Visitor => debug!(request_id, error = %err, "request refused"),
         Blame::Backend | Blame::Connector => warn!(request_id, error = %err, "request failed"),
         Blame::Relay => error!(request_id, error = %err, "request failed"),
