@@ -91,7 +91,7 @@ impl SessionEntry {
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     sessions: RwLock<HashMap<TenantId, Vec<Arc<SessionEntry>>>>,
-    tenant_caps: Mutex<HashMap<TenantId, Arc<Semaphore>>>,
+    tenant_caps: Mutex<HashMap<TenantId, (u32, Arc<Semaphore>)>>,
 }
 
 impl Registry {
@@ -134,11 +134,16 @@ impl Registry {
         map.values().flatten().cloned().collect()
     }
 
-    /// The stream cap of a tenant (created on first use with `limit` permits).
+    /// The stream cap of a tenant with `limit` permits. When the limit changes (`tenant set`), a
+    /// new cap replaces the old one; streams holding the old one's permits finish undisturbed.
     pub(crate) fn tenant_cap(&self, tenant: &TenantId, limit: u32) -> Arc<Semaphore> {
         let mut caps = self.tenant_caps.lock().unwrap_or_else(|p| p.into_inner());
-        caps.entry(tenant.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(limit as usize)))
-            .clone()
+        let entry = caps
+            .entry(tenant.clone())
+            .or_insert_with(|| (limit, Arc::new(Semaphore::new(limit as usize))));
+        if entry.0 != limit {
+            *entry = (limit, Arc::new(Semaphore::new(limit as usize)));
+        }
+        entry.1.clone()
     }
 }

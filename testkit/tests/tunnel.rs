@@ -870,3 +870,36 @@ async fn relay_graceful_restart_under_load_completes_every_request_in_flight() -
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_tenants_stream_cap_answers_429_and_follows_limit_changes() -> anyhow::Result<()> {
+    let Setup {
+        relay,
+        backend,
+        conn: _conn,
+        client,
+    } = setup(relay()).await;
+    let limits = |n| relay_store::TenantLimits {
+        max_concurrent_streams: Some(n),
+        ..Default::default()
+    };
+    relay.store.set_tenant_limits("acme", &limits(2)).await?;
+    relay.sync().await;
+    let url = relay.url("/relay/acme/app/slow");
+    let first = slow_request_in_flight(&client, &url).await;
+    let second = slow_request_in_flight(&client, &url).await;
+    let refused = client.get(&relay.url("/relay/acme/app/x")).await?;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers["retry-after"], "1");
+
+    // Raised at runtime: the next request gets through at once.
+    relay.store.set_tenant_limits("acme", &limits(3)).await?;
+    relay.sync().await;
+    let third = client.get(&relay.url("/relay/acme/app/x")).await?;
+    assert_eq!(third.status, StatusCode::OK);
+    backend.release();
+    for body in [first, second] {
+        assert_eq!(body.collect().await?.to_bytes(), "second\n");
+    }
+    Ok(())
+}
