@@ -52,6 +52,8 @@ pub struct RoutingFile {
     /// A wildcard base domain: `{target}.{tenant}.{base_domain}` routes without provisioning (needs
     /// a wildcard DNS entry and certificate).
     pub base_domain: Option<String>,
+    /// Load balancers whose `X-Forwarded-*` headers are believed (addresses or CIDR blocks).
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// `[listen]`
@@ -189,6 +191,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Wildcard base domain for `{target}.{tenant}.{base}` hostnames.
     pub base_domain: Option<String>,
+    /// Peers whose forwarding headers are kept and extended.
+    pub trusted_proxies: Vec<crate::forwarded::Cidr>,
     /// The audit log.
     pub audit: Audit,
     /// How often the catalog is checked for changes.
@@ -367,6 +371,16 @@ impl Config {
             limits,
             tunnel,
             shutdown_grace: positive("shutdown.grace", raw.shutdown.grace, 30)?,
+            trusted_proxies: raw
+                .routing
+                .trusted_proxies
+                .unwrap_or_default()
+                .iter()
+                .map(|s| {
+                    crate::forwarded::Cidr::parse(s)
+                        .map_err(|e| ConfigError::new(format!("routing.trusted_proxies: {e}")))
+                })
+                .collect::<Result<_, _>>()?,
             base_domain: raw
                 .routing
                 .base_domain

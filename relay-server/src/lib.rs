@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 mod echo;
 mod error;
+pub mod forwarded;
 mod ingress;
 pub mod keys;
 mod metrics;

@@ -254,7 +254,29 @@ async fn proxy(
     let on_upgrade = upgrade
         .as_ref()
         .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
-    let mut headers = request_headers(parts.headers, &parts.uri, peer, scheme, request_id);
+    // Behind a trusted load balancer its forwarding headers are kept and the visitor is the
+    // address it reports; from anyone else they are replaced.
+    let trusted = crate::forwarded::trusted(&relay.config.trusted_proxies, peer.ip());
+    let forwarded_for = trusted.then(|| {
+        let values: Vec<&str> = parts
+            .headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        crate::forwarded::chain(&values)
+    });
+    if let Some(chain) = &forwarded_for {
+        draft.visitor =
+            crate::forwarded::client(&relay.config.trusted_proxies, peer.ip(), chain).to_string();
+    }
+    let mut headers = request_headers(
+        parts.headers,
+        &parts.uri,
+        (peer, forwarded_for),
+        scheme,
+        request_id,
+    );
     if let Some(value) = upgrade.clone() {
         restore_upgrade(&mut headers, value);
     }
@@ -482,16 +504,27 @@ fn canonical_host(raw: &str) -> String {
 
 /// The headers sent to the backend: hop-by-hop and relay-internal ones removed, then the
 /// forwarding headers set from what the relay itself saw (never appended to a visitor's).
+/// The headers sent to the backend. `forwarded_for` is the incoming `X-Forwarded-For` chain
+/// when the peer is a trusted proxy (its `X-Forwarded-Proto`/`-Host` are then kept too).
 fn request_headers(
     mut headers: HeaderMap,
     uri: &http::Uri,
-    peer: SocketAddr,
+    (peer, forwarded_for): (SocketAddr, Option<Vec<String>>),
     scheme: &'static str,
     request_id: &str,
 ) -> HeaderMap {
-    let host = headers.get(header::HOST).cloned().or_else(|| {
-        uri.authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    let trusted = forwarded_for.is_some();
+    let proto_in = headers
+        .get(&X_FORWARDED_PROTO)
+        .filter(|v| *v == "https" || *v == "http")
+        .cloned()
+        .filter(|_| trusted);
+    let host_in = headers.get(&X_FORWARDED_HOST).cloned().filter(|_| trusted);
+    let host = host_in.or_else(|| {
+        headers.get(header::HOST).cloned().or_else(|| {
+            uri.authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        })
     });
     strip_hop_by_hop(&mut headers);
     let internal: Vec<HeaderName> = headers
@@ -511,10 +544,15 @@ fn request_headers(
         headers.remove(name);
     }
     // Added after stripping, so a visitor can neither remove nor pre-set them.
-    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+    let mut chain = forwarded_for.unwrap_or_default();
+    chain.push(peer.ip().to_string());
+    if let Ok(v) = HeaderValue::from_str(&chain.join(", ")) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        proto_in.unwrap_or(HeaderValue::from_static(scheme)),
+    );
     match host {
         Some(h) => {
             headers.insert(X_FORWARDED_HOST.clone(), h);

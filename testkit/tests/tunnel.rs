@@ -903,3 +903,44 @@ async fn a_tenants_stream_cap_answers_429_and_follows_limit_changes() -> anyhow:
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_trusted_load_balancers_forwarding_headers_are_kept_and_extended() -> anyhow::Result<()> {
+    let Setup {
+        relay,
+        backend,
+        conn: _conn,
+        client,
+    } = setup(relay().configure(|f| {
+        f.routing.trusted_proxies = Some(vec!["127.0.0.0/8".into()]);
+    }))
+    .await;
+    // The balancer (here: the test, from 127.0.0.1) reports the visitor and the original scheme.
+    let req = http::Request::get(relay.http_url("/relay/acme/app/lb"))
+        .header("x-forwarded-for", "198.51.100.4, 203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "app.example.com")
+        .body(testkit::client::Body::default())?;
+    let resp = client.send(req).await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let id = resp.headers()["x-relay-request-id"].to_str()?.to_string();
+    let seen = backend.seen().pop().expect("backend saw it");
+    assert_eq!(
+        seen.headers["x-forwarded-for"],
+        "198.51.100.4, 203.0.113.9, 127.0.0.1"
+    );
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["x-forwarded-host"], "app.example.com");
+    // The audit log names the visitor the balancer vouched for, not the balancer.
+    let mut visitor = None;
+    for _ in 0..100 {
+        let all = relay.store.audit(None, 100).await?;
+        if let Some(r) = all.into_iter().find(|r| r.request_id == id) {
+            visitor = Some(r.visitor);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(visitor.as_deref(), Some("203.0.113.9"));
+    Ok(())
+}

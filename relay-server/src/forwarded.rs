@@ -1,0 +1,142 @@
+//! Trusted proxies: when the relay runs behind a load balancer, the forwarding headers that
+//! balancer sets are kept (and extended) instead of being overwritten from the TCP peer.
+//!
+//! Only a peer inside `[routing] trusted_proxies` is believed; everyone else's `X-Forwarded-*`
+//! is replaced. The visitor address (audit log) is the rightmost `X-Forwarded-For` entry that is
+//! not itself a trusted proxy — the leftmost entries are whatever the client claimed.
+
+use std::net::IpAddr;
+
+/// An address block, `10.0.0.0/8`, `2001:db8::/32` or a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `ADDR` or `ADDR/PREFIX`.
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to {max}"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` is inside the block (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether `ip` is a trusted proxy.
+pub fn trusted(list: &[Cidr], ip: IpAddr) -> bool {
+    list.iter().any(|c| c.contains(ip))
+}
+
+/// The `X-Forwarded-For` entries (all header lines, comma-separated), in order.
+pub fn chain(values: &[&str]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect()
+}
+
+/// The visitor behind a trusted `peer`: the rightmost chain entry that is not a trusted proxy
+/// (an unparsable entry ends the walk: nothing left of it can be believed).
+pub fn client(list: &[Cidr], peer: IpAddr, chain: &[String]) -> IpAddr {
+    let mut client = peer;
+    if !trusted(list, peer) {
+        return client;
+    }
+    for entry in chain.iter().rev() {
+        match entry.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !trusted(list, ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(items: &[&str]) -> Vec<Cidr> {
+        items.iter().map(|s| Cidr::parse(s).unwrap()).collect()
+    }
+
+    #[test]
+    fn blocks_parse_and_match() {
+        let l = list(&["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]);
+        assert!(trusted(&l, "10.1.2.3".parse().unwrap()));
+        assert!(trusted(&l, "::ffff:10.9.9.9".parse().unwrap()));
+        assert!(trusted(&l, "192.0.2.7".parse().unwrap()));
+        assert!(!trusted(&l, "192.0.2.8".parse().unwrap()));
+        assert!(trusted(&l, "2001:db8:1::5".parse().unwrap()));
+        assert!(!trusted(&l, "2001:db9::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nonsense", "10.0.0.0/", "::/129"] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_client_is_the_rightmost_untrusted_entry() {
+        let l = list(&["10.0.0.0/8"]);
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let c = chain(&["203.0.113.9, 198.51.100.1", "10.0.0.1"]);
+        // 198.51.100.1 is the last hop we can vouch for; the spoofable left part is ignored.
+        assert_eq!(
+            client(&l, peer, &c),
+            "198.51.100.1".parse::<IpAddr>().unwrap()
+        );
+        // An untrusted peer is the client, whatever it claims.
+        let stranger: IpAddr = "198.51.100.77".parse().unwrap();
+        assert_eq!(client(&l, stranger, &c), stranger);
+        // Garbage stops the walk at the last good hop.
+        let c = chain(&["unknown, 10.0.0.1"]);
+        assert_eq!(client(&l, peer, &c), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+}
