@@ -338,27 +338,21 @@ impl Config {
             max_streams: s.max_streams.unwrap_or(100).clamp(1, 10_000),
             transport,
             proxy,
-            quic_fallback_after: nonzero(
+            quic_fallback_after: layered::duration(
                 "session.quic_fallback_after",
                 s.quic_fallback_after,
                 Duration::from_secs(4),
+                None,
             )?,
             sessions: s.count.unwrap_or(2).clamp(1, 16),
-            quic_probe_interval: nonzero(
+            quic_probe_interval: layered::duration(
                 "session.quic_probe_interval",
                 s.quic_probe_interval,
                 Duration::from_secs(300),
+                None,
             )?,
         })
     }
-}
-
-fn nonzero(name: &str, v: Option<Duration>, default: Duration) -> Result<Duration, ConfigError> {
-    let d = v.unwrap_or(default);
-    if d.is_zero() {
-        return Err(ConfigError::new(format!("{name} must be above zero")));
-    }
-    Ok(d)
 }
 
 /// `HTTPS_PROXY` / `https_proxy`, unless `NO_PROXY` / `no_proxy` covers the relay's host.

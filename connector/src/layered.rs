@@ -185,6 +185,25 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A duration setting: `value`, or `default` when unset; refused (naming the key) when it is
+/// zero, or shorter than `min` when one is given.
+pub fn duration(
+    name: &str,
+    value: Option<std::time::Duration>,
+    default: std::time::Duration,
+    min: Option<std::time::Duration>,
+) -> Result<std::time::Duration, ConfigError> {
+    let d = value.unwrap_or(default);
+    match min {
+        Some(min) if d < min => Err(ConfigError::new(format!(
+            "{name} must be at least {}",
+            humantime::format_duration(min)
+        ))),
+        _ if d.is_zero() => Err(ConfigError::new(format!("{name} must be above zero"))),
+        _ => Ok(d),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

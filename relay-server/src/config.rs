@@ -352,8 +352,12 @@ impl Config {
             retention: positive("audit.retention", raw.audit.retention, 30 * 24 * 3600)?,
             queue: raw.audit.queue.unwrap_or(10_000).clamp(1, 1_000_000),
         };
-        let catalog_poll_interval =
-            positive_ms("catalog.poll_interval", raw.catalog.poll_interval, 500)?;
+        let catalog_poll_interval = layered::duration(
+            "catalog.poll_interval",
+            raw.catalog.poll_interval,
+            Duration::from_millis(500),
+            Some(Duration::from_millis(10)),
+        )?;
         Ok(Config {
             audit,
             catalog_poll_interval,
@@ -393,20 +397,8 @@ impl Config {
     }
 }
 
-fn positive_ms(name: &str, v: Option<Duration>, default_ms: u64) -> Result<Duration, ConfigError> {
-    let d = v.unwrap_or(Duration::from_millis(default_ms));
-    if d < Duration::from_millis(10) {
-        return Err(ConfigError::new(format!("{name} must be at least 10ms")));
-    }
-    Ok(d)
-}
-
 fn positive(name: &str, v: Option<Duration>, default_secs: u64) -> Result<Duration, ConfigError> {
-    let d = v.unwrap_or(Duration::from_secs(default_secs));
-    if d.is_zero() {
-        return Err(ConfigError::new(format!("{name} must be above zero")));
-    }
-    Ok(d)
+    layered::duration(name, v, Duration::from_secs(default_secs), None)
 }
 
 #[cfg(test)]

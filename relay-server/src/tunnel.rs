@@ -183,10 +183,7 @@ async fn established(relay: Arc<Relay>, conn: Conn) {
         connector_version: hello.connector_version.clone(),
         transport: entry.conn.transport().as_str().to_string(),
         remote_addr: entry.remote.to_string(),
-        connected_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0),
+        connected_at: relay_store::unix_ms(entry.connected_at),
         disconnected_at: None,
         close_code: None,
     };

@@ -308,10 +308,15 @@ impl Store {
 }
 
 /// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
+/// Milliseconds since the Unix epoch, the store's timestamp unit.
+pub fn now_ms() -> i64 {
+    unix_ms(std::time::SystemTime::now())
+}
+
+/// `t` in milliseconds since the Unix epoch (0 before it, saturating far after it).
+pub fn unix_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
