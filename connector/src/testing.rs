@@ -30,6 +30,21 @@ impl ConnectorHandle {
         self
     }
 
+    /// Waits up to `secs` until the state satisfies `pred` and returns that state (panics on
+    /// timeout, naming what it waited for: tests only).
+    pub async fn wait_for(&self, secs: u64, what: &str, pred: impl FnMut(&State) -> bool) -> State {
+        let mut watch = self.state.clone();
+        let result = tokio::time::timeout(Duration::from_secs(secs), async {
+            watch.wait_for(pred).await.map(|s| s.clone())
+        })
+        .await;
+        match result {
+            Ok(Ok(state)) => state,
+            Ok(Err(_)) => panic!("connector task ended while waiting for: {what}"),
+            Err(_) => panic!("not within {secs} s: {what} (state: {:?})", self.state()),
+        }
+    }
+
     /// The current state.
     pub fn state(&self) -> State {
         self.state.borrow().clone()

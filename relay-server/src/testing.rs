@@ -170,6 +170,45 @@ impl RelayHandle {
             .expect("create credential")
     }
 
+    /// Creates `tenant` with one credential and waits until the relay knows both.
+    pub async fn provision(&self, tenant: &str) -> NewCredential {
+        self.create_tenant(tenant).await;
+        let cred = self.create_credential(tenant).await;
+        self.sync().await;
+        cred
+    }
+
+    /// Waits (≤ 5 s) until no stream is in flight through the relay (the gauge settles when
+    /// hyper drops a response body, just after its last bytes).
+    pub async fn wait_idle(&self) {
+        for _ in 0..250 {
+            if self
+                .view
+                .metrics()
+                .in_flight
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 0
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("streams still in flight after 5 s");
+    }
+
+    /// The audit record of `request_id`, once the writer has stored it (≤ 5 s; it batches every
+    /// 200 ms).
+    pub async fn audit_record(&self, request_id: &str) -> relay_store::AuditRecord {
+        for _ in 0..100 {
+            let all = self.store.audit(None, 1000).await.expect("audit query");
+            if let Some(r) = all.into_iter().find(|r| r.request_id == request_id) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no audit record for {request_id}");
+    }
+
     /// Waits until the relay's catalog shows a change made through the store (≤ 5 s).
     pub async fn sync(&self) {
         let want = self.store.revision().await.expect("revision");

@@ -137,6 +137,19 @@ impl Client {
         Ok(self.inner.request(req).await?)
     }
 
+    /// GET `url`, expect 200, and read the first body frame: returns its data and the rest of the
+    /// body — a response held in flight (e.g. the backend's `/slow`, until `Backend::release`).
+    pub async fn hold(&self, url: &str) -> anyhow::Result<(Bytes, Incoming)> {
+        let resp = self.send(Request::get(url).body(Body::default())?).await?;
+        anyhow::ensure!(resp.status() == StatusCode::OK, "status {}", resp.status());
+        let mut body = resp.into_body();
+        let first = body
+            .frame()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("the body ended before its first frame"))??;
+        Ok((first.into_data().unwrap_or_default(), body))
+    }
+
     /// GET and read the whole answer.
     pub async fn get(&self, url: &str) -> anyhow::Result<Answer> {
         self.request("GET", url, Bytes::new()).await
@@ -156,5 +169,32 @@ impl Client {
             headers: parts.headers,
             body,
         })
+    }
+}
+
+/// How a response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// The end of the body arrived.
+    Clean,
+    /// The body failed (reset, connection cut): an aborted response.
+    Aborted,
+}
+
+/// Reads `body` to its end, counting data bytes; panics if it has not ended `within` (tests only).
+pub async fn body_end(body: &mut Incoming, within: std::time::Duration) -> (u64, BodyEnd) {
+    let mut bytes = 0u64;
+    let read = async {
+        loop {
+            match body.frame().await {
+                Some(Ok(f)) => bytes += f.data_ref().map_or(0, |d| d.len() as u64),
+                Some(Err(_)) => return BodyEnd::Aborted,
+                None => return BodyEnd::Clean,
+            }
+        }
+    };
+    match tokio::time::timeout(within, read).await {
+        Ok(end) => (bytes, end),
+        Err(_) => panic!("the body did not end within {within:?}"),
     }
 }

@@ -7,20 +7,7 @@ use connector::testing::connector;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use relay_server::testing::relay;
-use relay_store::AuditRecord;
 use testkit::{trace_init, Backend, Client};
-
-/// Polls the store until `request_id` has a record (the writer batches every 200 ms).
-async fn record_of(store: &relay_store::Store, request_id: &str) -> AuditRecord {
-    for _ in 0..100 {
-        let all = store.audit(None, 1000).await.expect("audit query");
-        if let Some(r) = all.into_iter().find(|r| r.request_id == request_id) {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no audit record for {request_id}");
-}
 
 fn request_id(headers: &http::HeaderMap) -> String {
     headers["x-relay-request-id"]
@@ -33,9 +20,7 @@ fn request_id(headers: &http::HeaderMap) -> String {
 async fn every_request_gets_a_record_with_its_outcome() -> anyhow::Result<()> {
     trace_init();
     let relay = relay().spawn().await;
-    relay.create_tenant("acme").await;
-    let cred = relay.create_credential("acme").await;
-    relay.sync().await;
+    let cred = relay.provision("acme").await;
     let backend = Backend::spawn().await;
     let mut conn = connector(&relay.server(), "acme", &cred.secret)
         .ca_cert(relay.ca_cert())
@@ -55,7 +40,7 @@ async fn every_request_gets_a_record_with_its_outcome() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(ok.status, StatusCode::OK);
-    let r = record_of(&relay.store, &request_id(&ok.headers)).await;
+    let r = relay.audit_record(&request_id(&ok.headers)).await;
     assert_eq!(
         (r.tenant.as_str(), r.target.as_str(), r.method.as_str()),
         ("acme", "app", "POST")
@@ -82,19 +67,19 @@ async fn every_request_gets_a_record_with_its_outcome() -> anyhow::Result<()> {
     let with_query = client
         .get(&relay.url("/relay/acme/app/search?q=kept"))
         .await?;
-    let r = record_of(&relay.store, &request_id(&with_query.headers)).await;
+    let r = relay.audit_record(&request_id(&with_query.headers)).await;
     assert_eq!(r.path, "/relay/acme/app/search?q=kept");
 
     // Answered by the relay itself: refused, no session involved.
     let unknown = client.get(&relay.url("/relay/nobody/app/")).await?;
-    let r = record_of(&relay.store, &request_id(&unknown.headers)).await;
+    let r = relay.audit_record(&request_id(&unknown.headers)).await;
     assert_eq!((r.status, r.outcome.as_str()), (404, "refused"));
     assert_eq!(r.session_id, "");
 
     // The backend is down: a backend error.
     let down = client.get(&relay.url("/relay/acme/down/")).await?;
     assert_eq!(down.status, StatusCode::BAD_GATEWAY);
-    let r = record_of(&relay.store, &request_id(&down.headers)).await;
+    let r = relay.audit_record(&request_id(&down.headers)).await;
     assert_eq!((r.status, r.outcome.as_str()), (502, "backend-error"));
 
     // The visitor reads the head and the first bytes, then goes away.
@@ -109,7 +94,7 @@ async fn every_request_gets_a_record_with_its_outcome() -> anyhow::Result<()> {
     let first = body.frame().await.expect("a frame")?;
     assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
     drop(body);
-    let r = record_of(&relay.store, &id).await;
+    let r = relay.audit_record(&id).await;
     assert_eq!((r.status, r.outcome.as_str()), (200, "visitor-aborted"));
     assert!(r.bytes_out > 0);
 
@@ -132,7 +117,7 @@ async fn retention_purges_old_records() -> anyhow::Result<()> {
     let relay = relay().spawn().await;
     let client = Client::new(&relay.ca_cert());
     let a = client.get(&relay.url("/relay/nobody/app/")).await?;
-    record_of(&relay.store, &request_id(&a.headers)).await;
+    relay.audit_record(&request_id(&a.headers)).await;
     let now_ms = i64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
@@ -164,9 +149,7 @@ async fn disabled_audit_writes_nothing() -> anyhow::Result<()> {
 async fn connector_sessions_are_kept_in_the_history() -> anyhow::Result<()> {
     trace_init();
     let relay = relay().spawn().await;
-    relay.create_tenant("acme").await;
-    let cred = relay.create_credential("acme").await;
-    relay.sync().await;
+    let cred = relay.provision("acme").await;
     // A row a crashed run of this node left open is closed when the relay starts again.
     relay
         .store

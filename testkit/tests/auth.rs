@@ -278,54 +278,42 @@ async fn revoking_a_credential_closes_its_sessions_and_refuses_reconnects() {
         .revoke_credential("acme", &cred.credential.id.0)
         .await
         .unwrap();
-    let mut state = revoked.watch();
-    tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| !s.connected))
-        .await
-        .unwrap()
-        .unwrap();
     // It keeps trying, and keeps being refused; the other credential's session is untouched.
-    let s = tokio::time::timeout(
-        Duration::from_secs(10),
-        state.wait_for(|s| {
-            s.last_error
-                .as_deref()
-                .is_some_and(|e| e.contains("credential rejected"))
-        }),
-    )
-    .await
-    .unwrap()
-    .unwrap()
-    .clone();
-    assert!(!s.connected);
+    assert_refused_after_revocation(&revoked).await;
     assert!(kept.state().connected);
     assert_eq!(relay.view.sessions("acme").len(), 1);
 
     // Disabling the tenant closes the rest.
     relay.store.set_tenant_enabled("acme", false).await.unwrap();
-    let mut state = kept.watch();
-    tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| !s.connected))
-        .await
-        .unwrap()
-        .unwrap();
+    kept.wait_for(5, "the session to close", |s| !s.connected)
+        .await;
+}
+
+/// A revoked connector's session closes, and its reconnects keep being refused.
+async fn assert_refused_after_revocation(conn: &connector::testing::ConnectorHandle) {
+    conn.wait_for(5, "the session to close", |s| !s.connected)
+        .await;
+    let s = conn
+        .wait_for(10, "a refusal", |s| {
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("credential rejected"))
+        })
+        .await;
+    assert!(!s.connected);
 }
 
 #[tokio::test]
 async fn revoking_mid_download_aborts_the_response_and_the_credential_stays_refused() {
     trace_init();
     let relay = relay().spawn().await;
-    relay.create_tenant("acme").await;
-    let cred = relay.create_credential("acme").await;
-    relay.sync().await;
+    let cred = relay.provision("acme").await;
     let backend = Backend::spawn().await;
     let conn = connector(&relay.server(), "acme", &cred.secret)
         .ca_cert(relay.ca_cert())
         .target("app", &backend.url())
         .spawn();
-    let mut state = conn.watch();
-    tokio::time::timeout(Duration::from_secs(20), state.wait_for(|s| s.connected))
-        .await
-        .unwrap()
-        .unwrap();
+    conn.wait_for(20, "a session", |s| s.connected).await;
     let client = testkit::Client::new(&relay.ca_cert());
     let gib: u64 = 1 << 30;
     let req = http::Request::get(relay.url(&format!("/relay/acme/app/bytes/{gib}")))
@@ -350,35 +338,10 @@ async fn revoking_mid_download_aborts_the_response_and_the_credential_stays_refu
         .await
         .unwrap();
     // The session closes, and the visitor's response ends in an error, never in a clean end.
-    let outcome = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match body.frame().await {
-                Some(Ok(f)) => got += f.data_ref().map_or(0, |d| d.len() as u64),
-                Some(Err(_)) => return "aborted",
-                None => return "clean end",
-            }
-        }
-    })
-    .await
-    .expect("the response ends soon after the revocation");
-    assert_eq!(outcome, "aborted");
+    let (rest, end) = testkit::client::body_end(&mut body, Duration::from_secs(30)).await;
+    assert_eq!(end, testkit::client::BodyEnd::Aborted);
+    got += rest;
     assert!(got < gib, "the download was cut ({got} bytes)");
-    tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| !s.connected))
-        .await
-        .unwrap()
-        .unwrap();
-    let s = tokio::time::timeout(
-        Duration::from_secs(10),
-        state.wait_for(|s| {
-            s.last_error
-                .as_deref()
-                .is_some_and(|e| e.contains("credential rejected"))
-        }),
-    )
-    .await
-    .unwrap()
-    .unwrap()
-    .clone();
-    assert!(!s.connected);
+    assert_refused_after_revocation(&conn).await;
     assert!(relay.view.sessions("acme").is_empty());
 }

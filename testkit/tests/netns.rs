@@ -131,9 +131,7 @@ async fn udp_blocked_by_iptables_falls_back_to_tcp_and_returns_to_quic() -> anyh
         })
         .spawn()
         .await;
-    relay.create_tenant("acme").await;
-    let cred = relay.create_credential("acme").await;
-    relay.sync().await;
+    let cred = relay.provision("acme").await;
     let secret = dir.path().join("secret");
     std::fs::write(&secret, &cred.secret)?;
     let backend = Backend::spawn_on(SocketAddr::new(IpAddr::V4(ns.host_ip), 0)).await;

@@ -6,29 +6,26 @@ use std::time::Duration;
 
 use connector::testing::connector;
 use http::StatusCode;
-use relay_server::testing::relay;
 use testkit::{trace_init, Backend, Client, PgCluster};
+
+mod common;
+use common::{on_postgres, setup, Setup};
 
 #[tokio::test]
 async fn relay_serves_from_postgres_and_two_nodes_share_it() {
     trace_init();
     let cluster = PgCluster::start();
     let url = cluster.url();
-    let node_a = relay()
-        .configure(|f| f.database_url = Some(url.clone()))
-        .spawn()
-        .await;
+    let Setup {
+        relay: node_a,
+        backend: _backend,
+        conn,
+        client,
+    } = setup(on_postgres(&url)).await;
     assert_eq!(node_a.store.backend(), relay_store::Backend::Postgres);
-    node_a.create_tenant("acme").await;
-    let cred = node_a.create_credential("acme").await;
-    node_a.sync().await;
-    let backend = Backend::spawn().await;
-    let mut conn = connector(&node_a.server(), "acme", &cred.secret)
-        .ca_cert(node_a.ca_cert())
-        .target("app", &backend.url())
-        .spawn();
-    conn.connected().await;
-    let client = Client::new(&node_a.ca_cert());
+    let credential = node_a.store.credentials("acme").await.unwrap()[0]
+        .id
+        .clone();
     assert_eq!(
         client
             .get(&node_a.url("/relay/acme/app/x"))
@@ -41,10 +38,7 @@ async fn relay_serves_from_postgres_and_two_nodes_share_it() {
     // A second node on the same database knows the tenant (503: its connector is on node A) and
     // an unknown tenant stays 404. The two nodes have their own key directories in this test, so
     // the connector's credential is only usable on the node whose pepper hashed it.
-    let node_b = relay()
-        .configure(|f| f.database_url = Some(url.clone()))
-        .spawn()
-        .await;
+    let node_b = on_postgres(&url).spawn().await;
     node_b.sync().await;
     let client_b = Client::new(&node_b.ca_cert());
     assert_eq!(
@@ -67,14 +61,11 @@ async fn relay_serves_from_postgres_and_two_nodes_share_it() {
     // Revoking through node B's store handle closes the session on node A.
     node_b
         .store
-        .revoke_credential("acme", &cred.credential.id.0)
+        .revoke_credential("acme", &credential.0)
         .await
         .unwrap();
-    let mut state = conn.watch();
-    tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| !s.connected))
-        .await
-        .unwrap()
-        .unwrap();
+    conn.wait_for(10, "the session to close", |s| !s.connected)
+        .await;
     assert_eq!(
         client
             .get(&node_a.url("/relay/acme/app/y"))
@@ -90,21 +81,12 @@ async fn relay_serves_from_postgres_and_two_nodes_share_it() {
 async fn known_tenants_keep_working_while_postgres_is_down() {
     trace_init();
     let cluster = PgCluster::start();
-    let url = cluster.url();
-    let relay = relay()
-        .configure(|f| f.database_url = Some(url.clone()))
-        .spawn()
-        .await;
-    relay.create_tenant("acme").await;
-    let cred = relay.create_credential("acme").await;
-    relay.sync().await;
-    let backend = Backend::spawn().await;
-    let mut conn = connector(&relay.server(), "acme", &cred.secret)
-        .ca_cert(relay.ca_cert())
-        .target("app", &backend.url())
-        .spawn();
-    conn.connected().await;
-    let client = Client::new(&relay.ca_cert());
+    let Setup {
+        relay,
+        backend: _backend,
+        conn: _conn,
+        client,
+    } = setup(on_postgres(&cluster.url())).await;
     let admin = format!("http://{}", relay.admin_addr.unwrap());
 
     cluster.stop();
@@ -193,11 +175,7 @@ fn statements(log: &str) -> Vec<String> {
 async fn ten_thousand_tenants_are_served_without_store_queries_per_request() {
     trace_init();
     let cluster = PgCluster::start_logging_statements();
-    let url = cluster.url();
-    let relay = relay()
-        .configure(|f| f.database_url = Some(url.clone()))
-        .spawn()
-        .await;
+    let relay = on_postgres(&cluster.url()).spawn().await;
     let rss_before = testkit::process::rss_kib(std::process::id());
     for i in 0..10_000 {
         relay
@@ -206,9 +184,7 @@ async fn ten_thousand_tenants_are_served_without_store_queries_per_request() {
             .await
             .expect("create tenant");
     }
-    relay.create_tenant("acme").await;
-    let cred = relay.create_credential("acme").await;
-    relay.sync().await;
+    let cred = relay.provision("acme").await;
     let rss_after = testkit::process::rss_kib(std::process::id());
     println!(
         "10 000 tenants loaded: test process RSS {} MiB -> {} MiB",
@@ -273,11 +249,8 @@ async fn changes_are_pushed_to_relays_without_waiting_for_the_poll() {
     let cluster = PgCluster::start();
     let url = cluster.url();
     // Polling once a minute: only PostgreSQL's NOTIFY can bring the change in time.
-    let relay = relay()
-        .configure(|f| {
-            f.database_url = Some(url.clone());
-            f.catalog.poll_interval = Some(Duration::from_secs(60));
-        })
+    let relay = on_postgres(&url)
+        .configure(|f| f.catalog.poll_interval = Some(Duration::from_secs(60)))
         .spawn()
         .await;
     // Another process (the CLI, another node) makes the change.
@@ -307,9 +280,10 @@ async fn changes_are_pushed_to_relays_without_waiting_for_the_poll() {
         .revoke_credential("pushed", &cred.credential.id.0)
         .await
         .unwrap();
-    let mut state = conn.watch();
-    tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| !s.connected))
-        .await
-        .expect("the session closes within seconds, not at the next poll")
-        .unwrap();
+    conn.wait_for(
+        5,
+        "the session to close within seconds, not at the next poll",
+        |s| !s.connected,
+    )
+    .await;
 }

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use connector::testing::connector;
 use relay_server::testing::relay;
-use testkit::{trace_init, Backend};
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+use common::{setup, Setup};
 
 struct Vector {
     name: String,
@@ -60,17 +62,12 @@ fn unescape(s: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn framing_corpus() {
-    trace_init();
-    let relay = relay().spawn().await;
-    relay.create_tenant("acme").await;
-    let cred = relay.create_credential("acme").await;
-    relay.sync().await;
-    let backend = Backend::spawn().await;
-    let mut conn = connector(&relay.server(), "acme", &cred.secret)
-        .ca_cert(relay.ca_cert())
-        .target("app", &backend.url())
-        .spawn();
-    conn.connected().await;
+    let Setup {
+        relay,
+        backend,
+        conn: _conn,
+        client: _,
+    } = setup(relay()).await;
     let addr = relay.http_addr.unwrap();
     let mut failures = Vec::new();
     for v in corpus() {

@@ -14,10 +14,8 @@ use testkit::{pattern_chunk, pattern_sha256, trace_init, Backend, Client, HttpPr
 async fn relay_with_acme(builder: relay_server::testing::Builder) -> (RelayHandle, String) {
     trace_init();
     let relay = builder.spawn().await;
-    relay.create_tenant("acme").await;
-    let cred = relay.create_credential("acme").await;
-    relay.sync().await;
-    (relay, cred.secret)
+    let secret = relay.provision("acme").await.secret;
+    (relay, secret)
 }
 
 /// Downloads `n` pattern bytes through the relay, hashing as they stream.
@@ -178,10 +176,10 @@ async fn sessions_go_through_a_connect_proxy() -> anyhow::Result<()> {
     let a = client.get(&relay.url("/relay/acme/app/via-proxy")).await?;
     assert_eq!(a.status, StatusCode::OK);
 
-    // The proxy goes away: the session is lost, and comes back once a proxy is there again.
+    // The proxy goes away: the session through it is lost.
     drop(proxy);
-    let mut watch = conn.watch();
-    tokio::time::timeout(Duration::from_secs(60), watch.wait_for(|s| !s.connected)).await??;
+    conn.wait_for(60, "the session to end", |s| !s.connected)
+        .await;
     Ok(())
 }
 
@@ -215,13 +213,9 @@ async fn proxy_basic_auth_and_clear_errors() -> anyhow::Result<()> {
             .proxy(&url)
             .target("app", &backend.url())
             .spawn();
-        let mut watch = bad.watch();
-        let state = tokio::time::timeout(
-            Duration::from_secs(20),
-            watch.wait_for(|s| s.last_error.is_some()),
-        )
-        .await??
-        .clone();
+        let state = bad
+            .wait_for(20, "an attempt to fail", |s| s.last_error.is_some())
+            .await;
         assert!(!state.connected);
         let err = state.last_error.unwrap_or_default();
         assert!(err.contains(want), "{err}");
@@ -243,13 +237,9 @@ async fn the_relay_certificate_is_verified_through_the_proxy() -> anyhow::Result
         .proxy(&proxy.url())
         .target("app", &backend.url())
         .spawn();
-    let mut watch = conn.watch();
-    let state = tokio::time::timeout(
-        Duration::from_secs(20),
-        watch.wait_for(|s| s.last_error.is_some()),
-    )
-    .await??
-    .clone();
+    let state = conn
+        .wait_for(20, "an attempt to fail", |s| s.last_error.is_some())
+        .await;
     let err = state.last_error.unwrap_or_default();
     assert!(err.contains("certificate"), "{err}");
     assert!(!state.connected);
@@ -275,15 +265,7 @@ async fn auto_moves_back_to_quic_when_udp_returns_without_failing_requests() -> 
     let client = Client::new(&relay.ca_cert());
 
     // A request in flight on the TCP session, and a steady stream of new ones.
-    let held = {
-        let req = http::Request::get(relay.url("/relay/acme/app/slow"))
-            .body(testkit::client::Body::default())?;
-        let resp = client.send(req).await?;
-        assert_eq!(resp.status(), StatusCode::OK);
-        let mut body = resp.into_body();
-        body.frame().await.expect("first chunk")?;
-        body
-    };
+    let (_, held) = client.hold(&relay.url("/relay/acme/app/slow")).await?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
         let (client, url, stop) = (
@@ -306,12 +288,10 @@ async fn auto_moves_back_to_quic_when_udp_returns_without_failing_requests() -> 
     };
 
     gate.set_open(true);
-    let mut watch = conn.watch();
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        watch.wait_for(|s| s.transport == Some(Transport::Quic)),
-    )
-    .await??;
+    conn.wait_for(20, "the move to QUIC", |s| {
+        s.transport == Some(Transport::Quic)
+    })
+    .await;
     // The relay ends up with only the QUIC session once the old one has drained.
     backend.release();
     let rest = held.collect().await?.to_bytes();
@@ -353,8 +333,7 @@ async fn requests_spread_over_a_connectors_sessions() -> anyhow::Result<()> {
         .target("app", &backend.url())
         .spawn();
     conn.connected().await;
-    let mut watch = conn.watch();
-    tokio::time::timeout(Duration::from_secs(20), watch.wait_for(|s| s.sessions == 2)).await??;
+    conn.wait_for(20, "two sessions", |s| s.sessions == 2).await;
     let sessions = relay.view.sessions("acme");
     assert_eq!(sessions.len(), 2);
     assert_eq!(sessions[0].connector_id, sessions[1].connector_id);
@@ -362,12 +341,7 @@ async fn requests_spread_over_a_connectors_sessions() -> anyhow::Result<()> {
     // Four held requests: the least-loaded pick puts two on each session.
     let mut held = Vec::new();
     for _ in 0..4 {
-        let req = http::Request::get(relay.url("/relay/acme/app/slow"))
-            .body(testkit::client::Body::default())?;
-        let resp = client.send(req).await?;
-        let mut body = resp.into_body();
-        body.frame().await.expect("first chunk")?;
-        held.push(body);
+        held.push(client.hold(&relay.url("/relay/acme/app/slow")).await?.1);
     }
     let loads: Vec<usize> = relay
         .view
@@ -395,13 +369,9 @@ async fn a_tls_inspecting_proxy_is_refused_unless_its_ca_is_given() -> anyhow::R
         .proxy(&mitm.url())
         .target("app", &backend.url())
         .spawn();
-    let mut watch = refused.watch();
-    let state = tokio::time::timeout(
-        Duration::from_secs(30),
-        watch.wait_for(|s| s.last_error.is_some()),
-    )
-    .await??
-    .clone();
+    let state = refused
+        .wait_for(30, "an attempt to fail", |s| s.last_error.is_some())
+        .await;
     let err = state.last_error.unwrap_or_default();
     assert!(err.contains("certificate"), "{err}");
     assert!(!state.connected);

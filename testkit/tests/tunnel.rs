@@ -10,34 +10,8 @@ use http_body_util::BodyExt;
 use relay_server::testing::relay;
 use testkit::{trace_init, Backend, Client};
 
-/// A relay with tenant `acme`, one connector serving target `app` from one backend, a client.
-struct Setup {
-    relay: relay_server::testing::RelayHandle,
-    backend: Backend,
-    conn: connector::testing::ConnectorHandle,
-    client: Client,
-}
-
-async fn setup(builder: relay_server::testing::Builder) -> Setup {
-    trace_init();
-    let relay = builder.spawn().await;
-    relay.create_tenant("acme").await;
-    let cred = relay.create_credential("acme").await;
-    relay.sync().await;
-    let backend = Backend::spawn().await;
-    let mut conn = connector(&relay.server(), "acme", &cred.secret)
-        .ca_cert(relay.ca_cert())
-        .target("app", &backend.url())
-        .spawn();
-    conn.connected().await;
-    let client = Client::new(&relay.ca_cert());
-    Setup {
-        relay,
-        backend,
-        conn,
-        client,
-    }
-}
+mod common;
+use common::{setup, Setup};
 
 #[tokio::test]
 async fn visitor_reaches_backend_through_connector() -> anyhow::Result<()> {
@@ -246,9 +220,7 @@ async fn slow_chunked_response_streams_before_the_backend_finishes() -> anyhow::
 async fn concurrent_requests_spread_over_two_connectors() -> anyhow::Result<()> {
     trace_init();
     let relay = relay().spawn().await;
-    relay.create_tenant("acme").await;
-    let cred = relay.create_credential("acme").await;
-    relay.sync().await;
+    let cred = relay.provision("acme").await;
     let (b1, b2) = (Backend::spawn().await, Backend::spawn().await);
     let mut c1 = connector(&relay.server(), "acme", &cred.secret)
         .ca_cert(relay.ca_cert())
@@ -308,12 +280,10 @@ async fn connector_reconnects_after_relay_restart() -> anyhow::Result<()> {
     );
 
     let relay = relay.restart().await;
-    let mut state = conn.watch();
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        state.wait_for(|s| s.connected && s.sessions_established >= 2),
-    )
-    .await??;
+    conn.wait_for(20, "a new session", |s| {
+        s.connected && s.sessions_established >= 2
+    })
+    .await;
     let client = Client::new(&relay.ca_cert());
     assert_eq!(
         client.get(&relay.url("/relay/acme/app/2")).await?.status,
@@ -339,18 +309,7 @@ async fn visitor_abort_cancels_the_backend_stream() -> anyhow::Result<()> {
     drop(body);
     drop(client);
     wait_until(|| backend.active_streams() == 0, "backend stream cancelled").await;
-    wait_until(
-        || {
-            relay
-                .view
-                .metrics()
-                .in_flight
-                .load(std::sync::atomic::Ordering::SeqCst)
-                == 0
-        },
-        "relay in-flight back to 0",
-    )
-    .await;
+    relay.wait_idle().await;
     Ok(())
 }
 
@@ -382,9 +341,7 @@ async fn response_timeout_starts_after_the_upload() -> anyhow::Result<()> {
         .configure(|f| f.limits.request_timeout = Some(Duration::from_millis(800)))
         .spawn()
         .await;
-    relay.create_tenant("acme").await;
-    let cred = relay.create_credential("acme").await;
-    relay.sync().await;
+    let cred = relay.provision("acme").await;
     let backend = Backend::spawn().await;
     let mut conn = connector(&relay.server(), "acme", &cred.secret)
         .ca_cert(relay.ca_cert())
@@ -426,13 +383,7 @@ async fn response_timeout_starts_after_the_upload() -> anyhow::Result<()> {
 
 /// Starts a `/slow` request and returns its body after the first chunk arrived.
 async fn slow_request_in_flight(client: &Client, url: &str) -> hyper::body::Incoming {
-    let req = http::Request::get(url)
-        .body(testkit::client::Body::default())
-        .unwrap();
-    let resp = client.send(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
-    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    let (first, body) = client.hold(url).await.unwrap();
     assert_eq!(first, Bytes::from_static(b"first\n"));
     body
 }
@@ -600,18 +551,7 @@ async fn upgraded_connections_carry_raw_bytes_both_ways() -> anyhow::Result<()> 
         None
     );
     writer.await?;
-    wait_until(
-        || {
-            relay
-                .view
-                .metrics()
-                .in_flight
-                .load(std::sync::atomic::Ordering::SeqCst)
-                == 0
-        },
-        "in-flight back to 0",
-    )
-    .await;
+    relay.wait_idle().await;
     Ok(())
 }
 
@@ -663,9 +603,7 @@ async fn bytes_after_a_refused_upgrade_are_a_new_request() -> anyhow::Result<()>
 async fn grpc_shaped_calls_keep_trailers_end_to_end_over_http2() -> anyhow::Result<()> {
     trace_init();
     let relay = relay().spawn().await;
-    relay.create_tenant("acme").await;
-    let cred = relay.create_credential("acme").await;
-    relay.sync().await;
+    let cred = relay.provision("acme").await;
     let backend = Backend::spawn().await;
     let mut conn = connector(&relay.server(), "acme", &cred.secret)
         .ca_cert(relay.ca_cert())
@@ -832,12 +770,10 @@ async fn relay_graceful_restart_under_load_completes_every_request_in_flight() -
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
     let relay = relay.restart().await;
-    let mut state = conn.watch();
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        state.wait_for(|s| s.connected && s.sessions_established >= 2),
-    )
-    .await??;
+    conn.wait_for(20, "a new session", |s| {
+        s.connected && s.sessions_established >= 2
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut outcomes = Vec::new();
@@ -932,15 +868,6 @@ async fn a_trusted_load_balancers_forwarding_headers_are_kept_and_extended() -> 
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
     assert_eq!(seen.headers["x-forwarded-host"], "app.example.com");
     // The audit log names the visitor the balancer vouched for, not the balancer.
-    let mut visitor = None;
-    for _ in 0..100 {
-        let all = relay.store.audit(None, 100).await?;
-        if let Some(r) = all.into_iter().find(|r| r.request_id == id) {
-            visitor = Some(r.visitor);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(visitor.as_deref(), Some("203.0.113.9"));
+    assert_eq!(relay.audit_record(&id).await.visitor, "203.0.113.9");
     Ok(())
 }
