@@ -1,29 +1,126 @@
-//! The management web: the admin UI and `/api/v1` over `relay-store` (axum).
+//! The management web: the admin UI, the `/api/v1` REST API and the operations endpoints, over
+//! `relay-store` (axum + askama).
 //!
-//! Today it serves the operations endpoints (`/healthz`, `/readyz`) that `relay-server` mounts on
-//! its admin listener; the UI and the API arrive with the management issue. `app(state)` is what
-//! both `relay-server` and the standalone `management-web` binary serve, and what tests call.
+//! `app(state)` is what both `relay-server` (on its admin listener) and the standalone
+//! `management-web` binary serve, and what tests call. Everything it shows comes from the store,
+//! so one management web sees every relay node sharing the database; a relay that mounts it also
+//! passes a [`NodeView`] for what only the process knows (streams in flight, `/metrics`).
+//!
+//! Who may do what:
+//! - `/healthz` and `/readyz` answer anyone (orchestrators' probes; they reveal nothing).
+//! - `/api/v1/*` and `/metrics` need `Authorization: Bearer rat_…` (an admin API token).
+//! - Every page needs a login session (`__Host-relay-session` cookie); every state change also
+//!   needs the session's CSRF token and a same-origin request.
 //!
 //! Non-goals: no data-plane work; nothing here is on a visitor's request path.
 
-use axum::extract::State;
-use axum::http::StatusCode;
+// Handlers return `Result<_, Response>`: the error is the answer, built once, never propagated far.
+#![allow(clippy::result_large_err)]
+
+mod api;
+mod auth;
+mod ui;
+mod view;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use relay_store::Store;
+use relay_store::{SecretHasher, Store};
 
-/// What handlers share.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    /// The store.
-    pub store: Store,
+pub use api::{openapi_document, ApiRoute, ROUTES as API_ROUTES};
+pub use ui::ROUTES as PAGE_ROUTES;
+
+/// What only a relay process knows; `relay-server` implements it when it mounts the app.
+pub trait NodeView: Send + Sync + 'static {
+    /// Streams in flight on each live session of this node, by session id.
+    fn in_flight(&self) -> HashMap<String, usize>;
+    /// The Prometheus text exposition of the node's counters.
+    fn metrics(&self) -> String;
 }
 
-/// The router: `main`, `relay-server` and tests all call this.
+/// What handlers share; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    hasher: SecretHasher,
+    node: Option<Arc<dyn NodeView>>,
+    limiter: auth::LoginLimiter,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("store", &self.inner.store)
+            .field("node", &self.inner.node.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State over `store`; `hasher` (the relay's pepper) makes and checks credential secrets and
+    /// API tokens, so it must be the relays' own.
+    pub fn new(store: Store, hasher: SecretHasher) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                store,
+                hasher,
+                node: None,
+                limiter: auth::LoginLimiter::default(),
+            }),
+        }
+    }
+
+    /// The same, with a relay process's live view (in-flight streams, `/metrics`).
+    pub fn with_node(store: Store, hasher: SecretHasher, node: Arc<dyn NodeView>) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                store,
+                hasher,
+                node: Some(node),
+                limiter: auth::LoginLimiter::default(),
+            }),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub(crate) fn hasher(&self) -> &SecretHasher {
+        &self.inner.hasher
+    }
+
+    pub(crate) fn node(&self) -> Option<&Arc<dyn NodeView>> {
+        self.inner.node.as_ref()
+    }
+
+    pub(crate) fn limiter(&self) -> &auth::LoginLimiter {
+        &self.inner.limiter
+    }
+}
+
+/// The router: `main`, `relay-server` and tests all call this. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` so that login rate limiting sees the
+/// client's address.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(api::router())
+        .merge(ui::router())
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
 }
 
@@ -34,11 +131,75 @@ async fn healthz() -> &'static str {
 
 /// Ready: the store answers.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    match state.store.ping().await {
+    match state.store().ping().await {
         Ok(()) => (StatusCode::OK, "ready\n"),
         Err(e) => {
             tracing::warn!(error = %e, "store not reachable");
             (StatusCode::SERVICE_UNAVAILABLE, "store unreachable\n")
         }
     }
+}
+
+/// Prometheus text, for an API token (Prometheus: `authorization: credentials_file`).
+async fn metrics(State(state): State<AppState>, _auth: auth::ApiAdmin) -> Response {
+    match state.node() {
+        Some(node) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            node.metrics(),
+        )
+            .into_response(),
+        None => api::problem(
+            StatusCode::NOT_FOUND,
+            "no metrics here",
+            "the standalone management web has no data plane; scrape the relays",
+        ),
+    }
+}
+
+async fn not_found() -> Response {
+    api::problem(
+        StatusCode::NOT_FOUND,
+        "not found",
+        "no such page or resource",
+    )
+}
+
+/// The content security policy: nothing inline, nothing from elsewhere.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Security headers on every answer; no caching of anything but static files.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let is_static = req.uri().path().starts_with("/static/");
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "permissions-policy",
+        HeaderValue::from_static("camera=(), microphone=(), geolocation=(), payment=()"),
+    );
+    if !is_static {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    res
 }

@@ -1,52 +1,152 @@
-//! `management-web`: serves the management app alone against a relay's database.
+//! `management-web`: serves the management app alone against a relay's database (the relay also
+//! serves it on its admin listener).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use connector::layered::{self, ConfigError, ProcessEnv, EXIT_CONFIG};
+use serde::Deserialize;
 
-/// The relay's management web, standalone (it also runs inside relay-server's admin listener).
+/// The relay's management web, standalone: the admin UI, /api/v1 and /healthz, /readyz over the
+/// relays' database. Settings come from --config FILE, then MANAGEMENT_* variables, then flags.
 #[derive(Parser, Debug)]
 #[command(name = "management-web", version, about)]
 struct Cli {
-    /// Database URL, e.g. sqlite://./relay-data/relay.db (or MANAGEMENT_DATABASE_URL).
-    #[arg(long, env = "MANAGEMENT_DATABASE_URL", value_name = "URL")]
+    /// TOML configuration file (keys: database_url, data_dir, listen, log_format).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Database URL, e.g. sqlite://./relay-data/relay.db or postgres://relay@db/relay.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// The relays' data directory: its keys/credential-pepper must be the relays' own.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:9090).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    log_format: Option<String>,
+}
+
+struct Config {
     database_url: String,
-    /// Address to listen on (or MANAGEMENT_LISTEN).
-    #[arg(long, env = "MANAGEMENT_LISTEN", default_value = "127.0.0.1:9090")]
+    pepper_file: PathBuf,
     listen: SocketAddr,
+    log_format: String,
+}
+
+fn load(cli: &Cli) -> Result<Config, ConfigError> {
+    let mut flags = toml::Table::new();
+    let mut set = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            flags.insert(k.into(), toml::Value::String(v));
+        }
+    };
+    set("database_url", cli.database_url.clone());
+    set(
+        "data_dir",
+        cli.data_dir.as_ref().map(|p| p.display().to_string()),
+    );
+    set("listen", cli.listen.clone());
+    set("log_format", cli.log_format.clone());
+    let raw: FileConfig = layered::load(cli.config.as_deref(), "MANAGEMENT_", &ProcessEnv, flags)?;
+    let file = cli.config.as_deref();
+    let data_dir = layered::relative_to(
+        file,
+        &raw.data_dir.unwrap_or_else(|| PathBuf::from("relay-data")),
+    );
+    let database_url = raw
+        .database_url
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("relay.db").display()));
+    let listen = raw.listen.unwrap_or_else(|| "127.0.0.1:9090".into());
+    let listen: SocketAddr = listen
+        .parse()
+        .map_err(|_| ConfigError::new(format!("listen: {listen:?} is not an address:port")))?;
+    let log_format = raw.log_format.unwrap_or_else(|| "text".into());
+    if log_format != "text" && log_format != "json" {
+        return Err(ConfigError::new("log_format: use text or json"));
+    }
+    Ok(Config {
+        database_url,
+        pepper_file: data_dir.join("keys").join("credential-pepper"),
+        listen,
+        log_format,
+    })
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
-    let store = match relay_store::Store::connect(&cli.database_url).await {
+    let config = match load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("management-web: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    connector::process::init_tracing(&config.log_format, "info,sqlx=warn");
+    let pepper = match std::fs::read(&config.pepper_file) {
+        Ok(p) if p.len() >= 32 => p,
+        Ok(_) => {
+            eprintln!(
+                "management-web: {} is shorter than 32 bytes",
+                config.pepper_file.display()
+            );
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+        Err(e) => {
+            eprintln!(
+                "management-web: cannot read the relays' pepper {}: {e} (point --data-dir at the relay's data directory, or copy its keys/)",
+                config.pepper_file.display()
+            );
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let store = match relay_store::Store::connect(&config.database_url).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("management-web: {e}");
-            return ExitCode::from(64);
+            return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let listener = match tokio::net::TcpListener::bind(cli.listen).await {
+    if let Err(e) = store.migrate().await {
+        eprintln!("management-web: {e}");
+        return ExitCode::FAILURE;
+    }
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("management-web: cannot listen on {}: {e}", cli.listen);
+            eprintln!("management-web: cannot listen on {}: {e}", config.listen);
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(addr = %cli.listen, "management web listening");
-    let app = management_web::app(management_web::AppState { store });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await;
+    let addr = listener.local_addr().unwrap_or(config.listen);
+    tracing::info!(%addr, "management web listening");
+    let state =
+        management_web::AppState::new(store.clone(), relay_store::SecretHasher::new(&pepper));
+    let app = management_web::app(state);
+    let result = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let token = tokio_util::sync::CancellationToken::new();
+        connector::process::cancel_on_signal(token.clone()).await;
+    })
+    .await;
+    store.close().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

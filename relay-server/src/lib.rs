@@ -63,6 +63,25 @@ pub(crate) struct Relay {
     store: Store,
 }
 
+/// What the management web learns from this process: streams in flight per session, and the
+/// counters for `/metrics`.
+struct NodeViewImpl(Arc<Relay>);
+
+impl management_web::NodeView for NodeViewImpl {
+    fn in_flight(&self) -> std::collections::HashMap<String, usize> {
+        self.0
+            .registry
+            .all()
+            .iter()
+            .map(|s| (s.id.clone(), s.in_flight.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    fn metrics(&self) -> String {
+        self.0.metrics.render()
+    }
+}
+
 /// Sockets the relay serves; binaries bind them, tests pass `127.0.0.1:0` ones.
 #[derive(Debug)]
 pub struct Listeners {
@@ -284,27 +303,20 @@ pub async fn run(
         ));
     }
     if let Some(admin) = listeners.admin {
-        let metrics = relay.metrics.clone();
-        let app = management_web::app(management_web::AppState {
-            store: store.clone(),
-        })
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let text = metrics.render();
-                async move {
-                    (
-                        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        text,
-                    )
-                }
-            }),
+        let state = management_web::AppState::with_node(
+            store.clone(),
+            relay_store::SecretHasher::new(&keys.pepper),
+            Arc::new(NodeViewImpl(relay.clone())),
         );
+        let app = management_web::app(state);
         let stop = stop_accepting.clone();
         tasks.spawn(async move {
-            let _ = axum::serve(admin, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
+            let _ = axum::serve(
+                admin,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
         });
     }
     let quic_task = tokio::spawn(tunnel::serve(

@@ -170,6 +170,16 @@ impl RelayHandle {
             .expect("create credential")
     }
 
+    /// Creates an admin API token (for `/api/v1` and `/metrics`); returns the bearer value.
+    pub async fn api_token(&self, name: &str) -> String {
+        let keys = Keys::load_or_create(self.dir.path()).expect("keys");
+        self.store
+            .create_api_token(name, &SecretHasher::new(&keys.pepper))
+            .await
+            .expect("create API token")
+            .value
+    }
+
     /// Creates `tenant` with one credential and waits until the relay knows both.
     pub async fn provision(&self, tenant: &str) -> NewCredential {
         self.create_tenant(tenant).await;

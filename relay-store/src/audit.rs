@@ -36,6 +36,34 @@ pub struct AuditRecord {
     pub created_at: i64,
 }
 
+/// Which records to read, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only this tenant (canonicalised to lowercase).
+    pub tenant: Option<String>,
+    /// Only statuses in `lo..=hi` (a class like 5xx is `500..=599`).
+    pub status: Option<(i64, i64)>,
+    /// Only records that arrived at or after this time (ms since the epoch).
+    pub since: Option<i64>,
+    /// Only records that arrived before this time (ms since the epoch).
+    pub until: Option<i64>,
+    /// At most this many (capped at 1000).
+    pub limit: u32,
+    /// Skip this many (paging).
+    pub offset: u64,
+}
+
+/// Requests and errors in one minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinuteStats {
+    /// The minute's start, ms since the epoch.
+    pub minute: i64,
+    /// Requests that arrived in it.
+    pub requests: i64,
+    /// Of those, answered with a 5xx status.
+    pub errors: i64,
+}
+
 #[derive(sqlx::FromRow)]
 struct AuditRow {
     request_id: String,
@@ -147,6 +175,82 @@ impl Store {
             }
         };
         Ok(rows.into_iter().map(AuditRecord::from).collect())
+    }
+
+    /// The records `filter` selects, newest first.
+    pub async fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, Error> {
+        let mut sql = String::from(
+            "SELECT request_id, tenant, target, method, path, status, outcome, bytes_in, bytes_out, \
+             duration_ms, visitor, session_id, relay_node, created_at FROM audit_requests WHERE 1 = 1",
+        );
+        // Placeholders are numbered in the order they are bound (both backends require it).
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if filter.tenant.is_some() {
+            sql.push_str(&format!(" AND tenant = {}", next()));
+        }
+        if filter.status.is_some() {
+            sql.push_str(&format!(
+                " AND status >= {} AND status <= {}",
+                next(),
+                next()
+            ));
+        }
+        if filter.since.is_some() {
+            sql.push_str(&format!(" AND created_at >= {}", next()));
+        }
+        if filter.until.is_some() {
+            sql.push_str(&format!(" AND created_at < {}", next()));
+        }
+        sql.push_str(&format!(
+            " ORDER BY created_at DESC, request_id DESC LIMIT {} OFFSET {}",
+            next(),
+            next()
+        ));
+        let mut q = sqlx::query_as::<_, AuditRow>(&sql);
+        if let Some(t) = &filter.tenant {
+            q = q.bind(t.to_ascii_lowercase());
+        }
+        if let Some((lo, hi)) = filter.status {
+            q = q.bind(lo).bind(hi);
+        }
+        if let Some(s) = filter.since {
+            q = q.bind(s);
+        }
+        if let Some(u) = filter.until {
+            q = q.bind(u);
+        }
+        let offset = i64::try_from(filter.offset).unwrap_or(i64::MAX);
+        let rows = q
+            .bind(i64::from(filter.limit.min(1000)))
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(AuditRecord::from).collect())
+    }
+
+    /// Requests and 5xx answers per minute since `since_ms` (minutes without requests omitted),
+    /// oldest first.
+    pub async fn audit_per_minute(&self, since_ms: i64) -> Result<Vec<MinuteStats>, Error> {
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT (created_at / 60000) * 60000 AS minute, COUNT(*) AS requests, \
+             COALESCE(SUM(CASE WHEN status >= 500 THEN 1 ELSE 0 END), 0) AS errors \
+             FROM audit_requests WHERE created_at >= $1 GROUP BY created_at / 60000 ORDER BY minute",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(minute, requests, errors)| MinuteStats {
+                minute,
+                requests,
+                errors,
+            })
+            .collect())
     }
 
     /// Deletes records older than `before_ms`; returns how many.

@@ -17,6 +17,7 @@ mod name;
 mod secret;
 mod session_log;
 mod tenant;
+mod web;
 
 use std::time::Duration;
 
@@ -27,13 +28,14 @@ use sqlx::Executor;
 
 pub use admin::AdminUser;
 pub use api_token::{AdminAction, ApiToken, NewApiToken};
-pub use audit::AuditRecord;
+pub use audit::{AuditFilter, AuditRecord, MinuteStats};
 pub use credential::{Credential, CredentialId, CredentialRecord, NewCredential};
 pub use hostname::{canonical_hostname, Hostname, HostnameError};
 pub use name::{validate_name, NameError};
 pub use secret::{parse_secret, SecretHasher};
 pub use session_log::SessionRecord;
 pub use tenant::{Tenant, TenantId, TenantLimits, TenantSettings};
+pub use web::{NewWebSession, WebSession};
 
 static SQLITE: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("../migrations/postgres");

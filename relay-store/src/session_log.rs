@@ -42,6 +42,23 @@ struct Row {
     close_code: Option<String>,
 }
 
+impl From<Row> for SessionRecord {
+    fn from(r: Row) -> SessionRecord {
+        SessionRecord {
+            id: r.id,
+            tenant: r.tenant,
+            relay_node: r.relay_node,
+            connector_id: r.connector_id,
+            connector_version: r.connector_version,
+            transport: r.transport,
+            remote_addr: r.remote_addr,
+            connected_at: r.connected_at,
+            disconnected_at: r.disconnected_at,
+            close_code: r.close_code,
+        }
+    }
+}
+
 impl Store {
     /// Records a session that was just established (`disconnected_at` and `close_code` ignored).
     pub async fn session_opened(&self, s: &SessionRecord) -> Result<(), Error> {
@@ -89,6 +106,31 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// Sessions not yet ended on any relay node (of one tenant, or all), newest first, at most
+    /// 1000.
+    pub async fn live_sessions(&self, tenant: Option<&str>) -> Result<Vec<SessionRecord>, Error> {
+        let base = "SELECT id, tenant, relay_node, connector_id, connector_version, transport, remote_addr, \
+             connected_at, disconnected_at, close_code FROM connector_sessions WHERE disconnected_at IS NULL";
+        let rows = match tenant {
+            Some(t) => {
+                sqlx::query_as::<_, Row>(&format!(
+                    "{base} AND tenant = $1 ORDER BY connected_at DESC, id DESC LIMIT 1000"
+                ))
+                .bind(t.to_ascii_lowercase())
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query_as::<_, Row>(&format!(
+                    "{base} ORDER BY connected_at DESC, id DESC LIMIT 1000"
+                ))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        Ok(rows.into_iter().map(SessionRecord::from).collect())
+    }
+
     /// A tenant's sessions, newest first, at most `limit` (capped at 1000).
     pub async fn session_history(
         &self,
@@ -104,20 +146,6 @@ impl Store {
         .bind(i64::from(limit.min(1000)))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| SessionRecord {
-                id: r.id,
-                tenant: r.tenant,
-                relay_node: r.relay_node,
-                connector_id: r.connector_id,
-                connector_version: r.connector_version,
-                transport: r.transport,
-                remote_addr: r.remote_addr,
-                connected_at: r.connected_at,
-                disconnected_at: r.disconnected_at,
-                close_code: r.close_code,
-            })
-            .collect())
+        Ok(rows.into_iter().map(SessionRecord::from).collect())
     }
 }

@@ -141,6 +141,47 @@ impl Store {
         Ok(rows.into_iter().map(Tenant::from).collect())
     }
 
+    /// One page of tenants by name whose name or display name contains `search`
+    /// (case-insensitive; empty matches all), and how many match in all.
+    pub async fn tenants_page(
+        &self,
+        search: &str,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<Tenant>, u64), Error> {
+        // LIKE's own wildcards in the search are taken literally.
+        let escaped: String = search
+            .to_lowercase()
+            .chars()
+            .flat_map(|c| match c {
+                '%' | '_' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        let pattern = format!("%{escaped}%");
+        let filter =
+            "WHERE (LOWER(name) LIKE $1 ESCAPE '\\' OR LOWER(display_name) LIKE $2 ESCAPE '\\')";
+        let (total,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM tenants {filter}"))
+            .bind(&pattern)
+            .bind(&pattern)
+            .fetch_one(&self.pool)
+            .await?;
+        let rows = sqlx::query_as::<_, TenantRow>(&format!(
+            "{} {filter} ORDER BY name LIMIT $3 OFFSET $4",
+            SELECT_ALL.trim_end_matches(" ORDER BY name")
+        ))
+        .bind(&pattern)
+        .bind(&pattern)
+        .bind(i64::from(limit.min(1000)))
+        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok((
+            rows.into_iter().map(Tenant::from).collect(),
+            u64::try_from(total).unwrap_or(0),
+        ))
+    }
+
     /// Enables or disables a tenant. Relays close a disabled tenant's sessions.
     pub async fn set_tenant_enabled(&self, name: &str, enabled: bool) -> Result<(), Error> {
         let done = sqlx::query("UPDATE tenants SET enabled = $1 WHERE name = $2")

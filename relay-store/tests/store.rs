@@ -47,7 +47,142 @@ both!(
     audit_records_batch_query_and_purge,
     api_tokens_verify_only_while_active,
     session_history_opens_closes_and_recovers,
+    audit_filters_pages_and_minutes,
+    tenant_pages_search_literally,
+    web_sessions_log_in_and_out,
 );
+
+async fn audit_filters_pages_and_minutes(store: Store) {
+    let mut batch = Vec::new();
+    for i in 0..30_i64 {
+        let mut r = audit_record(
+            &format!("q{i:02}"),
+            if i < 20 { "acme" } else { "beta" },
+            60_000 * (i / 10) + i,
+        );
+        r.status = [200, 404, 502][(i % 3) as usize];
+        batch.push(r);
+    }
+    store.insert_audit(&batch).await.unwrap();
+    let q = |f: relay_store::AuditFilter| {
+        let store = store.clone();
+        async move { store.audit_query(&f).await.unwrap() }
+    };
+    let all = q(relay_store::AuditFilter {
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(all.len(), 30);
+    assert_eq!(all[0].request_id, "q29", "newest first");
+    let acme5 = q(relay_store::AuditFilter {
+        tenant: Some("ACME".into()),
+        status: Some((500, 599)),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert!(acme5.iter().all(|r| r.tenant == "acme" && r.status == 502));
+    assert_eq!(acme5.len(), 6);
+    let window = q(relay_store::AuditFilter {
+        since: Some(60_000),
+        until: Some(120_000),
+        limit: 100,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(window.len(), 10);
+    assert!(window
+        .iter()
+        .all(|r| (60_000..120_000).contains(&r.created_at)));
+    let page2 = q(relay_store::AuditFilter {
+        limit: 7,
+        offset: 7,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(page2.len(), 7);
+    assert_eq!(page2[0].request_id, all[7].request_id);
+    let minutes = store.audit_per_minute(0).await.unwrap();
+    assert_eq!(minutes.len(), 3);
+    assert_eq!(
+        minutes[1],
+        relay_store::MinuteStats {
+            minute: 60_000,
+            requests: 10,
+            errors: 3
+        }
+    );
+    assert_eq!(store.audit_per_minute(120_000).await.unwrap().len(), 1);
+}
+
+async fn tenant_pages_search_literally(store: Store) {
+    for n in ["app-one", "app-two", "billing", "x50"] {
+        store.create_tenant(n).await.unwrap();
+    }
+    let (page, total) = store.tenants_page("app", 0, 1).await.unwrap();
+    assert_eq!((page.len(), total), (1, 2));
+    assert_eq!(page[0].name, "app-one");
+    let (page, _) = store.tenants_page("APP", 1, 10).await.unwrap();
+    assert_eq!(page[0].name, "app-two");
+    // LIKE's wildcards are taken literally.
+    assert_eq!(store.tenants_page("%", 0, 10).await.unwrap().1, 0);
+    assert_eq!(store.tenants_page("_", 0, 10).await.unwrap().1, 0);
+    assert_eq!(store.tenants_page("", 0, 10).await.unwrap().1, 4);
+    store
+        .set_tenant_settings(
+            "billing",
+            &relay_store::TenantSettings {
+                display_name: Some("Invoices 50%".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.tenants_page("50%", 0, 10).await.unwrap().0[0].name,
+        "billing"
+    );
+}
+
+async fn web_sessions_log_in_and_out(store: Store) {
+    store
+        .create_admin_user("admin", "correct horse battery")
+        .await
+        .unwrap();
+    assert!(store
+        .verify_admin_password("admin", "wrong")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .verify_admin_password("nobody", "correct horse battery")
+        .await
+        .unwrap()
+        .is_none());
+    let user = store
+        .verify_admin_password("admin", "correct horse battery")
+        .await
+        .unwrap()
+        .expect("valid login");
+    let new = store.create_web_session(&user, 60_000).await.unwrap();
+    let s = store
+        .web_session(&new.cookie)
+        .await
+        .unwrap()
+        .expect("session");
+    assert_eq!(s.user.username, "admin");
+    assert_eq!(s.csrf, new.session.csrf);
+    assert!(store.web_session("forged").await.unwrap().is_none());
+    // Only a hash is stored.
+    let expired = store.create_web_session(&user, -1).await.unwrap();
+    assert!(
+        store.web_session(&expired.cookie).await.unwrap().is_none(),
+        "expired"
+    );
+    store.delete_web_session(&new.cookie).await.unwrap();
+    assert!(store.web_session(&new.cookie).await.unwrap().is_none());
+}
 
 async fn session_history_opens_closes_and_recovers(store: Store) {
     let record = |id: &str, node: &str, at: i64| relay_store::SessionRecord {

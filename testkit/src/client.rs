@@ -157,10 +157,29 @@ impl Client {
 
     /// A request with a small body, read whole.
     pub async fn request(&self, method: &str, url: &str, body: Bytes) -> anyhow::Result<Answer> {
-        let req = Request::builder()
-            .method(method)
-            .uri(url)
-            .body(BodyExt::boxed(Full::new(body).map_err(|n| match n {})))?;
+        self.request_with(method, url, &[], body).await
+    }
+
+    /// GET with `Authorization: Bearer token`, read whole.
+    pub async fn get_bearer(&self, url: &str, token: &str) -> anyhow::Result<Answer> {
+        let auth = format!("Bearer {token}");
+        self.request_with("GET", url, &[("authorization", &auth)], Bytes::new())
+            .await
+    }
+
+    /// A request with extra headers and a small body, read whole.
+    pub async fn request_with(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> anyhow::Result<Answer> {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(BodyExt::boxed(Full::new(body).map_err(|n| match n {})))?;
         let resp = self.send(req).await?;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await?.to_bytes();

@@ -99,8 +99,12 @@ async fn every_request_gets_a_record_with_its_outcome() -> anyhow::Result<()> {
     assert!(r.bytes_out > 0);
 
     // Nothing dropped, and the counters are exposed.
+    let token = relay.api_token("prometheus").await;
     let metrics = client
-        .get(&format!("http://{}/metrics", relay.admin_addr.unwrap()))
+        .get_bearer(
+            &format!("http://{}/metrics", relay.admin_addr.unwrap()),
+            &token,
+        )
         .await?
         .text();
     assert!(metrics.contains("relay_audit_dropped_total 0"), "{metrics}");

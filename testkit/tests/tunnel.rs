@@ -477,7 +477,15 @@ async fn admin_listener_reports_health_and_metrics() -> anyhow::Result<()> {
         client.get(&format!("{admin}/readyz")).await?.status,
         StatusCode::OK
     );
-    let metrics = client.get(&format!("{admin}/metrics")).await?;
+    // Metrics need an API token; health and readiness do not.
+    assert_eq!(
+        client.get(&format!("{admin}/metrics")).await?.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let token = relay.api_token("prometheus").await;
+    let metrics = client
+        .get_bearer(&format!("{admin}/metrics"), &token)
+        .await?;
     assert_eq!(metrics.status, StatusCode::OK);
     let text = metrics.text();
     for line in [
