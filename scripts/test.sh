@@ -35,6 +35,9 @@ have_initdb || missing+=(postgresql)  # store and relay tests start throwaway Po
 have runuser || missing+=(util-linux) # as root, the clusters run as the postgres user
 have ip || missing+=(iproute2)        # the firewall test builds a network namespace…
 have iptables || missing+=(iptables)  # …and drops UDP in it
+have node || missing+=(nodejs)        # the browser test drives Chromium with playwright-core…
+have npm || missing+=(npm)
+[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)  # …in headless Chromium
 if [ ${#missing[@]} -gt 0 ]; then
     echo "test.sh: installing ${missing[*]}"
     install_packages "${missing[@]}" ca-certificates
@@ -58,6 +61,12 @@ if [ -z "${MITMDUMP:-}" ] && ! have mitmdump && [ ! -x "$MITM_VENV/bin/mitmdump"
     "$MITM_VENV/bin/pip" install --quiet --disable-pip-version-check mitmproxy
 fi
 
+# playwright-core (npm, pinned by package-lock.json) drives Chromium in the browser test.
+if [ ! -d testkit/browser/node_modules/playwright-core ]; then
+    echo "test.sh: installing playwright-core into testkit/browser/node_modules"
+    npm ci --prefix testkit/browser --no-audit --no-fund --loglevel=error
+fi
+
 # The end-to-end tests start relay-server and connector as real processes.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
@@ -67,5 +76,6 @@ cargo test --workspace --locked "$@"
 if [ $# -eq 0 ]; then
     echo "test.sh: end-to-end suites again over TLS/TCP sessions"
     CONNECTOR_TRANSPORT=tcp cargo test --locked -p testkit \
-        --test tunnel --test auth --test processes --test hostnames --test audit --test smuggling
+        --test tunnel --test auth --test processes --test hostnames --test audit --test smuggling \
+        --test management --test browser
 fi

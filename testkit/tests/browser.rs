@@ -1,0 +1,96 @@
+//! The management web in a real browser: headless Chromium driven by playwright-core
+//! (testkit/browser/admin.mjs) against a real relay, a real connector binary and a backend.
+//! scripts/test.sh installs Chromium, Node.js and the npm package; screenshots of the main pages
+//! land in target/screenshots/ (docs/management.md shows copies).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use testkit::{process::bin, trace_init, Backend};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_walks_from_login_to_revocation_in_chromium() -> anyhow::Result<()> {
+    trace_init();
+    let root = workspace();
+    let script = root.join("testkit/browser/admin.mjs");
+    let modules = root.join("testkit/browser/node_modules/playwright-core");
+    assert!(
+        modules.exists(),
+        "{} is missing: scripts/test.sh installs it (npm ci --prefix testkit/browser)",
+        modules.display()
+    );
+    let relay = relay_server::testing::relay().spawn().await;
+    let password = "browser test password";
+    relay.store.create_admin_user("admin", password).await?;
+    let backend = Backend::spawn().await;
+    let shots = root.join("target/screenshots");
+    let mut cmd = Command::new(std::env::var("NODE").unwrap_or_else(|_| "node".into()));
+    cmd.arg(&script)
+        .env(
+            "ADMIN_URL",
+            format!("http://{}", relay.admin_addr.expect("admin")),
+        )
+        .env("ADMIN_USER", "admin")
+        .env("ADMIN_PASSWORD", password)
+        .env("RELAY_URL", relay.server())
+        .env("RELAY_CA", relay.ca_cert())
+        .env("WALK_CONNECTOR_BIN", bin("connector"))
+        .env("BACKEND_URL", backend.url())
+        .env("SCREENSHOT_DIR", &shots);
+    // The browser runs on a blocking thread; the relay keeps serving on the runtime's workers.
+    let output = tokio::task::spawn_blocking(move || cmd.output()).await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the browser walk-through failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("browser: ok"), "{stdout}");
+
+    // What the browser did is in the store.
+    let tenant = relay.store.tenant("browser-co").await?.expect("created");
+    assert_eq!(tenant.display_name, "\"><img src=x onerror=alert(1)>");
+    let creds = relay.store.credentials("browser-co").await?;
+    assert_eq!(creds.len(), 1);
+    assert!(creds[0].revoked_at.is_some(), "revoked from the page");
+    assert!(creds[0].last_used_at.is_some(), "the connector used it");
+    assert!(backend.requests() >= 1);
+    let actions = relay.store.admin_actions(50).await?;
+    for action in [
+        "tenant.create",
+        "credential.create",
+        "tenant.update",
+        "credential.revoke",
+    ] {
+        assert!(
+            actions
+                .iter()
+                .any(|a| a.action == action && a.actor == "user:admin"),
+            "{action} not recorded: {actions:?}"
+        );
+    }
+    for shot in [
+        "login",
+        "dashboard",
+        "tenants",
+        "tenant",
+        "audit",
+        "credential-created",
+    ] {
+        let path = shots.join(format!("{shot}.png"));
+        assert!(
+            std::fs::metadata(&path).is_ok_and(|m| m.len() > 1000),
+            "{} missing",
+            path.display()
+        );
+    }
+    relay.stop().await
+}
