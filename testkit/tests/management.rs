@@ -794,3 +794,101 @@ async fn repeated_failed_logins_are_rate_limited() -> anyhow::Result<()> {
     assert!(!a.headers.contains_key("set-cookie"));
     relay.stop().await
 }
+
+#[tokio::test]
+async fn the_standalone_binary_serves_the_same_app_over_the_relays_database() -> anyhow::Result<()>
+{
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    relay.create_tenant("acme").await;
+    let token = relay.api_token("standalone").await;
+    let dir = relay.data_dir();
+
+    // Unknown keys and a missing pepper stop it with 64.
+    let status = Command::new(testkit::process::bin("management-web"))
+        .args(["--data-dir", &dir.display().to_string()])
+        .env("MANAGEMENT_COLOUR", "blue")
+        .stderr(Stdio::null())
+        .status()?;
+    assert_eq!(status.code(), Some(64), "unknown MANAGEMENT_* key");
+    let empty = tempfile::tempdir()?;
+    let out = Command::new(testkit::process::bin("management-web"))
+        .args(["--data-dir", &empty.path().display().to_string()])
+        .output()?;
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("credential-pepper"));
+
+    let mut child = Command::new(testkit::process::bin("management-web"))
+        .args([
+            "--data-dir",
+            &dir.display().to_string(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().expect("stderr");
+    let addr = tokio::task::spawn_blocking(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                // The line may carry colour codes around `addr=`: take 127.0.0.1:PORT.
+                let at = l
+                    .contains("management web listening")
+                    .then(|| l.find("127.0.0.1:"))??;
+                let port: String = l[at + 10..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                Some(format!("127.0.0.1:{port}"))
+            })
+    })
+    .await?
+    .expect("the listening line");
+    let guard = testkit::process::ChildGuard(child);
+    let base = format!("http://{addr}");
+    let client = Client::new(&relay.ca_cert());
+    // A token made with the relay's pepper works here, and the relay's tenants are here.
+    let tenants = client
+        .get_bearer(&format!("{base}/api/v1/tenants"), &token)
+        .await?;
+    assert_eq!(tenants.status, StatusCode::OK, "{}", tenants.text());
+    assert!(tenants.text().contains("\"acme\""));
+    let api = Api {
+        client: client.clone(),
+        base: base.clone(),
+        token,
+    };
+    let (s, c) = api
+        .call("POST", "/api/v1/tenants/acme/credentials", Some(json!({})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    // A credential it creates lets a connector into the relay.
+    relay.sync().await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", c["secret"].as_str().unwrap())
+        .ca_cert(relay.ca_cert())
+        .target("app", &backend.url())
+        .spawn();
+    conn.connected().await;
+    assert_eq!(
+        client.get(&format!("{base}/login")).await?.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        client.get(&format!("{base}/readyz")).await?.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        client.get(&format!("{base}/tenants")).await?.status,
+        StatusCode::SEE_OTHER
+    );
+    drop(guard);
+    drop(conn);
+    relay.stop().await
+}
