@@ -38,6 +38,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
+    // Every `Proxy-*` field is for a proxy on the way, not for the next hop's application.
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy {
+        headers.remove(name);
+    }
     if te_trailers {
         headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
     }
@@ -79,6 +88,8 @@ mod tests {
         h.insert("x-secret", "1".parse().unwrap());
         h.insert("keep-alive", "5".parse().unwrap());
         h.insert("proxy-authorization", "Basic x".parse().unwrap());
+        h.insert("proxy-status", "x".parse().unwrap());
+        h.insert("proxy-anything", "x".parse().unwrap());
         h.insert("transfer-encoding", "chunked".parse().unwrap());
         h.insert("x-kept", "yes".parse().unwrap());
         strip_hop_by_hop(&mut h);

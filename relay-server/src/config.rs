@@ -97,6 +97,9 @@ pub struct LimitsFile {
     pub body_idle_timeout: Option<Duration>,
     /// Most request header fields. Default 100.
     pub max_headers: Option<usize>,
+    /// Longest request target (path and query, plus the authority when sent): longer → 414.
+    /// Default 8 KiB.
+    pub max_uri_bytes: Option<usize>,
     /// A response body that delivers nothing for this long while the visitor waits is cut. Default
     /// 300 s (long enough for server-sent events with heartbeats).
     #[serde(default, with = "humantime_serde")]
@@ -225,6 +228,8 @@ pub struct Limits {
     pub body_idle_timeout: Duration,
     /// Header count.
     pub max_headers: usize,
+    /// Request-target length.
+    pub max_uri_bytes: usize,
     /// Response body idle timeout.
     pub stream_idle_timeout: Duration,
     /// Connection cap.
@@ -305,6 +310,7 @@ impl Config {
             header_read_timeout: positive("limits.header_read_timeout", l.header_read_timeout, 10)?,
             body_idle_timeout: positive("limits.body_idle_timeout", l.body_idle_timeout, 30)?,
             max_headers: l.max_headers.unwrap_or(100).clamp(1, 1000),
+            max_uri_bytes: l.max_uri_bytes.unwrap_or(8192).clamp(256, 65_000),
             stream_idle_timeout: positive(
                 "limits.stream_idle_timeout",
                 l.stream_idle_timeout,

@@ -49,6 +49,8 @@ pub(crate) enum ProxyError {
     ResponseTimeout(Duration),
     #[error("too many request header fields")]
     TooManyHeaders,
+    #[error("request target longer than {0} bytes")]
+    UriTooLong(usize),
     #[error("tenant stream limit reached")]
     TooManyStreams,
     #[error("target not defined on the connector")]
@@ -74,6 +76,7 @@ impl ProxyError {
             Self::NotFound => (Blame::Visitor, StatusCode::NOT_FOUND),
             Self::ResponseTimeout(_) => (Blame::Connector, StatusCode::GATEWAY_TIMEOUT),
             Self::TooManyHeaders => (Blame::Visitor, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            Self::UriTooLong(_) => (Blame::Visitor, StatusCode::URI_TOO_LONG),
             Self::TooManyStreams => (Blame::Visitor, StatusCode::TOO_MANY_REQUESTS),
             Self::UnknownTarget => (Blame::Visitor, StatusCode::NOT_FOUND),
             Self::UnknownTenant => (Blame::Visitor, StatusCode::NOT_FOUND),
@@ -95,6 +98,7 @@ impl ProxyError {
             Self::NoSession => "no connector is online for this tenant",
             Self::NotFound | Self::UnknownTenant => "not found",
             Self::TooManyHeaders => "too many request header fields",
+            Self::UriTooLong(_) => "the request URI is too long",
             Self::TooManyStreams => "too many requests in flight for this tenant",
             Self::UnknownTarget => "unknown target",
         }

@@ -317,6 +317,14 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bod
             tokio::time::sleep(Duration::from_millis(ms)).await;
             text(StatusCode::OK, "slept")
         }
+        "/redirect" => {
+            let mut resp = text(StatusCode::FOUND, "moved");
+            resp.headers_mut().insert(
+                http::header::LOCATION,
+                http::HeaderValue::from_static("http://elsewhere.invalid/next"),
+            );
+            resp
+        }
         _ if p.starts_with("/status/") => {
             let code = p["/status/".len()..]
                 .parse()

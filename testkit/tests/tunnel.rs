@@ -28,6 +28,8 @@ async fn visitor_reaches_backend_through_connector() -> anyhow::Result<()> {
         .header("forwarded", "for=1.2.3.4")
         .header("x-relay-tenant", "other")
         .header("proxy-authorization", "Basic c2VjcmV0")
+        .header("proxy-status", "spoofed")
+        .header("keep-alive", "timeout=5")
         .header("connection", "x-secret")
         .header("x-secret", "1")
         .header("x-kept", "yes")
@@ -53,11 +55,26 @@ async fn visitor_reaches_backend_through_connector() -> anyhow::Result<()> {
     assert_eq!(seen.headers["x-relay-request-id"], request_id.as_str());
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    let authority = relay.server().trim_start_matches("https://").to_string();
+    assert_eq!(seen.headers["x-forwarded-host"], authority.as_str());
+    // RFC 7239 from what the relay saw, replacing the visitor's.
+    assert_eq!(
+        seen.headers["forwarded"],
+        format!("for=127.0.0.1;proto=https;host=\"{authority}\"").as_str()
+    );
+    assert_eq!(seen.headers.get_all("forwarded").iter().count(), 1);
+    // The backend gets its own host, not the relay's.
+    let backend_authority = backend.url().trim_start_matches("http://").to_string();
+    assert_eq!(
+        seen.headers["host"],
+        backend_authority.trim_end_matches('/')
+    );
     assert_eq!(seen.headers["x-kept"], "yes");
     for stripped in [
-        "forwarded",
         "x-relay-tenant",
         "proxy-authorization",
+        "proxy-status",
+        "keep-alive",
         "connection",
         "x-secret",
     ] {
@@ -878,4 +895,88 @@ async fn a_trusted_load_balancers_forwarding_headers_are_kept_and_extended() -> 
     // The audit log names the visitor the balancer vouched for, not the balancer.
     assert_eq!(relay.audit_record(&id).await.visitor, "203.0.113.9");
     Ok(())
+}
+
+#[tokio::test]
+async fn http_semantics_and_request_limits_hold_end_to_end() -> anyhow::Result<()> {
+    let Setup {
+        relay,
+        backend,
+        conn: _conn,
+        client,
+    } = setup(relay()).await;
+
+    // HEAD, 204 and 304 arrive without a body; a redirect is passed on, never followed.
+    let head = client
+        .request("HEAD", &relay.url("/relay/acme/app/page"), Bytes::new())
+        .await?;
+    assert_eq!((head.status, head.body.len()), (StatusCode::OK, 0));
+    assert_eq!(backend.seen().pop().expect("seen").method, "HEAD");
+    for code in [204, 304] {
+        let a = client
+            .get(&relay.url(&format!("/relay/acme/app/status/{code}")))
+            .await?;
+        assert_eq!(a.status.as_u16(), code);
+        assert!(a.body.is_empty());
+    }
+    let before = backend.requests();
+    let moved = client.get(&relay.url("/relay/acme/app/redirect")).await?;
+    assert_eq!(moved.status, StatusCode::FOUND);
+    assert_eq!(moved.headers["location"], "http://elsewhere.invalid/next");
+    assert_eq!(
+        backend.requests(),
+        before + 1,
+        "the redirect was not followed"
+    );
+
+    // Request limits answer before any connector work.
+    let before = backend.requests();
+    let long = format!("/relay/acme/app/{}", "a".repeat(9000));
+    let a = client.get(&relay.url(&long)).await?;
+    assert_eq!(a.status, StatusCode::URI_TOO_LONG);
+    assert!(a.headers.contains_key("x-relay-request-id"));
+    let mut req = http::Request::get(relay.url("/relay/acme/app/many"));
+    for i in 0..101 {
+        req = req.header(format!("x-h{i}"), "1");
+    }
+    let many = client
+        .send(req.body(BodyExt::boxed(
+            http_body_util::Full::new(Bytes::new()).map_err(|n| match n {}),
+        ))?)
+        .await?;
+    assert_eq!(many.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // A tenant's own body limit, below the relay's.
+    relay
+        .store
+        .set_tenant_limits(
+            "acme",
+            &relay_store::TenantLimits {
+                max_body_bytes: Some(1000),
+                ..Default::default()
+            },
+        )
+        .await?;
+    relay.sync().await;
+    let big = client
+        .request(
+            "POST",
+            &relay.url("/relay/acme/app/upload"),
+            Bytes::from(vec![b'x'; 1001]),
+        )
+        .await?;
+    assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let fits = client
+        .request(
+            "POST",
+            &relay.url("/relay/acme/app/upload"),
+            Bytes::from(vec![b'x'; 1000]),
+        )
+        .await?;
+    assert_eq!(fits.status, StatusCode::OK);
+    assert_eq!(
+        backend.requests(),
+        before + 1,
+        "only the request within every limit reached the backend"
+    );
+    relay.stop().await
 }
