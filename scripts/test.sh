@@ -35,6 +35,7 @@ have_initdb || missing+=(postgresql)  # store and relay tests start throwaway Po
 have runuser || missing+=(util-linux) # as root, the clusters run as the postgres user
 have ip || missing+=(iproute2)        # the firewall test builds a network namespace…
 have iptables || missing+=(iptables)  # …and drops UDP in it
+have slowhttptest || missing+=(slowhttptest)  # slowloris and slow POST against the relay
 have node || missing+=(nodejs)        # the browser test drives Chromium with playwright-core…
 have npm || missing+=(npm)
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)  # …in headless Chromium

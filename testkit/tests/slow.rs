@@ -1,0 +1,136 @@
+//! Slow clients against the real relay with `slowhttptest` (installed by scripts/test.sh):
+//! slowloris (headers that never end) and slow POST (a body that trickles). The relay's header
+//! read and body idle timeouts free their slots, normal requests keep succeeding throughout, and
+//! memory stays bounded.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{setup, Setup};
+use http::StatusCode;
+use relay_server::testing::relay;
+use testkit::process::{rss_kib, RssSampler};
+
+/// Runs `slowhttptest` with `args` for `secs` while a client sends one normal request every
+/// 50 ms; returns (normal requests ok, failed, peak RSS growth in KiB).
+async fn under_attack(s: &Setup, args: &[&str], secs: u64) -> (u64, u64, u64) {
+    let pid = std::process::id();
+    let base = rss_kib(pid);
+    let sampler = RssSampler::start(pid);
+    let url = s.relay.http_url("/relay/acme/app/sink");
+    let mut cmd = Command::new("slowhttptest");
+    cmd.args(args)
+        .args(["-u", &url, "-l", &secs.to_string(), "-p", "3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut attack = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => panic!("slowhttptest is missing ({e}): scripts/test.sh installs it"),
+    };
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    // Let the attack build up its connections first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let deadline = Instant::now() + Duration::from_secs(secs.saturating_sub(4));
+    while Instant::now() < deadline {
+        // A new connection each time, as a new visitor would open.
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            s.client.request_with(
+                "GET",
+                &s.relay.http_url("/relay/acme/app/normal"),
+                &[("connection", "close")],
+                bytes::Bytes::new(),
+            ),
+        )
+        .await;
+        match answer {
+            Ok(Ok(a)) if a.status == StatusCode::OK => ok.fetch_add(1, Ordering::Relaxed),
+            other => {
+                let what = match other {
+                    Ok(Ok(a)) => a.status.to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timeout".into(),
+                };
+                eprintln!("normal request failed: {what}");
+                failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = attack.kill();
+        attack.wait()
+    })
+    .await;
+    let peak = sampler.finish();
+    (
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        peak.saturating_sub(base),
+    )
+}
+
+/// Short timeouts and small caps: without the timeouts, the attacks below would fill the caps
+/// within seconds and normal visitors would be refused.
+fn short_timeouts() -> relay_server::testing::Builder {
+    relay().configure(|f| {
+        f.limits.max_connections = Some(300);
+        f.limits.max_concurrent_streams = Some(60);
+        f.limits.header_read_timeout = Some(Duration::from_secs(2));
+        f.limits.body_idle_timeout = Some(Duration::from_secs(2));
+        // All traffic comes from 127.0.0.1 here: the per-address cap (tested elsewhere) would
+        // otherwise turn the attacker away before the timeouts are exercised.
+        f.limits.max_connections_per_ip = Some(5000);
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_does_not_starve_normal_visitors() -> anyhow::Result<()> {
+    let s = setup(short_timeouts()).await;
+    // Up to 1000 connections at 50/s, each sending a header line every 5 s: without the 2 s
+    // header read timeout they would pass the 300-connection cap after 6 s.
+    let (ok, failed, growth) = under_attack(
+        &s,
+        &["-H", "-c", "1000", "-r", "50", "-i", "5", "-x", "24"],
+        16,
+    )
+    .await;
+    assert!(
+        ok >= 50,
+        "normal requests got through: {ok} ok, {failed} failed"
+    );
+    assert_eq!(failed, 0, "{ok} ok, {failed} failed during slowloris");
+    assert!(growth < 64 * 1024, "RSS grew by {growth} KiB");
+    s.relay.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_post_is_cut_by_the_body_idle_timeout() -> anyhow::Result<()> {
+    let s = setup(short_timeouts()).await;
+    // Up to 200 POSTs at 10/s announcing 8 KiB and sending a few bytes every 5 s: each holds one
+    // of the tenant's 60 streams until the 2 s body idle timeout cuts it (408); without it they
+    // would hold them all after 6 s and normal requests would get 429.
+    let (ok, failed, growth) = under_attack(
+        &s,
+        &[
+            "-B", "-c", "200", "-r", "10", "-i", "5", "-s", "8192", "-t", "POST", "-x", "10",
+        ],
+        16,
+    )
+    .await;
+    assert!(
+        ok >= 50,
+        "normal requests got through: {ok} ok, {failed} failed"
+    );
+    assert_eq!(failed, 0, "{ok} ok, {failed} failed during slow POST");
+    assert!(growth < 64 * 1024, "RSS grew by {growth} KiB");
+    // Every slow body was cut: none reached the backend complete, and none is still in flight.
+    s.relay.wait_idle().await;
+    assert_eq!(s.backend.active_streams(), 0);
+    s.relay.stop().await
+}
