@@ -359,13 +359,11 @@ pub async fn run(
     shutdown.cancelled().await;
     info!("shutting down: no new visitors; asking connectors to move");
     // The ingress tasks drain their in-flight requests within the grace period.
-    for s in relay.registry.all() {
-        s.request_close(CloseKind::Drain(ErrorCode::GOING_AWAY));
-    }
+    // Sessions whose handshake is still under way are drained as soon as they are established.
+    relay
+        .registry
+        .close_all(CloseKind::Drain(ErrorCode::GOING_AWAY));
     while tasks.join_next().await.is_some() {}
-    for s in relay.registry.all() {
-        s.request_close(CloseKind::Drain(ErrorCode::GOING_AWAY));
-    }
     let _ = quic_task.await;
     sessions.close();
     if tokio::time::timeout(relay.config.shutdown_grace, sessions.wait())

@@ -92,14 +92,30 @@ impl SessionEntry {
 pub(crate) struct Registry {
     sessions: RwLock<HashMap<TenantId, Vec<Arc<SessionEntry>>>>,
     tenant_caps: Mutex<HashMap<TenantId, (u32, Arc<Semaphore>)>>,
+    /// Set when the relay shuts down: a session established after that (its handshake was under
+    /// way) is asked to close the same way at once, instead of living until the grace period ends.
+    closing: Mutex<Option<CloseKind>>,
 }
 
 impl Registry {
     pub(crate) fn insert(&self, entry: Arc<SessionEntry>) {
         let mut map = self.sessions.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(kind) = *self.closing.lock().unwrap_or_else(|p| p.into_inner()) {
+            entry.request_close(kind);
+        }
         map.entry(entry.identity.tenant.id.clone())
             .or_default()
             .push(entry);
+    }
+
+    /// Asks every session, and every one established from now on, to close this way.
+    pub(crate) fn close_all(&self, kind: CloseKind) {
+        // Under the map's lock, so that no insert slips between the flag and the sweep.
+        let map = self.sessions.write().unwrap_or_else(|p| p.into_inner());
+        *self.closing.lock().unwrap_or_else(|p| p.into_inner()) = Some(kind);
+        for s in map.values().flatten() {
+            s.request_close(kind);
+        }
     }
 
     pub(crate) fn remove(&self, entry: &SessionEntry) {

@@ -173,9 +173,12 @@ impl Store {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         // Per-connection settings: enforce foreign keys, wait (bounded) for the
-                        // writer lock, and let readers run beside the writer.
+                        // writer lock, and let readers run beside the writer. NORMAL syncs at WAL
+                        // checkpoints instead of every commit: a power cut may lose the newest
+                        // records but never corrupts the file, and session history and audit
+                        // batches stop waiting on an fsync each (measured: 10 000 sessions ramp).
                         conn.execute(&*format!(
-                            "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {busy_ms}; PRAGMA journal_mode = WAL;"
+                            "PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {busy_ms}; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
                         ))
                         .await?;
                     }
