@@ -20,5 +20,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-cargo build --release --locked -p relay-server -p connector
-exec python3 bench/bench.py "$@"
+cargo build --release --locked -p relay-server -p connector -p session-sim
+if [ "${1:-}" = "--sessions" ]; then
+    # Only the connector-session benchmark: bench/run.sh --sessions [N]
+    python3 bench/sessions.py --sessions "${2:-10000}"
+    exec python3 bench/report.py bench/results/latest.json
+fi
+python3 bench/bench.py "$@"
+if [ "${1:-}" = "--smoke" ]; then
+    exec python3 bench/sessions.py --smoke
+fi
