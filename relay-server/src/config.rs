@@ -100,6 +100,12 @@ pub struct LimitsFile {
     /// Longest request target (path and query, plus the authority when sent): longer → 414.
     /// Default 8 KiB.
     pub max_uri_bytes: Option<usize>,
+    /// Streams one visitor HTTP/2 connection may have open (more are refused). Default 100.
+    pub h2_max_concurrent_streams: Option<u32>,
+    /// HTTP/2 flow-control window per visitor stream, bytes. Default 64 KiB.
+    pub h2_stream_window_bytes: Option<u32>,
+    /// HTTP/2 flow-control window per visitor connection, bytes. Default 1 MiB.
+    pub h2_connection_window_bytes: Option<u32>,
     /// A response body that delivers nothing for this long while the visitor waits is cut. Default
     /// 300 s (long enough for server-sent events with heartbeats).
     #[serde(default, with = "humantime_serde")]
@@ -230,6 +236,12 @@ pub struct Limits {
     pub max_headers: usize,
     /// Request-target length.
     pub max_uri_bytes: usize,
+    /// HTTP/2 streams per visitor connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 stream window.
+    pub h2_stream_window_bytes: u32,
+    /// HTTP/2 connection window.
+    pub h2_connection_window_bytes: u32,
     /// Response body idle timeout.
     pub stream_idle_timeout: Duration,
     /// Connection cap.
@@ -311,6 +323,17 @@ impl Config {
             body_idle_timeout: positive("limits.body_idle_timeout", l.body_idle_timeout, 30)?,
             max_headers: l.max_headers.unwrap_or(100).clamp(1, 1000),
             max_uri_bytes: l.max_uri_bytes.unwrap_or(8192).clamp(256, 65_000),
+            h2_max_concurrent_streams: l.h2_max_concurrent_streams.unwrap_or(100).clamp(1, 1000),
+            // RFC 9113 bounds: at least the default 65 535 would be safest for clients, but smaller
+            // windows bound memory; below 16 KiB transfers crawl.
+            h2_stream_window_bytes: l
+                .h2_stream_window_bytes
+                .unwrap_or(64 * 1024)
+                .clamp(16 * 1024, (1 << 31) - 1),
+            h2_connection_window_bytes: l
+                .h2_connection_window_bytes
+                .unwrap_or(1024 * 1024)
+                .clamp(64 * 1024, (1 << 31) - 1),
             stream_idle_timeout: positive(
                 "limits.stream_idle_timeout",
                 l.stream_idle_timeout,

@@ -198,11 +198,16 @@ fn builder(relay: &Relay) -> auto::Builder<TokioExecutor> {
         .max_buf_size(64 * 1024);
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(100)
-        .initial_stream_window_size(64 * 1024)
-        .initial_connection_window_size(1024 * 1024)
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .initial_stream_window_size(limits.h2_stream_window_bytes)
+        .initial_connection_window_size(limits.h2_connection_window_bytes)
         .max_header_list_size(16 * 1024)
-        .max_send_buf_size(64 * 1024);
+        .max_send_buf_size(64 * 1024)
+        // Rapid reset (CVE-2023-44487) and its server-side twin (CVE-2024-27316-style floods):
+        // streams a client resets before they are served, and streams the server had to reset
+        // for protocol errors, are bounded; past either bound h2 closes the connection.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024);
     b
 }
 

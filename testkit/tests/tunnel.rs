@@ -980,3 +980,30 @@ async fn http_semantics_and_request_limits_hold_end_to_end() -> anyhow::Result<(
     );
     relay.stop().await
 }
+
+#[tokio::test]
+async fn a_visitor_http2_connection_gets_the_configured_stream_limit() -> anyhow::Result<()> {
+    let Setup {
+        relay,
+        backend,
+        conn: _conn,
+        client: _,
+    } = setup(relay().configure(|f| f.limits.h2_max_concurrent_streams = Some(2))).await;
+    let h2 = Client::http2(&relay.ca_cert());
+    let url = relay.url("/relay/acme/app/hold");
+    let (_, first) = h2.hold(&url).await?;
+    let (_, second) = h2.hold(&url).await?;
+    // A third request on the same connection waits for a free stream: the relay advertised 2.
+    let third = tokio::spawn({
+        let (h2, url) = (h2.clone(), url.clone());
+        async move { h2.hold(&url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!third.is_finished(), "a third stream was opened");
+    assert_eq!(backend.active_streams(), 2);
+    drop(first);
+    let (data, _third_body) = tokio::time::timeout(Duration::from_secs(5), third).await???;
+    assert!(!data.is_empty());
+    drop(second);
+    relay.stop().await
+}
