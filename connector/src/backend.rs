@@ -223,6 +223,7 @@ mod tests {
             ca_cert: None,
             insecure: false,
             http2: false,
+            preserve_host: false,
         };
         let mut m = BTreeMap::new();
         m.insert("t".to_string(), target);

@@ -64,6 +64,10 @@ pub struct TargetFile {
     /// Needed for gRPC backends.
     #[serde(default)]
     pub http2: bool,
+    /// Send the visitor's `Host` (as the relay saw it: `X-Forwarded-Host`) instead of the
+    /// target's own, for backends that route or build links by host name.
+    #[serde(default)]
+    pub preserve_host: bool,
 }
 
 /// Session tuning knobs.
@@ -179,6 +183,8 @@ pub struct Target {
     pub insecure: bool,
     /// HTTP/2 to the backend.
     pub http2: bool,
+    /// Send the visitor's Host to the backend.
+    pub preserve_host: bool,
 }
 
 impl Config {
@@ -298,6 +304,7 @@ impl Config {
                 ca_cert: t.ca_cert.map(|p| layered::relative_to(file, &p)),
                 insecure: t.insecure,
                 http2: t.http2,
+                preserve_host: t.preserve_host,
             };
             if targets.insert(canonical.clone(), target).is_some() {
                 return Err(ConfigError::new(format!(
@@ -498,7 +505,7 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Parses `--target NAME=URL[,timeout=30s][,ca-cert=FILE][,insecure][,http2]` into a file-shaped
+/// Parses `--target NAME=URL[,timeout=30s][,ca-cert=FILE][,insecure][,http2][,preserve-host]` into a file-shaped
 /// entry.
 pub fn parse_target_flag(spec: &str) -> Result<(String, TargetFile), ConfigError> {
     let (name, rest) = spec
@@ -520,6 +527,7 @@ pub fn parse_target_flag(spec: &str) -> Result<(String, TargetFile), ConfigError
             Some(("ca-cert", v)) => target.ca_cert = Some(PathBuf::from(v)),
             None if opt == "insecure" => target.insecure = true,
             None if opt == "http2" => target.http2 = true,
+            None if opt == "preserve-host" => target.preserve_host = true,
             _ => {
                 return Err(ConfigError::new(format!(
                     "--target {name}: unknown option {opt:?}"
@@ -717,6 +725,9 @@ mod tests {
         let (n, t) =
             parse_target_flag("api=https://10.0.0.1:8443,timeout=5s,insecure,http2").unwrap();
         assert!(t.http2);
+        assert!(!t.preserve_host);
+        let (_, p) = parse_target_flag("web=http://10.0.0.1,preserve-host").unwrap();
+        assert!(p.preserve_host);
         assert_eq!(n, "api");
         assert_eq!(t.timeout, Some(Duration::from_secs(5)));
         assert!(t.insecure);

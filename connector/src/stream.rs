@@ -70,6 +70,12 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
     let upgrade = upgrade_of(&headers).filter(|_| head.content_length == Some(0));
     strip_hop_by_hop(&mut headers);
     headers.remove(http::header::HOST);
+    if backend.target.preserve_host {
+        // The relay set X-Forwarded-Host from the visitor's Host (or its trusted proxy's).
+        if let Some(host) = headers.get("x-forwarded-host").cloned() {
+            headers.insert(http::header::HOST, host);
+        }
+    }
     if let Some(len) = head.content_length {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     }

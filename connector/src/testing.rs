@@ -143,6 +143,19 @@ impl Builder {
         self
     }
 
+    /// Adds a target that receives the visitor's Host.
+    pub fn target_preserving_host(mut self, name: &str, url: &str) -> Self {
+        self.file.targets.insert(
+            name.to_string(),
+            TargetFile {
+                url: url.to_string(),
+                preserve_host: true,
+                ..TargetFile::default()
+            },
+        );
+        self
+    }
+
     /// Trusts this CA for the relay.
     pub fn ca_cert(mut self, path: PathBuf) -> Self {
         self.file.ca_cert = Some(path);

@@ -1007,3 +1007,29 @@ async fn a_visitor_http2_connection_gets_the_configured_stream_limit() -> anyhow
     drop(second);
     relay.stop().await
 }
+
+#[tokio::test]
+async fn a_target_can_receive_the_visitors_host() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay().spawn().await;
+    let cred = relay.provision("acme").await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target("plain", &backend.url())
+        .target_preserving_host("site", &backend.url())
+        .spawn();
+    conn.connected().await;
+    let client = Client::new(&relay.ca_cert());
+    let authority = relay.server().trim_start_matches("https://").to_string();
+    let backend_authority = backend.url().trim_start_matches("http://").to_string();
+    for (target, expected) in [("plain", &backend_authority), ("site", &authority)] {
+        let a = client
+            .get(&relay.url(&format!("/relay/acme/{target}/x")))
+            .await?;
+        assert_eq!(a.status, StatusCode::OK);
+        let seen = backend.seen().pop().expect("seen");
+        assert_eq!(seen.headers["host"], expected.as_str(), "target {target}");
+    }
+    relay.stop().await
+}
