@@ -301,6 +301,40 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bod
             });
             Response::new(BodyExt::boxed(StreamBody::new(stream)))
         }
+        "/sse" => {
+            // Server-sent events: one event now, the next when the test releases the backend.
+            let s = shared.clone();
+            let stream = futures_util::stream::unfold(0u8, move |step| {
+                let s = s.clone();
+                async move {
+                    match step {
+                        0 => Some((
+                            Ok::<_, BoxError>(Frame::data(Bytes::from_static(
+                                b"event: tick\ndata: first\n\n",
+                            ))),
+                            1,
+                        )),
+                        1 => {
+                            let _ =
+                                tokio::time::timeout(Duration::from_secs(30), s.release.notified())
+                                    .await;
+                            Some((Ok(Frame::data(Bytes::from_static(b"data: second\n\n"))), 2))
+                        }
+                        _ => None,
+                    }
+                }
+            });
+            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/event-stream"),
+            );
+            resp.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static("no-cache"),
+            );
+            resp
+        }
         "/hold" => {
             let guard = active(&shared);
             let stream = futures_util::stream::unfold(guard, |guard| async move {

@@ -1033,3 +1033,76 @@ async fn a_target_can_receive_the_visitors_host() -> anyhow::Result<()> {
     }
     relay.stop().await
 }
+
+#[tokio::test]
+async fn server_sent_events_arrive_one_by_one() -> anyhow::Result<()> {
+    let Setup {
+        relay,
+        backend,
+        conn: _conn,
+        client,
+    } = setup(relay()).await;
+    let resp = client
+        .send(
+            http::Request::get(relay.url("/relay/acme/app/sse"))
+                .header("accept", "text/event-stream")
+                .body(BodyExt::boxed(
+                    http_body_util::Full::new(Bytes::new()).map_err(|n| match n {}),
+                ))?,
+        )
+        .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    assert_eq!(resp.headers()["cache-control"], "no-cache");
+    let mut body = resp.into_body();
+    // The first event arrives while the backend is still holding the stream open.
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the first event is not buffered")
+        .expect("a frame")?;
+    assert_eq!(
+        first.into_data().ok().as_deref(),
+        Some(&b"event: tick\ndata: first\n\n"[..])
+    );
+    backend.release();
+    let rest = body.collect().await?.to_bytes();
+    assert_eq!(&rest[..], b"data: second\n\n");
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn expect_100_continue_gets_its_interim_answer_before_the_body() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Setup {
+        relay,
+        backend: _backend,
+        conn: _conn,
+        client: _,
+    } = setup(relay()).await;
+    let mut s = tokio::net::TcpStream::connect(relay.http_addr.expect("plain HTTP")).await?;
+    s.write_all(
+        b"POST /relay/acme/app/upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await?;
+    // Nothing of the body is sent until the relay says to go on.
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await??;
+    let interim = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(
+        interim.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "{interim:?}"
+    );
+    s.write_all(b"hello").await?;
+    let mut answer = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !answer.contains("hello") && tokio::time::Instant::now() < deadline {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await??;
+        if n == 0 {
+            break;
+        }
+        answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:?}");
+    assert!(answer.contains("hello"), "the echoed body: {answer:?}");
+    relay.stop().await
+}
