@@ -28,7 +28,7 @@ import ssl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
-PORTS = {"backend": 18080, "proxy": 18081, "sink": 18082, "relay": 18443, "relay_http": 18090}
+PORTS = {"backend": 18080, "proxy": 18081, "sink": 18082, "relay": 18443, "relay_http": 18090, "backend_h2": 18444}
 IDLE_CONNECTIONS = 1000
 
 
@@ -103,6 +103,15 @@ http {{
         location = /big {{ default_type application/octet-stream; }}
     }}
     server {{
+        listen 127.0.0.1:{PORTS['backend_h2']} ssl http2 backlog=4096;
+        ssl_certificate {work}/h2-cert.pem;
+        ssl_certificate_key {work}/h2-key.pem;
+        ssl_protocols TLSv1.3;
+        http2_max_concurrent_streams 128;
+        root {work}/www;
+        location = /small {{ default_type text/plain; }}
+    }}
+    server {{
         listen 127.0.0.1:{PORTS['proxy']} backlog=4096;
         client_max_body_size 0;
         location /upload {{
@@ -139,6 +148,21 @@ def wrk(url, conns, threads, duration, close=False):
     if m:
         errors += int(m.group(1))
     return {"rps": rps, "p50_us": lat.get("50"), "p99_us": lat.get("99"), "errors": errors}
+
+
+def h2load(url, duration):
+    """HTTPS + HTTP/2: 8 connections × 16 concurrent streams for `duration` seconds."""
+    out = subprocess.run(["h2load", "-c8", "-m16", "-t1", f"-D{duration}", url],
+                         capture_output=True, text=True).stdout
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    status = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if not m or not done:
+        raise SystemExit(f"h2load {url}: unexpected output\n{out}")
+    errors = int(done.group(3)) + int(done.group(4))
+    if status:
+        errors += int(status.group(3)) + int(status.group(4))
+    return {"rps": float(m.group(1)), "errors": errors}
 
 
 def curl_speed(args, field):
@@ -209,6 +233,10 @@ def main():
             for _ in range(big >> 20):
                 f.write(chunk)
         upload = f"{work}/www/big"
+        # A certificate for nginx's HTTPS + HTTP/2 server (the h2load `direct` path).
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout", f"{work}/h2-key.pem",
+                        "-out", f"{work}/h2-cert.pem"], check=True, capture_output=True)
         with open(f"{work}/nginx.conf", "w") as f:
             f.write(nginx_conf(work, big))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -263,13 +291,16 @@ def main():
 
         paths = {
             "direct": {"small": f"http://127.0.0.1:{PORTS['backend']}/small", "big": f"http://127.0.0.1:{PORTS['backend']}/big",
-                       "upload": f"http://127.0.0.1:{PORTS['sink']}/upload", "pids": []},
+                       "upload": f"http://127.0.0.1:{PORTS['sink']}/upload", "pids": [],
+                       "h2": f"https://127.0.0.1:{PORTS['backend_h2']}/small"},
             "nginx": {"small": f"http://127.0.0.1:{PORTS['proxy']}/small", "big": f"http://127.0.0.1:{PORTS['proxy']}/big",
                       "upload": f"http://127.0.0.1:{PORTS['proxy']}/upload", "pids": []},
             "relay-quic": {"small": f"{relay_base}/app/small", "big": f"{relay_base}/app/big",
-                           "upload": f"{relay_base}/sink/upload", "pids": [relay.pid, conn.pid], "conn": conn.pid},
+                           "upload": f"{relay_base}/sink/upload", "pids": [relay.pid, conn.pid], "conn": conn.pid,
+                           "h2": f"https://127.0.0.1:{PORTS['relay']}/relay/bench/app/small"},
             "relay-tcp": {"small": f"{tcp_base}/app/small", "big": f"{tcp_base}/app/big",
-                          "upload": f"{tcp_base}/sink/upload", "pids": [relay.pid, conn_tcp.pid], "conn": conn_tcp.pid},
+                          "upload": f"{tcp_base}/sink/upload", "pids": [relay.pid, conn_tcp.pid], "conn": conn_tcp.pid,
+                          "h2": f"https://127.0.0.1:{PORTS['relay']}/relay/benchtcp/app/small"},
         }
         results = []
         for r in range(rounds):
@@ -280,6 +311,8 @@ def main():
                 row["c64"] = wrk(p["small"], 64, 2, duration)
                 row["c1"] = wrk(p["small"], 1, 1, duration)
                 row["close"] = wrk(p["small"], 64, 2, duration, close=True)
+                if "h2" in p:
+                    row["h2"] = h2load(p["h2"], duration)
                 row["download_mib_s"] = curl_speed([p["big"]], "speed_download")
                 row["upload_mib_s"] = curl_speed(["-T", upload, "-H", "Expect:", p["upload"]], "speed_upload")
                 base, peak = s.finish()

@@ -38,9 +38,12 @@ def main(path):
         vals = []
         for rd in rounds:
             d, p = by.get((rd, "direct")), by.get((rd, path))
-            if d and p:
+            if d and p and metric(p) is not None:
                 vals.append(metric(p) / metric(d) if metric(d) else None)
         return med(vals)
+
+    def h2(r):
+        return r["h2"]["rps"] if "h2" in r else None
 
     def added(metric, path):
         vals = []
@@ -52,6 +55,9 @@ def main(path):
 
     def absolute(metric, path):
         return med([metric(by[(rd, path)]) for rd in rounds if (rd, path) in by])
+
+    def num(x):
+        return "n/a" if x is None else f"{x:.0f}"
 
     lines = []
     w = lines.append
@@ -77,26 +83,28 @@ def main(path):
     w("")
     w("## Ratios to direct (medians)")
     w("")
-    w("| path | req/s c64 | added p50 at c1 | req/s Connection: close | download | upload |")
-    w("|---|---|---|---|---|---|")
+    w("| path | req/s c64 | added p50 at c1 | req/s Connection: close | HTTPS + HTTP/2 req/s | download | upload |")
+    w("|---|---|---|---|---|---|---|")
     fmt = lambda x, suffix="×": "n/a" if x is None else f"{x:.2f}{suffix}"
     for p in paths:
         if p == "direct":
             continue
         w(f"| {p} | {fmt(ratio(lambda r: r['c64']['rps'], p))} | "
           f"{fmt(added(lambda r: r['c1']['p50_us'], p), ' µs')} | "
-          f"{fmt(ratio(lambda r: r['close']['rps'], p))} | "
+          f"{fmt(ratio(lambda r: r['close']['rps'], p))} | {fmt(ratio(h2, p))} | "
           f"{fmt(ratio(lambda r: r['download_mib_s'], p))} | {fmt(ratio(lambda r: r['upload_mib_s'], p))} |")
     w("")
     w("## Absolute figures (medians; they drift with the machine, the ratios are what count)")
     w("")
-    w("| path | req/s c64 | p50 / p99 c64 (µs) | p50 c1 (µs) | req/s close | download MiB/s | upload MiB/s | errors |")
-    w("|---|---|---|---|---|---|---|---|")
+    w("| path | req/s c64 | p50 / p99 c64 (µs) | p50 c1 (µs) | req/s close | HTTPS + HTTP/2 req/s | download MiB/s | upload MiB/s | errors |")
+    w("|---|---|---|---|---|---|---|---|---|")
     for p in paths:
-        errs = sum(by[(rd, p)][k]["errors"] for rd in rounds for k in ("c64", "c1", "close") if (rd, p) in by)
+        errs = sum(by[(rd, p)][k]["errors"] for rd in rounds for k in ("c64", "c1", "close", "h2")
+                   if (rd, p) in by and k in by[(rd, p)])
         w(f"| {p} | {absolute(lambda r: r['c64']['rps'], p):.0f} | "
           f"{absolute(lambda r: r['c64']['p50_us'], p):.0f} / {absolute(lambda r: r['c64']['p99_us'], p):.0f} | "
           f"{absolute(lambda r: r['c1']['p50_us'], p):.0f} | {absolute(lambda r: r['close']['rps'], p):.0f} | "
+          f"{num(med([h2(by[(rd, p)]) for rd in rounds if (rd, p) in by and h2(by[(rd, p)]) is not None]))} | "
           f"{absolute(lambda r: r['download_mib_s'], p):.0f} | {absolute(lambda r: r['upload_mib_s'], p):.0f} | {errs} |")
     w("")
     w("## Memory")
@@ -155,7 +163,9 @@ def main(path):
           f"(refused while the relay was down).")
         w("")
     w("The targets are for `relay-quic`; `relay-tcp` is the fallback and is shown in the tables above. "
-      "Not measured yet: HTTPS + HTTP/2 ingress with h2load and cross-node forwarding.")
+      "HTTPS + HTTP/2 is h2load (8 connections × 16 streams) against nginx's own TLS + HTTP/2 server "
+      "(`direct`) and the relay's HTTPS ingress; the nginx proxy path has no HTTPS front. Not measured yet: "
+      "cross-node forwarding.")
     w("")
     w("![req/s and latency per path](benchmarks.svg)")
     w("")

@@ -11,6 +11,8 @@ have() { command -v "$1" >/dev/null 2>&1; }
 missing=()
 have nginx || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 have wrk || missing+=(wrk)
+have h2load || missing+=(nghttp2-client)
+have openssl || missing+=(openssl)
 have curl || missing+=(curl)
 have python3 || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
