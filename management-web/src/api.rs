@@ -436,28 +436,6 @@ fn request_json(r: &AuditRecord) -> Value {
     })
 }
 
-async fn record(state: &AppState, actor: &str, action: &str, object: &str) {
-    if let Err(e) = state
-        .store()
-        .record_admin_action(actor, action, object)
-        .await
-    {
-        tracing::warn!(error = %e, action, object, "admin action not recorded");
-    }
-}
-
-async fn find_tenant(state: &AppState, name: &str) -> Result<Tenant, Response> {
-    match state.store().tenant(name).await {
-        Ok(Some(t)) => Ok(t),
-        Ok(None) => Err(problem(
-            StatusCode::NOT_FOUND,
-            "not found",
-            &format!("tenant {name} not found"),
-        )),
-        Err(e) => Err(store_problem(e)),
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Paging {
@@ -515,8 +493,8 @@ async fn create_tenant(
             .await
             .map_err(store_problem)?;
     }
-    record(&state, &admin.actor(), "tenant.create", &t.name).await;
-    let t = find_tenant(&state, &t.name).await?;
+    state.record(&admin.actor(), "tenant.create", &t.name).await;
+    let t = state.tenant(&t.name).await?;
     let mut res = (StatusCode::CREATED, Json(tenant_json(&t))).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/tenants/{}", t.name)) {
         res.headers_mut().insert(header::LOCATION, v);
@@ -529,7 +507,7 @@ async fn get_tenant(
     _: ApiAdmin,
     Path(name): Path<String>,
 ) -> ApiResult {
-    let t = find_tenant(&state, &name).await?;
+    let t = state.tenant(&name).await?;
     Ok(Json(tenant_json(&t)).into_response())
 }
 
@@ -583,7 +561,7 @@ async fn update_tenant(
     Body(body): Body<TenantPatch>,
 ) -> ApiResult {
     let store = state.store();
-    let t = find_tenant(&state, &name).await?;
+    let t = state.tenant(&name).await?;
     let limits = body.limits.map(|p| TenantLimits {
         max_body_bytes: p.max_body_bytes.unwrap_or(t.limits.max_body_bytes),
         max_concurrent_streams: p
@@ -617,8 +595,8 @@ async fn update_tenant(
             .await
             .map_err(store_problem)?;
     }
-    record(&state, &admin.actor(), "tenant.update", &t.name).await;
-    let t = find_tenant(&state, &t.name).await?;
+    state.record(&admin.actor(), "tenant.update", &t.name).await;
+    let t = state.tenant(&t.name).await?;
     Ok(Json(tenant_json(&t)).into_response())
 }
 
@@ -632,13 +610,9 @@ async fn delete_tenant(
         .delete_tenant(&name)
         .await
         .map_err(store_problem)?;
-    record(
-        &state,
-        &admin.actor(),
-        "tenant.delete",
-        &name.to_ascii_lowercase(),
-    )
-    .await;
+    state
+        .record(&admin.actor(), "tenant.delete", &name.to_ascii_lowercase())
+        .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -647,7 +621,7 @@ async fn list_credentials(
     _: ApiAdmin,
     Path(name): Path<String>,
 ) -> ApiResult {
-    let t = find_tenant(&state, &name).await?;
+    let t = state.tenant(&name).await?;
     let creds = state
         .store()
         .credentials(&t.name)
@@ -670,7 +644,7 @@ async fn create_credential(
     Path(name): Path<String>,
     Body(body): Body<NewCredential>,
 ) -> ApiResult {
-    let t = find_tenant(&state, &name).await?;
+    let t = state.tenant(&name).await?;
     let label: String = body.label.chars().take(200).collect();
     let created = state
         .store()
@@ -678,13 +652,13 @@ async fn create_credential(
         .await
         .map_err(store_problem)?;
     let c = &created.credential;
-    record(
-        &state,
-        &admin.actor(),
-        "credential.create",
-        &format!("{}/{}", t.name, c.id.0),
-    )
-    .await;
+    state
+        .record(
+            &admin.actor(),
+            "credential.create",
+            &format!("{}/{}", t.name, c.id.0),
+        )
+        .await;
     let body = json!({
         "id": c.id.0,
         "secret": created.secret,
@@ -704,13 +678,13 @@ async fn revoke_credential(
         .revoke_credential(&name, &id)
         .await
         .map_err(store_problem)?;
-    record(
-        &state,
-        &admin.actor(),
-        "credential.revoke",
-        &format!("{}/{id}", name.to_ascii_lowercase()),
-    )
-    .await;
+    state
+        .record(
+            &admin.actor(),
+            "credential.revoke",
+            &format!("{}/{id}", name.to_ascii_lowercase()),
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -719,7 +693,7 @@ async fn list_hostnames(
     _: ApiAdmin,
     Path(name): Path<String>,
 ) -> ApiResult {
-    let t = find_tenant(&state, &name).await?;
+    let t = state.tenant(&name).await?;
     let hosts = state
         .store()
         .hostnames(&t.name)
@@ -745,19 +719,19 @@ async fn add_hostname(
     Path(name): Path<String>,
     Body(body): Body<NewHostname>,
 ) -> ApiResult {
-    let t = find_tenant(&state, &name).await?;
+    let t = state.tenant(&name).await?;
     let h = state
         .store()
         .add_hostname(&t.name, &body.hostname, &body.target)
         .await
         .map_err(store_problem)?;
-    record(
-        &state,
-        &admin.actor(),
-        "hostname.add",
-        &format!("{}/{}", t.name, h.hostname),
-    )
-    .await;
+    state
+        .record(
+            &admin.actor(),
+            "hostname.add",
+            &format!("{}/{}", t.name, h.hostname),
+        )
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(json!({"hostname": h.hostname, "target": h.target})),
@@ -775,13 +749,13 @@ async fn remove_hostname(
         .remove_hostname(&name, &hostname)
         .await
         .map_err(store_problem)?;
-    record(
-        &state,
-        &admin.actor(),
-        "hostname.remove",
-        &format!("{}/{hostname}", name.to_ascii_lowercase()),
-    )
-    .await;
+    state
+        .record(
+            &admin.actor(),
+            "hostname.remove",
+            &format!("{}/{hostname}", name.to_ascii_lowercase()),
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -790,7 +764,7 @@ pub(crate) async fn connections(
     state: &AppState,
     tenant: &str,
 ) -> Result<Vec<(SessionRecord, Option<usize>)>, Error> {
-    let sessions = state.store().live_sessions(Some(tenant)).await?;
+    let sessions = state.store().live_sessions(tenant).await?;
     let in_flight = state.node().map(|n| n.in_flight()).unwrap_or_default();
     Ok(sessions
         .into_iter()
@@ -806,7 +780,7 @@ async fn list_connections(
     _: ApiAdmin,
     Path(name): Path<String>,
 ) -> ApiResult {
-    let t = find_tenant(&state, &name).await?;
+    let t = state.tenant(&name).await?;
     let list = connections(&state, &t.name).await.map_err(store_problem)?;
     let items: Vec<Value> = list.iter().map(|(s, n)| connection_json(s, *n)).collect();
     Ok(Json(json!({ "items": items })).into_response())

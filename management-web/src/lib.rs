@@ -70,25 +70,47 @@ impl AppState {
     /// State over `store`; `hasher` (the relay's pepper) makes and checks credential secrets and
     /// API tokens, so it must be the relays' own.
     pub fn new(store: Store, hasher: SecretHasher) -> AppState {
+        AppState::build(store, hasher, None)
+    }
+
+    /// The same, with a relay process's live view (in-flight streams, `/metrics`).
+    pub fn with_node(store: Store, hasher: SecretHasher, node: Arc<dyn NodeView>) -> AppState {
+        AppState::build(store, hasher, Some(node))
+    }
+
+    fn build(store: Store, hasher: SecretHasher, node: Option<Arc<dyn NodeView>>) -> AppState {
         AppState {
             inner: Arc::new(Inner {
                 store,
                 hasher,
-                node: None,
+                node,
                 limiter: auth::LoginLimiter::default(),
             }),
         }
     }
 
-    /// The same, with a relay process's live view (in-flight streams, `/metrics`).
-    pub fn with_node(store: Store, hasher: SecretHasher, node: Arc<dyn NodeView>) -> AppState {
-        AppState {
-            inner: Arc::new(Inner {
-                store,
-                hasher,
-                node: Some(node),
-                limiter: auth::LoginLimiter::default(),
-            }),
+    /// The tenant named `name`, or the 404 (or store failure) to answer with.
+    pub(crate) async fn tenant(&self, name: &str) -> Result<relay_store::Tenant, Response> {
+        match self.inner.store.tenant(name).await {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => Err(api::problem(
+                StatusCode::NOT_FOUND,
+                "not found",
+                &format!("tenant {name} not found"),
+            )),
+            Err(e) => Err(api::store_problem(e)),
+        }
+    }
+
+    /// Records an admin action; a failure is logged, never shown (the change itself is done).
+    pub(crate) async fn record(&self, actor: &str, action: &str, object: &str) {
+        if let Err(e) = self
+            .inner
+            .store
+            .record_admin_action(actor, action, object)
+            .await
+        {
+            tracing::warn!(error = %e, action, object, "admin action not recorded");
         }
     }
 

@@ -137,14 +137,13 @@ async fn main() -> ExitCode {
     let state =
         management_web::AppState::new(store.clone(), relay_store::SecretHasher::new(&pepper));
     let app = management_web::app(state);
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(connector::process::cancel_on_signal(stop.clone()));
     let result = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(async {
-        let token = tokio_util::sync::CancellationToken::new();
-        connector::process::cancel_on_signal(token.clone()).await;
-    })
+    .with_graceful_shutdown(stop.cancelled_owned())
     .await;
     store.close().await;
     match result {

@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Form, Router};
-use relay_store::{now_ms, AuditRecord, Tenant, TenantLimits, TenantSettings};
+use relay_store::{now_ms, AuditRecord, TenantLimits, TenantSettings};
 use serde::Deserialize;
 
 use crate::api::{self, RequestQuery};
@@ -135,16 +135,6 @@ fn guard(headers: &HeaderMap, admin: &Admin, csrf: &str) -> Result<(), Response>
         ));
     }
     Ok(())
-}
-
-async fn record(state: &AppState, admin: &Admin, action: &str, object: &str) {
-    if let Err(e) = state
-        .store()
-        .record_admin_action(&admin.actor(), action, object)
-        .await
-    {
-        tracing::warn!(error = %e, action, object, "admin action not recorded");
-    }
 }
 
 async fn css() -> Response {
@@ -290,9 +280,9 @@ async fn logout(
 #[template(path = "dashboard.html")]
 struct DashboardPage {
     chrome: Chrome,
-    tenants: usize,
-    tenants_enabled: usize,
-    sessions: usize,
+    tenants: u64,
+    tenants_enabled: u64,
+    sessions: u64,
     requests_hour: i64,
     error_rate: String,
     requests_chart: String,
@@ -301,19 +291,8 @@ struct DashboardPage {
 
 async fn dashboard(State(state): State<AppState>, admin: Admin) -> PageResult {
     let store = state.store();
-    let (tenants, total) = store.tenants_page("", 0, 1000).await.map_err(store_error)?;
-    let tenants_enabled = if total <= 1000 {
-        tenants.iter().filter(|t| t.enabled).count()
-    } else {
-        store
-            .tenants()
-            .await
-            .map_err(store_error)?
-            .iter()
-            .filter(|t| t.enabled)
-            .count()
-    };
-    let sessions = store.live_sessions(None).await.map_err(store_error)?.len();
+    let (tenants, tenants_enabled) = store.tenant_counts().await.map_err(store_error)?;
+    let sessions = store.live_session_count().await.map_err(store_error)?;
     const MINUTES: i64 = 60;
     let this_minute = now_ms() / 60_000 * 60_000;
     let start = this_minute - (MINUTES - 1) * 60_000;
@@ -348,7 +327,7 @@ async fn dashboard(State(state): State<AppState>, admin: Admin) -> PageResult {
         StatusCode::OK,
         &DashboardPage {
             chrome: Chrome::new(&admin, "dashboard"),
-            tenants: usize::try_from(total).unwrap_or(usize::MAX),
+            tenants,
             tenants_enabled,
             sessions,
             requests_hour: total_requests,
@@ -388,6 +367,8 @@ struct TenantsQuery {
     q: String,
     #[serde(default)]
     page: Option<u64>,
+    #[serde(default)]
+    done: String,
 }
 
 const PER_PAGE: u32 = 25;
@@ -423,6 +404,7 @@ async fn tenants_page(
     let pages = total.div_ceil(u64::from(PER_PAGE)).max(1);
     let link = |p: u64| format!("/tenants?q={}&page={p}", enc(&q.q));
     let mut chrome = Chrome::new(admin, "tenants");
+    chrome.notice = notice(&q.done).to_string();
     chrome.error = error;
     Ok(render(
         status,
@@ -478,7 +460,7 @@ async fn create_tenant(
     guard(&headers, &admin, &form.csrf)?;
     match state.store().create_tenant(form.name.trim()).await {
         Ok(t) => {
-            record(&state, &admin, "tenant.create", &t.name).await;
+            state.record(&admin.actor(), "tenant.create", &t.name).await;
             Ok(Redirect::to(&format!("/tenants/{}?done=created", t.name)).into_response())
         }
         Err(e @ (relay_store::Error::TenantExists(_) | relay_store::Error::InvalidName(_))) => {
@@ -595,18 +577,6 @@ async fn session_rows(state: &AppState, tenant: &str) -> Result<Vec<SessRow>, Re
         .collect())
 }
 
-async fn find(state: &AppState, name: &str) -> Result<Tenant, Response> {
-    match state.store().tenant(name).await {
-        Ok(Some(t)) => Ok(t),
-        Ok(None) => Err(api::problem(
-            StatusCode::NOT_FOUND,
-            "not found",
-            "no such tenant",
-        )),
-        Err(e) => Err(store_error(e)),
-    }
-}
-
 /// What a `done=` code says.
 fn notice(done: &str) -> &'static str {
     match done {
@@ -632,7 +602,7 @@ async fn tenant_page(
     error: String,
 ) -> PageResult {
     let store = state.store();
-    let t = find(state, name).await?;
+    let t = state.tenant(name).await?;
     let credentials = store.credentials(&t.name).await.map_err(store_error)?;
     let hostnames = store.hostnames(&t.name).await.map_err(store_error)?;
     let sessions = session_rows(state, &t.name).await?;
@@ -718,7 +688,7 @@ async fn tenant_sessions(
     _admin: Admin,
     Path(name): Path<String>,
 ) -> PageResult {
-    let t = find(&state, &name).await?;
+    let t = state.tenant(&name).await?;
     let sessions = session_rows(&state, &t.name).await?;
     Ok(render(StatusCode::OK, &SessionRows { sessions }))
 }
@@ -762,7 +732,7 @@ async fn tenant_settings(
     Form(form): Form<SettingsForm>,
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
-    let t = find(&state, &name).await?;
+    let t = state.tenant(&name).await?;
     let limits = (|| -> Result<TenantLimits, String> {
         Ok(TenantLimits {
             max_body_bytes: limit_field("Max request body", &form.max_body_bytes)?,
@@ -796,7 +766,7 @@ async fn tenant_settings(
         .set_tenant_limits(&t.name, &limits)
         .await
         .map_err(store_error)?;
-    record(&state, &admin, "tenant.update", &t.name).await;
+    state.record(&admin.actor(), "tenant.update", &t.name).await;
     Ok(Redirect::to(&format!("/tenants/{}?done=settings", t.name)).into_response())
 }
 
@@ -814,7 +784,7 @@ async fn tenant_state(
     Form(form): Form<StateForm>,
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
-    let t = find(&state, &name).await?;
+    let t = state.tenant(&name).await?;
     state
         .store()
         .set_tenant_enabled(&t.name, form.enabled)
@@ -825,7 +795,7 @@ async fn tenant_state(
     } else {
         ("tenant.disable", "disabled")
     };
-    record(&state, &admin, action, &t.name).await;
+    state.record(&admin.actor(), action, &t.name).await;
     Ok(Redirect::to(&format!("/tenants/{}?done={done}", t.name)).into_response())
 }
 
@@ -841,7 +811,7 @@ async fn delete_page(
     admin: Admin,
     Path(name): Path<String>,
 ) -> PageResult {
-    let t = find(&state, &name).await?;
+    let t = state.tenant(&name).await?;
     Ok(render(
         StatusCode::OK,
         &DeletePage {
@@ -865,7 +835,7 @@ async fn delete_tenant(
     Form(form): Form<DeleteForm>,
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
-    let t = find(&state, &name).await?;
+    let t = state.tenant(&name).await?;
     if !form.confirm.trim().eq_ignore_ascii_case(&t.name) {
         let mut chrome = Chrome::new(&admin, "tenants");
         chrome.error = "The name did not match; nothing was deleted.".into();
@@ -882,22 +852,8 @@ async fn delete_tenant(
         .delete_tenant(&t.name)
         .await
         .map_err(store_error)?;
-    record(&state, &admin, "tenant.delete", &t.name).await;
-    tenants_page(
-        &state,
-        &admin,
-        TenantsQuery::default(),
-        StatusCode::OK,
-        String::new(),
-    )
-    .await
-    .map(|mut res| {
-        res.headers_mut().insert(
-            header::CONTENT_LOCATION,
-            HeaderValue::from_static("/tenants"),
-        );
-        res
-    })
+    state.record(&admin.actor(), "tenant.delete", &t.name).await;
+    Ok(Redirect::to("/tenants?done=deleted").into_response())
 }
 
 #[derive(Template)]
@@ -926,7 +882,7 @@ async fn create_credential(
     Form(form): Form<CredentialForm>,
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
-    let t = find(&state, &name).await?;
+    let t = state.tenant(&name).await?;
     let label: String = form.label.trim().chars().take(200).collect();
     let created = state
         .store()
@@ -934,13 +890,13 @@ async fn create_credential(
         .await
         .map_err(store_error)?;
     let id = created.credential.id.0.clone();
-    record(
-        &state,
-        &admin,
-        "credential.create",
-        &format!("{}/{id}", t.name),
-    )
-    .await;
+    state
+        .record(
+            &admin.actor(),
+            "credential.create",
+            &format!("{}/{id}", t.name),
+        )
+        .await;
     Ok(render(
         StatusCode::OK,
         &SecretPage {
@@ -965,19 +921,19 @@ async fn revoke_credential(
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
-    let t = find(&state, &name).await?;
+    let t = state.tenant(&name).await?;
     state
         .store()
         .revoke_credential(&t.name, &id)
         .await
         .map_err(store_error)?;
-    record(
-        &state,
-        &admin,
-        "credential.revoke",
-        &format!("{}/{id}", t.name),
-    )
-    .await;
+    state
+        .record(
+            &admin.actor(),
+            "credential.revoke",
+            &format!("{}/{id}", t.name),
+        )
+        .await;
     Ok(Redirect::to(&format!("/tenants/{}?done=revoked", t.name)).into_response())
 }
 
@@ -996,20 +952,20 @@ async fn add_hostname(
     Form(form): Form<HostnameForm>,
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
-    let t = find(&state, &name).await?;
+    let t = state.tenant(&name).await?;
     match state
         .store()
         .add_hostname(&t.name, form.hostname.trim(), form.target.trim())
         .await
     {
         Ok(h) => {
-            record(
-                &state,
-                &admin,
-                "hostname.add",
-                &format!("{}/{}", t.name, h.hostname),
-            )
-            .await;
+            state
+                .record(
+                    &admin.actor(),
+                    "hostname.add",
+                    &format!("{}/{}", t.name, h.hostname),
+                )
+                .await;
             Ok(Redirect::to(&format!("/tenants/{}?done=hostname-added", t.name)).into_response())
         }
         Err(
@@ -1039,19 +995,19 @@ async fn remove_hostname(
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
-    let t = find(&state, &name).await?;
+    let t = state.tenant(&name).await?;
     state
         .store()
         .remove_hostname(&t.name, &hostname)
         .await
         .map_err(store_error)?;
-    record(
-        &state,
-        &admin,
-        "hostname.remove",
-        &format!("{}/{hostname}", t.name),
-    )
-    .await;
+    state
+        .record(
+            &admin.actor(),
+            "hostname.remove",
+            &format!("{}/{hostname}", t.name),
+        )
+        .await;
     Ok(Redirect::to(&format!("/tenants/{}?done=hostname-removed", t.name)).into_response())
 }
 
@@ -1088,6 +1044,17 @@ fn local_to_utc(v: &str) -> String {
     }
 }
 
+/// The audit page's and the CSV export's filters (the form's times are UTC).
+fn audit_filters(q: &mut HashMap<String, String>) -> RequestQuery {
+    RequestQuery {
+        tenant: q.remove("tenant").unwrap_or_default(),
+        status: q.remove("status").unwrap_or_default(),
+        since: local_to_utc(&q.remove("since").unwrap_or_default()),
+        until: local_to_utc(&q.remove("until").unwrap_or_default()),
+        ..Default::default()
+    }
+}
+
 fn audit_query_string(q: &RequestQuery) -> String {
     format!(
         "tenant={}&status={}&since={}&until={}",
@@ -1103,21 +1070,12 @@ async fn audit(
     admin: Admin,
     Query(mut q): Query<HashMap<String, String>>,
 ) -> PageResult {
-    let mut rq = RequestQuery {
-        tenant: q.remove("tenant").unwrap_or_default(),
-        status: q.remove("status").unwrap_or_default(),
-        since: q.remove("since").unwrap_or_default(),
-        until: q.remove("until").unwrap_or_default(),
-        ..Default::default()
-    };
+    let mut rq = audit_filters(&mut q);
     let page = q
         .remove("page")
         .and_then(|p| p.parse::<u64>().ok())
         .unwrap_or(1)
         .max(1);
-    let shown = (rq.since.clone(), rq.until.clone());
-    rq.since = local_to_utc(&rq.since);
-    rq.until = local_to_utc(&rq.until);
     rq.limit = Some(AUDIT_PER_PAGE + 1);
     rq.offset = (page - 1).saturating_mul(u64::from(AUDIT_PER_PAGE));
     let mut chrome = Chrome::new(&admin, "audit");
@@ -1151,8 +1109,8 @@ async fn audit(
             chrome,
             f_tenant: rq.tenant.clone(),
             f_status: rq.status.clone(),
-            f_since: shown.0.trim_end_matches('Z').to_string(),
-            f_until: shown.1.trim_end_matches('Z').to_string(),
+            f_since: rq.since.trim_end_matches('Z').to_string(),
+            f_until: rq.until.trim_end_matches('Z').to_string(),
             status_options,
             requests: records.iter().map(req_row).collect(),
             page,
@@ -1194,13 +1152,7 @@ async fn audit_csv(
     _admin: Admin,
     Query(mut q): Query<HashMap<String, String>>,
 ) -> PageResult {
-    let mut rq = RequestQuery {
-        tenant: q.remove("tenant").unwrap_or_default(),
-        status: q.remove("status").unwrap_or_default(),
-        since: local_to_utc(&q.remove("since").unwrap_or_default()),
-        until: local_to_utc(&q.remove("until").unwrap_or_default()),
-        ..Default::default()
-    };
+    let mut rq = audit_filters(&mut q);
     rq.limit = Some(1000);
     let mut filter = rq
         .filter(1000)
@@ -1374,7 +1326,9 @@ async fn create_token(
         .await
     {
         Ok(new) => {
-            record(&state, &admin, "api_token.create", &new.token.name).await;
+            state
+                .record(&admin.actor(), "api_token.create", &new.token.name)
+                .await;
             Ok(render(
                 StatusCode::OK,
                 &SecretPage {
@@ -1409,7 +1363,9 @@ async fn revoke_token(
         .revoke_api_token(&id)
         .await
         .map_err(store_error)?;
-    record(&state, &admin, "api_token.revoke", &token.name).await;
+    state
+        .record(&admin.actor(), "api_token.revoke", &token.name)
+        .await;
     Ok(Redirect::to("/tokens?done=token-revoked").into_response())
 }
 

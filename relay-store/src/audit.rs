@@ -154,27 +154,12 @@ impl Store {
 
     /// The newest records (of one tenant, or all), at most `limit` (capped at 1000).
     pub async fn audit(&self, tenant: Option<&str>, limit: u32) -> Result<Vec<AuditRecord>, Error> {
-        let limit = i64::from(limit.min(1000));
-        let base = "SELECT request_id, tenant, target, method, path, status, outcome, bytes_in, bytes_out, \
-                    duration_ms, visitor, session_id, relay_node, created_at FROM audit_requests";
-        let rows = match tenant {
-            Some(t) => {
-                sqlx::query_as::<_, AuditRow>(&format!(
-                    "{base} WHERE tenant = $1 ORDER BY created_at DESC LIMIT $2"
-                ))
-                .bind(t.to_ascii_lowercase())
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query_as::<_, AuditRow>(&format!("{base} ORDER BY created_at DESC LIMIT $1"))
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
-        Ok(rows.into_iter().map(AuditRecord::from).collect())
+        self.audit_query(&AuditFilter {
+            tenant: tenant.map(str::to_string),
+            limit,
+            ..AuditFilter::default()
+        })
+        .await
     }
 
     /// The records `filter` selects, newest first.

@@ -42,6 +42,9 @@ struct Row {
     close_code: Option<String>,
 }
 
+const SELECT: &str = "SELECT id, tenant, relay_node, connector_id, connector_version, transport, \
+     remote_addr, connected_at, disconnected_at, close_code FROM connector_sessions";
+
 impl From<Row> for SessionRecord {
     fn from(r: Row) -> SessionRecord {
         SessionRecord {
@@ -106,29 +109,25 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Sessions not yet ended on any relay node (of one tenant, or all), newest first, at most
-    /// 1000.
-    pub async fn live_sessions(&self, tenant: Option<&str>) -> Result<Vec<SessionRecord>, Error> {
-        let base = "SELECT id, tenant, relay_node, connector_id, connector_version, transport, remote_addr, \
-             connected_at, disconnected_at, close_code FROM connector_sessions WHERE disconnected_at IS NULL";
-        let rows = match tenant {
-            Some(t) => {
-                sqlx::query_as::<_, Row>(&format!(
-                    "{base} AND tenant = $1 ORDER BY connected_at DESC, id DESC LIMIT 1000"
-                ))
-                .bind(t.to_ascii_lowercase())
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query_as::<_, Row>(&format!(
-                    "{base} ORDER BY connected_at DESC, id DESC LIMIT 1000"
-                ))
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
+    /// A tenant's sessions not yet ended, on any relay node, newest first (at most 1000).
+    pub async fn live_sessions(&self, tenant: &str) -> Result<Vec<SessionRecord>, Error> {
+        let rows = sqlx::query_as::<_, Row>(&format!(
+            "{SELECT} WHERE tenant = $1 AND disconnected_at IS NULL \
+             ORDER BY connected_at DESC, id DESC LIMIT 1000"
+        ))
+        .bind(tenant.to_ascii_lowercase())
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(SessionRecord::from).collect())
+    }
+
+    /// How many sessions are not yet ended, on every relay node.
+    pub async fn live_session_count(&self) -> Result<u64, Error> {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM connector_sessions WHERE disconnected_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     /// A tenant's sessions, newest first, at most `limit` (capped at 1000).
@@ -137,11 +136,9 @@ impl Store {
         tenant: &str,
         limit: u32,
     ) -> Result<Vec<SessionRecord>, Error> {
-        let rows = sqlx::query_as::<_, Row>(
-            "SELECT id, tenant, relay_node, connector_id, connector_version, transport, remote_addr, \
-             connected_at, disconnected_at, close_code FROM connector_sessions \
-             WHERE tenant = $1 ORDER BY connected_at DESC, id DESC LIMIT $2",
-        )
+        let rows = sqlx::query_as::<_, Row>(&format!(
+            "{SELECT} WHERE tenant = $1 ORDER BY connected_at DESC, id DESC LIMIT $2"
+        ))
         .bind(tenant.to_ascii_lowercase())
         .bind(i64::from(limit.min(1000)))
         .fetch_all(&self.pool)

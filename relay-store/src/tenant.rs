@@ -141,6 +141,18 @@ impl Store {
         Ok(rows.into_iter().map(Tenant::from).collect())
     }
 
+    /// How many tenants there are, and how many of them are enabled.
+    pub async fn tenant_counts(&self) -> Result<(u64, u64), Error> {
+        let (total, enabled): (i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), COUNT(CASE WHEN enabled = 1 THEN 1 END) FROM tenants")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((
+            u64::try_from(total).unwrap_or(0),
+            u64::try_from(enabled).unwrap_or(0),
+        ))
+    }
+
     /// One page of tenants by name whose name or display name contains `search`
     /// (case-insensitive; empty matches all), and how many match in all.
     pub async fn tenants_page(

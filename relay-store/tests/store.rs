@@ -129,6 +129,8 @@ async fn tenant_pages_search_literally(store: Store) {
     assert_eq!(store.tenants_page("%", 0, 10).await.unwrap().1, 0);
     assert_eq!(store.tenants_page("_", 0, 10).await.unwrap().1, 0);
     assert_eq!(store.tenants_page("", 0, 10).await.unwrap().1, 4);
+    store.set_tenant_enabled("x50", false).await.unwrap();
+    assert_eq!(store.tenant_counts().await.unwrap(), (4, 3));
     store
         .set_tenant_settings(
             "billing",
@@ -213,6 +215,11 @@ async fn session_history_opens_closes_and_recovers(store: Store) {
     assert_eq!(h[1].close_code.as_deref(), Some("relay_restarted"));
     assert!(h[0].disconnected_at.is_none());
     assert_eq!(h[0], record("s3", "n2", 30));
+    // Only s3 is still open, on any node.
+    assert_eq!(store.live_session_count().await.unwrap(), 1);
+    let live = store.live_sessions("Acme").await.unwrap();
+    assert_eq!(live, [record("s3", "n2", 30)]);
+    assert!(store.live_sessions("other").await.unwrap().is_empty());
 }
 
 async fn api_tokens_verify_only_while_active(store: Store) {

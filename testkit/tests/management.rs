@@ -715,6 +715,31 @@ async fn pages_need_a_session_and_same_origin_csrf_checked_changes() -> anyhow::
     assert_eq!(site.status, StatusCode::SEE_OTHER, "{}", site.text());
     assert_eq!(site.headers["location"], "/tenants/fromcsrf?done=created");
     assert!(relay.store.tenant("fromcsrf").await?.is_some());
+    // Deleting asks for the name; the wrong one deletes nothing.
+    let wrong = b
+        .post(
+            "/tenants/fromcsrf/delete",
+            &format!("csrf={}&confirm=acme", b.csrf),
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    assert!(relay.store.tenant("fromcsrf").await?.is_some());
+    let gone = b
+        .post(
+            "/tenants/fromcsrf/delete",
+            &format!("csrf={}&confirm=fromcsrf", b.csrf),
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(gone.status, StatusCode::SEE_OTHER);
+    assert_eq!(gone.headers["location"], "/tenants?done=deleted");
+    assert!(relay.store.tenant("fromcsrf").await?.is_none());
+    assert!(b
+        .get("/tenants?done=deleted")
+        .await?
+        .text()
+        .contains("Tenant deleted."));
 
     // The CSV export neutralises formulas.
     relay
