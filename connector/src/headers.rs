@@ -2,14 +2,11 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 
-/// Headers that describe one connection, never the message; `Proxy-*` are included because they
-/// carry credentials for a proxy on the way, never for the backend.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// Headers that describe one connection, never the message (every `Proxy-*` field is removed
+/// too, below: they are for a proxy on the way, never for the backend).
+const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,

@@ -324,8 +324,8 @@ impl Config {
             max_headers: l.max_headers.unwrap_or(100).clamp(1, 1000),
             max_uri_bytes: l.max_uri_bytes.unwrap_or(8192).clamp(256, 65_000),
             h2_max_concurrent_streams: l.h2_max_concurrent_streams.unwrap_or(100).clamp(1, 1000),
-            // RFC 9113 bounds: at least the default 65 535 would be safest for clients, but smaller
-            // windows bound memory; below 16 KiB transfers crawl.
+            // Windows bound what a visitor may send ahead; below 16 KiB uploads crawl, and RFC 9113
+            // caps them at 2^31 - 1.
             h2_stream_window_bytes: l
                 .h2_stream_window_bytes
                 .unwrap_or(64 * 1024)

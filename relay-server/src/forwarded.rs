@@ -3,7 +3,8 @@
 //!
 //! Only a peer inside `[routing] trusted_proxies` is believed; everyone else's `X-Forwarded-*`
 //! is replaced. The visitor address (audit log) is the rightmost `X-Forwarded-For` entry that is
-//! not itself a trusted proxy — the leftmost entries are whatever the client claimed.
+//! not itself a trusted proxy — the leftmost entries are whatever the client claimed. The same
+//! hops also make the RFC 7239 `Forwarded` header ([`header`]).
 
 use std::net::IpAddr;
 
@@ -97,8 +98,43 @@ pub fn client(list: &[Cidr], peer: IpAddr, chain: &[String]) -> IpAddr {
     client
 }
 
+/// RFC 7239 `Forwarded`: one element per hop of `chain` (the same hops as `X-Forwarded-For`),
+/// the last one with the protocol and host the relay (or its trusted proxy) was reached by.
+pub fn header(chain: &[String], proto: &str, host: Option<&str>) -> String {
+    let node = |addr: &str| match addr.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("for=\"[{v6}]\""),
+        Ok(ip) => format!("for={ip}"),
+        // Anything else from a trusted proxy's chain (obfuscated ids, "unknown") is quoted.
+        Err(_) => format!("for=\"{}\"", addr.replace(['"', '\\'], "")),
+    };
+    let mut elements: Vec<String> = chain.iter().map(|a| node(a)).collect();
+    if let Some(last) = elements.last_mut() {
+        last.push_str(&format!(";proto={proto}"));
+        if let Some(h) = host {
+            last.push_str(&format!(";host=\"{}\"", h.replace(['"', '\\'], "")));
+        }
+    }
+    elements.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn forwarded_names_every_hop_and_the_last_protocol_and_host() {
+        assert_eq!(
+            super::header(&["192.0.2.1".into()], "https", Some("relay.example:8443")),
+            "for=192.0.2.1;proto=https;host=\"relay.example:8443\""
+        );
+        assert_eq!(
+            super::header(&["2001:db8::1".into(), "10.0.0.2".into()], "http", None),
+            "for=\"[2001:db8::1]\", for=10.0.0.2;proto=http"
+        );
+        assert_eq!(
+            super::header(&["unknown\"x".into()], "http", Some("a\"b")),
+            "for=\"unknownx\";proto=http;host=\"ab\""
+        );
+    }
+
     use super::*;
 
     fn list(items: &[&str]) -> Vec<Cidr> {

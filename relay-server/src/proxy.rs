@@ -509,9 +509,9 @@ fn canonical_host(raw: &str) -> String {
 }
 
 /// The headers sent to the backend: hop-by-hop and relay-internal ones removed, then the
-/// forwarding headers set from what the relay itself saw (never appended to a visitor's).
-/// The headers sent to the backend. `forwarded_for` is the incoming `X-Forwarded-For` chain
-/// when the peer is a trusted proxy (its `X-Forwarded-Proto`/`-Host` are then kept too).
+/// forwarding headers set after stripping. `forwarded_for` is the incoming `X-Forwarded-For`
+/// chain when the peer is a trusted proxy (its `X-Forwarded-Proto`/`-Host` are then kept too);
+/// otherwise everything comes from what the relay itself saw.
 fn request_headers(
     mut headers: HeaderMap,
     uri: &http::Uri,
@@ -556,7 +556,7 @@ fn request_headers(
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     let proto = proto_in.unwrap_or(HeaderValue::from_static(scheme));
-    if let Ok(v) = HeaderValue::from_str(&forwarded(
+    if let Ok(v) = HeaderValue::from_str(&crate::forwarded::header(
         &chain,
         proto.to_str().unwrap_or(scheme),
         host.as_ref().and_then(|h| h.to_str().ok()),
@@ -576,25 +576,6 @@ fn request_headers(
         headers.insert(X_RELAY_REQUEST_ID.clone(), v);
     }
     headers
-}
-
-/// RFC 7239 `Forwarded`: one element per hop of `chain` (the same hops as `X-Forwarded-For`),
-/// the last one with the protocol and host the relay (or its trusted proxy) was reached by.
-fn forwarded(chain: &[String], proto: &str, host: Option<&str>) -> String {
-    let node = |addr: &str| match addr.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V6(v6)) => format!("for=\"[{v6}]\""),
-        Ok(ip) => format!("for={ip}"),
-        // Anything else from a trusted proxy's chain (obfuscated ids, "unknown") is quoted.
-        Err(_) => format!("for=\"{}\"", addr.replace(['"', '\\'], "")),
-    };
-    let mut elements: Vec<String> = chain.iter().map(|a| node(a)).collect();
-    if let Some(last) = elements.last_mut() {
-        last.push_str(&format!(";proto={proto}"));
-        if let Some(h) = host {
-            last.push_str(&format!(";host=\"{}\"", h.replace(['"', '\\'], "")));
-        }
-    }
-    elements.join(", ")
 }
 
 /// Streams the visitor's body into the tunnel, enforcing the size limit and the idle timeout.
@@ -669,22 +650,6 @@ async fn pump(
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn forwarded_names_every_hop_and_the_last_protocol_and_host() {
-        assert_eq!(
-            super::forwarded(&["192.0.2.1".into()], "https", Some("relay.example:8443")),
-            "for=192.0.2.1;proto=https;host=\"relay.example:8443\""
-        );
-        assert_eq!(
-            super::forwarded(&["2001:db8::1".into(), "10.0.0.2".into()], "http", None),
-            "for=\"[2001:db8::1]\", for=10.0.0.2;proto=http"
-        );
-        assert_eq!(
-            super::forwarded(&["unknown\"x".into()], "http", Some("a\"b")),
-            "for=\"unknownx\";proto=http;host=\"ab\""
-        );
-    }
-
     use super::*;
 
     #[test]

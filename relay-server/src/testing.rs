@@ -161,20 +161,24 @@ impl RelayHandle {
         self.store.create_tenant(name).await.expect("create tenant")
     }
 
+    /// The relay's secret hasher (its pepper from the data directory).
+    fn hasher(&self) -> SecretHasher {
+        let keys = Keys::load_or_create(self.dir.path()).expect("keys");
+        SecretHasher::new(&keys.pepper)
+    }
+
     /// Creates a credential for a tenant.
     pub async fn create_credential(&self, tenant: &str) -> NewCredential {
-        let keys = Keys::load_or_create(self.dir.path()).expect("keys");
         self.store
-            .create_credential(tenant, "test", &SecretHasher::new(&keys.pepper))
+            .create_credential(tenant, "test", &self.hasher())
             .await
             .expect("create credential")
     }
 
     /// Creates an admin API token (for `/api/v1` and `/metrics`); returns the bearer value.
     pub async fn api_token(&self, name: &str) -> String {
-        let keys = Keys::load_or_create(self.dir.path()).expect("keys");
         self.store
-            .create_api_token(name, &SecretHasher::new(&keys.pepper))
+            .create_api_token(name, &self.hasher())
             .await
             .expect("create API token")
             .value

@@ -279,52 +279,14 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bod
                 &format!("{len} {}", crate::hex(ctx.finish().as_ref())),
             )
         }
-        "/slow" => {
-            let s = shared.clone();
-            let stream = futures_util::stream::unfold(0u8, move |step| {
-                let s = s.clone();
-                async move {
-                    match step {
-                        0 => Some((
-                            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"first\n"))),
-                            1,
-                        )),
-                        1 => {
-                            let _ =
-                                tokio::time::timeout(Duration::from_secs(30), s.release.notified())
-                                    .await;
-                            Some((Ok(Frame::data(Bytes::from_static(b"second\n"))), 2))
-                        }
-                        _ => None,
-                    }
-                }
-            });
-            Response::new(BodyExt::boxed(StreamBody::new(stream)))
-        }
+        "/slow" => Response::new(two_parts(&shared, "first\n", "second\n")),
         "/sse" => {
             // Server-sent events: one event now, the next when the test releases the backend.
-            let s = shared.clone();
-            let stream = futures_util::stream::unfold(0u8, move |step| {
-                let s = s.clone();
-                async move {
-                    match step {
-                        0 => Some((
-                            Ok::<_, BoxError>(Frame::data(Bytes::from_static(
-                                b"event: tick\ndata: first\n\n",
-                            ))),
-                            1,
-                        )),
-                        1 => {
-                            let _ =
-                                tokio::time::timeout(Duration::from_secs(30), s.release.notified())
-                                    .await;
-                            Some((Ok(Frame::data(Bytes::from_static(b"data: second\n\n"))), 2))
-                        }
-                        _ => None,
-                    }
-                }
-            });
-            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            let mut resp = Response::new(two_parts(
+                &shared,
+                "event: tick\ndata: first\n\n",
+                "data: second\n\n",
+            ));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/event-stream"),
@@ -381,6 +343,29 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bod
             resp
         }
     }
+}
+
+/// A body that sends `first` at once and `second` when the test calls `release` (or after 30 s).
+fn two_parts(shared: &Arc<Shared>, first: &'static str, second: &'static str) -> Body {
+    let s = shared.clone();
+    let stream = futures_util::stream::unfold(0u8, move |step| {
+        let s = s.clone();
+        async move {
+            match step {
+                0 => Some((
+                    Ok::<_, BoxError>(Frame::data(Bytes::from_static(first.as_bytes()))),
+                    1,
+                )),
+                1 => {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(30), s.release.notified()).await;
+                    Some((Ok(Frame::data(Bytes::from_static(second.as_bytes()))), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    BodyExt::boxed(StreamBody::new(stream))
 }
 
 fn text(status: StatusCode, s: &str) -> Response<Body> {
