@@ -62,6 +62,20 @@ if [ -z "${MITMDUMP:-}" ] && ! have mitmdump && [ ! -x "$MITM_VENV/bin/mitmdump"
     "$MITM_VENV/bin/pip" install --quiet --disable-pip-version-check mitmproxy
 fi
 
+# The gRPC test runs real gRPC peers (grpcio from PyPI), in a venv under target/.
+GRPC_VENV=target/test-tools/grpc
+if [ -z "${GRPC_PYTHON:-}" ] && ! "$GRPC_VENV/bin/python" -c "import grpc" 2>/dev/null; then
+    echo "test.sh: installing grpcio into $GRPC_VENV"
+    have python3 || install_packages python3
+    rm -rf "$GRPC_VENV"
+    if ! python3 -m venv "$GRPC_VENV" 2>/dev/null; then
+        rm -rf "$GRPC_VENV"
+        install_packages python3-venv
+        python3 -m venv "$GRPC_VENV"
+    fi
+    "$GRPC_VENV/bin/pip" install --quiet --disable-pip-version-check "grpcio==1.85.1"
+fi
+
 # playwright-core (npm, pinned by package-lock.json) drives Chromium in the browser test.
 if [ ! -d testkit/browser/node_modules/playwright-core ]; then
     echo "test.sh: installing playwright-core into testkit/browser/node_modules"
@@ -78,5 +92,5 @@ if [ $# -eq 0 ]; then
     echo "test.sh: end-to-end suites again over TLS/TCP sessions"
     CONNECTOR_TRANSPORT=tcp cargo test --locked -p testkit \
         --test tunnel --test auth --test processes --test hostnames --test audit --test smuggling \
-        --test management --test browser
+        --test management --test browser --test grpc
 fi

@@ -105,6 +105,31 @@ impl FramedRecv {
         }
     }
 
+    /// Whether the stream ends here: `true` once the peer's FIN arrives with no byte after what
+    /// was already decoded, `false` as soon as any byte of another frame is there. Nothing is
+    /// consumed. Cancel safe.
+    pub async fn at_end(&mut self) -> Result<bool, RecvError> {
+        std::future::poll_fn(|cx| loop {
+            if !self.buf.is_empty() {
+                return Poll::Ready(Ok(false));
+            }
+            if self.done {
+                return Poll::Ready(Ok(true));
+            }
+            self.buf.reserve(READ_CHUNK);
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut self.io),
+                cx,
+                &mut self.buf
+            ))
+            .map_err(RecvError::from_io)?;
+            if n == 0 {
+                self.done = true;
+            }
+        })
+        .await
+    }
+
     /// The next frame; `Ok(None)` at a clean end of stream. Cancel safe.
     pub async fn next(&mut self) -> Result<Option<StreamFrame>, RecvError> {
         std::future::poll_fn(|cx| self.poll_frame(cx)).await

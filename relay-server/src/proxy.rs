@@ -372,8 +372,19 @@ async fn proxy(
                     return Ok(response);
                 }
             }
+            // gRPC's Trailers-Only answer (the status in the head, no body) must reach the visitor
+            // as one HEADERS frame with END_STREAM: given the status in the head and then an empty
+            // DATA frame, clients report a broken stream instead of the status. The connector
+            // sends the FIN right behind such a head, so wait for it (at most the idle timeout).
+            let mut size = None;
+            if headers.contains_key("grpc-status") {
+                let ended = tokio::time::timeout(limits.stream_idle_timeout, recv.at_end()).await;
+                if let Ok(Ok(true)) = ended {
+                    size = Some(0);
+                }
+            }
             let body = Metered::new(
-                TunnelBody::new(recv, None, guard).with_idle_timeout(limits.stream_idle_timeout),
+                TunnelBody::new(recv, size, guard).with_idle_timeout(limits.stream_idle_timeout),
                 tenant_counters,
             );
             let mut response = Response::new(Either::Right(body));
