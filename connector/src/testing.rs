@@ -106,54 +106,39 @@ pub fn connector(server: &str, tenant: &str, secret: &str) -> Builder {
 
 impl Builder {
     /// Adds a target.
-    pub fn target(mut self, name: &str, url: &str) -> Self {
-        self.file.targets.insert(
-            name.to_string(),
-            TargetFile {
-                url: url.to_string(),
-                ..TargetFile::default()
-            },
-        );
+    pub fn target(self, name: &str, url: &str) -> Self {
+        self.target_with(name, url, |_| {})
+    }
+
+    /// Adds a target with the options `options` sets (CA file, insecure, HTTP/2, …).
+    pub fn target_with(
+        mut self,
+        name: &str,
+        url: &str,
+        options: impl FnOnce(&mut TargetFile),
+    ) -> Self {
+        let mut target = TargetFile {
+            url: url.to_string(),
+            ..TargetFile::default()
+        };
+        options(&mut target);
+        self.file.targets.insert(name.to_string(), target);
         self
     }
 
     /// Adds a target with a timeout.
-    pub fn target_with_timeout(mut self, name: &str, url: &str, timeout: Duration) -> Self {
-        self.file.targets.insert(
-            name.to_string(),
-            TargetFile {
-                url: url.to_string(),
-                timeout: Some(timeout),
-                ..TargetFile::default()
-            },
-        );
-        self
+    pub fn target_with_timeout(self, name: &str, url: &str, timeout: Duration) -> Self {
+        self.target_with(name, url, |t| t.timeout = Some(timeout))
     }
 
     /// Adds a target spoken to with HTTP/2 (h2c for `http://`).
-    pub fn target_http2(mut self, name: &str, url: &str) -> Self {
-        self.file.targets.insert(
-            name.to_string(),
-            TargetFile {
-                url: url.to_string(),
-                http2: true,
-                ..TargetFile::default()
-            },
-        );
-        self
+    pub fn target_http2(self, name: &str, url: &str) -> Self {
+        self.target_with(name, url, |t| t.http2 = true)
     }
 
     /// Adds a target that receives the visitor's Host.
-    pub fn target_preserving_host(mut self, name: &str, url: &str) -> Self {
-        self.file.targets.insert(
-            name.to_string(),
-            TargetFile {
-                url: url.to_string(),
-                preserve_host: true,
-                ..TargetFile::default()
-            },
-        );
-        self
+    pub fn target_preserving_host(self, name: &str, url: &str) -> Self {
+        self.target_with(name, url, |t| t.preserve_host = true)
     }
 
     /// Trusts this CA for the relay.

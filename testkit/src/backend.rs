@@ -43,6 +43,8 @@ pub struct Seen {
     pub path: String,
     /// Headers.
     pub headers: HeaderMap,
+    /// HTTP version (over TLS: what ALPN chose).
+    pub version: http::Version,
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +61,7 @@ pub struct Backend {
     addr: SocketAddr,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
+    tls: Option<(std::path::PathBuf, tempfile::TempDir)>,
 }
 
 impl Backend {
@@ -69,6 +72,47 @@ impl Backend {
 
     /// Starts on `addr` (e.g. a veth address a network namespace can reach).
     pub async fn spawn_on(addr: std::net::SocketAddr) -> Backend {
+        Backend::start(addr, None).await
+    }
+
+    /// Starts on `127.0.0.1:0` behind TLS (ALPN `h2` and `http/1.1`) with a certificate for
+    /// `localhost` only, issued by a CA made for this backend ([`Backend::ca_cert`]); its URL is
+    /// `https://localhost:PORT`.
+    pub async fn spawn_tls() -> Backend {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "testkit backend CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA cert");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .and_then(|p| p.signed_by(&key, &ca))
+            .expect("leaf cert");
+        let ca_path = dir.path().join("backend-ca.pem");
+        std::fs::write(&ca_path, ca.pem()).expect("write CA");
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("TLS config");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let mut backend =
+            Backend::start("127.0.0.1:0".parse().expect("literal"), Some(acceptor)).await;
+        backend.tls = Some((ca_path, dir));
+        backend
+    }
+
+    async fn start(addr: SocketAddr, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
         let listener = TcpListener::bind(addr).await.expect("bind backend");
         let addr = listener.local_addr().expect("addr");
         let shared = Arc::new(Shared::default());
@@ -79,24 +123,56 @@ impl Backend {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let s = s.clone();
+                let (s, tls) = (s.clone(), tls.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let s = s.clone();
                         async move { Ok::<_, Infallible>(handle(s, req).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(Ok(stream)) = tokio::time::timeout(
+                                Duration::from_secs(10),
+                                acceptor.accept(stream),
+                            )
+                            .await
+                            else {
+                                return;
+                            };
+                            let _ = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
         });
-        Backend { addr, shared, task }
+        Backend {
+            addr,
+            shared,
+            task,
+            tls: None,
+        }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// The CA that issued a TLS backend's certificate (PEM).
+    pub fn ca_cert(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().map(|(path, _)| path.as_path())
+    }
+
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` for a TLS backend.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.tls {
+            None => format!("http://{}", self.addr),
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+        }
     }
 
     /// The address.
@@ -193,6 +269,7 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bod
             method: req.method().to_string(),
             path: path.clone(),
             headers: req.headers().clone(),
+            version: req.version(),
         });
     }
     let p = req.uri().path().to_string();

@@ -1106,3 +1106,64 @@ async fn expect_100_continue_gets_its_interim_answer_before_the_body() -> anyhow
     assert!(answer.contains("hello"), "the echoed body: {answer:?}");
     relay.stop().await
 }
+
+/// Backends behind TLS: trusted through an extra CA file, refused (502, nothing reaches the
+/// backend) on the system roots alone or under a name the certificate lacks, accepted unverified
+/// only with `insecure`, and spoken to over HTTP/2 when the target asks for it (ALPN `h2`).
+#[tokio::test]
+async fn tls_backends_are_verified_unless_a_target_says_otherwise() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay().spawn().await;
+    let cred = relay.provision("acme").await;
+    let backend = Backend::spawn_tls().await;
+    let ca = backend.ca_cert().expect("TLS backend").to_path_buf();
+    let by_ip = format!("https://127.0.0.1:{}", backend.addr().port());
+    let mut conn = connector(&relay.server(), "acme", &cred.secret)
+        .ca_cert(relay.ca_cert())
+        .target_with("trusted", &backend.url(), |t| t.ca_cert = Some(ca.clone()))
+        .target_with("h2", &backend.url(), |t| {
+            t.ca_cert = Some(ca.clone());
+            t.http2 = true;
+        })
+        .target("system-roots", &backend.url())
+        .target_with("wrong-name", &by_ip, |t| t.ca_cert = Some(ca.clone()))
+        .target_with("insecure", &by_ip, |t| t.insecure = true)
+        .spawn();
+    conn.connected().await;
+    let client = Client::new(&relay.ca_cert());
+    let cases = [
+        ("trusted", Some(http::Version::HTTP_11)),
+        ("h2", Some(http::Version::HTTP_2)),
+        ("system-roots", None),
+        ("wrong-name", None),
+        ("insecure", Some(http::Version::HTTP_11)),
+    ];
+    for (target, served) in cases {
+        let before = backend.requests();
+        let a = client
+            .request(
+                "POST",
+                &relay.url(&format!("/relay/acme/{target}/echo")),
+                Bytes::from_static(b"over tls"),
+            )
+            .await?;
+        match served {
+            Some(version) => {
+                assert_eq!(a.status, StatusCode::OK, "target {target}");
+                assert_eq!(a.text(), "over tls", "target {target}");
+                let seen = backend.seen().pop().expect("seen");
+                assert_eq!(seen.version, version, "target {target}");
+                assert_eq!(backend.requests(), before + 1, "target {target}");
+            }
+            None => {
+                assert_eq!(a.status, StatusCode::BAD_GATEWAY, "target {target}");
+                assert_eq!(
+                    backend.requests(),
+                    before,
+                    "target {target} reached the backend"
+                );
+            }
+        }
+    }
+    relay.stop().await
+}
