@@ -1,4 +1,5 @@
-//! A backend that records what it receives and answers by path:
+//! A backend that records what it receives (the parsed requests, and the raw bytes) and answers
+//! by path:
 //!
 //! | path | answer |
 //! |---|---|
@@ -52,7 +53,60 @@ struct Shared {
     requests: AtomicU64,
     active_streams: AtomicI64,
     seen: Mutex<Vec<Seen>>,
+    raw: Mutex<Vec<u8>>,
     release: Notify,
+}
+
+/// Most raw bytes a backend keeps ([`Backend::raw`]); later bytes are not recorded.
+const RAW_CAP: usize = 4 << 20;
+
+/// A connection whose received bytes are appended to the backend's raw record, as read.
+struct Recording {
+    inner: tokio::net::TcpStream,
+    shared: Arc<Shared>,
+}
+
+impl tokio::io::AsyncRead for Recording {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        let new = &buf.filled()[before..];
+        if !new.is_empty() {
+            let mut raw = this.shared.raw.lock().unwrap_or_else(|p| p.into_inner());
+            let room = RAW_CAP.saturating_sub(raw.len());
+            raw.extend_from_slice(&new[..new.len().min(room)]);
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Recording {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// A running backend; it stops when dropped.
@@ -124,6 +178,10 @@ impl Backend {
                 };
                 let _ = stream.set_nodelay(true);
                 let (s, tls) = (s.clone(), tls.clone());
+                let stream = Recording {
+                    inner: stream,
+                    shared: s.clone(),
+                };
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let s = s.clone();
@@ -194,6 +252,16 @@ impl Backend {
     pub fn seen(&self) -> Vec<Seen> {
         self.shared
             .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Every byte received on every connection so far, in arrival order (TLS backends: the
+    /// encrypted bytes), up to the first 4 MiB.
+    pub fn raw(&self) -> Vec<u8> {
+        self.shared
+            .raw
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()

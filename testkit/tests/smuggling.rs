@@ -14,6 +14,8 @@ struct Vector {
     name: String,
     expect: String,
     max_backend: u64,
+    /// What the backend's raw bytes for this vector must (`true`) or must not contain.
+    raw: Vec<(bool, Vec<u8>)>,
     bytes: Vec<u8>,
 }
 
@@ -29,6 +31,19 @@ fn corpus() -> Vec<Vector> {
             name: parts[0].to_string(),
             expect: parts[1].to_string(),
             max_backend: parts[2].parse().unwrap(),
+            raw: parts
+                .get(3)
+                .map(|checks| {
+                    checks
+                        .split(" ; ")
+                        .map(|c| match c.trim().split_once(' ') {
+                            Some(("has", s)) => (true, unescape(s)),
+                            Some(("lacks", s)) => (false, unescape(s)),
+                            _ => panic!("{}: bad raw check {c:?}", parts[0]),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             bytes: unescape(raw),
         });
     }
@@ -71,7 +86,7 @@ async fn framing_corpus() {
     let addr = relay.http_addr.unwrap();
     let mut failures = Vec::new();
     for v in corpus() {
-        let before = backend.requests();
+        let (before, raw_before) = (backend.requests(), backend.raw().len());
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         let _ = s.write_all(&v.bytes).await;
         let mut got = Vec::new();
@@ -87,6 +102,19 @@ async fn framing_corpus() {
         // Let the backend finish recording whatever reached it.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let seen = backend.requests() - before;
+        let raw = backend.raw().split_off(raw_before);
+        for (want, s) in &v.raw {
+            let has = raw.windows(s.len()).any(|w| w == s.as_slice());
+            if has != *want {
+                failures.push(format!(
+                    "{}: backend bytes {} {:?}: {:?}",
+                    v.name,
+                    if *want { "lack" } else { "contain" },
+                    String::from_utf8_lossy(s),
+                    String::from_utf8_lossy(&raw)
+                ));
+            }
+        }
         let (want, must_close) = match v.expect.strip_suffix("+close") {
             Some(w) => (w, true),
             None => (v.expect.as_str(), false),
