@@ -47,6 +47,8 @@ pub(crate) enum ProxyError {
     NotFound,
     #[error("connector did not send a response head within {0:?}")]
     ResponseTimeout(Duration),
+    #[error("request head not complete within {0:?}")]
+    HeadTimeout(Duration),
     #[error("too many request header fields")]
     TooManyHeaders,
     #[error("request target longer than {0} bytes")]
@@ -75,6 +77,7 @@ impl ProxyError {
             Self::NoSession => (Blame::Connector, StatusCode::SERVICE_UNAVAILABLE),
             Self::NotFound => (Blame::Visitor, StatusCode::NOT_FOUND),
             Self::ResponseTimeout(_) => (Blame::Connector, StatusCode::GATEWAY_TIMEOUT),
+            Self::HeadTimeout(_) => (Blame::Visitor, StatusCode::REQUEST_TIMEOUT),
             Self::TooManyHeaders => (Blame::Visitor, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
             Self::UriTooLong(_) => (Blame::Visitor, StatusCode::URI_TOO_LONG),
             Self::TooManyStreams => (Blame::Visitor, StatusCode::TOO_MANY_REQUESTS),
@@ -97,6 +100,7 @@ impl ProxyError {
             Self::Misdirected => "this connection cannot serve that host",
             Self::NoSession => "no connector is online for this tenant",
             Self::NotFound | Self::UnknownTenant => "not found",
+            Self::HeadTimeout(_) => "the request head did not arrive in time",
             Self::TooManyHeaders => "too many request header fields",
             Self::UriTooLong(_) => "the request URI is too long",
             Self::TooManyStreams => "too many requests in flight for this tenant",
@@ -128,6 +132,11 @@ impl ProxyError {
 
 /// The one place a failed request becomes a response: log once, say little.
 pub(crate) fn error_response(err: &ProxyError, request_id: &str) -> Response<Full<Bytes>> {
+    error_message(err, request_id).map(Full::new)
+}
+
+/// [`error_response`] with its body as bytes.
+pub(crate) fn error_message(err: &ProxyError, request_id: &str) -> Response<Bytes> {
     let (blame, status) = err.outcome();
     match blame {
         // Every request to a tenant without a connector would warn: the session's own log lines
@@ -146,13 +155,16 @@ pub(crate) fn error_response(err: &ProxyError, request_id: &str) -> Response<Ful
         "detail": err.detail(),
         "request_id": request_id,
     });
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut resp = Response::new(Bytes::from(body.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
-    if matches!(err, ProxyError::ConflictingFraming | ProxyError::BadBody) {
+    if matches!(
+        err,
+        ProxyError::ConflictingFraming | ProxyError::BadBody | ProxyError::HeadTimeout(_)
+    ) {
         // The rest of the connection's bytes cannot be trusted to frame the next request.
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::head_timeout::{self, ConnState, Tracked, Watched};
 use crate::proxy::Visitor;
 use crate::Relay;
 
@@ -221,14 +222,29 @@ async fn serve_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = visitor.peer;
+    let header_read_timeout = relay.config.limits.header_read_timeout;
     let visitor = Arc::new(visitor);
+    let state = Arc::new(ConnState::default());
+    let (stream, slot) = Watched::new(stream, state.clone(), header_read_timeout);
+    let requests = state.clone();
     let service = service_fn(move |req| {
         let relay = relay.clone();
         let visitor = visitor.clone();
-        async move { Ok::<_, Infallible>(crate::proxy::handle(relay, req, visitor).await) }
+        let active = requests.request();
+        async move {
+            let response = crate::proxy::handle(relay, req, visitor).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, active)))
+        }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        debug!(%peer, error = %e, "visitor connection ended with an error");
+    let timed_out = match watcher.watch(conn.into_owned()).await {
+        Ok(()) => false,
+        Err(e) => {
+            debug!(%peer, error = %e, "visitor connection ended with an error");
+            head_timeout::is_head_timeout(&*e)
+        }
+    };
+    if timed_out {
+        head_timeout::answer(&state, &slot, header_read_timeout).await;
     }
 }

@@ -23,6 +23,7 @@ pub mod config;
 mod echo;
 mod error;
 pub mod forwarded;
+mod head_timeout;
 mod ingress;
 pub mod keys;
 mod metrics;

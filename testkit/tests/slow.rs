@@ -134,3 +134,53 @@ async fn slow_post_is_cut_by_the_body_idle_timeout() -> anyhow::Result<()> {
     assert_eq!(s.backend.active_streams(), 0);
     s.relay.stop().await
 }
+
+/// A request head that does not complete within `limits.header_read_timeout` gets `408` and the
+/// connection closes; a connection with no request begun (new or kept alive) is closed quietly.
+#[tokio::test]
+async fn an_unfinished_request_head_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = setup(relay().configure(|f| {
+        f.limits.header_read_timeout = Some(Duration::from_secs(1));
+    }))
+    .await;
+    let addr = s.relay.http_addr.unwrap();
+    let read_all = |mut c: tokio::net::TcpStream| async move {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got))
+            .await
+            .expect("the relay closes the connection")
+            .expect("read");
+        String::from_utf8_lossy(&got).to_string()
+    };
+
+    // Half a head: 408, closed.
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GET /relay/acme/app/x HTTP/1.1\r\nHost: a\r\nX-Slow: 1")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let answer = read_all(c).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(answer.contains("\"status\":408"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // Nothing sent: closed without a word.
+    let c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert_eq!(read_all(c).await, "");
+
+    // One complete request, then idle on keep-alive: its answer, then a quiet close.
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"POST /relay/acme/app/x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+        .await
+        .unwrap();
+    let answer = read_all(c).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n2\r\nhi\r\n0\r\n\r\n"), "{answer}");
+    assert!(!answer.contains("408"), "{answer}");
+    assert_eq!(s.backend.requests(), 1);
+}
