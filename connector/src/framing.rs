@@ -178,6 +178,19 @@ impl FramedSend {
         self.io.write_all(&self.buf).await
     }
 
+    /// Writes frames already encoded (several at once leave in one write). Waits for flow
+    /// control.
+    pub async fn send_encoded(&mut self, frames: &[u8]) -> io::Result<()> {
+        self.io.write_all(frames).await
+    }
+
+    /// Writes one non-data frame and ends the stream: both leave together.
+    pub async fn send_last(&mut self, frame: &StreamFrame) -> io::Result<()> {
+        self.send(frame).await?;
+        self.finish();
+        Ok(())
+    }
+
     /// Writes body bytes as data frames without copying them. Waits for flow control.
     pub async fn send_data(&mut self, mut data: Bytes) -> io::Result<()> {
         while !data.is_empty() {

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::header::{HeaderValue, CONTENT_LENGTH};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -165,8 +166,53 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
         .await;
         return;
     }
-    if send.send(&head).await.is_err() {
+    // A small answer leaves in one write: the head, the body frames already at hand (a short
+    // body usually arrives with its head) and, when the body has ended, the FIN.
+    let mut ended = false;
+    let mut large = None;
+    if on_upgrade.is_none() {
+        while encoded.len() < COALESCE_BYTES {
+            match body.frame().now_or_never() {
+                Some(None) => {
+                    ended = true;
+                    break;
+                }
+                Some(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if encoded.len() + data.len() <= COALESCE_BYTES => {
+                        StreamFrame::Data(data).encode(&mut encoded)
+                    }
+                    // Large chunks are not copied: they follow in their own write.
+                    Ok(data) => {
+                        large = Some(data);
+                        break;
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            StreamFrame::Trailers(trailers).encode(&mut encoded);
+                        }
+                    }
+                },
+                Some(Some(Err(e))) => {
+                    warn!(error = %e, "backend body failed mid-stream");
+                    let _ = send.send_encoded(&encoded).await;
+                    send.reset(ErrorCode::BACKEND_ABORTED);
+                    return;
+                }
+                None => break,
+            }
+        }
+    }
+    if send.send_encoded(&encoded).await.is_err() {
         return;
+    }
+    if ended {
+        send.finish();
+        return;
+    }
+    if let Some(data) = large {
+        if send.send_data(data).await.is_err() {
+            return;
+        }
     }
     if let (Some(on_upgrade), Some(recv)) = (on_upgrade, upgrade_recv) {
         match on_upgrade.await {
@@ -208,6 +254,9 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
         }
     }
 }
+
+/// Most bytes of body gathered behind a response head for its first write.
+const COALESCE_BYTES: usize = 16 * 1024;
 
 async fn fail(send: &mut FramedSend, code: ErrorCode, message: &str) {
     let frame = StreamFrame::Error(StreamError {

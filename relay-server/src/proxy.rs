@@ -294,7 +294,15 @@ async fn proxy(
         headers,
         content_length,
     });
-    if send.send(&head).await.is_err() {
+    // A request without a body (most GETs) is complete with its head: head and FIN leave in one
+    // write, and no body task is needed.
+    let bodiless = on_upgrade.is_none() && body.is_end_stream();
+    let sent = if bodiless {
+        send.send_last(&head).await
+    } else {
+        send.send(&head).await
+    };
+    if sent.is_err() {
         return Err(ProxyError::Connector(
             "stream failed while sending the request head".into(),
         ));
@@ -307,6 +315,9 @@ async fn proxy(
     match on_upgrade {
         Some(_) => {
             upgrade_send = Some(send);
+            let _ = pump_tx.send(Ok(()));
+        }
+        None if bodiless => {
             let _ = pump_tx.send(Ok(()));
         }
         None => {
