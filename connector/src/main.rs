@@ -8,11 +8,6 @@ use connector::layered::{ConfigError, ProcessEnv, EXIT_CONFIG};
 use connector::{Config, Connector};
 use tokio_util::sync::CancellationToken;
 
-/// glibc's malloc took ~10 % of the request path's CPU (perf, bench/profile.py); mimalloc's
-/// per-thread free lists cost a fraction of that.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The on-premises agent of the relay tunnel: dials out to the relay and forwards its requests to
 /// local backends. Settings come from --config FILE, CONNECTOR_* variables and these flags.
 #[derive(Parser, Debug)]

@@ -7,11 +7,6 @@ use connector::layered::{ProcessEnv, EXIT_CONFIG};
 use relay_server::cli::{Cli, Command, ListenArgs};
 use tokio_util::sync::CancellationToken;
 
-/// glibc's malloc took ~10 % of the request path's CPU (perf, bench/profile.py); mimalloc's
-/// per-thread free lists cost a fraction of that.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     connector::process::init_tracing(&cli.log_format, "info,quinn=warn,rustls=warn,sqlx=warn");
