@@ -92,17 +92,23 @@ impl FramedRecv {
                     Err(RecvError::Truncated)
                 });
             }
-            self.buf.reserve(READ_CHUNK);
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut self.io),
-                cx,
-                &mut self.buf
-            ))
-            .map_err(RecvError::from_io)?;
-            if n == 0 {
-                self.done = true;
-            }
+            ready!(self.poll_fill(cx))?;
         }
+    }
+
+    /// Reads more bytes into the buffer; at the end of the stream, marks it done.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RecvError>> {
+        self.buf.reserve(READ_CHUNK);
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))
+        .map_err(RecvError::from_io)?;
+        if n == 0 {
+            self.done = true;
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Whether the stream ends here: `true` once the peer's FIN arrives with no byte after what
@@ -116,16 +122,7 @@ impl FramedRecv {
             if self.done {
                 return Poll::Ready(Ok(true));
             }
-            self.buf.reserve(READ_CHUNK);
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut self.io),
-                cx,
-                &mut self.buf
-            ))
-            .map_err(RecvError::from_io)?;
-            if n == 0 {
-                self.done = true;
-            }
+            ready!(self.poll_fill(cx))?;
         })
         .await
     }

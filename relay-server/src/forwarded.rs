@@ -119,23 +119,23 @@ pub fn header(chain: &[String], proto: &str, host: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn forwarded_names_every_hop_and_the_last_protocol_and_host() {
         assert_eq!(
-            super::header(&["192.0.2.1".into()], "https", Some("relay.example:8443")),
+            header(&["192.0.2.1".into()], "https", Some("relay.example:8443")),
             "for=192.0.2.1;proto=https;host=\"relay.example:8443\""
         );
         assert_eq!(
-            super::header(&["2001:db8::1".into(), "10.0.0.2".into()], "http", None),
+            header(&["2001:db8::1".into(), "10.0.0.2".into()], "http", None),
             "for=\"[2001:db8::1]\", for=10.0.0.2;proto=http"
         );
         assert_eq!(
-            super::header(&["unknown\"x".into()], "http", Some("a\"b")),
+            header(&["unknown\"x".into()], "http", Some("a\"b")),
             "for=\"unknownx\";proto=http;host=\"ab\""
         );
     }
-
-    use super::*;
 
     fn list(items: &[&str]) -> Vec<Cidr> {
         items.iter().map(|s| Cidr::parse(s).unwrap()).collect()

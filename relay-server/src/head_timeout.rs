@@ -221,12 +221,12 @@ pub(crate) async fn answer<S: AsyncWrite + Unpin>(
     state: &ConnState,
     slot: &Slot<S>,
     limit: Duration,
-) -> bool {
+) {
     if !state.pending.load(Ordering::Relaxed) {
-        return false;
+        return;
     }
     let Some(mut stream) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-        return false;
+        return;
     };
     let request_id = uuid::Uuid::now_v7().simple().to_string();
     let response = error_message(&ProxyError::HeadTimeout(limit), &request_id);
@@ -236,7 +236,6 @@ pub(crate) async fn answer<S: AsyncWrite + Unpin>(
         stream.shutdown().await
     })
     .await;
-    true
 }
 
 /// An HTTP/1.1 response with its body, as bytes, closing the connection.

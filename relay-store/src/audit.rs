@@ -114,27 +114,17 @@ impl Store {
             Backend::Sqlite => 8,
             Backend::Postgres => 50,
         };
+        let full = insert_audit_sql(rows);
         let mut tx = self.pool.begin().await?;
         for chunk in records.chunks(rows) {
-            let mut sql = String::from(
-                "INSERT INTO audit_requests (request_id, tenant, target, method, path, status, outcome, \
-                 bytes_in, bytes_out, duration_ms, visitor, session_id, relay_node, created_at) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let n = i * 14;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push('(');
-                for k in 1..=14 {
-                    if k > 1 {
-                        sql.push_str(", ");
-                    }
-                    sql.push_str(&format!("${}", n + k));
-                }
-                sql.push(')');
-            }
-            let mut q = sqlx::query(&sql);
+            let partial;
+            let sql = if chunk.len() == rows {
+                &full
+            } else {
+                partial = insert_audit_sql(chunk.len());
+                &partial
+            };
+            let mut q = sqlx::query(sql);
             for r in chunk {
                 q = q
                     .bind(&r.request_id)
@@ -252,4 +242,26 @@ impl Store {
             .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// `INSERT INTO audit_requests … VALUES ($1, …), …` for `rows` rows of 14 parameters.
+fn insert_audit_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO audit_requests (request_id, tenant, target, method, path, status, outcome, \
+         bytes_in, bytes_out, duration_ms, visitor, session_id, relay_node, created_at) VALUES ",
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for k in 1..=14 {
+            if k > 1 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", i * 14 + k));
+        }
+        sql.push(')');
+    }
+    sql
 }
