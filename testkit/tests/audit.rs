@@ -9,6 +9,8 @@ use http_body_util::BodyExt;
 use relay_server::testing::relay;
 use testkit::{trace_init, Backend, Client};
 
+mod common;
+
 fn request_id(headers: &http::HeaderMap) -> String {
     headers["x-relay-request-id"]
         .to_str()
@@ -20,14 +22,12 @@ fn request_id(headers: &http::HeaderMap) -> String {
 async fn every_request_gets_a_record_with_its_outcome() -> anyhow::Result<()> {
     trace_init();
     let relay = relay().spawn().await;
-    let cred = relay.provision("acme").await;
     let backend = Backend::spawn().await;
-    let mut conn = connector(&relay.server(), "acme", &cred.secret)
-        .ca_cert(relay.ca_cert())
-        .target("app", &backend.url())
-        .target("down", "http://127.0.0.1:1")
-        .spawn();
-    conn.connected().await;
+    let _conn = common::connect(&relay, "acme", |c| {
+        c.target("app", &backend.url())
+            .target("down", "http://127.0.0.1:1")
+    })
+    .await;
     let session_id = relay.view.sessions("acme")[0].id.clone();
     let client = Client::new(&relay.ca_cert());
 

@@ -1,58 +1,20 @@
 //! Connector authentication against a real relay: secrets, tokens, revocation, refusals.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
-use connector::control::ControlStream;
 use connector::testing::connector;
 use http_body_util::BodyExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use quinn::crypto::rustls::QuicClientConfig;
 use relay_server::testing::{relay, RelayHandle};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use testkit::{trace_init, Backend};
-use tunnel_protocol::{ControlFrame, Credential, ErrorCode, Hello};
+use tunnel_protocol::{ControlFrame, Credential, ErrorCode};
 
-/// A bare protocol client: QUIC to the relay, `Hello`, and the relay's first answer.
+mod common;
+
+/// The relay's first answer to a bare protocol client's `Hello`.
 async fn hello(relay: &RelayHandle, tenant: &str, credential: Credential) -> ControlFrame {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(relay.ca_cert()).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![tunnel_protocol::ALPN.to_vec()];
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(tls).unwrap(),
-    )));
-    let conn = endpoint
-        .connect(relay.addr, "localhost")
-        .unwrap()
-        .await
-        .unwrap();
-    let (send, recv) = conn.open_bi().await.unwrap();
-    let mut control = ControlStream::new(send, recv);
-    control
-        .send(&ControlFrame::Hello(Hello {
-            tenant: tenant.into(),
-            credential,
-            connector_version: "test".into(),
-            connector_id: "test".into(),
-            targets: vec![],
-        }))
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), control.next())
-        .await
-        .expect("an answer")
-        .expect("a frame")
+    common::hello(relay, tenant, credential, &[]).await.2
 }
 
 fn refused_code(frame: &ControlFrame) -> ErrorCode {

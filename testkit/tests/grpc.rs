@@ -12,6 +12,8 @@ use relay_server::testing::relay;
 use testkit::process::ChildGuard;
 use testkit::trace_init;
 
+mod common;
+
 const INSTALL_HINT: &str = "python with grpcio not found: run scripts/test.sh (it installs grpcio \
                             from PyPI into target/test-tools/grpc), or set GRPC_PYTHON";
 
@@ -32,14 +34,7 @@ fn peer() -> Command {
 async fn grpc_calls_of_every_kind_pass_through_the_tunnel() {
     trace_init();
     let certs = tempfile::tempdir().unwrap();
-    let c = rcgen::generate_simple_self_signed(vec![
-        "localhost".to_string(),
-        "*.acme.tunnel.test".to_string(),
-    ])
-    .unwrap();
-    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
-    std::fs::write(&cert, c.cert.pem()).unwrap();
-    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+    let (cert, key) = common::certificate(certs.path(), &["localhost", "*.acme.tunnel.test"]);
 
     // The gRPC server: h2c on a loopback port it prints.
     let mut child = peer()

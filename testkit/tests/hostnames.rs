@@ -1,8 +1,6 @@
 //! Hostname routing over real TLS with SNI: tenant hostnames, the wildcard base domain, SNI/Host
 //! mismatch, and that a hostname route never reaches another tenant.
 
-use std::path::PathBuf;
-
 use bytes::Bytes;
 use connector::testing::connector;
 use http::StatusCode;
@@ -10,21 +8,7 @@ use http_body_util::BodyExt;
 use relay_server::testing::{relay, RelayHandle};
 use testkit::{trace_init, Backend, Client};
 
-/// A certificate for the test names, written next to the relay's data (rcgen, made per run).
-fn certificate(dir: &std::path::Path) -> (PathBuf, PathBuf) {
-    let names = vec![
-        "localhost".to_string(),
-        "app.acme.test".to_string(),
-        "other.test".to_string(),
-        "*.acme.tunnel.test".to_string(),
-        "*.other.tunnel.test".to_string(),
-    ];
-    let c = rcgen::generate_simple_self_signed(names).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, c.cert.pem()).unwrap();
-    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
-    (cert, key)
-}
+mod common;
 
 struct World {
     relay: RelayHandle,
@@ -38,7 +22,16 @@ struct World {
 async fn world() -> World {
     trace_init();
     let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = certificate(certs.path());
+    let (cert, key) = common::certificate(
+        certs.path(),
+        &[
+            "localhost",
+            "app.acme.test",
+            "other.test",
+            "*.acme.tunnel.test",
+            "*.other.tunnel.test",
+        ],
+    );
     let relay = relay()
         .configure(|f| {
             f.tls.cert = Some(cert.clone());

@@ -143,6 +143,16 @@ async fn read_frames(tls: &mut Tls, headers_on: Option<u32>) -> Option<u32> {
         .expect("the abusive connection is still open after 30 s")
 }
 
+/// After the abuse, a new visitor connection is served as usual.
+async fn others_are_served(client: &testkit::Client, relay: relay_server::testing::RelayHandle) {
+    let a = client
+        .get(&relay.url("/relay/acme/app/after"))
+        .await
+        .unwrap();
+    assert_eq!(a.status, http::StatusCode::OK);
+    relay.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn rapid_reset_is_cut_off_and_others_are_served() {
     let Setup {
@@ -182,13 +192,7 @@ async fn rapid_reset_is_cut_off_and_others_are_served() {
         "{reached} of {sent} reset requests reached the backend"
     );
     relay.wait_idle().await;
-    // Everyone else is served.
-    let a = client
-        .get(&relay.url("/relay/acme/app/after"))
-        .await
-        .unwrap();
-    assert_eq!(a.status, http::StatusCode::OK);
-    relay.stop().await.unwrap();
+    others_are_served(&client, relay).await;
 }
 
 #[tokio::test]
@@ -258,10 +262,5 @@ async fn continuation_flood_is_cut_off_with_bounded_memory() {
         grown < 32 * 1024,
         "RSS grew by {grown} KiB during the flood"
     );
-    let a = client
-        .get(&relay.url("/relay/acme/app/after"))
-        .await
-        .unwrap();
-    assert_eq!(a.status, http::StatusCode::OK);
-    relay.stop().await.unwrap();
+    others_are_served(&client, relay).await;
 }

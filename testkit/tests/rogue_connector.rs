@@ -3,16 +3,13 @@
 //! name, a frame this protocol version never sends, or a body before the head must give the visitor 502 and nothing of
 //! what the connector injected; hop-by-hop fields it sends are stripped; the relay keeps serving.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use bytes::{BufMut, BytesMut};
-use connector::control::ControlStream;
 use http::StatusCode;
-use quinn::crypto::rustls::QuicClientConfig;
 use relay_server::testing::relay;
 use testkit::{trace_init, Client};
-use tunnel_protocol::{ControlFrame, Credential, Hello, StreamFrame, ALPN};
+use tunnel_protocol::{ControlFrame, Credential, StreamFrame};
+
+mod common;
 
 /// A `ResponseHead` frame with raw (unchecked) header bytes.
 fn raw_head(status: u16, headers: &[(&[u8], &[u8])]) -> Vec<u8> {
@@ -104,43 +101,13 @@ async fn a_rogue_connector_cannot_inject_and_cannot_break_the_relay() {
     let relay = relay().spawn().await;
     let cred = relay.provision("acme").await;
 
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in connector::backend::load_certs(&relay.ca_cert()).unwrap() {
-        roots.add(cert).unwrap();
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        QuicClientConfig::try_from(tls).unwrap(),
-    )));
-    let conn = endpoint
-        .connect(relay.addr, "localhost")
-        .unwrap()
-        .await
-        .unwrap();
-    let (send, recv) = conn.open_bi().await.unwrap();
-    let mut control = ControlStream::new(send, recv);
-    control
-        .send(&ControlFrame::Hello(Hello {
-            tenant: "acme".into(),
-            credential: Credential::Secret(cred.secret.clone()),
-            connector_version: "rogue/0".into(),
-            connector_id: "rogue".into(),
-            targets: vec!["app".into()],
-        }))
-        .await
-        .unwrap();
-    let welcome = tokio::time::timeout(Duration::from_secs(10), control.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let (conn, _control, welcome) = common::hello(
+        &relay,
+        "acme",
+        Credential::Secret(cred.secret.clone()),
+        &["app"],
+    )
+    .await;
     assert!(matches!(welcome, ControlFrame::Welcome(_)), "{welcome:?}");
     let streams = {
         let conn = conn.clone();

@@ -89,23 +89,28 @@ fn short_timeouts() -> relay_server::testing::Builder {
     })
 }
 
+/// Normal requests all got through while the attack ran, and memory stayed bounded.
+fn unharmed((ok, failed, growth): (u64, u64, u64), attack: &str) {
+    assert!(
+        ok >= 50,
+        "normal requests got through: {ok} ok, {failed} failed"
+    );
+    assert_eq!(failed, 0, "{ok} ok, {failed} failed during {attack}");
+    assert!(growth < 64 * 1024, "RSS grew by {growth} KiB");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_does_not_starve_normal_visitors() -> anyhow::Result<()> {
     let s = setup(short_timeouts()).await;
     // Up to 1000 connections at 50/s, each sending a header line every 5 s: without the 2 s
     // header read timeout they would pass the 300-connection cap after 6 s.
-    let (ok, failed, growth) = under_attack(
+    let outcome = under_attack(
         &s,
         &["-H", "-c", "1000", "-r", "50", "-i", "5", "-x", "24"],
         16,
     )
     .await;
-    assert!(
-        ok >= 50,
-        "normal requests got through: {ok} ok, {failed} failed"
-    );
-    assert_eq!(failed, 0, "{ok} ok, {failed} failed during slowloris");
-    assert!(growth < 64 * 1024, "RSS grew by {growth} KiB");
+    unharmed(outcome, "slowloris");
     s.relay.stop().await
 }
 
@@ -115,7 +120,7 @@ async fn slow_post_is_cut_by_the_body_idle_timeout() -> anyhow::Result<()> {
     // Up to 200 POSTs at 10/s announcing 8 KiB and sending a few bytes every 5 s: each holds one
     // of the tenant's 60 streams until the 2 s body idle timeout cuts it (408); without it they
     // would hold them all after 6 s and normal requests would get 429.
-    let (ok, failed, growth) = under_attack(
+    let outcome = under_attack(
         &s,
         &[
             "-B", "-c", "200", "-r", "10", "-i", "5", "-s", "8192", "-t", "POST", "-x", "10",
@@ -123,12 +128,7 @@ async fn slow_post_is_cut_by_the_body_idle_timeout() -> anyhow::Result<()> {
         16,
     )
     .await;
-    assert!(
-        ok >= 50,
-        "normal requests got through: {ok} ok, {failed} failed"
-    );
-    assert_eq!(failed, 0, "{ok} ok, {failed} failed during slow POST");
-    assert!(growth < 64 * 1024, "RSS grew by {growth} KiB");
+    unharmed(outcome, "slow POST");
     // Every slow body was cut: none reached the backend complete, and none is still in flight.
     s.relay.wait_idle().await;
     assert_eq!(s.backend.active_streams(), 0);

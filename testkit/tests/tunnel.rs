@@ -1012,14 +1012,12 @@ async fn a_visitor_http2_connection_gets_the_configured_stream_limit() -> anyhow
 async fn a_target_can_receive_the_visitors_host() -> anyhow::Result<()> {
     trace_init();
     let relay = relay().spawn().await;
-    let cred = relay.provision("acme").await;
     let backend = Backend::spawn().await;
-    let mut conn = connector(&relay.server(), "acme", &cred.secret)
-        .ca_cert(relay.ca_cert())
-        .target("plain", &backend.url())
-        .target_preserving_host("site", &backend.url())
-        .spawn();
-    conn.connected().await;
+    let _conn = common::connect(&relay, "acme", |c| {
+        c.target("plain", &backend.url())
+            .target_preserving_host("site", &backend.url())
+    })
+    .await;
     let client = Client::new(&relay.ca_cert());
     let authority = relay.server().trim_start_matches("https://").to_string();
     let backend_authority = backend.url().trim_start_matches("http://").to_string();
@@ -1114,22 +1112,20 @@ async fn expect_100_continue_gets_its_interim_answer_before_the_body() -> anyhow
 async fn tls_backends_are_verified_unless_a_target_says_otherwise() -> anyhow::Result<()> {
     trace_init();
     let relay = relay().spawn().await;
-    let cred = relay.provision("acme").await;
     let backend = Backend::spawn_tls().await;
     let ca = backend.ca_cert().expect("TLS backend").to_path_buf();
     let by_ip = format!("https://127.0.0.1:{}", backend.addr().port());
-    let mut conn = connector(&relay.server(), "acme", &cred.secret)
-        .ca_cert(relay.ca_cert())
-        .target_with("trusted", &backend.url(), |t| t.ca_cert = Some(ca.clone()))
-        .target_with("h2", &backend.url(), |t| {
-            t.ca_cert = Some(ca.clone());
-            t.http2 = true;
-        })
-        .target("system-roots", &backend.url())
-        .target_with("wrong-name", &by_ip, |t| t.ca_cert = Some(ca.clone()))
-        .target_with("insecure", &by_ip, |t| t.insecure = true)
-        .spawn();
-    conn.connected().await;
+    let _conn = common::connect(&relay, "acme", |c| {
+        c.target_with("trusted", &backend.url(), |t| t.ca_cert = Some(ca.clone()))
+            .target_with("h2", &backend.url(), |t| {
+                t.ca_cert = Some(ca.clone());
+                t.http2 = true;
+            })
+            .target("system-roots", &backend.url())
+            .target_with("wrong-name", &by_ip, |t| t.ca_cert = Some(ca.clone()))
+            .target_with("insecure", &by_ip, |t| t.insecure = true)
+    })
+    .await;
     let client = Client::new(&relay.ca_cert());
     let cases = [
         ("trusted", Some(http::Version::HTTP_11)),

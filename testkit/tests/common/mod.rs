@@ -2,8 +2,15 @@
 //! a helper one binary does not use would be dead code there.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use connector::control::ControlStream;
 use connector::testing::connector;
+use relay_server::testing::RelayHandle;
 use testkit::{trace_init, Backend, Client};
+use tunnel_protocol::{ControlFrame, Credential, Hello};
 
 /// A relay with tenant `acme`, one connector serving target `app` from one backend, a client.
 pub(crate) struct Setup {
@@ -17,13 +24,8 @@ pub(crate) struct Setup {
 pub(crate) async fn setup(builder: relay_server::testing::Builder) -> Setup {
     trace_init();
     let relay = builder.spawn().await;
-    let cred = relay.provision("acme").await;
     let backend = Backend::spawn().await;
-    let mut conn = connector(&relay.server(), "acme", &cred.secret)
-        .ca_cert(relay.ca_cert())
-        .target("app", &backend.url())
-        .spawn();
-    conn.connected().await;
+    let conn = connect(&relay, "acme", |c| c.target("app", &backend.url())).await;
     let client = Client::new(&relay.ca_cert());
     Setup {
         relay,
@@ -37,4 +39,75 @@ pub(crate) async fn setup(builder: relay_server::testing::Builder) -> Setup {
 pub(crate) fn on_postgres(url: &str) -> relay_server::testing::Builder {
     let url = url.to_string();
     relay_server::testing::relay().configure(move |f| f.database_url = Some(url))
+}
+
+/// Provisions `tenant` on `relay` and connects a connector with the targets `targets` adds.
+pub(crate) async fn connect(
+    relay: &RelayHandle,
+    tenant: &str,
+    targets: impl FnOnce(connector::testing::Builder) -> connector::testing::Builder,
+) -> connector::testing::ConnectorHandle {
+    let cred = relay.provision(tenant).await;
+    let builder = connector(&relay.server(), tenant, &cred.secret).ca_cert(relay.ca_cert());
+    let mut conn = targets(builder).spawn();
+    conn.connected().await;
+    conn
+}
+
+/// A self-signed certificate for `names` (rcgen, made per run), written into `dir`: (cert, key).
+pub(crate) fn certificate(dir: &Path, names: &[&str]) -> (PathBuf, PathBuf) {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let c = rcgen::generate_simple_self_signed(names).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, c.cert.pem()).unwrap();
+    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+/// A bare protocol client: QUIC to the relay (trusting its CA), the control stream opened and
+/// `Hello` sent; returns the connection, the control stream and the relay's first answer.
+pub(crate) async fn hello(
+    relay: &RelayHandle,
+    tenant: &str,
+    credential: Credential,
+    targets: &[&str],
+) -> (quinn::Connection, ControlStream, ControlFrame) {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in connector::backend::load_certs(&relay.ca_cert()).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![tunnel_protocol::ALPN.to_vec()];
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    )));
+    let conn = endpoint
+        .connect(relay.addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    let mut control = ControlStream::new(send, recv);
+    control
+        .send(&ControlFrame::Hello(Hello {
+            tenant: tenant.into(),
+            credential,
+            connector_version: "test".into(),
+            connector_id: "test".into(),
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+        }))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), control.next())
+        .await
+        .expect("an answer")
+        .expect("a frame");
+    (conn, control, answer)
 }
