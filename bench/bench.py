@@ -193,6 +193,36 @@ def idle_connections(port, path, pid, count):
     return max(after - before, 0) / count
 
 
+def write_site(work, big):
+    """The backend's files (`small`: 100 bytes, `big`: `big` bytes), a certificate for nginx's
+    HTTPS + HTTP/2 server (the h2load `direct` path) and nginx.conf, in `work`; returns the big
+    file's path."""
+    os.makedirs(f"{work}/www")
+    with open(f"{work}/www/small", "wb") as f:
+        f.write(b"x" * 100)
+    with open(f"{work}/www/big", "wb") as f:
+        chunk = os.urandom(1 << 20)
+        for _ in range(big >> 20):
+            f.write(chunk)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout", f"{work}/h2-key.pem",
+                    "-out", f"{work}/h2-cert.pem"], check=True, capture_output=True)
+    with open(f"{work}/nginx.conf", "w") as f:
+        f.write(nginx_conf(work, big))
+    return f"{work}/www/big"
+
+
+def provision(relay_bin, data, tenant, secret_file):
+    """Creates `tenant` with one credential in the relay's data directory; writes the secret."""
+    def relay_cli(*a):
+        return subprocess.run([relay_bin, "--data-dir", data, *a], capture_output=True, text=True,
+                              check=True).stdout
+    relay_cli("tenant", "create", tenant)
+    secret = relay_cli("tenant", "credential", "create", tenant).strip().splitlines()[-1]
+    with open(secret_file, "w") as f:
+        f.write(secret)
+
+
 LOGS = []
 
 
@@ -225,20 +255,7 @@ def main():
     os.chmod(work, 0o755)  # nginx workers run as an unprivileged user
     procs = []
     try:
-        os.makedirs(f"{work}/www")
-        with open(f"{work}/www/small", "wb") as f:
-            f.write(b"x" * 100)
-        with open(f"{work}/www/big", "wb") as f:
-            chunk = os.urandom(1 << 20)
-            for _ in range(big >> 20):
-                f.write(chunk)
-        upload = f"{work}/www/big"
-        # A certificate for nginx's HTTPS + HTTP/2 server (the h2load `direct` path).
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                        "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout", f"{work}/h2-key.pem",
-                        "-out", f"{work}/h2-cert.pem"], check=True, capture_output=True)
-        with open(f"{work}/nginx.conf", "w") as f:
-            f.write(nginx_conf(work, big))
+        upload = write_site(work, big)
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         procs.append(start([nginx, "-c", f"{work}/nginx.conf", "-p", work]))
         procs.append(start([sys.executable, os.path.join(ROOT, "bench", "sink.py"), str(PORTS["sink"])]))
@@ -249,14 +266,9 @@ def main():
 
         relay_bin, conn_bin = os.path.join(RELEASE, "relay-server"), os.path.join(RELEASE, "connector")
         data = f"{work}/relay-data"
-        def relay_cli(*a):
-            return subprocess.run([relay_bin, "--data-dir", data, *a], capture_output=True, text=True, check=True).stdout
         # One tenant per transport: `bench` served by a QUIC connector, `benchtcp` by a TLS-over-TCP one.
         for tenant in ("bench", "benchtcp"):
-            relay_cli("tenant", "create", tenant)
-            secret = relay_cli("tenant", "credential", "create", tenant).strip().splitlines()[-1]
-            with open(f"{work}/secret-{tenant}", "w") as f:
-                f.write(secret)
+            provision(relay_bin, data, tenant, f"{work}/secret-{tenant}")
         relay = start([relay_bin, "--data-dir", data, "run", "--listen", f"127.0.0.1:{PORTS['relay']}",
                        "--listen-http", f"127.0.0.1:{PORTS['relay_http']}"],
                       env={"RELAY_LIMITS__MAX_BODY_BYTES": str(4 << 30), "RELAY_LIMITS__MAX_CONCURRENT_STREAMS": "4096",

@@ -40,29 +40,13 @@ def main():
     os.chmod(work, 0o755)
     procs = []
     try:
-        os.makedirs(f"{work}/www")
-        with open(f"{work}/www/small", "wb") as f:
-            f.write(b"x" * 100)
-        with open(f"{work}/www/big", "wb") as f:
-            f.write(b"x")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                        "-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout", f"{work}/h2-key.pem",
-                        "-out", f"{work}/h2-cert.pem"], check=True, capture_output=True)
-        with open(f"{work}/nginx.conf", "w") as f:
-            f.write(bench.nginx_conf(work, 1))
+        bench.write_site(work, 1 << 20)
         procs.append(bench.start(["nginx", "-c", f"{work}/nginx.conf", "-p", work]))
         bench.wait_port(bench.PORTS["backend"])
         relay_bin = os.path.join(bench.RELEASE, "relay-server")
         conn_bin = os.path.join(bench.RELEASE, "connector")
         data = f"{work}/relay-data"
-
-        def relay_cli(*a):
-            return subprocess.run([relay_bin, "--data-dir", data, *a], capture_output=True, text=True,
-                                  check=True).stdout
-        relay_cli("tenant", "create", "bench")
-        secret = relay_cli("tenant", "credential", "create", "bench").strip().splitlines()[-1]
-        with open(f"{work}/secret", "w") as f:
-            f.write(secret)
+        bench.provision(relay_bin, data, "bench", f"{work}/secret")
         relay = bench.start([relay_bin, "--data-dir", data, "run", "--listen", f"127.0.0.1:{bench.PORTS['relay']}",
                              "--listen-http", f"127.0.0.1:{bench.PORTS['relay_http']}"],
                             env={"RELAY_LIMITS__MAX_CONCURRENT_STREAMS": "4096", "RUST_LOG": "warn"})
@@ -122,7 +106,8 @@ def main():
             lines = [re.sub(r"\s+-\s+-\s*$", "", l).rstrip() for l in report.splitlines()
                      if l.strip() and not l.startswith("#")]
             print("\n".join(lines[: args.top]))
-        print(f"\nperf data: {work}/*.perf")
+        if not args.no_perf:
+            print(f"\nperf data: {work}/*.perf")
     finally:
         for p in procs:
             try:
