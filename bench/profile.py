@@ -4,6 +4,12 @@ request. Uses the harness's nginx backend and ports (bench/bench.py); run bench/
 so the release binaries exist.
 
 Usage: python3 bench/profile.py [--transport quic|tcp] [--duration SECONDS] [--callgraph] [--no-perf]
+       python3 bench/profile.py --trace [--transport quic|tcp]
+
+--trace follows single requests instead: 40 requests one at a time on one keep-alive connection,
+20 ms apart, with `perf trace` recording the relay's, connector's and nginx's socket, epoll and
+futex calls; it prints the timeline of the median request (µs from the relay's read of the
+request), so the gaps between the hops can be read off.
 
 The runtime's worker count can be tried with TOKIO_WORKER_THREADS=N (read by both binaries).
 """
@@ -34,6 +40,7 @@ def main():
     ap.add_argument("--callgraph", action="store_true", help="record call graphs (dwarf)")
     ap.add_argument("--top", type=int, default=35)
     ap.add_argument("--no-perf", action="store_true", help="only measure: req/s, c1 latency, CPU/request")
+    ap.add_argument("--trace", action="store_true", help="print the syscall timeline of single requests")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="relay-profile-")
@@ -71,6 +78,9 @@ def main():
         bench.wrk(url, 64, 2, 2)  # warm-up
 
         pids = {"relay-server": relay.pid, "connector": conn.pid}
+        if args.trace:
+            trace(work, [relay.pid, conn.pid, procs[0].pid])
+            return
         records = {}
         perfs = []
         for name, pid in ({} if args.no_perf else pids).items():
@@ -114,6 +124,96 @@ def main():
                 os.killpg(p.pid, 15)
             except OSError:
                 pass
+
+
+TRACED = "read,write,readv,writev,recvfrom,sendto,recvmsg,sendmsg,recvmmsg,sendmmsg,epoll_wait,epoll_pwait,futex"
+
+
+def threads_of(pid):
+    """The pids of a process and its children (nginx's workers), for perf trace."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [pid] + [int(p) for p in out]
+
+
+def threads_of_all(pid):
+    """Every thread id of a process and of its children."""
+    tids = []
+    for p in threads_of(pid):
+        try:
+            tids += [int(t) for t in os.listdir(f"/proc/{p}/task")]
+        except OSError:
+            pass
+    return tids
+
+
+def trace(work, pids):
+    import socket
+    import statistics
+    targets = [p for pid in pids for p in threads_of(pid)]
+    out = f"{work}/trace.txt"
+    tracer = subprocess.Popen(["perf", "trace", "-T", "-e", TRACED, "-p", ",".join(map(str, targets)), "-o", out],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2)
+    s = socket.create_connection(("127.0.0.1", bench.PORTS["relay_http"]))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    request = b"GET /relay/bench/app/small HTTP/1.1\r\nHost: bench\r\n\r\n"
+    spans = []
+    for _ in range(40):
+        t0 = time.perf_counter()
+        s.sendall(request)
+        got = b""
+        while b"\r\n\r\n" not in got or len(got.split(b"\r\n\r\n", 1)[1]) < 100:
+            got += s.recv(65536)
+        spans.append((time.perf_counter() - t0) * 1e6)
+        time.sleep(0.02)
+    s.close()
+    time.sleep(0.5)
+    tracer.send_signal(2)
+    tracer.wait(timeout=30)
+    print(f"client round trips: median {statistics.median(spans):.0f} µs, min {min(spans):.0f} µs")
+    # Lines: "1234.567 (0.012 ms): comm/tid call(args) = ret", or a call split in two: its start
+    # ("... call(args) ...") and its return ("comm/tid  ... [continued]: call()) = ret"). A wait is
+    # placed where it returned (the thread woke), any other call where it started.
+    names = {tid: name for pid, name in zip(pids, ["relay", "connector", "nginx"])
+             for tid in threads_of_all(pid)}
+    events = []
+    pat = re.compile(r"^\s*([\d.]+) \(\s*([\d.]*) ?m?s?\): (\S+?)/(\d+)\s+(.*)$")
+    for line in open(out):
+        m = pat.match(line)
+        if not m or line.rstrip().endswith("..."):
+            continue
+        ts, dur, comm, tid, rest = m.groups()
+        ts, dur, tid = float(ts), float(dur or 0), int(tid)
+        call = re.match(r"(?:\.\.\. \[continued\]: )?(\w+)\((.*?)\)+\s*= (.*)$", rest)
+        if not call:
+            continue
+        name, argstr, ret = call.groups()
+        waits = name.startswith("epoll") or (name == "futex" and "WAIT" in argstr)
+        at = ts + dur if waits else ts
+        if waits and ret.strip() in ("0", "-1 ETIMEDOUT (Connection timed out)") and name.startswith("epoll"):
+            continue  # an empty timeout, not a wake-up
+        who = names.get(tid, comm)
+        events.append((at, who, tid, ("woke: " if waits else "") + name, argstr, ret.strip()))
+    events.sort()
+    bursts, current = [], []
+    for e in events:
+        if current and e[0] - current[-1][0] > 8:
+            bursts.append(current)
+            current = []
+        current.append(e)
+    if current:
+        bursts.append(current)
+    bursts = [b for b in bursts if any(e[1] == "nginx" for e in b) and len(b) > 4]
+    if not bursts:
+        raise SystemExit(f"no request found in the trace ({len(events)} events): {out}")
+    bursts.sort(key=lambda b: b[-1][0] - b[0][0])
+    b = bursts[len(bursts) // 2]
+    t0 = b[0][0]
+    print(f"{len(bursts)} requests traced (perf trace slows each call); the median one, "
+          f"{(b[-1][0] - t0) * 1000:.0f} µs from first to last call:")
+    for at, who, tid, name, argstr, ret in b:
+        print(f"{(at - t0) * 1000:8.0f} µs  {who:>9}/{tid:<7} {name}({argstr[:50]}) = {ret[:16]}")
+    print(f"trace: {out}")
 
 
 if __name__ == "__main__":

@@ -81,6 +81,8 @@ pub(crate) enum AttemptError {
     AuthTimeout(Duration),
     #[error("relay sent {0} instead of Welcome")]
     Unexpected(&'static str),
+    #[error("cannot open a UDP socket: {0}")]
+    Local(String),
     #[error("shutting down")]
     Shutdown,
 }
@@ -99,30 +101,43 @@ impl AttemptError {
 #[derive(Debug, Default)]
 struct TokenCache(Option<(String, Instant)>);
 
-/// What sessions share: endpoint, config, backends, token.
+/// What sessions share: config, TLS, token. Each session slot runs on its own thread (see
+/// [`crate::Connector::run`]) and has its own UDP endpoint and backend connection pools, so a
+/// request never leaves the thread that read it from the tunnel.
 #[derive(Debug)]
 pub(crate) struct Dialer {
-    endpoint: Endpoint,
+    /// Per slot: bound on the slot's first QUIC attempt, inside the slot's runtime (quinn runs
+    /// the endpoint's driver on the runtime that creates it).
+    endpoints: Vec<Mutex<Option<Endpoint>>>,
+    client_config: quinn::ClientConfig,
     /// Sessions finishing their streams after their slot moved on.
     lingering: TaskTracker,
     tls: Arc<rustls::ClientConfig>,
     /// In `auto` mode, after QUIC failed: use TCP directly until then (then probe QUIC again).
     quic_blocked_until: Mutex<Option<Instant>>,
     config: Config,
-    backends: Backends,
+    /// Per slot.
+    backends: Vec<Backends>,
     token: Mutex<TokenCache>,
     connector_id: String,
 }
 
 impl Dialer {
-    pub(crate) fn new(config: Config, backends: Backends) -> Result<Dialer, ConfigError> {
+    pub(crate) fn new(config: Config) -> Result<Dialer, ConfigError> {
         let tls = tls_config(&config)?;
         let client_config = client_config(&config, tls.clone())?;
-        let mut endpoint = bind_endpoint()?;
-        endpoint.set_default_client_config(client_config);
+        let slots = config.sessions as usize;
+        let backends = (0..slots)
+            .map(|_| Backends::new(&config.targets))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Fail at start, not at the first attempt, where no UDP socket can be opened at all.
+        std::net::UdpSocket::bind("[::]:0")
+            .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
+            .map_err(|e| ConfigError::new(format!("cannot open a UDP socket: {e}")))?;
         let connector_id = uuid_like();
         Ok(Dialer {
-            endpoint,
+            endpoints: (0..slots).map(|_| Mutex::new(None)).collect(),
+            client_config,
             lingering: TaskTracker::new(),
             tls: Arc::new(tls),
             quic_blocked_until: Mutex::new(None),
@@ -167,7 +182,7 @@ impl Dialer {
                 s.transport = Some(transport);
                 s.sessions_established += 1;
             });
-            let served = self.serve(session, shutdown).await;
+            let served = self.serve(slot, session, shutdown).await;
             state.send_modify(|s| {
                 s.sessions = s.sessions.saturating_sub(1);
                 s.connected = s.sessions > 0;
@@ -257,7 +272,7 @@ impl Dialer {
     async fn connect_quic(&self, slot: usize, timeout: Duration) -> Result<Conn, AttemptError> {
         let mut last = None;
         for addr in self.resolve(slot).await? {
-            match self.connect(addr, timeout).await {
+            match self.connect(slot, addr, timeout).await {
                 Ok(c) => return Ok(Conn::Quic(c)),
                 Err(e) => last = Some(e),
             }
@@ -265,13 +280,35 @@ impl Dialer {
         Err(last.unwrap_or(AttemptError::Unexpected("no address")))
     }
 
+    /// The slot's endpoint, bound on first use (on the slot's runtime).
+    fn endpoint(&self, slot: usize) -> Result<Endpoint, AttemptError> {
+        let cell = self
+            .endpoints
+            .get(slot)
+            .ok_or_else(|| AttemptError::Local(format!("no session slot {slot}")))?;
+        let mut cell = cell.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = cell.as_ref() {
+            return Ok(e.clone());
+        }
+        let mut endpoint = bind_endpoint().map_err(AttemptError::Local)?;
+        endpoint.set_default_client_config(self.client_config.clone());
+        *cell = Some(endpoint.clone());
+        Ok(endpoint)
+    }
+
+    /// The slot's backend clients (their pooled connections live on the slot's runtime).
+    pub(crate) fn backends(&self, slot: usize) -> &Backends {
+        &self.backends[slot.min(self.backends.len() - 1)]
+    }
+
     async fn connect(
         &self,
+        slot: usize,
         addr: SocketAddr,
         timeout: Duration,
     ) -> Result<quinn::Connection, AttemptError> {
         let connecting = self
-            .endpoint
+            .endpoint(slot)?
             .connect(addr, &self.config.server_host)
             .map_err(|e| AttemptError::Connect(addr, e.to_string()))?;
         match tokio::time::timeout(timeout, connecting).await {
@@ -386,7 +423,7 @@ impl Dialer {
                 credential,
                 connector_version: concat!("connector/", env!("CARGO_PKG_VERSION")).to_string(),
                 connector_id: self.connector_id.clone(),
-                targets: self.backends.names(),
+                targets: self.backends(0).names(),
             }))
             .await?;
         let answer = tokio::time::timeout(AUTH_TIMEOUT, control.next())
@@ -443,7 +480,12 @@ impl Dialer {
     }
 
     /// Serves streams and the control stream until the session ends or is replaced.
-    async fn serve(self: &Arc<Self>, session: Established, shutdown: &CancellationToken) -> Served {
+    async fn serve(
+        self: &Arc<Self>,
+        slot: usize,
+        session: Established,
+        shutdown: &CancellationToken,
+    ) -> Served {
         let Established {
             conn,
             mut control,
@@ -465,7 +507,7 @@ impl Dialer {
             tokio::select! {
                 incoming = conn.accept_bi() => match incoming {
                     Ok((send, recv)) => {
-                        let backends = self.backends.clone();
+                        let backends = self.backends(slot).clone();
                         streams.spawn(crate::stream::serve(send, recv, backends));
                     }
                     Err(e) => break Ended::Lost(e.to_string()),
@@ -480,7 +522,7 @@ impl Dialer {
                     Ok(ControlFrame::GoAway(g)) => {
                         info!(code = %g.code, reason = %g.message, "relay asked this session to move");
                         // The slot reconnects at once; this session finishes its streams meanwhile.
-                        self.lingering.spawn(linger(conn, control, streams, self.backends.clone(), Linger::Asked));
+                        self.lingering.spawn(linger(conn, control, streams, self.backends(slot).clone(), Linger::Asked));
                         return Served::Ended(Ended::Drained);
                     }
                     Ok(ControlFrame::Ping(n)) => {
@@ -525,7 +567,7 @@ impl Dialer {
                                 message: "moving to QUIC".into(),
                             });
                             let _ = control.send(&go_away).await;
-                            self.lingering.spawn(linger(conn, control, streams, self.backends.clone(), Linger::Moving));
+                            self.lingering.spawn(linger(conn, control, streams, self.backends(slot).clone(), Linger::Moving));
                             return Served::Replaced(Box::new(next));
                         }
                         Ok(Err(e)) => debug!(error = %e, "QUIC still unavailable; staying on TLS/TCP"),
@@ -565,7 +607,14 @@ impl Dialer {
     pub(crate) async fn close(&self) {
         self.lingering.close();
         let _ = tokio::time::timeout(DRAIN_GRACE, self.lingering.wait()).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        let endpoints: Vec<Endpoint> = self
+            .endpoints
+            .iter()
+            .filter_map(|e| e.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect();
+        for endpoint in endpoints {
+            let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        }
     }
 }
 
@@ -625,11 +674,11 @@ fn renew_delay(life: Duration) -> Duration {
     (life * 2 / 3).max(Duration::from_secs(1))
 }
 
-fn bind_endpoint() -> Result<Endpoint, ConfigError> {
+fn bind_endpoint() -> Result<Endpoint, String> {
     // Dual-stack first, IPv4-only where IPv6 is disabled.
     Endpoint::client("[::]:0".parse().expect("literal address"))
         .or_else(|_| Endpoint::client("0.0.0.0:0".parse().expect("literal address")))
-        .map_err(|e| ConfigError::new(format!("cannot open a UDP socket: {e}")))
+        .map_err(|e| e.to_string())
 }
 
 /// The TLS client config for both transports: TLS 1.3, the tunnel's ALPN, system roots plus
