@@ -102,6 +102,8 @@ impl Connector {
         // start to finish on the thread that read it, without waking another thread at each
         // hand-off (the cost measured in docs/benchmarks.md); the slots spread over the cores.
         let release = CancellationToken::new();
+        // Dropping this future (rather than cancelling `shutdown`) must not leave threads behind.
+        let _release_on_drop = release.clone().drop_guard();
         let mut done = Vec::new();
         let mut threads = Vec::new();
         for slot in 0..config.sessions as usize {
@@ -120,11 +122,17 @@ impl Connector {
                         Err(e) => return error!(slot, error = %e, "cannot start a session runtime"),
                     };
                     runtime.block_on(async move {
-                        keep_session(dialer, state, slot, shutdown).await;
-                        let _ = tx.send(());
-                        // The runtime stays up until every slot is done: a session lingering
-                        // after its slot moved on still runs here.
-                        release.cancelled().await;
+                        // Why select: `release` also fires when `run` is dropped without a
+                        // shutdown; the slot then stops at once, as a spawned task would.
+                        tokio::select! {
+                            _ = keep_session(dialer, state, slot, shutdown) => {
+                                let _ = tx.send(());
+                                // The runtime stays up until every slot is done: a session
+                                // lingering after its slot moved on still runs here.
+                                release.cancelled().await;
+                            }
+                            _ = release.cancelled() => {}
+                        }
                     });
                 });
             match thread {
@@ -238,5 +246,65 @@ mod tests {
         let samples: std::collections::HashSet<_> =
             (0..50).map(|_| backoff(base, cap, 10)).collect();
         assert!(samples.len() > 10, "not jittered");
+    }
+
+    /// Threads of this process named `session-N` (Linux).
+    fn session_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .map(|tasks| {
+                tasks
+                    .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                    .filter(|name| name.starts_with("session-"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    async fn threads_become(n: usize) -> usize {
+        for _ in 0..100 {
+            if session_threads() == n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        session_threads()
+    }
+
+    /// Each session slot gets its own thread; none is left behind after a shutdown, nor when the
+    /// `run` future is dropped without one. (The only test here that starts a connector: it
+    /// counts the process's threads.)
+    #[tokio::test]
+    async fn one_thread_per_session_slot_and_none_left_behind() {
+        // Nothing listens on port 9 of loopback: the slots keep retrying until stopped.
+        let config = testing::connector("https://127.0.0.1:9", "acme", "secret")
+            .target("app", "http://127.0.0.1:9")
+            .sessions(3)
+            .config();
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn(
+            Connector::new(config.clone())
+                .unwrap()
+                .run(shutdown.clone()),
+        );
+        assert_eq!(threads_become(3).await, 3);
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("connector stops on shutdown")
+            .unwrap();
+        assert_eq!(threads_become(0).await, 0);
+
+        let run = tokio::spawn(
+            Connector::new(config)
+                .unwrap()
+                .run(CancellationToken::new()),
+        );
+        assert_eq!(threads_become(3).await, 3);
+        run.abort();
+        assert_eq!(
+            threads_become(0).await,
+            0,
+            "threads outlived the dropped connector"
+        );
     }
 }
