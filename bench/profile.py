@@ -17,6 +17,8 @@ The runtime's worker count can be tried with TOKIO_WORKER_THREADS=N (read by bot
 import argparse
 import os
 import re
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -129,8 +131,8 @@ def main():
 TRACED = "read,write,readv,writev,recvfrom,sendto,recvmsg,sendmsg,recvmmsg,sendmmsg,epoll_wait,epoll_pwait,futex"
 
 
-def threads_of(pid):
-    """The pids of a process and its children (nginx's workers), for perf trace."""
+def with_children(pid):
+    """A process and its children (nginx's workers): their pids, for perf trace."""
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
     return [pid] + [int(p) for p in out]
 
@@ -138,7 +140,7 @@ def threads_of(pid):
 def threads_of_all(pid):
     """Every thread id of a process and of its children."""
     tids = []
-    for p in threads_of(pid):
+    for p in with_children(pid):
         try:
             tids += [int(t) for t in os.listdir(f"/proc/{p}/task")]
         except OSError:
@@ -147,9 +149,7 @@ def threads_of_all(pid):
 
 
 def trace(work, pids):
-    import socket
-    import statistics
-    targets = [p for pid in pids for p in threads_of(pid)]
+    targets = [p for pid in pids for p in with_children(pid)]
     out = f"{work}/trace.txt"
     tracer = subprocess.Popen(["perf", "trace", "-T", "-e", TRACED, "-p", ",".join(map(str, targets)), "-o", out],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

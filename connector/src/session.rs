@@ -82,7 +82,7 @@ pub(crate) enum AttemptError {
     #[error("relay sent {0} instead of Welcome")]
     Unexpected(&'static str),
     #[error("cannot open a UDP socket: {0}")]
-    Local(String),
+    Udp(String),
     #[error("shutting down")]
     Shutdown,
 }
@@ -106,9 +106,7 @@ struct TokenCache(Option<(String, Instant)>);
 /// request never leaves the thread that read it from the tunnel.
 #[derive(Debug)]
 pub(crate) struct Dialer {
-    /// Per slot: bound on the slot's first QUIC attempt, inside the slot's runtime (quinn runs
-    /// the endpoint's driver on the runtime that creates it).
-    endpoints: Vec<Mutex<Option<Endpoint>>>,
+    slots: Vec<Slot>,
     client_config: quinn::ClientConfig,
     /// Sessions finishing their streams after their slot moved on.
     lingering: TaskTracker,
@@ -116,33 +114,43 @@ pub(crate) struct Dialer {
     /// In `auto` mode, after QUIC failed: use TCP directly until then (then probe QUIC again).
     quic_blocked_until: Mutex<Option<Instant>>,
     config: Config,
-    /// Per slot.
-    backends: Vec<Backends>,
     token: Mutex<TokenCache>,
     connector_id: String,
+}
+
+/// What one session slot keeps to itself, living on the slot's runtime.
+#[derive(Debug)]
+struct Slot {
+    /// Bound on the slot's first QUIC attempt, inside the slot's runtime (quinn runs the
+    /// endpoint's driver on the runtime that creates it).
+    endpoint: Mutex<Option<Endpoint>>,
+    /// Backend clients: their pooled connections' tasks run where they were opened.
+    backends: Backends,
 }
 
 impl Dialer {
     pub(crate) fn new(config: Config) -> Result<Dialer, ConfigError> {
         let tls = tls_config(&config)?;
         let client_config = client_config(&config, tls.clone())?;
-        let slots = config.sessions as usize;
-        let backends = (0..slots)
-            .map(|_| Backends::new(&config.targets))
-            .collect::<Result<Vec<_>, _>>()?;
+        let slots = (0..config.sessions)
+            .map(|_| {
+                Ok(Slot {
+                    endpoint: Mutex::new(None),
+                    backends: Backends::new(&config.targets)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         // Fail at start, not at the first attempt, where no UDP socket can be opened at all.
-        std::net::UdpSocket::bind("[::]:0")
-            .or_else(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
+        dual_stack(std::net::UdpSocket::bind)
             .map_err(|e| ConfigError::new(format!("cannot open a UDP socket: {e}")))?;
         let connector_id = uuid_like();
         Ok(Dialer {
-            endpoints: (0..slots).map(|_| Mutex::new(None)).collect(),
+            slots,
             client_config,
             lingering: TaskTracker::new(),
             tls: Arc::new(tls),
             quic_blocked_until: Mutex::new(None),
             config,
-            backends,
             token: Mutex::new(TokenCache::default()),
             connector_id,
         })
@@ -280,25 +288,31 @@ impl Dialer {
         Err(last.unwrap_or(AttemptError::Unexpected("no address")))
     }
 
+    /// Slot `slot` (`Connector::run` numbers them from 0 below `session.count`).
+    fn slot(&self, slot: usize) -> &Slot {
+        &self.slots[slot.min(self.slots.len() - 1)]
+    }
+
     /// The slot's endpoint, bound on first use (on the slot's runtime).
     fn endpoint(&self, slot: usize) -> Result<Endpoint, AttemptError> {
-        let cell = self
-            .endpoints
-            .get(slot)
-            .ok_or_else(|| AttemptError::Local(format!("no session slot {slot}")))?;
-        let mut cell = cell.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cell = self
+            .slot(slot)
+            .endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(e) = cell.as_ref() {
             return Ok(e.clone());
         }
-        let mut endpoint = bind_endpoint().map_err(AttemptError::Local)?;
+        let mut endpoint =
+            dual_stack(Endpoint::client).map_err(|e| AttemptError::Udp(e.to_string()))?;
         endpoint.set_default_client_config(self.client_config.clone());
         *cell = Some(endpoint.clone());
         Ok(endpoint)
     }
 
-    /// The slot's backend clients (their pooled connections live on the slot's runtime).
-    pub(crate) fn backends(&self, slot: usize) -> &Backends {
-        &self.backends[slot.min(self.backends.len() - 1)]
+    /// The slot's backend clients.
+    fn backends(&self, slot: usize) -> &Backends {
+        &self.slot(slot).backends
     }
 
     async fn connect(
@@ -608,13 +622,12 @@ impl Dialer {
         self.lingering.close();
         let _ = tokio::time::timeout(DRAIN_GRACE, self.lingering.wait()).await;
         let endpoints: Vec<Endpoint> = self
-            .endpoints
+            .slots
             .iter()
-            .filter_map(|e| e.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .filter_map(|s| s.endpoint.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .collect();
-        for endpoint in endpoints {
-            let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-        }
+        let idle = futures_util::future::join_all(endpoints.iter().map(Endpoint::wait_idle));
+        let _ = tokio::time::timeout(Duration::from_secs(2), idle).await;
     }
 }
 
@@ -674,11 +687,12 @@ fn renew_delay(life: Duration) -> Duration {
     (life * 2 / 3).max(Duration::from_secs(1))
 }
 
-fn bind_endpoint() -> Result<Endpoint, String> {
-    // Dual-stack first, IPv4-only where IPv6 is disabled.
-    Endpoint::client("[::]:0".parse().expect("literal address"))
-        .or_else(|_| Endpoint::client("0.0.0.0:0".parse().expect("literal address")))
-        .map_err(|e| e.to_string())
+/// Binds a UDP socket with `bind` on an ephemeral port: dual-stack first, IPv4-only where IPv6
+/// is disabled.
+fn dual_stack<T>(bind: impl Fn(SocketAddr) -> std::io::Result<T>) -> std::io::Result<T> {
+    let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+    let any4 = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0));
+    bind(any6).or_else(|_| bind(any4))
 }
 
 /// The TLS client config for both transports: TLS 1.3, the tunnel's ALPN, system roots plus
