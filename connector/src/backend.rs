@@ -23,6 +23,17 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Most idle pooled connections per backend host.
 const POOL_MAX_IDLE_PER_HOST: usize = 64;
 
+/// Why a requested path is not sent to a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BadPath {
+    /// It breaks the path guarantee.
+    #[error("{0}")]
+    Path(tunnel_protocol::path::PathError),
+    /// It is not a valid URI path and query.
+    #[error("{0}")]
+    Uri(String),
+}
+
 /// The request body type sent to backends; the sender is dropped (signalling its receiver) when
 /// hyper is done with the body, which starts the response timeout.
 pub type BackendBody = TunnelBody<tokio::sync::oneshot::Sender<()>>;
@@ -87,14 +98,20 @@ impl Backends {
 }
 
 impl Backend {
-    /// The backend URI for a path and query below the target's base URL.
-    pub fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+    /// The backend URI for a path and query below the target's base URL. The path must keep the
+    /// edge's guarantee ([`tunnel_protocol::path`]): the relay checked it already, and the
+    /// connector does not take a relay's word for what reaches its backends.
+    pub fn uri(&self, path_and_query: &str) -> Result<Uri, BadPath> {
+        let path = path_and_query.split('?').next().unwrap_or_default();
+        tunnel_protocol::path::check(path).map_err(BadPath::Path)?;
         let base = &self.target.url;
         let prefix = base.path().trim_end_matches('/');
-        let pq: PathAndQuery = format!("{prefix}{path_and_query}").parse()?;
+        let pq: PathAndQuery = format!("{prefix}{path_and_query}")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| BadPath::Uri(e.to_string()))?;
         let mut parts = base.clone().into_parts();
         parts.path_and_query = Some(pq);
-        Ok(Uri::from_parts(parts)?)
+        Uri::from_parts(parts).map_err(|e| BadPath::Uri(e.to_string()))
     }
 
     /// Sends a request; the caller applies the target's timeout (from the end of the body).
@@ -224,6 +241,7 @@ mod tests {
             insecure: false,
             http2: false,
             preserve_host: false,
+            upgrades: vec!["websocket".into()],
         };
         let mut m = BTreeMap::new();
         m.insert("t".to_string(), target);
@@ -243,5 +261,27 @@ mod tests {
             "http://h:1/api/x%2Fy?q"
         );
         assert_eq!(backend("https://h/api").uri("/").unwrap(), "https://h/api/");
+        // A query may hold anything; only the path is checked.
+        assert_eq!(
+            backend("http://h/api").uri("/a?x=/../..").unwrap(),
+            "http://h/api/a?x=/../.."
+        );
+    }
+
+    #[test]
+    fn paths_that_leave_the_prefix_are_refused() {
+        let b = backend("http://h:1/public");
+        for bad in [
+            "/..%2fsecret.txt",
+            "/x/..%2f..%2fsecret",
+            "/..%5csecret",
+            "/..\\secret",
+            "/../secret",
+            "/%252e%252e/secret",
+            "@evil.example/x",
+            "",
+        ] {
+            assert!(b.uri(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -68,6 +68,9 @@ pub struct TargetFile {
     /// target's own, for backends that route or build links by host name.
     #[serde(default)]
     pub preserve_host: bool,
+    /// The protocols a visitor may switch to with `Upgrade` (default `["websocket"]`; `[]` for
+    /// none). `h2c` is refused: it would take visitors past the relay's routing and audit.
+    pub upgrades: Option<Vec<String>>,
 }
 
 /// Session tuning knobs.
@@ -185,6 +188,17 @@ pub struct Target {
     pub http2: bool,
     /// Send the visitor's Host to the backend.
     pub preserve_host: bool,
+    /// Protocols visitors may upgrade to, lowercase (`websocket` unless configured otherwise).
+    pub upgrades: Vec<String>,
+}
+
+impl Target {
+    /// Whether visitors may switch this target's connection to `protocol` (case-insensitive).
+    pub fn allows_upgrade(&self, protocol: &str) -> bool {
+        self.upgrades
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(protocol))
+    }
 }
 
 impl Config {
@@ -305,6 +319,7 @@ impl Config {
                 insecure: t.insecure,
                 http2: t.http2,
                 preserve_host: t.preserve_host,
+                upgrades: upgrades(&name, t.upgrades)?,
             };
             if targets.insert(canonical.clone(), target).is_some() {
                 return Err(ConfigError::new(format!(
@@ -505,8 +520,32 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Parses `--target NAME=URL[,timeout=30s][,ca-cert=FILE][,insecure][,http2][,preserve-host]` into a file-shaped
-/// entry.
+/// A target's upgrade allow-list, checked: protocol names (RFC 9110 tokens), never `h2c`.
+fn upgrades(target: &str, configured: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let list = configured.unwrap_or_else(|| vec!["websocket".to_string()]);
+    let mut out = Vec::with_capacity(list.len());
+    for p in list {
+        let token = !p.is_empty()
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(ConfigError::new(format!(
+                "target {target}: upgrades: {p:?} is not a protocol name"
+            )));
+        }
+        if crate::headers::is_h2c(&p) {
+            return Err(ConfigError::new(format!(
+                "target {target}: upgrades: h2c is never forwarded: a visitor would speak HTTP/2 \
+                 to the backend past the relay's routing, limits and audit"
+            )));
+        }
+        out.push(p.to_ascii_lowercase());
+    }
+    Ok(out)
+}
+
+/// Parses `--target NAME=URL[,timeout=30s][,ca-cert=FILE][,insecure][,http2][,preserve-host]
+/// [,upgrade=PROTOCOL]…[,no-upgrades]` into a file-shaped entry.
 pub fn parse_target_flag(spec: &str) -> Result<(String, TargetFile), ConfigError> {
     let (name, rest) = spec
         .split_once('=')
@@ -528,6 +567,8 @@ pub fn parse_target_flag(spec: &str) -> Result<(String, TargetFile), ConfigError
             None if opt == "insecure" => target.insecure = true,
             None if opt == "http2" => target.http2 = true,
             None if opt == "preserve-host" => target.preserve_host = true,
+            Some(("upgrade", v)) => target.upgrades.get_or_insert_with(Vec::new).push(v.into()),
+            None if opt == "no-upgrades" => target.upgrades = Some(Vec::new()),
             _ => {
                 return Err(ConfigError::new(format!(
                     "--target {name}: unknown option {opt:?}"
@@ -733,5 +774,33 @@ mod tests {
         assert!(t.insecure);
         assert!(parse_target_flag("api").is_err());
         assert!(parse_target_flag("api=http://x,bogus").is_err());
+        let (_, u) = parse_target_flag("a=http://x,upgrade=x-custom,upgrade=websocket").unwrap();
+        assert_eq!(
+            u.upgrades,
+            Some(vec!["x-custom".to_string(), "websocket".to_string()])
+        );
+        let (_, u) = parse_target_flag("a=http://x,no-upgrades").unwrap();
+        assert_eq!(u.upgrades, Some(Vec::new()));
+    }
+
+    #[test]
+    fn upgrades_default_to_websocket_and_never_allow_h2c() {
+        let c = Config::from_file(base(), None).unwrap();
+        assert_eq!(c.targets["app"].upgrades, ["websocket"]);
+        assert!(c.targets["app"].allows_upgrade("WebSocket"));
+        assert!(!c.targets["app"].allows_upgrade("h2c"));
+        for (list, ok) in [
+            (vec![], true),
+            (vec!["Foo"], true),
+            (vec!["h2c"], false),
+            (vec!["websocket", "H2C"], false),
+            (vec!["web socket"], false),
+            (vec![""], false),
+        ] {
+            let mut f = base();
+            let t = f.targets.get_mut("App").unwrap();
+            t.upgrades = Some(list.iter().map(|s| s.to_string()).collect());
+            assert_eq!(Config::from_file(f, None).is_ok(), ok, "{list:?}");
+        }
     }
 }

@@ -4,8 +4,10 @@ use http::header::{self, HeaderMap, HeaderName};
 
 /// Headers that describe one connection, never the message (every `Proxy-*` field is removed
 /// too, below: they are for a proxy on the way, never for the backend).
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
+    // Only ever meaningful with `Upgrade: h2c`, which is never forwarded (RFC 9113 §3.1 of old).
+    HeaderName::from_static("http2-settings"),
     HeaderName::from_static("keep-alive"),
     header::TE,
     header::TRAILER,
@@ -65,6 +67,66 @@ pub fn upgrade_of(headers: &HeaderMap) -> Option<http::HeaderValue> {
     }
 }
 
+/// The protocols of an `Upgrade` value (`websocket`, `foo/2`), each as written.
+fn protocols(value: &http::HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+}
+
+/// A protocol's name without its version, if the entry is well formed (`token[/token]`).
+fn protocol_name(entry: &str) -> Option<&str> {
+    let (name, version) = match entry.split_once('/') {
+        Some((n, v)) => (n, Some(v)),
+        None => (entry, None),
+    };
+    let token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    (token(name) && version.is_none_or(token)).then_some(name)
+}
+
+/// Whether a protocol name is `h2c`: HTTP/2 straight to the backend, past everything the relay
+/// checks and records. Never forwarded, whatever a target allows.
+pub fn is_h2c(name: &str) -> bool {
+    name.eq_ignore_ascii_case("h2c")
+}
+
+/// The `Upgrade` value reduced to the well-formed protocols `allowed` accepts (by name,
+/// case-insensitive, never `h2c`), or `None` when none is left: the request then goes on as an
+/// ordinary one (RFC 9110 §7.8 lets a server ignore an upgrade it does not offer).
+pub fn allowed_upgrade(
+    value: &http::HeaderValue,
+    allowed: impl Fn(&str) -> bool,
+) -> Option<http::HeaderValue> {
+    let kept: Vec<&str> = protocols(value)
+        .filter(|p| protocol_name(p).is_some_and(|n| !is_h2c(n) && allowed(n)))
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    http::HeaderValue::from_str(&kept.join(", ")).ok()
+}
+
+/// Whether a backend's `101` names a protocol the request offered (by name, case-insensitive).
+pub fn upgrade_answers(offered: &http::HeaderValue, answer: Option<&http::HeaderValue>) -> bool {
+    let Some(answer) = answer else {
+        return false;
+    };
+    let mut chosen = protocols(answer).filter_map(protocol_name);
+    match (chosen.next(), chosen.next()) {
+        (Some(name), None) => protocols(offered)
+            .filter_map(protocol_name)
+            .any(|o| o.eq_ignore_ascii_case(name)),
+        _ => false,
+    }
+}
+
 /// Puts the upgrade request back after stripping (`Connection: upgrade`, `Upgrade: value`).
 pub fn restore_upgrade(headers: &mut HeaderMap, value: http::HeaderValue) {
     headers.insert(
@@ -77,6 +139,40 @@ pub fn restore_upgrade(headers: &mut HeaderMap, value: http::HeaderValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upgrades_are_an_allow_list_without_h2c() {
+        let websocket_only = |n: &str| n.eq_ignore_ascii_case("websocket");
+        let v = |s: &str| http::HeaderValue::from_str(s).unwrap();
+        for (offer, kept) in [
+            ("websocket", Some("websocket")),
+            ("WebSocket", Some("WebSocket")),
+            ("h2c", None),
+            ("H2C", None),
+            ("h2c, websocket", Some("websocket")),
+            ("websocket , h2c", Some("websocket")),
+            ("h2c/1", None),
+            ("foo", None),
+            ("web socket", None),
+            ("websocket/13", Some("websocket/13")),
+            ("", None),
+        ] {
+            assert_eq!(
+                allowed_upgrade(&v(offer), websocket_only),
+                kept.map(v),
+                "{offer:?}"
+            );
+        }
+        // h2c stays out even when a caller would allow anything.
+        assert_eq!(allowed_upgrade(&v("H2c, x"), |_| true), Some(v("x")));
+        assert!(upgrade_answers(&v("websocket"), Some(&v("WebSocket"))));
+        assert!(!upgrade_answers(&v("websocket"), Some(&v("h2c"))));
+        assert!(!upgrade_answers(
+            &v("websocket"),
+            Some(&v("websocket, h2c"))
+        ));
+        assert!(!upgrade_answers(&v("websocket"), None));
+    }
 
     #[test]
     fn strips_standard_and_listed_headers() {

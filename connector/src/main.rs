@@ -84,7 +84,8 @@ struct RunArgs {
     /// A file holding the tenant credential secret.
     #[arg(long, value_name = "FILE")]
     secret_file: Option<PathBuf>,
-    /// A target: NAME=URL[,timeout=30s][,ca-cert=FILE][,insecure]. Repeatable.
+    /// A target: NAME=URL[,timeout=30s][,ca-cert=FILE][,insecure][,http2][,preserve-host]
+    /// [,upgrade=PROTOCOL]…[,no-upgrades]. Repeatable.
     #[arg(long = "target", value_name = "NAME=URL")]
     targets: Vec<String>,
     /// Extra PEM roots to verify the relay's certificate.
@@ -241,8 +242,18 @@ fn load(args: &RunArgs) -> Result<Config, ConfigError> {
                     toml::Value::String(p.display().to_string()),
                 );
             }
-            if t.insecure {
-                entry.insert("insecure".into(), toml::Value::Boolean(true));
+            for (key, on) in [
+                ("insecure", t.insecure),
+                ("http2", t.http2),
+                ("preserve_host", t.preserve_host),
+            ] {
+                if on {
+                    entry.insert(key.into(), toml::Value::Boolean(true));
+                }
+            }
+            if let Some(list) = t.upgrades {
+                let list = list.into_iter().map(toml::Value::String).collect();
+                entry.insert("upgrades".into(), toml::Value::Array(list));
             }
             targets.insert(name, toml::Value::Table(entry));
         }

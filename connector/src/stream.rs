@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use http::header::{HeaderValue, CONTENT_LENGTH};
+use http::header::{HeaderValue, CONTENT_LENGTH, UPGRADE};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
@@ -17,7 +17,9 @@ use tunnel_protocol::{
 
 use crate::backend::{Backend, Backends};
 use crate::framing::{splice, FramedRecv, FramedSend, TunnelBody};
-use crate::headers::{restore_upgrade, strip_hop_by_hop, upgrade_of};
+use crate::headers::{
+    allowed_upgrade, restore_upgrade, strip_hop_by_hop, upgrade_answers, upgrade_of,
+};
 use crate::transport::{RecvHalf, SendHalf};
 
 /// How long the relay may take to send the request head after opening a stream.
@@ -66,9 +68,22 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
             return;
         }
     };
+    if head.method == http::Method::CONNECT {
+        // The relay refuses CONNECT; a target is a base URL, never a tunnel to anywhere.
+        fail(
+            &mut send,
+            ErrorCode::PROTOCOL_ERROR,
+            "CONNECT is not forwarded",
+        )
+        .await;
+        return;
+    }
     let mut headers = head.headers;
-    // An upgrade (WebSocket) keeps the stream for raw bytes after the backend's 101.
-    let upgrade = upgrade_of(&headers).filter(|_| head.content_length == Some(0));
+    // An upgrade (WebSocket) keeps the stream for raw bytes after the backend's 101; only the
+    // protocols the target allows are offered to the backend, never h2c.
+    let upgrade = upgrade_of(&headers)
+        .filter(|_| head.content_length == Some(0))
+        .and_then(|v| allowed_upgrade(&v, |p| backend.target.allows_upgrade(p)));
     strip_hop_by_hop(&mut headers);
     headers.remove(http::header::HOST);
     if backend.target.preserve_host {
@@ -133,6 +148,22 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
         Ok(Ok(r)) => r,
     };
     let mut response = response;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        && !upgrade
+            .as_ref()
+            .is_some_and(|offered| upgrade_answers(offered, response.headers().get(UPGRADE)))
+    {
+        // A switch nobody asked for (or to another protocol) would hand the visitor's
+        // connection to whatever the backend speaks next.
+        warn!("backend switched protocols without a matching upgrade request");
+        fail(
+            &mut send,
+            ErrorCode::BACKEND_BAD_RESPONSE,
+            "101 without a matching upgrade request",
+        )
+        .await;
+        return;
+    }
     let switching = upgrade_recv.is_some() && response.status() == StatusCode::SWITCHING_PROTOCOLS;
     let on_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
     let (parts, mut body) = response.into_parts();

@@ -33,6 +33,8 @@ pub(crate) enum ProxyError {
     Connector(String),
     #[error("malformed relay path")]
     MalformedRoute,
+    #[error("CONNECT is not served")]
+    MethodNotAllowed,
     #[error("Host and authority disagree, several Host fields, or none on HTTP/1.1")]
     BadHost,
     #[error("malformed request body")]
@@ -74,6 +76,7 @@ impl ProxyError {
                 (Blame::Visitor, StatusCode::BAD_REQUEST)
             }
             Self::Misdirected => (Blame::Visitor, StatusCode::MISDIRECTED_REQUEST),
+            Self::MethodNotAllowed => (Blame::Visitor, StatusCode::METHOD_NOT_ALLOWED),
             Self::NoSession => (Blame::Connector, StatusCode::SERVICE_UNAVAILABLE),
             Self::NotFound => (Blame::Visitor, StatusCode::NOT_FOUND),
             Self::ResponseTimeout(_) => (Blame::Connector, StatusCode::GATEWAY_TIMEOUT),
@@ -94,6 +97,7 @@ impl ProxyError {
             Self::BodyTooLarge(_) => "the request body is too large",
             Self::BodyTimeout(_) => "the request body stalled",
             Self::MalformedRoute => "malformed relay path",
+            Self::MethodNotAllowed => "CONNECT is not served here",
             Self::BadHost => "missing or conflicting host",
             Self::BadBody => "malformed request body",
             Self::ConflictingFraming => "conflicting message framing",
@@ -168,6 +172,12 @@ pub(crate) fn error_message(err: &ProxyError, request_id: &str) -> Response<Byte
         // The rest of the connection's bytes cannot be trusted to frame the next request.
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if matches!(err, ProxyError::MethodNotAllowed) {
+        resp.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
+        );
     }
     if let Some(secs) = err.retry_after() {
         resp.headers_mut()

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use connector::framing::{splice, FramedRecv, FramedSend, RecvError, TunnelBody};
-use connector::headers::{restore_upgrade, strip_hop_by_hop, upgrade_of};
+use connector::headers::{
+    allowed_upgrade, restore_upgrade, strip_hop_by_hop, upgrade_answers, upgrade_of,
+};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
 use http_body::Body;
@@ -187,6 +189,10 @@ async fn proxy(
     let request_id = request_id.as_str();
     let (mut parts, body) = req.into_parts();
     let (peer, scheme) = (conn.peer, conn.scheme);
+    // The relay is a reverse proxy: a target is a base URL, never a tunnel to anywhere.
+    if parts.method == http::Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed);
+    }
     // Both framing headers (CL.TE / TE.CL smuggling): refuse outright and close the connection,
     // rather than picking one interpretation.
     if parts.headers.contains_key(header::TRANSFER_ENCODING)
@@ -254,9 +260,12 @@ async fn proxy(
     };
     let target = route.target.clone();
     // An HTTP/1.1 upgrade (WebSocket) without a body: the stream stays open after the head and
-    // carries raw bytes once the backend answers 101 — never before (no premature bytes).
+    // carries raw bytes once the backend answers 101 — never before (no premature bytes). h2c
+    // is never offered to a backend (the connector applies each target's allow-list); without
+    // an upgrade left, the request goes on as an ordinary one.
     let upgrade = upgrade_of(&parts.headers)
-        .filter(|_| content_length == Some(0) && parts.version == http::Version::HTTP_11);
+        .filter(|_| content_length == Some(0) && parts.version == http::Version::HTTP_11)
+        .and_then(|v| allowed_upgrade(&v, |_| true));
     let on_upgrade = upgrade
         .as_ref()
         .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
@@ -360,6 +369,14 @@ async fn proxy(
         Ok(Some(StreamFrame::ResponseHead(head))) => {
             let mut headers = head.headers;
             let answer_upgrade = upgrade_of(&headers);
+            let switch_offered = upgrade.as_ref().is_some_and(|offered| {
+                upgrade_answers(offered, headers.get(header::UPGRADE)) && on_upgrade.is_some()
+            });
+            if head.status == http::StatusCode::SWITCHING_PROTOCOLS && !switch_offered {
+                return Err(ProxyError::Connector(
+                    "101 without a matching upgrade request".into(),
+                ));
+            }
             strip_hop_by_hop(&mut headers);
             if let (Some(mut send), Some(on_upgrade)) = (upgrade_send, on_upgrade) {
                 if head.status != http::StatusCode::SWITCHING_PROTOCOLS {

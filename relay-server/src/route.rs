@@ -33,7 +33,7 @@ pub(crate) fn parse(path: &str) -> Result<Route<'_>, RouteError> {
     let tenant = relay_store::validate_name(tenant).map_err(|_| RouteError::Malformed)?;
     let target = relay_store::validate_name(target).map_err(|_| RouteError::Malformed)?;
     let path = if tail.is_empty() { "/" } else { tail };
-    if climbs_out(path) {
+    if tunnel_protocol::path::check(path).is_err() {
         return Err(RouteError::Malformed);
     }
     Ok(Route {
@@ -43,29 +43,10 @@ pub(crate) fn parse(path: &str) -> Result<Route<'_>, RouteError> {
     })
 }
 
-/// `path` when its dot-segments stay below its root (hostname routes pass the whole path).
+/// `path` when it keeps the edge's path guarantee ([`tunnel_protocol::path`]): hostname routes
+/// pass the whole path.
 pub(crate) fn checked_path(path: &str) -> Option<&str> {
-    (!climbs_out(path)).then_some(path)
-}
-
-/// Whether dot-segments (plain or percent-encoded) would climb above the path's root.
-fn climbs_out(path: &str) -> bool {
-    let mut depth: i64 = 0;
-    for seg in path.split('/').skip(1) {
-        let lower = seg.to_ascii_lowercase();
-        let dots = lower.replace("%2e", ".");
-        match dots.as_str() {
-            "." | "" => {}
-            ".." => {
-                depth -= 1;
-                if depth < 0 {
-                    return true;
-                }
-            }
-            _ => depth += 1,
-        }
-    }
-    false
+    tunnel_protocol::path::check(path).is_ok().then_some(path)
 }
 
 #[cfg(test)]
@@ -107,6 +88,11 @@ mod tests {
             "/relay/a/app/..",
             "/relay/a/app/%2e%2e/x",
             "/relay/a/app/x/.%2E/%2e./y",
+            "/relay/a/app/..%2fsecret",
+            "/relay/a/app/x/..%5c..%5csecret",
+            "/relay/a/app/..\\secret",
+            "/relay/a/app/%252e%252e/secret",
+            "/relay/a/app/..;/secret",
         ] {
             assert_eq!(parse(bad), Err(RouteError::Malformed), "{bad}");
         }

@@ -9,7 +9,8 @@
 //! | `/hold` | 1 KiB every 10 ms until the reader goes away |
 //! | `/sleep/{ms}` | waits, then `slept` |
 //! | `/status/{code}` | that status, empty body |
-//! | `/upgrade-echo` | `101 Switching Protocols`, then echoes raw bytes |
+//! | `/upgrade-echo` | `101` to the first protocol the request's `Upgrade` offers (any, `h2c` too, as an h2c-capable server would), then echoes raw bytes; `200 not upgraded` to a request that asks for no upgrade |
+//! | `/switch-anyway` | `101` with `Upgrade: h2c`, whatever the request asked for |
 //! | `/trailers` | two data chunks, then trailers `grpc-status: 0`, `x-trailer: yes` (gRPC-shaped) |
 //! | anything else | 200, `x-echo-method`/`x-echo-path` headers, the request body streamed back |
 
@@ -361,7 +362,26 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bod
         return resp;
     }
     match p.as_str() {
-        "/upgrade-echo" => {
+        "/upgrade-echo" | "/switch-anyway" => {
+            let asked = req
+                .headers()
+                .get_all("connection")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+            let offered = req
+                .headers()
+                .get("upgrade")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(|p| p.trim().to_string())
+                .filter(|p| asked && !p.is_empty());
+            let protocol = match (p.as_str(), offered) {
+                ("/switch-anyway", _) => "h2c".to_string(),
+                (_, Some(protocol)) => protocol,
+                (_, None) => return text(StatusCode::OK, "not upgraded"),
+            };
             // Switches protocols, then echoes raw bytes until the peer closes.
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
@@ -374,8 +394,9 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bod
             let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, "");
             resp.headers_mut()
                 .insert("connection", "upgrade".parse().expect("static"));
-            resp.headers_mut()
-                .insert("upgrade", "websocket".parse().expect("static"));
+            if let Ok(v) = protocol.parse() {
+                resp.headers_mut().insert("upgrade", v);
+            }
             resp
         }
         "/trailers" => {

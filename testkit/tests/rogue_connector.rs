@@ -1,7 +1,8 @@
 //! A connector that breaks the rules, against the real relay: an authenticated QUIC session
 //! that answers requests with hand-made frames. Header values with CR, LF or NUL, a bad header
-//! name, a frame this protocol version never sends, or a body before the head must give the visitor 502 and nothing of
-//! what the connector injected; hop-by-hop fields it sends are stripped; the relay keeps serving.
+//! name, a frame this protocol version never sends, a body before the head, or a 101 nobody asked
+//! for must give the visitor 502 and nothing of what the connector injected; hop-by-hop fields it
+//! sends are stripped; the relay keeps serving.
 
 use bytes::{BufMut, BytesMut};
 use http::StatusCode;
@@ -45,6 +46,8 @@ fn answer(path: &str) -> Vec<u8> {
         "/bad-name" => raw_head(200, &[(b"x injected", b"1")]),
         "/unknown-frame" => vec![0x7f, 0, 0, 0, 1, b'x'],
         "/data-first" => data(b"no head"),
+        // A switch the visitor never asked for: the visitor's connection is not handed over.
+        "/unasked-101" => raw_head(101, &[(b"connection", b"upgrade"), (b"upgrade", b"h2c")]),
         "/garbage-after-head" => {
             let mut out = raw_head(200, &[]);
             out.extend_from_slice(&data(b"partial"));
@@ -127,6 +130,7 @@ async fn a_rogue_connector_cannot_inject_and_cannot_break_the_relay() {
         "/unknown-frame",
         "/data-first",
         "/bad-version",
+        "/unasked-101",
     ] {
         let a = client
             .get(&relay.url(&format!("/relay/acme/app{path}")))

@@ -15,6 +15,7 @@ mod codec;
 mod control;
 mod error;
 mod frame;
+pub mod path;
 mod stream;
 
 pub use control::{ControlFrame, Credential, GoAway, Hello, Refused, Renewed, Welcome};

@@ -1,0 +1,280 @@
+//! What the edge guarantees about paths, upgrades and methods (docs/security.md), against the real
+//! relay, connector and a recording backend, over raw sockets (curl and hyper would normalise or
+//! refuse to send most of these requests).
+
+use std::time::Duration;
+
+use relay_server::testing::relay;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+use common::connect;
+
+/// Sends `request` as it is to the relay's plain-HTTP ingress; returns the status (`"close"`
+/// when the relay closed without answering) and everything the relay sent.
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> (String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    // Until the relay closes; after a 101, until the end of its head (the connection stays open).
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            if got.starts_with(b"HTTP/1.1 101") && got.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got).to_string();
+    let status = match text.split_whitespace().nth(1) {
+        Some(s) => s.to_string(),
+        None => "close".to_string(),
+    };
+    (status, text)
+}
+
+fn get(path: &str, extra: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: a\r\n{extra}Connection: close\r\n\r\n").into_bytes()
+}
+
+/// The path the backend received, decoded the most generous way (percent-decoding until stable,
+/// `\` as `/`), then normalised: what a lenient backend would serve.
+fn served_path(received: &str) -> String {
+    let mut p = received.split('?').next().unwrap_or_default().to_string();
+    for _ in 0..4 {
+        let mut out = Vec::new();
+        let b = p.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match (b[i], hex) {
+                (b'%', Some(v)) => {
+                    out.push(v);
+                    i += 3;
+                }
+                (c, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        p = String::from_utf8_lossy(&out).replace('\\', "/");
+    }
+    let mut stack: Vec<&str> = Vec::new();
+    for seg in p.split('/') {
+        match seg.split(';').next().unwrap_or_default() {
+            "" | "." => {}
+            ".." => {
+                stack.pop();
+            }
+            _ => stack.push(seg),
+        }
+    }
+    format!("/{}", stack.join("/"))
+}
+
+#[tokio::test]
+async fn traversal_never_leaves_a_targets_prefix() {
+    let relay = relay().spawn().await;
+    let backend = testkit::Backend::spawn().await;
+    let base = backend.url();
+    let _conn = connect(&relay, "acme", |c| {
+        c.target("static", &format!("{base}/public"))
+    })
+    .await;
+    let addr = relay.http_addr.unwrap();
+
+    // Refused with 400 before anything reaches the connector: every encoding of a dot-segment
+    // or separator that would (or might, on some server) climb out of /public.
+    let refused = [
+        "/relay/acme/static/../secret.txt",
+        "/relay/acme/static/x/../../secret.txt",
+        "/relay/acme/static/..%2fsecret.txt",
+        "/relay/acme/static/..%2Fsecret.txt",
+        "/relay/acme/static/x/..%2f..%2fsecret.txt",
+        "/relay/acme/static/%2e%2e/secret.txt",
+        "/relay/acme/static/%2E%2e%2fsecret.txt",
+        "/relay/acme/static/.%2e/secret.txt",
+        "/relay/acme/static/%252e%252e/secret.txt",
+        "/relay/acme/static/%252e%252e%252fsecret.txt",
+        "/relay/acme/static/..%252fsecret.txt",
+        "/relay/acme/static/%25252e%25252e/secret.txt",
+        "/relay/acme/static/..%5csecret.txt",
+        "/relay/acme/static/..%5Csecret.txt",
+        "/relay/acme/static/x\\..\\..\\secret.txt",
+        "/relay/acme/static/..\\secret.txt",
+        "/relay/acme/static/..%255csecret.txt",
+        "/relay/acme/static/..;/secret.txt",
+        "/relay/acme/static/%c0%ae%c0%ae/secret.txt",
+        "/relay/acme/static/..%c0%afsecret.txt",
+        "/relay/acme/static/%u002e%u002e/secret.txt",
+        "/relay/acme/static/%ef%bc%8e%ef%bc%8e/secret.txt",
+        "/relay/acme/static/secret%00.txt",
+    ];
+    for path in refused {
+        let before = backend.requests();
+        let (status, text) = raw(addr, &get(path, "")).await;
+        assert_eq!(status, "400", "{path}: {text}");
+        assert_eq!(backend.requests(), before, "{path} reached the backend");
+    }
+
+    // Paths that stay inside pass, byte for byte as the visitor sent them.
+    let passed = [
+        ("/relay/acme/static/a/b.txt", "/public/a/b.txt"),
+        ("/relay/acme/static/x/../b.txt", "/public/x/../b.txt"),
+        ("/relay/acme/static/x%2Fy", "/public/x%2Fy"),
+        ("/relay/acme/static/100%25", "/public/100%25"),
+        ("/relay/acme/static/a;v=1/b", "/public/a;v=1/b"),
+        ("/relay/acme/static/..a/b..", "/public/..a/b.."),
+    ];
+    for (path, want) in passed {
+        let (status, text) = raw(addr, &get(path, "")).await;
+        assert_eq!(status, "200", "{path}: {text}");
+        let seen = backend.seen();
+        let last = seen.last().expect("a request");
+        assert_eq!(last.path, want, "{path}");
+    }
+
+    // Whatever reached the backend, read the most generous way, is below /public.
+    for s in backend.seen() {
+        let served = served_path(&s.path);
+        assert!(
+            served == "/public" || served.starts_with("/public/"),
+            "{} is served as {served}",
+            s.path
+        );
+    }
+}
+
+#[tokio::test]
+async fn h2c_is_never_forwarded_and_websocket_still_works() {
+    let relay = relay().spawn().await;
+    let backend = testkit::Backend::spawn().await;
+    let base = backend.url();
+    let _conn = connect(&relay, "acme", |c| {
+        c.target("app", &base)
+            .target_with("closed", &base, |t| t.upgrades = Some(Vec::new()))
+            .target_with("custom", &base, |t| {
+                t.upgrades = Some(vec!["x-custom".into()])
+            })
+    })
+    .await;
+    let addr = relay.http_addr.unwrap();
+    let path = "/relay/acme/app/upgrade-echo";
+
+    // Every spelling of an h2c upgrade: the backend (which would switch to anything it is
+    // offered) sees an ordinary request, and the visitor never gets a 101.
+    let settings = "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n";
+    let spellings = [
+        format!("Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n{settings}"),
+        format!("Connection: upgrade\r\nUpgrade: H2C\r\n{settings}"),
+        format!("Connection: keep-alive, UPGRADE\r\nUpgrade: h2c/1\r\n{settings}"),
+        format!("Connection: Upgrade\r\nUpgrade:   h2c   \r\n{settings}"),
+        "Connection: Upgrade\r\nUpgrade: h2c\r\nUpgrade: websocket\r\n".to_string(),
+        format!("Connection: HTTP2-Settings\r\nConnection: Upgrade\r\nUpgrade: h2C\r\n{settings}"),
+        format!("Upgrade: h2c\r\n{settings}"),
+    ];
+    for extra in &spellings {
+        let raw_before = backend.raw().len();
+        let (status, text) = raw(addr, &get(path, extra)).await;
+        assert_eq!(status, "200", "{extra:?}: {text}");
+        assert!(text.ends_with("not upgraded"), "{extra:?}: {text}");
+        let seen = String::from_utf8_lossy(&backend.raw()[raw_before..]).to_lowercase();
+        assert!(
+            !seen.contains("h2c"),
+            "{extra:?} reached the backend: {seen}"
+        );
+        assert!(!seen.contains("http2-settings"), "{extra:?}: {seen}");
+        assert!(!seen.contains("\r\nupgrade:"), "{extra:?}: {seen}");
+        assert!(!seen.contains("connection: upgrade"), "{extra:?}: {seen}");
+    }
+
+    // h2c offered beside websocket: only websocket is offered on.
+    let raw_before = backend.raw().len();
+    let (status, text) = raw(
+        addr,
+        &get(path, "Connection: Upgrade\r\nUpgrade: h2c, websocket\r\n"),
+    )
+    .await;
+    assert_eq!(status, "101", "{text}");
+    assert!(text.to_lowercase().contains("upgrade: websocket"), "{text}");
+    let seen = String::from_utf8_lossy(&backend.raw()[raw_before..]).to_lowercase();
+    assert!(!seen.contains("h2c"), "{seen}");
+
+    // WebSocket switches and carries bytes both ways.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /relay/acme/app/upgrade-echo HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b))
+            .await
+            .expect("a response head")
+            .unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    s.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo))
+        .await
+        .expect("the echo")
+        .unwrap();
+    assert_eq!(&echo, b"ping");
+
+    // A target's allow-list: none at all, or a protocol of its own.
+    let ws = "Connection: Upgrade\r\nUpgrade: websocket\r\n";
+    let (status, text) = raw(addr, &get("/relay/acme/closed/upgrade-echo", ws)).await;
+    assert_eq!(
+        status, "200",
+        "websocket on a target without upgrades: {text}"
+    );
+    let (status, text) = raw(addr, &get("/relay/acme/custom/upgrade-echo", ws)).await;
+    assert_eq!(
+        status, "200",
+        "websocket on a target that allows x-custom only: {text}"
+    );
+    let custom = "Connection: Upgrade\r\nUpgrade: x-custom\r\n";
+    let (status, text) = raw(addr, &get("/relay/acme/custom/upgrade-echo", custom)).await;
+    assert_eq!(status, "101", "{text}");
+
+    // A backend that switches when nobody asked, or to another protocol than offered: 502.
+    for extra in ["", ws] {
+        let (status, text) = raw(addr, &get("/relay/acme/app/switch-anyway", extra)).await;
+        assert_eq!(status, "502", "{extra:?}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn connect_is_refused() {
+    let relay = relay().spawn().await;
+    let backend = testkit::Backend::spawn().await;
+    let base = backend.url();
+    let _conn = connect(&relay, "acme", |c| c.target("app", &base)).await;
+    let addr = relay.http_addr.unwrap();
+    for request in [
+        "CONNECT /relay/acme/app/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\nConnection: close\r\n\r\n",
+        "CONNECT a:80 HTTP/1.1\r\nHost: a:80\r\nConnection: close\r\n\r\n",
+    ] {
+        let (status, text) = raw(addr, request.as_bytes()).await;
+        assert!(status == "405" || status == "400", "{request:?}: {text}");
+        if status == "405" {
+            assert!(text.to_lowercase().contains("\r\nallow: "), "{text}");
+        }
+    }
+    assert_eq!(backend.requests(), 0, "a CONNECT reached the backend");
+    // The relay still serves the tenant.
+    let (status, _) = raw(addr, &get("/relay/acme/app/ok", "")).await;
+    assert_eq!(status, "200");
+}
