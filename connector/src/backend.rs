@@ -15,8 +15,8 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tracing::warn;
 
 use crate::config::{Target, DEFAULT_CONNECT_TIMEOUT};
-use crate::framing::TunnelBody;
 use crate::layered::ConfigError;
+use tunnel_session::framing::TunnelBody;
 
 /// How long an idle pooled backend connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);

@@ -533,7 +533,7 @@ fn upgrades(target: &str, configured: Option<Vec<String>>) -> Result<Vec<String>
                 "target {target}: upgrades: {p:?} is not a protocol name"
             )));
         }
-        if crate::headers::is_h2c(&p) {
+        if tunnel_session::headers::is_h2c(&p) {
             return Err(ConfigError::new(format!(
                 "target {target}: upgrades: h2c is never forwarded: a visitor would speak HTTP/2 \
                  to the backend past the relay's routing, limits and audit"

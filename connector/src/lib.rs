@@ -9,25 +9,20 @@
 //! backoff and full jitter, logging why each attempt failed. It dials only the targets in its own
 //! configuration, whatever the relay asks.
 //!
-//! Sessions run over QUIC, or over TLS on the relay's HTTPS port with the [`mux`] multiplexer
-//! where UDP is blocked (`--transport auto` falls back by itself), directly or through an HTTP
-//! CONNECT proxy. It keeps `session.count` sessions, each on its own thread with a single-threaded
-//! runtime ([`Connector::run`]). The stream framing in [`framing`] and the layered config loader
-//! in [`layered`] are also used by `relay-server`.
+//! Sessions run over QUIC, or over TLS on the relay's HTTPS port with the `tunnel_session::mux`
+//! multiplexer where UDP is blocked (`--transport auto` falls back by itself), directly or through
+//! an HTTP CONNECT proxy. It keeps `session.count` sessions, each on its own thread with a
+//! single-threaded runtime ([`Connector::run`]). What both ends of a session do alike (framing,
+//! the control stream, the transports) lives in the `tunnel-session` crate.
 
 pub mod backend;
 pub mod config;
-pub mod control;
-pub mod framing;
-pub mod headers;
 mod http_proxy;
 pub mod layered;
-pub mod mux;
 pub mod process;
 pub mod service;
 mod session;
 mod stream;
-pub mod transport;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,7 +50,7 @@ pub struct State {
     /// The newest session's id.
     pub session_id: Option<String>,
     /// The newest session's transport.
-    pub transport: Option<transport::Transport>,
+    pub transport: Option<tunnel_session::transport::Transport>,
     /// How many sessions were established since start.
     pub sessions_established: u64,
     /// The last failure, for humans.

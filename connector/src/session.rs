@@ -16,11 +16,11 @@ use tunnel_protocol::{ControlFrame, Credential, ErrorCode, Hello, ALPN};
 
 use crate::backend::{load_certs, Backends};
 use crate::config::{Config, TransportMode};
-use crate::control::{ControlError, ControlStream};
 use crate::layered::ConfigError;
-use crate::mux;
-use crate::transport::{Conn, Transport};
 use crate::{State, StateTx};
+use tunnel_session::control::{ControlError, ControlStream};
+use tunnel_session::mux;
+use tunnel_session::transport::{Conn, Transport};
 
 /// Deadline for the QUIC handshake to the relay.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -16,11 +16,11 @@ use tunnel_protocol::{
 };
 
 use crate::backend::{Backend, Backends};
-use crate::framing::{splice, FramedRecv, FramedSend, TunnelBody};
-use crate::headers::{
+use tunnel_session::framing::{splice, FramedRecv, FramedSend, TunnelBody};
+use tunnel_session::headers::{
     allowed_upgrade, restore_upgrade, strip_hop_by_hop, upgrade_answers, upgrade_of,
 };
-use crate::transport::{RecvHalf, SendHalf};
+use tunnel_session::transport::{RecvHalf, SendHalf};
 
 /// How long the relay may take to send the request head after opening a stream.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);

@@ -6,10 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use connector::framing::{splice, FramedRecv, FramedSend, RecvError, TunnelBody};
-use connector::headers::{
-    allowed_upgrade, restore_upgrade, strip_hop_by_hop, upgrade_answers, upgrade_of,
-};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
 use http_body::Body;
@@ -18,6 +14,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tunnel_protocol::{ErrorCode, RequestHead, StreamFrame};
+use tunnel_session::framing::{splice, FramedRecv, FramedSend, RecvError, TunnelBody};
+use tunnel_session::headers::{
+    allowed_upgrade, restore_upgrade, strip_hop_by_hop, upgrade_answers, upgrade_of,
+};
 
 use crate::audit::{Draft, Outcome};
 use crate::error::{error_response, ProxyError};

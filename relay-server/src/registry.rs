@@ -29,7 +29,7 @@ pub(crate) struct SessionEntry {
     pub(crate) identity: Identity,
     pub(crate) connector_id: String,
     pub(crate) connector_version: String,
-    pub(crate) conn: connector::transport::Conn,
+    pub(crate) conn: tunnel_session::transport::Conn,
     pub(crate) remote: SocketAddr,
     pub(crate) connected_at: SystemTime,
     pub(crate) in_flight: AtomicUsize,
@@ -44,7 +44,7 @@ impl SessionEntry {
         identity: Identity,
         connector_id: String,
         connector_version: String,
-        conn: connector::transport::Conn,
+        conn: tunnel_session::transport::Conn,
     ) -> SessionEntry {
         SessionEntry {
             id,

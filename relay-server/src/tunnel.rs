@@ -12,9 +12,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 use tunnel_protocol::{ControlFrame, ErrorCode, GoAway, Refused, Renewed, Welcome, ALPN};
 
-use connector::control::ControlStream;
-use connector::mux;
-use connector::transport::Conn;
+use tunnel_session::control::ControlStream;
+use tunnel_session::mux;
+use tunnel_session::transport::Conn;
 
 use crate::auth::Refusal;
 use crate::registry::{CloseKind, SessionEntry};
@@ -125,8 +125,8 @@ async fn established(relay: Arc<Relay>, conn: Conn) {
         Ok(Err(e)) => {
             debug!(error = %e, "no hello");
             let unsupported = matches!(
-                e.downcast_ref::<connector::control::ControlError>(),
-                Some(connector::control::ControlError::Decode(
+                e.downcast_ref::<tunnel_session::control::ControlError>(),
+                Some(tunnel_session::control::ControlError::Decode(
                     tunnel_protocol::DecodeError::UnsupportedVersion(_)
                 ))
             );

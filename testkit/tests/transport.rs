@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use connector::testing::connector;
-use connector::transport::Transport;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use relay_server::testing::{relay, RelayHandle};
 use testkit::{pattern_chunk, pattern_sha256, trace_init, Backend, Client, HttpProxy};
+use tunnel_session::transport::Transport;
 
 async fn relay_with_acme(builder: relay_server::testing::Builder) -> (RelayHandle, String) {
     trace_init();

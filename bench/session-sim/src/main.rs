@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use connector::control::ControlStream;
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{Endpoint, TransportConfig, VarInt};
 use tunnel_protocol::{ControlFrame, Credential, Hello, ALPN};
+use tunnel_session::control::ControlStream;
 
 #[derive(Parser, Debug)]
 #[command(name = "session-sim", version, about)]

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use connector::control::ControlStream;
 use connector::testing::connector;
 use relay_server::testing::RelayHandle;
 use testkit::{trace_init, Backend, Client};
 use tunnel_protocol::{ControlFrame, Credential, Hello};
+use tunnel_session::control::ControlStream;
 
 /// A relay with tenant `acme`, one connector serving target `app` from one backend, a client.
 pub(crate) struct Setup {

@@ -1,0 +1,25 @@
+//! The tokio side of a tunnel session, shared by `relay-server` and `connector`: everything both
+//! ends of a session do alike, over the wire format of [`tunnel_protocol`].
+//!
+//! ```text
+//! relay-server ──► tunnel-session ◄── connector
+//!                        │
+//!                        ▼
+//!                 tunnel-protocol (sans-io)
+//! ```
+//!
+//! - [`transport`]: a session's connection, QUIC (quinn) or TLS over TCP with the [`mux`]
+//!   multiplexer on top, behind one `Conn` type; each request is one bidirectional stream.
+//! - [`framing`]: stream frames over a stream's halves, bodies backed by a stream, and `splice`
+//!   for upgraded connections.
+//! - [`control`]: the control stream (`Hello`, `Welcome`, `Renew`, `Ping`, `GoAway`).
+//! - [`headers`]: hop-by-hop removal and the upgrade allow-list, applied on both sides.
+//!
+//! Non-goals: no policy (which session serves a request, who may connect, how to reconnect): that
+//! is the relay's and the connector's own.
+
+pub mod control;
+pub mod framing;
+pub mod headers;
+pub mod mux;
+pub mod transport;
