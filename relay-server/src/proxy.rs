@@ -23,7 +23,7 @@ use crate::audit::{Draft, Outcome};
 use crate::error::{error_response, ProxyError};
 use crate::metrics::TenantCounters;
 use crate::registry::SessionEntry;
-use crate::route::{self, RouteError};
+use crate::route;
 use crate::Relay;
 
 /// The response body: a short local answer, or the backend's body streamed from the tunnel.
@@ -178,6 +178,8 @@ pub(crate) async fn handle(
     response
 }
 
+/// One request through the tunnel, phase by phase: admit it, open a stream and send the head,
+/// await the response head, then answer (or switch protocols).
 async fn proxy(
     relay: &Arc<Relay>,
     req: Request<Incoming>,
@@ -185,10 +187,39 @@ async fn proxy(
     draft: &mut Draft,
     counters: &mut Option<Arc<TenantCounters>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let request_id = draft.request_id.clone();
-    let request_id = request_id.as_str();
     let (mut parts, body) = req.into_parts();
-    let (peer, scheme) = (conn.peer, conn.scheme);
+    let admitted = admit(relay, &parts, &body, conn, draft)?;
+    *counters = Some(admitted.counters.clone());
+    let upgrade = take_upgrade(&mut parts, admitted.content_length);
+    let head = request_head(relay, parts, conn, &admitted, upgrade.as_ref(), draft);
+    let sent = open_and_send(relay, &admitted, head, body, upgrade, draft).await?;
+    let first = await_response_head(relay, &admitted, sent.pump, sent.recv).await?;
+    respond(relay, admitted, first, sent.upgrade).await
+}
+
+/// A request the relay has decided to serve: where it goes, under which limits, on which session.
+struct Admitted {
+    tenant: Arc<relay_store::Tenant>,
+    target: String,
+    /// The path below the target and the query, as received.
+    path_and_query: String,
+    counters: Arc<TenantCounters>,
+    max_body: u64,
+    content_length: Option<u64>,
+    session: Arc<SessionEntry>,
+    /// Counts the stream in flight (session, relay, tenant cap) until the response body ends.
+    guard: InFlight,
+}
+
+/// Phase 1: everything decided before a stream opens — refusals that need no tenant (method,
+/// framing, URI length), the route, the tenant's limits and stream cap, and a live session.
+fn admit(
+    relay: &Arc<Relay>,
+    parts: &http::request::Parts,
+    body: &Incoming,
+    conn: &Visitor,
+    draft: &mut Draft,
+) -> Result<Admitted, ProxyError> {
     // The relay is a reverse proxy: a target is a base URL, never a tunnel to anywhere.
     if parts.method == http::Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
@@ -200,13 +231,13 @@ async fn proxy(
     {
         return Err(ProxyError::ConflictingFraming);
     }
-    let max_uri = relay.config.limits.max_uri_bytes;
+    let limits = &relay.config.limits;
     let uri_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len())
         + parts.uri.authority().map_or(0, |a| a.as_str().len());
-    if uri_len > max_uri {
-        return Err(ProxyError::UriTooLong(max_uri));
+    if uri_len > limits.max_uri_bytes {
+        return Err(ProxyError::UriTooLong(limits.max_uri_bytes));
     }
-    let route = resolve(relay, &parts, conn.sni.as_deref())?;
+    let route = route::resolve(relay, parts, conn.sni.as_deref())?;
     let tenant = route.tenant;
     draft.tenant = tenant.name.clone();
     if tenant.audit_query_strings {
@@ -215,9 +246,11 @@ async fn proxy(
         }
     }
     draft.target = route.target.clone();
-    let tenant_counters = relay.metrics.tenant(&tenant.name);
-    *counters = Some(tenant_counters.clone());
-    let limits = &relay.config.limits;
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{}?{q}", route.path),
+        None => route.path.to_string(),
+    };
+    let counters = relay.metrics.tenant(&tenant.name);
     // HTTP/1.1 counts fields in hyper's parser; HTTP/2 only bounds their total size.
     if parts.headers.len() > limits.max_headers {
         return Err(ProxyError::TooManyHeaders);
@@ -245,33 +278,51 @@ async fn proxy(
         .ok_or(ProxyError::NoSession)?;
     draft.session_id = session.id.clone();
     let guard = InFlight::new(session.clone(), relay.clone(), permit);
+    Ok(Admitted {
+        tenant,
+        target: route.target,
+        path_and_query,
+        counters,
+        max_body,
+        content_length,
+        session,
+        guard,
+    })
+}
 
-    let (send, recv) = match tokio::time::timeout(OPEN_STREAM_TIMEOUT, session.conn.open_bi()).await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(_)) | Err(_) => return Err(ProxyError::NoSession),
-    };
-    let mut send = FramedSend::new(send, ErrorCode::VISITOR_ABORTED);
-    let mut recv = FramedRecv::new(recv, ErrorCode::VISITOR_ABORTED);
+/// An HTTP/1.1 upgrade the relay will offer on: what is left of `Upgrade` (never h2c; the
+/// connector applies the target's allow-list) and hyper's handle on the visitor connection.
+struct Upgrade {
+    offered: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+}
 
-    let path_and_query = match parts.uri.query() {
-        Some(q) => format!("{}?{q}", route.path),
-        None => route.path.to_string(),
-    };
-    let target = route.target.clone();
-    // An HTTP/1.1 upgrade (WebSocket) without a body: the stream stays open after the head and
-    // carries raw bytes once the backend answers 101 — never before (no premature bytes). h2c
-    // is never offered to a backend (the connector applies each target's allow-list); without
-    // an upgrade left, the request goes on as an ordinary one.
-    let upgrade = upgrade_of(&parts.headers)
+/// An upgrade (WebSocket) is offered on only for an HTTP/1.1 request without a body; without a
+/// protocol left, the request goes on as an ordinary one.
+fn take_upgrade(parts: &mut http::request::Parts, content_length: Option<u64>) -> Option<Upgrade> {
+    let offered = upgrade_of(&parts.headers)
         .filter(|_| content_length == Some(0) && parts.version == http::Version::HTTP_11)
-        .and_then(|v| allowed_upgrade(&v, |_| true));
-    let on_upgrade = upgrade
-        .as_ref()
-        .and_then(|_| parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+        .and_then(|v| allowed_upgrade(&v, |_| true))?;
+    let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+    Some(Upgrade {
+        offered,
+        on_upgrade,
+    })
+}
+
+/// The request head for the connector: the visitor's headers after hygiene, with the relay's
+/// forwarding headers set after stripping.
+fn request_head(
+    relay: &Relay,
+    parts: http::request::Parts,
+    conn: &Visitor,
+    admitted: &Admitted,
+    upgrade: Option<&Upgrade>,
+    draft: &mut Draft,
+) -> StreamFrame {
     // Behind a trusted load balancer its forwarding headers are kept and the visitor is the
     // address it reports; from anyone else they are replaced.
-    let trusted = crate::forwarded::trusted(&relay.config.trusted_proxies, peer.ip());
+    let trusted = crate::forwarded::trusted(&relay.config.trusted_proxies, conn.peer.ip());
     let forwarded_for = trusted.then(|| {
         let values: Vec<&str> = parts
             .headers
@@ -283,29 +334,58 @@ async fn proxy(
     });
     if let Some(chain) = &forwarded_for {
         draft.visitor =
-            crate::forwarded::client(&relay.config.trusted_proxies, peer.ip(), chain).to_string();
+            crate::forwarded::client(&relay.config.trusted_proxies, conn.peer.ip(), chain)
+                .to_string();
     }
     let mut headers = request_headers(
         parts.headers,
         &parts.uri,
-        (peer, forwarded_for),
-        scheme,
-        request_id,
+        (conn.peer, forwarded_for),
+        conn.scheme,
+        &draft.request_id,
     );
-    if let Some(value) = upgrade.clone() {
-        restore_upgrade(&mut headers, value);
+    if let Some(upgrade) = upgrade {
+        restore_upgrade(&mut headers, upgrade.offered.clone());
     }
-    let head = StreamFrame::RequestHead(RequestHead {
-        request_id: request_id.to_string(),
-        target,
+    StreamFrame::RequestHead(RequestHead {
+        request_id: draft.request_id.clone(),
+        target: admitted.target.clone(),
         method: parts.method,
-        path_and_query,
+        path_and_query: admitted.path_and_query.clone(),
         headers,
-        content_length,
-    });
+        content_length: admitted.content_length,
+    })
+}
+
+/// What [`open_and_send`] leaves running: the response side of the stream, the outcome of the
+/// request body, and for an upgrade the send side kept for raw bytes.
+struct Sent {
+    recv: FramedRecv,
+    pump: oneshot::Receiver<Result<(), ProxyError>>,
+    upgrade: Option<(Upgrade, FramedSend)>,
+}
+
+/// Phase 2: opens a stream on the session, sends the head, and starts the request body on its
+/// own task, so a backend that answers before reading the whole body (or a slow upload) never
+/// blocks the response.
+async fn open_and_send(
+    relay: &Relay,
+    admitted: &Admitted,
+    head: StreamFrame,
+    body: Incoming,
+    upgrade: Option<Upgrade>,
+    draft: &Draft,
+) -> Result<Sent, ProxyError> {
+    let (send, recv) =
+        match tokio::time::timeout(OPEN_STREAM_TIMEOUT, admitted.session.conn.open_bi()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(_)) | Err(_) => return Err(ProxyError::NoSession),
+        };
+    let mut send = FramedSend::new(send, ErrorCode::VISITOR_ABORTED);
+    let recv = FramedRecv::new(recv, ErrorCode::VISITOR_ABORTED);
     // A request without a body (most GETs) is complete with its head: head and FIN leave in one
     // write, and no body task is needed.
-    let bodiless = on_upgrade.is_none() && body.is_end_stream();
+    let bodiless = upgrade.is_none() && body.is_end_stream();
     let sent = if bodiless {
         send.send_last(&head).await
     } else {
@@ -316,37 +396,49 @@ async fn proxy(
             "stream failed while sending the request head".into(),
         ));
     }
-
-    // The request body flows on its own task, so a backend that answers before reading the whole
-    // body (or a slow upload) never blocks the response.
-    let (pump_tx, mut pump_rx) = oneshot::channel();
-    let mut upgrade_send = None;
-    match on_upgrade {
-        Some(_) => {
-            upgrade_send = Some(send);
+    let (pump_tx, pump) = oneshot::channel();
+    let upgrade = match upgrade {
+        Some(upgrade) => {
             let _ = pump_tx.send(Ok(()));
+            Some((upgrade, send))
         }
         None if bodiless => {
             let _ = pump_tx.send(Ok(()));
+            None
         }
         None => {
             tokio::spawn(pump_request(
                 body,
                 send,
-                (max_body, limits.body_idle_timeout),
-                (tenant_counters.clone(), draft.bytes_in.clone()),
+                (admitted.max_body, relay.config.limits.body_idle_timeout),
+                (admitted.counters.clone(), draft.bytes_in.clone()),
                 pump_tx,
             ));
+            None
         }
-    }
+    };
+    Ok(Sent {
+        recv,
+        pump,
+        upgrade,
+    })
+}
 
-    let timeout = tenant
+/// Phase 3: the first frame of the answer. The response timeout runs from the end of the
+/// request body (as Envoy's route timeout): an upload that is still flowing is governed by the
+/// body idle timeout instead.
+async fn await_response_head(
+    relay: &Relay,
+    admitted: &Admitted,
+    mut pump: oneshot::Receiver<Result<(), ProxyError>>,
+    mut recv: FramedRecv,
+) -> Result<(tunnel_protocol::ResponseHead, FramedRecv), ProxyError> {
+    let timeout = admitted
+        .tenant
         .limits
         .request_timeout_ms
         .map(Duration::from_millis)
-        .unwrap_or(limits.request_timeout);
-    // The response timeout runs from the end of the request body (as Envoy's route timeout):
-    // an upload that is still flowing is governed by the body idle timeout instead.
+        .unwrap_or(relay.config.limits.request_timeout);
     let deadline = tokio::time::sleep(Duration::MAX / 4);
     tokio::pin!(deadline);
     let mut uploading = true;
@@ -355,7 +447,7 @@ async fn proxy(
         // large, stalled: the visitor gets that status), or the deadline may pass.
         tokio::select! {
             r = recv.next() => break r,
-            outcome = &mut pump_rx, if uploading => {
+            outcome = &mut pump, if uploading => {
                 uploading = false;
                 if let Ok(Err(e)) = outcome {
                     return Err(e);
@@ -366,60 +458,7 @@ async fn proxy(
         }
     };
     match first {
-        Ok(Some(StreamFrame::ResponseHead(head))) => {
-            let mut headers = head.headers;
-            let answer_upgrade = upgrade_of(&headers);
-            let switch_offered = upgrade.as_ref().is_some_and(|offered| {
-                upgrade_answers(offered, headers.get(header::UPGRADE)) && on_upgrade.is_some()
-            });
-            if head.status == http::StatusCode::SWITCHING_PROTOCOLS && !switch_offered {
-                return Err(ProxyError::Connector(
-                    "101 without a matching upgrade request".into(),
-                ));
-            }
-            strip_hop_by_hop(&mut headers);
-            if let (Some(mut send), Some(on_upgrade)) = (upgrade_send, on_upgrade) {
-                if head.status != http::StatusCode::SWITCHING_PROTOCOLS {
-                    // No switch: the (empty) request body ends here; the response is ordinary.
-                    send.finish();
-                } else {
-                    if let Some(value) = answer_upgrade {
-                        restore_upgrade(&mut headers, value);
-                    }
-                    // The tunnel carries raw bytes once hyper hands over the visitor connection;
-                    // the stream counts as in flight until the splice ends.
-                    tokio::spawn(async move {
-                        if let Ok(upgraded) = on_upgrade.await {
-                            splice(TokioIo::new(upgraded), send, recv).await;
-                        }
-                        drop(guard);
-                    });
-                    let mut response = Response::new(Either::Left(Full::new(Bytes::new())));
-                    *response.status_mut() = head.status;
-                    *response.headers_mut() = headers;
-                    return Ok(response);
-                }
-            }
-            // gRPC's Trailers-Only answer (the status in the head, no body) must reach the visitor
-            // as one HEADERS frame with END_STREAM: given the status in the head and then an empty
-            // DATA frame, clients report a broken stream instead of the status. The connector
-            // sends the FIN right behind such a head, so wait for it (at most the idle timeout).
-            let mut size = None;
-            if headers.contains_key("grpc-status") {
-                let ended = tokio::time::timeout(limits.stream_idle_timeout, recv.at_end()).await;
-                if let Ok(Ok(true)) = ended {
-                    size = Some(0);
-                }
-            }
-            let body = Metered::new(
-                TunnelBody::new(recv, size, guard).with_idle_timeout(limits.stream_idle_timeout),
-                tenant_counters,
-            );
-            let mut response = Response::new(Either::Right(body));
-            *response.status_mut() = head.status;
-            *response.headers_mut() = headers;
-            Ok(response)
-        }
+        Ok(Some(StreamFrame::ResponseHead(head))) => Ok((head, recv)),
         Ok(Some(StreamFrame::Error(e))) => Err(ProxyError::from_code(e.code, e.message)),
         Ok(Some(_)) => Err(ProxyError::Connector(
             "unexpected frame before the response head".into(),
@@ -431,6 +470,69 @@ async fn proxy(
     }
 }
 
+/// Phase 4: the visitor's response — the backend's body streamed from the tunnel, or, after a
+/// `101` to an upgrade the visitor offered, the raw byte splice.
+async fn respond(
+    relay: &Relay,
+    admitted: Admitted,
+    (head, mut recv): (tunnel_protocol::ResponseHead, FramedRecv),
+    upgrade: Option<(Upgrade, FramedSend)>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let mut headers = head.headers;
+    let switching = head.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    if switching {
+        let Some((upgrade, send)) =
+            upgrade.filter(|(u, _)| upgrade_answers(&u.offered, headers.get(header::UPGRADE)))
+        else {
+            return Err(ProxyError::Connector(
+                "101 without a matching upgrade request".into(),
+            ));
+        };
+        let chosen = upgrade_of(&headers);
+        strip_hop_by_hop(&mut headers);
+        if let Some(value) = chosen {
+            restore_upgrade(&mut headers, value);
+        }
+        // The tunnel carries raw bytes once hyper hands over the visitor connection; the stream
+        // counts as in flight until the splice ends.
+        let guard = admitted.guard;
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.on_upgrade.await {
+                splice(TokioIo::new(upgraded), send, recv).await;
+            }
+            drop(guard);
+        });
+        let mut response = Response::new(Either::Left(Full::new(Bytes::new())));
+        *response.status_mut() = head.status;
+        *response.headers_mut() = headers;
+        return Ok(response);
+    }
+    strip_hop_by_hop(&mut headers);
+    if let Some((_, mut send)) = upgrade {
+        // No switch: the (empty) request body ends here; the response is ordinary.
+        send.finish();
+    }
+    let idle = relay.config.limits.stream_idle_timeout;
+    // gRPC's Trailers-Only answer (the status in the head, no body) must reach the visitor as one
+    // HEADERS frame with END_STREAM: given the status in the head and then an empty DATA frame,
+    // clients report a broken stream instead of the status. The connector sends the FIN right
+    // behind such a head, so wait for it (at most the idle timeout).
+    let mut size = None;
+    if headers.contains_key("grpc-status") {
+        if let Ok(Ok(true)) = tokio::time::timeout(idle, recv.at_end()).await {
+            size = Some(0);
+        }
+    }
+    let body = Metered::new(
+        TunnelBody::new(recv, size, admitted.guard).with_idle_timeout(idle),
+        admitted.counters,
+    );
+    let mut response = Response::new(Either::Right(body));
+    *response.status_mut() = head.status;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
 /// The visitor connection a request arrived on.
 #[derive(Debug)]
 pub(crate) struct Visitor {
@@ -438,113 +540,6 @@ pub(crate) struct Visitor {
     pub(crate) scheme: &'static str,
     /// The TLS server name the visitor asked for (lowercase), if any.
     pub(crate) sni: Option<String>,
-}
-
-/// Where a request goes.
-struct Resolved<'a> {
-    tenant: Arc<relay_store::Tenant>,
-    target: String,
-    path: &'a str,
-}
-
-/// Resolves tenant, target and path: a tenant hostname first, then the wildcard base domain
-/// (`{target}.{tenant}.{base}`), then `/relay/{tenant}/{target}/{path}`. One parse result feeds
-/// both authorisation and routing.
-fn resolve<'a>(
-    relay: &Relay,
-    parts: &'a http::request::Parts,
-    sni: Option<&str>,
-) -> Result<Resolved<'a>, ProxyError> {
-    let host = request_host(parts)?;
-    if let (Some(sni), Some(host)) = (sni, host.as_deref()) {
-        // Domain fronting / connection coalescing onto another tenant's name.
-        if sni != host {
-            return Err(ProxyError::Misdirected);
-        }
-    }
-    let path = parts.uri.path();
-    if let Some(host) = host.as_deref() {
-        if let Some(found) = relay.catalog.hostname(host) {
-            let (tenant, target) = found.ok_or(ProxyError::UnknownTenant)?;
-            return Ok(Resolved {
-                tenant,
-                target,
-                path: route::checked_path(path).ok_or(ProxyError::MalformedRoute)?,
-            });
-        }
-        let below_base = relay
-            .config
-            .base_domain
-            .as_deref()
-            .and_then(|base| host.strip_suffix(base))
-            .and_then(|p| p.strip_suffix('.'));
-        if let Some(prefix) = below_base {
-            let (target, tenant) = prefix.split_once('.').ok_or(ProxyError::NotFound)?;
-            let target = relay_store::validate_name(target).map_err(|_| ProxyError::NotFound)?;
-            let tenant = relay_store::validate_name(tenant).map_err(|_| ProxyError::NotFound)?;
-            let tenant = relay
-                .catalog
-                .enabled_tenant(&tenant)
-                .ok_or(ProxyError::UnknownTenant)?;
-            return Ok(Resolved {
-                tenant,
-                target,
-                path: route::checked_path(path).ok_or(ProxyError::MalformedRoute)?,
-            });
-        }
-    }
-    let route = route::parse(path).map_err(|e| match e {
-        RouteError::NotRelay => ProxyError::NotFound,
-        RouteError::Malformed => ProxyError::MalformedRoute,
-    })?;
-    let tenant = relay
-        .catalog
-        .enabled_tenant(&route.tenant)
-        .ok_or(ProxyError::UnknownTenant)?;
-    Ok(Resolved {
-        tenant,
-        target: route.target,
-        path: route.path,
-    })
-}
-
-/// The request's host, canonical (lowercase, no port, no trailing dot), from the URI authority
-/// (HTTP/2, absolute form) or `Host`; both present and different is a bad request.
-fn request_host(parts: &http::request::Parts) -> Result<Option<String>, ProxyError> {
-    let authority = parts.uri.authority().map(|a| canonical_host(a.as_str()));
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
-    let header = match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => return Err(ProxyError::BadHost),
-        (Some(h), None) => Some(canonical_host(h.to_str().map_err(|_| ProxyError::BadHost)?)),
-        (None, _) => None,
-    };
-    match (authority, header) {
-        (Some(a), Some(h)) if a != h => Err(ProxyError::BadHost),
-        (Some(a), _) => Ok(Some(a)),
-        // RFC 9112 §3.2: an HTTP/1.1 request without Host is a bad request.
-        (None, None) if parts.version == http::Version::HTTP_11 => Err(ProxyError::BadHost),
-        (None, h) => Ok(h),
-    }
-}
-
-/// Lowercase, port and one trailing dot removed (`[::1]:443` → `[::1]`).
-fn canonical_host(raw: &str) -> String {
-    let lower = raw.trim().to_ascii_lowercase();
-    let without_port = if lower.starts_with('[') {
-        lower
-            .split_once(']')
-            .map(|(h, _)| format!("{h}]"))
-            .unwrap_or(lower.clone())
-    } else {
-        lower
-            .rsplit_once(':')
-            .map(|(h, _)| h.to_string())
-            .unwrap_or(lower.clone())
-    };
-    without_port
-        .strip_suffix('.')
-        .map(str::to_string)
-        .unwrap_or(without_port)
 }
 
 /// The headers sent to the backend: hop-by-hop and relay-internal ones removed, then the
@@ -684,45 +679,5 @@ async fn pump(
             // The connector stopped reading (the backend answered or failed); nothing to add.
             return Ok(());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts_are_canonicalised() {
-        assert_eq!(canonical_host("App.Example.COM."), "app.example.com");
-        assert_eq!(canonical_host("app.example.com:8443"), "app.example.com");
-        assert_eq!(canonical_host("app.example.com.:443"), "app.example.com");
-        assert_eq!(canonical_host("[::1]:443"), "[::1]");
-        assert_eq!(canonical_host("127.0.0.1:80"), "127.0.0.1");
-    }
-
-    #[test]
-    fn host_and_authority_must_agree() {
-        let req = |uri: &str, hosts: &[&str]| {
-            let mut b = Request::builder().uri(uri);
-            for h in hosts {
-                b = b.header("host", *h);
-            }
-            b.body(()).unwrap().into_parts().0
-        };
-        assert_eq!(
-            request_host(&req("/x", &["A.example:80"]))
-                .unwrap()
-                .as_deref(),
-            Some("a.example")
-        );
-        assert_eq!(
-            request_host(&req("https://a.example/x", &[]))
-                .unwrap()
-                .as_deref(),
-            Some("a.example")
-        );
-        assert!(request_host(&req("https://a.example/x", &["a.example"])).is_ok());
-        assert!(request_host(&req("https://a.example/x", &["b.example"])).is_err());
-        assert!(request_host(&req("/x", &["a.example", "b.example"])).is_err());
     }
 }

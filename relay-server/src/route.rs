@@ -1,6 +1,15 @@
-//! Parsing the visitor path `/relay/{tenant}/{target}/{path}`. Tenant and target come from the
-//! raw (still percent-encoded) segments and are never decoded: one parse result feeds both
-//! authorisation and routing.
+//! Where a visitor request goes: by tenant hostname, by the wildcard base domain
+//! (`{target}.{tenant}.{base}`), or by the path `/relay/{tenant}/{target}/{path}`. Tenant and
+//! target come from the raw (still percent-encoded) segments and are never decoded: one parse
+//! result feeds both authorisation and routing. The path below the target keeps the edge's path
+//! guarantee ([`tunnel_protocol::path`]).
+
+use std::sync::Arc;
+
+use http::header;
+
+use crate::error::ProxyError;
+use crate::Relay;
 
 /// A parsed relay route.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,9 +58,151 @@ pub(crate) fn checked_path(path: &str) -> Option<&str> {
     tunnel_protocol::path::check(path).is_ok().then_some(path)
 }
 
+/// Where a request goes.
+pub(crate) struct Resolved<'a> {
+    pub(crate) tenant: Arc<relay_store::Tenant>,
+    pub(crate) target: String,
+    pub(crate) path: &'a str,
+}
+
+/// Resolves tenant, target and path: a tenant hostname first, then the wildcard base domain
+/// (`{target}.{tenant}.{base}`), then `/relay/{tenant}/{target}/{path}`. One parse result feeds
+/// both authorisation and routing.
+pub(crate) fn resolve<'a>(
+    relay: &Relay,
+    parts: &'a http::request::Parts,
+    sni: Option<&str>,
+) -> Result<Resolved<'a>, ProxyError> {
+    let host = request_host(parts)?;
+    if let (Some(sni), Some(host)) = (sni, host.as_deref()) {
+        // Domain fronting / connection coalescing onto another tenant's name.
+        if sni != host {
+            return Err(ProxyError::Misdirected);
+        }
+    }
+    let path = parts.uri.path();
+    if let Some(host) = host.as_deref() {
+        if let Some(found) = relay.catalog.hostname(host) {
+            let (tenant, target) = found.ok_or(ProxyError::UnknownTenant)?;
+            return Ok(Resolved {
+                tenant,
+                target,
+                path: checked_path(path).ok_or(ProxyError::MalformedRoute)?,
+            });
+        }
+        let below_base = relay
+            .config
+            .base_domain
+            .as_deref()
+            .and_then(|base| host.strip_suffix(base))
+            .and_then(|p| p.strip_suffix('.'));
+        if let Some(prefix) = below_base {
+            let (target, tenant) = prefix.split_once('.').ok_or(ProxyError::NotFound)?;
+            let target = relay_store::validate_name(target).map_err(|_| ProxyError::NotFound)?;
+            let tenant = relay_store::validate_name(tenant).map_err(|_| ProxyError::NotFound)?;
+            let tenant = relay
+                .catalog
+                .enabled_tenant(&tenant)
+                .ok_or(ProxyError::UnknownTenant)?;
+            return Ok(Resolved {
+                tenant,
+                target,
+                path: checked_path(path).ok_or(ProxyError::MalformedRoute)?,
+            });
+        }
+    }
+    let route = parse(path).map_err(|e| match e {
+        RouteError::NotRelay => ProxyError::NotFound,
+        RouteError::Malformed => ProxyError::MalformedRoute,
+    })?;
+    let tenant = relay
+        .catalog
+        .enabled_tenant(&route.tenant)
+        .ok_or(ProxyError::UnknownTenant)?;
+    Ok(Resolved {
+        tenant,
+        target: route.target,
+        path: route.path,
+    })
+}
+
+/// The request's host, canonical (lowercase, no port, no trailing dot), from the URI authority
+/// (HTTP/2, absolute form) or `Host`; both present and different is a bad request.
+fn request_host(parts: &http::request::Parts) -> Result<Option<String>, ProxyError> {
+    let authority = parts.uri.authority().map(|a| canonical_host(a.as_str()));
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let header = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(ProxyError::BadHost),
+        (Some(h), None) => Some(canonical_host(h.to_str().map_err(|_| ProxyError::BadHost)?)),
+        (None, _) => None,
+    };
+    match (authority, header) {
+        (Some(a), Some(h)) if a != h => Err(ProxyError::BadHost),
+        (Some(a), _) => Ok(Some(a)),
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host is a bad request.
+        (None, None) if parts.version == http::Version::HTTP_11 => Err(ProxyError::BadHost),
+        (None, h) => Ok(h),
+    }
+}
+
+/// Lowercase, port and one trailing dot removed (`[::1]:443` → `[::1]`).
+fn canonical_host(raw: &str) -> String {
+    let lower = raw.trim().to_ascii_lowercase();
+    let without_port = if lower.starts_with('[') {
+        lower
+            .split_once(']')
+            .map(|(h, _)| format!("{h}]"))
+            .unwrap_or(lower.clone())
+    } else {
+        lower
+            .rsplit_once(':')
+            .map(|(h, _)| h.to_string())
+            .unwrap_or(lower.clone())
+    };
+    without_port
+        .strip_suffix('.')
+        .map(str::to_string)
+        .unwrap_or(without_port)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_are_canonicalised() {
+        assert_eq!(canonical_host("App.Example.COM."), "app.example.com");
+        assert_eq!(canonical_host("app.example.com:8443"), "app.example.com");
+        assert_eq!(canonical_host("app.example.com.:443"), "app.example.com");
+        assert_eq!(canonical_host("[::1]:443"), "[::1]");
+        assert_eq!(canonical_host("127.0.0.1:80"), "127.0.0.1");
+    }
+
+    #[test]
+    fn host_and_authority_must_agree() {
+        let req = |uri: &str, hosts: &[&str]| {
+            let mut b = http::Request::builder().uri(uri);
+            for h in hosts {
+                b = b.header("host", *h);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        assert_eq!(
+            request_host(&req("/x", &["A.example:80"]))
+                .unwrap()
+                .as_deref(),
+            Some("a.example")
+        );
+        assert_eq!(
+            request_host(&req("https://a.example/x", &[]))
+                .unwrap()
+                .as_deref(),
+            Some("a.example")
+        );
+        assert!(request_host(&req("https://a.example/x", &["a.example"])).is_ok());
+        assert!(request_host(&req("https://a.example/x", &["b.example"])).is_err());
+        assert!(request_host(&req("/x", &["a.example", "b.example"])).is_err());
+    }
 
     #[test]
     fn parses_tenant_target_and_path() {
