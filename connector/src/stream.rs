@@ -15,7 +15,7 @@ use tunnel_protocol::{
     ErrorCode, RequestHead, ResponseHead, StreamError, StreamFrame, MAX_HEAD_FRAME_LEN,
 };
 
-use crate::backend::{Backend, Backends};
+use crate::backend::{Backend, BackendBody, Backends};
 use tunnel_session::framing::{splice, FramedRecv, FramedSend, TunnelBody};
 use tunnel_session::headers::{
     allowed_upgrade, restore_upgrade, strip_hop_by_hop, upgrade_answers, upgrade_of,
@@ -55,28 +55,72 @@ pub(crate) async fn serve(send: SendHalf, recv: RecvHalf, backends: Backends) {
     .await
 }
 
+/// One request to a backend, phase by phase: prepare the backend request, call the backend,
+/// send the response head (with what of the body is already at hand), then stream the body or
+/// splice an upgraded connection.
 async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv: FramedRecv) {
-    let uri = match backend.uri(&head.path_and_query) {
-        Ok(uri) => uri,
-        Err(e) => {
-            fail(
-                &mut send,
-                ErrorCode::PROTOCOL_ERROR,
-                &format!("bad path: {e}"),
-            )
-            .await;
-            return;
-        }
+    let prepared = match prepare(head, backend, recv) {
+        Ok(p) => p,
+        Err((code, message)) => return fail(&mut send, code, &message).await,
     };
+    let (offered, upgrade_recv) = prepared.upgrade.unzip();
+    let response = match call(backend, prepared.req, prepared.body_sent, &mut send).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return,
+        Err((code, message)) => return fail(&mut send, code, &message).await,
+    };
+    let switch = match switch_of(response, offered.as_ref(), upgrade_recv) {
+        Ok(s) => s,
+        Err((code, message)) => return fail(&mut send, code, &message).await,
+    };
+    match switch {
+        Switch::No(response) => {
+            let (parts, mut body) = response.into_parts();
+            let mut headers = parts.headers;
+            strip_hop_by_hop(&mut headers);
+            match send_head(parts.status, headers, Some(&mut body), &mut send).await {
+                Ok(HeadSent::Ended) | Err(()) => {}
+                Ok(HeadSent::More) => stream_body(body, send).await,
+            }
+        }
+        Switch::Yes {
+            status,
+            headers,
+            on_upgrade,
+            recv,
+        } => {
+            if send_head(status, headers, None, &mut send).await.is_err() {
+                return;
+            }
+            match on_upgrade.await {
+                Ok(upgraded) => splice(TokioIo::new(upgraded), send, recv).await,
+                Err(e) => warn!(error = %e, "backend upgrade failed after its 101"),
+            }
+        }
+    }
+}
+
+/// Why a stream failed before its response head: the code and detail the relay gets.
+type Failure = (ErrorCode, String);
+
+/// A backend request ready to send, and what the stream keeps for later.
+struct Prepared {
+    req: Request<BackendBody>,
+    /// The protocols offered to the backend, and the stream's receive half kept for raw bytes.
+    upgrade: Option<(HeaderValue, FramedRecv)>,
+    /// Fires when hyper is done with the request body: the response timeout starts then.
+    body_sent: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// Phase 1: the backend request — the URI below the target (path guarantee checked), header
+/// hygiene, the target's Host choice, and the upgrade allow-list.
+fn prepare(head: RequestHead, backend: &Backend, recv: FramedRecv) -> Result<Prepared, Failure> {
+    let uri = backend
+        .uri(&head.path_and_query)
+        .map_err(|e| (ErrorCode::PROTOCOL_ERROR, format!("bad path: {e}")))?;
     if head.method == http::Method::CONNECT {
         // The relay refuses CONNECT; a target is a base URL, never a tunnel to anywhere.
-        fail(
-            &mut send,
-            ErrorCode::PROTOCOL_ERROR,
-            "CONNECT is not forwarded",
-        )
-        .await;
-        return;
+        return Err((ErrorCode::PROTOCOL_ERROR, "CONNECT is not forwarded".into()));
     }
     let mut headers = head.headers;
     // An upgrade (WebSocket) keeps the stream for raw bytes after the backend's 101; only the
@@ -98,10 +142,10 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
     // The response timeout runs from the end of the request body, not from its start: a large
     // upload to a slow backend is not a timeout.
     let (body_done, body_sent) = tokio::sync::oneshot::channel::<()>();
-    let (body, upgrade_recv) = match upgrade.clone() {
+    let (body, upgrade) = match upgrade {
         Some(value) => {
-            restore_upgrade(&mut headers, value);
-            (TunnelBody::empty(body_done), Some(recv))
+            restore_upgrade(&mut headers, value.clone());
+            (TunnelBody::empty(body_done), Some((value, recv)))
         }
         None => (TunnelBody::new(recv, head.content_length, body_done), None),
     };
@@ -109,99 +153,134 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
     *req.method_mut() = head.method;
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
+    Ok(Prepared {
+        req,
+        upgrade,
+        body_sent,
+    })
+}
 
+/// Phase 2: the backend's response head, within the target's timeout from the end of the body;
+/// `None` when the relay cancelled the request first (the backend request is dropped, which
+/// cancels it, instead of waiting for a response nobody will read).
+async fn call(
+    backend: &Backend,
+    req: Request<BackendBody>,
+    body_sent: tokio::sync::oneshot::Receiver<()>,
+    send: &mut FramedSend,
+) -> Result<Option<http::Response<hyper::body::Incoming>>, Failure> {
     let timeout = backend.target.timeout;
-    // Why select: the relay stops the stream when the visitor goes away; the backend request is
-    // then dropped, which cancels it, instead of waiting for a response nobody will read.
     let deadline = async {
         let _ = body_sent.await;
         tokio::time::sleep(timeout).await;
     };
-    let response = tokio::select! {
-        r = backend.send(req) => Ok(r),
-        _ = deadline => Err(()),
+    // Why select: the relay stops the stream when the visitor goes away.
+    tokio::select! {
+        r = backend.send(req) => match r {
+            Ok(r) => Ok(Some(r)),
+            Err(e) => {
+                let code = if e.is_connect() {
+                    ErrorCode::BACKEND_UNAVAILABLE
+                } else {
+                    ErrorCode::BACKEND_BAD_RESPONSE
+                };
+                warn!(error = %error_chain(&e), "backend request failed");
+                Err((code, error_chain(&e)))
+            }
+        },
+        _ = deadline => Err((
+            ErrorCode::BACKEND_TIMEOUT,
+            format!("no response head within {timeout:?}"),
+        )),
         code = send.stopped() => {
             debug!(?code, "relay cancelled the request before the response head");
-            return;
+            Ok(None)
         }
-    };
-    let response = match response {
-        Err(_) => {
-            fail(
-                &mut send,
-                ErrorCode::BACKEND_TIMEOUT,
-                &format!("no response head within {timeout:?}"),
-            )
-            .await;
-            return;
-        }
-        Ok(Err(e)) => {
-            let code = if e.is_connect() {
-                ErrorCode::BACKEND_UNAVAILABLE
-            } else {
-                ErrorCode::BACKEND_BAD_RESPONSE
-            };
-            warn!(error = %error_chain(&e), "backend request failed");
-            fail(&mut send, code, &error_chain(&e)).await;
-            return;
-        }
-        Ok(Ok(r)) => r,
-    };
-    let mut response = response;
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS
-        && !upgrade
-            .as_ref()
-            .is_some_and(|offered| upgrade_answers(offered, response.headers().get(UPGRADE)))
-    {
-        // A switch nobody asked for (or to another protocol) would hand the visitor's
-        // connection to whatever the backend speaks next.
-        warn!("backend switched protocols without a matching upgrade request");
-        fail(
-            &mut send,
-            ErrorCode::BACKEND_BAD_RESPONSE,
-            "101 without a matching upgrade request",
-        )
-        .await;
-        return;
     }
-    let switching = upgrade_recv.is_some() && response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    let on_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
-    let (parts, mut body) = response.into_parts();
+}
+
+/// Whether the backend switched protocols.
+enum Switch {
+    No(http::Response<hyper::body::Incoming>),
+    Yes {
+        status: StatusCode,
+        headers: http::HeaderMap,
+        on_upgrade: hyper::upgrade::OnUpgrade,
+        recv: FramedRecv,
+    },
+}
+
+/// Phase 3: a `101` is accepted only when it names a protocol that was offered; a switch nobody
+/// asked for (or to another protocol) would hand the visitor's connection to whatever the
+/// backend speaks next.
+fn switch_of(
+    mut response: http::Response<hyper::body::Incoming>,
+    offered: Option<&HeaderValue>,
+    recv: Option<FramedRecv>,
+) -> Result<Switch, Failure> {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Switch::No(response));
+    }
+    let answers = offered.is_some_and(|o| upgrade_answers(o, response.headers().get(UPGRADE)));
+    let Some(recv) = recv.filter(|_| answers) else {
+        warn!("backend switched protocols without a matching upgrade request");
+        return Err((
+            ErrorCode::BACKEND_BAD_RESPONSE,
+            "101 without a matching upgrade request".into(),
+        ));
+    };
+    let on_upgrade = hyper::upgrade::on(&mut response);
+    let (parts, _) = response.into_parts();
     let mut headers = parts.headers;
-    let answer_upgrade = upgrade_of(&headers);
+    let chosen = upgrade_of(&headers);
     strip_hop_by_hop(&mut headers);
-    if let (true, Some(value)) = (switching, answer_upgrade) {
+    if let Some(value) = chosen {
         restore_upgrade(&mut headers, value);
     }
-    if headers.len() > tunnel_protocol::MAX_HEADERS {
-        fail(
-            &mut send,
-            ErrorCode::BACKEND_BAD_RESPONSE,
-            "too many response header fields",
-        )
-        .await;
-        return;
-    }
-    let head = StreamFrame::ResponseHead(ResponseHead {
+    Ok(Switch::Yes {
         status: parts.status,
         headers,
-    });
+        on_upgrade,
+        recv,
+    })
+}
+
+/// What is left after the response head went out.
+enum HeadSent {
+    /// The body ended with the head: the FIN went out too.
+    Ended,
+    /// More body (or raw bytes) follows.
+    More,
+}
+
+/// Phase 4: the response head. A small answer leaves in one write: the head, the body frames
+/// already at hand (a short body usually arrives with its head) and, when the body has ended,
+/// the FIN. `Err` when the stream is done for (a failure was sent, or the relay went away).
+async fn send_head(
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Option<&mut hyper::body::Incoming>,
+    send: &mut FramedSend,
+) -> Result<HeadSent, ()> {
+    if headers.len() > tunnel_protocol::MAX_HEADERS {
+        let message = "too many response header fields";
+        fail(send, ErrorCode::BACKEND_BAD_RESPONSE, message).await;
+        return Err(());
+    }
     let mut encoded = bytes::BytesMut::new();
-    head.encode(&mut encoded);
+    StreamFrame::ResponseHead(ResponseHead { status, headers }).encode(&mut encoded);
     if encoded.len() > MAX_HEAD_FRAME_LEN {
         fail(
-            &mut send,
+            send,
             ErrorCode::BACKEND_BAD_RESPONSE,
             "response head too large",
         )
         .await;
-        return;
+        return Err(());
     }
-    // A small answer leaves in one write: the head, the body frames already at hand (a short
-    // body usually arrives with its head) and, when the body has ended, the FIN.
     let mut ended = false;
     let mut large = None;
-    if on_upgrade.is_none() {
+    if let Some(body) = body {
         while encoded.len() < COALESCE_BYTES {
             match body.frame().now_or_never() {
                 Some(None) => {
@@ -227,31 +306,25 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
                     warn!(error = %e, "backend body failed mid-stream");
                     let _ = send.send_encoded(&encoded).await;
                     send.reset(ErrorCode::BACKEND_ABORTED);
-                    return;
+                    return Err(());
                 }
                 None => break,
             }
         }
     }
-    if send.send_encoded(&encoded).await.is_err() {
-        return;
-    }
+    send.send_encoded(&encoded).await.map_err(|_| ())?;
     if ended {
         send.finish();
-        return;
+        return Ok(HeadSent::Ended);
     }
     if let Some(data) = large {
-        if send.send_data(data).await.is_err() {
-            return;
-        }
+        send.send_data(data).await.map_err(|_| ())?;
     }
-    if let (Some(on_upgrade), Some(recv)) = (on_upgrade, upgrade_recv) {
-        match on_upgrade.await {
-            Ok(upgraded) => splice(TokioIo::new(upgraded), send, recv).await,
-            Err(e) => warn!(error = %e, "backend upgrade failed after its 101"),
-        }
-        return;
-    }
+    Ok(HeadSent::More)
+}
+
+/// Phase 5: the rest of the body, frame by frame, until it ends, fails, or the relay stops it.
+async fn stream_body(mut body: hyper::body::Incoming, mut send: FramedSend) {
     loop {
         // Why select: a slow backend chunk must not delay noticing that the visitor went away.
         let frame = tokio::select! {
