@@ -2,7 +2,10 @@
 //!
 //! The route table [`ROUTES`] is the single source: the router is built from it and
 //! `/api/v1/openapi.json` is generated from it, so the document cannot drift from the routes.
-//! Errors are RFC 9457 problem documents; request bodies with unknown fields are refused.
+//! Errors are RFC 9457 problem documents. A request body must be a JSON object of the
+//! documented shape: arrays (where serde would fill a struct by position), unknown fields and
+//! wrong types get 422, unparsable JSON 400. Query parameters that are unknown, malformed or out
+//! of the documented range get 400.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -40,6 +43,28 @@ pub struct ApiRoute {
     /// Query parameters: (name, schema type, description).
     pub query: &'static [(&'static str, &'static str, &'static str)],
 }
+
+/// Largest `limit` of a listing.
+pub(crate) const MAX_LIMIT: u32 = 1000;
+/// Largest `offset` (the store counts in signed 64 bits).
+const MAX_OFFSET: u64 = i64::MAX as u64;
+/// Largest value of a byte or millisecond limit (the store keeps signed 64 bits).
+const MAX_LIMIT_VALUE: u64 = i64::MAX as u64;
+
+/// Tenant and target names as requests may give them: the naming rule, case-insensitive (they
+/// are stored lowercase); see `relay_store::validate_name`.
+pub(crate) const NAME_PATTERN: &str = "^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}$";
+/// Tenant and target names as answers show them (canonical, lowercase).
+pub(crate) const CANONICAL_NAME_PATTERN: &str = "^[a-z0-9][a-z0-9-]{0,62}$";
+/// Hostnames as requests may give them: two or more labels of 1–63 letters, digits and `-`
+/// (not first or last), case-insensitive, one optional trailing dot; at most 253 characters
+/// without it. See `relay_store::canonical_hostname`.
+pub(crate) const HOSTNAME_PATTERN: &str = r"^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.?$";
+/// Hostnames as answers show them (canonical: lowercase, no trailing dot).
+pub(crate) const CANONICAL_HOSTNAME_PATTERN: &str =
+    r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+/// A status filter: one status (`502`) or a class (`5xx`).
+const STATUS_PATTERN: &str = "^([1-5][0-9][0-9]|[1-5][xX][xX])$";
 
 const PAGING: &[(&str, &str, &str)] = &[
     (
@@ -263,8 +288,20 @@ pub(crate) fn store_problem(e: Error) -> Response {
         | Error::CredentialNotFound(_)
         | Error::HostnameNotFound(_)
         | Error::ApiTokenNotFound(_) => problem(StatusCode::NOT_FOUND, "not found", &e.to_string()),
-        Error::InvalidName(_) | Error::InvalidHostname(_) => {
-            problem(StatusCode::BAD_REQUEST, "invalid value", &e.to_string())
+        Error::InvalidName(_) | Error::InvalidHostname(_) => problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid value",
+            &e.to_string(),
+        ),
+        Error::HashingBusy => {
+            let mut res = problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "busy",
+                "password hashing is busy; try again shortly",
+            );
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            res
         }
         Error::Database(_) => {
             tracing::warn!(error = %e, "store failed");
@@ -287,18 +324,54 @@ pub(crate) fn store_problem(e: Error) -> Response {
 
 type ApiResult = Result<Response, Response>;
 
-/// A JSON body; unknown fields, bad JSON and a wrong content type become problem documents.
+/// A JSON object body. A wrong content type (415), unparsable JSON (400) and a body that is not
+/// an object, or not of `T`'s shape (422), become problem documents. Nested objects are
+/// checked by [`object`].
 pub(crate) struct Body<T>(T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = Response;
 
     async fn from_request(req: Request, state: &S) -> Result<Body<T>, Response> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(e) => Err(problem(e.status(), "invalid request body", &e.body_text())),
+        let value = match Json::<Value>::from_request(req, state).await {
+            Ok(Json(v)) => v,
+            Err(e) => return Err(problem(e.status(), "invalid request body", &e.body_text())),
+        };
+        let invalid = |detail: &str| {
+            problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid request body",
+                detail,
+            )
+        };
+        if !value.is_object() {
+            return Err(invalid("the body must be a JSON object"));
         }
+        T::deserialize(value)
+            .map(Body)
+            .map_err(|e| invalid(&e.to_string()))
     }
+}
+
+/// A nested object field: a JSON object or `null`, never an array. (serde fills a struct from
+/// a sequence by position, so `{"limits": [5, null]}` would otherwise set a limit.)
+fn object<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+    let map = Option::<serde_json::Map<String, Value>>::deserialize(d)?;
+    map.map(|m| T::deserialize(Value::Object(m)).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// A listing's `limit` (default `default`) and `offset`, refused outside 1..=1000 and
+/// 0..=2^63-1.
+fn paging(limit: Option<u32>, offset: u64, default: u32) -> Result<u32, String> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(format!("limit {limit}: give 1 to {MAX_LIMIT}"));
+    }
+    if offset > MAX_OFFSET {
+        return Err(format!("offset {offset}: at most {MAX_OFFSET}"));
+    }
+    Ok(limit)
 }
 
 /// Query parameters; unknown or malformed ones become a 400 problem.
@@ -340,10 +413,13 @@ pub(crate) fn parse_time(s: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("{s:?} is neither an RFC 3339 time nor ms since the epoch"))
 }
 
-/// A status filter: `502` or `5xx`.
+/// A status filter: `502` or `5xx` ([`STATUS_PATTERN`]).
 pub(crate) fn parse_status(s: &str) -> Result<(i64, i64), String> {
     let err = || format!("status {s:?}: give a status like 502 or a class like 5xx");
     let lower = s.to_ascii_lowercase();
+    if lower.len() != 3 || !lower.bytes().all(|b| b.is_ascii_digit() || b == b'x') {
+        return Err(err());
+    }
     if let Some(d) = lower.strip_suffix("xx") {
         let class: i64 = d.parse().map_err(|_| err())?;
         return if (1..=5).contains(&class) {
@@ -451,7 +527,8 @@ async fn list_tenants(
     _: ApiAdmin,
     Params(p): Params<Paging>,
 ) -> ApiResult {
-    let limit = p.limit.unwrap_or(50).clamp(1, 1000);
+    let limit = paging(p.limit, p.offset, 50)
+        .map_err(|e| problem(StatusCode::BAD_REQUEST, "invalid query", &e))?;
     let (tenants, total) = state
         .store()
         .tenants_page(&p.q, p.offset, limit)
@@ -536,19 +613,24 @@ struct TenantPatch {
     display_name: Option<String>,
     description: Option<String>,
     audit_query_strings: Option<bool>,
+    #[serde(default, deserialize_with = "object")]
     limits: Option<LimitsPatch>,
 }
 
-/// Limits must be positive when set (null restores the relay's default).
+/// Limits must be positive when set (null restores the relay's default), and the byte and
+/// millisecond ones fit the store's signed 64 bits.
 fn check_limits(l: &TenantLimits) -> Result<(), Response> {
     let zero = l.max_body_bytes == Some(0)
         || l.max_concurrent_streams == Some(0)
         || l.request_timeout_ms == Some(0);
-    if zero {
+    let big = l.max_body_bytes.is_some_and(|v| v > MAX_LIMIT_VALUE)
+        || l.request_timeout_ms.is_some_and(|v| v > MAX_LIMIT_VALUE);
+    if zero || big {
         return Err(problem(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid limits",
-            "limits must be positive; use null for the relay's default",
+            "limits must be 1 to 2^63-1 (max_concurrent_streams: 1 to 2^32-1); use null for \
+             the relay's default",
         ));
     }
     Ok(())
@@ -815,7 +897,7 @@ impl RequestQuery {
             status: opt(&self.status).map(|s| parse_status(&s)).transpose()?,
             since: opt(&self.since).map(|s| parse_time(&s)).transpose()?,
             until: opt(&self.until).map(|s| parse_time(&s)).transpose()?,
-            limit: self.limit.unwrap_or(default_limit).clamp(1, 1000),
+            limit: paging(self.limit, self.offset, default_limit)?,
             offset: self.offset,
         })
     }
@@ -845,6 +927,18 @@ async fn openapi(_: ApiAdmin) -> Response {
     Json(openapi_document()).into_response()
 }
 
+/// The schema of a path or query parameter, with the ranges and patterns the handlers enforce.
+fn parameter_schema(name: &str, ty: &str) -> Value {
+    match name {
+        "name" => json!({"type": "string", "pattern": NAME_PATTERN, "maxLength": 63}),
+        "hostname" => json!({"type": "string", "pattern": HOSTNAME_PATTERN, "maxLength": 254}),
+        "offset" => json!({"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}),
+        "limit" => json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
+        "status" => json!({"type": "string", "pattern": STATUS_PATTERN}),
+        _ => json!({"type": ty}),
+    }
+}
+
 /// The OpenAPI 3.1 document of [`ROUTES`].
 pub fn openapi_document() -> Value {
     let mut paths = serde_json::Map::new();
@@ -853,10 +947,10 @@ pub fn openapi_document() -> Value {
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": parameter_schema(p, "string")}))
             .collect();
         params.extend(r.query.iter().map(|(name, ty, desc)| {
-            json!({"name": name, "in": "query", "required": false, "description": desc, "schema": {"type": ty}})
+            json!({"name": name, "in": "query", "required": false, "description": desc, "schema": parameter_schema(name, ty)})
         }));
         let (status, schema) = r.response;
         let success = match schema {
@@ -868,11 +962,24 @@ pub fn openapi_document() -> Value {
             }
             None => json!({"description": "done"}),
         };
-        let problem_ref = json!({"description": "error", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
+        let problem_ref = |what: &str| json!({"description": what, "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
         let mut responses = serde_json::Map::new();
         responses.insert(status.to_string(), success);
-        responses.insert("401".into(), problem_ref.clone());
-        responses.insert("default".into(), problem_ref);
+        responses.insert("401".into(), problem_ref("no valid API token"));
+        if !r.query.is_empty() {
+            responses.insert(
+                "400".into(),
+                problem_ref("a query parameter is unknown, malformed or out of range"),
+            );
+        }
+        if r.request.is_some() {
+            responses.insert("400".into(), problem_ref("the body is not JSON"));
+            responses.insert(
+                "422".into(),
+                problem_ref("the body is not an object of the schema (arrays, unknown fields, wrong types) or a value is invalid"),
+            );
+        }
+        responses.insert("default".into(), problem_ref("error"));
         let mut op = json!({
             "operationId": r.operation,
             "summary": r.summary,
@@ -880,14 +987,76 @@ pub fn openapi_document() -> Value {
             "responses": responses,
         });
         if let Some(req) = r.request {
-            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{req}")}}}});
+            op["requestBody"] = json!({"required": true, "description": "a JSON object (never an array)", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{req}")}}}});
         }
         let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
         entry[r.method] = op;
     }
-    let nullable_int = json!({"type": ["integer", "null"], "minimum": 1});
+    let nullable =
+        |min: u64, max: u64| json!({"type": ["integer", "null"], "minimum": min, "maximum": max});
     let time = json!({"type": "string", "format": "date-time"});
     let nullable_time = json!({"type": ["string", "null"], "format": "date-time"});
+    let name_in = json!({"type": "string", "pattern": NAME_PATTERN, "maxLength": 63, "description": "case-insensitive; stored lowercase"});
+    let name_out = json!({"type": "string", "pattern": CANONICAL_NAME_PATTERN, "maxLength": 63});
+    let host_in = json!({"type": "string", "pattern": HOSTNAME_PATTERN, "maxLength": 254, "description": "a DNS name, case-insensitive, at most 253 characters without the optional trailing dot; stored lowercase"});
+    let host_out =
+        json!({"type": "string", "pattern": CANONICAL_HOSTNAME_PATTERN, "maxLength": 253});
+    // Answers may show a 0 set through the CLI; requests must give 1 or more.
+    let limits = |what: &str, min: u64| {
+        json!({"type": "object", "additionalProperties": false, "description": what, "properties": {
+            "max_body_bytes": nullable(min, MAX_LIMIT_VALUE),
+            "max_concurrent_streams": nullable(min, u64::from(u32::MAX)),
+            "request_timeout_ms": nullable(min, MAX_LIMIT_VALUE)}})
+    };
+    let paging = |items: &str| {
+        json!({"type": "object", "properties": {
+            "items": {"type": "array", "items": {"$ref": format!("#/components/schemas/{items}")}},
+            "offset": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}}})
+    };
+    let mut tenant_list = paging("Tenant");
+    tenant_list["properties"]["total"] = json!({"type": "integer", "minimum": 0});
+    let mut schemas = serde_json::Map::new();
+    schemas.insert("Problem".into(), json!({"type": "object", "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"}}}));
+    schemas.insert("Limits".into(), limits("null: the relay's default", 0));
+    schemas.insert(
+        "LimitsPatch".into(),
+        limits(
+            "an absent field is kept; null returns to the relay's default; 0 is refused",
+            1,
+        ),
+    );
+    schemas.insert("Tenant".into(), json!({"type": "object", "required": ["name", "display_name", "description", "enabled", "audit_query_strings", "limits", "created_at"], "properties": {
+                    "name": name_out, "display_name": {"type": "string"}, "description": {"type": "string"},
+                    "enabled": {"type": "boolean"}, "audit_query_strings": {"type": "boolean"},
+                    "limits": {"$ref": "#/components/schemas/Limits"}, "created_at": time}}));
+    schemas.insert("TenantList".into(), tenant_list);
+    schemas.insert("NewTenant".into(), json!({"type": "object", "additionalProperties": false, "required": ["name"], "properties": {
+                    "name": name_in, "display_name": {"type": "string"}, "description": {"type": "string"}}}));
+    schemas.insert("TenantPatch".into(), json!({"type": "object", "additionalProperties": false, "properties": {
+                    "enabled": {"type": "boolean"}, "display_name": {"type": "string"}, "description": {"type": "string"},
+                    "audit_query_strings": {"type": "boolean"}, "limits": {"oneOf": [{"$ref": "#/components/schemas/LimitsPatch"}, {"type": "null"}]}}}));
+    schemas.insert("Credential".into(), json!({"type": "object", "properties": {"id": {"type": "string"}, "label": {"type": "string"}, "created_at": time, "last_used_at": nullable_time, "revoked_at": nullable_time}}));
+    schemas.insert("CredentialList".into(), json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Credential"}}}}));
+    schemas.insert("NewCredential".into(), json!({"type": "object", "additionalProperties": false, "properties": {"label": {"type": "string", "description": "the first 200 characters are kept"}}}));
+    schemas.insert("CreatedCredential".into(), json!({"type": "object", "required": ["id", "secret"], "properties": {"id": {"type": "string"}, "secret": {"type": "string"}, "label": {"type": "string"}, "created_at": time}}));
+    schemas.insert(
+        "Hostname".into(),
+        json!({"type": "object", "properties": {"hostname": host_out, "target": name_out}}),
+    );
+    schemas.insert("HostnameList".into(), json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Hostname"}}}}));
+    schemas.insert("NewHostname".into(), json!({"type": "object", "additionalProperties": false, "required": ["hostname", "target"], "properties": {"hostname": host_in, "target": name_in}}));
+    schemas.insert("Connection".into(), json!({"type": "object", "properties": {
+                    "id": {"type": "string"}, "transport": {"type": "string", "enum": ["quic", "tcp"]}, "remote_addr": {"type": "string"},
+                    "connector_id": {"type": "string"}, "connector_version": {"type": "string"}, "connected_at": time,
+                    "relay_node": {"type": "string"}, "in_flight_streams": {"type": ["integer", "null"], "minimum": 0, "description": "known when the answering process is the relay node holding the session"}}}));
+    schemas.insert("ConnectionList".into(), json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Connection"}}}}));
+    schemas.insert("Request".into(), json!({"type": "object", "properties": {
+                    "request_id": {"type": "string"}, "tenant": {"type": "string"}, "target": {"type": "string"}, "method": {"type": "string"},
+                    "path": {"type": "string"}, "status": {"type": "integer"}, "outcome": {"type": "string", "enum": ["ok", "visitor-aborted", "backend-error", "timeout", "refused"]},
+                    "bytes_in": {"type": "integer", "minimum": 0}, "bytes_out": {"type": "integer", "minimum": 0}, "duration_ms": {"type": "integer", "minimum": 0},
+                    "visitor": {"type": "string"}, "session_id": {"type": "string"}, "relay_node": {"type": "string"}, "created_at": time}}));
+    schemas.insert("RequestList".into(), paging("Request"));
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Relay management API", "version": env!("CARGO_PKG_VERSION")},
@@ -895,39 +1064,8 @@ pub fn openapi_document() -> Value {
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "an admin API token (rat_…)"}},
-            "schemas": {
-                "Problem": {"type": "object", "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"}}},
-                "Limits": {"type": "object", "additionalProperties": false, "properties": {"max_body_bytes": nullable_int, "max_concurrent_streams": nullable_int, "request_timeout_ms": nullable_int}},
-                "Tenant": {"type": "object", "required": ["name", "display_name", "description", "enabled", "audit_query_strings", "limits", "created_at"], "properties": {
-                    "name": {"type": "string"}, "display_name": {"type": "string"}, "description": {"type": "string"},
-                    "enabled": {"type": "boolean"}, "audit_query_strings": {"type": "boolean"},
-                    "limits": {"$ref": "#/components/schemas/Limits"}, "created_at": time}},
-                "TenantList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Tenant"}}, "total": {"type": "integer"}, "offset": {"type": "integer"}, "limit": {"type": "integer"}}},
-                "NewTenant": {"type": "object", "additionalProperties": false, "required": ["name"], "properties": {
-                    "name": {"type": "string", "pattern": "^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}$"}, "display_name": {"type": "string"}, "description": {"type": "string"}}},
-                "TenantPatch": {"type": "object", "additionalProperties": false, "properties": {
-                    "enabled": {"type": "boolean"}, "display_name": {"type": "string"}, "description": {"type": "string"},
-                    "audit_query_strings": {"type": "boolean"}, "limits": {"$ref": "#/components/schemas/Limits"}}},
-                "Credential": {"type": "object", "properties": {"id": {"type": "string"}, "label": {"type": "string"}, "created_at": time, "last_used_at": nullable_time, "revoked_at": nullable_time}},
-                "CredentialList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Credential"}}}},
-                "NewCredential": {"type": "object", "additionalProperties": false, "properties": {"label": {"type": "string"}}},
-                "CreatedCredential": {"type": "object", "required": ["id", "secret"], "properties": {"id": {"type": "string"}, "secret": {"type": "string"}, "label": {"type": "string"}, "created_at": time}},
-                "Hostname": {"type": "object", "properties": {"hostname": {"type": "string"}, "target": {"type": "string"}}},
-                "HostnameList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Hostname"}}}},
-                "NewHostname": {"type": "object", "additionalProperties": false, "required": ["hostname", "target"], "properties": {"hostname": {"type": "string"}, "target": {"type": "string"}}},
-                "Connection": {"type": "object", "properties": {
-                    "id": {"type": "string"}, "transport": {"type": "string", "enum": ["quic", "tcp"]}, "remote_addr": {"type": "string"},
-                    "connector_id": {"type": "string"}, "connector_version": {"type": "string"}, "connected_at": time,
-                    "relay_node": {"type": "string"}, "in_flight_streams": {"type": ["integer", "null"], "description": "known when the answering process is the relay node holding the session"}}},
-                "ConnectionList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Connection"}}}},
-                "Request": {"type": "object", "properties": {
-                    "request_id": {"type": "string"}, "tenant": {"type": "string"}, "target": {"type": "string"}, "method": {"type": "string"},
-                    "path": {"type": "string"}, "status": {"type": "integer"}, "outcome": {"type": "string", "enum": ["ok", "visitor-aborted", "backend-error", "timeout", "refused"]},
-                    "bytes_in": {"type": "integer"}, "bytes_out": {"type": "integer"}, "duration_ms": {"type": "integer"},
-                    "visitor": {"type": "string"}, "session_id": {"type": "string"}, "relay_node": {"type": "string"}, "created_at": time}},
-                "RequestList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Request"}}, "offset": {"type": "integer"}, "limit": {"type": "integer"}}},
-            }
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "an admin API token (rat_…); the scheme name is case-insensitive"}},
+            "schemas": schemas,
         }
     })
 }
@@ -944,6 +1082,105 @@ mod tests {
         assert!(parse_status("6xx").is_err());
         assert!(parse_status("99").is_err());
         assert!(parse_status("abc").is_err());
+        assert!(parse_status("+50").is_err());
+        assert!(parse_status("5x2").is_err());
+        assert!(parse_status("5000").is_err());
+    }
+
+    #[test]
+    fn paging_out_of_range_is_refused() {
+        assert_eq!(paging(None, 0, 50), Ok(50));
+        assert_eq!(paging(Some(1), MAX_OFFSET, 50), Ok(1));
+        assert_eq!(paging(Some(MAX_LIMIT), 0, 50), Ok(MAX_LIMIT));
+        assert!(paging(Some(0), 0, 50).is_err());
+        assert!(paging(Some(MAX_LIMIT + 1), 0, 50).is_err());
+        assert!(paging(None, MAX_OFFSET + 1, 50).is_err());
+    }
+
+    async fn body<T: DeserializeOwned>(json: &str) -> Result<T, StatusCode> {
+        let req = Request::builder()
+            .method("POST")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(json.to_string()))
+            .unwrap();
+        Body::<T>::from_request(req, &())
+            .await
+            .map(|Body(v)| v)
+            .map_err(|r| r.status())
+    }
+
+    #[tokio::test]
+    async fn bodies_must_be_objects_all_the_way_down() {
+        let unprocessable = Some(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body::<NewCredential>("[]").await.err(), unprocessable);
+        assert_eq!(body::<NewCredential>("[\"x\"]").await.err(), unprocessable);
+        assert_eq!(body::<NewCredential>("null").await.err(), unprocessable);
+        assert_eq!(
+            body::<NewCredential>("{").await.err(),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            body::<NewCredential>("{}").await.ok().map(|c| c.label),
+            Some(String::new())
+        );
+        for bad in [
+            r#"{"limits": [5, null]}"#,
+            r#"{"limits": [5]}"#,
+            r#"{"limits": {"max_body_bytes": [5]}}"#,
+            r#"{"limits": {"max_body_bytes": -1}}"#,
+            r#"{"limits": {"speed": 1}}"#,
+            r#"{"enabled": "yes"}"#,
+        ] {
+            assert_eq!(body::<TenantPatch>(bad).await.err(), unprocessable, "{bad}");
+        }
+        let p =
+            body::<TenantPatch>(r#"{"limits": {"max_body_bytes": 5, "request_timeout_ms": null}}"#)
+                .await
+                .unwrap();
+        let l = p.limits.expect("limits");
+        assert_eq!(l.max_body_bytes, Some(Some(5)));
+        assert_eq!(l.request_timeout_ms, Some(None));
+        assert_eq!(l.max_concurrent_streams, None);
+        let p = body::<TenantPatch>(r#"{"limits": null}"#).await.unwrap();
+        assert!(p.limits.is_none());
+    }
+
+    #[test]
+    fn the_document_states_patterns_and_ranges() {
+        let doc = openapi_document();
+        let s = &doc["components"]["schemas"];
+        assert_eq!(
+            s["NewTenant"]["properties"]["name"]["pattern"],
+            NAME_PATTERN
+        );
+        assert_eq!(
+            s["Tenant"]["properties"]["name"]["pattern"],
+            CANONICAL_NAME_PATTERN
+        );
+        assert_eq!(
+            s["NewHostname"]["properties"]["hostname"]["pattern"],
+            HOSTNAME_PATTERN
+        );
+        assert_eq!(
+            s["NewHostname"]["properties"]["target"]["pattern"],
+            NAME_PATTERN
+        );
+        assert_eq!(
+            s["LimitsPatch"]["properties"]["max_body_bytes"]["minimum"],
+            1
+        );
+        let list = &doc["paths"]["/api/v1/tenants"]["get"]["parameters"];
+        let param = |n: &str| {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == n)
+                .unwrap()["schema"]
+                .clone()
+        };
+        assert_eq!(param("offset")["minimum"], 0);
+        assert_eq!(param("limit")["minimum"], 1);
+        assert_eq!(param("limit")["maximum"], MAX_LIMIT);
     }
 
     #[test]

@@ -1,10 +1,8 @@
-//! Who is asking: login sessions for pages, API tokens for `/api/v1` and `/metrics`, the CSRF
-//! and same-origin checks on state changes, and login rate limiting.
+//! Who is asking: login sessions for pages, API tokens for `/api/v1` and `/metrics`, and the
+//! CSRF and same-origin checks on state changes.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_lc_rs::constant_time;
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -14,6 +12,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use relay_store::{ApiToken, WebSession};
 
 use crate::api::problem;
+use crate::host::ServedOrigin;
 use crate::AppState;
 
 /// The session cookie. `__Host-` binds it to this origin: Secure, path `/`, no Domain.
@@ -53,6 +52,8 @@ pub(crate) fn clear_cookie() -> String {
 #[derive(Debug, Clone)]
 pub(crate) struct Admin {
     pub(crate) session: WebSession,
+    /// The origin the request was addressed to (for the same-origin check).
+    pub(crate) origin: Option<String>,
 }
 
 impl Admin {
@@ -82,8 +83,9 @@ impl FromRequestParts<AppState> for Admin {
         let Some(cookie) = session_cookie(&parts.headers) else {
             return Err(refused(parts));
         };
+        let origin = served_origin(parts);
         match state.store().web_session(&cookie).await {
-            Ok(Some(session)) => Ok(Admin { session }),
+            Ok(Some(session)) => Ok(Admin { session, origin }),
             Ok(None) => Err(refused(parts)),
             Err(e) => {
                 tracing::warn!(error = %e, "session lookup failed");
@@ -129,17 +131,10 @@ impl FromRequestParts<AppState> for ApiAdmin {
         else {
             return Err(unauthorized("send Authorization: Bearer <api token>"));
         };
-        let Some(token) = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-        else {
+        let Some(token) = bearer_token(value) else {
             return Err(unauthorized("send Authorization: Bearer <api token>"));
         };
-        match state
-            .store()
-            .verify_api_token(token.trim(), state.hasher())
-            .await
-        {
+        match state.store().verify_api_token(token, state.hasher()).await {
             Ok(Some(token)) => Ok(ApiAdmin { token }),
             Ok(None) => Err(unauthorized("the API token is unknown or revoked")),
             Err(e) => {
@@ -154,10 +149,24 @@ impl FromRequestParts<AppState> for ApiAdmin {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive and
+/// followed by one or more spaces (RFC 9110 §11.4, RFC 6750 §2.1).
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_start_matches(' ').trim_end();
+    (!token.is_empty() && !token.contains([' ', '\t'])).then_some(token)
+}
+
 /// Refuses a state-changing request that a browser marks as coming from another site, or whose
-/// `Origin` is not this host. Together with SameSite=Strict cookies and the per-session CSRF
-/// token, a page elsewhere cannot make an admin's browser change anything.
-pub(crate) fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
+/// `Origin` is not the origin it was addressed to: `served` is `scheme://host[:port]`, with the
+/// scheme browsers use for that host name (see [`crate::AllowedHosts`]), so `http://` and
+/// `https://` pages of one host are different origins. Together with SameSite=Strict cookies
+/// and the per-session CSRF token, a page elsewhere cannot make an admin's browser change
+/// anything.
+pub(crate) fn same_origin(headers: &HeaderMap, served: Option<&str>) -> Result<(), Response> {
     let refuse = || {
         Err(problem(
             StatusCode::FORBIDDEN,
@@ -171,14 +180,8 @@ pub(crate) fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
         }
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-        let origin = origin.to_str().ok();
-        let matches = match (origin, host) {
-            (Some(o), Some(h)) => {
-                o.strip_prefix("http://")
-                    .or_else(|| o.strip_prefix("https://"))
-                    == Some(h)
-            }
+        let matches = match (origin.to_str().ok(), served) {
+            (Some(o), Some(s)) => o.eq_ignore_ascii_case(s),
             _ => false,
         };
         if !matches {
@@ -186,6 +189,23 @@ pub(crate) fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
         }
     }
     Ok(())
+}
+
+/// The origin the host check recorded for this request.
+fn served_origin(parts: &Parts) -> Option<String> {
+    parts.extensions.get::<ServedOrigin>().map(|o| o.0.clone())
+}
+
+/// The origin a request was addressed to, for handlers without an [`Admin`] (the login form).
+#[derive(Debug, Clone)]
+pub(crate) struct Served(pub(crate) Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Served {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Served, Self::Rejection> {
+        Ok(Served(served_origin(parts)))
+    }
 }
 
 /// The client's address, when the server was started with connect info.
@@ -203,63 +223,6 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIp {
                 .map(|c| c.0.ip())
                 .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         ))
-    }
-}
-
-/// Failed logins per client address and per user name in a sliding window; past the limit,
-/// logins are refused (429) without checking the password.
-#[derive(Debug, Default)]
-pub(crate) struct LoginLimiter {
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
-}
-
-/// Failed attempts allowed per key and window.
-const MAX_FAILURES: u32 = 10;
-/// The window.
-const WINDOW: Duration = Duration::from_secs(15 * 60);
-/// Keys remembered at most (memory bound).
-const MAX_KEYS: usize = 10_000;
-
-impl LoginLimiter {
-    fn keys(ip: IpAddr, user: &str) -> [String; 2] {
-        [format!("ip:{ip}"), format!("user:{}", user.to_lowercase())]
-    }
-
-    /// How long until `ip`/`user` may try again, if they are over the limit.
-    pub(crate) fn blocked(&self, ip: IpAddr, user: &str) -> Option<Duration> {
-        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        Self::keys(ip, user)
-            .iter()
-            .filter_map(|k| map.get(k))
-            .filter(|(n, start)| *n >= MAX_FAILURES && start.elapsed() < WINDOW)
-            .map(|(_, start)| WINDOW.saturating_sub(start.elapsed()))
-            .max()
-    }
-
-    /// Counts a failed attempt.
-    pub(crate) fn failed(&self, ip: IpAddr, user: &str) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_KEYS {
-            map.retain(|_, (_, start)| start.elapsed() < WINDOW);
-        }
-        for key in Self::keys(ip, user) {
-            if map.len() >= MAX_KEYS && !map.contains_key(&key) {
-                continue;
-            }
-            let entry = map.entry(key).or_insert((0, Instant::now()));
-            if entry.1.elapsed() >= WINDOW {
-                *entry = (0, Instant::now());
-            }
-            entry.0 += 1;
-        }
-    }
-
-    /// Forgets the failures of a user who just logged in from `ip`.
-    pub(crate) fn succeeded(&self, ip: IpAddr, user: &str) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        for key in Self::keys(ip, user) {
-            map.remove(&key);
-        }
     }
 }
 
@@ -281,35 +244,50 @@ mod tests {
 
     #[test]
     fn cross_site_and_foreign_origin_are_refused() {
+        let served = Some("http://127.0.0.1:9090");
         let mut h = HeaderMap::new();
         h.insert(header::HOST, "127.0.0.1:9090".parse().unwrap());
-        assert!(same_origin(&h).is_ok());
+        assert!(same_origin(&h, served).is_ok());
         h.insert(header::ORIGIN, "http://127.0.0.1:9090".parse().unwrap());
-        assert!(same_origin(&h).is_ok());
+        assert!(same_origin(&h, served).is_ok());
+        // The same host and port over another scheme is another origin.
+        h.insert(header::ORIGIN, "https://127.0.0.1:9090".parse().unwrap());
+        assert!(same_origin(&h, served).is_err());
+        h.insert(header::ORIGIN, "http://127.0.0.1:9091".parse().unwrap());
+        assert!(same_origin(&h, served).is_err());
         h.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
-        assert!(same_origin(&h).is_err());
+        assert!(same_origin(&h, served).is_err());
         h.insert(header::ORIGIN, "null".parse().unwrap());
-        assert!(same_origin(&h).is_err());
+        assert!(same_origin(&h, served).is_err());
+        // Without a recorded origin nothing with an Origin passes.
+        h.insert(header::ORIGIN, "http://127.0.0.1:9090".parse().unwrap());
+        assert!(same_origin(&h, None).is_err());
         h.remove(header::ORIGIN);
         h.insert("sec-fetch-site", "cross-site".parse().unwrap());
-        assert!(same_origin(&h).is_err());
+        assert!(same_origin(&h, served).is_err());
         h.insert("sec-fetch-site", "same-origin".parse().unwrap());
-        assert!(same_origin(&h).is_ok());
+        assert!(same_origin(&h, served).is_ok());
     }
 
     #[test]
-    fn limiter_blocks_after_the_limit_and_forgets_on_success() {
-        let l = LoginLimiter::default();
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        for _ in 0..MAX_FAILURES {
-            assert!(l.blocked(ip, "admin").is_none());
-            l.failed(ip, "admin");
+    fn bearer_scheme_is_case_insensitive() {
+        for v in [
+            "Bearer rat_x",
+            "bearer rat_x",
+            "BEARER rat_x",
+            "bEaReR   rat_x",
+        ] {
+            assert_eq!(bearer_token(v), Some("rat_x"), "{v:?}");
         }
-        assert!(l.blocked(ip, "admin").is_some());
-        // Another address is blocked too for that user name, and the address for other names.
-        assert!(l.blocked("192.0.2.2".parse().unwrap(), "Admin").is_some());
-        assert!(l.blocked(ip, "other").is_some());
-        l.succeeded(ip, "admin");
-        assert!(l.blocked(ip, "admin").is_none());
+        for v in [
+            "Bearer",
+            "Bearer ",
+            "Bearerrat_x",
+            "Basic rat_x",
+            "Bearer a b",
+            "rat_x",
+        ] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
     }
 }

@@ -7,7 +7,11 @@
 //! passes a [`NodeView`] for what only the process knows (streams in flight, `/metrics`).
 //!
 //! Who may do what:
-//! - `/healthz` and `/readyz` answer anyone (orchestrators' probes; they reveal nothing).
+//! - Every request must name an allowed host in `Host` / `:authority` ([`AllowedHosts`]: the
+//!   loopback names and the listen address, plus configured names), else 421: a DNS-rebinding
+//!   page cannot reach a loopback listener from a victim's browser.
+//! - `/healthz` and `/readyz` answer anyone, whatever the host (orchestrators' probes; they
+//!   reveal nothing).
 //! - `/api/v1/*` and `/metrics` need `Authorization: Bearer rat_…` (an admin API token).
 //! - Every page needs a login session (`__Host-relay-session` cookie); every state change also
 //!   needs the session's CSRF token and a same-origin request.
@@ -19,6 +23,8 @@
 
 mod api;
 mod auth;
+mod host;
+mod limiter;
 mod ui;
 mod view;
 
@@ -34,6 +40,7 @@ use axum::Router;
 use relay_store::{SecretHasher, Store};
 
 pub use api::{openapi_document, ApiRoute, ROUTES as API_ROUTES};
+pub use host::AllowedHosts;
 pub use ui::ROUTES as PAGE_ROUTES;
 
 /// What only a relay process knows; `relay-server` implements it when it mounts the app.
@@ -54,7 +61,8 @@ struct Inner {
     store: Store,
     hasher: SecretHasher,
     node: Option<Arc<dyn NodeView>>,
-    limiter: auth::LoginLimiter,
+    limiter: limiter::LoginLimiter,
+    hosts: AllowedHosts,
 }
 
 impl std::fmt::Debug for AppState {
@@ -68,23 +76,34 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     /// State over `store`; `hasher` (the relay's pepper) makes and checks credential secrets and
-    /// API tokens, so it must be the relays' own.
-    pub fn new(store: Store, hasher: SecretHasher) -> AppState {
-        AppState::build(store, hasher, None)
+    /// API tokens, so it must be the relays' own. `hosts` are the names the listener answers to.
+    pub fn new(store: Store, hasher: SecretHasher, hosts: AllowedHosts) -> AppState {
+        AppState::build(store, hasher, None, hosts)
     }
 
     /// The same, with a relay process's live view (in-flight streams, `/metrics`).
-    pub fn with_node(store: Store, hasher: SecretHasher, node: Arc<dyn NodeView>) -> AppState {
-        AppState::build(store, hasher, Some(node))
+    pub fn with_node(
+        store: Store,
+        hasher: SecretHasher,
+        node: Arc<dyn NodeView>,
+        hosts: AllowedHosts,
+    ) -> AppState {
+        AppState::build(store, hasher, Some(node), hosts)
     }
 
-    fn build(store: Store, hasher: SecretHasher, node: Option<Arc<dyn NodeView>>) -> AppState {
+    fn build(
+        store: Store,
+        hasher: SecretHasher,
+        node: Option<Arc<dyn NodeView>>,
+        hosts: AllowedHosts,
+    ) -> AppState {
         AppState {
             inner: Arc::new(Inner {
                 store,
                 hasher,
                 node,
-                limiter: auth::LoginLimiter::default(),
+                limiter: limiter::LoginLimiter::default(),
+                hosts,
             }),
         }
     }
@@ -126,14 +145,19 @@ impl AppState {
         self.inner.node.as_ref()
     }
 
-    pub(crate) fn limiter(&self) -> &auth::LoginLimiter {
+    pub(crate) fn limiter(&self) -> &limiter::LoginLimiter {
         &self.inner.limiter
+    }
+
+    pub(crate) fn allowed_hosts(&self) -> &AllowedHosts {
+        &self.inner.hosts
     }
 }
 
 /// The router: `main`, `relay-server` and tests all call this. Serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()` so that login rate limiting sees the
-/// client's address.
+/// client's address. The host check runs first (inside the security headers, so its refusals
+/// carry them too).
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -142,6 +166,10 @@ pub fn app(state: AppState) -> Router {
         .merge(api::router())
         .merge(ui::router())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            host::check,
+        ))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 #[derive(Parser, Debug)]
 #[command(name = "management-web", version, about)]
 struct Cli {
-    /// TOML configuration file (keys: database_url, data_dir, listen, log_format).
+    /// TOML configuration file (keys: database_url, data_dir, listen, allowed_hosts, log_format).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Database URL, e.g. sqlite://./relay-data/relay.db or postgres://relay@db/relay.
@@ -26,6 +26,10 @@ struct Cli {
     /// Address to listen on (default 127.0.0.1:9090).
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// A host name browsers use besides localhost, 127.0.0.1, [::1] and the listen address
+    /// (`name` behind a TLS proxy, or `http://name`); repeatable.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    allowed_hosts: Vec<String>,
     /// Log format: text or json.
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
@@ -37,6 +41,8 @@ struct FileConfig {
     database_url: Option<String>,
     data_dir: Option<PathBuf>,
     listen: Option<String>,
+    /// Host names the listener answers to besides the loopback names and its own address.
+    allowed_hosts: Option<Vec<String>>,
     log_format: Option<String>,
 }
 
@@ -44,6 +50,7 @@ struct Config {
     database_url: String,
     pepper_file: PathBuf,
     listen: SocketAddr,
+    allowed_hosts: Vec<String>,
     log_format: String,
 }
 
@@ -61,6 +68,10 @@ fn load(cli: &Cli) -> Result<Config, ConfigError> {
     );
     set("listen", cli.listen.clone());
     set("log_format", cli.log_format.clone());
+    if !cli.allowed_hosts.is_empty() {
+        let names = cli.allowed_hosts.iter().cloned().map(toml::Value::String);
+        flags.insert("allowed_hosts".into(), toml::Value::Array(names.collect()));
+    }
     let raw: FileConfig = layered::load(cli.config.as_deref(), "MANAGEMENT_", &ProcessEnv, flags)?;
     let file = cli.config.as_deref();
     let data_dir = layered::relative_to(
@@ -74,6 +85,10 @@ fn load(cli: &Cli) -> Result<Config, ConfigError> {
     let listen: SocketAddr = listen
         .parse()
         .map_err(|_| ConfigError::new(format!("listen: {listen:?} is not an address:port")))?;
+    let allowed_hosts = raw.allowed_hosts.unwrap_or_default();
+    management_web::AllowedHosts::loopback(Some(listen))
+        .with_names(&allowed_hosts)
+        .map_err(|e| ConfigError::new(format!("allowed_hosts: {e}")))?;
     let log_format = raw.log_format.unwrap_or_else(|| "text".into());
     if log_format != "text" && log_format != "json" {
         return Err(ConfigError::new("log_format: use text or json"));
@@ -82,6 +97,7 @@ fn load(cli: &Cli) -> Result<Config, ConfigError> {
         database_url,
         pepper_file: data_dir.join("keys").join("credential-pepper"),
         listen,
+        allowed_hosts,
         log_format,
     })
 }
@@ -134,8 +150,21 @@ async fn main() -> ExitCode {
     };
     let addr = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(%addr, "management web listening");
-    let state =
-        management_web::AppState::new(store.clone(), relay_store::SecretHasher::new(&pepper));
+    // Validated in `load`; the bound address stands in for the configured one (port 0).
+    let hosts = match management_web::AllowedHosts::loopback(Some(addr))
+        .with_names(&config.allowed_hosts)
+    {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("management-web: allowed_hosts: {e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let state = management_web::AppState::new(
+        store.clone(),
+        relay_store::SecretHasher::new(&pepper),
+        hosts,
+    );
     let app = management_web::app(state);
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(connector::process::cancel_on_signal(stop.clone()));

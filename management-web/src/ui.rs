@@ -5,6 +5,7 @@
 //! that says what happened, chosen from a fixed list: nothing a visitor typed is reflected.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
@@ -16,7 +17,7 @@ use relay_store::{now_ms, AuditRecord, TenantLimits, TenantSettings};
 use serde::Deserialize;
 
 use crate::api::{self, RequestQuery};
-use crate::auth::{self, Admin, PeerIp};
+use crate::auth::{self, Admin, PeerIp, Served};
 use crate::view;
 use crate::AppState;
 
@@ -126,7 +127,7 @@ fn store_error(e: relay_store::Error) -> Response {
 
 /// The checks of every state-changing form.
 fn guard(headers: &HeaderMap, admin: &Admin, csrf: &str) -> Result<(), Response> {
-    auth::same_origin(headers)?;
+    auth::same_origin(headers, admin.origin.as_deref())?;
     if !admin.csrf_ok(csrf) {
         return Err(api::problem(
             StatusCode::FORBIDDEN,
@@ -188,10 +189,11 @@ struct LoginForm {
 async fn login(
     State(state): State<AppState>,
     PeerIp(ip): PeerIp,
+    Served(served): Served,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> PageResult {
-    auth::same_origin(&headers)?;
+    auth::same_origin(&headers, served.as_deref())?;
     let username: String = form.username.trim().chars().take(200).collect();
     let page = |status, error: &str| {
         render(
@@ -202,33 +204,51 @@ async fn login(
             },
         )
     };
-    if let Some(wait) = state.limiter().blocked(ip, &username) {
-        let mut res = page(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many failed logins. Wait a few minutes and try again.",
-        );
-        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+    let too_many = |wait: Duration, error: &str| {
+        let mut res = page(StatusCode::TOO_MANY_REQUESTS, error);
+        // Rounded up: a client that waits exactly this long finds the slot free.
+        let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
             res.headers_mut().insert(header::RETRY_AFTER, v);
         }
-        return Err(res);
-    }
+        res
+    };
     if form.password.len() > 1024 {
         return Err(page(StatusCode::BAD_REQUEST, "That password is too long."));
     }
-    let user = state
+    // Counted before the check, in the same lock as the limit: concurrent attempts cannot all
+    // pass a limit that none of them has reached yet.
+    let attempt = state
+        .limiter()
+        .reserve(ip, &username)
+        .map_err(|wait| too_many(wait, "Too many failed logins. Wait a while and try again."))?;
+    let user = match state
         .store()
         .verify_admin_password(&username, &form.password)
         .await
-        .map_err(store_error)?;
+    {
+        Ok(user) => user,
+        Err(relay_store::Error::HashingBusy) => {
+            state.limiter().release(attempt);
+            return Err(too_many(
+                HASHING_BUSY_RETRY,
+                "The server is busy checking other logins. Try again in a moment.",
+            ));
+        }
+        Err(e) => {
+            state.limiter().release(attempt);
+            return Err(store_error(e));
+        }
+    };
     let Some(user) = user else {
-        state.limiter().failed(ip, &username);
+        state.limiter().failed(attempt);
         tracing::info!(%ip, "failed admin login");
         return Err(page(
             StatusCode::UNAUTHORIZED,
             "Wrong user name or password.",
         ));
     };
-    state.limiter().succeeded(ip, &username);
+    state.limiter().succeeded(attempt);
     // A new session id at every login; a session the browser still had ends here.
     if let Some(old) = auth::session_cookie(&headers) {
         let _ = state.store().delete_web_session(&old).await;
@@ -246,6 +266,9 @@ async fn login(
     }
     Ok(res)
 }
+
+/// `Retry-After` when every password-hashing slot stayed busy (the store waited 2 s already).
+const HASHING_BUSY_RETRY: Duration = Duration::from_secs(2);
 
 #[derive(Deserialize)]
 struct CsrfForm {

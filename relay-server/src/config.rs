@@ -66,6 +66,10 @@ pub struct ListenFile {
     pub http: Option<SocketAddr>,
     /// Optional admin listener (`/healthz`, `/readyz`, management web). Keep it on loopback.
     pub admin: Option<SocketAddr>,
+    /// Host names the admin listener answers to besides `localhost`, `127.0.0.1`, `[::1]` and
+    /// its own address: `name` for a name served through a TLS reverse proxy, `http://name`
+    /// for one reached over plain HTTP. Other `Host`s get 421 (DNS-rebinding defence).
+    pub admin_hosts: Option<Vec<String>>,
 }
 
 /// `[tls]`
@@ -190,6 +194,8 @@ pub struct Config {
     pub listen_http: Option<SocketAddr>,
     /// Admin address.
     pub listen_admin: Option<SocketAddr>,
+    /// Extra host names of the admin listener (validated).
+    pub admin_hosts: Vec<String>,
     /// Certificate + key files, or `None` for the generated self-signed pair.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Limits.
@@ -369,6 +375,10 @@ impl Config {
                 )));
             }
         }
+        let admin_hosts = raw.listen.admin_hosts.clone().unwrap_or_default();
+        management_web::AllowedHosts::loopback(raw.listen.admin)
+            .with_names(&admin_hosts)
+            .map_err(|e| ConfigError::new(format!("listen.admin_hosts: {e}")))?;
         let node_name = raw.node_name.unwrap_or_else(|| {
             std::fs::read_to_string("/etc/hostname")
                 .ok()
@@ -400,6 +410,7 @@ impl Config {
                 .unwrap_or_else(|| "0.0.0.0:8443".parse().expect("literal")),
             listen_http: raw.listen.http,
             listen_admin: raw.listen.admin,
+            admin_hosts,
             tls,
             limits,
             tunnel,
@@ -465,6 +476,27 @@ mod tests {
         )];
         let err = Config::load(None, &env, toml::Table::new()).unwrap_err();
         assert!(err.to_string().contains("loopback"), "{err}");
+        for bad in [
+            "[\"admin.example.com:8443\"]",
+            "[\"*.example.com\"]",
+            "\"admin\"",
+        ] {
+            let env = vec![("RELAY_LISTEN__ADMIN_HOSTS".to_string(), bad.to_string())];
+            let err = Config::load(None, &env, toml::Table::new()).unwrap_err();
+            assert!(err.to_string().contains("admin_hosts"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn admin_hosts_come_from_the_environment() {
+        let env = vec![(
+            "RELAY_LISTEN__ADMIN_HOSTS".to_string(),
+            r#"["admin.example.com", "http://relay-admin"]"#.to_string(),
+        )];
+        let c = Config::load(None, &env, toml::Table::new()).unwrap();
+        assert_eq!(c.admin_hosts, ["admin.example.com", "http://relay-admin"]);
+        let c = Config::from_file(FileConfig::default(), None).unwrap();
+        assert!(c.admin_hosts.is_empty());
     }
 
     #[test]

@@ -304,10 +304,15 @@ pub async fn run(
         ));
     }
     if let Some(admin) = listeners.admin {
+        // The names were validated with the config; the bound address stands in for port 0.
+        let hosts = management_web::AllowedHosts::loopback(admin.local_addr().ok())
+            .with_names(&relay.config.admin_hosts)
+            .map_err(|e| anyhow::anyhow!("listen.admin_hosts: {e}"))?;
         let state = management_web::AppState::with_node(
             store.clone(),
             relay_store::SecretHasher::new(&keys.pepper),
             Arc::new(NodeViewImpl(relay.clone())),
+            hosts,
         );
         let app = management_web::app(state);
         let stop = stop_accepting.clone();

@@ -1,9 +1,6 @@
 //! Admin users of the management web, with argon2id password hashes.
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
-
-use crate::{is_unique_violation, now_ms, Error, Store};
+use crate::{is_unique_violation, now_ms, password, Error, Store};
 
 /// An admin user (the hash stays in the store).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,30 +13,16 @@ pub struct AdminUser {
     pub created_at: i64,
 }
 
-/// argon2id with the OWASP minimum: m = 19 MiB, t = 2, p = 1.
-pub(crate) fn argon2() -> Argon2<'static> {
-    // The parameters are constants inside the documented ranges, so this cannot fail.
-    let params = Params::new(19 * 1024, 2, 1, None).expect("valid argon2 parameters");
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-}
-
 impl Store {
-    /// Creates an admin user with `password` (hashed with argon2id on a blocking thread).
+    /// Creates an admin user with `password`, hashed with argon2id under the process's hashing
+    /// bound (see [`crate::password_hash_permits`]); [`Error::HashingBusy`] when no slot frees
+    /// up within 2 s.
     pub async fn create_admin_user(
         &self,
         username: &str,
         password: &str,
     ) -> Result<AdminUser, Error> {
-        let password = password.to_string();
-        let hash = tokio::task::spawn_blocking(move || {
-            let salt = SaltString::generate(&mut OsRng);
-            argon2()
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
-        })
-        .await
-        .map_err(|_| Error::PasswordHash)?
-        .map_err(|_| Error::PasswordHash)?;
+        let hash = password::hash(password).await?;
         let id = uuid::Uuid::now_v7().simple().to_string();
         let now = now_ms();
         let result = sqlx::query(

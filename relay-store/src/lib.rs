@@ -14,6 +14,7 @@ mod audit;
 mod credential;
 mod hostname;
 mod name;
+mod password;
 mod secret;
 mod session_log;
 mod tenant;
@@ -32,6 +33,7 @@ pub use audit::{AuditFilter, AuditRecord, MinuteStats};
 pub use credential::{Credential, CredentialId, CredentialRecord, NewCredential};
 pub use hostname::{canonical_hostname, Hostname, HostnameError};
 pub use name::{validate_name, NameError};
+pub use password::{password_hash_permits, M_COST_KIB};
 pub use secret::{parse_secret, SecretHasher};
 pub use session_log::SessionRecord;
 pub use tenant::{Tenant, TenantId, TenantLimits, TenantSettings};
@@ -98,6 +100,9 @@ pub enum Error {
     /// The database holds a schema newer than this binary knows.
     #[error("the database schema is newer than this build (migration {0} is unknown); upgrade the binary")]
     SchemaTooNew(i64),
+    /// Every password-hashing slot stayed busy for 2 s: try again shortly (logins answer 429).
+    #[error("password hashing is busy; try again")]
+    HashingBusy,
     /// Hashing a password failed.
     #[error("password hashing failed")]
     PasswordHash,

@@ -1,12 +1,11 @@
 //! What the management web keeps: admin logins checked against argon2id hashes, and login
 //! sessions whose cookie value is stored only as a SHA-256.
 
-use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use aws_lc_rs::digest;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
-use crate::admin::argon2;
+use crate::password::{self, DUMMY_HASH};
 use crate::{now_ms, AdminUser, Error, Store};
 
 /// A login session as the web sees it.
@@ -28,11 +27,6 @@ pub struct NewWebSession {
     /// The session.
     pub session: WebSession,
 }
-
-/// A stored hash that no password matches, checked when the user does not exist so that the
-/// answer takes as long as for a real user (no user enumeration by timing).
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Vg0x6hYzZzR0w3Z7u7K6m8sQmXo7cXl4yQ3Xb3mJxkE";
 
 fn random(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
@@ -56,8 +50,10 @@ struct SessionRow {
 }
 
 impl Store {
-    /// The admin user `username` if `password` is theirs (argon2id on a blocking thread; the
-    /// same work is done for unknown users).
+    /// The admin user `username` if `password` is theirs. The argon2id check runs under the
+    /// process's hashing bound ([`crate::password_hash_permits`] at once, one reused 19 MiB
+    /// buffer each); [`Error::HashingBusy`] when no slot frees up within 2 s. An unknown user
+    /// costs the same check against a dummy hash (no user enumeration by timing).
     pub async fn verify_admin_password(
         &self,
         username: &str,
@@ -69,18 +65,8 @@ impl Store {
         .bind(username)
         .fetch_optional(&self.pool)
         .await?;
-        let hash = row
-            .as_ref()
-            .map(|r| r.1.clone())
-            .unwrap_or_else(|| DUMMY_HASH.to_string());
-        let password = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .map(|h| argon2().verify_password(password.as_bytes(), &h).is_ok())
-                .unwrap_or(false)
-        })
-        .await
-        .map_err(|_| Error::PasswordHash)?;
+        let hash = row.as_ref().map_or(DUMMY_HASH, |r| r.1.as_str());
+        let ok = password::verify(password, hash).await?;
         Ok(match row {
             Some((id, _, created_at)) if ok => Some(AdminUser {
                 id,
@@ -155,17 +141,5 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dummy_hash_parses_and_matches_nothing_simple() {
-        let h = PasswordHash::new(DUMMY_HASH).expect("dummy hash parses");
-        assert!(argon2().verify_password(b"", &h).is_err());
-        assert!(argon2().verify_password(b"password", &h).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! The management web on a real relay's admin listener: `/api/v1` (every route, authz,
-//! validation, the OpenAPI document), and the pages' protections (sessions, CSRF, same-origin,
-//! escaping, login rate limiting). The browser walk-through is in `browser.rs`.
+//! validation, body shapes, the OpenAPI document), the listener's host allow-list, and the
+//! pages' protections (sessions, CSRF, same-origin, escaping, login rate limiting). Login
+//! limiting under load is in `login.rs`, the browser walk-through in `browser.rs`.
 
 mod common;
 
@@ -205,7 +206,7 @@ async fn api_manages_tenants_credentials_and_reads_connections_and_requests() ->
             Some(json!({"name": "bad name!"})),
         )
         .await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{p}");
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
     let (s, p) = api
         .call(
             "POST",
@@ -844,6 +845,13 @@ async fn the_standalone_binary_serves_the_same_app_over_the_relays_database() ->
         .output()?;
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("credential-pepper"));
+    // A host name with a port (or any other malformed name) stops it with 64 too.
+    let out = Command::new(testkit::process::bin("management-web"))
+        .args(["--data-dir", &dir.display().to_string()])
+        .env("MANAGEMENT_ALLOWED_HOSTS", r#"["admin.example.com:8443"]"#)
+        .output()?;
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allowed_hosts"));
 
     let mut child = Command::new(testkit::process::bin("management-web"))
         .args([
@@ -852,6 +860,7 @@ async fn the_standalone_binary_serves_the_same_app_over_the_relays_database() ->
             "--listen",
             "127.0.0.1:0",
         ])
+        .env("MANAGEMENT_ALLOWED_HOSTS", r#"["admin.example.com"]"#)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -913,7 +922,398 @@ async fn the_standalone_binary_serves_the_same_app_over_the_relays_database() ->
         client.get(&format!("{base}/tenants")).await?.status,
         StatusCode::SEE_OTHER
     );
+    // The same host check as on the relay's admin listener, with its own allowed names.
+    for (host, status) in [
+        ("admin.example.com", StatusCode::OK),
+        ("localhost", StatusCode::OK),
+        ("evil.example", StatusCode::MISDIRECTED_REQUEST),
+    ] {
+        let a = client
+            .request_with(
+                "GET",
+                &format!("{base}/login"),
+                &[("host", host)],
+                Bytes::new(),
+            )
+            .await?;
+        assert_eq!(a.status, status, "{host}");
+    }
     drop(guard);
     drop(conn);
+    relay.stop().await
+}
+
+/// A GET of `path` on the admin listener with `Host: host` (HTTP/1.1).
+async fn get_as(client: &Client, admin: &str, path: &str, host: &str) -> Answer {
+    client
+        .request_with(
+            "GET",
+            &format!("http://{admin}{path}"),
+            &[("host", host)],
+            Bytes::new(),
+        )
+        .await
+        .expect("admin listener answers")
+}
+
+#[tokio::test]
+async fn the_admin_listener_answers_only_its_host_names() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay()
+        .configure(|f| {
+            f.listen.admin_hosts = Some(vec![
+                "admin.example.com".into(),
+                "http://relay-admin".into(),
+            ])
+        })
+        .spawn()
+        .await;
+    relay
+        .store
+        .create_admin_user("admin", "correct horse battery")
+        .await?;
+    let admin = relay.admin_addr.expect("admin");
+    let port = admin.port();
+    let client = Client::new(&relay.ca_cert());
+    let token = relay.api_token("hosts").await;
+
+    // DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends its own name.
+    for host in [
+        "evil.example".to_string(),
+        format!("evil.example:{port}"),
+        format!("localhost.evil.example:{port}"),
+        format!("127.0.0.2:{port}"),
+        "admin.example.com.evil.example".to_string(),
+    ] {
+        let a = get_as(&client, &admin.to_string(), "/login", &host).await;
+        assert_eq!(a.status, StatusCode::MISDIRECTED_REQUEST, "{host}");
+        assert!(is_problem(&a), "{host}: {}", a.text());
+        // Never reaches a handler: not the API with a valid token, not the login.
+        let auth = format!("Bearer {token}");
+        let a = client
+            .request_with(
+                "GET",
+                &format!("http://{admin}/api/v1/tenants"),
+                &[("host", &host), ("authorization", &auth)],
+                Bytes::new(),
+            )
+            .await?;
+        assert_eq!(a.status, StatusCode::MISDIRECTED_REQUEST, "{host}");
+        let a = client
+            .request_with(
+                "POST",
+                &format!("http://{admin}/login"),
+                &[
+                    ("host", &host),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                ],
+                Bytes::from_static(b"username=admin&password=correct+horse+battery"),
+            )
+            .await?;
+        assert_eq!(a.status, StatusCode::MISDIRECTED_REQUEST, "{host}");
+        assert!(!a.headers.contains_key("set-cookie"));
+        // Probes are answered whatever the host: they reveal and change nothing.
+        let a = get_as(&client, &admin.to_string(), "/healthz", &host).await;
+        assert_eq!(a.status, StatusCode::OK, "{host}");
+    }
+    for host in [
+        format!("127.0.0.1:{port}"),
+        "127.0.0.1".to_string(),
+        format!("localhost:{port}"),
+        format!("LOCALHOST:{port}"),
+        format!("[::1]:{port}"),
+        "admin.example.com".to_string(),
+        "admin.example.com:443".to_string(),
+        "relay-admin:8080".to_string(),
+    ] {
+        let a = get_as(&client, &admin.to_string(), "/login", &host).await;
+        assert_eq!(a.status, StatusCode::OK, "{host}");
+    }
+
+    // HTTP/2 (prior knowledge): the :authority is checked the same way.
+    let from: std::net::IpAddr = "127.0.0.1".parse()?;
+    let h2 = |authority: String| {
+        http::Request::get(format!("http://{authority}/login"))
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let a = common::raw_request(from, admin, true, h2(format!("evil.example:{port}"))).await?;
+    assert_eq!(a.status, StatusCode::MISDIRECTED_REQUEST);
+    let a = common::raw_request(from, admin, true, h2(format!("127.0.0.1:{port}"))).await?;
+    assert_eq!(a.status, StatusCode::OK);
+    // HTTP/1.1 without a Host: refused.
+    let bare = http::Request::get("/login")
+        .version(http::Version::HTTP_10)
+        .body(http_body_util::Full::new(Bytes::new()))?;
+    let a = common::raw_request(from, admin, false, bare).await?;
+    assert_ne!(a.status, StatusCode::OK);
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn the_origin_must_match_scheme_host_and_port() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay()
+        .configure(|f| f.listen.admin_hosts = Some(vec!["admin.example.com".into()]))
+        .spawn()
+        .await;
+    relay
+        .store
+        .create_admin_user("admin", "correct horse battery")
+        .await?;
+    let admin = relay.admin_addr.expect("admin");
+    let port = admin.port();
+    let client = Client::new(&relay.ca_cert());
+    let base = format!("http://{admin}");
+
+    // The login form too: a wrong-scheme Origin is refused before the password is looked at.
+    let wrong = client
+        .request_with(
+            "POST",
+            &format!("{base}/login"),
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("origin", &format!("https://127.0.0.1:{port}")),
+            ],
+            Bytes::from_static(b"username=admin&password=correct+horse+battery"),
+        )
+        .await?;
+    assert_eq!(wrong.status, StatusCode::FORBIDDEN);
+    assert!(!wrong.headers.contains_key("set-cookie"));
+
+    let b = Browser::start(client.clone(), &base, "admin", "correct+horse+battery").await?;
+    let form = |name: &str| format!("csrf={}&name={name}", b.csrf);
+    for (i, origin) in [
+        format!("https://127.0.0.1:{port}"),
+        format!("http://127.0.0.1:{}", port.wrapping_add(1)),
+        format!("http://localhost:{port}"),
+        "http://127.0.0.1".to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let a = b
+            .post("/tenants", &form(&format!("wrong{i}")), Some(origin))
+            .await?;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{origin}");
+    }
+    let a = b.post("/tenants", &form("right"), Some(&base)).await?;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+
+    // Through a TLS reverse proxy that keeps the Host: the page's origin is https.
+    let proxied = |origin: &'static str, name: &'static str| {
+        let (b, form) = (&b, form(name));
+        async move {
+            b.client
+                .request_with(
+                    "POST",
+                    &format!("{}/tenants", b.base),
+                    &[
+                        ("host", "admin.example.com"),
+                        ("cookie", &b.cookie),
+                        ("content-type", "application/x-www-form-urlencoded"),
+                        ("origin", origin),
+                    ],
+                    Bytes::from(form),
+                )
+                .await
+        }
+    };
+    let a = proxied("http://admin.example.com", "proxiedwrong").await?;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = proxied("https://admin.example.com", "proxied").await?;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+
+    for i in 0..4 {
+        assert!(relay.store.tenant(&format!("wrong{i}")).await?.is_none());
+    }
+    assert!(relay.store.tenant("proxiedwrong").await?.is_none());
+    assert!(relay.store.tenant("right").await?.is_some());
+    assert!(relay.store.tenant("proxied").await?.is_some());
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    let token = relay.api_token("cases").await;
+    let client = Client::new(&relay.ca_cert());
+    let url = format!("http://{}/api/v1/tenants", relay.admin_addr.expect("admin"));
+    for (value, status) in [
+        (format!("BEARER {token}"), StatusCode::OK),
+        (format!("bEaReR   {token}"), StatusCode::OK),
+        (format!("bearer {token}"), StatusCode::OK),
+        (format!("Bearer{token}"), StatusCode::UNAUTHORIZED),
+        (format!("Basic {token}"), StatusCode::UNAUTHORIZED),
+        ("Bearer".to_string(), StatusCode::UNAUTHORIZED),
+    ] {
+        let a = client
+            .request_with("GET", &url, &[("authorization", &value)], Bytes::new())
+            .await?;
+        assert_eq!(a.status, status, "{value}");
+    }
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn the_api_refuses_bodies_and_queries_of_the_wrong_shape() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    let api = Api {
+        client: Client::new(&relay.ca_cert()),
+        base: format!("http://{}", relay.admin_addr.expect("admin")),
+        token: relay.api_token("shapes").await,
+    };
+    let (s, _) = api
+        .call("POST", "/api/v1/tenants", Some(json!({"name": "acme"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    // A struct filled from an array, by position: refused, nothing changes.
+    for body in [
+        json!({"limits": [5, null]}),
+        json!({"limits": [5]}),
+        json!({"limits": {"max_body_bytes": [5]}}),
+        json!({"limits": {"max_body_bytes": 9_223_372_036_854_775_808u64}}),
+        json!({"limits": {"max_concurrent_streams": 4_294_967_296u64}}),
+        json!([true, "x", "y", false]),
+        json!([]),
+        json!("enabled"),
+    ] {
+        let (s, p) = api
+            .call("PATCH", "/api/v1/tenants/acme", Some(body.clone()))
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {p}");
+        assert!(p["status"] == 422, "a problem document: {p}");
+    }
+    let t = relay.store.tenant("acme").await?.expect("acme");
+    assert_eq!(
+        t.limits,
+        relay_store::TenantLimits::default(),
+        "limits unchanged"
+    );
+    assert!(t.enabled);
+    // A credential from `[]`: refused, none created.
+    for body in [json!([]), json!(["label"]), json!(null), json!("x")] {
+        let (s, _) = api
+            .call(
+                "POST",
+                "/api/v1/tenants/acme/credentials",
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    }
+    assert!(relay.store.credentials("acme").await?.is_empty());
+    let (s, _) = api
+        .call("POST", "/api/v1/tenants", Some(json!(["other"])))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(relay.store.tenant("other").await?.is_none());
+    let (s, _) = api
+        .call(
+            "POST",
+            "/api/v1/tenants/acme/hostnames",
+            Some(json!(["app.acme.example", "app"])),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(relay.store.hostnames("acme").await?.is_empty());
+    // Values the documented patterns refuse are refused.
+    for (path, body) in [
+        ("/api/v1/tenants", json!({"name": "Bad_Name"})),
+        ("/api/v1/tenants", json!({"name": "-x"})),
+        (
+            "/api/v1/tenants/acme/hostnames",
+            json!({"hostname": "nodots", "target": "app"}),
+        ),
+        (
+            "/api/v1/tenants/acme/hostnames",
+            json!({"hostname": "a.example", "target": "a.b"}),
+        ),
+    ] {
+        let (s, p) = api.call("POST", path, Some(body.clone())).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {p}");
+    }
+
+    // Query parameters out of their documented range: 400, like malformed ones.
+    for (path, status) in [
+        ("/api/v1/tenants?limit=1000", StatusCode::OK),
+        ("/api/v1/tenants?limit=1", StatusCode::OK),
+        ("/api/v1/tenants?offset=9223372036854775807", StatusCode::OK),
+        ("/api/v1/tenants?limit=0", StatusCode::BAD_REQUEST),
+        ("/api/v1/tenants?limit=1001", StatusCode::BAD_REQUEST),
+        ("/api/v1/tenants?offset=-1", StatusCode::BAD_REQUEST),
+        (
+            "/api/v1/tenants?offset=9223372036854775808",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/api/v1/requests?limit=1000", StatusCode::OK),
+        ("/api/v1/requests?limit=0", StatusCode::BAD_REQUEST),
+        ("/api/v1/requests?limit=5000", StatusCode::BAD_REQUEST),
+        (
+            "/api/v1/requests?offset=9223372036854775808",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/api/v1/requests?status=%2B502", StatusCode::BAD_REQUEST),
+    ] {
+        let (s, p) = api.call("GET", path, None).await;
+        assert_eq!(s, status, "{path}: {p}");
+    }
+
+    // The document states the patterns and ranges the handlers enforce.
+    let (_, doc) = api.call("GET", "/api/v1/openapi.json", None).await;
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["NewTenant"]["properties"]["name"]["pattern"],
+        "^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}$"
+    );
+    assert_eq!(
+        schemas["Tenant"]["properties"]["name"]["pattern"],
+        "^[a-z0-9][a-z0-9-]{0,62}$"
+    );
+    assert_eq!(
+        schemas["NewHostname"]["properties"]["target"]["pattern"],
+        "^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}$"
+    );
+    assert!(schemas["NewHostname"]["properties"]["hostname"]["pattern"]
+        .as_str()
+        .is_some_and(|p| p.starts_with('^') && p.ends_with('$')));
+    for field in [
+        "max_body_bytes",
+        "max_concurrent_streams",
+        "request_timeout_ms",
+    ] {
+        assert_eq!(
+            schemas["LimitsPatch"]["properties"][field]["minimum"], 1,
+            "{field}"
+        );
+        assert!(schemas["LimitsPatch"]["properties"][field]["maximum"].is_u64());
+    }
+    let params = |path: &str| {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .clone()
+    };
+    for path in ["/api/v1/tenants", "/api/v1/requests"] {
+        let ps = params(path);
+        let schema = |n: &str| {
+            ps.iter()
+                .find(|p| p["name"] == n)
+                .unwrap_or_else(|| panic!("{path} {n}"))["schema"]
+                .clone()
+        };
+        assert_eq!(schema("offset")["minimum"], 0, "{path}");
+        assert_eq!(schema("offset")["maximum"], 9_223_372_036_854_775_807u64);
+        assert_eq!(schema("limit")["minimum"], 1, "{path}");
+        assert_eq!(schema("limit")["maximum"], 1000, "{path}");
+    }
+    let name = &params("/api/v1/tenants/{name}/hostnames")[0];
+    assert_eq!(name["schema"]["pattern"], "^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}$");
+    let delete = &doc["paths"]["/api/v1/tenants/{name}/hostnames/{hostname}"]["delete"];
+    assert_eq!(delete["parameters"][1]["name"], "hostname");
+    assert!(delete["parameters"][1]["schema"]["pattern"].is_string());
     relay.stop().await
 }

@@ -111,3 +111,35 @@ pub(crate) async fn hello(
         .expect("a frame");
     (conn, control, answer)
 }
+
+/// One request on a fresh connection made from `local` (any 127.x.y.z address, so that a test
+/// has several client addresses on loopback) to `to`: HTTP/1.1 with the headers as given (the
+/// URI should be origin-form, with a `host` header), or h2c with prior knowledge when `h2` (the
+/// URI's scheme and authority become `:scheme` and `:authority`). Returns the whole answer.
+pub(crate) async fn raw_request(
+    local: std::net::IpAddr,
+    to: std::net::SocketAddr,
+    h2: bool,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> anyhow::Result<testkit::client::Answer> {
+    use http_body_util::BodyExt;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(local, 0))?;
+    let io = hyper_util::rt::TokioIo::new(socket.connect(to).await?);
+    let resp = if h2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        sender.send_request(req).await?
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(conn);
+        sender.send_request(req).await?
+    };
+    let (parts, body) = resp.into_parts();
+    Ok(testkit::client::Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await?.to_bytes(),
+    })
+}
