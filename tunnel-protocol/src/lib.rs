@@ -15,6 +15,7 @@ mod codec;
 mod control;
 mod error;
 mod frame;
+pub mod mux;
 pub mod path;
 mod stream;
 

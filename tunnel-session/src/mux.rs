@@ -1,89 +1,31 @@
-//! A stream multiplexer over one ordered byte stream (TLS over TCP where UDP is blocked), giving
-//! each stream the QUIC semantics the session code relies on: bidirectional streams, FIN, RESET
-//! and STOP with codes, per-stream and per-connection credit-based flow control, a stream count
-//! limit, keep-alive pings, an idle timeout and a connection CLOSE with code and reason.
-//!
-//! # Wire format
-//!
-//! Every frame is `type: u8 | stream id: u64 BE | payload length: u32 BE | payload`: a 13-byte
-//! header and at most [`MAX_FRAME_PAYLOAD`] (64 KiB) of payload; a larger length is a protocol
-//! error. Integers are big-endian.
-//!
-//! | type | name     | id     | payload                                                        |
-//! |------|----------|--------|----------------------------------------------------------------|
-//! | 0    | SETTINGS | 0      | `max_streams: u32`: streams the peer may open concurrently     |
-//! | 1    | OPEN     | stream | empty: the sender opens the stream                             |
-//! | 2    | DATA     | stream | stream bytes, non-empty (sent in frames of at most 32 KiB)     |
-//! | 3    | FIN      | stream | empty: the sender's direction ends cleanly                     |
-//! | 4    | RESET    | stream | `code: u32`: the sender abandons its direction                 |
-//! | 5    | STOP     | stream | `code: u32`: the receiver asks the sender to stop sending      |
-//! | 6    | WINDOW   | any    | `increment: u32`: more send credit (id 0: connection level)    |
-//! | 7    | STREAMS  | 0      | `increment: u32`: the peer may open that many more streams     |
-//! | 8    | PING     | 0      | 8 opaque bytes                                                 |
-//! | 9    | PONG     | 0      | the 8 bytes of the PING it answers                             |
-//! | 10   | CLOSE    | 0      | `code: u32`, then a UTF-8 reason of at most 256 bytes          |
-//!
-//! - Each side sends SETTINGS at once, without waiting for the peer's; any other first frame, a
-//!   second SETTINGS, an unknown type or a malformed payload is a protocol error.
-//! - The dialer opens odd stream ids (1, 3, 5…), the acceptor even ones (2, 4, 6…), each greater
-//!   than the previous one it opened. A peer opening more streams than allowed is a protocol error.
-//!   The allowance starts at the receiver's `max_streams` and grows by one STREAMS credit each time
-//!   the receiver is done with a stream the peer opened (both local handles dropped).
-//! - Flow control: each direction of each stream starts with [`STREAM_WINDOW`] (1 MiB) of credit,
-//!   each direction of the connection with [`CONN_WINDOW`] (16 MiB). DATA of n bytes consumes n of
-//!   both. The receiver returns credit with WINDOW once the application has consumed at least an
-//!   eighth of a window since the last update (and returns connection credit for data it discards). Sending
-//!   beyond the credit, or granting credit beyond the initial window, is a protocol error.
-//! - A STOP is answered by a RESET with the same code. Frames for a stream that was already
-//!   removed are ignored (DATA is discarded and credited back); frames for a stream id that was
-//!   never opened are a protocol error.
-//! - PING is answered by PONG. Each side pings every `keep_alive` and closes the connection when
-//!   nothing arrives for `idle_timeout`.
-//! - After CLOSE the sender shuts down its write side. On a protocol error a side sends CLOSE with
-//!   code [`ErrorCode::PROTOCOL_ERROR`] and a reason, then closes.
+//! The stream multiplexer over a tokio byte stream (TLS over TCP where UDP is blocked): the
+//! reader and writer tasks, wakers and timers around the sans-io state machine
+//! [`tunnel_protocol::mux`], which holds the wire format and every stream's state. What it gives
+//! each stream is what QUIC gives it (bidirectional streams, FIN, RESET and STOP with codes,
+//! credit-based flow control, a stream limit); this module adds keep-alive pings, an idle
+//! timeout, and handles that behave like quinn's.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tunnel_protocol::mux::{
+    Header, Mux, ProtocolError, Recv, Sent, StopState, Wake, HEADER_LEN, MAX_FRAME_PAYLOAD,
+};
 use tunnel_protocol::ErrorCode;
 
-/// Length of a frame header: type (1), stream id (8), payload length (4).
-pub const HEADER_LEN: usize = 13;
-/// Largest payload a frame may declare.
-pub const MAX_FRAME_PAYLOAD: usize = 65536;
-/// Largest DATA payload this side sends.
-pub const MAX_DATA_CHUNK: usize = 32 * 1024;
-/// Initial credit of each direction of each stream.
-pub const STREAM_WINDOW: u64 = 1 << 20;
-/// Initial credit of each direction of the connection.
-pub const CONN_WINDOW: u64 = 16 << 20;
-/// Longest CLOSE reason, in bytes.
-pub const MAX_REASON_LEN: usize = 256;
-
-const T_SETTINGS: u8 = 0;
-const T_OPEN: u8 = 1;
-const T_DATA: u8 = 2;
-const T_FIN: u8 = 3;
-const T_RESET: u8 = 4;
-const T_STOP: u8 = 5;
-const T_WINDOW: u8 = 6;
-const T_STREAMS: u8 = 7;
-const T_PING: u8 = 8;
-const T_PONG: u8 = 9;
-const T_CLOSE: u8 = 10;
+pub use tunnel_protocol::mux::{Role, StreamError};
 
 /// The writer stops gathering frames into one write at this size.
 const BATCH_SIZE: usize = 64 * 1024;
@@ -91,20 +33,6 @@ const BATCH_SIZE: usize = 64 * 1024;
 const READ_BUFFER: usize = 64 * 1024;
 /// How long the writer may take to flush the CLOSE frame and shut down once closed.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
-/// DATA payloads smaller than this are appended to the previous buffered chunk, so that tiny frames
-/// cannot make per-chunk overhead dwarf the flow-control bound.
-const SMALL_CHUNK: usize = 4096;
-/// Small payloads are not appended to a chunk this large or larger.
-const MAX_MERGED: usize = 64 * 1024;
-
-/// Which end of the byte stream this side is; decides the parity of the stream ids it opens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// The side that dialed; opens odd stream ids.
-    Dialer,
-    /// The side that accepted; opens even stream ids.
-    Acceptor,
-}
 
 /// Connection parameters.
 #[derive(Debug, Clone)]
@@ -118,252 +46,62 @@ pub struct Config {
     pub idle_timeout: Duration,
 }
 
-/// Why a stream operation failed; carried inside the `io::Error`s of stream methods.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StreamError {
-    /// The peer reset its sending direction with this code.
-    #[error("stream reset by peer with code {0:#x}")]
-    Reset(u32),
-    /// The peer asked us to stop sending (writes), or we stopped reading (reads), with this code.
-    #[error("stream stopped by peer with code {0:#x}")]
-    Stopped(u32),
-    /// The connection is closed; the reason.
-    #[error("connection closed: {0}")]
-    Closed(String),
-    /// A write or finish after this side finished or reset the stream.
-    #[error("stream already finished or reset")]
-    Finished,
-}
-
 fn stream_error(e: StreamError) -> io::Error {
     io::Error::other(e)
 }
 
-/// A frame queued for the writer task.
-enum Frame {
-    Settings(u32),
-    Open(u64),
-    Data(u64, Bytes),
-    Fin(u64),
-    Reset(u64, u32),
-    Stop(u64, u32),
-    Window(u64, u32),
-    Streams(u32),
-    Ping([u8; 8]),
-    Pong([u8; 8]),
-    Close(u32, String),
+/// The tasks waiting on a stream.
+#[derive(Default)]
+struct StreamWakers {
+    send: Option<Waker>,
+    stopped: Option<Waker>,
+    recv: Option<Waker>,
 }
 
-impl Frame {
-    fn encode(&self, out: &mut BytesMut) {
-        fn put(out: &mut BytesMut, ty: u8, id: u64, payload: &[u8]) {
-            out.put_u8(ty);
-            out.put_u64(id);
-            out.put_u32(payload.len() as u32);
-            out.put_slice(payload);
-        }
-        match self {
-            Frame::Settings(n) => put(out, T_SETTINGS, 0, &n.to_be_bytes()),
-            Frame::Open(id) => put(out, T_OPEN, *id, &[]),
-            Frame::Data(id, data) => put(out, T_DATA, *id, data),
-            Frame::Fin(id) => put(out, T_FIN, *id, &[]),
-            Frame::Reset(id, code) => put(out, T_RESET, *id, &code.to_be_bytes()),
-            Frame::Stop(id, code) => put(out, T_STOP, *id, &code.to_be_bytes()),
-            Frame::Window(id, inc) => put(out, T_WINDOW, *id, &inc.to_be_bytes()),
-            Frame::Streams(inc) => put(out, T_STREAMS, 0, &inc.to_be_bytes()),
-            Frame::Ping(p) => put(out, T_PING, 0, p),
-            Frame::Pong(p) => put(out, T_PONG, 0, p),
-            Frame::Close(code, reason) => {
-                out.put_u8(T_CLOSE);
-                out.put_u64(0);
-                out.put_u32(4 + reason.len() as u32);
-                out.put_u32(*code);
-                out.put_slice(reason.as_bytes());
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SendState {
-    Open,
-    Finished,
-    Reset,
-    /// The peer sent STOP and we answered with RESET.
-    Stopped(u32),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RecvState {
-    Open,
-    /// FIN received; buffered data may remain.
-    Fin,
-    Reset(u32),
-    /// We stopped reading (STOP sent unless the peer had already finished).
-    Stopped(u32),
-}
-
-struct StreamState {
-    send: SendState,
-    send_credit: u64,
-    stop_code: Option<u32>,
-    send_waker: Option<Waker>,
-    stopped_waker: Option<Waker>,
-    recv: RecvState,
-    recv_buf: VecDeque<BytesMut>,
-    recv_buffered: u64,
-    recv_received: u64,
-    recv_limit: u64,
-    recv_unacked: u64,
-    recv_waker: Option<Waker>,
-    send_handle: bool,
-    recv_handle: bool,
-}
-
-impl StreamState {
-    fn new() -> StreamState {
-        StreamState {
-            send: SendState::Open,
-            send_credit: STREAM_WINDOW,
-            stop_code: None,
-            send_waker: None,
-            stopped_waker: None,
-            recv: RecvState::Open,
-            recv_buf: VecDeque::new(),
-            recv_buffered: 0,
-            recv_received: 0,
-            recv_limit: STREAM_WINDOW,
-            recv_unacked: 0,
-            recv_waker: None,
-            send_handle: true,
-            recv_handle: true,
-        }
-    }
-
-    /// The application consumed `n` buffered bytes: return credit when an eighth of a window is due.
-    fn consumed(&mut self, id: u64, n: u64, conn: &mut ConnState) {
-        self.recv_buffered = self.recv_buffered.saturating_sub(n);
-        if self.recv == RecvState::Open {
-            self.recv_unacked += n;
-            if self.recv_unacked >= STREAM_WINDOW / 8 {
-                let inc = u32::try_from(self.recv_unacked).unwrap_or(u32::MAX);
-                conn.send(Frame::Window(id, inc));
-                self.recv_limit += u64::from(inc);
-                self.recv_unacked -= u64::from(inc);
-            }
-        }
-        conn.credit(n);
-    }
-
-    /// Drops buffered data, crediting it back at the connection level.
-    fn discard_buffer(&mut self, conn: &mut ConnState) {
-        self.recv_buf.clear();
-        conn.credit(std::mem::take(&mut self.recv_buffered));
-    }
-
-    /// Stops the receive side: STOP if the peer may still send, buffer released.
-    fn stop(&mut self, id: u64, code: u32, conn: &mut ConnState) {
-        if let RecvState::Stopped(_) = self.recv {
-            return;
-        }
-        if self.recv == RecvState::Open {
-            conn.send(Frame::Stop(id, code));
-        }
-        self.recv = RecvState::Stopped(code);
-        self.discard_buffer(conn);
-        wake(&mut self.recv_waker);
-    }
-
-    fn wakers(&mut self, out: &mut Vec<Waker>) {
-        out.extend(self.send_waker.take());
-        out.extend(self.stopped_waker.take());
-        out.extend(self.recv_waker.take());
-    }
-}
-
-struct ConnState {
-    role: Role,
-    tx: mpsc::UnboundedSender<Frame>,
-    closed: Option<String>,
-    got_settings: bool,
-    send_credit: u64,
-    send_waiters: Vec<Waker>,
-    recv_received: u64,
-    recv_limit: u64,
-    recv_pending: u64,
-    next_local_id: u64,
-    local_opened: u64,
-    local_allowed: u64,
-    open_waiters: Vec<Waker>,
-    last_peer_id: u64,
-    peer_opened: u64,
-    peer_allowed: u64,
-    accept_queue: VecDeque<u64>,
-    accept_waiters: Vec<Waker>,
-}
-
-impl ConnState {
-    /// Queues a frame unless closed. Called under the lock, so frames follow state changes.
-    fn send(&self, frame: Frame) {
-        if self.closed.is_none() {
-            let _ = self.tx.send(frame);
-        }
-    }
-
-    /// `n` received bytes left the connection's buffers: return credit when an eighth of the window
-    /// is due (as quinn does), so a few unread streams cannot starve the others for long.
-    fn credit(&mut self, n: u64) {
-        self.recv_pending += n;
-        if self.recv_pending >= CONN_WINDOW / 8 {
-            let inc = u32::try_from(self.recv_pending).unwrap_or(u32::MAX);
-            self.send(Frame::Window(0, inc));
-            self.recv_limit += u64::from(inc);
-            self.recv_pending -= u64::from(inc);
-        }
-    }
-
-    fn is_local(&self, id: u64) -> bool {
-        (id % 2 == 1) == (self.role == Role::Dialer)
-    }
-
-    /// Whether `id` was opened at some point (so frames for it may legitimately still arrive).
-    fn seen(&self, id: u64) -> bool {
-        id != 0
-            && if self.is_local(id) {
-                id < self.next_local_id
-            } else {
-                id <= self.last_peer_id
-            }
-    }
-
-    fn closed_error(&self) -> io::Error {
-        let reason = self.closed.clone().unwrap_or_else(|| "stream gone".into());
-        stream_error(StreamError::Closed(reason))
-    }
-}
-
+/// The state machine and who waits on it, under one lock.
 struct State {
-    streams: HashMap<u64, StreamState>,
-    conn: ConnState,
+    mux: Mux,
+    streams: HashMap<u64, StreamWakers>,
+    send_credit: Vec<Waker>,
+    open: Vec<Waker>,
+    accept: Vec<Waker>,
 }
 
 impl State {
-    /// A handle of stream `id` is gone; removes the stream once both are.
-    fn release(&mut self, id: u64, send_side: bool) {
-        let Some(s) = self.streams.get_mut(&id) else {
-            return;
-        };
-        if send_side {
-            s.send_handle = false;
-        } else {
-            s.recv_handle = false;
-        }
-        if !s.send_handle && !s.recv_handle {
-            self.streams.remove(&id);
-            if !self.conn.is_local(id) {
-                self.conn.peer_allowed += 1;
-                self.conn.send(Frame::Streams(1));
+    fn stream(&mut self, id: u64) -> &mut StreamWakers {
+        self.streams.entry(id).or_default()
+    }
+
+    /// Wakes whom a state change may unblock (a peer's CLOSE is the caller's to handle).
+    fn wake(&mut self, wake: &Wake) {
+        match *wake {
+            Wake::Nothing | Wake::PeerClosed(_) => {}
+            Wake::Recv(id) => {
+                if let Some(w) = self.streams.get_mut(&id) {
+                    wake_one(&mut w.recv);
+                }
             }
+            Wake::Send(id) => {
+                if let Some(w) = self.streams.get_mut(&id) {
+                    wake_one(&mut w.send);
+                }
+            }
+            Wake::SendAndStopped(id) => {
+                if let Some(w) = self.streams.get_mut(&id) {
+                    wake_one(&mut w.send);
+                    wake_one(&mut w.stopped);
+                }
+            }
+            Wake::SendCredit => wake_all(&mut self.send_credit),
+            Wake::Open => wake_all(&mut self.open),
+            Wake::Accept => wake_all(&mut self.accept),
+        }
+    }
+
+    /// Forgets a stream's wakers once the state machine has removed it.
+    fn forget(&mut self, id: u64) {
+        if !self.mux.has_stream(id) {
+            self.streams.remove(&id);
         }
     }
 }
@@ -374,302 +112,112 @@ struct Shared {
     closed: CancellationToken,
     /// Cancelled once the writer task has finished.
     drained: CancellationToken,
-    pong_pending: AtomicBool,
+    /// Frames were queued: the writer has work.
+    outgoing: Notify,
     remote: SocketAddr,
 }
 
+/// The lock, with the writer told about frames queued while it was held.
+struct Locked<'a> {
+    guard: MutexGuard<'a, State>,
+    outgoing: &'a Notify,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if self.guard.mux.has_transmit() {
+            self.outgoing.notify_one();
+        }
+    }
+}
+
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            guard: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            outgoing: &self.outgoing,
+        }
     }
 
     /// Closes the connection once: queues `frame` as CLOSE (if any), records `reason`, fails every
     /// stream and waiter, and stops the tasks.
     fn close(&self, reason: String, frame: Option<(u32, String)>) {
-        let mut guard = self.lock();
-        let conn = &mut guard.conn;
-        if conn.closed.is_some() {
+        self.shut(|mux| mux.close(reason, frame));
+    }
+
+    /// Closes the connection for a protocol error by the peer (CLOSE with PROTOCOL_ERROR).
+    fn protocol_error(&self, error: &ProtocolError) {
+        tracing::debug!(error = %error, "mux protocol error");
+        self.shut(|mux| mux.protocol_error(error));
+    }
+
+    /// Runs `close` on the state machine; if that closed the connection, wakes every waiter (to
+    /// fail) and stops the tasks.
+    fn shut(&self, close: impl FnOnce(&mut Mux) -> bool) {
+        let mut state = self.lock();
+        if !close(&mut state.mux) {
             return;
         }
-        if let Some((code, text)) = frame {
-            let _ = conn.tx.send(Frame::Close(code, text));
-        }
-        conn.closed = Some(reason);
-        conn.accept_queue.clear();
         let mut wakers = Vec::new();
-        wakers.append(&mut conn.send_waiters);
-        wakers.append(&mut conn.open_waiters);
-        wakers.append(&mut conn.accept_waiters);
-        let mut streams = std::mem::take(&mut guard.streams);
-        // A stream whose whole message has arrived (FIN) stays readable: closing right after the
-        // peer finished its last response must not truncate what is already here.
-        let complete: Vec<u64> = streams
-            .iter()
-            .filter(|(_, s)| s.recv == RecvState::Fin)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in complete {
-            if let Some(mut s) = streams.remove(&id) {
-                // Its writers and `stopped` waiters must learn of the close.
-                wakers.extend(s.send_waker.take());
-                wakers.extend(s.stopped_waker.take());
-                guard.streams.insert(id, s);
-            }
+        wakers.append(&mut state.send_credit);
+        wakers.append(&mut state.open);
+        wakers.append(&mut state.accept);
+        for w in state.streams.values_mut() {
+            wakers.extend(w.send.take());
+            wakers.extend(w.stopped.take());
+            wakers.extend(w.recv.take());
         }
-        drop(guard);
-        for s in streams.values_mut() {
-            s.wakers(&mut wakers);
-        }
-        drop(streams);
+        drop(state);
         wakers.into_iter().for_each(Waker::wake);
         self.closed.cancel();
     }
 
-    /// Handles one frame from the peer. `Err` is a protocol error.
-    fn on_frame(&self, frame: RawFrame) -> Result<Next, String> {
-        let RawFrame { ty, id, payload } = frame;
-        let mut guard = self.lock();
-        let State { streams, conn } = &mut *guard;
-        if conn.closed.is_some() {
-            return Ok(Next::Continue);
+    /// Handles one frame from the peer.
+    fn on_frame(&self, header: Header, payload: BytesMut) -> Result<(), ProtocolError> {
+        let mut state = self.lock();
+        let wake = state.mux.handle(header, payload)?;
+        if let Wake::PeerClosed(reason) = wake {
+            drop(state);
+            self.close(reason, None);
+            return Ok(());
         }
-        if !conn.got_settings && ty != T_SETTINGS {
-            return Err(format!("first frame has type {ty:#x}, not SETTINGS"));
-        }
-        let conn_frame = matches!(ty, T_SETTINGS | T_STREAMS | T_PING | T_PONG | T_CLOSE);
-        if conn_frame && id != 0 {
-            return Err(format!("frame type {ty:#x} on stream {id}"));
-        }
-        if !conn_frame && ty != T_WINDOW && id == 0 {
-            return Err(format!("frame type {ty:#x} on stream 0"));
-        }
-        match ty {
-            T_SETTINGS => {
-                if conn.got_settings {
-                    return Err("second SETTINGS".into());
-                }
-                conn.local_allowed = u64::from(payload_u32(&payload, "SETTINGS")?);
-                conn.got_settings = true;
-                wake_all(&mut conn.open_waiters);
-            }
-            T_OPEN => {
-                expect_len(&payload, 0, "OPEN")?;
-                if conn.is_local(id) || id <= conn.last_peer_id {
-                    return Err(format!("OPEN with invalid stream id {id}"));
-                }
-                if conn.peer_opened >= conn.peer_allowed {
-                    return Err("peer opened more streams than allowed".into());
-                }
-                conn.last_peer_id = id;
-                conn.peer_opened += 1;
-                streams.insert(id, StreamState::new());
-                conn.accept_queue.push_back(id);
-                wake_all(&mut conn.accept_waiters);
-            }
-            T_DATA => {
-                let n = payload.len() as u64;
-                if n == 0 {
-                    return Err(format!("empty DATA on stream {id}"));
-                }
-                let stream = lookup(streams, conn, id, "DATA")?;
-                if conn.recv_received + n > conn.recv_limit {
-                    return Err("flow control: connection window exceeded".into());
-                }
-                conn.recv_received += n;
-                let Some(s) = stream else {
-                    conn.credit(n);
-                    return Ok(Next::Continue);
-                };
-                match s.recv {
-                    RecvState::Open => {
-                        if s.recv_received + n > s.recv_limit {
-                            return Err(format!("flow control: stream {id} window exceeded"));
-                        }
-                        s.recv_received += n;
-                        s.recv_buffered += n;
-                        match s.recv_buf.back_mut() {
-                            Some(back)
-                                if payload.len() < SMALL_CHUNK && back.len() < MAX_MERGED =>
-                            {
-                                back.extend_from_slice(&payload);
-                            }
-                            _ => s.recv_buf.push_back(payload),
-                        }
-                        wake(&mut s.recv_waker);
-                    }
-                    RecvState::Stopped(_) => conn.credit(n),
-                    RecvState::Fin | RecvState::Reset(_) => {
-                        return Err(format!("DATA after FIN or RESET on stream {id}"));
-                    }
-                }
-            }
-            T_FIN => {
-                expect_len(&payload, 0, "FIN")?;
-                if let Some(s) = lookup(streams, conn, id, "FIN")? {
-                    if s.recv == RecvState::Open {
-                        s.recv = RecvState::Fin;
-                        wake(&mut s.recv_waker);
-                    }
-                }
-            }
-            T_RESET => {
-                let code = payload_u32(&payload, "RESET")?;
-                if let Some(s) = lookup(streams, conn, id, "RESET")? {
-                    if matches!(s.recv, RecvState::Open | RecvState::Fin) {
-                        s.recv = RecvState::Reset(code);
-                        s.discard_buffer(conn);
-                        wake(&mut s.recv_waker);
-                    }
-                }
-            }
-            T_STOP => {
-                let code = payload_u32(&payload, "STOP")?;
-                if let Some(s) = lookup(streams, conn, id, "STOP")? {
-                    if s.stop_code.is_none() {
-                        s.stop_code = Some(code);
-                        if s.send == SendState::Open {
-                            s.send = SendState::Stopped(code);
-                            conn.send(Frame::Reset(id, code));
-                        }
-                        wake(&mut s.send_waker);
-                        wake(&mut s.stopped_waker);
-                    }
-                }
-            }
-            T_WINDOW => {
-                let inc = u64::from(payload_u32(&payload, "WINDOW")?);
-                if id == 0 {
-                    if conn.send_credit + inc > CONN_WINDOW {
-                        return Err("flow control: connection credit above the window".into());
-                    }
-                    conn.send_credit += inc;
-                    wake_all(&mut conn.send_waiters);
-                } else if let Some(s) = lookup(streams, conn, id, "WINDOW")? {
-                    if s.send_credit + inc > STREAM_WINDOW {
-                        return Err(format!("flow control: stream {id} credit above the window"));
-                    }
-                    s.send_credit += inc;
-                    wake(&mut s.send_waker);
-                }
-            }
-            T_STREAMS => {
-                let inc = payload_u32(&payload, "STREAMS")?;
-                conn.local_allowed = conn.local_allowed.saturating_add(u64::from(inc));
-                wake_all(&mut conn.open_waiters);
-            }
-            T_PING => {
-                let ping = payload_8(&payload, "PING")?;
-                if !self.pong_pending.swap(true, Ordering::AcqRel) {
-                    conn.send(Frame::Pong(ping));
-                }
-            }
-            T_PONG => {
-                payload_8(&payload, "PONG")?;
-            }
-            T_CLOSE => {
-                if payload.len() < 4 || payload.len() > 4 + MAX_REASON_LEN {
-                    return Err(format!("CLOSE payload of {} bytes", payload.len()));
-                }
-                let mut p = &payload[..];
-                let code = p.get_u32();
-                let reason = String::from_utf8_lossy(p);
-                return Ok(Next::PeerClosed(
-                    format!("closed by peer: {code:#x} {reason}")
-                        .trim_end()
-                        .to_owned(),
-                ));
-            }
-            _ => return Err(format!("unknown frame type {ty:#x}")),
-        }
-        Ok(Next::Continue)
+        state.wake(&wake);
+        Ok(())
     }
 
     /// Sends (part of) `data` on stream `id` as one DATA frame, waiting for credit.
     fn poll_send(&self, id: u64, data: &mut Bytes, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut guard = self.lock();
-        let State { streams, conn } = &mut *guard;
-        let Some(s) = streams.get_mut(&id) else {
-            return Poll::Ready(Err(conn.closed_error()));
-        };
-        // A stream kept readable after a close (its FIN had arrived) can no longer send.
-        if conn.closed.is_some() {
-            return Poll::Ready(Err(conn.closed_error()));
-        }
-        match s.send {
-            SendState::Open => {}
-            SendState::Stopped(code) => {
-                return Poll::Ready(Err(stream_error(StreamError::Stopped(code))))
+        let mut state = self.lock();
+        match state.mux.send(id, data) {
+            Ok(Sent::Progress) => Poll::Ready(Ok(())),
+            Ok(Sent::Blocked { conn }) => {
+                // Registered on the stream too, so that STOP wakes a writer blocked on
+                // connection credit.
+                set_waker(&mut state.stream(id).send, cx);
+                if conn {
+                    register(&mut state.send_credit, cx);
+                }
+                Poll::Pending
             }
-            SendState::Finished | SendState::Reset => {
-                return Poll::Ready(Err(stream_error(StreamError::Finished)))
-            }
+            Err(e) => Poll::Ready(Err(stream_error(e))),
         }
-        if data.is_empty() {
-            return Poll::Ready(Ok(()));
-        }
-        if s.send_credit == 0 || conn.send_credit == 0 {
-            // Registered here too so that STOP wakes a writer blocked on connection credit.
-            set_waker(&mut s.send_waker, cx);
-            if conn.send_credit == 0 {
-                register(&mut conn.send_waiters, cx);
-            }
-            return Poll::Pending;
-        }
-        let n = (data.len() as u64)
-            .min(MAX_DATA_CHUNK as u64)
-            .min(s.send_credit)
-            .min(conn.send_credit);
-        let chunk = data.split_to(n as usize);
-        s.send_credit -= n;
-        conn.send_credit -= n;
-        conn.send(Frame::Data(id, chunk));
-        Poll::Ready(Ok(()))
     }
 }
 
-enum Next {
-    Continue,
-    PeerClosed(String),
-}
-
-/// The stream's state if it is live, `None` if it was removed, `Err` if it was never opened.
-fn lookup<'a>(
-    streams: &'a mut HashMap<u64, StreamState>,
-    conn: &ConnState,
-    id: u64,
-    what: &str,
-) -> Result<Option<&'a mut StreamState>, String> {
-    match streams.get_mut(&id) {
-        Some(s) => Ok(Some(s)),
-        None if conn.seen(id) => Ok(None),
-        None => Err(format!("{what} for unknown stream {id}")),
-    }
-}
-
-fn expect_len(payload: &[u8], len: usize, what: &str) -> Result<(), String> {
-    if payload.len() == len {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what} payload of {} bytes, expected {len}",
-            payload.len()
-        ))
-    }
-}
-
-fn payload_u32(payload: &[u8], what: &str) -> Result<u32, String> {
-    expect_len(payload, 4, what)?;
-    Ok((&payload[..]).get_u32())
-}
-
-fn payload_8(payload: &[u8], what: &str) -> Result<[u8; 8], String> {
-    expect_len(payload, 8, what)?;
-    let mut out = [0; 8];
-    out.copy_from_slice(payload);
-    Ok(out)
-}
-
-fn wake(slot: &mut Option<Waker>) {
+fn wake_one(slot: &mut Option<Waker>) {
     if let Some(w) = slot.take() {
         w.wake();
     }
@@ -692,15 +240,6 @@ fn register(list: &mut Vec<Waker>, cx: &Context<'_>) {
     }
 }
 
-fn truncate_reason(reason: &[u8]) -> String {
-    let text = String::from_utf8_lossy(reason);
-    let mut end = text.len().min(MAX_REASON_LEN);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
-}
-
 /// Closes the connection when dropped, so that a task ending in any way (even a panic or a
 /// runtime shutdown) never leaves the connection looking open. A no-op after a normal close.
 struct CloseOnDrop(Arc<Shared>);
@@ -711,33 +250,19 @@ impl Drop for CloseOnDrop {
     }
 }
 
-struct RawFrame {
-    ty: u8,
-    id: u64,
-    payload: BytesMut,
-}
-
 enum ReadError {
     Io(io::Error),
-    Protocol(String),
+    Protocol(ProtocolError),
 }
 
-async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<RawFrame, ReadError> {
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<(Header, BytesMut), ReadError> {
     let mut header = [0u8; HEADER_LEN];
     r.read_exact(&mut header).await.map_err(ReadError::Io)?;
-    let mut h = &header[..];
-    let (ty, id, len) = (h.get_u8(), h.get_u64(), h.get_u32() as usize);
-    if ty > T_CLOSE {
-        return Err(ReadError::Protocol(format!("unknown frame type {ty:#x}")));
-    }
-    if len > MAX_FRAME_PAYLOAD {
-        return Err(ReadError::Protocol(format!(
-            "frame payload of {len} bytes exceeds {MAX_FRAME_PAYLOAD}"
-        )));
-    }
-    let mut payload = BytesMut::zeroed(len);
+    let header = Header::decode(&header).map_err(ReadError::Protocol)?;
+    debug_assert!(header.len <= MAX_FRAME_PAYLOAD);
+    let mut payload = BytesMut::zeroed(header.len);
     r.read_exact(&mut payload).await.map_err(ReadError::Io)?;
-    Ok(RawFrame { ty, id, payload })
+    Ok((header, payload))
 }
 
 async fn reader_task<R: AsyncRead + Unpin>(r: R, shared: Arc<Shared>, idle: Duration) {
@@ -754,11 +279,11 @@ async fn reader_task<R: AsyncRead + Unpin>(r: R, shared: Arc<Shared>, idle: Dura
                 "connection lost: unexpected EOF".to_owned()
             }
             Ok(Err(ReadError::Io(e))) => format!("connection lost: {e}"),
-            Ok(Err(ReadError::Protocol(msg))) => return protocol_error(&shared, msg),
-            Ok(Ok(frame)) => match shared.on_frame(frame) {
-                Ok(Next::Continue) => continue,
-                Ok(Next::PeerClosed(reason)) => reason,
-                Err(msg) => return protocol_error(&shared, msg),
+            Ok(Err(ReadError::Protocol(e))) => return shared.protocol_error(&e),
+            Ok(Ok((header, payload))) => match shared.on_frame(header, payload) {
+                Ok(()) if shared.closed.is_cancelled() => return,
+                Ok(()) => continue,
+                Err(e) => return shared.protocol_error(&e),
             },
         };
         shared.close(error, None);
@@ -766,17 +291,19 @@ async fn reader_task<R: AsyncRead + Unpin>(r: R, shared: Arc<Shared>, idle: Dura
     }
 }
 
-fn protocol_error(shared: &Shared, msg: String) {
-    tracing::debug!(error = %msg, "mux protocol error");
-    shared.close(
-        format!("protocol error: {msg}"),
-        Some((ErrorCode::PROTOCOL_ERROR.0, truncate_reason(msg.as_bytes()))),
-    );
+/// Moves queued frames into `batch`, up to `limit` bytes (all of them without a limit).
+fn drain(shared: &Shared, batch: &mut BytesMut, limit: Option<usize>) {
+    let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    while limit.is_none_or(|l| batch.len() < l) {
+        match state.mux.poll_transmit() {
+            Some(frame) => frame.encode(batch),
+            None => break,
+        }
+    }
 }
 
 async fn writer_task<W: AsyncWrite + Unpin>(
     mut w: W,
-    mut rx: mpsc::UnboundedReceiver<Frame>,
     shared: Arc<Shared>,
     keep_alive: Duration,
     write_timeout: Duration,
@@ -787,34 +314,22 @@ async fn writer_task<W: AsyncWrite + Unpin>(
     let mut ping = tokio::time::interval_at(Instant::now() + keep_alive, keep_alive);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ping_seq = 0u64;
-    let encode = |frame: Frame, batch: &mut BytesMut| {
-        if let Frame::Pong(_) = frame {
-            shared.pong_pending.store(false, Ordering::Release);
-        }
-        frame.encode(batch);
-    };
     loop {
+        drain(&shared, &mut batch, Some(BATCH_SIZE));
         if batch.is_empty() {
             // `select!` because a quiet connection must still send PINGs, and a close must stop
-            // the wait; all three branches are cancel safe.
+            // the wait; all three branches are cancel safe. A frame queued since the drain above
+            // left a permit in `outgoing`, so nothing is missed.
             tokio::select! {
                 biased;
                 () = shared.closed.cancelled() => break,
-                frame = rx.recv() => match frame {
-                    Some(frame) => encode(frame, &mut batch),
-                    None => break,
-                },
+                () = shared.outgoing.notified() => {}
                 _ = ping.tick() => {
                     ping_seq += 1;
-                    encode(Frame::Ping(ping_seq.to_be_bytes()), &mut batch);
+                    shared.lock().mux.ping(ping_seq.to_be_bytes());
                 }
             }
-            while batch.len() < BATCH_SIZE {
-                match rx.try_recv() {
-                    Ok(frame) => encode(frame, &mut batch),
-                    Err(_) => break,
-                }
-            }
+            continue;
         }
         // `write_all_buf` advances `batch` by what was written, so after a close interrupts it
         // the rest is still written below, keeping the framing intact.
@@ -837,9 +352,7 @@ async fn writer_task<W: AsyncWrite + Unpin>(
     // Closed: write what was queued before the close (CLOSE last, if we send one), then shut
     // down the write side, all bounded in time.
     let _ = timeout(CLOSE_FLUSH_TIMEOUT, async {
-        while let Ok(frame) = rx.try_recv() {
-            encode(frame, &mut batch);
-        }
+        drain(&shared, &mut batch, None);
         w.write_all_buf(&mut batch).await?;
         w.flush().await?;
         w.shutdown().await
@@ -888,36 +401,17 @@ impl Connection {
     where
         IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(Frame::Settings(config.max_streams));
-        let conn = ConnState {
-            role,
-            tx,
-            closed: None,
-            got_settings: false,
-            send_credit: CONN_WINDOW,
-            send_waiters: Vec::new(),
-            recv_received: 0,
-            recv_limit: CONN_WINDOW,
-            recv_pending: 0,
-            next_local_id: if role == Role::Dialer { 1 } else { 2 },
-            local_opened: 0,
-            local_allowed: 0,
-            open_waiters: Vec::new(),
-            last_peer_id: 0,
-            peer_opened: 0,
-            peer_allowed: u64::from(config.max_streams),
-            accept_queue: VecDeque::new(),
-            accept_waiters: Vec::new(),
-        };
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
+                mux: Mux::new(role, config.max_streams),
                 streams: HashMap::new(),
-                conn,
+                send_credit: Vec::new(),
+                open: Vec::new(),
+                accept: Vec::new(),
             }),
             closed: CancellationToken::new(),
             drained: CancellationToken::new(),
-            pong_pending: AtomicBool::new(false),
+            outgoing: Notify::new(),
             remote,
         });
         let (r, w) = tokio::io::split(io);
@@ -927,7 +421,6 @@ impl Connection {
         tokio::spawn(reader_task(r, shared.clone(), config.idle_timeout));
         tokio::spawn(writer_task(
             w,
-            rx,
             shared.clone(),
             keep_alive,
             config.idle_timeout,
@@ -953,21 +446,15 @@ impl Connection {
     /// the peer's SETTINGS). Cancel safe. Fails once the connection is closed.
     pub async fn open_bi(&self) -> io::Result<(SendStream, RecvStream)> {
         let id = poll_fn(|cx| {
-            let mut guard = self.inner.shared.lock();
-            let State { streams, conn } = &mut *guard;
-            if conn.closed.is_some() {
-                return Poll::Ready(Err(conn.closed_error()));
+            let mut state = self.inner.shared.lock();
+            match state.mux.open() {
+                Ok(Some(id)) => Poll::Ready(Ok(id)),
+                Ok(None) => {
+                    register(&mut state.open, cx);
+                    Poll::Pending
+                }
+                Err(e) => Poll::Ready(Err(stream_error(e))),
             }
-            if conn.local_opened >= conn.local_allowed {
-                register(&mut conn.open_waiters, cx);
-                return Poll::Pending;
-            }
-            let id = conn.next_local_id;
-            conn.next_local_id += 2;
-            conn.local_opened += 1;
-            streams.insert(id, StreamState::new());
-            conn.send(Frame::Open(id));
-            Poll::Ready(Ok(id))
         })
         .await?;
         Ok(self.handles(id))
@@ -976,17 +463,14 @@ impl Connection {
     /// Waits for the next stream the peer opens. Cancel safe. Fails once the connection is closed.
     pub async fn accept_bi(&self) -> io::Result<(SendStream, RecvStream)> {
         let id = poll_fn(|cx| {
-            let mut guard = self.inner.shared.lock();
-            let conn = &mut guard.conn;
-            if conn.closed.is_some() {
-                return Poll::Ready(Err(conn.closed_error()));
-            }
-            match conn.accept_queue.pop_front() {
-                Some(id) => Poll::Ready(Ok(id)),
-                None => {
-                    register(&mut conn.accept_waiters, cx);
+            let mut state = self.inner.shared.lock();
+            match state.mux.accept() {
+                Ok(Some(id)) => Poll::Ready(Ok(id)),
+                Ok(None) => {
+                    register(&mut state.accept, cx);
                     Poll::Pending
                 }
+                Err(e) => Poll::Ready(Err(stream_error(e))),
             }
         })
         .await?;
@@ -996,7 +480,7 @@ impl Connection {
     /// Closes the connection: queues CLOSE with `code` and `reason` (truncated to 256 bytes,
     /// best effort) and fails every stream and waiter at once. Idempotent.
     pub fn close(&self, code: u32, reason: &[u8]) {
-        let text = truncate_reason(reason);
+        let text = tunnel_protocol::mux::truncate_reason(reason);
         let local = format!("closed locally: {code:#x} {text}")
             .trim_end()
             .to_owned();
@@ -1018,7 +502,12 @@ impl Connection {
     /// `closed locally: 0x0`, `connection lost: unexpected EOF`, `idle timeout` or
     /// `protocol error: …`.
     pub fn close_reason(&self) -> Option<String> {
-        self.inner.shared.lock().conn.closed.clone()
+        self.inner
+            .shared
+            .lock()
+            .mux
+            .close_reason()
+            .map(str::to_owned)
     }
 
     /// The peer's address, as given to [`Connection::new`].
@@ -1066,36 +555,17 @@ impl SendStream {
 
     /// Ends this direction cleanly (FIN). Fails if already finished, reset or stopped.
     pub fn finish(&mut self) -> io::Result<()> {
-        let mut guard = self.conn.shared.lock();
-        let State { streams, conn } = &mut *guard;
-        let Some(s) = streams.get_mut(&self.id) else {
-            return Err(conn.closed_error());
-        };
-        if conn.closed.is_some() {
-            return Err(conn.closed_error());
-        }
-        match s.send {
-            SendState::Open => {
-                s.send = SendState::Finished;
-                conn.send(Frame::Fin(self.id));
-                wake(&mut s.stopped_waker);
-                Ok(())
-            }
-            SendState::Stopped(code) => Err(stream_error(StreamError::Stopped(code))),
-            SendState::Finished | SendState::Reset => Err(stream_error(StreamError::Finished)),
-        }
+        let mut state = self.conn.shared.lock();
+        state.mux.finish(self.id).map_err(stream_error)?;
+        wake_one(&mut state.stream(self.id).stopped);
+        Ok(())
     }
 
     /// Abandons this direction with `code` (RESET). A no-op if already finished or reset.
     pub fn reset(&mut self, code: u32) {
-        let mut guard = self.conn.shared.lock();
-        let State { streams, conn } = &mut *guard;
-        if let Some(s) = streams.get_mut(&self.id) {
-            if s.send == SendState::Open {
-                s.send = SendState::Reset;
-                conn.send(Frame::Reset(self.id, code));
-                wake(&mut s.stopped_waker);
-            }
+        let mut state = self.conn.shared.lock();
+        if state.mux.reset(self.id, code) {
+            wake_one(&mut state.stream(self.id).stopped);
         }
     }
 
@@ -1103,25 +573,16 @@ impl SendStream {
     /// `Err` if the connection closed first. Cancel safe.
     pub async fn stopped(&mut self) -> io::Result<Option<u32>> {
         poll_fn(|cx| {
-            let mut guard = self.conn.shared.lock();
-            let State { streams, conn } = &mut *guard;
-            let Some(s) = streams.get_mut(&self.id) else {
-                return Poll::Ready(Err(conn.closed_error()));
-            };
-            if let Some(code) = s.stop_code {
-                return Poll::Ready(Ok(Some(code)));
+            let mut state = self.conn.shared.lock();
+            match state.mux.stop_state(self.id) {
+                Ok(StopState::Stopped(code)) => Poll::Ready(Ok(Some(code))),
+                Ok(StopState::Done) => Poll::Ready(Ok(None)),
+                Ok(StopState::Sending) => {
+                    set_waker(&mut state.stream(self.id).stopped, cx);
+                    Poll::Pending
+                }
+                Err(e) => Poll::Ready(Err(stream_error(e))),
             }
-            if conn.closed.is_some() && s.send == SendState::Open {
-                return Poll::Ready(Err(conn.closed_error()));
-            }
-            if let Some(code) = s.stop_code {
-                return Poll::Ready(Ok(Some(code)));
-            }
-            if s.send != SendState::Open {
-                return Poll::Ready(Ok(None));
-            }
-            set_waker(&mut s.stopped_waker, cx);
-            Poll::Pending
         })
         .await
     }
@@ -1129,15 +590,9 @@ impl SendStream {
 
 impl Drop for SendStream {
     fn drop(&mut self) {
-        let mut guard = self.conn.shared.lock();
-        let State { streams, conn } = &mut *guard;
-        if let Some(s) = streams.get_mut(&self.id) {
-            if s.send == SendState::Open {
-                s.send = SendState::Finished;
-                conn.send(Frame::Fin(self.id));
-            }
-        }
-        guard.release(self.id, true);
+        let mut state = self.conn.shared.lock();
+        state.mux.drop_send(self.id);
+        state.forget(self.id);
     }
 }
 
@@ -1165,12 +620,9 @@ impl RecvStream {
     /// Asks the peer to stop sending (STOP with `code`, once) and discards buffered and future
     /// data; later reads fail with [`StreamError::Stopped`]. Fails only if the connection closed.
     pub fn stop(&mut self, code: u32) -> io::Result<()> {
-        let mut guard = self.conn.shared.lock();
-        let State { streams, conn } = &mut *guard;
-        let Some(s) = streams.get_mut(&self.id) else {
-            return Err(conn.closed_error());
-        };
-        s.stop(self.id, code, conn);
+        let mut state = self.conn.shared.lock();
+        state.mux.stop(self.id, code).map_err(stream_error)?;
+        wake_one(&mut state.stream(self.id).recv);
         Ok(())
     }
 }
@@ -1182,61 +634,36 @@ impl AsyncRead for RecvStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let id = self.id;
-        let mut guard = self.conn.shared.lock();
-        let State { streams, conn } = &mut *guard;
-        let Some(s) = streams.get_mut(&id) else {
-            return Poll::Ready(Err(conn.closed_error()));
-        };
-        if buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        if s.recv_buffered > 0 {
-            let mut n = 0;
-            while buf.remaining() > 0 {
-                let Some(front) = s.recv_buf.front_mut() else {
-                    break;
-                };
-                let k = front.len().min(buf.remaining());
-                buf.put_slice(&front[..k]);
-                front.advance(k);
-                if front.is_empty() {
-                    s.recv_buf.pop_front();
-                }
-                n += k;
-            }
-            s.consumed(id, n as u64, conn);
-            return Poll::Ready(Ok(()));
-        }
-        match s.recv {
-            RecvState::Open => {
-                set_waker(&mut s.recv_waker, cx);
+        let mut state = self.conn.shared.lock();
+        let max = buf.remaining();
+        match state.mux.read(id, max, |chunk| buf.put_slice(chunk)) {
+            Ok(Recv::Data(_) | Recv::End) => Poll::Ready(Ok(())),
+            Ok(Recv::Blocked) => {
+                set_waker(&mut state.stream(id).recv, cx);
                 Poll::Pending
             }
-            RecvState::Fin => Poll::Ready(Ok(())),
-            RecvState::Reset(code) => Poll::Ready(Err(stream_error(StreamError::Reset(code)))),
-            RecvState::Stopped(code) => Poll::Ready(Err(stream_error(StreamError::Stopped(code)))),
+            Err(e) => Poll::Ready(Err(stream_error(e))),
         }
     }
 }
 
 impl Drop for RecvStream {
     fn drop(&mut self) {
-        let mut guard = self.conn.shared.lock();
-        let State { streams, conn } = &mut *guard;
-        if let Some(s) = streams.get_mut(&self.id) {
-            let unread = s.recv == RecvState::Open || s.recv_buffered > 0;
-            if unread {
-                s.stop(self.id, 0, conn);
-            }
-        }
-        guard.release(self.id, false);
+        let mut state = self.conn.shared.lock();
+        state.mux.drop_recv(self.id);
+        state.forget(self.id);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Buf;
     use tokio::io::duplex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tunnel_protocol::mux::frame_type::*;
+    use tunnel_protocol::mux::{HEADER_LEN, MAX_FRAME_PAYLOAD, STREAM_WINDOW};
+    use tunnel_protocol::ErrorCode;
 
     fn cfg() -> Config {
         Config {
@@ -1453,15 +880,7 @@ mod tests {
         let acceptor = tokio::spawn(async move {
             for _ in 0..24 {
                 let (_s, r) = b.accept_bi().await.unwrap();
-                while b
-                    .inner
-                    .shared
-                    .lock()
-                    .streams
-                    .get(&r.id)
-                    .map(|s| s.recv_buffered)
-                    != Some(STREAM_WINDOW)
-                {
+                while b.inner.shared.lock().mux.buffered(r.id) != Some(STREAM_WINDOW) {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
@@ -1492,13 +911,7 @@ mod tests {
             !writer.is_finished(),
             "write beyond the stream window completed"
         );
-        let buffered = b
-            .inner
-            .shared
-            .lock()
-            .streams
-            .get(&rb.id)
-            .map(|s| s.recv_buffered);
+        let buffered = b.inner.shared.lock().mux.buffered(rb.id);
         assert_eq!(buffered, Some(STREAM_WINDOW));
         let mut got = 0;
         let mut buf = vec![0u8; 64 * 1024];
@@ -1618,28 +1031,28 @@ mod tests {
             frames.push((ty, rest[HEADER_LEN..HEADER_LEN + len].to_vec()));
             rest = &rest[HEADER_LEN + len..];
         }
-        assert_eq!(frames.first().map(|f| f.0), Some(T_SETTINGS));
+        assert_eq!(frames.first().map(|f| f.0), Some(SETTINGS));
         let (ty, close) = frames.last().unwrap();
-        assert_eq!(*ty, T_CLOSE);
+        assert_eq!(*ty, CLOSE);
         assert_eq!((&close[..4]).get_u32(), ErrorCode::PROTOCOL_ERROR.0);
     }
 
     #[tokio::test]
     async fn protocol_errors_close_the_connection() {
-        let settings = raw(T_SETTINGS, 0, &8u32.to_be_bytes());
+        let settings = raw(SETTINGS, 0, &8u32.to_be_bytes());
         let with = |rest: &[Vec<u8>]| [vec![settings.clone()], rest.to_vec()].concat().concat();
-        expect_protocol_error(raw(T_OPEN, 1, &[]), "not SETTINGS").await;
-        let mut huge = raw(T_DATA, 1, &[]);
+        expect_protocol_error(raw(OPEN, 1, &[]), "not SETTINGS").await;
+        let mut huge = raw(DATA, 1, &[]);
         huge[9..13].copy_from_slice(&(1u32 << 20).to_be_bytes());
         expect_protocol_error(with(&[huge]), "exceeds").await;
         expect_protocol_error(with(&[raw(42, 0, &[])]), "unknown frame type").await;
-        expect_protocol_error(with(&[raw(T_DATA, 1, b"x")]), "unknown stream").await;
-        expect_protocol_error(with(&[raw(T_OPEN, 2, &[])]), "invalid stream id").await;
-        expect_protocol_error(with(&[raw(T_PING, 0, b"short")]), "PING").await;
-        let opens: Vec<_> = (0..9).map(|i| raw(T_OPEN, 1 + 2 * i, &[])).collect();
+        expect_protocol_error(with(&[raw(DATA, 1, b"x")]), "unknown stream").await;
+        expect_protocol_error(with(&[raw(OPEN, 2, &[])]), "invalid stream id").await;
+        expect_protocol_error(with(&[raw(PING, 0, b"short")]), "PING").await;
+        let opens: Vec<_> = (0..9).map(|i| raw(OPEN, 1 + 2 * i, &[])).collect();
         expect_protocol_error(with(&opens), "more streams").await;
-        let mut flood = vec![raw(T_OPEN, 1, &[])];
-        flood.extend((0..17).map(|_| raw(T_DATA, 1, &[0u8; MAX_FRAME_PAYLOAD])));
+        let mut flood = vec![raw(OPEN, 1, &[])];
+        flood.extend((0..17).map(|_| raw(DATA, 1, &[0u8; MAX_FRAME_PAYLOAD])));
         expect_protocol_error(with(&flood), "flow control").await;
     }
 
