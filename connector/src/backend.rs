@@ -15,7 +15,7 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tracing::warn;
 
 use crate::config::{Target, DEFAULT_CONNECT_TIMEOUT};
-use crate::layered::ConfigError;
+use process_setup::layered::ConfigError;
 use tunnel_session::framing::TunnelBody;
 
 /// How long an idle pooled backend connection is kept.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::Uri;
 use serde::Deserialize;
 
-use crate::layered::{self, ConfigError, EnvSource, Secret};
+use process_setup::layered::{self, ConfigError, EnvSource, Secret};
 
 /// Default per-target wait for the backend's response head.
 pub const DEFAULT_TARGET_TIMEOUT: Duration = Duration::from_secs(30);

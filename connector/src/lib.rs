@@ -18,8 +18,6 @@
 pub mod backend;
 pub mod config;
 mod http_proxy;
-pub mod layered;
-pub mod process;
 pub mod service;
 mod session;
 mod stream;
@@ -34,7 +32,7 @@ use tracing::{error, info, warn};
 use tunnel_protocol::ErrorCode;
 
 pub use config::Config;
-use layered::ConfigError;
+use process_setup::layered::ConfigError;
 use session::{AttemptError, Dialer, Ended};
 
 /// A session that stayed up this long resets the backoff.

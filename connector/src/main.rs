@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use connector::layered::{ConfigError, ProcessEnv, EXIT_CONFIG};
 use connector::{Config, Connector};
+use process_setup::layered::{ConfigError, ProcessEnv, EXIT_CONFIG};
 use tokio_util::sync::CancellationToken;
 
 /// The on-premises agent of the relay tunnel: dials out to the relay and forwards its requests to
@@ -115,7 +115,7 @@ fn main() -> ExitCode {
         Command::Run(args) => args,
         Command::Service(cmd) => return service(cmd),
     };
-    connector::process::init_tracing(&args.log_format, "info,quinn=warn,rustls=warn");
+    process_setup::init_tracing(&args.log_format, "info,quinn=warn,rustls=warn");
     let config = match load(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -139,7 +139,7 @@ fn main() -> ExitCode {
             }
         };
         let shutdown = CancellationToken::new();
-        tokio::spawn(connector::process::cancel_on_signal(shutdown.clone()));
+        tokio::spawn(process_setup::cancel_on_signal(shutdown.clone()));
         connector.run(shutdown).await;
         ExitCode::SUCCESS
     })
@@ -157,7 +157,7 @@ fn service(cmd: ServiceCommand) -> ExitCode {
             // The unit must not point at a config that would fail at every restart.
             if let Err(e) = Config::load(
                 Some(&config),
-                &connector::layered::ProcessEnv,
+                &process_setup::layered::ProcessEnv,
                 toml::Table::new(),
             ) {
                 eprintln!(

@@ -16,8 +16,8 @@ use tunnel_protocol::{ControlFrame, Credential, ErrorCode, Hello, ALPN};
 
 use crate::backend::{load_certs, Backends};
 use crate::config::{Config, TransportMode};
-use crate::layered::ConfigError;
 use crate::{State, StateTx};
+use process_setup::layered::ConfigError;
 use tunnel_session::control::{ControlError, ControlStream};
 use tunnel_session::mux;
 use tunnel_session::transport::{Conn, Transport};

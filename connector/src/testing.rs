@@ -8,8 +8,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{FileConfig, SessionFile, TargetFile};
-use crate::layered::Secret;
 use crate::{Config, Connector, State};
+use process_setup::layered::Secret;
 
 /// A running connector; dropping it shuts it down.
 #[derive(Debug)]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use connector::layered::{self, ConfigError, ProcessEnv, EXIT_CONFIG};
+use process_setup::layered::{self, ConfigError, ProcessEnv, EXIT_CONFIG};
 use serde::Deserialize;
 
 /// The relay's management web, standalone: the admin UI, /api/v1 and /healthz, /readyz over the
@@ -112,7 +112,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    connector::process::init_tracing(&config.log_format, "info,sqlx=warn");
+    process_setup::init_tracing(&config.log_format, "info,sqlx=warn");
     let pepper = match std::fs::read(&config.pepper_file) {
         Ok(p) if p.len() >= 32 => p,
         Ok(_) => {
@@ -167,7 +167,7 @@ async fn main() -> ExitCode {
     );
     let app = management_web::app(state);
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(connector::process::cancel_on_signal(stop.clone()));
+    tokio::spawn(process_setup::cancel_on_signal(stop.clone()));
     let result = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use connector::layered::{self, ConfigError, EnvSource};
+use process_setup::layered::{self, ConfigError, EnvSource};
 use serde::Deserialize;
 
 /// The file/env shape. Every field is optional; [`Config::from_file`] fills defaults.

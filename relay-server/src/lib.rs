@@ -20,6 +20,7 @@ mod auth;
 mod catalog;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "quickstart")]
 mod echo;
 mod error;
 pub mod forwarded;

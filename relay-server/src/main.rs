@@ -3,13 +3,13 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use connector::layered::{ProcessEnv, EXIT_CONFIG};
+use process_setup::layered::{ProcessEnv, EXIT_CONFIG};
 use relay_server::cli::{Cli, Command, ListenArgs};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    connector::process::init_tracing(&cli.log_format, "info,quinn=warn,rustls=warn,sqlx=warn");
+    process_setup::init_tracing(&cli.log_format, "info,quinn=warn,rustls=warn,sqlx=warn");
     let config = match cli.load_config(&ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        tokio::spawn(connector::process::cancel_on_signal(shutdown.clone()));
+        tokio::spawn(process_setup::cancel_on_signal(shutdown.clone()));
         relay_server::cli::dispatch(command, config, shutdown).await
     });
     match result {

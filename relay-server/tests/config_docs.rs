@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use connector::config::FileConfig as ConnectorFile;
-use connector::layered::{self, Secret};
+use process_setup::layered::{self, Secret};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -1,4 +1,4 @@
-//! What both binaries do around their work: structured logging, and stop signals (Ctrl-C, and
+//! What every binary does around its work: structured logging, and stop signals (Ctrl-C, and
 //! SIGTERM on Unix: systemd, `docker stop`).
 
 use tokio_util::sync::CancellationToken;

@@ -1,0 +1,257 @@
+//! `relay-server tenant …`: tenants, their limits, credentials and hostnames.
+
+use clap::Subcommand;
+
+use super::{hasher, open_store, CLI_ACTOR};
+use crate::config::Config;
+
+/// `tenant …`
+#[derive(Subcommand, Debug)]
+pub enum TenantCommand {
+    /// Create a tenant.
+    Create { name: String },
+    /// List tenants.
+    List,
+    /// Show one tenant.
+    Show { name: String },
+    /// Enable a tenant.
+    Enable { name: String },
+    /// Disable a tenant (its visitors get 404, its sessions close).
+    Disable { name: String },
+    /// Delete a tenant and its credentials.
+    Delete { name: String },
+    /// Change a tenant's settings and limits (unset flags keep their values).
+    Set {
+        name: String,
+        /// A name for people.
+        #[arg(long)]
+        display_name: Option<String>,
+        /// Free text for admins.
+        #[arg(long)]
+        description: Option<String>,
+        /// Keep query strings in this tenant's audit records (true/false; default false).
+        #[arg(long, value_name = "BOOL")]
+        audit_query_strings: Option<bool>,
+        /// Largest request body in bytes (overrides the relay's limits.max_body_bytes).
+        #[arg(long, value_name = "BYTES")]
+        max_body_bytes: Option<u64>,
+        /// Streams in flight at once across the tenant's sessions.
+        #[arg(long, value_name = "N")]
+        max_concurrent_streams: Option<u32>,
+        /// Wait for the response head, e.g. 30s.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        request_timeout: Option<std::time::Duration>,
+        /// Remove the tenant's own limits (the relay's defaults apply), before applying the above.
+        #[arg(long)]
+        clear_limits: bool,
+    },
+    /// Manage a tenant's connector credentials.
+    #[command(subcommand)]
+    Credential(CredentialCommand),
+    /// Manage the hostnames a tenant owns.
+    #[command(subcommand)]
+    Hostname(HostnameCommand),
+}
+
+/// `tenant hostname …`
+#[derive(Subcommand, Debug)]
+pub enum HostnameCommand {
+    /// Route a hostname (e.g. app.contoso.example) to one of the tenant's targets.
+    Add {
+        tenant: String,
+        hostname: String,
+        #[arg(long)]
+        target: String,
+    },
+    /// List a tenant's hostnames.
+    List { tenant: String },
+    /// Remove a hostname.
+    Remove { tenant: String, hostname: String },
+}
+
+/// `tenant credential …`
+#[derive(Subcommand, Debug)]
+pub enum CredentialCommand {
+    /// Create a credential and print its secret (shown only this once).
+    Create {
+        tenant: String,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List a tenant's credentials (never their secrets).
+    List { tenant: String },
+    /// Revoke a credential; sessions using it close.
+    Revoke { tenant: String, id: String },
+}
+
+pub(super) async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    match cmd {
+        TenantCommand::Create { name } => {
+            let t = store.create_tenant(&name).await?;
+            store
+                .record_admin_action(CLI_ACTOR, "tenant.create", &t.name)
+                .await?;
+            println!("tenant {} created (id {})", t.name, t.id);
+        }
+        TenantCommand::List => {
+            println!("{:<32} {:<8} ID", "NAME", "ENABLED");
+            for t in store.tenants().await? {
+                println!("{:<32} {:<8} {}", t.name, t.enabled, t.id);
+            }
+        }
+        TenantCommand::Show { name } => {
+            let t = store
+                .tenant(&name)
+                .await?
+                .ok_or_else(|| relay_store::Error::TenantNotFound(name.clone()))?;
+            println!(
+                "name:     {}\nid:       {}\nenabled:  {}\nlimits:   {:?}\ndisplay:  {}\nabout:    {}\naudit query strings: {}",
+                t.name,
+                t.id,
+                t.enabled,
+                t.limits,
+                t.display_name,
+                t.description,
+                t.audit_query_strings
+            );
+            for c in store.credentials(&t.name).await? {
+                let state = if c.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!("credential {} {state} {}", c.id, c.label);
+            }
+        }
+        TenantCommand::Enable { name } => {
+            store.set_tenant_enabled(&name, true).await?;
+            store
+                .record_admin_action(CLI_ACTOR, "tenant.enable", &name)
+                .await?;
+            println!("tenant {name} enabled");
+        }
+        TenantCommand::Disable { name } => {
+            store.set_tenant_enabled(&name, false).await?;
+            store
+                .record_admin_action(CLI_ACTOR, "tenant.disable", &name)
+                .await?;
+            println!("tenant {name} disabled");
+        }
+        TenantCommand::Set {
+            name,
+            display_name,
+            description,
+            audit_query_strings,
+            max_body_bytes,
+            max_concurrent_streams,
+            request_timeout,
+            clear_limits,
+        } => {
+            let settings = relay_store::TenantSettings {
+                display_name,
+                description,
+                audit_query_strings,
+            };
+            let t = store.set_tenant_settings(&name, &settings).await?;
+            let mut limits = if clear_limits {
+                relay_store::TenantLimits::default()
+            } else {
+                t.limits.clone()
+            };
+            if let Some(v) = max_body_bytes {
+                limits.max_body_bytes = Some(v);
+            }
+            if let Some(v) = max_concurrent_streams {
+                anyhow::ensure!(v > 0, "--max-concurrent-streams must be at least 1");
+                limits.max_concurrent_streams = Some(v);
+            }
+            if let Some(d) = request_timeout {
+                anyhow::ensure!(!d.is_zero(), "--request-timeout must be above zero");
+                limits.request_timeout_ms = Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            }
+            if limits != t.limits {
+                store.set_tenant_limits(&t.name, &limits).await?;
+            }
+            store
+                .record_admin_action(CLI_ACTOR, "tenant.update", &t.name)
+                .await?;
+            println!("tenant {} updated", t.name);
+        }
+        TenantCommand::Delete { name } => {
+            store.delete_tenant(&name).await?;
+            store
+                .record_admin_action(CLI_ACTOR, "tenant.delete", &name)
+                .await?;
+            println!("tenant {name} deleted");
+        }
+        TenantCommand::Credential(CredentialCommand::Create { tenant, label }) => {
+            let hasher = hasher(config)?;
+            let c = store.create_credential(&tenant, &label, &hasher).await?;
+            store
+                .record_admin_action(
+                    CLI_ACTOR,
+                    "credential.create",
+                    &format!("{}/{}", c.credential.tenant, c.credential.id),
+                )
+                .await?;
+            println!(
+                "credential {} created for tenant {}",
+                c.credential.id, c.credential.tenant
+            );
+            println!("secret (shown once, store it in the connector's --secret-file):");
+            println!("{}", c.secret);
+        }
+        TenantCommand::Credential(CredentialCommand::List { tenant }) => {
+            println!("{:<34} {:<8} LABEL", "ID", "STATE");
+            for c in store.credentials(&tenant).await? {
+                let state = if c.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!("{:<34} {:<8} {}", c.id, state, c.label);
+            }
+        }
+        TenantCommand::Hostname(HostnameCommand::Add {
+            tenant,
+            hostname,
+            target,
+        }) => {
+            let h = store.add_hostname(&tenant, &hostname, &target).await?;
+            store
+                .record_admin_action(
+                    CLI_ACTOR,
+                    "hostname.add",
+                    &format!("{tenant}/{}", h.hostname),
+                )
+                .await?;
+            println!("{} -> tenant {tenant}, target {}", h.hostname, h.target);
+        }
+        TenantCommand::Hostname(HostnameCommand::List { tenant }) => {
+            println!("{:<40} TARGET", "HOSTNAME");
+            for h in store.hostnames(&tenant).await? {
+                println!("{:<40} {}", h.hostname, h.target);
+            }
+        }
+        TenantCommand::Hostname(HostnameCommand::Remove { tenant, hostname }) => {
+            store.remove_hostname(&tenant, &hostname).await?;
+            store
+                .record_admin_action(
+                    CLI_ACTOR,
+                    "hostname.remove",
+                    &format!("{tenant}/{hostname}"),
+                )
+                .await?;
+            println!("hostname {hostname} removed");
+        }
+        TenantCommand::Credential(CredentialCommand::Revoke { tenant, id }) => {
+            store.revoke_credential(&tenant, &id).await?;
+            store
+                .record_admin_action(CLI_ACTOR, "credential.revoke", &format!("{tenant}/{id}"))
+                .await?;
+            println!("credential {id} revoked; its sessions close within a second");
+        }
+    }
+    Ok(())
+}
