@@ -1,5 +1,5 @@
 //! A session's connection, whichever transport carries it: QUIC (quinn), or TLS over TCP with the
-//! [`mux`](crate::mux) multiplexer on top. Both give streams the same semantics — independent
+//! [`mux`] multiplexer on top. Both give streams the same semantics — independent
 //! directions, FIN, reset and stop with a code, flow control — so everything above this module
 //! (framing, control stream, proxying) is written once.
 
