@@ -1,19 +1,25 @@
 //! The relay: the internet-facing server of the tunnel.
 //!
 //! ```text
-//! visitor ──HTTPS/HTTP──► ingress ──► proxy ──stream──► session ══QUIC══ connector ──► backend
-//!                                        ▲                 ▲
-//!                               catalog (tenants)    registry (live sessions)
+//! visitor ──HTTPS/HTTP──► ingress ──► route ──► proxy ──stream──► session ══QUIC or TLS/TCP══ connector
+//!                                      ▲          ▲                  ▲
+//!                             catalog (tenants, hostnames)   registry (live sessions)
 //! ```
 //!
-//! It accepts visitors on the HTTPS ingress (and optionally plain HTTP), accepts connector
-//! sessions on QUIC on the same port number, authenticates them against the tenant catalog, and
-//! carries each visitor request as one stream on the least-loaded session of its tenant.
+//! It accepts visitors on the HTTPS ingress (and optionally plain HTTP), routes each request by
+//! tenant hostname, wildcard base domain or `/relay/{tenant}/{target}/…` (`route.rs`), accepts
+//! connector sessions on QUIC on the same port number (or over TLS on the HTTPS port itself, told
+//! apart from visitors by ALPN, possibly through a CONNECT proxy), authenticates them against the
+//! tenant catalog, and carries each visitor request as one stream on the least-loaded session of
+//! its tenant (`proxy.rs`: admit → open the stream and send the head → await the response head →
+//! respond). The session machinery both ends share is in `tunnel-session`; the wire format in
+//! `tunnel-protocol`.
 //!
-//! Connectors reach it over QUIC, or where UDP is blocked over TLS on the HTTPS port itself (told
-//! apart from visitors by ALPN), possibly through a CONNECT proxy.
+//! Also here: the admin listener, which mounts `management-web` (UI, `/api/v1`, `/metrics`,
+//! health), the request audit log, the CLI ([`cli`]) and, behind the default `quickstart` feature,
+//! the quickstart with its in-process connector.
 //!
-//! Non-goals here: the management UI and API (management issue), queue mode.
+//! Not here (yet): queue mode, forwarding to other relay nodes, per-hostname certificates.
 
 mod audit;
 mod auth;

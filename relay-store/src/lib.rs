@@ -1,9 +1,13 @@
-//! Persistence for tenants, connector credentials and admin users.
+//! Persistence for tenants, hostnames, connector credentials, admin users and API tokens, login
+//! sessions, the connector session history, the request audit log and the admin-action log.
 //!
 //! Callers hold a [`Store`]; `Store::connect(url)` picks the backend from the URL scheme and runs
-//! the migrations. Today the backend is SQLite (the embedded default, one relay node); PostgreSQL
-//! slots in behind the same methods. Relays never query the store per visitor request: they load a
-//! [`Snapshot`] and reload it when [`Store::revision`] changes.
+//! its migrations: `sqlite://` (the embedded default, one relay node) or `postgres://` (production,
+//! shared by several relays and a standalone management web; catalog changes are announced with
+//! `NOTIFY relay_catalog`). One schema in two migration folders, one set of methods; where the SQL
+//! differs, both bodies sit side by side, and the store test-suite runs against both. Relays never
+//! query the store per visitor request: they load a [`Snapshot`] and reload it when
+//! [`Store::revision`] changes.
 //!
 //! Non-goals: no caching, no network protocol, no HTTP. Secrets are never stored: credentials keep
 //! an HMAC of the secret ([`SecretHasher`]), admin passwords an argon2id hash.
