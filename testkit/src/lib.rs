@@ -1,6 +1,7 @@
 //! Test support, only ever a dev-dependency: a recording backend on `127.0.0.1:0`, an HTTPS
-//! client that trusts a given CA, helpers for the built binaries and process memory. Its `tests/`
-//! folder holds the end-to-end suite (real relay, connector and backend on loopback).
+//! client that trusts a given CA, helpers for the built binaries and process memory, and
+//! [`eventually`] for state that converges asynchronously. Its `tests/` folder holds the
+//! end-to-end suite (real relay, connector and backend on loopback).
 
 pub mod backend;
 pub mod client;
@@ -9,6 +10,7 @@ pub mod mitm;
 pub mod postgres;
 pub mod process;
 pub mod udp_gate;
+pub mod wait;
 
 pub use backend::{pattern_chunk, pattern_sha256, Backend};
 pub use client::Client;
@@ -16,6 +18,7 @@ pub use http_proxy::HttpProxy;
 pub use mitm::MitmProxy;
 pub use postgres::PgCluster;
 pub use udp_gate::UdpGate;
+pub use wait::{eventually, Outcome};
 
 /// Installs a test tracing subscriber once (`RUST_LOG` picks the level; default warn).
 pub fn trace_init() {
