@@ -22,7 +22,7 @@ use tunnel_session::headers::{
 use crate::audit::{Draft, Outcome};
 use crate::error::{error_response, ProxyError};
 use crate::metrics::TenantCounters;
-use crate::registry::SessionEntry;
+use crate::registry::{Pick, SessionEntry};
 use crate::route;
 use crate::Relay;
 
@@ -272,10 +272,11 @@ fn admit(
         .tenant_cap(&tenant.id, cap)
         .try_acquire_owned()
         .map_err(|_| ProxyError::TooManyStreams)?;
-    let session = relay
-        .registry
-        .pick(&tenant.id)
-        .ok_or(ProxyError::NoSession)?;
+    let session = match relay.registry.pick(&tenant.id, &route.target) {
+        Pick::Session(s) => s,
+        Pick::NoTarget => return Err(ProxyError::UnknownTarget),
+        Pick::NoSession => return Err(ProxyError::NoSession),
+    };
     draft.session_id = session.id.clone();
     let guard = InFlight::new(session.clone(), relay.clone(), permit);
     Ok(Admitted {

@@ -1,6 +1,6 @@
 //! Live sessions by tenant, and the choice of session for each request (fewest streams in flight).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -29,6 +29,9 @@ pub(crate) struct SessionEntry {
     pub(crate) identity: Identity,
     pub(crate) connector_id: String,
     pub(crate) connector_version: String,
+    /// The targets the connector announced in its `Hello` (canonical names); empty means it did
+    /// not say, and it may be asked for any.
+    pub(crate) targets: HashSet<String>,
     pub(crate) conn: tunnel_session::transport::Conn,
     pub(crate) remote: SocketAddr,
     pub(crate) connected_at: SystemTime,
@@ -44,6 +47,7 @@ impl SessionEntry {
         identity: Identity,
         connector_id: String,
         connector_version: String,
+        targets: HashSet<String>,
         conn: tunnel_session::transport::Conn,
     ) -> SessionEntry {
         SessionEntry {
@@ -51,6 +55,7 @@ impl SessionEntry {
             identity,
             connector_id,
             connector_version,
+            targets,
             remote: conn.remote_address(),
             conn,
             connected_at: SystemTime::now(),
@@ -85,6 +90,22 @@ impl SessionEntry {
     fn available(&self) -> bool {
         !self.draining.load(Ordering::Acquire) && self.conn.close_reason().is_none()
     }
+
+    /// Whether the connector serves `target` (or did not say which targets it serves).
+    pub(crate) fn serves(&self, target: &str) -> bool {
+        self.targets.is_empty() || self.targets.contains(target)
+    }
+}
+
+/// Where a request for a tenant's target can go.
+#[derive(Debug)]
+pub(crate) enum Pick {
+    /// The available session serving the target with the fewest streams in flight.
+    Session(Arc<SessionEntry>),
+    /// The tenant has available sessions, but none serves the target (404).
+    NoTarget,
+    /// The tenant has no available session (503).
+    NoSession,
 }
 
 /// Live sessions and per-tenant stream caps.
@@ -128,14 +149,23 @@ impl Registry {
         }
     }
 
-    /// The available session of `tenant` with the fewest streams in flight.
-    pub(crate) fn pick(&self, tenant: &TenantId) -> Option<Arc<SessionEntry>> {
+    /// The available session of `tenant` that serves `target`, with the fewest streams in flight.
+    pub(crate) fn pick(&self, tenant: &TenantId, target: &str) -> Pick {
         let map = self.sessions.read().unwrap_or_else(|p| p.into_inner());
-        map.get(tenant)?
-            .iter()
+        let mut any = false;
+        let best = map
+            .get(tenant)
+            .into_iter()
+            .flatten()
             .filter(|s| s.available())
-            .min_by_key(|s| s.in_flight.load(Ordering::Relaxed))
-            .cloned()
+            .inspect(|_| any = true)
+            .filter(|s| s.serves(target))
+            .min_by_key(|s| s.in_flight.load(Ordering::Relaxed));
+        match best {
+            Some(s) => Pick::Session(s.clone()),
+            None if any => Pick::NoTarget,
+            None => Pick::NoSession,
+        }
     }
 
     /// The sessions of `tenant`.

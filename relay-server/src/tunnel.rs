@@ -162,6 +162,7 @@ async fn established(relay: Arc<Relay>, conn: Conn) {
         granted.identity.clone(),
         hello.connector_id.clone(),
         hello.connector_version.clone(),
+        announced_targets(&hello.targets),
         conn.clone(),
     ));
     let welcome = ControlFrame::Welcome(Welcome {
@@ -216,6 +217,19 @@ async fn established(relay: Arc<Relay>, conn: Conn) {
     .instrument(span)
     .await;
 }
+
+/// The target names a `Hello` announced, canonical; names that are not valid target names are
+/// left out (nothing can route to them). At most [`MAX_ANNOUNCED_TARGETS`] are kept.
+fn announced_targets(names: &[String]) -> std::collections::HashSet<String> {
+    names
+        .iter()
+        .take(MAX_ANNOUNCED_TARGETS)
+        .filter_map(|n| relay_store::validate_name(n).ok())
+        .collect()
+}
+
+/// Most target names kept from one `Hello` (the frame itself is bounded too).
+const MAX_ANNOUNCED_TARGETS: usize = 1024;
 
 /// Runs the control stream until the session ends; returns the close code used.
 async fn control_loop(
