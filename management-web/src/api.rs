@@ -15,14 +15,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, MethodRouter};
 use axum::{Json, Router};
 use relay_store::{
-    AuditFilter, AuditRecord, Credential, Error, SessionRecord, Tenant, TenantLimits,
-    TenantSettings,
+    AuditFilter, AuditRecord, Credential, SessionRecord, Tenant, TenantLimits, TenantSettings,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
 use crate::auth::ApiAdmin;
+use crate::error::{ApiError, Error};
 use crate::AppState;
 
 /// One API operation.
@@ -258,71 +258,10 @@ pub(crate) fn router() -> Router<AppState> {
     for r in ROUTES {
         router = router.route(r.path, handler(r.operation));
     }
-    router.fallback(|| async { problem(StatusCode::NOT_FOUND, "not found", "no such API route") })
+    router
 }
 
-/// An RFC 9457 problem document.
-pub(crate) fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
-    let body = json!({
-        "type": "about:blank",
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    let mut res = (status, body.to_string()).into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    res
-}
-
-/// A store error as the API tells it (internals are logged, not shown).
-pub(crate) fn store_problem(e: Error) -> Response {
-    match e {
-        Error::TenantExists(_)
-        | Error::HostnameTaken(_)
-        | Error::ApiTokenExists(_)
-        | Error::AdminUserExists(_) => problem(StatusCode::CONFLICT, "conflict", &e.to_string()),
-        Error::TenantNotFound(_)
-        | Error::CredentialNotFound(_)
-        | Error::HostnameNotFound(_)
-        | Error::ApiTokenNotFound(_) => problem(StatusCode::NOT_FOUND, "not found", &e.to_string()),
-        Error::InvalidName(_) | Error::InvalidHostname(_) => problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid value",
-            &e.to_string(),
-        ),
-        Error::HashingBusy => {
-            let mut res = problem(
-                StatusCode::TOO_MANY_REQUESTS,
-                "busy",
-                "password hashing is busy; try again shortly",
-            );
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
-            res
-        }
-        Error::Database(_) => {
-            tracing::warn!(error = %e, "store failed");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store unavailable",
-                "the database did not answer; try again",
-            )
-        }
-        e => {
-            tracing::error!(error = %e, "store failed");
-            problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error",
-                "see the server log",
-            )
-        }
-    }
-}
-
-type ApiResult = Result<Response, Response>;
+type ApiResult = Result<Response, ApiError>;
 
 /// A JSON object body. A wrong content type (415), unparsable JSON (400) and a body that is not
 /// an object, or not of `T`'s shape (422), become problem documents. Nested objects are
@@ -330,26 +269,19 @@ type ApiResult = Result<Response, Response>;
 pub(crate) struct Body<T>(T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
-    type Rejection = Response;
+    type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Body<T>, Response> {
+    async fn from_request(req: Request, state: &S) -> Result<Body<T>, ApiError> {
         let value = match Json::<Value>::from_request(req, state).await {
             Ok(Json(v)) => v,
-            Err(e) => return Err(problem(e.status(), "invalid request body", &e.body_text())),
-        };
-        let invalid = |detail: &str| {
-            problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid request body",
-                detail,
-            )
+            Err(e) => return Err(Error::Rejected(e.status(), e.body_text()).into()),
         };
         if !value.is_object() {
-            return Err(invalid("the body must be a JSON object"));
+            return Err(Error::Validation("the body must be a JSON object".into()).into());
         }
         T::deserialize(value)
             .map(Body)
-            .map_err(|e| invalid(&e.to_string()))
+            .map_err(|e| Error::Validation(e.to_string()).into())
     }
 }
 
@@ -378,19 +310,15 @@ fn paging(limit: Option<u32>, offset: u64, default: u32) -> Result<u32, String> 
 pub(crate) struct Params<T>(T);
 
 impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Params<T> {
-    type Rejection = Response;
+    type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
         state: &S,
-    ) -> Result<Params<T>, Response> {
+    ) -> Result<Params<T>, ApiError> {
         match Query::<T>::from_request_parts(parts, state).await {
             Ok(Query(v)) => Ok(Params(v)),
-            Err(e) => Err(problem(
-                StatusCode::BAD_REQUEST,
-                "invalid query",
-                &e.body_text(),
-            )),
+            Err(e) => Err(Error::BadQuery(e.body_text()).into()),
         }
     }
 }
@@ -527,13 +455,8 @@ async fn list_tenants(
     _: ApiAdmin,
     Params(p): Params<Paging>,
 ) -> ApiResult {
-    let limit = paging(p.limit, p.offset, 50)
-        .map_err(|e| problem(StatusCode::BAD_REQUEST, "invalid query", &e))?;
-    let (tenants, total) = state
-        .store()
-        .tenants_page(&p.q, p.offset, limit)
-        .await
-        .map_err(store_problem)?;
+    let limit = paging(p.limit, p.offset, 50).map_err(Error::BadQuery)?;
+    let (tenants, total) = state.store().tenants_page(&p.q, p.offset, limit).await?;
     let items: Vec<TenantJson> = tenants.iter().map(tenant_json).collect();
     Ok(
         Json(json!({"items": items, "total": total, "offset": p.offset, "limit": limit}))
@@ -555,20 +478,14 @@ async fn create_tenant(
     Body(body): Body<NewTenant>,
 ) -> ApiResult {
     let store = state.store();
-    let t = store
-        .create_tenant(&body.name)
-        .await
-        .map_err(store_problem)?;
+    let t = store.create_tenant(&body.name).await?;
     if body.display_name.is_some() || body.description.is_some() {
         let settings = TenantSettings {
             display_name: body.display_name,
             description: body.description,
             audit_query_strings: None,
         };
-        store
-            .set_tenant_settings(&t.name, &settings)
-            .await
-            .map_err(store_problem)?;
+        store.set_tenant_settings(&t.name, &settings).await?;
     }
     state.record(&admin.actor(), "tenant.create", &t.name).await;
     let t = state.tenant(&t.name).await?;
@@ -619,18 +536,17 @@ struct TenantPatch {
 
 /// Limits must be positive when set (null restores the relay's default), and the byte and
 /// millisecond ones fit the store's signed 64 bits.
-fn check_limits(l: &TenantLimits) -> Result<(), Response> {
+fn check_limits(l: &TenantLimits) -> Result<(), Error> {
     let zero = l.max_body_bytes == Some(0)
         || l.max_concurrent_streams == Some(0)
         || l.request_timeout_ms == Some(0);
     let big = l.max_body_bytes.is_some_and(|v| v > MAX_LIMIT_VALUE)
         || l.request_timeout_ms.is_some_and(|v| v > MAX_LIMIT_VALUE);
     if zero || big {
-        return Err(problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid limits",
+        return Err(Error::Validation(
             "limits must be 1 to 2^63-1 (max_concurrent_streams: 1 to 2^32-1); use null for \
-             the relay's default",
+             the relay's default"
+                .into(),
         ));
     }
     Ok(())
@@ -660,22 +576,13 @@ async fn update_tenant(
         audit_query_strings: body.audit_query_strings,
     };
     if settings != TenantSettings::default() {
-        store
-            .set_tenant_settings(&t.name, &settings)
-            .await
-            .map_err(store_problem)?;
+        store.set_tenant_settings(&t.name, &settings).await?;
     }
     if let Some(l) = &limits {
-        store
-            .set_tenant_limits(&t.name, l)
-            .await
-            .map_err(store_problem)?;
+        store.set_tenant_limits(&t.name, l).await?;
     }
     if let Some(enabled) = body.enabled {
-        store
-            .set_tenant_enabled(&t.name, enabled)
-            .await
-            .map_err(store_problem)?;
+        store.set_tenant_enabled(&t.name, enabled).await?;
     }
     state.record(&admin.actor(), "tenant.update", &t.name).await;
     let t = state.tenant(&t.name).await?;
@@ -687,11 +594,7 @@ async fn delete_tenant(
     admin: ApiAdmin,
     Path(name): Path<String>,
 ) -> ApiResult {
-    state
-        .store()
-        .delete_tenant(&name)
-        .await
-        .map_err(store_problem)?;
+    state.store().delete_tenant(&name).await?;
     state
         .record(&admin.actor(), "tenant.delete", &name.to_ascii_lowercase())
         .await;
@@ -704,11 +607,7 @@ async fn list_credentials(
     Path(name): Path<String>,
 ) -> ApiResult {
     let t = state.tenant(&name).await?;
-    let creds = state
-        .store()
-        .credentials(&t.name)
-        .await
-        .map_err(store_problem)?;
+    let creds = state.store().credentials(&t.name).await?;
     let items: Vec<Value> = creds.iter().map(credential_json).collect();
     Ok(Json(json!({ "items": items })).into_response())
 }
@@ -731,8 +630,7 @@ async fn create_credential(
     let created = state
         .store()
         .create_credential(&t.name, &label, state.hasher())
-        .await
-        .map_err(store_problem)?;
+        .await?;
     let c = &created.credential;
     state
         .record(
@@ -755,11 +653,7 @@ async fn revoke_credential(
     admin: ApiAdmin,
     Path((name, id)): Path<(String, String)>,
 ) -> ApiResult {
-    state
-        .store()
-        .revoke_credential(&name, &id)
-        .await
-        .map_err(store_problem)?;
+    state.store().revoke_credential(&name, &id).await?;
     state
         .record(
             &admin.actor(),
@@ -776,11 +670,7 @@ async fn list_hostnames(
     Path(name): Path<String>,
 ) -> ApiResult {
     let t = state.tenant(&name).await?;
-    let hosts = state
-        .store()
-        .hostnames(&t.name)
-        .await
-        .map_err(store_problem)?;
+    let hosts = state.store().hostnames(&t.name).await?;
     let items: Vec<Value> = hosts
         .iter()
         .map(|h| json!({"hostname": h.hostname, "target": h.target}))
@@ -805,8 +695,7 @@ async fn add_hostname(
     let h = state
         .store()
         .add_hostname(&t.name, &body.hostname, &body.target)
-        .await
-        .map_err(store_problem)?;
+        .await?;
     state
         .record(
             &admin.actor(),
@@ -826,11 +715,7 @@ async fn remove_hostname(
     admin: ApiAdmin,
     Path((name, hostname)): Path<(String, String)>,
 ) -> ApiResult {
-    state
-        .store()
-        .remove_hostname(&name, &hostname)
-        .await
-        .map_err(store_problem)?;
+    state.store().remove_hostname(&name, &hostname).await?;
     state
         .record(
             &admin.actor(),
@@ -845,7 +730,7 @@ async fn remove_hostname(
 pub(crate) async fn connections(
     state: &AppState,
     tenant: &str,
-) -> Result<Vec<(SessionRecord, Option<usize>)>, Error> {
+) -> Result<Vec<(SessionRecord, Option<usize>)>, relay_store::Error> {
     let sessions = state.store().live_sessions(tenant).await?;
     let in_flight = state.node().map(|n| n.in_flight()).unwrap_or_default();
     Ok(sessions
@@ -863,7 +748,7 @@ async fn list_connections(
     Path(name): Path<String>,
 ) -> ApiResult {
     let t = state.tenant(&name).await?;
-    let list = connections(&state, &t.name).await.map_err(store_problem)?;
+    let list = connections(&state, &t.name).await?;
     let items: Vec<Value> = list.iter().map(|(s, n)| connection_json(s, *n)).collect();
     Ok(Json(json!({ "items": items })).into_response())
 }
@@ -908,14 +793,8 @@ async fn list_requests(
     _: ApiAdmin,
     Params(q): Params<RequestQuery>,
 ) -> ApiResult {
-    let filter = q
-        .filter(100)
-        .map_err(|e| problem(StatusCode::BAD_REQUEST, "invalid query", &e))?;
-    let records = state
-        .store()
-        .audit_query(&filter)
-        .await
-        .map_err(store_problem)?;
+    let filter = q.filter(100).map_err(Error::BadQuery)?;
+    let records = state.store().audit_query(&filter).await?;
     let items: Vec<Value> = records.iter().map(request_json).collect();
     Ok(
         Json(json!({"items": items, "offset": filter.offset, "limit": filter.limit}))
@@ -1106,7 +985,7 @@ mod tests {
         Body::<T>::from_request(req, &())
             .await
             .map(|Body(v)| v)
-            .map_err(|r| r.status())
+            .map_err(|e| e.0.outcome().status)
     }
 
     #[tokio::test]

@@ -7,11 +7,11 @@ use std::time::Duration;
 use aws_lc_rs::constant_time;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method};
 use axum::response::{IntoResponse, Redirect, Response};
 use relay_store::{ApiToken, WebSession};
 
-use crate::api::problem;
+use crate::error::Error;
 use crate::host::ServedOrigin;
 use crate::AppState;
 
@@ -48,7 +48,7 @@ pub(crate) fn clear_cookie() -> String {
 }
 
 /// A logged-in admin (pages). Without a session, a page load goes to the login page and any
-/// other method gets 403.
+/// other method gets 403 (an error page).
 #[derive(Debug, Clone)]
 pub(crate) struct Admin {
     pub(crate) session: WebSession,
@@ -77,7 +77,7 @@ impl FromRequestParts<AppState> for Admin {
             if parts.method == Method::GET || parts.method == Method::HEAD {
                 Redirect::to("/login").into_response()
             } else {
-                problem(StatusCode::FORBIDDEN, "forbidden", "log in first")
+                Error::Forbidden("log in first").page()
             }
         };
         let Some(cookie) = session_cookie(&parts.headers) else {
@@ -87,14 +87,7 @@ impl FromRequestParts<AppState> for Admin {
         match state.store().web_session(&cookie).await {
             Ok(Some(session)) => Ok(Admin { session, origin }),
             Ok(None) => Err(refused(parts)),
-            Err(e) => {
-                tracing::warn!(error = %e, "session lookup failed");
-                Err(problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store unavailable",
-                    "the database did not answer; try again",
-                ))
-            }
+            Err(e) => Err(Error::from(e).page()),
         }
     }
 }
@@ -116,14 +109,7 @@ impl FromRequestParts<AppState> for ApiAdmin {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<ApiAdmin, Response> {
-        let unauthorized = |detail: &str| {
-            let mut res = problem(StatusCode::UNAUTHORIZED, "unauthorized", detail);
-            res.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer realm=\"relay\""),
-            );
-            res
-        };
+        let unauthorized = |detail: &'static str| Error::Unauthorized(detail).problem();
         let Some(value) = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -137,14 +123,7 @@ impl FromRequestParts<AppState> for ApiAdmin {
         match state.store().verify_api_token(token, state.hasher()).await {
             Ok(Some(token)) => Ok(ApiAdmin { token }),
             Ok(None) => Err(unauthorized("the API token is unknown or revoked")),
-            Err(e) => {
-                tracing::warn!(error = %e, "API token lookup failed");
-                Err(problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store unavailable",
-                    "the database did not answer; try again",
-                ))
-            }
+            Err(e) => Err(Error::from(e).problem()),
         }
     }
 }
@@ -166,12 +145,11 @@ pub(crate) fn bearer_token(value: &str) -> Option<&str> {
 /// `https://` pages of one host are different origins. Together with SameSite=Strict cookies
 /// and the per-session CSRF token, a page elsewhere cannot make an admin's browser change
 /// anything.
-pub(crate) fn same_origin(headers: &HeaderMap, served: Option<&str>) -> Result<(), Response> {
+pub(crate) fn same_origin(headers: &HeaderMap, served: Option<&str>) -> Result<(), Error> {
     let refuse = || {
-        Err(problem(
-            StatusCode::FORBIDDEN,
-            "cross-origin request refused",
-            "state changes are accepted from this site's own pages only",
+        Err(Error::Forbidden(
+            "cross-origin request refused: state changes are accepted from this site's own pages \
+             only",
         ))
     };
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {

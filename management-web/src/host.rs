@@ -5,11 +5,11 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::api::problem;
+use crate::error::Error;
 use crate::AppState;
 
 /// The host names (and address literals) a management web answers to, each with the scheme its
@@ -108,12 +108,7 @@ pub(crate) async fn check(State(state): State<AppState>, mut req: Request, next:
         }
         None => {
             tracing::debug!(host = ?req.headers().get(header::HOST), "request for a foreign host refused");
-            problem(
-                StatusCode::MISDIRECTED_REQUEST,
-                "misdirected request",
-                "this listener does not answer to that host name; an operator can add it to the \
-                 allowed host names",
-            )
+            Error::Misdirected.problem()
         }
     }
 }

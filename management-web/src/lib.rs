@@ -23,6 +23,7 @@
 
 mod api;
 mod auth;
+mod error;
 mod host;
 mod limiter;
 mod ui;
@@ -32,12 +33,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use relay_store::{SecretHasher, Store};
+
+use crate::error::Error;
 
 pub use api::{openapi_document, ApiRoute, ROUTES as API_ROUTES};
 pub use host::AllowedHosts;
@@ -108,16 +111,12 @@ impl AppState {
         }
     }
 
-    /// The tenant named `name`, or the 404 (or store failure) to answer with.
-    pub(crate) async fn tenant(&self, name: &str) -> Result<relay_store::Tenant, Response> {
+    /// The tenant named `name`, or why not (not found, or the store failed).
+    pub(crate) async fn tenant(&self, name: &str) -> Result<relay_store::Tenant, Error> {
         match self.inner.store.tenant(name).await {
             Ok(Some(t)) => Ok(t),
-            Ok(None) => Err(api::problem(
-                StatusCode::NOT_FOUND,
-                "not found",
-                &format!("tenant {name} not found"),
-            )),
-            Err(e) => Err(api::store_problem(e)),
+            Ok(None) => Err(Error::NotFound(format!("tenant {name} not found"))),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -198,20 +197,20 @@ async fn metrics(State(state): State<AppState>, _auth: auth::ApiAdmin) -> Respon
             node.metrics(),
         )
             .into_response(),
-        None => api::problem(
-            StatusCode::NOT_FOUND,
-            "no metrics here",
-            "the standalone management web has no data plane; scrape the relays",
-        ),
+        None => Error::NotFound(
+            "the standalone management web has no data plane; scrape the relays".into(),
+        )
+        .problem(),
     }
 }
 
-async fn not_found() -> Response {
-    api::problem(
-        StatusCode::NOT_FOUND,
-        "not found",
-        "no such page or resource",
-    )
+/// No route: a problem document under `/api/`, a page elsewhere.
+async fn not_found(uri: Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        Error::NotFound("no such API route".into()).problem()
+    } else {
+        Error::NotFound("no such page".into()).page()
+    }
 }
 
 /// The content security policy: nothing inline, nothing from elsewhere.

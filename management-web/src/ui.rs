@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::api::{self, RequestQuery};
 use crate::auth::{self, Admin, PeerIp, Served};
+use crate::error::{Error, PageError};
 use crate::view;
 use crate::AppState;
 
@@ -109,30 +110,29 @@ impl Chrome {
     }
 }
 
-type PageResult = Result<Response, Response>;
+type PageResult = Result<Response, PageError>;
 
 fn render<T: Template>(status: StatusCode, page: &T) -> Response {
     match page.render() {
         Ok(html) => (status, Html(html)).into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "template failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, "page failed to render").into_response()
-        }
+        Err(e) => Error::Internal(format!("template failed: {e}")).page(),
     }
 }
 
-fn store_error(e: relay_store::Error) -> Response {
-    api::store_problem(e)
+/// A form page's status and message: 200 and none, or what went wrong with the form's input.
+fn failure(failed: Option<&Error>) -> (StatusCode, String) {
+    match failed {
+        Some(e) => (e.outcome().status, e.detail()),
+        None => (StatusCode::OK, String::new()),
+    }
 }
 
 /// The checks of every state-changing form.
-fn guard(headers: &HeaderMap, admin: &Admin, csrf: &str) -> Result<(), Response> {
+fn guard(headers: &HeaderMap, admin: &Admin, csrf: &str) -> Result<(), Error> {
     auth::same_origin(headers, admin.origin.as_deref())?;
     if !admin.csrf_ok(csrf) {
-        return Err(api::problem(
-            StatusCode::FORBIDDEN,
-            "CSRF check failed",
-            "reload the page and try again",
+        return Err(Error::Forbidden(
+            "CSRF check failed: reload the page and try again",
         ));
     }
     Ok(())
@@ -214,14 +214,19 @@ async fn login(
         res
     };
     if form.password.len() > 1024 {
-        return Err(page(StatusCode::BAD_REQUEST, "That password is too long."));
+        return Ok(page(StatusCode::BAD_REQUEST, "That password is too long."));
     }
     // Counted before the check, in the same lock as the limit: concurrent attempts cannot all
     // pass a limit that none of them has reached yet.
-    let attempt = state
-        .limiter()
-        .reserve(ip, &username)
-        .map_err(|wait| too_many(wait, "Too many failed logins. Wait a while and try again."))?;
+    let attempt = match state.limiter().reserve(ip, &username) {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            return Ok(too_many(
+                wait,
+                "Too many failed logins. Wait a while and try again.",
+            ))
+        }
+    };
     let user = match state
         .store()
         .verify_admin_password(&username, &form.password)
@@ -230,20 +235,20 @@ async fn login(
         Ok(user) => user,
         Err(relay_store::Error::HashingBusy) => {
             state.limiter().release(attempt);
-            return Err(too_many(
+            return Ok(too_many(
                 HASHING_BUSY_RETRY,
                 "The server is busy checking other logins. Try again in a moment.",
             ));
         }
         Err(e) => {
             state.limiter().release(attempt);
-            return Err(store_error(e));
+            return Err(e.into());
         }
     };
     let Some(user) = user else {
         state.limiter().failed(attempt);
         tracing::info!(%ip, "failed admin login");
-        return Err(page(
+        return Ok(page(
             StatusCode::UNAUTHORIZED,
             "Wrong user name or password.",
         ));
@@ -254,11 +259,7 @@ async fn login(
         let _ = state.store().delete_web_session(&old).await;
     }
     let ttl = i64::try_from(auth::SESSION_TTL.as_millis()).unwrap_or(i64::MAX);
-    let new = state
-        .store()
-        .create_web_session(&user, ttl)
-        .await
-        .map_err(store_error)?;
+    let new = state.store().create_web_session(&user, ttl).await?;
     tracing::info!(user = %user.username, %ip, "admin logged in");
     let mut res = Redirect::to("/").into_response();
     if let Ok(v) = HeaderValue::from_str(&auth::set_cookie(&new.cookie)) {
@@ -283,11 +284,7 @@ async fn logout(
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
     if let Some(cookie) = auth::session_cookie(&headers) {
-        state
-            .store()
-            .delete_web_session(&cookie)
-            .await
-            .map_err(store_error)?;
+        state.store().delete_web_session(&cookie).await?;
     }
     let mut res = Redirect::to("/login").into_response();
     if let Ok(v) = HeaderValue::from_str(&auth::clear_cookie()) {
@@ -314,12 +311,12 @@ struct DashboardPage {
 
 async fn dashboard(State(state): State<AppState>, admin: Admin) -> PageResult {
     let store = state.store();
-    let (tenants, tenants_enabled) = store.tenant_counts().await.map_err(store_error)?;
-    let sessions = store.live_session_count().await.map_err(store_error)?;
+    let (tenants, tenants_enabled) = store.tenant_counts().await?;
+    let sessions = store.live_session_count().await?;
     const MINUTES: i64 = 60;
     let this_minute = now_ms() / 60_000 * 60_000;
     let start = this_minute - (MINUTES - 1) * 60_000;
-    let stats = store.audit_per_minute(start).await.map_err(store_error)?;
+    let stats = store.audit_per_minute(start).await?;
     let mut requests = vec![0.0; MINUTES as usize];
     let mut errors = vec![0.0; MINUTES as usize];
     let (mut total_requests, mut total_errors) = (0, 0);
@@ -414,16 +411,12 @@ async fn tenants_page(
     state: &AppState,
     admin: &Admin,
     q: TenantsQuery,
-    status: StatusCode,
-    error: String,
+    failed: Option<&Error>,
 ) -> PageResult {
+    let (status, error) = failure(failed);
     let page = q.page.unwrap_or(1).max(1);
     let offset = (page - 1).saturating_mul(u64::from(PER_PAGE));
-    let (tenants, total) = state
-        .store()
-        .tenants_page(&q.q, offset, PER_PAGE)
-        .await
-        .map_err(store_error)?;
+    let (tenants, total) = state.store().tenants_page(&q.q, offset, PER_PAGE).await?;
     let pages = total.div_ceil(u64::from(PER_PAGE)).max(1);
     let link = |p: u64| format!("/tenants?q={}&page={p}", enc(&q.q));
     let mut chrome = Chrome::new(admin, "tenants");
@@ -465,7 +458,7 @@ async fn tenants(
     admin: Admin,
     Query(q): Query<TenantsQuery>,
 ) -> PageResult {
-    tenants_page(&state, &admin, q, StatusCode::OK, String::new()).await
+    tenants_page(&state, &admin, q, None).await
 }
 
 #[derive(Deserialize)]
@@ -486,17 +479,12 @@ async fn create_tenant(
             state.record(&admin.actor(), "tenant.create", &t.name).await;
             Ok(Redirect::to(&format!("/tenants/{}?done=created", t.name)).into_response())
         }
-        Err(e @ (relay_store::Error::TenantExists(_) | relay_store::Error::InvalidName(_))) => {
-            tenants_page(
-                &state,
-                &admin,
-                TenantsQuery::default(),
-                StatusCode::BAD_REQUEST,
-                e.to_string(),
-            )
-            .await
-        }
-        Err(e) => Err(store_error(e)),
+        Err(e) => match Error::from(e) {
+            e if e.is_input() => {
+                tenants_page(&state, &admin, TenantsQuery::default(), Some(&e)).await
+            }
+            e => Err(e.into()),
+        },
     }
 }
 
@@ -584,8 +572,8 @@ struct SessionRows {
     sessions: Vec<SessRow>,
 }
 
-async fn session_rows(state: &AppState, tenant: &str) -> Result<Vec<SessRow>, Response> {
-    let list = api::connections(state, tenant).await.map_err(store_error)?;
+async fn session_rows(state: &AppState, tenant: &str) -> Result<Vec<SessRow>, Error> {
+    let list = api::connections(state, tenant).await?;
     Ok(list
         .into_iter()
         .map(|(s, n)| SessRow {
@@ -621,13 +609,13 @@ async fn tenant_page(
     admin: &Admin,
     name: &str,
     done: &str,
-    status: StatusCode,
-    error: String,
+    failed: Option<&Error>,
 ) -> PageResult {
+    let (status, error) = failure(failed);
     let store = state.store();
     let t = state.tenant(name).await?;
-    let credentials = store.credentials(&t.name).await.map_err(store_error)?;
-    let hostnames = store.hostnames(&t.name).await.map_err(store_error)?;
+    let credentials = store.credentials(&t.name).await?;
+    let hostnames = store.hostnames(&t.name).await?;
     let sessions = session_rows(state, &t.name).await?;
     let requests = store
         .audit_query(&relay_store::AuditFilter {
@@ -635,8 +623,7 @@ async fn tenant_page(
             limit: 20,
             ..Default::default()
         })
-        .await
-        .map_err(store_error)?;
+        .await?;
     let mut chrome = Chrome::new(admin, "tenants");
     chrome.notice = notice(done).to_string();
     chrome.error = error;
@@ -695,15 +682,7 @@ async fn tenant(
     Path(name): Path<String>,
     Query(q): Query<DoneQuery>,
 ) -> PageResult {
-    tenant_page(
-        &state,
-        &admin,
-        &name,
-        &q.done,
-        StatusCode::OK,
-        String::new(),
-    )
-    .await
+    tenant_page(&state, &admin, &name, &q.done, None).await
 }
 
 async fn tenant_sessions(
@@ -770,7 +749,8 @@ async fn tenant_settings(
     let limits = match limits {
         Ok(l) => l,
         Err(e) => {
-            return tenant_page(&state, &admin, &t.name, "", StatusCode::BAD_REQUEST, e).await
+            let e = Error::Validation(e);
+            return tenant_page(&state, &admin, &t.name, "", Some(&e)).await;
         }
     };
     let store = state.store();
@@ -783,12 +763,8 @@ async fn tenant_settings(
                 audit_query_strings: Some(form.audit_query_strings.is_some()),
             },
         )
-        .await
-        .map_err(store_error)?;
-    store
-        .set_tenant_limits(&t.name, &limits)
-        .await
-        .map_err(store_error)?;
+        .await?;
+    store.set_tenant_limits(&t.name, &limits).await?;
     state.record(&admin.actor(), "tenant.update", &t.name).await;
     Ok(Redirect::to(&format!("/tenants/{}?done=settings", t.name)).into_response())
 }
@@ -811,8 +787,7 @@ async fn tenant_state(
     state
         .store()
         .set_tenant_enabled(&t.name, form.enabled)
-        .await
-        .map_err(store_error)?;
+        .await?;
     let (action, done) = if form.enabled {
         ("tenant.enable", "enabled")
     } else {
@@ -860,21 +835,19 @@ async fn delete_tenant(
     guard(&headers, &admin, &form.csrf)?;
     let t = state.tenant(&name).await?;
     if !form.confirm.trim().eq_ignore_ascii_case(&t.name) {
+        let e = Error::Validation("The name did not match; nothing was deleted.".into());
+        let (status, error) = failure(Some(&e));
         let mut chrome = Chrome::new(&admin, "tenants");
-        chrome.error = "The name did not match; nothing was deleted.".into();
-        return Err(render(
-            StatusCode::BAD_REQUEST,
+        chrome.error = error;
+        return Ok(render(
+            status,
             &DeletePage {
                 chrome,
                 name: t.name,
             },
         ));
     }
-    state
-        .store()
-        .delete_tenant(&t.name)
-        .await
-        .map_err(store_error)?;
+    state.store().delete_tenant(&t.name).await?;
     state.record(&admin.actor(), "tenant.delete", &t.name).await;
     Ok(Redirect::to("/tenants?done=deleted").into_response())
 }
@@ -910,8 +883,7 @@ async fn create_credential(
     let created = state
         .store()
         .create_credential(&t.name, &label, state.hasher())
-        .await
-        .map_err(store_error)?;
+        .await?;
     let id = created.credential.id.0.clone();
     state
         .record(
@@ -945,11 +917,7 @@ async fn revoke_credential(
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
     let t = state.tenant(&name).await?;
-    state
-        .store()
-        .revoke_credential(&t.name, &id)
-        .await
-        .map_err(store_error)?;
+    state.store().revoke_credential(&t.name, &id).await?;
     state
         .record(
             &admin.actor(),
@@ -991,22 +959,10 @@ async fn add_hostname(
                 .await;
             Ok(Redirect::to(&format!("/tenants/{}?done=hostname-added", t.name)).into_response())
         }
-        Err(
-            e @ (relay_store::Error::HostnameTaken(_)
-            | relay_store::Error::InvalidHostname(_)
-            | relay_store::Error::InvalidName(_)),
-        ) => {
-            tenant_page(
-                &state,
-                &admin,
-                &t.name,
-                "",
-                StatusCode::BAD_REQUEST,
-                e.to_string(),
-            )
-            .await
-        }
-        Err(e) => Err(store_error(e)),
+        Err(e) => match Error::from(e) {
+            e if e.is_input() => tenant_page(&state, &admin, &t.name, "", Some(&e)).await,
+            e => Err(e.into()),
+        },
     }
 }
 
@@ -1019,11 +975,7 @@ async fn remove_hostname(
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
     let t = state.tenant(&name).await?;
-    state
-        .store()
-        .remove_hostname(&t.name, &hostname)
-        .await
-        .map_err(store_error)?;
+    state.store().remove_hostname(&t.name, &hostname).await?;
     state
         .record(
             &admin.actor(),
@@ -1103,11 +1055,7 @@ async fn audit(
     rq.offset = (page - 1).saturating_mul(u64::from(AUDIT_PER_PAGE));
     let mut chrome = Chrome::new(&admin, "audit");
     let mut records = match rq.filter(AUDIT_PER_PAGE) {
-        Ok(filter) => state
-            .store()
-            .audit_query(&filter)
-            .await
-            .map_err(store_error)?,
+        Ok(filter) => state.store().audit_query(&filter).await?,
         Err(e) => {
             chrome.error = e;
             Vec::new()
@@ -1177,9 +1125,7 @@ async fn audit_csv(
 ) -> PageResult {
     let mut rq = audit_filters(&mut q);
     rq.limit = Some(1000);
-    let mut filter = rq
-        .filter(1000)
-        .map_err(|e| api::problem(StatusCode::BAD_REQUEST, "invalid filter", &e))?;
+    let mut filter = rq.filter(1000).map_err(Error::BadQuery)?;
     // Pinned to now, so that pages do not shift while new records arrive.
     filter.until = Some(filter.until.unwrap_or(now_ms() + 1));
     let store = state.store().clone();
@@ -1262,11 +1208,7 @@ struct ActionsPage {
 }
 
 async fn actions(State(state): State<AppState>, admin: Admin) -> PageResult {
-    let list = state
-        .store()
-        .admin_actions(500)
-        .await
-        .map_err(store_error)?;
+    let list = state.store().admin_actions(500).await?;
     Ok(render(
         StatusCode::OK,
         &ActionsPage {
@@ -1294,15 +1236,16 @@ struct TokensPage {
     rows: Vec<TokenRow>,
 }
 
-async fn tokens_page(state: &AppState, admin: &Admin, done: &str, error: String) -> PageResult {
-    let list = state.store().api_tokens().await.map_err(store_error)?;
+async fn tokens_page(
+    state: &AppState,
+    admin: &Admin,
+    done: &str,
+    failed: Option<&Error>,
+) -> PageResult {
+    let (status, error) = failure(failed);
+    let list = state.store().api_tokens().await?;
     let mut chrome = Chrome::new(admin, "tokens");
     chrome.notice = notice(done).to_string();
-    let status = if error.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
     chrome.error = error;
     Ok(render(
         status,
@@ -1327,7 +1270,7 @@ async fn tokens(
     admin: Admin,
     Query(q): Query<DoneQuery>,
 ) -> PageResult {
-    tokens_page(&state, &admin, &q.done, String::new()).await
+    tokens_page(&state, &admin, &q.done, None).await
 }
 
 #[derive(Deserialize)]
@@ -1366,10 +1309,10 @@ async fn create_token(
                 },
             ))
         }
-        Err(e @ (relay_store::Error::ApiTokenExists(_) | relay_store::Error::InvalidName(_))) => {
-            tokens_page(&state, &admin, "", e.to_string()).await
-        }
-        Err(e) => Err(store_error(e)),
+        Err(e) => match Error::from(e) {
+            e if e.is_input() => tokens_page(&state, &admin, "", Some(&e)).await,
+            e => Err(e.into()),
+        },
     }
 }
 
@@ -1381,11 +1324,7 @@ async fn revoke_token(
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
-    let token = state
-        .store()
-        .revoke_api_token(&id)
-        .await
-        .map_err(store_error)?;
+    let token = state.store().revoke_api_token(&id).await?;
     state
         .record(&admin.actor(), "api_token.revoke", &token.name)
         .await;

@@ -724,7 +724,8 @@ async fn pages_need_a_session_and_same_origin_csrf_checked_changes() -> anyhow::
             Some(&base),
         )
         .await?;
-    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    assert_eq!(wrong.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(wrong.text().contains("The name did not match"));
     assert!(relay.store.tenant("fromcsrf").await?.is_some());
     let gone = b
         .post(
