@@ -77,10 +77,10 @@ pub struct TargetFile {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionFile {
-    /// QUIC keep-alive interval (default 10 s).
+    /// Keep-alive interval: QUIC keep-alives or multiplexer pings (default 1 s).
     #[serde(default, with = "humantime_serde")]
     pub keep_alive: Option<Duration>,
-    /// Declare the session dead after this much silence (default 30 s).
+    /// Declare the session dead after this much silence (default 3 s).
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
     /// First reconnect backoff (default 1 s).
@@ -91,7 +91,7 @@ pub struct SessionFile {
     pub backoff_cap: Option<Duration>,
     /// Most concurrent request streams the relay may open on a session (default 100).
     pub max_streams: Option<u32>,
-    /// With transport `auto`: how long to wait for QUIC before trying TLS over TCP (default 4 s).
+    /// With transport `auto`: how long to wait for QUIC before trying TLS over TCP (default 3 s).
     #[serde(default, with = "humantime_serde")]
     pub quic_fallback_after: Option<Duration>,
     /// Sessions this connector keeps to the relay at once (default 2): requests spread over
@@ -335,8 +335,9 @@ impl Config {
                 "session: backoff_base must be > 0 and <= backoff_cap",
             ));
         }
-        let keep_alive = s.keep_alive.unwrap_or(Duration::from_secs(10));
-        let idle_timeout = s.idle_timeout.unwrap_or(Duration::from_secs(30));
+        // A relay that died without a goodbye is noticed within `idle_timeout`.
+        let keep_alive = s.keep_alive.unwrap_or(Duration::from_secs(1));
+        let idle_timeout = s.idle_timeout.unwrap_or(Duration::from_secs(3));
         if keep_alive.is_zero() || keep_alive >= idle_timeout {
             return Err(ConfigError::new(
                 "session: keep_alive must be > 0 and below idle_timeout",
