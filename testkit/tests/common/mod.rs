@@ -143,3 +143,26 @@ pub(crate) async fn raw_request(
         body: body.collect().await?.to_bytes(),
     })
 }
+
+/// Starts a `/slow` request and returns its body after the first chunk arrived.
+pub(crate) async fn slow_request_in_flight(client: &Client, url: &str) -> hyper::body::Incoming {
+    let (first, body) = client.hold(url).await.unwrap();
+    assert_eq!(first, bytes::Bytes::from_static(b"first\n"));
+    body
+}
+
+/// Reads an HTTP/1.1 response head from a raw socket (byte by byte: what follows is the caller's).
+pub(crate) async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(
+            s.read(&mut b).await.unwrap(),
+            1,
+            "connection closed in a response head"
+        );
+        head.push(b[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
