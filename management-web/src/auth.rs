@@ -11,6 +11,7 @@ use axum::http::{header, HeaderMap, Method};
 use axum::response::{IntoResponse, Redirect, Response};
 use relay_store::{ApiToken, WebSession};
 
+use crate::actions::Actor;
 use crate::error::Error;
 use crate::host::ServedOrigin;
 use crate::AppState;
@@ -57,9 +58,9 @@ pub(crate) struct Admin {
 }
 
 impl Admin {
-    /// The actor recorded in the admin-action log.
-    pub(crate) fn actor(&self) -> String {
-        format!("user:{}", self.session.user.username)
+    /// Who the admin-action log names: `user:NAME`.
+    pub(crate) fn actor(&self) -> Actor {
+        Actor::user(&self.session.user.username)
     }
 
     /// Whether `token` is this session's CSRF token (constant time).
@@ -99,9 +100,9 @@ pub(crate) struct ApiAdmin {
 }
 
 impl ApiAdmin {
-    /// The actor recorded in the admin-action log.
-    pub(crate) fn actor(&self) -> String {
-        format!("token:{}", self.token.name)
+    /// Who the admin-action log names: `token:NAME`.
+    pub(crate) fn actor(&self) -> Actor {
+        Actor::token(&self.token.name)
     }
 }
 

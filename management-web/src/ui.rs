@@ -13,10 +13,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::{Form, Router};
-use relay_store::{now_ms, AuditRecord, TenantLimits, TenantSettings};
+use relay_store::{now_ms, AuditRecord, TenantSettings};
 use serde::Deserialize;
 
-use crate::api::{self, RequestQuery};
+use crate::actions;
+use crate::actions::audit::RequestQuery;
+use crate::actions::tenants::{LimitsChange, NewTenant, TenantChange};
 use crate::auth::{self, Admin, PeerIp, Served};
 use crate::error::{Error, PageError};
 use crate::view;
@@ -474,17 +476,16 @@ async fn create_tenant(
     Form(form): Form<NewTenantForm>,
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
-    match state.store().create_tenant(form.name.trim()).await {
-        Ok(t) => {
-            state.record(&admin.actor(), "tenant.create", &t.name).await;
-            Ok(Redirect::to(&format!("/tenants/{}?done=created", t.name)).into_response())
+    let new = NewTenant {
+        name: form.name.trim().to_string(),
+        ..Default::default()
+    };
+    match actions::tenants::create(&state, &admin.actor(), new).await {
+        Ok(t) => Ok(Redirect::to(&format!("/tenants/{}?done=created", t.name)).into_response()),
+        Err(e) if e.is_input() => {
+            tenants_page(&state, &admin, TenantsQuery::default(), Some(&e)).await
         }
-        Err(e) => match Error::from(e) {
-            e if e.is_input() => {
-                tenants_page(&state, &admin, TenantsQuery::default(), Some(&e)).await
-            }
-            e => Err(e.into()),
-        },
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -573,7 +574,7 @@ struct SessionRows {
 }
 
 async fn session_rows(state: &AppState, tenant: &str) -> Result<Vec<SessRow>, Error> {
-    let list = api::connections(state, tenant).await?;
+    let list = actions::sessions::live(state, tenant).await?;
     Ok(list
         .into_iter()
         .map(|(s, n)| SessRow {
@@ -613,7 +614,7 @@ async fn tenant_page(
 ) -> PageResult {
     let (status, error) = failure(failed);
     let store = state.store();
-    let t = state.tenant(name).await?;
+    let t = actions::tenants::find(state, name).await?;
     let credentials = store.credentials(&t.name).await?;
     let hostnames = store.hostnames(&t.name).await?;
     let sessions = session_rows(state, &t.name).await?;
@@ -690,7 +691,7 @@ async fn tenant_sessions(
     _admin: Admin,
     Path(name): Path<String>,
 ) -> PageResult {
-    let t = state.tenant(&name).await?;
+    let t = actions::tenants::find(&state, &name).await?;
     let sessions = session_rows(&state, &t.name).await?;
     Ok(render(StatusCode::OK, &SessionRows { sessions }))
 }
@@ -712,17 +713,18 @@ struct SettingsForm {
     audit_query_strings: Option<String>,
 }
 
-/// An optional positive number from a form field (empty = the relay's default).
-fn limit_field(label: &str, v: &str) -> Result<Option<u64>, String> {
+/// An optional positive number from a form field (empty = the relay's default); the action
+/// checks the range.
+fn limit_field(label: &str, v: &str) -> Result<Option<u64>, Error> {
     let v = v.trim();
     if v.is_empty() {
         return Ok(None);
     }
     match v.parse::<u64>() {
         Ok(n) if n > 0 => Ok(Some(n)),
-        _ => Err(format!(
+        _ => Err(Error::Validation(format!(
             "{label} must be a positive whole number, or empty for the relay's default"
-        )),
+        ))),
     }
 }
 
@@ -734,39 +736,31 @@ async fn tenant_settings(
     Form(form): Form<SettingsForm>,
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
-    let t = state.tenant(&name).await?;
-    let limits = (|| -> Result<TenantLimits, String> {
-        Ok(TenantLimits {
-            max_body_bytes: limit_field("Max request body", &form.max_body_bytes)?,
-            max_concurrent_streams: limit_field(
-                "Max concurrent requests",
-                &form.max_concurrent_streams,
-            )?
-            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
-            request_timeout_ms: limit_field("Response timeout", &form.request_timeout_ms)?,
-        })
+    let limits = (|| -> Result<[Option<u64>; 3], Error> {
+        Ok([
+            limit_field("Max request body", &form.max_body_bytes)?,
+            limit_field("Max concurrent requests", &form.max_concurrent_streams)?,
+            limit_field("Response timeout", &form.request_timeout_ms)?,
+        ])
     })();
-    let limits = match limits {
-        Ok(l) => l,
-        Err(e) => {
-            let e = Error::Validation(e);
-            return tenant_page(&state, &admin, &t.name, "", Some(&e)).await;
-        }
+    let change = limits.map(|limits| TenantChange {
+        enabled: None,
+        settings: TenantSettings {
+            display_name: Some(form.display_name.trim().to_string()),
+            description: Some(form.description.trim().to_string()),
+            audit_query_strings: Some(form.audit_query_strings.is_some()),
+        },
+        limits: Some(LimitsChange::all(limits)),
+    });
+    let done = match change {
+        Ok(change) => actions::tenants::update(&state, &admin.actor(), &name, change).await,
+        Err(e) => Err(e),
     };
-    let store = state.store();
-    store
-        .set_tenant_settings(
-            &t.name,
-            &TenantSettings {
-                display_name: Some(form.display_name.trim().to_string()),
-                description: Some(form.description.trim().to_string()),
-                audit_query_strings: Some(form.audit_query_strings.is_some()),
-            },
-        )
-        .await?;
-    store.set_tenant_limits(&t.name, &limits).await?;
-    state.record(&admin.actor(), "tenant.update", &t.name).await;
-    Ok(Redirect::to(&format!("/tenants/{}?done=settings", t.name)).into_response())
+    match done {
+        Ok(t) => Ok(Redirect::to(&format!("/tenants/{}?done=settings", t.name)).into_response()),
+        Err(e) if e.is_input() => tenant_page(&state, &admin, &name, "", Some(&e)).await,
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -783,17 +777,12 @@ async fn tenant_state(
     Form(form): Form<StateForm>,
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
-    let t = state.tenant(&name).await?;
-    state
-        .store()
-        .set_tenant_enabled(&t.name, form.enabled)
-        .await?;
-    let (action, done) = if form.enabled {
-        ("tenant.enable", "enabled")
-    } else {
-        ("tenant.disable", "disabled")
+    let change = TenantChange {
+        enabled: Some(form.enabled),
+        ..Default::default()
     };
-    state.record(&admin.actor(), action, &t.name).await;
+    let t = actions::tenants::update(&state, &admin.actor(), &name, change).await?;
+    let done = if form.enabled { "enabled" } else { "disabled" };
     Ok(Redirect::to(&format!("/tenants/{}?done={done}", t.name)).into_response())
 }
 
@@ -809,7 +798,7 @@ async fn delete_page(
     admin: Admin,
     Path(name): Path<String>,
 ) -> PageResult {
-    let t = state.tenant(&name).await?;
+    let t = actions::tenants::find(&state, &name).await?;
     Ok(render(
         StatusCode::OK,
         &DeletePage {
@@ -833,7 +822,7 @@ async fn delete_tenant(
     Form(form): Form<DeleteForm>,
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
-    let t = state.tenant(&name).await?;
+    let t = actions::tenants::find(&state, &name).await?;
     if !form.confirm.trim().eq_ignore_ascii_case(&t.name) {
         let e = Error::Validation("The name did not match; nothing was deleted.".into());
         let (status, error) = failure(Some(&e));
@@ -847,8 +836,7 @@ async fn delete_tenant(
             },
         ));
     }
-    state.store().delete_tenant(&t.name).await?;
-    state.record(&admin.actor(), "tenant.delete", &t.name).await;
+    actions::tenants::delete(&state, &admin.actor(), &t.name).await?;
     Ok(Redirect::to("/tenants?done=deleted").into_response())
 }
 
@@ -878,31 +866,19 @@ async fn create_credential(
     Form(form): Form<CredentialForm>,
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
-    let t = state.tenant(&name).await?;
-    let label: String = form.label.trim().chars().take(200).collect();
-    let created = state
-        .store()
-        .create_credential(&t.name, &label, state.hasher())
-        .await?;
-    let id = created.credential.id.0.clone();
-    state
-        .record(
-            &admin.actor(),
-            "credential.create",
-            &format!("{}/{id}", t.name),
-        )
-        .await;
+    let created =
+        actions::credentials::create(&state, &admin.actor(), &name, form.label.trim()).await?;
+    let (id, tenant) = (&created.credential.id.0, &created.credential.tenant);
     Ok(render(
         StatusCode::OK,
         &SecretPage {
             chrome: Chrome::new(&admin, "tenants"),
-            title: format!("Credential {id} for {}", t.name),
-            back: format!("/tenants/{}", t.name),
-            secret: created.secret,
+            title: format!("Credential {id} for {tenant}"),
+            back: format!("/tenants/{tenant}"),
+            secret: created.secret.clone(),
             hint: "Save it in a file readable only by the connector's user, then run:".into(),
             example: format!(
-                "connector run --server https://RELAY-HOST --tenant {} --secret-file /etc/relay-connector/secret --target app=http://127.0.0.1:8080",
-                t.name
+                "connector run --server https://RELAY-HOST --tenant {tenant} --secret-file /etc/relay-connector/secret --target app=http://127.0.0.1:8080",
             ),
         },
     ))
@@ -916,16 +892,9 @@ async fn revoke_credential(
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
-    let t = state.tenant(&name).await?;
-    state.store().revoke_credential(&t.name, &id).await?;
-    state
-        .record(
-            &admin.actor(),
-            "credential.revoke",
-            &format!("{}/{id}", t.name),
-        )
-        .await;
-    Ok(Redirect::to(&format!("/tenants/{}?done=revoked", t.name)).into_response())
+    actions::credentials::revoke(&state, &admin.actor(), &name, &id).await?;
+    let tenant = name.to_ascii_lowercase();
+    Ok(Redirect::to(&format!("/tenants/{tenant}?done=revoked")).into_response())
 }
 
 #[derive(Deserialize)]
@@ -943,26 +912,14 @@ async fn add_hostname(
     Form(form): Form<HostnameForm>,
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
-    let t = state.tenant(&name).await?;
-    match state
-        .store()
-        .add_hostname(&t.name, form.hostname.trim(), form.target.trim())
-        .await
-    {
-        Ok(h) => {
-            state
-                .record(
-                    &admin.actor(),
-                    "hostname.add",
-                    &format!("{}/{}", t.name, h.hostname),
-                )
-                .await;
-            Ok(Redirect::to(&format!("/tenants/{}?done=hostname-added", t.name)).into_response())
+    let (host, target) = (form.hostname.trim(), form.target.trim());
+    match actions::hostnames::add(&state, &admin.actor(), &name, host, target).await {
+        Ok(_) => {
+            let tenant = name.to_ascii_lowercase();
+            Ok(Redirect::to(&format!("/tenants/{tenant}?done=hostname-added")).into_response())
         }
-        Err(e) => match Error::from(e) {
-            e if e.is_input() => tenant_page(&state, &admin, &t.name, "", Some(&e)).await,
-            e => Err(e.into()),
-        },
+        Err(e) if e.is_input() => tenant_page(&state, &admin, &name, "", Some(&e)).await,
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -974,16 +931,9 @@ async fn remove_hostname(
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
-    let t = state.tenant(&name).await?;
-    state.store().remove_hostname(&t.name, &hostname).await?;
-    state
-        .record(
-            &admin.actor(),
-            "hostname.remove",
-            &format!("{}/{hostname}", t.name),
-        )
-        .await;
-    Ok(Redirect::to(&format!("/tenants/{}?done=hostname-removed", t.name)).into_response())
+    actions::hostnames::remove(&state, &admin.actor(), &name, &hostname).await?;
+    let tenant = name.to_ascii_lowercase();
+    Ok(Redirect::to(&format!("/tenants/{tenant}?done=hostname-removed")).into_response())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1057,7 +1007,7 @@ async fn audit(
     let mut records = match rq.filter(AUDIT_PER_PAGE) {
         Ok(filter) => state.store().audit_query(&filter).await?,
         Err(e) => {
-            chrome.error = e;
+            chrome.error = e.detail();
             Vec::new()
         }
     };
@@ -1125,7 +1075,7 @@ async fn audit_csv(
 ) -> PageResult {
     let mut rq = audit_filters(&mut q);
     rq.limit = Some(1000);
-    let mut filter = rq.filter(1000).map_err(Error::BadQuery)?;
+    let mut filter = rq.filter(1000)?;
     // Pinned to now, so that pages do not shift while new records arrive.
     filter.until = Some(filter.until.unwrap_or(now_ms() + 1));
     let store = state.store().clone();
@@ -1148,7 +1098,7 @@ async fn audit_csv(
             let mut chunk = String::new();
             for r in &rows {
                 let fields = [
-                    api::rfc3339(r.created_at),
+                    view::rfc3339(r.created_at),
                     r.request_id.clone(),
                     r.tenant.clone(),
                     r.target.clone(),
@@ -1286,33 +1236,22 @@ async fn create_token(
     Form(form): Form<TokenForm>,
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
-    match state
-        .store()
-        .create_api_token(form.name.trim(), state.hasher())
-        .await
-    {
-        Ok(new) => {
-            state
-                .record(&admin.actor(), "api_token.create", &new.token.name)
-                .await;
-            Ok(render(
-                StatusCode::OK,
-                &SecretPage {
-                    chrome: Chrome::new(&admin, "tokens"),
-                    title: format!("API token {}", new.token.name),
-                    back: "/tokens".into(),
-                    secret: new.value,
-                    hint: "Use it as a bearer token:".into(),
-                    example:
-                        "curl -H \"Authorization: Bearer $TOKEN\" http://ADMIN-HOST/api/v1/tenants"
-                            .into(),
-                },
-            ))
-        }
-        Err(e) => match Error::from(e) {
-            e if e.is_input() => tokens_page(&state, &admin, "", Some(&e)).await,
-            e => Err(e.into()),
-        },
+    match actions::tokens::create(&state, &admin.actor(), form.name.trim()).await {
+        Ok(new) => Ok(render(
+            StatusCode::OK,
+            &SecretPage {
+                chrome: Chrome::new(&admin, "tokens"),
+                title: format!("API token {}", new.token.name),
+                back: "/tokens".into(),
+                secret: new.value,
+                hint: "Use it as a bearer token:".into(),
+                example:
+                    "curl -H \"Authorization: Bearer $TOKEN\" http://ADMIN-HOST/api/v1/tenants"
+                        .into(),
+            },
+        )),
+        Err(e) if e.is_input() => tokens_page(&state, &admin, "", Some(&e)).await,
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -1324,10 +1263,7 @@ async fn revoke_token(
     Form(form): Form<CsrfForm>,
 ) -> PageResult {
     guard(&headers, &admin, &form.csrf)?;
-    let token = state.store().revoke_api_token(&id).await?;
-    state
-        .record(&admin.actor(), "api_token.revoke", &token.name)
-        .await;
+    actions::tokens::revoke(&state, &admin.actor(), &id).await?;
     Ok(Redirect::to("/tokens?done=token-revoked").into_response())
 }
 

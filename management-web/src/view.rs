@@ -1,5 +1,6 @@
-//! Formatting for pages: times, sizes, durations, and the dashboard's charts (inline SVG built
-//! from numbers only, so it needs no script and no external asset).
+//! Formatting: times (for pages, and RFC 3339 for the API and the CSV export), sizes,
+//! durations, and the dashboard's charts (inline SVG built from numbers only, so it needs no
+//! script and no external asset).
 
 use std::fmt::Write;
 use std::time::{Duration, UNIX_EPOCH};
@@ -11,6 +12,12 @@ pub(crate) fn when(ms: i64) -> String {
         .to_string()
         .trim_end_matches('Z')
         .replacen('T', " ", 1)
+}
+
+/// A time as RFC 3339 (UTC, milliseconds): the API's answers and the CSV export.
+pub(crate) fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// An optional time, or a dash.
@@ -110,6 +117,7 @@ mod tests {
     fn formats() {
         assert_eq!(when(0), "1970-01-01 00:00:00");
         assert_eq!(when_opt(None), "–");
+        assert_eq!(rfc3339(1500), "1970-01-01T00:00:01.500Z");
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(millis(12), "12 ms");

@@ -1,0 +1,216 @@
+//! The OpenAPI 3.1 document of the API, built from the route table ([`ROUTES`]) with the
+//! patterns and ranges the actions enforce.
+
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::ROUTES;
+use crate::actions::audit::STATUS_PATTERN;
+use crate::actions::tenants::MAX_LIMIT_VALUE;
+use crate::actions::{MAX_LIMIT, MAX_OFFSET};
+use crate::auth::ApiAdmin;
+
+/// Tenant and target names as requests may give them: the naming rule, case-insensitive (they
+/// are stored lowercase); see `relay_store::validate_name`.
+pub(crate) const NAME_PATTERN: &str = "^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}$";
+/// Tenant and target names as answers show them (canonical, lowercase).
+pub(crate) const CANONICAL_NAME_PATTERN: &str = "^[a-z0-9][a-z0-9-]{0,62}$";
+/// Hostnames as requests may give them: two or more labels of 1–63 letters, digits and `-`
+/// (not first or last), case-insensitive, one optional trailing dot; at most 253 characters
+/// without it. See `relay_store::canonical_hostname`.
+pub(crate) const HOSTNAME_PATTERN: &str = r"^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.?$";
+/// Hostnames as answers show them (canonical: lowercase, no trailing dot).
+pub(crate) const CANONICAL_HOSTNAME_PATTERN: &str =
+    r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+
+/// `GET /api/v1/openapi.json`.
+pub(super) async fn serve(_: ApiAdmin) -> Response {
+    Json(openapi_document()).into_response()
+}
+
+/// The schema of a path or query parameter, with the ranges and patterns the handlers enforce.
+fn parameter_schema(name: &str, ty: &str) -> Value {
+    match name {
+        "name" => json!({"type": "string", "pattern": NAME_PATTERN, "maxLength": 63}),
+        "hostname" => json!({"type": "string", "pattern": HOSTNAME_PATTERN, "maxLength": 254}),
+        "offset" => json!({"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}),
+        "limit" => json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
+        "status" => json!({"type": "string", "pattern": STATUS_PATTERN}),
+        _ => json!({"type": ty}),
+    }
+}
+
+/// The OpenAPI 3.1 document of [`ROUTES`].
+pub fn openapi_document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for r in ROUTES {
+        let mut params: Vec<Value> = r
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": parameter_schema(p, "string")}))
+            .collect();
+        params.extend(r.query.iter().map(|(name, ty, desc)| {
+            json!({"name": name, "in": "query", "required": false, "description": desc, "schema": parameter_schema(name, ty)})
+        }));
+        let (status, schema) = r.response;
+        let success = match schema {
+            Some(s) => {
+                json!({"description": "success", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{s}")}}}})
+            }
+            None if r.operation == "openapi" => {
+                json!({"description": "this document", "content": {"application/json": {"schema": {"type": "object"}}}})
+            }
+            None => json!({"description": "done"}),
+        };
+        let problem_ref = |what: &str| json!({"description": what, "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
+        let mut responses = serde_json::Map::new();
+        responses.insert(status.to_string(), success);
+        responses.insert("401".into(), problem_ref("no valid API token"));
+        if !r.query.is_empty() {
+            responses.insert(
+                "400".into(),
+                problem_ref("a query parameter is unknown, malformed or out of range"),
+            );
+        }
+        if r.request.is_some() {
+            responses.insert("400".into(), problem_ref("the body is not JSON"));
+            responses.insert(
+                "422".into(),
+                problem_ref("the body is not an object of the schema (arrays, unknown fields, wrong types) or a value is invalid"),
+            );
+        }
+        responses.insert("default".into(), problem_ref("error"));
+        let mut op = json!({
+            "operationId": r.operation,
+            "summary": r.summary,
+            "parameters": params,
+            "responses": responses,
+        });
+        if let Some(req) = r.request {
+            op["requestBody"] = json!({"required": true, "description": "a JSON object (never an array)", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{req}")}}}});
+        }
+        let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
+        entry[r.method] = op;
+    }
+    let nullable =
+        |min: u64, max: u64| json!({"type": ["integer", "null"], "minimum": min, "maximum": max});
+    let time = json!({"type": "string", "format": "date-time"});
+    let nullable_time = json!({"type": ["string", "null"], "format": "date-time"});
+    let name_in = json!({"type": "string", "pattern": NAME_PATTERN, "maxLength": 63, "description": "case-insensitive; stored lowercase"});
+    let name_out = json!({"type": "string", "pattern": CANONICAL_NAME_PATTERN, "maxLength": 63});
+    let host_in = json!({"type": "string", "pattern": HOSTNAME_PATTERN, "maxLength": 254, "description": "a DNS name, case-insensitive, at most 253 characters without the optional trailing dot; stored lowercase"});
+    let host_out =
+        json!({"type": "string", "pattern": CANONICAL_HOSTNAME_PATTERN, "maxLength": 253});
+    // Answers may show a 0 set through the CLI; requests must give 1 or more.
+    let limits = |what: &str, min: u64| {
+        json!({"type": "object", "additionalProperties": false, "description": what, "properties": {
+            "max_body_bytes": nullable(min, MAX_LIMIT_VALUE),
+            "max_concurrent_streams": nullable(min, u64::from(u32::MAX)),
+            "request_timeout_ms": nullable(min, MAX_LIMIT_VALUE)}})
+    };
+    let paging = |items: &str| {
+        json!({"type": "object", "properties": {
+            "items": {"type": "array", "items": {"$ref": format!("#/components/schemas/{items}")}},
+            "offset": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
+            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}}})
+    };
+    let mut tenant_list = paging("Tenant");
+    tenant_list["properties"]["total"] = json!({"type": "integer", "minimum": 0});
+    let mut schemas = serde_json::Map::new();
+    schemas.insert("Problem".into(), json!({"type": "object", "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"}}}));
+    schemas.insert("Limits".into(), limits("null: the relay's default", 0));
+    schemas.insert(
+        "LimitsPatch".into(),
+        limits(
+            "an absent field is kept; null returns to the relay's default; 0 is refused",
+            1,
+        ),
+    );
+    schemas.insert("Tenant".into(), json!({"type": "object", "required": ["name", "display_name", "description", "enabled", "audit_query_strings", "limits", "created_at"], "properties": {
+                    "name": name_out, "display_name": {"type": "string"}, "description": {"type": "string"},
+                    "enabled": {"type": "boolean"}, "audit_query_strings": {"type": "boolean"},
+                    "limits": {"$ref": "#/components/schemas/Limits"}, "created_at": time}}));
+    schemas.insert("TenantList".into(), tenant_list);
+    schemas.insert("NewTenant".into(), json!({"type": "object", "additionalProperties": false, "required": ["name"], "properties": {
+                    "name": name_in, "display_name": {"type": "string"}, "description": {"type": "string"}}}));
+    schemas.insert("TenantPatch".into(), json!({"type": "object", "additionalProperties": false, "properties": {
+                    "enabled": {"type": "boolean"}, "display_name": {"type": "string"}, "description": {"type": "string"},
+                    "audit_query_strings": {"type": "boolean"}, "limits": {"oneOf": [{"$ref": "#/components/schemas/LimitsPatch"}, {"type": "null"}]}}}));
+    schemas.insert("Credential".into(), json!({"type": "object", "properties": {"id": {"type": "string"}, "label": {"type": "string"}, "created_at": time, "last_used_at": nullable_time, "revoked_at": nullable_time}}));
+    schemas.insert("CredentialList".into(), json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Credential"}}}}));
+    schemas.insert("NewCredential".into(), json!({"type": "object", "additionalProperties": false, "properties": {"label": {"type": "string", "description": "the first 200 characters are kept"}}}));
+    schemas.insert("CreatedCredential".into(), json!({"type": "object", "required": ["id", "secret"], "properties": {"id": {"type": "string"}, "secret": {"type": "string"}, "label": {"type": "string"}, "created_at": time}}));
+    schemas.insert(
+        "Hostname".into(),
+        json!({"type": "object", "properties": {"hostname": host_out, "target": name_out}}),
+    );
+    schemas.insert("HostnameList".into(), json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Hostname"}}}}));
+    schemas.insert("NewHostname".into(), json!({"type": "object", "additionalProperties": false, "required": ["hostname", "target"], "properties": {"hostname": host_in, "target": name_in}}));
+    schemas.insert("Connection".into(), json!({"type": "object", "properties": {
+                    "id": {"type": "string"}, "transport": {"type": "string", "enum": ["quic", "tcp"]}, "remote_addr": {"type": "string"},
+                    "connector_id": {"type": "string"}, "connector_version": {"type": "string"}, "connected_at": time,
+                    "relay_node": {"type": "string"}, "in_flight_streams": {"type": ["integer", "null"], "minimum": 0, "description": "known when the answering process is the relay node holding the session"}}}));
+    schemas.insert("ConnectionList".into(), json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Connection"}}}}));
+    schemas.insert("Request".into(), json!({"type": "object", "properties": {
+                    "request_id": {"type": "string"}, "tenant": {"type": "string"}, "target": {"type": "string"}, "method": {"type": "string"},
+                    "path": {"type": "string"}, "status": {"type": "integer"}, "outcome": {"type": "string", "enum": ["ok", "visitor-aborted", "backend-error", "timeout", "refused"]},
+                    "bytes_in": {"type": "integer", "minimum": 0}, "bytes_out": {"type": "integer", "minimum": 0}, "duration_ms": {"type": "integer", "minimum": 0},
+                    "visitor": {"type": "string"}, "session_id": {"type": "string"}, "relay_node": {"type": "string"}, "created_at": time}}));
+    schemas.insert("RequestList".into(), paging("Request"));
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Relay management API", "version": env!("CARGO_PKG_VERSION")},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "an admin API token (rat_…); the scheme name is case-insensitive"}},
+            "schemas": schemas,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_states_patterns_and_ranges() {
+        let doc = openapi_document();
+        let s = &doc["components"]["schemas"];
+        assert_eq!(
+            s["NewTenant"]["properties"]["name"]["pattern"],
+            NAME_PATTERN
+        );
+        assert_eq!(
+            s["Tenant"]["properties"]["name"]["pattern"],
+            CANONICAL_NAME_PATTERN
+        );
+        assert_eq!(
+            s["NewHostname"]["properties"]["hostname"]["pattern"],
+            HOSTNAME_PATTERN
+        );
+        assert_eq!(
+            s["NewHostname"]["properties"]["target"]["pattern"],
+            NAME_PATTERN
+        );
+        assert_eq!(
+            s["LimitsPatch"]["properties"]["max_body_bytes"]["minimum"],
+            1
+        );
+        let list = &doc["paths"]["/api/v1/tenants"]["get"]["parameters"];
+        let param = |n: &str| {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == n)
+                .unwrap()["schema"]
+                .clone()
+        };
+        assert_eq!(param("offset")["minimum"], 0);
+        assert_eq!(param("limit")["minimum"], 1);
+        assert_eq!(param("limit")["maximum"], MAX_LIMIT);
+    }
+}
