@@ -11,7 +11,7 @@ use relay_server::testing::relay;
 use testkit::{trace_init, Backend, Client};
 
 mod common;
-use common::{read_head, setup, slow_request_in_flight, Setup};
+use common::{read_head, setup, slow_request_in_flight, try_read_head, Setup};
 
 #[tokio::test]
 async fn body_limit_is_enforced_before_the_tunnel() -> anyhow::Result<()> {
@@ -156,6 +156,7 @@ async fn a_visitor_http2_connection_gets_the_configured_stream_limit() -> anyhow
         let (h2, url) = (h2.clone(), url.clone());
         async move { h2.hold(&url).await }
     });
+    // Nothing to wait for: the stream must not open, so it gets a fixed while to do so wrongly.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!third.is_finished(), "a third stream was opened");
     assert_eq!(backend.active_streams(), 2);
@@ -198,15 +199,17 @@ async fn connections_per_source_address_are_capped() -> anyhow::Result<()> {
         String::from_utf8_lossy(&buf)
     );
     drop(held.pop());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut again = tokio::net::TcpStream::connect(addr).await?;
-    again
-        .write_all(b"GET /relay/acme/app/a HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await?;
-    assert!(
-        read_head(&mut again).await.starts_with("HTTP/1.1 200"),
-        "a slot is free again"
-    );
+    // The slot is free once the relay has seen the close; until then a new one is refused.
+    testkit::eventually(Duration::from_secs(10), "a slot free again", || async {
+        let mut again = tokio::net::TcpStream::connect(addr).await?;
+        again
+            .write_all(b"GET /relay/acme/app/a HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await?;
+        let head = try_read_head(&mut again).await?;
+        anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "answered {head:?}");
+        anyhow::Ok(())
+    })
+    .await;
     Ok(())
 }
 
@@ -240,6 +243,7 @@ async fn a_stalled_response_is_cut_but_a_slow_reader_is_not() -> anyhow::Result<
         .into_data()
         .unwrap()
         .len();
+    // The pause is the stimulus (2.5 idle timeouts with data waiting), not a wait for something.
     tokio::time::sleep(Duration::from_millis(2000)).await;
     while let Some(frame) = body.frame().await {
         got += frame?.into_data().map(|d| d.len()).unwrap_or(0);

@@ -49,6 +49,7 @@ async fn connector_shutdown_lets_in_flight_requests_finish() -> anyhow::Result<(
     } = setup(relay()).await;
     let body = slow_request_in_flight(&client, &relay.url("/relay/acme/app/slow")).await;
     let stopping = tokio::spawn(conn.stop());
+    // Nothing to wait for: the stop must not finish, so it gets a fixed while to do so wrongly.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !stopping.is_finished(),
@@ -76,6 +77,8 @@ async fn relay_shutdown_drains_in_flight_requests_and_refuses_new_ones() -> anyh
     let ca = relay.ca_cert();
     let ca_copy = tempfile_copy(&ca);
     let stopping = tokio::spawn(relay.stop());
+    // Nothing to wait for: the stop must not finish, so it gets a fixed while to do so wrongly
+    // (by then the relay has also closed its listener, checked next).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !stopping.is_finished(),
@@ -137,13 +140,25 @@ async fn relay_graceful_restart_under_load_completes_every_request_in_flight() -
             outcomes
         });
     }
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The load runs for two rounds of requests before the restart, and two after it.
+    testkit::eventually(
+        Duration::from_secs(10),
+        "load before the restart",
+        || async { backend.requests() >= 16 },
+    )
+    .await;
     let relay = relay.restart().await;
     conn.wait_for(20, "a new session", |s| {
         s.connected && s.sessions_established >= 2
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let restarted = backend.requests();
+    testkit::eventually(
+        Duration::from_secs(10),
+        "load after the restart",
+        || async { backend.requests() >= restarted + 16 },
+    )
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut outcomes = Vec::new();
     while let Some(w) = workers.join_next().await {

@@ -54,7 +54,12 @@ async fn visitor_abort_cancels_the_backend_stream() -> anyhow::Result<()> {
     assert_eq!(backend.active_streams(), 1);
     drop(body);
     drop(client);
-    wait_until(|| backend.active_streams() == 0, "backend stream cancelled").await;
+    testkit::eventually(
+        Duration::from_secs(10),
+        "the backend stream cancelled",
+        || async { backend.active_streams() == 0 },
+    )
+    .await;
     relay.wait_idle().await;
     Ok(())
 }
@@ -256,14 +261,4 @@ async fn expect_100_continue_gets_its_interim_answer_before_the_body() -> anyhow
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:?}");
     assert!(answer.contains("hello"), "the echoed body: {answer:?}");
     relay.stop().await
-}
-
-async fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
-    for _ in 0..200 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
 }

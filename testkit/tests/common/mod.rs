@@ -153,16 +153,20 @@ pub(crate) async fn slow_request_in_flight(client: &Client, url: &str) -> hyper:
 
 /// Reads an HTTP/1.1 response head from a raw socket (byte by byte: what follows is the caller's).
 pub(crate) async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    try_read_head(s).await.unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// [`read_head`], with a closed connection (or a read error) as the error.
+pub(crate) async fn try_read_head(s: &mut tokio::net::TcpStream) -> anyhow::Result<String> {
     use tokio::io::AsyncReadExt;
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut b = [0u8; 1];
-        assert_eq!(
-            s.read(&mut b).await.unwrap(),
-            1,
+        anyhow::ensure!(
+            s.read(&mut b).await? == 1,
             "connection closed in a response head"
         );
         head.push(b[0]);
     }
-    String::from_utf8(head).unwrap()
+    Ok(String::from_utf8(head)?)
 }
