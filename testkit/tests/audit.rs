@@ -144,6 +144,8 @@ async fn disabled_audit_writes_nothing() -> anyhow::Result<()> {
     for _ in 0..3 {
         client.get(&relay.url("/relay/nobody/app/")).await?;
     }
+    // Nothing to wait for: no record may appear, so the writer gets a fixed while (over twice
+    // its 200 ms batch wait) to write one wrongly.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(relay.store.audit(None, 10).await?.is_empty());
     Ok(())
@@ -202,16 +204,17 @@ async fn wait_history(
     relay: &relay_server::testing::RelayHandle,
     ok: impl Fn(&[relay_store::SessionRecord]) -> bool,
 ) -> Vec<relay_store::SessionRecord> {
-    for _ in 0..100 {
+    testkit::eventually(Duration::from_secs(10), "the session history", || async {
         let h = relay
             .store
             .session_history("acme", 10)
             .await
             .expect("history");
         if h.len() >= 2 && ok(&h) {
-            return h;
+            Ok(h)
+        } else {
+            Err(h)
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("history never matched");
+    })
+    .await
 }

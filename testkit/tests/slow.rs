@@ -33,7 +33,8 @@ async fn under_attack(s: &Setup, args: &[&str], secs: u64) -> (u64, u64, u64) {
     };
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    // Let the attack build up its connections first.
+    // Let the attack build up its connections first: a fixed lead, as the relay has no count of
+    // open connections to wait on, and the attack runs for a fixed time anyway.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let deadline = Instant::now() + Duration::from_secs(secs.saturating_sub(4));
     while Instant::now() < deadline {
