@@ -3,10 +3,12 @@
 //! the test can read. Dropping it kills the proxy.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tempfile::TempDir;
+
+use crate::process::ChildGuard;
 
 const INSTALL_HINT: &str = "tinyproxy not found: run scripts/test.sh (it installs it), or \
                             `apt install tinyproxy-bin` / `brew install tinyproxy`";
@@ -16,13 +18,14 @@ const INSTALL_HINT: &str = "tinyproxy not found: run scripts/test.sh (it install
 pub struct HttpProxy {
     /// The proxy's port on 127.0.0.1.
     pub port: u16,
-    child: Child,
+    /// Killed when the proxy is dropped.
+    _child: ChildGuard,
     dir: TempDir,
 }
 
 impl HttpProxy {
     /// Starts a proxy; `basic` = `Some((user, password))` requires those credentials.
-    pub fn start(basic: Option<(&str, &str)>) -> HttpProxy {
+    pub async fn start(basic: Option<(&str, &str)>) -> HttpProxy {
         let dir = tempfile::tempdir().expect("temp dir");
         // tinyproxy needs a fixed port: take a free one (a tiny race; retried below).
         for _ in 0..5 {
@@ -40,19 +43,23 @@ impl HttpProxy {
             }
             let conf_path = dir.path().join("tinyproxy.conf");
             std::fs::write(&conf_path, conf).expect("write tinyproxy config");
-            let mut child = Command::new("tinyproxy")
-                .arg("-d")
-                .arg("-c")
-                .arg(&conf_path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("{INSTALL_HINT} ({e})"));
-            if wait_listening(&mut child, port) {
-                return HttpProxy { port, child, dir };
+            let mut child = ChildGuard(
+                Command::new("tinyproxy")
+                    .arg("-d")
+                    .arg("-c")
+                    .arg(&conf_path)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("{INSTALL_HINT} ({e})")),
+            );
+            if listening(&mut child, port).await {
+                return HttpProxy {
+                    port,
+                    _child: child,
+                    dir,
+                };
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         panic!("tinyproxy did not start");
     }
@@ -77,22 +84,18 @@ impl HttpProxy {
     }
 }
 
-impl Drop for HttpProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_listening(child: &mut Child, port: u16) -> bool {
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
+/// Whether tinyproxy came up listening on `port` (false: it exited, say, because the port was
+/// taken meanwhile).
+async fn listening(child: &mut ChildGuard, port: u16) -> bool {
+    crate::eventually(Duration::from_secs(10), "tinyproxy listening", || {
+        let exited = matches!(child.0.try_wait(), Ok(Some(_)));
+        async move {
+            if exited {
+                return Some(false);
+            }
+            let connected = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+            connected.is_ok().then_some(true)
         }
-        if let Ok(Some(_)) = child.try_wait() {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    })
+    .await
 }

@@ -4,10 +4,12 @@
 //! the real server. Dropping it kills the proxy.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tempfile::TempDir;
+
+use crate::process::ChildGuard;
 
 const INSTALL_HINT: &str = "mitmdump not found: run scripts/test.sh (it installs mitmproxy from \
                             PyPI into target/test-tools/mitmproxy), or `pip install mitmproxy`, or \
@@ -18,7 +20,7 @@ const INSTALL_HINT: &str = "mitmdump not found: run scripts/test.sh (it installs
 pub struct MitmProxy {
     /// Port on 127.0.0.1.
     pub port: u16,
-    child: Child,
+    child: ChildGuard,
     dir: TempDir,
 }
 
@@ -37,13 +39,13 @@ fn mitmdump() -> PathBuf {
 impl MitmProxy {
     /// Starts it; the upstream certificate (the relay's self-signed one) is not checked by the
     /// proxy, as a corporate inspection box configured for it would not either.
-    pub fn start() -> MitmProxy {
+    pub async fn start() -> MitmProxy {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let mut child = Command::new(mitmdump())
+        let child = Command::new(mitmdump())
             .args([
                 "--listen-host",
                 "127.0.0.1",
@@ -57,19 +59,27 @@ impl MitmProxy {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("{INSTALL_HINT} ({e})"));
-        // mitmproxy takes a while to start (Python) and writes its CA on first start.
-        for _ in 0..300 {
-            let ca = dir.path().join("mitmproxy-ca-cert.pem");
-            if ca.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return MitmProxy { port, child, dir };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
+        let mut proxy = MitmProxy {
+            port,
+            child: ChildGuard(child),
+            dir,
+        };
+        // mitmproxy takes a while to start (Python) and writes its CA on first start. A panic
+        // here drops `proxy`, and with it the process.
+        crate::eventually(Duration::from_secs(30), "mitmdump started", || {
+            if let Ok(Some(status)) = proxy.child.0.try_wait() {
                 panic!("mitmdump exited: {status}");
             }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        panic!("mitmdump did not start within 30 s");
+            let ca_written = proxy.ca_cert().exists();
+            async move {
+                ca_written
+                    && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .is_ok()
+            }
+        })
+        .await;
+        proxy
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -80,12 +90,5 @@ impl MitmProxy {
     /// The proxy's CA certificate (what `--ca-cert` must name for the connector to accept it).
     pub fn ca_cert(&self) -> PathBuf {
         self.dir.path().join("mitmproxy-ca-cert.pem")
-    }
-}
-
-impl Drop for MitmProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

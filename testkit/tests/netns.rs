@@ -90,18 +90,19 @@ impl Drop for Netns {
 }
 
 async fn wait_for_transport(relay: &relay_server::testing::RelayHandle, want: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let sessions = relay.view.sessions("acme");
-        if sessions.len() == 1 && sessions[0].transport == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no single {want} session: {sessions:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    testkit::eventually(
+        Duration::from_secs(30),
+        &format!("a single {want} session"),
+        || async {
+            let sessions = relay.view.sessions("acme");
+            if sessions.len() == 1 && sessions[0].transport == want {
+                Ok(())
+            } else {
+                Err(sessions)
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

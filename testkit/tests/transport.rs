@@ -156,7 +156,7 @@ async fn auto_falls_back_to_tls_over_tcp_when_udp_gets_no_answer() -> anyhow::Re
 async fn sessions_go_through_a_connect_proxy() -> anyhow::Result<()> {
     let (relay, secret) = relay_with_acme(relay()).await;
     let backend = Backend::spawn().await;
-    let proxy = HttpProxy::start(None);
+    let proxy = HttpProxy::start(None).await;
     let mut conn = connector(&relay.server(), "acme", &secret)
         .ca_cert(relay.ca_cert())
         .proxy(&proxy.url())
@@ -187,7 +187,7 @@ async fn sessions_go_through_a_connect_proxy() -> anyhow::Result<()> {
 async fn proxy_basic_auth_and_clear_errors() -> anyhow::Result<()> {
     let (relay, secret) = relay_with_acme(relay()).await;
     let backend = Backend::spawn().await;
-    let proxy = HttpProxy::start(Some(("alice", "s3cret")));
+    let proxy = HttpProxy::start(Some(("alice", "s3cret"))).await;
 
     // Right credentials (percent-encoding allowed in the URL).
     let mut good = connector(&relay.server(), "acme", &secret)
@@ -231,7 +231,7 @@ async fn proxy_basic_auth_and_clear_errors() -> anyhow::Result<()> {
 async fn the_relay_certificate_is_verified_through_the_proxy() -> anyhow::Result<()> {
     let (relay, secret) = relay_with_acme(relay()).await;
     let backend = Backend::spawn().await;
-    let proxy = HttpProxy::start(None);
+    let proxy = HttpProxy::start(None).await;
     // No --ca-cert: the relay's self-signed certificate is not trusted, proxy or not.
     let conn = connector(&relay.server(), "acme", &secret)
         .proxy(&proxy.url())
@@ -300,19 +300,27 @@ async fn auto_moves_back_to_quic_when_udp_returns_without_failing_requests() -> 
         Bytes::from_static(b"second\n"),
         "the in-flight response completed"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let sessions = relay.view.sessions("acme");
-        if sessions.len() == 1 && sessions[0].transport == "quic" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "old TCP session not closed: {sessions:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    testkit::eventually(
+        Duration::from_secs(10),
+        "the old TCP session closed",
+        || async {
+            let sessions = relay.view.sessions("acme");
+            if sessions.len() == 1 && sessions[0].transport == "quic" {
+                Ok(())
+            } else {
+                Err(sessions)
+            }
+        },
+    )
+    .await;
+    // The load goes on over the QUIC session alone for a few requests.
+    let moved = backend.requests();
+    testkit::eventually(
+        Duration::from_secs(10),
+        "load on the QUIC session",
+        || async { backend.requests() >= moved + 3 },
+    )
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = load.await?;
     assert!(
@@ -361,7 +369,7 @@ async fn requests_spread_over_a_connectors_sessions() -> anyhow::Result<()> {
 async fn a_tls_inspecting_proxy_is_refused_unless_its_ca_is_given() -> anyhow::Result<()> {
     let (relay, secret) = relay_with_acme(relay()).await;
     let backend = Backend::spawn().await;
-    let mitm = tokio::task::spawn_blocking(testkit::MitmProxy::start).await?;
+    let mitm = testkit::MitmProxy::start().await;
 
     // Trusting only the relay's own certificate: the proxy's forged one is refused.
     let refused = connector(&relay.server(), "acme", &secret)
