@@ -43,6 +43,25 @@ pub struct FileConfig {
     /// `[catalog]`
     #[serde(default)]
     pub catalog: CatalogFile,
+    /// `[cluster]`
+    #[serde(default)]
+    pub cluster: ClusterFile,
+}
+
+/// `[cluster]`: relay nodes sharing one database.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// The address other nodes reach this one on (`host:port`). Default: the HTTPS listener's
+    /// address when it is not a wildcard.
+    pub advertise: Option<String>,
+    /// How often the node refreshes its row in the node registry. Default 5 s.
+    #[serde(default, with = "humantime_serde")]
+    pub heartbeat_interval: Option<Duration>,
+    /// A node whose heartbeat is older than this is not counted as live. Default 15 s; its row is
+    /// deleted after twice that.
+    #[serde(default, with = "humantime_serde")]
+    pub node_timeout: Option<Duration>,
 }
 
 /// `[routing]`
@@ -155,6 +174,18 @@ pub struct CatalogFile {
     pub poll_interval: Option<Duration>,
 }
 
+/// Membership in the node registry.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// The address peers reach this node on, as configured (unset: the bound HTTPS address when
+    /// it is not a wildcard).
+    pub advertise: Option<String>,
+    /// Heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// Heartbeats older than this are stale.
+    pub node_timeout: Duration,
+}
+
 /// `[audit]`
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -213,6 +244,8 @@ pub struct Config {
     pub audit: Audit,
     /// How often the catalog is checked for changes.
     pub catalog_poll_interval: Duration,
+    /// `[cluster]`
+    pub cluster: Cluster,
 }
 
 /// `[audit]`, validated.
@@ -398,17 +431,44 @@ impl Config {
             Duration::from_millis(500),
             Some(Duration::from_millis(10)),
         )?;
+        let listen_https = raw
+            .listen
+            .https
+            .unwrap_or_else(|| "0.0.0.0:8443".parse().expect("literal"));
+        let heartbeat_interval = layered::duration(
+            "cluster.heartbeat_interval",
+            raw.cluster.heartbeat_interval,
+            Duration::from_secs(5),
+            Some(Duration::from_millis(50)),
+        )?;
+        let node_timeout = positive("cluster.node_timeout", raw.cluster.node_timeout, 15)?;
+        if node_timeout <= heartbeat_interval {
+            return Err(ConfigError::new(
+                "cluster.node_timeout must be longer than cluster.heartbeat_interval",
+            ));
+        }
+        let advertise = match raw.cluster.advertise {
+            Some(a) if a.trim().is_empty() || !a.contains(':') => {
+                return Err(ConfigError::new(format!(
+                    "cluster.advertise = {a:?}: expected host:port"
+                )))
+            }
+            // Unset: the bound HTTPS address when it is not a wildcard, decided at start.
+            a => a.map(|a| a.trim().to_string()),
+        };
         Ok(Config {
             audit,
             catalog_poll_interval,
+            cluster: Cluster {
+                advertise,
+                heartbeat_interval,
+                node_timeout,
+            },
             node_name,
             data_dir,
             database_url,
             public_url: raw.public_url.map(|u| u.trim_end_matches('/').to_string()),
-            listen_https: raw
-                .listen
-                .https
-                .unwrap_or_else(|| "0.0.0.0:8443".parse().expect("literal")),
+            listen_https,
             listen_http: raw.listen.http,
             listen_admin: raw.listen.admin,
             admin_hosts,
@@ -445,6 +505,28 @@ fn positive(name: &str, v: Option<Duration>, default_secs: u64) -> Result<Durati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let c = Config::from_file(FileConfig::default(), None).unwrap();
+        assert_eq!(c.cluster.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(c.cluster.node_timeout, Duration::from_secs(15));
+        assert_eq!(c.cluster.advertise, None);
+        let mut f = FileConfig::default();
+        f.cluster.advertise = Some("relay-2.internal:8443".into());
+        let c = Config::from_file(f, None).unwrap();
+        assert_eq!(
+            c.cluster.advertise.as_deref(),
+            Some("relay-2.internal:8443")
+        );
+        let mut f = FileConfig::default();
+        f.cluster.advertise = Some("no-port".into());
+        assert!(Config::from_file(f, None).is_err());
+        let mut f = FileConfig::default();
+        f.cluster.node_timeout = Some(Duration::from_secs(1));
+        f.cluster.heartbeat_interval = Some(Duration::from_secs(2));
+        assert!(Config::from_file(f, None).is_err());
+    }
 
     #[test]
     fn defaults_are_production_values() {

@@ -34,6 +34,7 @@ mod head_timeout;
 mod ingress;
 pub mod keys;
 mod metrics;
+mod node;
 mod proxy;
 mod registry;
 mod route;
@@ -234,6 +235,8 @@ pub async fn run(
     started: Option<tokio::sync::oneshot::Sender<RelayView>>,
 ) -> anyhow::Result<()> {
     let addrs = listeners.addrs();
+    // SQLite serves one relay node: a second process on the same file stops here, saying so.
+    let _single_node = store.lock_single_node()?;
     let keys = keys::Keys::load_or_create(&config.data_dir)?;
     let (certs, key) = keys::tls_material(&config.data_dir, config.tls.as_ref())?;
     let catalog = Arc::new(Catalog::load(&store).await.context("loading tenants")?);
@@ -353,7 +356,24 @@ pub async fn run(
         background.clone(),
         move || close_invalid_sessions(&refresh_relay),
     ));
-    info!(node = %relay.config.node_name, "relay serving");
+    let advertise = relay.config.cluster.advertise.clone().or_else(|| {
+        addrs
+            .https
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|a| a.to_string())
+    });
+    let node = node::record(&relay.config.node_name, advertise);
+    let node_id = node.id.clone();
+    let membership = tokio::spawn(node::run(
+        relay.store.clone(),
+        node,
+        (
+            relay.config.cluster.heartbeat_interval,
+            relay.config.cluster.node_timeout,
+        ),
+        background.clone(),
+    ));
+    info!(node = %relay.config.node_name, node_id = %node_id, "relay serving");
     if let Some(a) = addrs.https {
         info!(https = %a, "listening (HTTPS and connectors over TLS/TCP, connectors over QUIC/UDP)");
     }
@@ -391,6 +411,7 @@ pub async fn run(
     );
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
     background.cancel();
+    let _ = membership.await;
     listener.abort();
     audit_stop.cancel();
     if let Some(task) = audit_task {

@@ -18,6 +18,7 @@ mod audit;
 mod credential;
 mod hostname;
 mod name;
+mod node;
 mod password;
 mod secret;
 mod session_log;
@@ -37,6 +38,7 @@ pub use audit::{AuditFilter, AuditRecord, MinuteStats};
 pub use credential::{Credential, CredentialId, CredentialRecord, NewCredential};
 pub use hostname::{canonical_hostname, Hostname, HostnameError};
 pub use name::{validate_name, NameError};
+pub use node::{NodeRecord, NodeState, SingleNodeLock};
 pub use password::{password_hash_permits, M_COST_KIB};
 pub use secret::{parse_secret, SecretHasher};
 pub use session_log::SessionRecord;
@@ -95,6 +97,22 @@ pub enum Error {
     /// No API token with that id or name.
     #[error("API token {0} not found")]
     ApiTokenNotFound(String),
+    /// Another relay process serves from this SQLite database (it holds the lock file named).
+    #[error(
+        "another relay process is serving from this SQLite database (it holds {0}); SQLite serves \
+         one relay node: stop the other process, or use PostgreSQL (database_url = \
+         \"postgres://…\") to run several nodes"
+    )]
+    SqliteInUse(String),
+    /// The single-node lock file could not be created or locked.
+    #[error("cannot lock {0}")]
+    Lock(String),
+    /// No live relay node has that name or id.
+    #[error("no live relay node is named {0}")]
+    NodeNotFound(String),
+    /// Several live relay nodes have that name: use the node id.
+    #[error("several live relay nodes are named {0}; use the node id")]
+    NodeAmbiguous(String),
     /// A name does not follow the naming rule.
     #[error(transparent)]
     InvalidName(#[from] NameError),
@@ -244,6 +262,17 @@ impl Store {
     /// Which backend this store uses.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The SQLite database file, if this store is one (not for `:memory:`).
+    fn sqlite_path(&self) -> Option<std::path::PathBuf> {
+        if self.backend != Backend::Sqlite {
+            return None;
+        }
+        let rest = self.url.0.strip_prefix("sqlite:")?;
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let path = rest.split('?').next().unwrap_or_default();
+        (!path.is_empty() && !path.starts_with(":memory:")).then(|| path.into())
     }
 
     fn migrator(&self) -> &'static Migrator {

@@ -3,11 +3,13 @@
 //! everything returns `anyhow` errors or a config error.
 
 mod admin;
+mod node;
 #[cfg(feature = "quickstart")]
 mod quickstart;
 mod tenant;
 
 pub use admin::{AdminCommand, AdminTokenCommand, AdminUserCommand};
+pub use node::NodeCommand;
 pub use tenant::{CredentialCommand, HostnameCommand, TenantCommand};
 
 use std::path::PathBuf;
@@ -59,6 +61,9 @@ pub enum Command {
     /// Manage admin users.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// The relay nodes sharing this database.
+    #[command(subcommand)]
+    Node(NodeCommand),
 }
 
 /// Listener flags.
@@ -144,6 +149,7 @@ pub async fn dispatch(
         }
         Command::Tenant(cmd) => tenant::tenant(cmd, &config).await,
         Command::Admin(cmd) => admin::admin(cmd, &config).await,
+        Command::Node(cmd) => node::node(cmd, &config).await,
     }
 }
 

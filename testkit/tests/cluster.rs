@@ -1,0 +1,168 @@
+//! Relay nodes sharing one database, as real processes: the node registry on PostgreSQL (`node
+//! list`, a node killed with -9 leaving it, a clean stop), and SQLite refusing a second node.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testkit::process::{bin, ChildGuard};
+use testkit::PgCluster;
+
+/// Fast registry settings, so that the test need not wait the production 15 s.
+const FAST: [(&str, &str); 2] = [
+    ("RELAY_CLUSTER__HEARTBEAT_INTERVAL", "200ms"),
+    ("RELAY_CLUSTER__NODE_TIMEOUT", "1s"),
+];
+
+/// Starts `relay-server run` on `database_url` as node `name`; returns it with its HTTPS port
+/// (read from its JSON log), or the whole stderr if it exits first.
+fn start_relay(
+    data_dir: &Path,
+    database_url: &str,
+    name: &str,
+) -> Result<(ChildGuard, u16), String> {
+    let mut cmd = Command::new(bin("relay-server"));
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .args(["--database-url", database_url, "--log-format", "json"])
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .env("RELAY_NODE_NAME", name)
+        .envs(FAST)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = ChildGuard(cmd.spawn().expect("spawn relay"));
+    let stderr = child.0.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let port = serde_json::from_str::<serde_json::Value>(&line)
+                .ok()
+                .and_then(|v| v["fields"]["https"].as_str().map(str::to_string))
+                .and_then(|a| a.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()));
+            seen.push(line);
+            if let (Some(port), false) = (port, sent) {
+                let _ = tx.send(Ok(port));
+                sent = true;
+            }
+        }
+        if !sent {
+            let _ = tx.send(Err(seen.join("\n")));
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("relay reported its port or exited")?;
+    Ok((child, port))
+}
+
+/// `relay-server node list` against `database_url`: (name, advertise) per live node.
+fn node_list(data_dir: &Path, database_url: &str) -> Vec<(String, String)> {
+    let out = Command::new(bin("relay-server"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--database-url", database_url, "node", "list"])
+        .envs(FAST)
+        .output()
+        .expect("run relay-server node list");
+    assert!(
+        out.status.success(),
+        "node list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            Some((cols.first()?.to_string(), cols.get(4)?.to_string()))
+        })
+        .collect()
+}
+
+/// Polls `node list` (≤ 10 s) until `want` holds.
+fn until_nodes(
+    data_dir: &Path,
+    url: &str,
+    what: &str,
+    want: impl Fn(&[(String, String)]) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let nodes = node_list(data_dir, url);
+        if want(&nodes) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{what}: node list shows {nodes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn nodes_register_leave_when_killed_and_unregister_on_stop() {
+    let pg = PgCluster::start();
+    let url = pg.url();
+    let dir = tempfile::tempdir().unwrap();
+    // Nodes share keys/ (and here the whole data directory): the first creates it.
+    let (mut alpha, alpha_port) = start_relay(dir.path(), &url, "alpha").unwrap();
+    let (mut beta, beta_port) = start_relay(dir.path(), &url, "beta").unwrap();
+    until_nodes(dir.path(), &url, "both nodes registered", |n| {
+        n.contains(&("alpha".into(), format!("127.0.0.1:{alpha_port}")))
+            && n.contains(&("beta".into(), format!("127.0.0.1:{beta_port}")))
+            && n.len() == 2
+    });
+
+    // kill -9: no goodbye; the row goes stale (node_timeout 1 s) and is no longer listed.
+    beta.kill();
+    let gone = until_nodes(dir.path(), &url, "the killed node left", |n| {
+        n.iter().map(|(name, _)| name.as_str()).eq(["alpha"])
+    });
+    assert!(gone < Duration::from_secs(5), "listed for {gone:?}");
+
+    // The survivor deletes the stale row (after twice node_timeout).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(relay_store::Store::connect(&url)).unwrap();
+    let rows = || rt.block_on(store.nodes(i64::MAX / 2)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rows().iter().any(|n| n.name == "beta") {
+        assert!(Instant::now() < deadline, "the killed node's row stayed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A clean stop deletes the node's own row.
+    let pid = alpha.pid();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while alpha.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "alpha did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(rows().is_empty(), "rows left: {:?}", rows());
+}
+
+#[test]
+fn a_second_relay_on_one_sqlite_file_stops_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    let (_first, _) = start_relay(dir.path(), &url, "first").unwrap();
+    let err = match start_relay(dir.path(), &url, "second") {
+        Ok(_) => panic!("a second relay served from the same SQLite file"),
+        Err(log) => log,
+    };
+    assert!(
+        err.contains("SQLite serves one relay node") && err.contains("PostgreSQL"),
+        "{err}"
+    );
+    // The CLI still works beside the running relay (it takes no lock).
+    assert!(node_list(dir.path(), &url)
+        .iter()
+        .any(|(name, _)| name == "first"));
+}
