@@ -2,6 +2,7 @@
 //! serves through it, revocation closes the session, and a second relay node on the same database
 //! sees the same tenants.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use connector::testing::connector;
@@ -107,30 +108,23 @@ async fn known_tenants_keep_working_while_postgres_is_down() {
         StatusCode::SERVICE_UNAVAILABLE
     );
     // Their audit records cannot be written: dropped and counted, never waited for.
-    let mut dropped = 0;
-    for _ in 0..200 {
-        dropped = relay
-            .view
-            .metrics()
-            .audit_dropped
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if dropped > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(dropped > 0, "audit drops counted while PostgreSQL is down");
+    testkit::eventually(
+        Duration::from_secs(10),
+        "audit drops counted while PostgreSQL is down",
+        || async {
+            let metrics = relay.view.metrics();
+            metrics.audit_dropped.load(Ordering::Relaxed) > 0
+        },
+    )
+    .await;
 
     cluster.start_again();
-    let mut ready = false;
-    for _ in 0..100 {
-        if client.get(&format!("{admin}/readyz")).await.unwrap().status == StatusCode::OK {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "ready again once PostgreSQL is back");
+    testkit::eventually(
+        Duration::from_secs(10),
+        "ready again once PostgreSQL is back",
+        || async { client.get(&format!("{admin}/readyz")).await.unwrap().status == StatusCode::OK },
+    )
+    .await;
     // Audit writing resumes by itself.
     let after = client
         .get(&relay.url("/relay/acme/app/after"))
@@ -140,16 +134,15 @@ async fn known_tenants_keep_working_while_postgres_is_down() {
         .to_str()
         .unwrap()
         .to_string();
-    let mut written = false;
-    for _ in 0..100 {
-        let all = relay.store.audit(Some("acme"), 100).await.unwrap();
-        if all.iter().any(|r| r.request_id == id && r.outcome == "ok") {
-            written = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(written, "audit record written after PostgreSQL came back");
+    testkit::eventually(
+        Duration::from_secs(10),
+        "audit record written after PostgreSQL came back",
+        || async {
+            let all = relay.store.audit(Some("acme"), 100).await.unwrap();
+            all.iter().any(|r| r.request_id == id && r.outcome == "ok")
+        },
+    )
+    .await;
     // Changes flow again.
     relay.create_tenant("later").await;
     relay.sync().await;
@@ -198,8 +191,13 @@ async fn ten_thousand_tenants_are_served_without_store_queries_per_request() {
         .spawn();
     conn.connected().await;
 
-    // Every statement the server runs is logged: count from here.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every statement the server runs is logged: count from here, once the session's history
+    // row (written in the background) is in.
+    testkit::eventually(Duration::from_secs(10), "the session recorded", || async {
+        let history = relay.store.session_history("acme", 10).await.unwrap();
+        history.iter().any(|s| s.disconnected_at.is_none())
+    })
+    .await;
     let logged_before = statements(&cluster.server_log()).len();
 
     let client = Client::new(&relay.ca_cert());
@@ -217,7 +215,23 @@ async fn ten_thousand_tenants_are_served_without_store_queries_per_request() {
             assert_eq!(a.status, StatusCode::OK);
         }
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Count the audit batches of these requests too: wait until every record is through.
+    let metrics = relay.view.metrics();
+    let requests = metrics.requests.load(Ordering::Relaxed);
+    testkit::eventually(
+        Duration::from_secs(10),
+        "the audit records written",
+        || async {
+            let through = metrics.audit_written.load(Ordering::Relaxed)
+                + metrics.audit_dropped.load(Ordering::Relaxed);
+            if through >= requests {
+                Ok(())
+            } else {
+                Err(format!("{through} of {requests}"))
+            }
+        },
+    )
+    .await;
     let log = cluster.server_log();
     let during: Vec<String> = statements(&log).split_off(logged_before);
     // Only the catalog's revision poll and the batched audit inserts reach the database — no

@@ -108,19 +108,6 @@ fn provision(data_dir: &Path) {
     std::fs::write(data_dir.join("secret"), secret).unwrap();
 }
 
-async fn wait_ready(client: &Client, url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(a) = client.get(url).await {
-            if a.status == StatusCode::OK {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "tunnel not ready: {url}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_each_way_with_bounded_memory() -> anyhow::Result<()> {
     trace_init();
@@ -135,7 +122,13 @@ async fn one_gib_each_way_with_bounded_memory() -> anyhow::Result<()> {
     let conn = start_connector(port, dir.path(), &backend);
     let client = Client::new(&dir.path().join("tls/cert.pem"));
     let base = format!("https://127.0.0.1:{port}/relay/acme/app");
-    wait_ready(&client, &format!("{base}/warmup")).await;
+    let warmup = format!("{base}/warmup");
+    testkit::eventually(Duration::from_secs(30), "the tunnel ready", || async {
+        let a = client.get(&warmup).await?;
+        anyhow::ensure!(a.status == StatusCode::OK, "{warmup}: {}", a.status);
+        anyhow::Ok(())
+    })
+    .await;
     // Warm both paths so pools and buffers exist before the baseline.
     let _ = client.get(&format!("{base}/bytes/10000000")).await?;
     let (relay_base, conn_base) = (rss_kib(relay.pid()), rss_kib(conn.pid()));
@@ -226,12 +219,18 @@ async fn killed_connector_aborts_its_responses_and_the_other_takes_over() -> any
     let mut c1 = start_connector(relay.addr.port(), &dir, &b1);
     let mut c2 = start_connector(relay.addr.port(), &dir, &b2);
     let client = Client::new(&relay.ca_cert());
-    let deadline = Instant::now() + Duration::from_secs(30);
     // Each connector keeps two sessions by default.
-    while relay.view.sessions("acme").len() < 4 {
-        assert!(Instant::now() < deadline, "connectors did not connect");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    testkit::eventually(
+        Duration::from_secs(30),
+        "both connectors connected",
+        || async {
+            match relay.view.sessions("acme").len() {
+                n if n >= 4 => Ok(()),
+                n => Err(format!("{n} sessions")),
+            }
+        },
+    )
+    .await;
 
     let req = http::Request::get(relay.url("/relay/acme/app/hold"))
         .body(testkit::client::Body::default())?;
@@ -327,9 +326,14 @@ async fn quickstart_prints_a_working_curl_line_and_reuses_its_data() -> anyhow::
         // Ctrl-C stops it cleanly (exit 0).
         let pid = child.pid().to_string();
         Command::new("kill").args(["-INT", &pid]).status()?;
-        let status = wait_exit(&mut child.0, Duration::from_secs(30));
+        let status = testkit::eventually(
+            Duration::from_secs(30),
+            &format!("round {round}: quickstart exit"),
+            || std::future::ready(child.0.try_wait().ok().flatten()),
+        )
+        .await;
         assert!(
-            status.is_some_and(|s| s.success()),
+            status.success(),
             "round {round}: quickstart exit {status:?}"
         );
     }
@@ -355,17 +359,6 @@ fn relay_cli_in(cwd: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf-8")
-}
-
-fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
 }
 
 #[allow(dead_code)]
