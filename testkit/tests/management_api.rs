@@ -1,0 +1,826 @@
+//! The management API on a real relay's admin listener: every route's authorisation, the
+//! OpenAPI document, each action through `/api/v1` (tenants, credentials, hostnames, connections,
+//! requests), validation and body shapes, the bearer scheme.
+
+mod web;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use connector::testing::connector;
+use http::StatusCode;
+use serde_json::{json, Value};
+use testkit::{trace_init, Backend, Client};
+use web::{concrete, is_problem, Api};
+
+#[tokio::test]
+async fn every_api_route_refuses_requests_without_a_valid_token() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    let client = Client::new(&relay.ca_cert());
+    let base = format!("http://{}", relay.admin_addr.expect("admin"));
+    for r in management_web::API_ROUTES {
+        let url = format!("{base}{}", concrete(r.path));
+        let method = r.method.to_uppercase();
+        for auth in [
+            None,
+            Some("Bearer rat_nope_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+            Some("Basic YWRtaW46YWRtaW4="),
+        ] {
+            let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", *a)).collect();
+            let a = client
+                .request_with(&method, &url, &headers, Bytes::new())
+                .await?;
+            assert_eq!(
+                a.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {url} {auth:?}"
+            );
+            assert!(is_problem(&a), "{method} {url}: {}", a.text());
+            assert!(a.headers.contains_key("www-authenticate"));
+        }
+    }
+    // A revoked token is refused too.
+    let token = relay.api_token("short-lived").await;
+    let ok = client
+        .get_bearer(&format!("{base}/api/v1/tenants"), &token)
+        .await?;
+    assert_eq!(ok.status, StatusCode::OK);
+    relay.store.revoke_api_token("short-lived").await?;
+    let refused = client
+        .get_bearer(&format!("{base}/api/v1/tenants"), &token)
+        .await?;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    // /metrics needs a token; health does not.
+    assert_eq!(
+        client.get(&format!("{base}/metrics")).await?.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        client.get(&format!("{base}/healthz")).await?.status,
+        StatusCode::OK
+    );
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn openapi_document_lists_exactly_the_served_routes() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    let api = Api {
+        client: Client::new(&relay.ca_cert()),
+        base: format!("http://{}", relay.admin_addr.expect("admin")),
+        token: relay.api_token("docs").await,
+    };
+    let (status, doc) = api.call("GET", "/api/v1/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut documented = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().expect("path item") {
+            documented += 1;
+            // Every documented operation is served: with a token it is never 404/405 for a
+            // route-level reason (resources that do not exist answer a problem document).
+            let (status, body) = api
+                .call(&method.to_uppercase(), &concrete(path), Some(json!({})))
+                .await;
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            if status == StatusCode::NOT_FOUND {
+                assert!(
+                    body["detail"]
+                        .as_str()
+                        .is_some_and(|d| !d.contains("no such API route")),
+                    "{method} {path} is documented but not routed: {body}"
+                );
+            }
+            assert!(op["operationId"].is_string());
+            for r in op["responses"].as_object().expect("responses").keys() {
+                assert!(r == "default" || r.parse::<u16>().is_ok());
+            }
+        }
+    }
+    assert_eq!(documented, management_web::API_ROUTES.len());
+    // The contract's routes are all there.
+    for (m, p) in [
+        ("post", "/api/v1/tenants"),
+        ("get", "/api/v1/tenants"),
+        ("get", "/api/v1/tenants/{name}"),
+        ("patch", "/api/v1/tenants/{name}"),
+        ("delete", "/api/v1/tenants/{name}"),
+        ("post", "/api/v1/tenants/{name}/credentials"),
+        ("get", "/api/v1/tenants/{name}/credentials"),
+        ("delete", "/api/v1/tenants/{name}/credentials/{id}"),
+        ("get", "/api/v1/tenants/{name}/connections"),
+        ("get", "/api/v1/requests"),
+        ("get", "/api/v1/openapi.json"),
+    ] {
+        assert!(paths[p][m].is_object(), "{m} {p} missing from the document");
+    }
+    // Undocumented routes are not served.
+    let (status, body) = api.call("GET", "/api/v1/users", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _) = api
+        .call("PUT", "/api/v1/tenants/acme", Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn api_manages_tenants_credentials_and_reads_connections_and_requests() -> anyhow::Result<()>
+{
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    let api = Api {
+        client: Client::new(&relay.ca_cert()),
+        base: format!("http://{}", relay.admin_addr.expect("admin")),
+        token: relay.api_token("automation").await,
+    };
+
+    // Create, with validation.
+    let (s, t) = api
+        .call(
+            "POST",
+            "/api/v1/tenants",
+            Some(json!({"name": "Contoso", "display_name": "Contoso Ltd"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    assert_eq!(t["name"], "contoso");
+    assert_eq!(t["display_name"], "Contoso Ltd");
+    assert_eq!(t["enabled"], true);
+    assert_eq!(t["limits"]["max_body_bytes"], Value::Null);
+    let (s, _) = api
+        .call("POST", "/api/v1/tenants", Some(json!({"name": "contoso"})))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, p) = api
+        .call(
+            "POST",
+            "/api/v1/tenants",
+            Some(json!({"name": "bad name!"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    let (s, p) = api
+        .call(
+            "POST",
+            "/api/v1/tenants",
+            Some(json!({"name": "x", "owner": "me"})),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown fields are refused: {p}"
+    );
+    assert!(
+        p["detail"].as_str().unwrap_or_default().contains("owner"),
+        "{p}"
+    );
+    let (s, _) = api.call("POST", "/api/v1/tenants", None).await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let auth = format!("Bearer {}", api.token);
+    let broken = api
+        .client
+        .request_with(
+            "POST",
+            &format!("{}/api/v1/tenants", api.base),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            Bytes::from_static(b"{\"name\": "),
+        )
+        .await?;
+    assert_eq!(broken.status, StatusCode::BAD_REQUEST);
+    assert!(is_problem(&broken));
+
+    // Paging and search.
+    for n in ["alpha", "beta", "gamma"] {
+        let (s, _) = api
+            .call("POST", "/api/v1/tenants", Some(json!({"name": n})))
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let (_, page) = api
+        .call("GET", "/api/v1/tenants?limit=2&offset=1", None)
+        .await;
+    assert_eq!(page["total"], 4);
+    let names: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["beta", "contoso"]);
+    let (_, found) = api.call("GET", "/api/v1/tenants?q=ltd", None).await;
+    assert_eq!(found["total"], 1, "search matches display names: {found}");
+    let (s, _) = api.call("GET", "/api/v1/tenants?limit=many", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = api.call("GET", "/api/v1/tenants?sort=name", None).await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "unknown query parameters are refused"
+    );
+
+    // Update: limits, settings, null restores a default, zero is refused.
+    let (s, t) = api
+        .call("PATCH", "/api/v1/tenants/contoso", Some(json!({"limits": {"max_body_bytes": 1024, "request_timeout_ms": 5000}, "description": "ERP"})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{t}");
+    assert_eq!(t["limits"]["max_body_bytes"], 1024);
+    assert_eq!(t["description"], "ERP");
+    let (_, t) = api
+        .call(
+            "PATCH",
+            "/api/v1/tenants/contoso",
+            Some(json!({"limits": {"max_body_bytes": null}})),
+        )
+        .await;
+    assert_eq!(t["limits"]["max_body_bytes"], Value::Null);
+    assert_eq!(
+        t["limits"]["request_timeout_ms"], 5000,
+        "absent fields are kept"
+    );
+    let (s, _) = api
+        .call(
+            "PATCH",
+            "/api/v1/tenants/contoso",
+            Some(json!({"limits": {"max_concurrent_streams": 0}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, _) = api
+        .call(
+            "PATCH",
+            "/api/v1/tenants/contoso",
+            Some(json!({"enabled": "yes"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, _) = api.call("GET", "/api/v1/tenants/nobody", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // A credential: the secret only in the creation response; a real connector uses it.
+    let (s, c) = api
+        .call(
+            "POST",
+            "/api/v1/tenants/contoso/credentials",
+            Some(json!({"label": "office"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{c}");
+    let secret = c["secret"].as_str().expect("secret").to_string();
+    let id = c["id"].as_str().expect("id").to_string();
+    let (_, list) = api
+        .call("GET", "/api/v1/tenants/contoso/credentials", None)
+        .await;
+    assert_eq!(list["items"][0]["id"], id.as_str());
+    assert!(
+        !list.to_string().contains(&secret),
+        "listing never shows secrets"
+    );
+    assert!(list["items"][0].get("secret").is_none());
+
+    relay.sync().await;
+    let backend = Backend::spawn().await;
+    let mut conn = connector(&relay.server(), "contoso", &secret)
+        .ca_cert(relay.ca_cert())
+        .target("app", &backend.url())
+        .spawn();
+    conn.connected().await;
+    let mut sessions = Value::Null;
+    for _ in 0..100 {
+        (_, sessions) = api
+            .call("GET", "/api/v1/tenants/contoso/connections", None)
+            .await;
+        if sessions["items"].as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let items = sessions["items"].as_array().expect("items");
+    assert!(
+        !items.is_empty(),
+        "the connector's session is listed: {sessions}"
+    );
+    for s in items {
+        assert!(s["transport"] == "quic" || s["transport"] == "tcp");
+        assert_eq!(s["relay_node"], "test-node");
+        assert_eq!(s["in_flight_streams"], 0);
+        assert!(s["remote_addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+        assert!(s["connector_version"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()));
+    }
+
+    // A request through the relay shows up in /requests with its filters.
+    let visitor = Client::new(&relay.ca_cert());
+    let a = visitor.get(&relay.url("/relay/contoso/app/hello")).await?;
+    assert_eq!(a.status, StatusCode::OK);
+    let request_id = a.headers["x-relay-request-id"].to_str()?.to_string();
+    let missing = visitor.get(&relay.url("/relay/contoso/nothere/x")).await?;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    relay.audit_record(&request_id).await;
+    let (_, ok) = api
+        .call("GET", "/api/v1/requests?tenant=contoso&status=2xx", None)
+        .await;
+    let ok = ok["items"].as_array().unwrap().clone();
+    assert_eq!(ok.len(), 1, "{ok:?}");
+    assert_eq!(ok[0]["request_id"], request_id.as_str());
+    assert_eq!(ok[0]["path"], "/relay/contoso/app/hello");
+    assert_eq!(ok[0]["target"], "app");
+    let (_, four) = api
+        .call("GET", "/api/v1/requests?tenant=contoso&status=404", None)
+        .await;
+    assert_eq!(four["items"].as_array().unwrap().len(), 1);
+    let (_, none) = api
+        .call(
+            "GET",
+            "/api/v1/requests?tenant=contoso&since=2100-01-01T00:00:00Z",
+            None,
+        )
+        .await;
+    assert_eq!(none["items"].as_array().unwrap().len(), 0);
+    let (_, old) = api
+        .call(
+            "GET",
+            "/api/v1/requests?tenant=contoso&until=2000-01-01T00:00:00Z",
+            None,
+        )
+        .await;
+    assert_eq!(old["items"].as_array().unwrap().len(), 0);
+    let (_, limited) = api.call("GET", "/api/v1/requests?limit=1", None).await;
+    assert_eq!(limited["items"].as_array().unwrap().len(), 1);
+    let (s, _) = api
+        .call("GET", "/api/v1/requests?status=teapot", None)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = api
+        .call("GET", "/api/v1/requests?since=yesterday", None)
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // Hostnames.
+    let (s, h) = api
+        .call(
+            "POST",
+            "/api/v1/tenants/contoso/hostnames",
+            Some(json!({"hostname": "App.Contoso.Example.", "target": "app"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{h}");
+    assert_eq!(h["hostname"], "app.contoso.example");
+    let (s, _) = api
+        .call(
+            "POST",
+            "/api/v1/tenants/alpha/hostnames",
+            Some(json!({"hostname": "app.contoso.example", "target": "app"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, _) = api
+        .call(
+            "DELETE",
+            "/api/v1/tenants/contoso/hostnames/app.contoso.example",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+
+    // Revoking the credential closes the connector's sessions.
+    let (s, _) = api
+        .call(
+            "DELETE",
+            &format!("/api/v1/tenants/contoso/credentials/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = api
+        .call(
+            "DELETE",
+            &format!("/api/v1/tenants/contoso/credentials/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "revoking twice");
+    let mut gone = false;
+    for _ in 0..200 {
+        let (_, s) = api
+            .call("GET", "/api/v1/tenants/contoso/connections", None)
+            .await;
+        if s["items"].as_array().is_some_and(|a| a.is_empty()) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the revoked credential's sessions are gone");
+
+    // Disable, delete.
+    let (_, t) = api
+        .call(
+            "PATCH",
+            "/api/v1/tenants/alpha",
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(t["enabled"], false);
+    let (s, _) = api.call("DELETE", "/api/v1/tenants/alpha", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = api.call("GET", "/api/v1/tenants/alpha", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Every change was recorded with the token's name.
+    let actions = relay.store.admin_actions(100).await?;
+    for (action, object) in [
+        ("tenant.create", "contoso".to_string()),
+        ("tenant.update", "contoso".to_string()),
+        ("credential.create", format!("contoso/{id}")),
+        ("credential.revoke", format!("contoso/{id}")),
+        ("tenant.delete", "alpha".to_string()),
+    ] {
+        assert!(
+            actions
+                .iter()
+                .any(|a| a.action == action && a.object == object && a.actor == "token:automation"),
+            "{action} {object} not recorded: {actions:?}"
+        );
+    }
+    drop(conn);
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    let token = relay.api_token("cases").await;
+    let client = Client::new(&relay.ca_cert());
+    let url = format!("http://{}/api/v1/tenants", relay.admin_addr.expect("admin"));
+    for (value, status) in [
+        (format!("BEARER {token}"), StatusCode::OK),
+        (format!("bEaReR   {token}"), StatusCode::OK),
+        (format!("bearer {token}"), StatusCode::OK),
+        (format!("Bearer{token}"), StatusCode::UNAUTHORIZED),
+        (format!("Basic {token}"), StatusCode::UNAUTHORIZED),
+        ("Bearer".to_string(), StatusCode::UNAUTHORIZED),
+    ] {
+        let a = client
+            .request_with("GET", &url, &[("authorization", &value)], Bytes::new())
+            .await?;
+        assert_eq!(a.status, status, "{value}");
+    }
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn the_api_refuses_bodies_and_queries_of_the_wrong_shape() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    let api = Api {
+        client: Client::new(&relay.ca_cert()),
+        base: format!("http://{}", relay.admin_addr.expect("admin")),
+        token: relay.api_token("shapes").await,
+    };
+    let (s, _) = api
+        .call("POST", "/api/v1/tenants", Some(json!({"name": "acme"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    // A struct filled from an array, by position: refused, nothing changes.
+    for body in [
+        json!({"limits": [5, null]}),
+        json!({"limits": [5]}),
+        json!({"limits": {"max_body_bytes": [5]}}),
+        json!({"limits": {"max_body_bytes": 9_223_372_036_854_775_808u64}}),
+        json!({"limits": {"max_concurrent_streams": 4_294_967_296u64}}),
+        json!([true, "x", "y", false]),
+        json!([]),
+        json!("enabled"),
+    ] {
+        let (s, p) = api
+            .call("PATCH", "/api/v1/tenants/acme", Some(body.clone()))
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {p}");
+        assert!(p["status"] == 422, "a problem document: {p}");
+    }
+    let t = relay.store.tenant("acme").await?.expect("acme");
+    assert_eq!(
+        t.limits,
+        relay_store::TenantLimits::default(),
+        "limits unchanged"
+    );
+    assert!(t.enabled);
+    // A credential from `[]`: refused, none created.
+    for body in [json!([]), json!(["label"]), json!(null), json!("x")] {
+        let (s, _) = api
+            .call(
+                "POST",
+                "/api/v1/tenants/acme/credentials",
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    }
+    assert!(relay.store.credentials("acme").await?.is_empty());
+    let (s, _) = api
+        .call("POST", "/api/v1/tenants", Some(json!(["other"])))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(relay.store.tenant("other").await?.is_none());
+    let (s, _) = api
+        .call(
+            "POST",
+            "/api/v1/tenants/acme/hostnames",
+            Some(json!(["app.acme.example", "app"])),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(relay.store.hostnames("acme").await?.is_empty());
+    // Values the documented patterns refuse are refused.
+    for (path, body) in [
+        ("/api/v1/tenants", json!({"name": "Bad_Name"})),
+        ("/api/v1/tenants", json!({"name": "-x"})),
+        (
+            "/api/v1/tenants/acme/hostnames",
+            json!({"hostname": "nodots", "target": "app"}),
+        ),
+        (
+            "/api/v1/tenants/acme/hostnames",
+            json!({"hostname": "a.example", "target": "a.b"}),
+        ),
+    ] {
+        let (s, p) = api.call("POST", path, Some(body.clone())).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {p}");
+    }
+
+    // Query parameters out of their documented range: 400, like malformed ones.
+    for (path, status) in [
+        ("/api/v1/tenants?limit=1000", StatusCode::OK),
+        ("/api/v1/tenants?limit=1", StatusCode::OK),
+        ("/api/v1/tenants?offset=9223372036854775807", StatusCode::OK),
+        ("/api/v1/tenants?limit=0", StatusCode::BAD_REQUEST),
+        ("/api/v1/tenants?limit=1001", StatusCode::BAD_REQUEST),
+        ("/api/v1/tenants?offset=-1", StatusCode::BAD_REQUEST),
+        (
+            "/api/v1/tenants?offset=9223372036854775808",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/api/v1/requests?limit=1000", StatusCode::OK),
+        ("/api/v1/requests?limit=0", StatusCode::BAD_REQUEST),
+        ("/api/v1/requests?limit=5000", StatusCode::BAD_REQUEST),
+        (
+            "/api/v1/requests?offset=9223372036854775808",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("/api/v1/requests?status=%2B502", StatusCode::BAD_REQUEST),
+    ] {
+        let (s, p) = api.call("GET", path, None).await;
+        assert_eq!(s, status, "{path}: {p}");
+    }
+
+    // The document states the patterns and ranges the handlers enforce.
+    let (_, doc) = api.call("GET", "/api/v1/openapi.json", None).await;
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["NewTenant"]["properties"]["name"]["pattern"],
+        "^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}$"
+    );
+    assert_eq!(
+        schemas["Tenant"]["properties"]["name"]["pattern"],
+        "^[a-z0-9][a-z0-9-]{0,62}$"
+    );
+    assert_eq!(
+        schemas["NewHostname"]["properties"]["target"]["pattern"],
+        "^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}$"
+    );
+    assert!(schemas["NewHostname"]["properties"]["hostname"]["pattern"]
+        .as_str()
+        .is_some_and(|p| p.starts_with('^') && p.ends_with('$')));
+    for field in [
+        "max_body_bytes",
+        "max_concurrent_streams",
+        "request_timeout_ms",
+    ] {
+        assert_eq!(
+            schemas["LimitsPatch"]["properties"][field]["minimum"], 1,
+            "{field}"
+        );
+        assert!(schemas["LimitsPatch"]["properties"][field]["maximum"].is_u64());
+    }
+    let params = |path: &str| {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .clone()
+    };
+    for path in ["/api/v1/tenants", "/api/v1/requests"] {
+        let ps = params(path);
+        let schema = |n: &str| {
+            ps.iter()
+                .find(|p| p["name"] == n)
+                .unwrap_or_else(|| panic!("{path} {n}"))["schema"]
+                .clone()
+        };
+        assert_eq!(schema("offset")["minimum"], 0, "{path}");
+        assert_eq!(schema("offset")["maximum"], 9_223_372_036_854_775_807u64);
+        assert_eq!(schema("limit")["minimum"], 1, "{path}");
+        assert_eq!(schema("limit")["maximum"], 1000, "{path}");
+    }
+    let name = &params("/api/v1/tenants/{name}/hostnames")[0];
+    assert_eq!(name["schema"]["pattern"], "^[a-zA-Z0-9][a-zA-Z0-9-]{0,62}$");
+    let delete = &doc["paths"]["/api/v1/tenants/{name}/hostnames/{hostname}"]["delete"];
+    assert_eq!(delete["parameters"][1]["name"], "hostname");
+    assert!(delete["parameters"][1]["schema"]["pattern"].is_string());
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn api_revokes_credentials_and_removes_hostnames_only_under_their_own_tenant(
+) -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    let api = Api {
+        client: Client::new(&relay.ca_cert()),
+        base: format!("http://{}", relay.admin_addr.expect("admin")),
+        token: relay.api_token("scoped").await,
+    };
+    for name in ["acme", "other"] {
+        let (s, _) = api
+            .call("POST", "/api/v1/tenants", Some(json!({"name": name})))
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let (s, c) = api
+        .call(
+            "POST",
+            "/api/v1/tenants/acme/credentials",
+            Some(json!({"label": "office"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{c}");
+    let id = c["id"].as_str().expect("id").to_string();
+    let (s, _) = api
+        .call(
+            "POST",
+            "/api/v1/tenants/acme/hostnames",
+            Some(json!({"hostname": "app.acme.example", "target": "app"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+
+    // Another tenant's name, or no tenant's: 404, and nothing changes.
+    for tenant in ["other", "nobody"] {
+        let (s, p) = api
+            .call(
+                "DELETE",
+                &format!("/api/v1/tenants/{tenant}/credentials/{id}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{tenant}: {p}");
+        assert_eq!(p["status"], 404, "a problem document: {p}");
+        let (s, p) = api
+            .call(
+                "DELETE",
+                &format!("/api/v1/tenants/{tenant}/hostnames/app.acme.example"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{tenant}: {p}");
+    }
+    let (_, p) = api
+        .call(
+            "DELETE",
+            &format!("/api/v1/tenants/nobody/credentials/{id}"),
+            None,
+        )
+        .await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("tenant nobody not found")),
+        "the tenant is looked up first: {p}"
+    );
+    let c = relay
+        .store
+        .credential("acme", &id)
+        .await?
+        .expect("credential");
+    assert_eq!(c.revoked_at, None, "the credential is still valid");
+    assert_eq!(relay.store.hostnames("acme").await?.len(), 1);
+    let refused = relay.store.admin_actions(100).await?;
+    assert!(
+        !refused
+            .iter()
+            .any(|a| a.action == "credential.revoke" || a.action == "hostname.remove"),
+        "refused changes are not recorded: {refused:?}"
+    );
+
+    // Under its own tenant, in any case: done, and recorded under the canonical names.
+    let (s, _) = api
+        .call(
+            "DELETE",
+            &format!("/api/v1/tenants/ACME/credentials/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = api
+        .call(
+            "DELETE",
+            "/api/v1/tenants/Acme/hostnames/App.Acme.Example.",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let c = relay
+        .store
+        .credential("acme", &id)
+        .await?
+        .expect("credential");
+    assert!(c.revoked_at.is_some());
+    assert!(relay.store.hostnames("acme").await?.is_empty());
+    let actions = relay.store.admin_actions(100).await?;
+    for (action, object) in [
+        ("credential.revoke", format!("acme/{id}")),
+        ("hostname.remove", "acme/app.acme.example".to_string()),
+    ] {
+        assert!(
+            actions
+                .iter()
+                .any(|a| a.action == action && a.object == object && a.actor == "token:scoped"),
+            "{action} {object} not recorded: {actions:?}"
+        );
+    }
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn api_records_enabling_and_disabling_as_the_pages_and_cli_do() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    let api = Api {
+        client: Client::new(&relay.ca_cert()),
+        base: format!("http://{}", relay.admin_addr.expect("admin")),
+        token: relay.api_token("switch").await,
+    };
+    let recorded = || async {
+        let mut a: Vec<String> = relay
+            .store
+            .admin_actions(100)
+            .await
+            .expect("admin actions")
+            .into_iter()
+            .filter(|a| a.object == "acme" && a.actor == "token:switch")
+            .map(|a| a.action)
+            .collect();
+        a.sort();
+        a
+    };
+    let (s, _) = api
+        .call("POST", "/api/v1/tenants", Some(json!({"name": "acme"})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, t) = api
+        .call(
+            "PATCH",
+            "/api/v1/tenants/acme",
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{t}");
+    assert_eq!(t["enabled"], false);
+    assert_eq!(recorded().await, ["tenant.create", "tenant.disable"]);
+    let (s, t) = api
+        .call(
+            "PATCH",
+            "/api/v1/tenants/acme",
+            Some(json!({"enabled": true, "description": "back"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{t}");
+    assert_eq!(t["enabled"], true);
+    assert_eq!(t["description"], "back");
+    assert_eq!(
+        recorded().await,
+        [
+            "tenant.create",
+            "tenant.disable",
+            "tenant.enable",
+            "tenant.update"
+        ]
+    );
+    // A patch that changes nothing answers the tenant and records nothing.
+    let (s, t) = api
+        .call("PATCH", "/api/v1/tenants/acme", Some(json!({})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{t}");
+    assert_eq!(recorded().await.len(), 4);
+    relay.stop().await
+}

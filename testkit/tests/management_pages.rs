@@ -1,0 +1,594 @@
+//! The admin pages on a real relay's admin listener, as far as HTTP goes: sessions, CSRF and
+//! same-origin checks, escaping, error pages, each action through its form, and login rate
+//! limiting. Login limiting under load is in `login.rs`, the browser walk-through in
+//! `browser.rs`.
+
+mod web;
+
+use bytes::Bytes;
+use http::StatusCode;
+use testkit::{trace_init, Client};
+use web::{concrete, Browser};
+
+#[tokio::test]
+async fn pages_need_a_session_and_same_origin_csrf_checked_changes() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    relay
+        .store
+        .create_admin_user("admin", "correct horse battery")
+        .await?;
+    relay.create_tenant("acme").await;
+    let client = Client::new(&relay.ca_cert());
+    let base = format!("http://{}", relay.admin_addr.expect("admin"));
+
+    // Without a session every page route is refused: page loads go to the login page, every
+    // other method gets 403. Only the login page and the static assets are public.
+    for (method, path) in management_web::PAGE_ROUTES {
+        let url = format!("{base}{}", concrete(path));
+        let public = *path == "/login" || path.starts_with("/static/");
+        let a = client
+            .request_with(&method.to_uppercase(), &url, &[("content-type", "application/x-www-form-urlencoded")], Bytes::from_static(b"csrf=x&name=evil&label=x&enabled=false&confirm=acme&hostname=a.example&target=app&username=admin&password=wrong"))
+            .await?;
+        if public {
+            assert!(
+                a.status != StatusCode::SEE_OTHER || *method == "post",
+                "{method} {path}"
+            );
+            continue;
+        }
+        match *method {
+            "get" => {
+                assert_eq!(a.status, StatusCode::SEE_OTHER, "{method} {path}");
+                assert_eq!(a.headers["location"], "/login");
+                assert!(!a.text().contains("acme"), "{method} {path} leaked content");
+            }
+            _ => assert_eq!(a.status, StatusCode::FORBIDDEN, "{method} {path}"),
+        }
+    }
+    // Nothing changed.
+    assert!(relay.store.tenant("evil").await?.is_none());
+    assert!(relay.store.tenant("acme").await?.is_some_and(|t| t.enabled));
+
+    // Wrong password: 401, and a bogus cookie is no session.
+    let bad = Browser::login(&client, &base, "admin", "wrong").await?;
+    assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
+    assert!(!bad.headers.contains_key("set-cookie"));
+    let forged = client
+        .request_with(
+            "GET",
+            &format!("{base}/tenants"),
+            &[("cookie", "__Host-relay-session=forged")],
+            Bytes::new(),
+        )
+        .await?;
+    assert_eq!(forged.status, StatusCode::SEE_OTHER);
+
+    let b = Browser::start(client.clone(), &base, "admin", "correct+horse+battery").await?;
+    let page = b.get("/").await?;
+    assert_eq!(page.status, StatusCode::OK);
+    let csp = page.headers["content-security-policy"].to_str()?;
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"));
+    assert_eq!(page.headers["x-frame-options"], "DENY");
+    assert_eq!(page.headers["x-content-type-options"], "nosniff");
+    assert_eq!(page.headers["cache-control"], "no-store");
+
+    // A display name full of markup is shown as text.
+    let xss = "\"><img src=x onerror=alert(1)>";
+    relay
+        .store
+        .set_tenant_settings(
+            "acme",
+            &relay_store::TenantSettings {
+                display_name: Some(xss.into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    for path in ["/tenants", "/tenants/acme"] {
+        let html = b.get(path).await?.text();
+        assert!(
+            !html.contains("<img src=x"),
+            "{path} renders markup from data"
+        );
+        assert!(
+            html.contains("&#34;&#62;&#60;img src=x onerror=alert(1)&#62;"),
+            "{path} shows the name escaped: {html}"
+        );
+    }
+
+    // Changes need the CSRF token and a same-origin request.
+    let form = format!("csrf={}&name=fromcsrf", b.csrf);
+    let cross = b
+        .post("/tenants", &form, Some("http://evil.example"))
+        .await?;
+    assert_eq!(cross.status, StatusCode::FORBIDDEN, "cross-origin POST");
+    let no_token = b
+        .post("/tenants", "csrf=wrong&name=fromcsrf", Some(&base))
+        .await?;
+    assert_eq!(no_token.status, StatusCode::FORBIDDEN, "wrong CSRF token");
+    let mut site = b
+        .client
+        .request_with(
+            "POST",
+            &format!("{base}/tenants"),
+            &[
+                ("cookie", &b.cookie),
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("sec-fetch-site", "cross-site"),
+            ],
+            Bytes::from(form.clone()),
+        )
+        .await?;
+    assert_eq!(
+        site.status,
+        StatusCode::FORBIDDEN,
+        "Sec-Fetch-Site: cross-site"
+    );
+    assert!(relay.store.tenant("fromcsrf").await?.is_none());
+    site = b.post("/tenants", &form, Some(&base)).await?;
+    assert_eq!(site.status, StatusCode::SEE_OTHER, "{}", site.text());
+    assert_eq!(site.headers["location"], "/tenants/fromcsrf?done=created");
+    assert!(relay.store.tenant("fromcsrf").await?.is_some());
+    // Deleting asks for the name; the wrong one deletes nothing.
+    let wrong = b
+        .post(
+            "/tenants/fromcsrf/delete",
+            &format!("csrf={}&confirm=acme", b.csrf),
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(wrong.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(wrong.text().contains("The name did not match"));
+    assert!(relay.store.tenant("fromcsrf").await?.is_some());
+    let gone = b
+        .post(
+            "/tenants/fromcsrf/delete",
+            &format!("csrf={}&confirm=fromcsrf", b.csrf),
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(gone.status, StatusCode::SEE_OTHER);
+    assert_eq!(gone.headers["location"], "/tenants?done=deleted");
+    assert!(relay.store.tenant("fromcsrf").await?.is_none());
+    assert!(b
+        .get("/tenants?done=deleted")
+        .await?
+        .text()
+        .contains("Tenant deleted."));
+
+    // The CSV export neutralises formulas.
+    relay
+        .store
+        .insert_audit(&[relay_store::AuditRecord {
+            request_id: "r1".into(),
+            tenant: "acme".into(),
+            target: "app".into(),
+            method: "GET".into(),
+            path: "/=cmd|' /C calc'!A0".into(),
+            status: 200,
+            outcome: "ok".into(),
+            bytes_in: 0,
+            bytes_out: 5,
+            duration_ms: 3,
+            visitor: "192.0.2.1".into(),
+            session_id: "s".into(),
+            relay_node: "n".into(),
+            created_at: relay_store::now_ms(),
+        }])
+        .await?;
+    let csv = b.get("/audit.csv?tenant=acme").await?;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert!(csv.headers["content-type"]
+        .to_str()?
+        .starts_with("text/csv"));
+    let text = csv.text();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.contains(",r1,acme,app,GET,/=cmd|' /C calc'!A0,200,"),
+        "{text}"
+    );
+    let audit = b.get("/audit?tenant=acme&status=2xx").await?.text();
+    assert!(audit.contains("r1"));
+    let audit = b.get("/audit?tenant=acme&status=5xx").await?.text();
+    assert!(!audit.contains("<code>r1</code>"));
+
+    // Logout ends the session; a new login gets a new session id.
+    let b2 = Browser::start(client.clone(), &base, "admin", "correct+horse+battery").await?;
+    assert_ne!(b.cookie, b2.cookie, "a new session id at every login");
+    let out = b
+        .post("/logout", &format!("csrf={}", b.csrf), Some(&base))
+        .await?;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert!(out.headers["set-cookie"].to_str()?.contains("Max-Age=0"));
+    assert_eq!(
+        b.get("/").await?.status,
+        StatusCode::SEE_OTHER,
+        "logged out"
+    );
+    assert_eq!(
+        b2.get("/").await?.status,
+        StatusCode::OK,
+        "the other session lives on"
+    );
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn repeated_failed_logins_are_rate_limited() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    relay
+        .store
+        .create_admin_user("admin", "correct horse battery")
+        .await?;
+    let client = Client::new(&relay.ca_cert());
+    let base = format!("http://{}", relay.admin_addr.expect("admin"));
+    for _ in 0..10 {
+        let a = Browser::login(&client, &base, "admin", "guess").await?;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    }
+    // Now even the right password is refused until the window passes.
+    let a = Browser::login(&client, &base, "admin", "correct+horse+battery").await?;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(a.headers.contains_key("retry-after"));
+    assert!(!a.headers.contains_key("set-cookie"));
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn the_origin_must_match_scheme_host_and_port() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay()
+        .configure(|f| f.listen.admin_hosts = Some(vec!["admin.example.com".into()]))
+        .spawn()
+        .await;
+    relay
+        .store
+        .create_admin_user("admin", "correct horse battery")
+        .await?;
+    let admin = relay.admin_addr.expect("admin");
+    let port = admin.port();
+    let client = Client::new(&relay.ca_cert());
+    let base = format!("http://{admin}");
+
+    // The login form too: a wrong-scheme Origin is refused before the password is looked at.
+    let wrong = client
+        .request_with(
+            "POST",
+            &format!("{base}/login"),
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("origin", &format!("https://127.0.0.1:{port}")),
+            ],
+            Bytes::from_static(b"username=admin&password=correct+horse+battery"),
+        )
+        .await?;
+    assert_eq!(wrong.status, StatusCode::FORBIDDEN);
+    assert!(!wrong.headers.contains_key("set-cookie"));
+
+    let b = Browser::start(client.clone(), &base, "admin", "correct+horse+battery").await?;
+    let form = |name: &str| format!("csrf={}&name={name}", b.csrf);
+    for (i, origin) in [
+        format!("https://127.0.0.1:{port}"),
+        format!("http://127.0.0.1:{}", port.wrapping_add(1)),
+        format!("http://localhost:{port}"),
+        "http://127.0.0.1".to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let a = b
+            .post("/tenants", &form(&format!("wrong{i}")), Some(origin))
+            .await?;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{origin}");
+    }
+    let a = b.post("/tenants", &form("right"), Some(&base)).await?;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+
+    // Through a TLS reverse proxy that keeps the Host: the page's origin is https.
+    let proxied = |origin: &'static str, name: &'static str| {
+        let (b, form) = (&b, form(name));
+        async move {
+            b.client
+                .request_with(
+                    "POST",
+                    &format!("{}/tenants", b.base),
+                    &[
+                        ("host", "admin.example.com"),
+                        ("cookie", &b.cookie),
+                        ("content-type", "application/x-www-form-urlencoded"),
+                        ("origin", origin),
+                    ],
+                    Bytes::from(form),
+                )
+                .await
+        }
+    };
+    let a = proxied("http://admin.example.com", "proxiedwrong").await?;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = proxied("https://admin.example.com", "proxied").await?;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+
+    for i in 0..4 {
+        assert!(relay.store.tenant(&format!("wrong{i}")).await?.is_none());
+    }
+    assert!(relay.store.tenant("proxiedwrong").await?.is_none());
+    assert!(relay.store.tenant("right").await?.is_some());
+    assert!(relay.store.tenant("proxied").await?.is_some());
+    relay.stop().await
+}
+
+/// Whether an answer is an HTML page.
+fn is_html(a: &testkit::client::Answer) -> bool {
+    a.headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"))
+}
+
+#[tokio::test]
+async fn page_errors_are_pages_and_invalid_input_stays_on_its_form() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    relay
+        .store
+        .create_admin_user("admin", "correct horse battery")
+        .await?;
+    relay.create_tenant("acme").await;
+    relay.create_tenant("other").await;
+    relay
+        .store
+        .add_hostname("acme", "app.acme.example", "app")
+        .await?;
+    let client = Client::new(&relay.ca_cert());
+    let base = format!("http://{}", relay.admin_addr.expect("admin"));
+    let b = Browser::start(client.clone(), &base, "admin", "correct+horse+battery").await?;
+    let form = |rest: &str| format!("csrf={}&{rest}", b.csrf);
+
+    // Something missing or refused: an error page (HTML, escaped), not a problem document.
+    let a = b.get("/tenants/nobody%3Cb%3E").await?;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert!(is_html(&a), "{:?}", a.headers);
+    assert!(
+        a.text().contains("tenant nobody&#60;b&#62; not found"),
+        "{}",
+        a.text()
+    );
+    let a = b.get("/nowhere").await?;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert!(is_html(&a));
+    let a = b.post("/tenants", "csrf=wrong&name=x", Some(&base)).await?;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(is_html(&a) && a.text().contains("CSRF"), "{}", a.text());
+    let a = b.post("/tenants", "name=x", Some(&base)).await?;
+    assert_eq!(
+        a.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a form without its token"
+    );
+    assert!(is_html(&a));
+    // Unknown API routes stay problem documents.
+    let a = client.get(&format!("{base}/api/v1/nowhere")).await?;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert!(web::is_problem(&a), "{}", a.text());
+
+    // Invalid or taken input: its form again, saying why, with the status the API answers.
+    for (path, body, status, says) in [
+        (
+            "/tenants",
+            form("name=bad+name!"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad name!",
+        ),
+        (
+            "/tenants",
+            form("name=ACME"),
+            StatusCode::CONFLICT,
+            "tenant acme already exists",
+        ),
+        (
+            "/tenants/other/hostnames",
+            form("hostname=App.Acme.Example&target=app"),
+            StatusCode::CONFLICT,
+            "hostname app.acme.example is taken",
+        ),
+        (
+            "/tenants/acme/hostnames",
+            form("hostname=nodots&target=app"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "nodots",
+        ),
+        (
+            "/tenants/acme/settings",
+            form("display_name=Acme&max_body_bytes=lots"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Max request body must be a positive whole number",
+        ),
+        (
+            "/tenants/acme/settings",
+            form("display_name=Acme&max_concurrent_streams=4294967296"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "max_concurrent_streams: 1 to 2^32-1",
+        ),
+        (
+            "/tokens",
+            form("name=no+spaces"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no spaces",
+        ),
+    ] {
+        let a = b.post(path, &body, Some(&base)).await?;
+        assert_eq!(a.status, status, "{path} {body}: {}", a.text());
+        let html = a.text();
+        assert!(is_html(&a));
+        assert!(html.contains("class=\"error\""), "{path}: {html}");
+        assert!(html.contains(says), "{path} says {says:?}: {html}");
+        assert!(
+            html.contains(&format!("name=\"csrf\" value=\"{}\"", b.csrf)),
+            "{path}: the form is there again"
+        );
+    }
+    // Nothing changed.
+    let acme = relay.store.tenant("acme").await?.expect("acme");
+    assert_eq!(acme.display_name, "acme");
+    assert_eq!(acme.limits, relay_store::TenantLimits::default());
+    assert!(relay.store.hostnames("other").await?.is_empty());
+    assert!(relay.store.api_tokens().await?.is_empty());
+    assert!(relay.store.admin_actions(100).await?.is_empty());
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn pages_change_tenants_hostnames_credentials_and_tokens_and_record_who() -> anyhow::Result<()>
+{
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    relay
+        .store
+        .create_admin_user("admin", "correct horse battery")
+        .await?;
+    relay.create_tenant("acme").await;
+    relay.create_tenant("other").await;
+    let client = Client::new(&relay.ca_cert());
+    let base = format!("http://{}", relay.admin_addr.expect("admin"));
+    let b = Browser::start(client.clone(), &base, "admin", "correct+horse+battery").await?;
+    let form = |rest: &str| format!("csrf={}&{rest}", b.csrf);
+    let redirected = |a: &testkit::client::Answer, to: &str| {
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        assert_eq!(a.headers["location"], to);
+    };
+
+    // Disable and enable.
+    let a = b
+        .post("/tenants/acme/state", &form("enabled=false"), Some(&base))
+        .await?;
+    redirected(&a, "/tenants/acme?done=disabled");
+    assert!(!relay.store.tenant("acme").await?.expect("acme").enabled);
+    let a = b
+        .post("/tenants/Acme/state", &form("enabled=true"), Some(&base))
+        .await?;
+    redirected(&a, "/tenants/acme?done=enabled");
+    assert!(relay.store.tenant("acme").await?.expect("acme").enabled);
+
+    // Hostnames: removed only under their own tenant.
+    let a = b
+        .post(
+            "/tenants/acme/hostnames",
+            &form("hostname=App.Acme.Example.&target=app"),
+            Some(&base),
+        )
+        .await?;
+    redirected(&a, "/tenants/acme?done=hostname-added");
+    let hosts = relay.store.hostnames("acme").await?;
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].hostname, "app.acme.example");
+    let a = b
+        .post(
+            "/tenants/other/hostnames/app.acme.example/remove",
+            &form(""),
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(relay.store.hostnames("acme").await?.len(), 1);
+    let a = b
+        .post(
+            "/tenants/acme/hostnames/app.acme.example/remove",
+            &form(""),
+            Some(&base),
+        )
+        .await?;
+    redirected(&a, "/tenants/acme?done=hostname-removed");
+    assert!(relay.store.hostnames("acme").await?.is_empty());
+
+    // Credentials: revoked only under their own tenant.
+    let id = relay.create_credential("acme").await.credential.id.0;
+    for tenant in ["other", "nobody"] {
+        let a = b
+            .post(
+                &format!("/tenants/{tenant}/credentials/{id}/revoke"),
+                &form(""),
+                Some(&base),
+            )
+            .await?;
+        assert_eq!(a.status, StatusCode::NOT_FOUND, "{tenant}");
+    }
+    let c = relay
+        .store
+        .credential("acme", &id)
+        .await?
+        .expect("credential");
+    assert_eq!(c.revoked_at, None, "still valid");
+    let a = b
+        .post(
+            &format!("/tenants/acme/credentials/{id}/revoke"),
+            &form(""),
+            Some(&base),
+        )
+        .await?;
+    redirected(&a, "/tenants/acme?done=revoked");
+    let c = relay
+        .store
+        .credential("acme", &id)
+        .await?
+        .expect("credential");
+    assert!(c.revoked_at.is_some());
+
+    // API tokens: shown once, then revoked.
+    let a = b
+        .post("/tokens", &form("name=Terraform"), Some(&base))
+        .await?;
+    assert_eq!(a.status, StatusCode::OK);
+    let html = a.text();
+    let at = html.find("rat_").expect("the token on the page");
+    let token: String = html[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    let tenants = format!("{base}/api/v1/tenants");
+    assert_eq!(
+        client.get_bearer(&tenants, &token).await?.status,
+        StatusCode::OK
+    );
+    let listed = relay.store.api_tokens().await?;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "terraform");
+    let a = b
+        .post(
+            &format!("/tokens/{}/revoke", listed[0].id),
+            &form(""),
+            Some(&base),
+        )
+        .await?;
+    redirected(&a, "/tokens?done=token-revoked");
+    assert_eq!(
+        client.get_bearer(&tenants, &token).await?.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Who did what: the signed-in user, under the canonical names; nothing for refusals.
+    let actions = relay.store.admin_actions(100).await?;
+    for (action, object) in [
+        ("tenant.disable", "acme".to_string()),
+        ("tenant.enable", "acme".to_string()),
+        ("hostname.add", "acme/app.acme.example".to_string()),
+        ("hostname.remove", "acme/app.acme.example".to_string()),
+        ("credential.revoke", format!("acme/{id}")),
+        ("api_token.create", "terraform".to_string()),
+        ("api_token.revoke", "terraform".to_string()),
+    ] {
+        assert!(
+            actions
+                .iter()
+                .any(|a| a.action == action && a.object == object && a.actor == "user:admin"),
+            "{action} {object} not recorded: {actions:?}"
+        );
+    }
+    assert_eq!(actions.len(), 7, "{actions:?}");
+    relay.stop().await
+}

@@ -1,0 +1,163 @@
+//! What the management-web test files share: an API client, a logged-in browser (as far as
+//! HTTP goes) and checks. Each test binary compiles this module itself, so a helper one binary
+//! does not use would be dead code there.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::Value;
+use testkit::client::Answer;
+use testkit::Client;
+
+/// An API client with a bearer token.
+pub(crate) struct Api {
+    pub(crate) client: Client,
+    pub(crate) base: String,
+    pub(crate) token: String,
+}
+
+impl Api {
+    /// `method path` with an optional JSON body: the status and the JSON answer (`null` if
+    /// empty).
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let auth = format!("Bearer {}", self.token);
+        let mut headers = vec![("authorization", auth.as_str())];
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let a = self
+            .client
+            .request_with(method, &format!("{}{path}", self.base), &headers, body)
+            .await
+            .expect("admin listener answers");
+        let v = if a.body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&a.body)
+                .unwrap_or_else(|_| panic!("{method} {path}: not JSON: {}", a.text()))
+        };
+        (a.status, v)
+    }
+}
+
+/// Whether an answer is an RFC 9457 problem document.
+pub(crate) fn is_problem(a: &Answer) -> bool {
+    a.headers
+        .get("content-type")
+        .is_some_and(|v| v == "application/problem+json")
+        && serde_json::from_slice::<Value>(&a.body).is_ok_and(|v| v["status"].is_u64())
+}
+
+/// A path of the route table with its parameters filled in.
+pub(crate) fn concrete(path: &str) -> String {
+    path.replace("{name}", "acme")
+        .replace("{id}", "0123")
+        .replace("{hostname}", "app.example.com")
+}
+
+/// A logged-in browser, as far as HTTP goes.
+pub(crate) struct Browser {
+    pub(crate) client: Client,
+    pub(crate) base: String,
+    pub(crate) cookie: String,
+    pub(crate) csrf: String,
+}
+
+impl Browser {
+    /// A login form POST (same-origin), without following the redirect.
+    pub(crate) async fn login(
+        client: &Client,
+        base: &str,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<Answer> {
+        let body = format!("username={user}&password={password}");
+        client
+            .request_with(
+                "POST",
+                &format!("{base}/login"),
+                &[
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("origin", base),
+                    ("sec-fetch-site", "same-origin"),
+                ],
+                Bytes::from(body),
+            )
+            .await
+    }
+
+    /// Logs in and reads the CSRF token from the tenants page.
+    pub(crate) async fn start(
+        client: Client,
+        base: &str,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<Browser> {
+        let a = Browser::login(&client, base, user, password).await?;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        let set = a.headers["set-cookie"].to_str()?.to_string();
+        for attr in [
+            "__Host-relay-session=",
+            "Secure",
+            "HttpOnly",
+            "SameSite=Strict",
+            "Path=/",
+        ] {
+            assert!(set.contains(attr), "{attr} missing in {set}");
+        }
+        let cookie = set.split(';').next().unwrap_or_default().to_string();
+        let mut b = Browser {
+            client,
+            base: base.to_string(),
+            cookie,
+            csrf: String::new(),
+        };
+        let page = b.get("/tenants").await?;
+        assert_eq!(page.status, StatusCode::OK);
+        let html = page.text();
+        let at = html.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
+        b.csrf = html[at..].split('"').next().unwrap_or_default().to_string();
+        Ok(b)
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Answer> {
+        self.client
+            .request_with(
+                "GET",
+                &format!("{}{path}", self.base),
+                &[("cookie", &self.cookie)],
+                Bytes::new(),
+            )
+            .await
+    }
+
+    /// A form POST with the session cookie and, if given, an `Origin`.
+    pub(crate) async fn post(
+        &self,
+        path: &str,
+        form: &str,
+        origin: Option<&str>,
+    ) -> anyhow::Result<Answer> {
+        let mut headers = vec![
+            ("cookie", self.cookie.as_str()),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ];
+        if let Some(o) = origin {
+            headers.push(("origin", o));
+        }
+        self.client
+            .request_with(
+                "POST",
+                &format!("{}{path}", self.base),
+                &headers,
+                Bytes::from(form.to_string()),
+            )
+            .await
+    }
+}
