@@ -16,7 +16,28 @@
 //! - Every page needs a login session (`__Host-relay-session` cookie); every state change also
 //!   needs the session's CSRF token and a same-origin request.
 //!
-//! Non-goals: no data-plane work; nothing here is on a visitor's request path.
+//! Non-goals: no data-plane work; nothing here is on a visitor's request path. No action closes
+//! a connector session itself: relays do, when they see a change in the store.
+//!
+//! Modules, from the request inwards:
+//!
+//! ```text
+//! host       the host allow-list (421), first on every request
+//! auth       who is asking: login sessions and CSRF/same-origin checks (pages), API tokens
+//! api        /api/v1, one module per resource: api/{tenants,credentials,hostnames,connections,
+//!            requests}.rs; api/extract.rs (JSON object bodies, queries); api/openapi.rs
+//! ui         the pages, one module per resource: ui/{login,dashboard,tenants,credentials,
+//!            hostnames,audit,admin_log,tokens}.rs; askama templates in templates/
+//! actions    every admin operation once (validate, change the store, record it):
+//!            actions/{tenants,credentials,hostnames,tokens}.rs, and the reads both front ends
+//!            share: actions/{sessions,audit}.rs
+//! error      the one Error, its one status mapping, and its two answers: a problem document
+//!            (api, /metrics, host check) or an HTML page (ui)
+//! view       formatting (times, sizes, charts); limiter: login rate limiting
+//! ```
+//!
+//! `api` and `ui` are adapters: they parse a request, call an action and render the outcome.
+//! Imports point inwards only (`api`/`ui` → `actions` → `relay_store`, everything → `error`).
 
 mod actions;
 mod api;
