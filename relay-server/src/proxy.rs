@@ -188,8 +188,7 @@ async fn proxy(
     counters: &mut Option<Arc<TenantCounters>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    let admitted = admit(relay, &parts, &body, conn, draft)?;
-    *counters = Some(admitted.counters.clone());
+    let admitted = admit(relay, &parts, &body, conn, (draft, counters))?;
     let upgrade = take_upgrade(&mut parts, admitted.content_length);
     let head = request_head(relay, parts, conn, &admitted, upgrade.as_ref(), draft);
     let sent = open_and_send(relay, &admitted, head, body, upgrade, draft).await?;
@@ -212,13 +211,14 @@ struct Admitted {
 }
 
 /// Phase 1: everything decided before a stream opens — refusals that need no tenant (method,
-/// framing, URI length), the route, the tenant's limits and stream cap, and a live session.
+/// framing, URI length), the route, the tenant's limits and stream cap, and a live session. Once
+/// the tenant is known its metric counters are handed out, so its refusals count under it.
 fn admit(
     relay: &Arc<Relay>,
     parts: &http::request::Parts,
     body: &Incoming,
     conn: &Visitor,
-    draft: &mut Draft,
+    (draft, counters_out): (&mut Draft, &mut Option<Arc<TenantCounters>>),
 ) -> Result<Admitted, ProxyError> {
     // The relay is a reverse proxy: a target is a base URL, never a tunnel to anywhere.
     if parts.method == http::Method::CONNECT {
@@ -250,7 +250,9 @@ fn admit(
         Some(q) => format!("{}?{q}", route.path),
         None => route.path.to_string(),
     };
+    // From here on, refusals count under the tenant.
     let counters = relay.metrics.tenant(&tenant.name);
+    *counters_out = Some(counters.clone());
     // HTTP/1.1 counts fields in hyper's parser; HTTP/2 only bounds their total size.
     if parts.headers.len() > limits.max_headers {
         return Err(ProxyError::TooManyHeaders);
