@@ -188,15 +188,7 @@ fn parse_entry(raw: &str) -> Result<(Scheme, String), String> {
         return Ok((scheme, format!("[{ip}]")));
     }
     let name = name.strip_suffix('.').unwrap_or(name);
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    };
-    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(relay_store::valid_label) {
         return bad("give a host name or address without port or path, e.g. admin.example.com");
     }
     Ok((scheme, name.to_string()))

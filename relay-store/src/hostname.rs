@@ -20,6 +20,18 @@ pub struct Hostname {
 )]
 pub struct HostnameError(pub String);
 
+/// Whether `label` is one DNS label of a canonical (lowercase, ASCII or punycode) host name:
+/// 1–63 of `a-z`, `0-9` and `-`, not starting or ending with `-`.
+pub fn valid_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// Canonicalises a hostname: lowercase, one trailing dot removed; labels of 1–63 characters
 /// `[a-z0-9-]` not starting or ending with `-`, at least two labels, at most 253 characters.
 /// Ports are not part of a hostname (the relay strips them from `Host` before looking up).
@@ -27,15 +39,7 @@ pub fn canonical_hostname(name: &str) -> Result<String, HostnameError> {
     let lower = name.to_ascii_lowercase();
     let host = lower.strip_suffix('.').unwrap_or(&lower);
     let labels: Vec<&str> = host.split('.').collect();
-    let label_ok = |l: &&str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    };
-    if host.len() <= 253 && labels.len() >= 2 && labels.iter().all(label_ok) {
+    if host.len() <= 253 && labels.len() >= 2 && labels.iter().all(|l| valid_label(l)) {
         Ok(host.to_string())
     } else {
         Err(HostnameError(name.to_string()))

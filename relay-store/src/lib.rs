@@ -36,7 +36,7 @@ pub use admin::AdminUser;
 pub use api_token::{AdminAction, ApiToken, NewApiToken};
 pub use audit::{AuditFilter, AuditRecord, MinuteStats};
 pub use credential::{Credential, CredentialId, CredentialRecord, NewCredential};
-pub use hostname::{canonical_hostname, Hostname, HostnameError};
+pub use hostname::{canonical_hostname, valid_label, Hostname, HostnameError};
 pub use name::{validate_name, NameError};
 pub use node::{NodeRecord, NodeState, SingleNodeLock};
 pub use password::{password_hash_permits, M_COST_KIB};

@@ -591,19 +591,7 @@ impl Mux {
     /// Sends (part of) `data` on stream `id` as one DATA frame, as far as credit allows; what
     /// was sent is split off the front of `data`.
     pub fn send(&mut self, id: u64, data: &mut Bytes) -> Result<Sent, StreamError> {
-        let Mux { streams, conn } = self;
-        let Some(s) = streams.get_mut(&id) else {
-            return Err(conn.closed_error());
-        };
-        // A stream kept readable after a close (its FIN had arrived) can no longer send.
-        if conn.closed.is_some() {
-            return Err(conn.closed_error());
-        }
-        match s.send {
-            SendState::Open => {}
-            SendState::Stopped(code) => return Err(StreamError::Stopped(code)),
-            SendState::Finished | SendState::Reset => return Err(StreamError::Finished),
-        }
+        let (s, conn) = self.sendable(id)?;
         if data.is_empty() {
             return Ok(Sent::Progress);
         }
@@ -626,19 +614,24 @@ impl Mux {
     /// Ends stream `id`'s sending direction cleanly (FIN). Whoever waits for the stream to be
     /// stopped should be woken.
     pub fn finish(&mut self, id: u64) -> Result<(), StreamError> {
+        let (s, conn) = self.sendable(id)?;
+        s.send = SendState::Finished;
+        conn.queue(Frame::Fin(id));
+        Ok(())
+    }
+
+    /// Stream `id` and the connection, while the stream may still send.
+    fn sendable(&mut self, id: u64) -> Result<(&mut Stream, &mut Conn), StreamError> {
         let Mux { streams, conn } = self;
         let Some(s) = streams.get_mut(&id) else {
             return Err(conn.closed_error());
         };
+        // A stream kept readable after a close (its FIN had arrived) can no longer send.
         if conn.closed.is_some() {
             return Err(conn.closed_error());
         }
         match s.send {
-            SendState::Open => {
-                s.send = SendState::Finished;
-                conn.queue(Frame::Fin(id));
-                Ok(())
-            }
+            SendState::Open => Ok((s, conn)),
             SendState::Stopped(code) => Err(StreamError::Stopped(code)),
             SendState::Finished | SendState::Reset => Err(StreamError::Finished),
         }
