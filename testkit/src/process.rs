@@ -1,6 +1,9 @@
 //! The workspace's built binaries as child processes, and their memory.
 
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -49,6 +52,96 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A `relay-server` running as a process, with the addresses its log reported.
+#[derive(Debug)]
+pub struct RelayProcess {
+    /// The process (killed on drop).
+    pub child: ChildGuard,
+    /// Its HTTPS (and QUIC) address.
+    pub https: SocketAddr,
+    /// Its admin listener's address, when it has one.
+    pub admin: Option<SocketAddr>,
+}
+
+impl RelayProcess {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+}
+
+/// Starts `relay-server --log-format json ARGS…` (global options, then the command and its
+/// flags, e.g. `run --listen 127.0.0.1:0`) with `envs`, and waits (≤ 30 s) until its log has
+/// reported its HTTPS address, and its admin address when `ARGS` ask for an admin listener.
+/// `Err` holds everything it logged when it exits before that. Its log lines are echoed when
+/// `RUST_LOG` is set for the test.
+pub fn start_relay<A: AsRef<OsStr>>(
+    args: &[A],
+    envs: &[(&str, &str)],
+) -> Result<RelayProcess, String> {
+    let want_admin = args.iter().any(|a| a.as_ref() == "--admin");
+    let mut cmd = Command::new(bin("relay-server"));
+    cmd.args(["--log-format", "json"])
+        .args(args)
+        .envs(envs.iter().copied())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = ChildGuard(cmd.spawn().expect("spawn relay-server"));
+    let stderr = child.0.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut https, mut admin, mut seen, mut sent) = (None, None, Vec::new(), false);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                let addr = |k: &str| v["fields"][k].as_str().and_then(|a| a.parse().ok());
+                https = https.or(addr("https"));
+                admin = admin.or(addr("admin"));
+            }
+            if let (Some(h), false) = (https, sent) {
+                if admin.is_some() || !want_admin {
+                    let _ = tx.send(Ok((h, admin)));
+                    sent = true;
+                }
+            }
+            if std::env::var_os("RUST_LOG").is_some() {
+                eprintln!("relay: {line}");
+            }
+            if !sent {
+                seen.push(line);
+            }
+        }
+        if !sent {
+            let _ = tx.send(Err(seen.join("\n")));
+        }
+    });
+    let (https, admin) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("relay-server reported its addresses or exited")?;
+    Ok(RelayProcess {
+        child,
+        https,
+        admin,
+    })
+}
+
+/// Starts `connector run` for tenant `acme` against the relay at `https`, with the secret in
+/// `DATA_DIR/secret`, trusting `DATA_DIR/tls/cert.pem` (the relay's self-signed certificate),
+/// target `app` → `backend_url`, and a reconnect backoff capped at 1 s.
+pub fn start_connector(https: SocketAddr, data_dir: &Path, backend_url: &str) -> ChildGuard {
+    let mut cmd = Command::new(bin("connector"));
+    cmd.args(["run", "--tenant", "acme"])
+        .arg("--server")
+        .arg(format!("https://{https}"))
+        .arg("--secret-file")
+        .arg(data_dir.join("secret"))
+        .arg("--ca-cert")
+        .arg(data_dir.join("tls/cert.pem"))
+        .args(["--target", &format!("app={backend_url}")])
+        .env("CONNECTOR_SESSION__BACKOFF_CAP", "1s");
+    ChildGuard::spawn(cmd)
 }
 
 /// Resident set size of a process, in KiB (Linux `/proc`); 0 when unknown.

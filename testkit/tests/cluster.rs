@@ -1,12 +1,11 @@
 //! Relay nodes sharing one database, as real processes: the node registry on PostgreSQL (`node
 //! list`, a node killed with -9 leaving it, a clean stop), and SQLite refusing a second node.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use testkit::process::{bin, ChildGuard};
+use testkit::process::{bin, RelayProcess};
 use testkit::PgCluster;
 
 /// Fast registry settings, so that the test need not wait the production 15 s.
@@ -15,48 +14,27 @@ const FAST: [(&str, &str); 2] = [
     ("RELAY_CLUSTER__NODE_TIMEOUT", "1s"),
 ];
 
-/// Starts `relay-server run` on `database_url` as node `name`; returns it with its HTTPS port
-/// (read from its JSON log), or the whole stderr if it exits first.
+/// Starts `relay-server run` on `database_url` as node `name`; returns it with its HTTPS port, or
+/// what it logged if it exits first.
 fn start_relay(
     data_dir: &Path,
     database_url: &str,
     name: &str,
-) -> Result<(ChildGuard, u16), String> {
-    let mut cmd = Command::new(bin("relay-server"));
-    cmd.arg("--data-dir")
-        .arg(data_dir)
-        .args(["--database-url", database_url, "--log-format", "json"])
-        .args(["run", "--listen", "127.0.0.1:0"])
-        .env("RELAY_NODE_NAME", name)
-        .envs(FAST)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = ChildGuard(cmd.spawn().expect("spawn relay"));
-    let stderr = child.0.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let port = serde_json::from_str::<serde_json::Value>(&line)
-                .ok()
-                .and_then(|v| v["fields"]["https"].as_str().map(str::to_string))
-                .and_then(|a| a.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()));
-            seen.push(line);
-            if let (Some(port), false) = (port, sent) {
-                let _ = tx.send(Ok(port));
-                sent = true;
-            }
-        }
-        if !sent {
-            let _ = tx.send(Err(seen.join("\n")));
-        }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("relay reported its port or exited")?;
-    Ok((child, port))
+) -> Result<(RelayProcess, u16), String> {
+    let mut envs = vec![("RELAY_NODE_NAME", name)];
+    envs.extend(FAST);
+    let args = [
+        "--data-dir".as_ref(),
+        data_dir.as_os_str(),
+        "--database-url".as_ref(),
+        database_url.as_ref(),
+        "run".as_ref(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ];
+    let relay: RelayProcess = testkit::process::start_relay::<&std::ffi::OsStr>(&args, &envs)?;
+    let port = relay.https.port();
+    Ok((relay, port))
 }
 
 /// `relay-server node list` against `database_url`: (name, advertise) per live node.
@@ -119,7 +97,7 @@ fn nodes_register_leave_when_killed_and_unregister_on_stop() {
     });
 
     // kill -9: no goodbye; the row goes stale (node_timeout 1 s) and is no longer listed.
-    beta.kill();
+    beta.child.kill();
     let gone = until_nodes(dir.path(), &url, "the killed node left", |n| {
         n.iter().map(|(name, _)| name.as_str()).eq(["alpha"])
     });
@@ -141,7 +119,7 @@ fn nodes_register_leave_when_killed_and_unregister_on_stop() {
         .args(["-TERM", &pid.to_string()])
         .status();
     let deadline = Instant::now() + Duration::from_secs(40);
-    while alpha.0.try_wait().unwrap().is_none() {
+    while alpha.child.0.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "alpha did not stop");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -2,13 +2,12 @@
 //! settings, on whichever transport `CONNECTOR_TRANSPORT` selects (scripts/test.sh runs this file
 //! on QUIC, then on TLS/TCP): the visitor's download in flight fails and new requests get 503.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use http_body_util::BodyExt;
 use relay_server::testing::relay;
-use testkit::process::{bin, ChildGuard};
+use testkit::process::start_connector;
 use testkit::{trace_init, Backend, Client};
 
 /// What "in seconds" means: the relay's default `tunnel.idle_timeout` is 3 s, and QUIC
@@ -24,16 +23,7 @@ async fn a_killed_connector_is_noticed_within_seconds() -> anyhow::Result<()> {
     let dir = relay.data_dir();
     std::fs::write(dir.join("secret"), &cred.secret)?;
     let backend = Backend::spawn().await;
-    let mut cmd = Command::new(bin("connector"));
-    cmd.args(["run", "--tenant", "acme"])
-        .arg("--server")
-        .arg(format!("https://127.0.0.1:{}", relay.addr.port()))
-        .arg("--secret-file")
-        .arg(dir.join("secret"))
-        .arg("--ca-cert")
-        .arg(relay.ca_cert())
-        .args(["--target", &format!("app={}", backend.url())]);
-    let mut connector = ChildGuard::spawn(cmd);
+    let mut connector = start_connector(relay.addr, &dir, &backend.url());
     let client = Client::new(&relay.ca_cert());
     let deadline = Instant::now() + Duration::from_secs(30);
     while relay.view.sessions("acme").len() < 2 {
@@ -53,6 +43,7 @@ async fn a_killed_connector_is_noticed_within_seconds() -> anyhow::Result<()> {
     let killed = Instant::now();
     let (_, end) = testkit::client::body_end(&mut body, Duration::from_secs(30)).await;
     let aborted_after = killed.elapsed();
+    eprintln!("the download failed {aborted_after:?} after the kill");
     assert_eq!(end, testkit::client::BodyEnd::Aborted);
     assert!(
         aborted_after <= NOTICED_WITHIN,

@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
 use testkit::client::Answer;
-use testkit::process::{bin, rss_kib, ChildGuard, RssSampler};
+use testkit::process::{bin, rss_kib, start_connector, start_relay, RssSampler};
 use testkit::{trace_init, Backend, Client};
 
 /// Failed checks allowed per address and user (management-web's `PER_KEY_ATTEMPTS`).
@@ -40,67 +39,6 @@ fn relay_cli(data_dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf-8")
-}
-
-/// `relay-server run` with an admin listener; returns it with its HTTPS and admin addresses
-/// (read from its JSON log).
-fn start_relay(data_dir: &Path) -> (ChildGuard, SocketAddr, SocketAddr) {
-    let mut cmd = Command::new(bin("relay-server"));
-    cmd.arg("--data-dir").arg(data_dir).args([
-        "--log-format",
-        "json",
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin",
-        "127.0.0.1:0",
-    ]);
-    cmd.env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn relay");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let (mut https, mut admin) = (None, None);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                let addr = |k: &str| v["fields"][k].as_str().and_then(|a| a.parse().ok());
-                https = https.or(addr("https"));
-                admin = admin.or(addr("admin"));
-                if let (Some(h), Some(a)) = (https, admin) {
-                    let _ = tx.send((h, a));
-                    https = None;
-                    admin = None;
-                }
-            }
-            if std::env::var_os("RUST_LOG").is_some() {
-                eprintln!("relay: {line}");
-            }
-        }
-    });
-    let (https, admin) = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("relay reported its addresses");
-    (ChildGuard(child), https, admin)
-}
-
-fn start_connector(https: SocketAddr, data_dir: &Path, backend: &Backend) -> ChildGuard {
-    let mut cmd = Command::new(bin("connector"));
-    cmd.args([
-        "run",
-        "--server",
-        &format!("https://{https}"),
-        "--tenant",
-        "acme",
-    ])
-    .arg("--secret-file")
-    .arg(data_dir.join("secret"))
-    .arg("--ca-cert")
-    .arg(data_dir.join("tls/cert.pem"))
-    .args(["--target", &format!("app={}", backend.url())])
-    .env("CONNECTOR_SESSION__BACKOFF_CAP", "1s");
-    ChildGuard::spawn(cmd)
 }
 
 /// A login form POST as a browser on the admin page sends it.
@@ -178,8 +116,21 @@ async fn a_flood_of_wrong_passwords_is_limited_and_memory_stays_bounded() -> any
     let out = relay_cli(data, &["tenant", "credential", "create", "acme"]);
     std::fs::write(data.join("secret"), out.lines().last().unwrap_or("").trim())?;
     let backend = Backend::spawn().await;
-    let (relay, https, admin) = start_relay(data);
-    let _conn = start_connector(https, data, &backend);
+    let relay = start_relay(
+        &[
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "run".as_ref(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--admin".as_ref(),
+            "127.0.0.1:0".as_ref(),
+        ],
+        &[],
+    )
+    .map_err(anyhow::Error::msg)?;
+    let (https, admin) = (relay.https, relay.admin.expect("an admin listener"));
+    let _conn = start_connector(https, data, &backend.url());
     let visitor = Client::new(&data.join("tls/cert.pem"));
     let page = format!("https://{https}/relay/acme/app/hello");
     let deadline = Instant::now() + Duration::from_secs(30);

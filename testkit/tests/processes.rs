@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use relay_server::testing::relay;
-use testkit::process::{bin, rss_kib, ChildGuard, RssSampler};
+use testkit::process::{bin, rss_kib, start_connector, start_relay, ChildGuard, RssSampler};
 use testkit::{pattern_chunk, pattern_sha256, trace_init, Backend, Client};
 
 /// Bytes moved each way; `TRANSFER_BYTES` overrides it for quick local runs.
@@ -38,68 +38,6 @@ fn relay_cli(data_dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
-/// Starts `relay-server run` and returns it with its HTTPS port (read from its JSON log).
-fn start_relay(data_dir: &Path, envs: &[(&str, &str)]) -> (ChildGuard, u16) {
-    let mut cmd = Command::new(bin("relay-server"));
-    cmd.arg("--data-dir").arg(data_dir).args([
-        "--log-format",
-        "json",
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    cmd.envs(envs.iter().copied())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn relay");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if let Some(addr) = v["fields"]["https"].as_str() {
-                        let port: u16 = addr
-                            .rsplit(':')
-                            .next()
-                            .and_then(|p| p.parse().ok())
-                            .expect("port");
-                        let _ = tx.send(port);
-                        sent = true;
-                    }
-                }
-            }
-            if std::env::var_os("RUST_LOG").is_some() {
-                eprintln!("relay: {line}");
-            }
-        }
-    });
-    let port = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("relay reported its port");
-    (ChildGuard(child), port)
-}
-
-fn start_connector(port: u16, data_dir: &Path, backend: &Backend) -> ChildGuard {
-    let mut cmd = Command::new(bin("connector"));
-    cmd.args([
-        "run",
-        "--server",
-        &format!("https://127.0.0.1:{port}"),
-        "--tenant",
-        "acme",
-    ])
-    .arg("--secret-file")
-    .arg(data_dir.join("secret"))
-    .arg("--ca-cert")
-    .arg(data_dir.join("tls/cert.pem"))
-    .args(["--target", &format!("app={}", backend.url())])
-    .env("CONNECTOR_SESSION__BACKOFF_CAP", "1s");
-    ChildGuard::spawn(cmd)
-}
-
 fn provision(data_dir: &Path) {
     relay_cli(data_dir, &["tenant", "create", "acme"]);
     let out = relay_cli(data_dir, &["tenant", "credential", "create", "acme"]);
@@ -115,11 +53,19 @@ async fn one_gib_each_way_with_bounded_memory() -> anyhow::Result<()> {
     let total = transfer_bytes();
     provision(dir.path());
     let backend = Backend::spawn().await;
-    let (relay, port) = start_relay(
-        dir.path(),
+    let relay = start_relay(
+        &[
+            "--data-dir".as_ref(),
+            dir.path().as_os_str(),
+            "run".as_ref(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+        ],
         &[("RELAY_LIMITS__MAX_BODY_BYTES", "2147483648")],
-    );
-    let conn = start_connector(port, dir.path(), &backend);
+    )
+    .map_err(anyhow::Error::msg)?;
+    let port = relay.https.port();
+    let conn = start_connector(relay.https, dir.path(), &backend.url());
     let client = Client::new(&dir.path().join("tls/cert.pem"));
     let base = format!("https://127.0.0.1:{port}/relay/acme/app");
     let warmup = format!("{base}/warmup");
@@ -216,8 +162,8 @@ async fn killed_connector_aborts_its_responses_and_the_other_takes_over() -> any
     let dir = relay.data_dir();
     std::fs::write(dir.join("secret"), &cred.secret)?;
     let (b1, b2) = (Backend::spawn().await, Backend::spawn().await);
-    let mut c1 = start_connector(relay.addr.port(), &dir, &b1);
-    let mut c2 = start_connector(relay.addr.port(), &dir, &b2);
+    let mut c1 = start_connector(relay.addr, &dir, &b1.url());
+    let mut c2 = start_connector(relay.addr, &dir, &b2.url());
     let client = Client::new(&relay.ca_cert());
     // Each connector keeps two sessions by default.
     testkit::eventually(
