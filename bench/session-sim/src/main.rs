@@ -153,8 +153,10 @@ async fn run(
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let mut transport = TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(15)));
-    transport.max_idle_timeout(Some(Duration::from_secs(45).try_into()?));
+    // The connector's defaults (`session.keep_alive`, `session.idle_timeout`), so that the relay
+    // sees the keep-alive traffic real sessions bring.
+    transport.keep_alive_interval(Some(Duration::from_secs(1)));
+    transport.max_idle_timeout(Some(Duration::from_secs(3).try_into()?));
     transport.max_concurrent_bidi_streams(VarInt::from_u32(16));
     transport.max_concurrent_uni_streams(VarInt::from_u32(0));
     transport.receive_window(VarInt::from_u32(256 * 1024));
