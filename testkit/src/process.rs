@@ -54,6 +54,23 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Runs `relay-server --data-dir DATA_DIR ARGS…` to completion and returns its standard output;
+/// panics with its standard error when it fails.
+pub fn relay_cli(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin("relay-server"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("run relay-server");
+    assert!(
+        out.status.success(),
+        "relay-server {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
 /// A `relay-server` running as a process, with the addresses its log reported.
 #[derive(Debug)]
 pub struct RelayProcess {

@@ -6,8 +6,6 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +14,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
 use testkit::client::Answer;
-use testkit::process::{bin, rss_kib, start_connector, start_relay, RssSampler};
+use testkit::process::{relay_cli, rss_kib, start_connector, start_relay, RssSampler};
 use testkit::{trace_init, Backend, Client};
 
 /// Failed checks allowed per address and user (management-web's `PER_KEY_ATTEMPTS`).
@@ -25,21 +23,6 @@ const PER_KEY: usize = 10;
 const GLOBAL: usize = 20;
 /// argon2id memory per running check.
 const ARGON2_MIB: u64 = 19;
-
-fn relay_cli(data_dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin("relay-server"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .output()
-        .expect("run relay-server");
-    assert!(
-        out.status.success(),
-        "relay-server {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
 
 /// A login form POST as a browser on the admin page sends it.
 async fn login(client: &Client, admin: SocketAddr, user: &str, password: &str) -> Answer {

@@ -292,21 +292,19 @@ async fn api_manages_tenants_credentials_and_reads_connections_and_requests() ->
         .target("app", &backend.url())
         .spawn();
     conn.connected().await;
-    let mut sessions = Value::Null;
-    for _ in 0..100 {
-        (_, sessions) = api
-            .call("GET", "/api/v1/tenants/contoso/connections", None)
-            .await;
-        if sessions["items"].as_array().is_some_and(|a| !a.is_empty()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let sessions = testkit::eventually(
+        Duration::from_secs(5),
+        "the connector's session listed",
+        || async {
+            let (_, sessions) = api
+                .call("GET", "/api/v1/tenants/contoso/connections", None)
+                .await;
+            let listed = sessions["items"].as_array().is_some_and(|a| !a.is_empty());
+            listed.then_some(sessions)
+        },
+    )
+    .await;
     let items = sessions["items"].as_array().expect("items");
-    assert!(
-        !items.is_empty(),
-        "the connector's session is listed: {sessions}"
-    );
     for s in items {
         assert!(s["transport"] == "quic" || s["transport"] == "tcp");
         assert_eq!(s["relay_node"], "test-node");
@@ -408,18 +406,17 @@ async fn api_manages_tenants_credentials_and_reads_connections_and_requests() ->
         )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "revoking twice");
-    let mut gone = false;
-    for _ in 0..200 {
-        let (_, s) = api
-            .call("GET", "/api/v1/tenants/contoso/connections", None)
-            .await;
-        if s["items"].as_array().is_some_and(|a| a.is_empty()) {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(gone, "the revoked credential's sessions are gone");
+    testkit::eventually(
+        Duration::from_secs(10),
+        "the revoked credential's sessions gone",
+        || async {
+            let (_, s) = api
+                .call("GET", "/api/v1/tenants/contoso/connections", None)
+                .await;
+            s["items"].as_array().is_some_and(|a| a.is_empty())
+        },
+    )
+    .await;
 
     // Disable, delete.
     let (_, t) = api

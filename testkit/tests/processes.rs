@@ -10,7 +10,9 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt;
 use relay_server::testing::relay;
-use testkit::process::{bin, rss_kib, start_connector, start_relay, ChildGuard, RssSampler};
+use testkit::process::{
+    bin, relay_cli, rss_kib, start_connector, start_relay, ChildGuard, RssSampler,
+};
 use testkit::{pattern_chunk, pattern_sha256, trace_init, Backend, Client};
 
 /// Bytes moved each way; `TRANSFER_BYTES` overrides it for quick local runs.
@@ -23,21 +25,6 @@ fn transfer_bytes() -> u64 {
 const CHUNK: usize = 64 * 1024;
 
 /// Runs a relay-server CLI command to completion and returns its stdout.
-fn relay_cli(data_dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin("relay-server"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .output()
-        .expect("run relay-server");
-    assert!(
-        out.status.success(),
-        "relay-server {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
 fn provision(data_dir: &Path) {
     relay_cli(data_dir, &["tenant", "create", "acme"]);
     let out = relay_cli(data_dir, &["tenant", "credential", "create", "acme"]);

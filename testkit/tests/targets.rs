@@ -73,16 +73,13 @@ async fn requests_go_to_a_connector_that_serves_their_target() {
 /// Waits (≤ 10 s) until `url` answers `status`: a stopped connector's session leaves the registry
 /// when its close is seen.
 async fn wait_for_status(client: &Client, url: &str, status: StatusCode) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let got = client.get(url).await.unwrap().status;
-        if got == status {
-            return;
+    let what = format!("{url} answering {status}");
+    testkit::eventually(std::time::Duration::from_secs(10), &what, || async {
+        let got = client.get(url).await.map(|a| a.status);
+        match got {
+            Ok(s) if s == status => Ok(()),
+            other => Err(format!("{other:?}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{url} still answers {got}, want {status}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
