@@ -33,6 +33,8 @@ pub(crate) struct Draft {
     pub(crate) tenant: String,
     pub(crate) target: String,
     pub(crate) session_id: String,
+    /// The node holding the session, when the request was forwarded to another node.
+    pub(crate) session_node: Option<String>,
     /// Request body bytes, counted by the upload pump.
     pub(crate) bytes_in: Arc<AtomicU64>,
     pub(crate) started: Instant,
@@ -50,6 +52,7 @@ impl Draft {
             tenant: String::new(),
             target: String::new(),
             session_id: String::new(),
+            session_node: None,
             bytes_in: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
             created_at: now_ms(),
@@ -78,6 +81,7 @@ impl Draft {
             visitor: self.visitor,
             session_id: self.session_id,
             relay_node: node.to_string(),
+            session_node: self.session_node,
             created_at: self.created_at,
         }
     }

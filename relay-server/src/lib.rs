@@ -70,6 +70,8 @@ pub(crate) struct Relay {
     audit: audit::AuditLog,
     /// For writes off the request path only (session history); the data plane never waits on it.
     store: Store,
+    /// This process's id in the node registry (fresh per start).
+    node_id: String,
 }
 
 /// What the management web learns from this process: streams in flight per session, and the
@@ -238,10 +240,19 @@ pub async fn run(
     // SQLite serves one relay node: a second process on the same file stops here, saying so.
     let _single_node = store.lock_single_node()?;
     let keys = keys::Keys::load_or_create(&config.data_dir)?;
+    // Peers reach this node on `cluster.advertise`, or on the HTTPS address when it is not a
+    // wildcard (two nodes on one host need no more configuration).
+    let advertise = config.cluster.advertise.clone().or_else(|| {
+        addrs
+            .https
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|a| a.to_string())
+    });
+    let node = node::record(&config.node_name, advertise);
     let (certs, key) = keys::tls_material(&config.data_dir, config.tls.as_ref())?;
     let catalog = Arc::new(Catalog::load(&store).await.context("loading tenants")?);
     // Sessions this node left open in the history when it last stopped without closing them.
-    match store.close_stale_sessions(&config.node_name).await {
+    match store.close_orphaned_sessions(&config.node_name).await {
         Ok(0) => {}
         Ok(n) => info!(sessions = n, "marked sessions of an earlier run as ended"),
         Err(e) => tracing::warn!(error = %e, "cannot update the session history"),
@@ -290,6 +301,7 @@ pub async fn run(
         metrics,
         audit,
         store: store.clone(),
+        node_id: node.id.clone(),
     });
 
     // Visitors stop being accepted first; sessions are told to move after that.
@@ -356,13 +368,6 @@ pub async fn run(
         background.clone(),
         move || close_invalid_sessions(&refresh_relay),
     ));
-    let advertise = relay.config.cluster.advertise.clone().or_else(|| {
-        addrs
-            .https
-            .filter(|a| !a.ip().is_unspecified())
-            .map(|a| a.to_string())
-    });
-    let node = node::record(&relay.config.node_name, advertise);
     let node_id = node.id.clone();
     let membership = tokio::spawn(node::run(
         relay.store.clone(),

@@ -187,6 +187,8 @@ async fn established(relay: Arc<Relay>, conn: Conn) {
         connected_at: relay_store::unix_ms(entry.connected_at),
         disconnected_at: None,
         close_code: None,
+        node_id: Some(relay.node_id.clone()),
+        targets: entry.targets.iter().cloned().collect(),
     };
     let store = relay.store.clone();
     let opened = tokio::spawn(async move {

@@ -30,8 +30,10 @@ pub struct AuditRecord {
     pub visitor: String,
     /// The session that carried it (empty when none).
     pub session_id: String,
-    /// The relay node that served it.
+    /// The relay node the visitor reached.
     pub relay_node: String,
+    /// The node holding the session that served it, when the request was forwarded there.
+    pub session_node: Option<String>,
     /// Arrival time, ms since the epoch.
     pub created_at: i64,
 }
@@ -79,6 +81,7 @@ struct AuditRow {
     visitor: String,
     session_id: String,
     relay_node: String,
+    session_node: Option<String>,
     created_at: i64,
 }
 
@@ -98,6 +101,7 @@ impl From<AuditRow> for AuditRecord {
             visitor: r.visitor,
             session_id: r.session_id,
             relay_node: r.relay_node,
+            session_node: r.session_node,
             created_at: r.created_at,
         }
     }
@@ -106,7 +110,7 @@ impl From<AuditRow> for AuditRecord {
 impl Store {
     /// Inserts a batch in one transaction, many rows per statement.
     pub async fn insert_audit(&self, records: &[AuditRecord]) -> Result<(), Error> {
-        // Rows per INSERT, 14 parameters each. SQLite looks a parameter's name up by a linear
+        // Rows per INSERT, 15 parameters each. SQLite looks a parameter's name up by a linear
         // scan and sqlx asks for every one, so binding costs grow with the square of the
         // statement's size: 50 rows cost the relay ~12 µs of CPU per request (perf, bench/
         // profile.py); 8 keep that small while still saving most per-statement overhead.
@@ -140,6 +144,7 @@ impl Store {
                     .bind(&r.visitor)
                     .bind(&r.session_id)
                     .bind(&r.relay_node)
+                    .bind(&r.session_node)
                     .bind(r.created_at);
             }
             q.execute(&mut *tx).await?;
@@ -162,7 +167,7 @@ impl Store {
     pub async fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, Error> {
         let mut sql = String::from(
             "SELECT request_id, tenant, target, method, path, status, outcome, bytes_in, bytes_out, \
-             duration_ms, visitor, session_id, relay_node, created_at FROM audit_requests WHERE 1 = 1",
+             duration_ms, visitor, session_id, relay_node, session_node, created_at FROM audit_requests WHERE 1 = 1",
         );
         // Placeholders are numbered in the order they are bound (both backends require it).
         let mut n = 0;
@@ -244,22 +249,22 @@ impl Store {
     }
 }
 
-/// `INSERT INTO audit_requests … VALUES ($1, …), …` for `rows` rows of 14 parameters.
+/// `INSERT INTO audit_requests … VALUES ($1, …), …` for `rows` rows of 15 parameters.
 fn insert_audit_sql(rows: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO audit_requests (request_id, tenant, target, method, path, status, outcome, \
-         bytes_in, bytes_out, duration_ms, visitor, session_id, relay_node, created_at) VALUES ",
+         bytes_in, bytes_out, duration_ms, visitor, session_id, relay_node, session_node, created_at) VALUES ",
     );
     for i in 0..rows {
         if i > 0 {
             sql.push_str(", ");
         }
         sql.push('(');
-        for k in 1..=14 {
+        for k in 1..=15 {
             if k > 1 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("${}", i * 14 + k));
+            sql.push_str(&format!("${}", i * 15 + k));
         }
         sql.push(')');
     }

@@ -41,7 +41,7 @@ pub use name::{validate_name, NameError};
 pub use node::{NodeRecord, NodeState, SingleNodeLock};
 pub use password::{password_hash_permits, M_COST_KIB};
 pub use secret::{parse_secret, SecretHasher};
-pub use session_log::SessionRecord;
+pub use session_log::{RemoteSessions, SessionRecord};
 pub use tenant::{Tenant, TenantId, TenantLimits, TenantSettings};
 pub use web::{NewWebSession, WebSession};
 

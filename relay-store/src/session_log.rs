@@ -26,6 +26,11 @@ pub struct SessionRecord {
     pub disconnected_at: Option<i64>,
     /// How it ended (an error code name), once ended.
     pub close_code: Option<String>,
+    /// The registry id of the relay process holding it (`relay_nodes.id`); `None` in rows written
+    /// before nodes registered.
+    pub node_id: Option<String>,
+    /// The targets the connector announced (empty: it did not say).
+    pub targets: Vec<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -40,10 +45,12 @@ struct Row {
     connected_at: i64,
     disconnected_at: Option<i64>,
     close_code: Option<String>,
+    node_id: Option<String>,
+    targets: Option<String>,
 }
 
 const SELECT: &str = "SELECT id, tenant, relay_node, connector_id, connector_version, transport, \
-     remote_addr, connected_at, disconnected_at, close_code FROM connector_sessions";
+     remote_addr, connected_at, disconnected_at, close_code, node_id, targets FROM connector_sessions";
 
 impl From<Row> for SessionRecord {
     fn from(r: Row) -> SessionRecord {
@@ -58,8 +65,33 @@ impl From<Row> for SessionRecord {
             connected_at: r.connected_at,
             disconnected_at: r.disconnected_at,
             close_code: r.close_code,
+            node_id: r.node_id,
+            targets: split_targets(r.targets.as_deref()),
         }
     }
+}
+
+/// A tenant's sessions on one other relay node, as [`Store::remote_sessions`] finds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSessions {
+    /// The node's registry id.
+    pub node_id: String,
+    /// Its name.
+    pub node_name: String,
+    /// The address its peers reach it on.
+    pub advertise: String,
+    /// How many of the tenant's sessions it holds.
+    pub sessions: u32,
+    /// The targets they serve; `None` when one of them did not say (it may be asked for any).
+    pub targets: Option<std::collections::BTreeSet<String>>,
+}
+
+fn split_targets(s: Option<&str>) -> Vec<String> {
+    s.unwrap_or_default()
+        .split(' ')
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 impl Store {
@@ -67,7 +99,8 @@ impl Store {
     pub async fn session_opened(&self, s: &SessionRecord) -> Result<(), Error> {
         sqlx::query(
             "INSERT INTO connector_sessions (id, tenant, relay_node, connector_id, connector_version, \
-             transport, remote_addr, connected_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             transport, remote_addr, connected_at, node_id, targets) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&s.id)
         .bind(&s.tenant)
@@ -77,6 +110,8 @@ impl Store {
         .bind(&s.transport)
         .bind(&s.remote_addr)
         .bind(s.connected_at)
+        .bind(&s.node_id)
+        .bind(s.targets.join(" "))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -96,17 +131,93 @@ impl Store {
         Ok(())
     }
 
-    /// At a relay's start: its sessions still marked open (it crashed) are ended now.
-    pub async fn close_stale_sessions(&self, relay_node: &str) -> Result<u64, Error> {
+    /// Ends the sessions still marked open whose relay process is gone: rows of a node id no
+    /// longer registered (its process was killed, or stopped without closing them), and rows
+    /// without a node id left open by an earlier run of `relay_node` (written before nodes
+    /// registered). Run by each node at start, after registering, and after removing stale nodes.
+    pub async fn close_orphaned_sessions(&self, relay_node: &str) -> Result<u64, Error> {
         let done = sqlx::query(
-            "UPDATE connector_sessions SET disconnected_at = $1, close_code = 'relay_restarted' \
-             WHERE relay_node = $2 AND disconnected_at IS NULL",
+            "UPDATE connector_sessions SET disconnected_at = $1, close_code = 'relay_lost' \
+             WHERE disconnected_at IS NULL AND ((node_id IS NULL AND relay_node = $2) \
+             OR (node_id IS NOT NULL AND node_id NOT IN (SELECT id FROM relay_nodes)))",
         )
         .bind(now_ms())
         .bind(relay_node)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    /// After node `node_id` registered again (its row had been removed as stale while it could
+    /// not reach the database, and its sessions ended in the history): marks the sessions it still
+    /// holds as open again, and ends the others it left open.
+    pub async fn reopen_sessions(&self, node_id: &str, live: &[String]) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE connector_sessions SET disconnected_at = $1, close_code = 'relay_lost' \
+             WHERE node_id = $2 AND disconnected_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(node_id)
+        .execute(&mut *tx)
+        .await?;
+        for id in live {
+            sqlx::query(
+                "UPDATE connector_sessions SET disconnected_at = NULL, close_code = NULL \
+                 WHERE id = $1 AND node_id = $2",
+            )
+            .bind(id)
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Where tenant `tenant`'s live sessions are, on registered nodes other than `except` that
+    /// are active and whose heartbeat is at most `fresh_ms` old: one entry per node, with the
+    /// union of the targets its sessions announced.
+    pub async fn remote_sessions(
+        &self,
+        tenant: &str,
+        except: &str,
+        fresh_ms: i64,
+    ) -> Result<Vec<RemoteSessions>, Error> {
+        let rows: Vec<(String, Option<String>, String, Option<String>)> = sqlx::query_as(
+            "SELECT n.id, n.advertise, n.name, s.targets FROM connector_sessions s \
+             JOIN relay_nodes n ON n.id = s.node_id \
+             WHERE s.tenant = $1 AND s.disconnected_at IS NULL AND n.id <> $2 \
+             AND n.heartbeat_at >= $3 AND n.state = 'active' LIMIT 1000",
+        )
+        .bind(tenant.to_ascii_lowercase())
+        .bind(except)
+        .bind(now_ms().saturating_sub(fresh_ms))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<RemoteSessions> = Vec::new();
+        for (node_id, advertise, name, targets) in rows {
+            let Some(advertise) = advertise else { continue };
+            let targets = split_targets(targets.as_deref());
+            match out.iter_mut().find(|r| r.node_id == node_id) {
+                Some(r) => {
+                    r.sessions += 1;
+                    if targets.is_empty() {
+                        r.targets = None;
+                    } else if let Some(all) = r.targets.as_mut() {
+                        all.extend(targets);
+                    }
+                }
+                None => out.push(RemoteSessions {
+                    node_id,
+                    node_name: name,
+                    advertise,
+                    sessions: 1,
+                    targets: (!targets.is_empty()).then(|| targets.into_iter().collect()),
+                }),
+            }
+        }
+        Ok(out)
     }
 
     /// A tenant's sessions not yet ended, on any relay node, newest first (at most 1000).

@@ -69,6 +69,120 @@ async fn registry_rules(store: Store) {
     assert!(store.nodes(15_000).await.unwrap().is_empty());
 }
 
+fn session(id: &str, node_id: &str, targets: &[&str]) -> relay_store::SessionRecord {
+    relay_store::SessionRecord {
+        id: id.into(),
+        tenant: "acme".into(),
+        relay_node: "host".into(),
+        connector_id: "c1".into(),
+        connector_version: "connector/1".into(),
+        transport: "quic".into(),
+        remote_addr: "192.0.2.1:1".into(),
+        connected_at: relay_store::now_ms(),
+        disconnected_at: None,
+        close_code: None,
+        node_id: Some(node_id.into()),
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+    }
+}
+
+/// Where a tenant's sessions are: per live active node other than the asker, with the union of
+/// their targets; a node's orphaned rows end, and come back for the sessions it still holds when
+/// it registers again.
+async fn session_directory(store: Store) {
+    // Two nodes on one host share a name; ids tell them apart.
+    store.register_node(&node("n1", "host")).await.unwrap();
+    store.register_node(&node("n2", "host")).await.unwrap();
+    store.register_node(&node("n3", "other")).await.unwrap();
+    store
+        .session_opened(&session("s1", "n2", &["app"]))
+        .await
+        .unwrap();
+    store
+        .session_opened(&session("s2", "n2", &["echo"]))
+        .await
+        .unwrap();
+    store
+        .session_opened(&session("s3", "n3", &[]))
+        .await
+        .unwrap();
+    store
+        .session_opened(&session("s4", "n1", &["app"]))
+        .await
+        .unwrap();
+    let mut found = store.remote_sessions("ACME", "n1", 15_000).await.unwrap();
+    found.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!((found[0].node_id.as_str(), found[0].sessions), ("n2", 2));
+    let targets: Vec<&str> = found[0]
+        .targets
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(targets, ["app", "echo"]);
+    assert_eq!(found[0].advertise, "host:8443");
+    assert_eq!(
+        (found[1].node_id.as_str(), found[1].targets.clone()),
+        ("n3", None)
+    );
+    // A draining node is not a forwarding target; neither is the asker itself.
+    store
+        .set_node_state("n3", NodeState::Draining, 15_000)
+        .await
+        .unwrap();
+    let found = store.remote_sessions("acme", "n2", 15_000).await.unwrap();
+    assert_eq!(
+        found.iter().map(|r| r.node_id.as_str()).collect::<Vec<_>>(),
+        ["n1"]
+    );
+    assert!(store
+        .remote_sessions("other", "n1", 15_000)
+        .await
+        .unwrap()
+        .is_empty());
+    // n2 vanishes (kill -9, then removed as stale): its rows end; the others stay open.
+    store.remove_node("n2").await.unwrap();
+    assert_eq!(store.close_orphaned_sessions("host").await.unwrap(), 2);
+    assert!(store
+        .remote_sessions("acme", "n1", 15_000)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(store.live_session_count().await.unwrap(), 2);
+    // n2 was only cut off from the database: registered again, the session it still holds is live.
+    store.register_node(&node("n2", "host")).await.unwrap();
+    store
+        .reopen_sessions("n2", &["s2".to_string()])
+        .await
+        .unwrap();
+    let found = store.remote_sessions("acme", "n1", 15_000).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].sessions, 1);
+    let targets: Vec<&str> = found[0]
+        .targets
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(targets, ["echo"]);
+}
+
+#[tokio::test]
+async fn session_directory_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    session_directory(Store::connect(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn session_directory_on_postgres() {
+    let cluster = PgCluster::start();
+    session_directory(Store::connect(&cluster.url()).await.unwrap()).await;
+}
+
 #[tokio::test]
 async fn registry_rules_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();

@@ -198,6 +198,8 @@ async fn session_history_opens_closes_and_recovers(store: Store) {
         connected_at: at,
         disconnected_at: None,
         close_code: None,
+        node_id: None,
+        targets: Vec::new(),
     };
     store.session_opened(&record("s1", "n1", 10)).await.unwrap();
     store.session_opened(&record("s2", "n1", 20)).await.unwrap();
@@ -205,14 +207,14 @@ async fn session_history_opens_closes_and_recovers(store: Store) {
     store.session_closed("s1", "no_error").await.unwrap();
     // Closing twice keeps the first end.
     store.session_closed("s1", "internal").await.unwrap();
-    assert_eq!(store.close_stale_sessions("n1").await.unwrap(), 1);
+    assert_eq!(store.close_orphaned_sessions("n1").await.unwrap(), 1);
     let h = store.session_history("ACME", 10).await.unwrap();
     assert_eq!(
         h.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
         ["s3", "s2", "s1"]
     );
     assert_eq!(h[2].close_code.as_deref(), Some("no_error"));
-    assert_eq!(h[1].close_code.as_deref(), Some("relay_restarted"));
+    assert_eq!(h[1].close_code.as_deref(), Some("relay_lost"));
     assert!(h[0].disconnected_at.is_none());
     assert_eq!(h[0], record("s3", "n2", 30));
     // Only s3 is still open, on any node.
@@ -300,6 +302,7 @@ fn audit_record(id: &str, tenant: &str, at: i64) -> relay_store::AuditRecord {
         visitor: "192.0.2.1".into(),
         session_id: "s1".into(),
         relay_node: "n1".into(),
+        session_node: None,
         created_at: at,
     }
 }

@@ -170,6 +170,8 @@ async fn connector_sessions_are_kept_in_the_history() -> anyhow::Result<()> {
             connected_at: 1,
             disconnected_at: None,
             close_code: None,
+            node_id: None,
+            targets: Vec::new(),
         })
         .await?;
     let relay = relay.restart().await;

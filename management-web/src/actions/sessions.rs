@@ -55,6 +55,8 @@ mod tests {
             connected_at: relay_store::now_ms(),
             disconnected_at: None,
             close_code: None,
+            node_id: None,
+            targets: Vec::new(),
         }
     }
 
