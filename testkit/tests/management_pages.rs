@@ -178,6 +178,7 @@ async fn pages_need_a_session_and_same_origin_csrf_checked_changes() -> anyhow::
             visitor: "192.0.2.1".into(),
             session_id: "s".into(),
             relay_node: "n".into(),
+            session_node: None,
             created_at: relay_store::now_ms(),
         }])
         .await?;
