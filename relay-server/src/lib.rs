@@ -25,6 +25,7 @@ mod audit;
 mod auth;
 mod catalog;
 pub mod cli;
+mod cluster;
 pub mod config;
 #[cfg(feature = "quickstart")]
 mod echo;
@@ -72,6 +73,8 @@ pub(crate) struct Relay {
     store: Store,
     /// This process's id in the node registry (fresh per start).
     node_id: String,
+    /// Forwarding to and from the other nodes sharing the database.
+    cluster: cluster::Cluster,
 }
 
 /// What the management web learns from this process: streams in flight per session, and the
@@ -274,6 +277,15 @@ pub async fn run(
         Arc::new(quinn::TokioRuntime),
     )
     .context("QUIC endpoint")?;
+    let cluster = cluster::Cluster::new(
+        store.backend() == relay_store::Backend::Postgres,
+        (node.id.clone(), config.node_name.clone()),
+        &keys.pepper,
+        (config.tunnel.idle_timeout, config.cluster.node_timeout),
+        store.clone(),
+    )
+    .context("node link setup")?;
+    cluster.set_endpoint(endpoint.clone());
     let metrics = Arc::new(Metrics::default());
     // The audit writer outlives the ingress: it flushes what the last requests queued.
     let audit_stop = CancellationToken::new();
@@ -302,6 +314,7 @@ pub async fn run(
         audit,
         store: store.clone(),
         node_id: node.id.clone(),
+        cluster,
     });
 
     // Visitors stop being accepted first; sessions are told to move after that.

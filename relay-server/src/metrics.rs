@@ -40,6 +40,14 @@ pub struct Metrics {
     pub audit_written: AtomicU64,
     /// Audit records dropped (queue full, or the store failed the batch).
     pub audit_dropped: AtomicU64,
+    /// Requests this node forwarded to the node holding the tenant's session.
+    pub forwarded_out: AtomicU64,
+    /// Requests other nodes forwarded here and this node served from its sessions.
+    pub forwarded_in: AtomicU64,
+    /// Forwarded requests that failed before the owning node answered (link down, refused).
+    pub forward_failures: AtomicU64,
+    /// Live relay nodes in the registry, this one included (as of the last heartbeat).
+    pub nodes: AtomicUsize,
     tenants: RwLock<HashMap<String, Arc<TenantCounters>>>,
     buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
@@ -175,6 +183,30 @@ impl Metrics {
                 "counter",
                 "Audit records dropped because the queue was full or the store failed.",
                 self.audit_dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "relay_cluster_nodes",
+                "gauge",
+                "Live relay nodes in the registry, this one included.",
+                self.nodes.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "relay_forwarded_out_total",
+                "counter",
+                "Requests forwarded to the node holding the tenant's session.",
+                self.forwarded_out.load(Ordering::Relaxed),
+            ),
+            (
+                "relay_forwarded_in_total",
+                "counter",
+                "Requests other nodes forwarded here, served from this node's sessions.",
+                self.forwarded_in.load(Ordering::Relaxed),
+            ),
+            (
+                "relay_forward_failures_total",
+                "counter",
+                "Forwarded requests that failed before the owning node answered.",
+                self.forward_failures.load(Ordering::Relaxed),
             ),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}");

@@ -13,6 +13,8 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tracing::debug;
+use tunnel_protocol::node::NodeMessage;
 use tunnel_protocol::{ErrorCode, RequestHead, StreamFrame};
 use tunnel_session::framing::{splice, FramedRecv, FramedSend, RecvError, TunnelBody};
 use tunnel_session::headers::{
@@ -20,6 +22,7 @@ use tunnel_session::headers::{
 };
 
 use crate::audit::{Draft, Outcome};
+use crate::cluster::{Located, Peer};
 use crate::error::{error_response, ProxyError};
 use crate::metrics::TenantCounters;
 use crate::registry::{Pick, SessionEntry};
@@ -101,40 +104,63 @@ impl<B: Body<Data = Bytes, Error = RecvError> + Unpin> Body for Metered<B> {
 }
 
 /// How long to wait for the connector to accept a new stream (its stream limit).
-const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 
 static X_RELAY_REQUEST_ID: HeaderName = HeaderName::from_static("x-relay-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Counts a stream as in flight on its session and the relay until dropped (with the body).
+/// What carries a request to the connector: a session of this node, or a link to the node that
+/// holds one (which admits it there under the tenant's stream cap).
+#[derive(Debug, Clone)]
+pub(crate) enum Carrier {
+    Local(Arc<SessionEntry>),
+    Remote(Arc<Peer>, quinn::Connection),
+}
+
+impl Carrier {
+    fn in_flight(&self) -> &std::sync::atomic::AtomicUsize {
+        match self {
+            Carrier::Local(s) => &s.in_flight,
+            Carrier::Remote(p, _) => &p.in_flight,
+        }
+    }
+}
+
+/// Counts a stream as in flight on its carrier and the relay until dropped (with the body), and
+/// holds the tenant's stream-cap permit when this node counts it.
 #[derive(Debug)]
 pub(crate) struct InFlight {
-    session: Arc<SessionEntry>,
+    carrier: Carrier,
     relay: Arc<Relay>,
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl InFlight {
-    fn new(
-        session: Arc<SessionEntry>,
-        relay: Arc<Relay>,
-        permit: OwnedSemaphorePermit,
-    ) -> InFlight {
-        session.in_flight.fetch_add(1, Ordering::Relaxed);
+    fn new(carrier: Carrier, relay: Arc<Relay>, permit: Option<OwnedSemaphorePermit>) -> InFlight {
+        carrier.in_flight().fetch_add(1, Ordering::Relaxed);
         relay.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {
-            session,
+            carrier,
             relay,
             _permit: permit,
         }
+    }
+
+    /// A stream on a local session (a forwarded request served here counts too).
+    pub(crate) fn local(
+        session: Arc<SessionEntry>,
+        relay: Arc<Relay>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> InFlight {
+        InFlight::new(Carrier::Local(session), relay, permit)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.session.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.carrier.in_flight().fetch_sub(1, Ordering::Relaxed);
         self.relay.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -188,11 +214,11 @@ async fn proxy(
     counters: &mut Option<Arc<TenantCounters>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    let admitted = admit(relay, &parts, &body, conn, (draft, counters))?;
+    let admitted = admit(relay, &parts, &body, conn, (draft, counters)).await?;
     let upgrade = take_upgrade(&mut parts, admitted.content_length);
     let head = request_head(relay, parts, conn, &admitted, upgrade.as_ref(), draft);
     let sent = open_and_send(relay, &admitted, head, body, upgrade, draft).await?;
-    let first = await_response_head(relay, &admitted, sent.pump, sent.recv).await?;
+    let first = await_response_head(relay, &admitted, sent.pump, sent.recv, draft).await?;
     respond(relay, admitted, first, sent.upgrade).await
 }
 
@@ -205,15 +231,16 @@ struct Admitted {
     counters: Arc<TenantCounters>,
     max_body: u64,
     content_length: Option<u64>,
-    session: Arc<SessionEntry>,
-    /// Counts the stream in flight (session, relay, tenant cap) until the response body ends.
+    carrier: Carrier,
+    /// Counts the stream in flight (carrier, relay, tenant cap) until the response body ends.
     guard: InFlight,
 }
 
 /// Phase 1: everything decided before a stream opens — refusals that need no tenant (method,
-/// framing, URI length), the route, the tenant's limits and stream cap, and a live session. Once
-/// the tenant is known its metric counters are handed out, so its refusals count under it.
-fn admit(
+/// framing, URI length), the route, the tenant's limits and stream cap, and a live session — here,
+/// or on another node of the cluster. Once the tenant is known its metric counters are handed
+/// out, so its refusals count under it.
+async fn admit(
     relay: &Arc<Relay>,
     parts: &http::request::Parts,
     body: &Incoming,
@@ -265,22 +292,34 @@ fn admit(
     if content_length.is_some_and(|n| n > max_body) {
         return Err(ProxyError::BodyTooLarge(max_body));
     }
-    let cap = tenant
-        .limits
-        .max_concurrent_streams
-        .unwrap_or(limits.max_concurrent_streams);
-    let permit = relay
-        .registry
-        .tenant_cap(&tenant.id, cap)
-        .try_acquire_owned()
-        .map_err(|_| ProxyError::TooManyStreams)?;
-    let session = match relay.registry.pick(&tenant.id, &route.target) {
-        Pick::Session(s) => s,
-        Pick::NoTarget => return Err(ProxyError::UnknownTarget),
-        Pick::NoSession => return Err(ProxyError::NoSession),
+    let (carrier, permit) = match relay.registry.pick(&tenant.id, &route.target) {
+        Pick::Session(s) => {
+            let cap = tenant
+                .limits
+                .max_concurrent_streams
+                .unwrap_or(limits.max_concurrent_streams);
+            let permit = relay
+                .registry
+                .tenant_cap(&tenant.id, cap)
+                .try_acquire_owned()
+                .map_err(|_| ProxyError::TooManyStreams)?;
+            draft.session_id = s.id.clone();
+            (Carrier::Local(s), Some(permit))
+        }
+        // The owning node counts the stream under the tenant's cap: once, there.
+        here => match relay.cluster.locate(&tenant, &route.target).await {
+            Located::Peer(peer, link) => {
+                draft.session_node = Some(peer.node_name.clone());
+                (Carrier::Remote(peer, link), None)
+            }
+            Located::NoTarget => return Err(ProxyError::UnknownTarget),
+            Located::NoSession if matches!(here, Pick::NoTarget) => {
+                return Err(ProxyError::UnknownTarget)
+            }
+            Located::NoSession => return Err(ProxyError::NoSession),
+        },
     };
-    draft.session_id = session.id.clone();
-    let guard = InFlight::new(session.clone(), relay.clone(), permit);
+    let guard = InFlight::new(carrier.clone(), relay.clone(), permit);
     Ok(Admitted {
         tenant,
         target: route.target,
@@ -288,7 +327,7 @@ fn admit(
         counters,
         max_body,
         content_length,
-        session,
+        carrier,
         guard,
     })
 }
@@ -363,7 +402,7 @@ fn request_head(
 /// What [`open_and_send`] leaves running: the response side of the stream, the outcome of the
 /// request body, and for an upgrade the send side kept for raw bytes.
 struct Sent {
-    recv: FramedRecv,
+    recv: Answer,
     pump: oneshot::Receiver<Result<(), ProxyError>>,
     upgrade: Option<(Upgrade, FramedSend)>,
 }
@@ -379,21 +418,50 @@ async fn open_and_send(
     upgrade: Option<Upgrade>,
     draft: &Draft,
 ) -> Result<Sent, ProxyError> {
-    let (send, recv) =
-        match tokio::time::timeout(OPEN_STREAM_TIMEOUT, admitted.session.conn.open_bi()).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(_)) | Err(_) => return Err(ProxyError::NoSession),
-        };
+    let open = async {
+        match &admitted.carrier {
+            Carrier::Local(session) => session.conn.open_bi().await,
+            Carrier::Remote(_, link) => {
+                let link = tunnel_session::transport::Conn::Quic(link.clone());
+                link.open_bi().await
+            }
+        }
+    };
+    let (send, recv) = match tokio::time::timeout(OPEN_STREAM_TIMEOUT, open).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) | Err(_) => {
+            if let Carrier::Remote(..) = admitted.carrier {
+                relay
+                    .metrics
+                    .forward_failures
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            return Err(ProxyError::NoSession);
+        }
+    };
     let mut send = FramedSend::new(send, ErrorCode::VISITOR_ABORTED);
-    let recv = FramedRecv::new(recv, ErrorCode::VISITOR_ABORTED);
     // A request without a body (most GETs) is complete with its head: head and FIN leave in one
     // write, and no body task is needed.
     let bodiless = upgrade.is_none() && body.is_end_stream();
-    let sent = if bodiless {
-        send.send_last(&head).await
-    } else {
-        send.send(&head).await
+    let mut encoded = bytes::BytesMut::new();
+    let recv = match &admitted.carrier {
+        Carrier::Local(_) => Answer::Tunnel(FramedRecv::new(recv, ErrorCode::VISITOR_ABORTED)),
+        Carrier::Remote(..) => {
+            relay.metrics.forwarded_out.fetch_add(1, Ordering::Relaxed);
+            NodeMessage::Forward {
+                tenant_id: admitted.tenant.id.0.clone(),
+                target: admitted.target.clone(),
+                request_id: draft.request_id.clone(),
+            }
+            .encode(&mut encoded);
+            Answer::Forwarded(recv)
+        }
     };
+    head.encode(&mut encoded);
+    let sent = send.send_encoded(&encoded).await;
+    if bodiless {
+        send.finish();
+    }
     if sent.is_err() {
         return Err(ProxyError::Connector(
             "stream failed while sending the request head".into(),
@@ -434,7 +502,8 @@ async fn await_response_head(
     relay: &Relay,
     admitted: &Admitted,
     mut pump: oneshot::Receiver<Result<(), ProxyError>>,
-    mut recv: FramedRecv,
+    recv: Answer,
+    draft: &mut Draft,
 ) -> Result<(tunnel_protocol::ResponseHead, FramedRecv), ProxyError> {
     let timeout = admitted
         .tenant
@@ -445,11 +514,22 @@ async fn await_response_head(
     let deadline = tokio::time::sleep(Duration::MAX / 4);
     tokio::pin!(deadline);
     let mut uploading = true;
-    let first = loop {
+    // One future across the loop's turns: reading the peer's answer to a forwarded request is not
+    // cancel safe, and must not restart when the upload finishes.
+    let head = async {
+        let mut recv = match recv {
+            Answer::Tunnel(recv) => recv,
+            Answer::Forwarded(raw) => forwarded(relay, admitted, raw, draft).await?,
+        };
+        let first = recv.next().await;
+        Ok::<_, ProxyError>((first, recv))
+    };
+    tokio::pin!(head);
+    let (first, recv) = loop {
         // Why select: the head may come first (an early answer), the upload may fail first (too
         // large, stalled: the visitor gets that status), or the deadline may pass.
         tokio::select! {
-            r = recv.next() => break r,
+            r = &mut head => break r?,
             outcome = &mut pump, if uploading => {
                 uploading = false;
                 if let Ok(Err(e)) = outcome {
@@ -470,6 +550,52 @@ async fn await_response_head(
             "stream ended before the response head".into(),
         )),
         Err(e) => Err(ProxyError::Connector(e.to_string())),
+    }
+}
+
+/// How the answer to a request comes back: straight from the connector, or from the node that
+/// serves a forwarded request (its `Accepted`/`Refused`, then the connector's frames).
+enum Answer {
+    Tunnel(FramedRecv),
+    Forwarded(tunnel_session::transport::RecvHalf),
+}
+
+/// Reads the owning node's verdict on a forwarded request; the stream of frames after it.
+async fn forwarded(
+    relay: &Relay,
+    admitted: &Admitted,
+    mut raw: tunnel_session::transport::RecvHalf,
+    draft: &mut Draft,
+) -> Result<FramedRecv, ProxyError> {
+    let verdict = crate::cluster::read_message(&mut raw).await;
+    let fail = |e: ProxyError| {
+        relay
+            .metrics
+            .forward_failures
+            .fetch_add(1, Ordering::Relaxed);
+        e
+    };
+    match verdict {
+        Ok(NodeMessage::Accepted { session_id }) => {
+            draft.session_id = session_id;
+            Ok(FramedRecv::new(raw, ErrorCode::VISITOR_ABORTED))
+        }
+        Ok(NodeMessage::Refused { code, message }) => {
+            // Its sessions moved or ended since the directory was read: ask again next time.
+            relay.cluster.forget(&admitted.tenant.name);
+            debug!(code = %code, message, "forwarded request refused by the owning node");
+            Err(fail(match code {
+                ErrorCode::UNKNOWN_TARGET => ProxyError::UnknownTarget,
+                ErrorCode::RATE_LIMITED => ProxyError::TooManyStreams,
+                _ => ProxyError::NoSession,
+            }))
+        }
+        Ok(other) => Err(fail(ProxyError::Connector(format!(
+            "unexpected node message {other:?}"
+        )))),
+        Err(e) => Err(fail(ProxyError::Connector(format!(
+            "node link failed before the answer: {e}"
+        )))),
     }
 }
 

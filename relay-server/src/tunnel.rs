@@ -36,7 +36,7 @@ pub(crate) fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = vec![ALPN.to_vec(), tunnel_protocol::node::NODE_ALPN.to_vec()];
     tls.max_early_data_size = 0;
     let crypto = QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -71,22 +71,27 @@ pub(crate) async fn serve(
         };
         let Some(incoming) = incoming else { break };
         let relay = relay.clone();
+        let links = tracker.clone();
         tracker.spawn(async move {
             let remote = incoming.remote_address();
-            session(relay, incoming)
+            session(relay, incoming, links)
                 .instrument(info_span!("session", peer_addr = %remote, transport = "quic"))
                 .await
         });
     }
 }
 
-async fn session(relay: Arc<Relay>, incoming: quinn::Incoming) {
+async fn session(relay: Arc<Relay>, incoming: quinn::Incoming, tracker: TaskTracker) {
     let auth_timeout = relay.config.tunnel.auth_timeout;
     let conn = match tokio::time::timeout(auth_timeout, incoming).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
         Err(_) => return debug!("handshake timed out"),
     };
+    // Another relay node of the cluster, forwarding requests (told apart by ALPN).
+    if crate::cluster::is_link(&conn) {
+        return crate::cluster::serve_link(relay, conn, tracker).await;
+    }
     established(relay, Conn::Quic(conn)).await
 }
 

@@ -16,6 +16,7 @@ mod control;
 mod error;
 mod frame;
 pub mod mux;
+pub mod node;
 pub mod path;
 mod stream;
 

@@ -13,6 +13,7 @@
 //! - [`framing`]: stream frames over a stream's halves, bodies backed by a stream, and `splice`
 //!   for upgraded connections.
 //! - [`control`]: the control stream (`Hello`, `Welcome`, `Renew`, `Ping`, `GoAway`).
+//! - [`pipe`]: two streams joined byte for byte, ends carried across (node-to-node forwarding).
 //! - [`headers`]: hop-by-hop removal and the upgrade allow-list, applied on both sides.
 //!
 //! Non-goals: no policy (which session serves a request, who may connect, how to reconnect): that
@@ -22,4 +23,5 @@ pub mod control;
 pub mod framing;
 pub mod headers;
 pub mod mux;
+pub mod pipe;
 pub mod transport;

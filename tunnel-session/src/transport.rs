@@ -276,3 +276,17 @@ pub fn reset_code(err: &io::Error) -> Option<ErrorCode> {
         _ => None,
     }
 }
+
+/// The stop code inside an I/O error produced by a stream write, if the peer asked to stop.
+pub fn stop_code(err: &io::Error) -> Option<ErrorCode> {
+    let inner = err.get_ref()?;
+    if let Some(quinn::WriteError::Stopped(code)) = inner.downcast_ref::<quinn::WriteError>() {
+        return Some(ErrorCode(
+            u32::try_from(code.into_inner()).unwrap_or(u32::MAX),
+        ));
+    }
+    match inner.downcast_ref::<mux::StreamError>() {
+        Some(mux::StreamError::Stopped(code)) => Some(ErrorCode(*code)),
+        _ => None,
+    }
+}
