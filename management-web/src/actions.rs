@@ -10,12 +10,13 @@
 //! deleted. So a change made here reaches every node sharing the database, not only the one
 //! serving this request.
 //!
-//! Reads that both adapters need sit here too: [`tenants::find`], [`sessions::live`] and the
-//! audit filters in [`audit`].
+//! Reads that both adapters need sit here too: [`tenants::find`], [`sessions::live`],
+//! [`nodes::live`] and the audit filters in [`audit`].
 
 pub(crate) mod audit;
 pub(crate) mod credentials;
 pub(crate) mod hostnames;
+pub(crate) mod nodes;
 pub(crate) mod sessions;
 pub(crate) mod tenants;
 pub(crate) mod tokens;

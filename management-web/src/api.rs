@@ -12,6 +12,7 @@ mod connections;
 mod credentials;
 mod extract;
 mod hostnames;
+mod nodes;
 mod openapi;
 mod requests;
 mod tenants;
@@ -200,6 +201,33 @@ pub static ROUTES: &[ApiRoute] = &[
     },
     ApiRoute {
         method: "get",
+        path: "/api/v1/nodes",
+        operation: "listNodes",
+        summary: "The live relay nodes sharing the database, with their sessions",
+        request: None,
+        response: (200, Some("NodeList")),
+        query: &[],
+    },
+    ApiRoute {
+        method: "post",
+        path: "/api/v1/nodes/{node}/drain",
+        operation: "drainNode",
+        summary: "Ask a relay node (name or id) to drain; it applies this at its next heartbeat",
+        request: None,
+        response: (200, Some("Node")),
+        query: &[],
+    },
+    ApiRoute {
+        method: "post",
+        path: "/api/v1/nodes/{node}/resume",
+        operation: "resumeNode",
+        summary: "Ask a draining relay node (name or id) to take work again",
+        request: None,
+        response: (200, Some("Node")),
+        query: &[],
+    },
+    ApiRoute {
+        method: "get",
         path: "/api/v1/openapi.json",
         operation: "openapi",
         summary: "This document",
@@ -225,6 +253,9 @@ fn handler(operation: &str) -> MethodRouter<AppState> {
         "removeHostname" => delete(hostnames::remove),
         "listConnections" => get(connections::list),
         "listRequests" => get(requests::list),
+        "listNodes" => get(nodes::list),
+        "drainNode" => post(nodes::drain),
+        "resumeNode" => post(nodes::resume),
         "openapi" => get(openapi::serve),
         other => unreachable!("route table names an unknown operation {other}"),
     }

@@ -18,7 +18,8 @@ pub(crate) enum Error {
     BadQuery(String),
     /// Every password-hashing slot stayed busy: try again shortly.
     Busy,
-    /// The name is taken (a tenant, a hostname, an API token).
+    /// The name is taken (a tenant, a hostname, an API token), or names several live relay
+    /// nodes.
     Conflict(String),
     /// A state change from another site, without the session's CSRF token or without a login.
     Forbidden(&'static str),
@@ -167,7 +168,8 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 impl From<relay_store::Error> for Error {
-    /// The store's vocabulary in ours: taken names conflict, missing ones are not found, names
+    /// The store's vocabulary in ours: taken names conflict (and so does a node name that several
+    /// live nodes share), missing ones are not found, names
     /// and hostnames that break the rules are invalid, a failed database is unavailable.
     fn from(e: relay_store::Error) -> Error {
         use relay_store::Error as S;
@@ -175,11 +177,13 @@ impl From<relay_store::Error> for Error {
             S::TenantExists(_)
             | S::HostnameTaken(_)
             | S::ApiTokenExists(_)
-            | S::AdminUserExists(_) => Error::Conflict(e.to_string()),
+            | S::AdminUserExists(_)
+            | S::NodeAmbiguous(_) => Error::Conflict(e.to_string()),
             S::TenantNotFound(_)
             | S::CredentialNotFound(_)
             | S::HostnameNotFound(_)
-            | S::ApiTokenNotFound(_) => Error::NotFound(e.to_string()),
+            | S::ApiTokenNotFound(_)
+            | S::NodeNotFound(_) => Error::NotFound(e.to_string()),
             S::InvalidName(_) | S::InvalidHostname(_) => Error::Validation(e.to_string()),
             S::HashingBusy => Error::Busy,
             S::Database(_) => Error::Unavailable(e.to_string()),
@@ -261,6 +265,14 @@ mod tests {
                 relay_store::validate_name("bad name").unwrap_err()
             )),
             StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            status(relay_store::Error::NodeNotFound("n".into())),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status(relay_store::Error::NodeAmbiguous("host".into())),
+            StatusCode::CONFLICT
         );
         assert_eq!(
             status(relay_store::Error::HashingBusy),

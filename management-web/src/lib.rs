@@ -25,12 +25,12 @@
 //! host       the host allow-list (421), first on every request
 //! auth       who is asking: login sessions and CSRF/same-origin checks (pages), API tokens
 //! api        /api/v1, one module per resource: api/{tenants,credentials,hostnames,connections,
-//!            requests}.rs; api/extract.rs (JSON object bodies, queries); api/openapi.rs
+//!            requests,nodes}.rs; api/extract.rs (JSON object bodies, queries); api/openapi.rs
 //! ui         the pages, one module per resource: ui/{login,dashboard,tenants,credentials,
-//!            hostnames,audit,admin_log,tokens}.rs; askama templates in templates/
+//!            hostnames,nodes,audit,admin_log,tokens}.rs; askama templates in templates/
 //! actions    every admin operation once (validate, change the store, record it):
-//!            actions/{tenants,credentials,hostnames,tokens}.rs, and the reads both front ends
-//!            share: actions/{sessions,audit}.rs
+//!            actions/{tenants,credentials,hostnames,tokens,nodes}.rs, and the reads both front
+//!            ends share: actions/{sessions,audit}.rs
 //! error      the one Error, its one status mapping, and its two answers: a problem document
 //!            (api, /metrics, host check) or an HTML page (ui)
 //! view       formatting (times, sizes, charts); limiter: login rate limiting
@@ -50,6 +50,7 @@ mod view;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode, Uri};
@@ -72,12 +73,23 @@ pub trait NodeView: Send + Sync + 'static {
     fn in_flight(&self) -> HashMap<String, usize>;
     /// The Prometheus text exposition of the node's counters.
     fn metrics(&self) -> String;
+    /// Whether this node is draining (asked to through `node drain`, the API or the Nodes page):
+    /// `/readyz` then answers 503 so that load balancers take it out.
+    fn draining(&self) -> bool {
+        false
+    }
 }
+
+/// How old a node's heartbeat may be for it to count as live, unless configured
+/// ([`AppState::with_node_timeout`]): the relay's default `cluster.node_timeout`.
+pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What handlers share; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
+    /// Nodes whose heartbeat is older than this are not listed (the relays' `cluster.node_timeout`).
+    node_timeout: Duration,
 }
 
 struct Inner {
@@ -93,6 +105,7 @@ impl std::fmt::Debug for AppState {
         f.debug_struct("AppState")
             .field("store", &self.inner.store)
             .field("node", &self.inner.node.is_some())
+            .field("node_timeout", &self.node_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -128,6 +141,16 @@ impl AppState {
                 limiter: limiter::LoginLimiter::default(),
                 hosts,
             }),
+            node_timeout: DEFAULT_NODE_TIMEOUT,
+        }
+    }
+
+    /// The same state, counting relay nodes as live while their heartbeat is at most `timeout`
+    /// old: give it the relays' `cluster.node_timeout` (default [`DEFAULT_NODE_TIMEOUT`]).
+    pub fn with_node_timeout(self, timeout: Duration) -> AppState {
+        AppState {
+            node_timeout: timeout,
+            ..self
         }
     }
 
@@ -153,6 +176,15 @@ impl AppState {
 
     pub(crate) fn node(&self) -> Option<&Arc<dyn NodeView>> {
         self.inner.node.as_ref()
+    }
+
+    pub(crate) fn node_timeout(&self) -> Duration {
+        self.node_timeout
+    }
+
+    /// The freshness window of the node registry, in ms as the store counts.
+    pub(crate) fn node_fresh_ms(&self) -> i64 {
+        i64::try_from(self.node_timeout.as_millis()).unwrap_or(i64::MAX)
     }
 
     pub(crate) fn limiter(&self) -> &limiter::LoginLimiter {
@@ -189,8 +221,11 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready: the store answers.
+/// Ready: the store answers and this relay node is not draining.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.node().is_some_and(|n| n.draining()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
     match state.store().ping().await {
         Ok(()) => (StatusCode::OK, "ready\n"),
         Err(e) => {
@@ -264,4 +299,54 @@ async fn security_headers(req: Request, next: Next) -> Response {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Node {
+        draining: AtomicBool,
+    }
+
+    impl NodeView for Node {
+        fn in_flight(&self) -> HashMap<String, usize> {
+            HashMap::new()
+        }
+        fn metrics(&self) -> String {
+            String::new()
+        }
+        fn draining(&self) -> bool {
+            self.draining.load(Ordering::Relaxed)
+        }
+    }
+
+    #[tokio::test]
+    async fn readyz_answers_503_while_the_node_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let hasher = SecretHasher::new(b"a test pepper of thirty-two bytes");
+        let node = Arc::new(Node::default());
+        let state = AppState::with_node(store, hasher, node.clone(), AllowedHosts::loopback(None));
+        let ready = || async {
+            let req = Request::get("/readyz").body(Body::empty()).unwrap();
+            let res = app(state.clone()).oneshot(req).await.unwrap();
+            let status = res.status();
+            let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        };
+        assert_eq!(ready().await, (StatusCode::OK, "ready\n".into()));
+        node.draining.store(true, Ordering::Relaxed);
+        assert_eq!(
+            ready().await,
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+        );
+    }
 }

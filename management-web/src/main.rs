@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use process_setup::layered::{self, ConfigError, ProcessEnv, EXIT_CONFIG};
@@ -14,7 +15,8 @@ use serde::Deserialize;
 #[derive(Parser, Debug)]
 #[command(name = "management-web", version, about)]
 struct Cli {
-    /// TOML configuration file (keys: database_url, data_dir, listen, allowed_hosts, log_format).
+    /// TOML configuration file (keys: database_url, data_dir, listen, allowed_hosts, node_timeout,
+    /// log_format).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Database URL, e.g. sqlite://./relay-data/relay.db or postgres://relay@db/relay.
@@ -30,6 +32,10 @@ struct Cli {
     /// (`name` behind a TLS proxy, or `http://name`); repeatable.
     #[arg(long = "allowed-host", value_name = "NAME")]
     allowed_hosts: Vec<String>,
+    /// Relay nodes whose heartbeat is older than this are not listed: the relays'
+    /// `cluster.node_timeout` (default 15s).
+    #[arg(long, value_name = "DURATION")]
+    node_timeout: Option<String>,
     /// Log format: text or json.
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
@@ -43,6 +49,8 @@ struct FileConfig {
     listen: Option<String>,
     /// Host names the listener answers to besides the loopback names and its own address.
     allowed_hosts: Option<Vec<String>>,
+    /// The relays' `cluster.node_timeout`, e.g. `15s`.
+    node_timeout: Option<String>,
     log_format: Option<String>,
 }
 
@@ -51,6 +59,7 @@ struct Config {
     pepper_file: PathBuf,
     listen: SocketAddr,
     allowed_hosts: Vec<String>,
+    node_timeout: Duration,
     log_format: String,
 }
 
@@ -67,6 +76,7 @@ fn load(cli: &Cli) -> Result<Config, ConfigError> {
         cli.data_dir.as_ref().map(|p| p.display().to_string()),
     );
     set("listen", cli.listen.clone());
+    set("node_timeout", cli.node_timeout.clone());
     set("log_format", cli.log_format.clone());
     if !cli.allowed_hosts.is_empty() {
         let names = cli.allowed_hosts.iter().cloned().map(toml::Value::String);
@@ -89,6 +99,15 @@ fn load(cli: &Cli) -> Result<Config, ConfigError> {
     management_web::AllowedHosts::loopback(Some(listen))
         .with_names(&allowed_hosts)
         .map_err(|e| ConfigError::new(format!("allowed_hosts: {e}")))?;
+    let node_timeout = match raw.node_timeout {
+        Some(s) => {
+            let d = humantime::parse_duration(&s).map_err(|_| {
+                ConfigError::new(format!("node_timeout: {s:?} is not a duration like 15s"))
+            })?;
+            layered::duration("node_timeout", Some(d), d, None)?
+        }
+        None => management_web::DEFAULT_NODE_TIMEOUT,
+    };
     let log_format = raw.log_format.unwrap_or_else(|| "text".into());
     if log_format != "text" && log_format != "json" {
         return Err(ConfigError::new("log_format: use text or json"));
@@ -98,6 +117,7 @@ fn load(cli: &Cli) -> Result<Config, ConfigError> {
         pepper_file: data_dir.join("keys").join("credential-pepper"),
         listen,
         allowed_hosts,
+        node_timeout,
         log_format,
     })
 }
@@ -164,7 +184,8 @@ async fn main() -> ExitCode {
         store.clone(),
         relay_store::SecretHasher::new(&pepper),
         hosts,
-    );
+    )
+    .with_node_timeout(config.node_timeout);
     let app = management_web::app(state);
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(process_setup::cancel_on_signal(stop.clone()));

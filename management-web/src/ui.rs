@@ -14,6 +14,7 @@ mod credentials;
 mod dashboard;
 mod hostnames;
 mod login;
+mod nodes;
 mod tenants;
 mod tokens;
 
@@ -52,6 +53,9 @@ pub static ROUTES: &[(&str, &str)] = &[
     ("post", "/tenants/{name}/credentials/{id}/revoke"),
     ("post", "/tenants/{name}/hostnames"),
     ("post", "/tenants/{name}/hostnames/{hostname}/remove"),
+    ("get", "/nodes"),
+    ("post", "/nodes/{id}/drain"),
+    ("post", "/nodes/{id}/resume"),
     ("get", "/audit"),
     ("get", "/audit.csv"),
     ("get", "/actions"),
@@ -80,6 +84,9 @@ fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("post", "/tenants/{name}/credentials/{id}/revoke") => post(credentials::revoke),
         ("post", "/tenants/{name}/hostnames") => post(hostnames::add),
         ("post", "/tenants/{name}/hostnames/{hostname}/remove") => post(hostnames::remove),
+        ("get", "/nodes") => get(nodes::list),
+        ("post", "/nodes/{id}/drain") => post(nodes::drain),
+        ("post", "/nodes/{id}/resume") => post(nodes::resume),
         ("get", "/audit") => get(audit::show),
         ("get", "/audit.csv") => get(audit::csv),
         ("get", "/actions") => get(admin_log::show),
@@ -228,6 +235,11 @@ fn notice(done: &str) -> &'static str {
         "hostname-removed" => "Hostname removed.",
         "deleted" => "Tenant deleted.",
         "token-revoked" => "API token revoked.",
+        "node-draining" => {
+            "Node draining: it applies this at its next heartbeat, then answers /readyz with 503, \
+             asks its connectors to move and finishes what is in flight."
+        }
+        "node-resumed" => "Node active again: it takes new work from its next heartbeat on.",
         _ => "",
     }
 }

@@ -108,7 +108,7 @@ pub enum Error {
     #[error("cannot lock {0}")]
     Lock(String),
     /// No live relay node has that name or id.
-    #[error("no live relay node is named {0}")]
+    #[error("no live relay node has the name or id {0}")]
     NodeNotFound(String),
     /// Several live relay nodes have that name: use the node id.
     #[error("several live relay nodes are named {0}; use the node id")]

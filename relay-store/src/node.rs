@@ -3,6 +3,8 @@
 //! runs and deletes the row when it stops; rows whose heartbeat is stale are ignored by readers
 //! and deleted by any node after a while (a node killed with -9 leaves its row behind).
 
+use std::collections::HashMap;
+
 use crate::{now_ms, Error, Store};
 
 /// Whether a node takes new work.
@@ -118,6 +120,22 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(NodeRecord::from).collect())
+    }
+
+    /// How many connector sessions each relay node holds (rows of the session history not yet
+    /// ended), by node id; nodes without any are absent, and so are rows without a node id
+    /// (written before nodes registered).
+    pub async fn node_session_counts(&self) -> Result<HashMap<String, u64>, Error> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT node_id, COUNT(*) FROM connector_sessions \
+             WHERE disconnected_at IS NULL AND node_id IS NOT NULL GROUP BY node_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, n)| (id, u64::try_from(n).unwrap_or(0)))
+            .collect())
     }
 
     /// Deletes the rows whose heartbeat is older than `stale_ms`; how many.

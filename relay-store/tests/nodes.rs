@@ -86,9 +86,9 @@ fn session(id: &str, node_id: &str, targets: &[&str]) -> relay_store::SessionRec
     }
 }
 
-/// Where a tenant's sessions are: per live active node other than the asker, with the union of
-/// their targets; a node's orphaned rows end, and come back for the sessions it still holds when
-/// it registers again.
+/// How many sessions each node holds; where a tenant's sessions are: per live active node other
+/// than the asker, with the union of their targets; a node's orphaned rows end, and come back for
+/// the sessions it still holds when it registers again.
 async fn session_directory(store: Store) {
     // Two nodes on one host share a name; ids tell them apart.
     store.register_node(&node("n1", "host")).await.unwrap();
@@ -108,6 +108,17 @@ async fn session_directory(store: Store) {
         .unwrap();
     store
         .session_opened(&session("s4", "n1", &["app"]))
+        .await
+        .unwrap();
+    // Per node, live rows only: what `node list` and the Nodes page show.
+    let counts = store.node_session_counts().await.unwrap();
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert_eq!((counts["n1"], counts["n2"], counts["n3"]), (1, 2, 1));
+    store.session_closed("s3", "normal").await.unwrap();
+    let counts = store.node_session_counts().await.unwrap();
+    assert_eq!(counts.get("n3"), None, "{counts:?}");
+    store
+        .session_opened(&session("s3b", "n3", &[]))
         .await
         .unwrap();
     let mut found = store.remote_sessions("ACME", "n1", 15_000).await.unwrap();

@@ -2,7 +2,8 @@
 // and a backend, then runs this with their addresses):
 // log in → create a tenant → create a credential and read its secret from the page → start a
 // real connector with it → see its session appear on the tenant page → send a request through
-// the relay → find it in the audit log → revoke the credential and see the session go.
+// the relay → find it in the audit log → revoke the credential and see the session go → drain
+// this relay node on the Nodes page and resume it.
 // Screenshots of the main pages go to SCREENSHOT_DIR. Exits non-zero on the first failure.
 import { chromium } from "playwright-core";
 import { spawn } from "node:child_process";
@@ -134,6 +135,13 @@ try {
   await page.locator("svg.chart rect").first().waitFor();
   await page.screenshot({ path: join(SHOTS, "dashboard.png"), fullPage: true });
 
+  step("the Nodes page counts the connector's sessions on this relay node");
+  await page.getByRole("link", { name: "Nodes" }).click();
+  await page.getByRole("heading", { name: "Relay nodes" }).waitFor();
+  const sessions = await page.locator("tr", { hasText: "test-node" }).locator("td").nth(4).textContent();
+  if (!(Number(sessions) >= 1)) throw new Error(`the Nodes page shows ${sessions} sessions`);
+  await page.screenshot({ path: join(SHOTS, "nodes.png"), fullPage: true });
+
   step("a display name full of markup stays text");
   await page.goto(`${ADMIN}/tenants/${TENANT}`);
   await page.getByLabel("Display name").fill(XSS);
@@ -152,6 +160,15 @@ try {
   await page.getByText("Credential revoked").waitFor();
   await page.locator("#sessions").getByText("No connector online.").waitFor({ timeout: 30000 });
 
+  step("drain this relay node on the Nodes page, then resume it");
+  await page.getByRole("link", { name: "Nodes" }).click();
+  await page.getByRole("heading", { name: "Relay nodes" }).waitFor();
+  await page.getByRole("button", { name: /^Drain node test-node/ }).click();
+  await page.getByText("Node draining").waitFor();
+  await page.getByRole("button", { name: /^Resume node test-node/ }).click();
+  await page.getByText("Node active again").waitFor();
+  await page.getByRole("button", { name: /^Drain node test-node/ }).waitFor();
+
   step("log out");
   await page.getByRole("button", { name: "Log out" }).click();
   await page.getByRole("button", { name: "Log in" }).waitFor();
@@ -160,7 +177,8 @@ try {
 
   const alerts = dialogs.filter((d) => d.startsWith("alert"));
   if (alerts.length) throw new Error(`script ran: ${alerts}`);
-  if (!dialogs.some((d) => d.startsWith("confirm"))) throw new Error("revoking asked no confirmation");
+  if (!dialogs.some((d) => d.startsWith("confirm: Revoke"))) throw new Error("revoking asked no confirmation");
+  if (!dialogs.some((d) => d.startsWith("confirm: Drain node"))) throw new Error("draining asked no confirmation");
   const csp = cspViolations.filter((m) => m.includes("Content Security Policy"));
   if (csp.length) throw new Error(`CSP violations: ${csp.join("\n")}`);
   step("ok");

@@ -69,6 +69,8 @@ async fn admin_walks_from_login_to_revocation_in_chromium() -> anyhow::Result<()
         "credential.create",
         "tenant.update",
         "credential.revoke",
+        "node.drain",
+        "node.resume",
     ] {
         assert!(
             actions
@@ -84,6 +86,7 @@ async fn admin_walks_from_login_to_revocation_in_chromium() -> anyhow::Result<()
         "tenant",
         "audit",
         "credential-created",
+        "nodes",
     ] {
         let path = shots.join(format!("{shot}.png"));
         assert!(

@@ -1,5 +1,6 @@
 //! Relay nodes sharing one database, as real processes: the node registry on PostgreSQL (`node
-//! list`, a node killed with -9 leaving it, a clean stop), and SQLite refusing a second node.
+//! list`, a node killed with -9 leaving it, a clean stop), SQLite refusing a second node, and
+//! `node drain` / `node resume`.
 
 use std::path::Path;
 use std::process::Command;
@@ -143,4 +144,122 @@ fn a_second_relay_on_one_sqlite_file_stops_with_a_clear_message() {
     assert!(node_list(dir.path(), &url)
         .iter()
         .any(|(name, _)| name == "first"));
+}
+
+/// `relay-server node ARGS…` against the SQLite database in `data_dir`.
+fn node_cli(data_dir: &Path, args: &[&str]) -> std::process::Output {
+    let url = format!("sqlite://{}", data_dir.join("relay.db").display());
+    Command::new(bin("relay-server"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--database-url", &url, "node"])
+        .args(args)
+        .output()
+        .expect("run relay-server node")
+}
+
+#[test]
+fn node_drain_and_resume_take_a_name_or_an_id_and_say_what_they_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(relay_store::Store::connect(&url)).unwrap();
+    let node = |id: &str, name: &str| relay_store::NodeRecord {
+        id: id.into(),
+        name: name.into(),
+        advertise: None,
+        state: relay_store::NodeState::Active,
+        started_at: relay_store::now_ms(),
+        heartbeat_at: 0,
+    };
+    for (id, name) in [("a1", "alpha"), ("h1", "host"), ("h2", "host")] {
+        rt.block_on(store.register_node(&node(id, name))).unwrap();
+    }
+    rt.block_on(store.session_opened(&relay_store::SessionRecord {
+        id: "s1".into(),
+        tenant: "acme".into(),
+        relay_node: "alpha".into(),
+        connector_id: "c1".into(),
+        connector_version: "connector/1".into(),
+        transport: "quic".into(),
+        remote_addr: "192.0.2.1:1".into(),
+        connected_at: relay_store::now_ms(),
+        disconnected_at: None,
+        close_code: None,
+        node_id: Some("a1".into()),
+        targets: Vec::new(),
+    }))
+    .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+    let state = |id: &str| {
+        rt.block_on(store.nodes(15_000))
+            .unwrap()
+            .into_iter()
+            .find(|n| n.id == id)
+            .map(|n| n.state)
+    };
+
+    // node list: the SESSIONS column.
+    let out = node_cli(dir.path(), &["list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list = text(&out.stdout);
+    assert!(list.lines().next().unwrap().contains("SESSIONS"), "{list}");
+    let alpha: Vec<String> = list
+        .lines()
+        .find(|l| l.starts_with("alpha "))
+        .expect("alpha listed")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(alpha[5], "1", "{list}");
+
+    let out = node_cli(dir.path(), &["drain", "alpha"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("alpha (a1) is draining") && said.contains("next heartbeat"),
+        "{said}"
+    );
+    assert_eq!(state("a1"), Some(relay_store::NodeState::Draining));
+    let list = text(&node_cli(dir.path(), &["list"]).stdout);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("alpha ") && l.contains(" draining ")),
+        "{list}"
+    );
+    let out = node_cli(dir.path(), &["resume", "a1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("is active"));
+    assert_eq!(state("a1"), Some(relay_store::NodeState::Active));
+
+    // Errors exit non-zero and say what to do; nothing changes.
+    let out = node_cli(dir.path(), &["drain", "host"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("use the node id"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = node_cli(dir.path(), &["drain", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("nobody") && err.contains("node list"), "{err}");
+    assert_eq!(state("h1"), Some(relay_store::NodeState::Active));
+    assert_eq!(state("h2"), Some(relay_store::NodeState::Active));
+
+    let log: Vec<(String, String, String)> = rt
+        .block_on(store.admin_actions(10))
+        .unwrap()
+        .into_iter()
+        .rev()
+        .map(|a| (a.actor, a.action, a.object))
+        .collect();
+    let entry = |action: &str| {
+        (
+            "cli".to_string(),
+            action.to_string(),
+            "alpha/a1".to_string(),
+        )
+    };
+    assert_eq!(log, [entry("node.drain"), entry("node.resume")]);
 }

@@ -1,6 +1,6 @@
 //! The management API on a real relay's admin listener: every route's authorisation, the
 //! OpenAPI document, each action through `/api/v1` (tenants, credentials, hostnames, connections,
-//! requests), validation and body shapes, the bearer scheme.
+//! requests, nodes), validation and body shapes, the bearer scheme.
 
 mod web;
 
@@ -11,7 +11,7 @@ use connector::testing::connector;
 use http::StatusCode;
 use serde_json::{json, Value};
 use testkit::{trace_init, Backend, Client};
-use web::{concrete, is_problem, Api};
+use web::{concrete, is_problem, node, session_on, Api};
 
 #[tokio::test]
 async fn every_api_route_refuses_requests_without_a_valid_token() -> anyhow::Result<()> {
@@ -113,6 +113,9 @@ async fn openapi_document_lists_exactly_the_served_routes() -> anyhow::Result<()
         ("delete", "/api/v1/tenants/{name}/credentials/{id}"),
         ("get", "/api/v1/tenants/{name}/connections"),
         ("get", "/api/v1/requests"),
+        ("get", "/api/v1/nodes"),
+        ("post", "/api/v1/nodes/{node}/drain"),
+        ("post", "/api/v1/nodes/{node}/resume"),
         ("get", "/api/v1/openapi.json"),
     ] {
         assert!(paths[p][m].is_object(), "{m} {p} missing from the document");
@@ -819,5 +822,148 @@ async fn api_records_enabling_and_disabling_as_the_pages_and_cli_do() -> anyhow:
         .await;
     assert_eq!(s, StatusCode::OK, "{t}");
     assert_eq!(recorded().await.len(), 4);
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn api_lists_nodes_and_drains_and_resumes_them_by_name_or_id() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    let api = Api {
+        client: Client::new(&relay.ca_cert()),
+        base: format!("http://{}", relay.admin_addr.expect("admin")),
+        token: relay.api_token("ops").await,
+    };
+    // Besides the relay itself: one node with two live sessions (and an ended one), and two
+    // nodes on one host sharing a name.
+    for (id, name) in [("a1", "alpha"), ("h1", "host"), ("h2", "host")] {
+        relay.store.register_node(&node(id, name)).await?;
+    }
+    for id in ["s1", "s2", "s3"] {
+        relay.store.session_opened(&session_on(id, "a1")).await?;
+    }
+    relay.store.session_closed("s3", "normal").await?;
+
+    let (s, list) = api.call("GET", "/api/v1/nodes", None).await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let items = list["items"].as_array().expect("items");
+    let alpha = items
+        .iter()
+        .find(|n| n["id"] == "a1")
+        .expect("alpha listed");
+    assert_eq!(alpha["name"], "alpha");
+    assert_eq!(alpha["advertise"], "alpha.internal:8443");
+    assert_eq!(alpha["state"], "active");
+    assert_eq!(alpha["sessions"], 2);
+    assert!(alpha["heartbeat_age_ms"]
+        .as_i64()
+        .is_some_and(|ms| (0..15_000).contains(&ms)));
+    for time in ["started_at", "heartbeat_at"] {
+        assert!(
+            alpha[time].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{alpha}"
+        );
+    }
+    assert_eq!(items.iter().filter(|n| n["name"] == "host").count(), 2);
+
+    // Drain by name, resume by id: the answer is the node as it is now.
+    let (s, n) = api.call("POST", "/api/v1/nodes/alpha/drain", None).await;
+    assert_eq!(s, StatusCode::OK, "{n}");
+    assert_eq!(
+        (n["id"].as_str(), n["state"].as_str()),
+        (Some("a1"), Some("draining"))
+    );
+    assert_eq!(n["sessions"], 2);
+    // The node learns it at its next heartbeat.
+    assert_eq!(
+        relay.store.heartbeat_node("a1").await?,
+        Some(relay_store::NodeState::Draining)
+    );
+    let (_, list) = api.call("GET", "/api/v1/nodes", None).await;
+    let listed = |list: &Value, id: &str| {
+        list["items"].as_array().and_then(|items| {
+            items
+                .iter()
+                .find(|n| n["id"] == id)
+                .map(|n| n["state"].clone())
+        })
+    };
+    assert_eq!(listed(&list, "a1"), Some(json!("draining")));
+    let (s, n) = api.call("POST", "/api/v1/nodes/a1/resume", None).await;
+    assert_eq!(s, StatusCode::OK, "{n}");
+    assert_eq!(n["state"], "active");
+
+    // A name two live nodes share is 409 (give the id); an unknown node is 404.
+    let a = api
+        .client
+        .request_with(
+            "POST",
+            &format!("{}/api/v1/nodes/host/drain", api.base),
+            &[("authorization", &format!("Bearer {}", api.token))],
+            Bytes::new(),
+        )
+        .await?;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.text());
+    assert!(is_problem(&a));
+    assert!(a.text().contains("node id"), "{}", a.text());
+    let (s, p) = api.call("POST", "/api/v1/nodes/nobody/resume", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{p}");
+    assert!(
+        p["detail"].as_str().is_some_and(|d| d.contains("nobody")),
+        "{p}"
+    );
+    let (s, n) = api.call("POST", "/api/v1/nodes/h2/drain", None).await;
+    assert_eq!(s, StatusCode::OK, "{n}");
+    let (_, list) = api.call("GET", "/api/v1/nodes", None).await;
+    assert_eq!(listed(&list, "h1"), Some(json!("active")));
+    assert_eq!(listed(&list, "h2"), Some(json!("draining")));
+
+    // Only with a token.
+    let client = &api.client;
+    for (method, path) in [
+        ("GET", "/api/v1/nodes"),
+        ("POST", "/api/v1/nodes/a1/drain"),
+        ("POST", "/api/v1/nodes/a1/resume"),
+    ] {
+        let a = client
+            .request_with(method, &format!("{}{path}", api.base), &[], Bytes::new())
+            .await?;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+    }
+    assert_eq!(
+        relay
+            .store
+            .nodes(15_000)
+            .await?
+            .iter()
+            .find(|n| n.id == "a1")
+            .map(|n| n.state),
+        Some(relay_store::NodeState::Active)
+    );
+
+    // Recorded under the token's name; refusals record nothing.
+    let actions: Vec<(String, String, String)> = relay
+        .store
+        .admin_actions(100)
+        .await?
+        .into_iter()
+        .rev()
+        .map(|a| (a.actor, a.action, a.object))
+        .collect();
+    let entry = |action: &str, object: &str| {
+        (
+            "token:ops".to_string(),
+            action.to_string(),
+            object.to_string(),
+        )
+    };
+    assert_eq!(
+        actions,
+        [
+            entry("node.drain", "alpha/a1"),
+            entry("node.resume", "alpha/a1"),
+            entry("node.drain", "host/h2"),
+        ]
+    );
     relay.stop().await
 }

@@ -1,14 +1,14 @@
 //! The admin pages on a real relay's admin listener, as far as HTTP goes: sessions, CSRF and
-//! same-origin checks, escaping, error pages, each action through its form, and login rate
-//! limiting. Login limiting under load is in `login.rs`, the browser walk-through in
-//! `browser.rs`.
+//! same-origin checks, escaping, error pages, each action through its form (the Nodes page's
+//! drain and resume too), and login rate limiting. Login limiting under load is in `login.rs`,
+//! the browser walk-through in `browser.rs`.
 
 mod web;
 
 use bytes::Bytes;
 use http::StatusCode;
 use testkit::{trace_init, Client};
-use web::{concrete, Browser};
+use web::{concrete, node, session_on, Browser};
 
 #[tokio::test]
 async fn pages_need_a_session_and_same_origin_csrf_checked_changes() -> anyhow::Result<()> {
@@ -591,5 +591,105 @@ async fn pages_change_tenants_hostnames_credentials_and_tokens_and_record_who() 
         );
     }
     assert_eq!(actions.len(), 7, "{actions:?}");
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn nodes_page_lists_live_nodes_and_drains_and_resumes_them() -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    relay
+        .store
+        .create_admin_user("admin", "correct horse battery")
+        .await?;
+    let id = "0190aaaabbbbcccc";
+    relay.store.register_node(&node(id, "alpha")).await?;
+    relay.store.register_node(&node("h1", "host")).await?;
+    relay.store.register_node(&node("h2", "host")).await?;
+    relay.store.session_opened(&session_on("s1", id)).await?;
+    let client = Client::new(&relay.ca_cert());
+    let base = format!("http://{}", relay.admin_addr.expect("admin"));
+    let b = Browser::start(client.clone(), &base, "admin", "correct+horse+battery").await?;
+    let form = format!("csrf={}", b.csrf);
+
+    // Listed with the short id, heartbeat age, sessions, address and a Drain button.
+    let page = b.get("/nodes").await?;
+    assert_eq!(page.status, StatusCode::OK);
+    let html = page.text();
+    for want in [
+        "<a href=\"/nodes\" aria-current=\"page\">Nodes</a>",
+        "alpha",
+        &format!("<code title=\"{id}\">…bbbbcccc</code>"),
+        "alpha.internal:8443",
+        "<td>1</td>",
+        &format!("action=\"/nodes/{id}/drain\""),
+        "ago",
+    ] {
+        assert!(html.contains(want), "{want} missing in {html}");
+    }
+    assert!(!html.contains(&format!("/nodes/{id}/resume")), "{html}");
+
+    // Drain: without the CSRF token or from another origin nothing happens.
+    let drain = format!("/nodes/{id}/drain");
+    let a = b.post(&drain, "csrf=wrong", Some(&base)).await?;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = b.post(&drain, &form, Some("http://evil.example")).await?;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let state = || async {
+        relay
+            .store
+            .nodes(15_000)
+            .await
+            .expect("nodes")
+            .into_iter()
+            .find(|n| n.id == id)
+            .map(|n| n.state)
+    };
+    assert_eq!(state().await, Some(relay_store::NodeState::Active));
+    let a = b.post(&drain, &form, Some(&base)).await?;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+    assert_eq!(a.headers["location"], "/nodes?done=node-draining");
+    assert_eq!(state().await, Some(relay_store::NodeState::Draining));
+    let html = b.get("/nodes?done=node-draining").await?.text();
+    assert!(html.contains("Node draining"), "{html}");
+    assert!(
+        html.contains(&format!("action=\"/nodes/{id}/resume\"")),
+        "{html}"
+    );
+    assert!(html.contains("draining</span>"), "{html}");
+
+    // Resume.
+    let a = b
+        .post(&format!("/nodes/{id}/resume"), &form, Some(&base))
+        .await?;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+    assert_eq!(a.headers["location"], "/nodes?done=node-resumed");
+    assert_eq!(state().await, Some(relay_store::NodeState::Active));
+
+    // A name two nodes share stays on the page with the reason (409); an unknown node is 404.
+    let a = b.post("/nodes/host/drain", &form, Some(&base)).await?;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+    assert!(a.text().contains("use the node id"), "{}", a.text());
+    assert!(a.text().contains("<h1>Relay nodes</h1>"), "{}", a.text());
+    let a = b.post("/nodes/nobody/drain", &form, Some(&base)).await?;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+
+    let actions: Vec<(String, String)> = relay
+        .store
+        .admin_actions(100)
+        .await?
+        .into_iter()
+        .rev()
+        .filter(|a| a.actor == "user:admin")
+        .map(|a| (a.action, a.object))
+        .collect();
+    let object = format!("alpha/{id}");
+    assert_eq!(
+        actions,
+        [
+            ("node.drain".to_string(), object.clone()),
+            ("node.resume".to_string(), object),
+        ]
+    );
     relay.stop().await
 }

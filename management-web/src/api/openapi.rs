@@ -37,6 +37,9 @@ fn parameter_schema(name: &str, ty: &str) -> Value {
         "offset" => json!({"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}),
         "limit" => json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
         "status" => json!({"type": "string", "pattern": STATUS_PATTERN}),
+        "node" => {
+            json!({"type": "string", "minLength": 1, "description": "a node id, or a name only one live node has"})
+        }
         _ => json!({"type": ty}),
     }
 }
@@ -79,6 +82,16 @@ pub fn openapi_document() -> Value {
             responses.insert(
                 "422".into(),
                 problem_ref("the body is not an object of the schema (arrays, unknown fields, wrong types) or a value is invalid"),
+            );
+        }
+        if r.path.contains("{node}") {
+            responses.insert(
+                "404".into(),
+                problem_ref("no live relay node has that name or id"),
+            );
+            responses.insert(
+                "409".into(),
+                problem_ref("several live relay nodes have that name: give the node id"),
             );
         }
         responses.insert("default".into(), problem_ref("error"));
@@ -159,6 +172,15 @@ pub fn openapi_document() -> Value {
                     "bytes_in": {"type": "integer", "minimum": 0}, "bytes_out": {"type": "integer", "minimum": 0}, "duration_ms": {"type": "integer", "minimum": 0},
                     "visitor": {"type": "string"}, "session_id": {"type": "string"}, "relay_node": {"type": "string"}, "created_at": time}}));
     schemas.insert("RequestList".into(), paging("Request"));
+    schemas.insert("Node".into(), json!({"type": "object", "required": ["id", "name", "advertise", "state", "started_at", "heartbeat_at", "heartbeat_age_ms", "sessions"], "properties": {
+                    "id": {"type": "string", "description": "fresh for every start of the relay process"},
+                    "name": {"type": "string", "description": "its node_name; two nodes on one host may share it"},
+                    "advertise": {"type": ["string", "null"], "description": "the address its peers reach it on"},
+                    "state": {"type": "string", "enum": ["active", "draining"], "description": "as asked; the node applies it at its next heartbeat"},
+                    "started_at": time, "heartbeat_at": time,
+                    "heartbeat_age_ms": {"type": "integer", "minimum": 0},
+                    "sessions": {"type": "integer", "minimum": 0, "description": "connector sessions it holds"}}}));
+    schemas.insert("NodeList".into(), json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}}}}));
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Relay management API", "version": env!("CARGO_PKG_VERSION")},

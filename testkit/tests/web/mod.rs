@@ -59,6 +59,37 @@ pub(crate) fn concrete(path: &str) -> String {
     path.replace("{name}", "acme")
         .replace("{id}", "0123")
         .replace("{hostname}", "app.example.com")
+        .replace("{node}", "n1")
+}
+
+/// A relay node as it registers, heartbeat now (a test registers it through the store).
+pub(crate) fn node(id: &str, name: &str) -> relay_store::NodeRecord {
+    relay_store::NodeRecord {
+        id: id.into(),
+        name: name.into(),
+        advertise: Some(format!("{name}.internal:8443")),
+        state: relay_store::NodeState::Active,
+        started_at: relay_store::now_ms(),
+        heartbeat_at: 0,
+    }
+}
+
+/// A live connector session of tenant `acme` on node `node_id`.
+pub(crate) fn session_on(id: &str, node_id: &str) -> relay_store::SessionRecord {
+    relay_store::SessionRecord {
+        id: id.into(),
+        tenant: "acme".into(),
+        relay_node: "elsewhere".into(),
+        connector_id: "c1".into(),
+        connector_version: "connector/1".into(),
+        transport: "quic".into(),
+        remote_addr: "192.0.2.1:1".into(),
+        connected_at: relay_store::now_ms(),
+        disconnected_at: None,
+        close_code: None,
+        node_id: Some(node_id.into()),
+        targets: Vec::new(),
+    }
 }
 
 /// A logged-in browser, as far as HTTP goes.
