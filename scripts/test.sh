@@ -30,6 +30,8 @@ have_initdb() {
 
 missing=()
 have curl || missing+=(curl)          # the quickstart test runs the printed curl line
+have openssl || missing+=(openssl)    # the compose test runs docker-compose.yml's init (a certificate)…
+have python3 || missing+=(python3)    # …and its demo backend
 have cc || missing+=(gcc)             # aws-lc-sys and other -sys crates build C code
 have_initdb || missing+=(postgresql)  # store and relay tests start throwaway PostgreSQL clusters
 have runuser || missing+=(util-linux) # as root, the clusters run as the postgres user
@@ -92,5 +94,5 @@ if [ $# -eq 0 ]; then
     echo "test.sh: end-to-end suites again over TLS/TCP sessions"
     CONNECTOR_TRANSPORT=tcp cargo test --locked -p testkit \
         --test tunnel --test streaming --test limits --test shutdown --test auth --test processes --test hostnames --test audit --test smuggling \
-        --test management_api --test management_pages --test admin_listener --test browser --test grpc --test edge --test targets --test liveness
+        --test management_api --test management_pages --test admin_listener --test browser --test grpc --test edge --test targets --test liveness --test compose
 fi
