@@ -30,6 +30,16 @@ const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 const TOKEN_MIN_LIFE: Duration = Duration::from_secs(60);
 /// How long in-flight streams may finish after a drain request or shutdown.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
+/// How long a session the relay asked to move must have taken no new stream before it closes.
+const LINGER_QUIET: Duration = Duration::from_secs(1);
+/// How long a slot tries a relay address that asked it to move (drain) after the others.
+const AVOID_DRAINED: Duration = Duration::from_secs(30);
+/// When a new session first checks whether it should move to another relay node, and how often
+/// after that.
+const SPREAD_FIRST_CHECK: Duration = Duration::from_secs(1);
+const SPREAD_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// Deadline for resolving another node's address from the `Welcome` list.
+const RESOLVE_NODE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a session ended, for the reconnect loop.
 #[derive(Debug)]
@@ -49,6 +59,8 @@ pub(crate) struct Established {
     control: ControlStream,
     session_id: String,
     expires_in: Duration,
+    /// The relay node holding it.
+    node: String,
 }
 
 /// How `serve` ended: the session is over, or it was replaced by a better one (TCP → QUIC) that
@@ -116,6 +128,8 @@ pub(crate) struct Dialer {
     config: Config,
     token: Mutex<TokenCache>,
     connector_id: String,
+    /// The other relay nodes the last `Welcome` listed (a cluster with addresses per node).
+    nodes: Mutex<Vec<tunnel_protocol::NodeAddress>>,
 }
 
 /// What one session slot keeps to itself, living on the slot's runtime.
@@ -126,6 +140,10 @@ struct Slot {
     endpoint: Mutex<Option<Endpoint>>,
     /// Backend clients: their pooled connections' tasks run where they were opened.
     backends: Backends,
+    /// The relay node this slot's session is on, while it has one.
+    on_node: Mutex<Option<String>>,
+    /// An address that asked this slot to move (drain), tried last until the instant.
+    avoid: Mutex<Option<(SocketAddr, Instant)>>,
 }
 
 impl Dialer {
@@ -137,6 +155,8 @@ impl Dialer {
                 Ok(Slot {
                     endpoint: Mutex::new(None),
                     backends: Backends::new(&config.targets)?,
+                    on_node: Mutex::new(None),
+                    avoid: Mutex::new(None),
                 })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
@@ -153,6 +173,7 @@ impl Dialer {
             config,
             token: Mutex::new(TokenCache::default()),
             connector_id,
+            nodes: Mutex::new(Vec::new()),
         })
     }
 
@@ -175,9 +196,11 @@ impl Dialer {
         };
         loop {
             let session_id = session.session_id.clone();
+            *lock(&self.slot(slot).on_node) = Some(session.node.clone());
             info!(
                 slot,
                 session_id = %session_id,
+                relay_node = %session.node,
                 relay = %session.conn.remote_address(),
                 transport = %session.conn.transport(),
                 "session established"
@@ -206,6 +229,7 @@ impl Dialer {
                 }
                 Served::Ended(ended) => {
                     info!(session_id = %session_id, ?ended, "session ended");
+                    *lock(&self.slot(slot).on_node) = None;
                     return Ok(ended);
                 }
             }
@@ -248,12 +272,75 @@ impl Dialer {
                 }
             }
         };
-        self.authenticate(conn).await
+        let remote = conn.remote_address();
+        match self.authenticate(conn).await {
+            Ok(established) => Ok(established),
+            Err(e) => {
+                if matches!(&e, AttemptError::Refused { code, .. } if *code == ErrorCode::GOING_AWAY)
+                {
+                    self.avoid(slot, remote);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The relay nodes the other slots are on.
+    fn taken(&self, slot: usize) -> Vec<String> {
+        (0..self.slots.len())
+            .filter(|&i| i != slot)
+            .filter_map(|i| lock(&self.slot(i).on_node).clone())
+            .collect()
+    }
+
+    /// Whether slot `slot`, on `node`, should move: another slot is on the same node, and the
+    /// cluster lists a node no slot is on. Slot 0 stays where the configured address took it.
+    fn should_spread(&self, slot: usize, node: &str) -> bool {
+        if slot == 0 {
+            return false;
+        }
+        let taken = self.taken(slot);
+        taken.iter().any(|n| n == node)
+            && lock(&self.nodes)
+                .iter()
+                .any(|n| n.name != node && !taken.contains(&n.name))
+    }
+
+    /// Tries `addr` last for a while: it asked this slot to move.
+    fn avoid(&self, slot: usize, addr: SocketAddr) {
+        *lock(&self.slot(slot).avoid) = Some((addr, Instant::now() + AVOID_DRAINED));
+    }
+
+    /// Where slot `slot` dials, in order: the configured relay's addresses, and the other nodes
+    /// the cluster listed (see [`dial_order`]).
+    async fn resolve(&self, slot: usize) -> Result<Vec<SocketAddr>, AttemptError> {
+        let primary = self.resolve_server(slot).await?;
+        let nodes = lock(&self.nodes).clone();
+        if nodes.is_empty() {
+            return Ok(primary);
+        }
+        let taken = self.taken(slot);
+        let mut others = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            let found = tokio::time::timeout(
+                RESOLVE_NODE_TIMEOUT,
+                tokio::net::lookup_host(n.address.as_str()),
+            )
+            .await;
+            match found {
+                Ok(Ok(addrs)) => others.push((n.name, addrs.collect::<Vec<_>>())),
+                _ => debug!(node = %n.name, address = %n.address, "cannot resolve a cluster node"),
+            }
+        }
+        let avoid = lock(&self.slot(slot).avoid)
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(a, _)| a);
+        Ok(dial_order(slot, primary, &others, &taken, avoid))
     }
 
     /// The relay's addresses, IPv4 first, rotated by `slot` so that the sessions of one connector
     /// spread over the addresses DNS returns (each falls back to the others).
-    async fn resolve(&self, slot: usize) -> Result<Vec<SocketAddr>, AttemptError> {
+    async fn resolve_server(&self, slot: usize) -> Result<Vec<SocketAddr>, AttemptError> {
         let host = &self.config.server_host;
         let port = self.config.server_port;
         let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
@@ -423,6 +510,7 @@ impl Dialer {
         )))
     }
 
+    /// Authenticates on a new connection.
     async fn authenticate(&self, conn: Conn) -> Result<Established, AttemptError> {
         let (send, recv) = tokio::time::timeout(AUTH_TIMEOUT, conn.open_bi())
             .await
@@ -449,11 +537,16 @@ impl Dialer {
                 if !w.token.is_empty() {
                     self.store_token(w.token, expires_in);
                 }
+                if !w.nodes.is_empty() {
+                    debug!(nodes = ?w.nodes, "cluster nodes");
+                }
+                *lock(&self.nodes) = w.nodes;
                 Ok(Established {
                     conn,
                     control,
                     session_id: w.session_id,
                     expires_in,
+                    node: w.relay_node,
                 })
             }
             ControlFrame::Refused(r) => {
@@ -504,6 +597,7 @@ impl Dialer {
             conn,
             mut control,
             expires_in,
+            node,
             ..
         } = session;
         let streams = TaskTracker::new();
@@ -514,6 +608,9 @@ impl Dialer {
             && self.config.proxy.is_none();
         let mut probe_at = tokio::time::Instant::now() + self.config.quic_probe_interval;
         let mut probe: Option<tokio::task::JoinHandle<Result<Established, AttemptError>>> = None;
+        // Where the cluster lists other nodes, a slot that shares its node with another slot
+        // moves to a node no slot is on, so that a node loss never takes every session.
+        let mut spread_at = tokio::time::Instant::now() + SPREAD_FIRST_CHECK;
         let ended = loop {
             // Why select: the session is driven by whichever comes first — a new stream from the
             // relay, a control frame, the renewal deadline, a QUIC probe, the connection closing,
@@ -535,6 +632,8 @@ impl Dialer {
                     }
                     Ok(ControlFrame::GoAway(g)) => {
                         info!(code = %g.code, reason = %g.message, "relay asked this session to move");
+                        // Reconnect elsewhere first when the cluster has other nodes.
+                        self.avoid(slot, conn.remote_address());
                         // The slot reconnects at once; this session finishes its streams meanwhile.
                         self.lingering.spawn(linger(conn, control, streams, self.backends(slot).clone(), Linger::Asked));
                         return Served::Ended(Ended::Drained);
@@ -560,10 +659,17 @@ impl Dialer {
                     // Until the answer arrives, do not ask again for a while.
                     renew_at = tokio::time::Instant::now() + Duration::from_secs(30);
                 }
+                _ = tokio::time::sleep_until(spread_at), if probe.is_none() => {
+                    spread_at = tokio::time::Instant::now() + SPREAD_CHECK_INTERVAL;
+                    if self.should_spread(slot, &node) {
+                        let dialer = self.clone();
+                        probe = Some(tokio::spawn(async move { dialer.establish(slot).await }));
+                    }
+                }
                 _ = tokio::time::sleep_until(probe_at), if probing && probe.is_none() => {
                     let dialer = self.clone();
                     probe = Some(tokio::spawn(async move {
-                        let conn = dialer.connect_quic(0, dialer.config.quic_fallback_after).await?;
+                        let conn = dialer.connect_quic(slot, dialer.config.quic_fallback_after).await?;
                         dialer.authenticate(conn).await
                     }));
                 }
@@ -571,14 +677,26 @@ impl Dialer {
                     probe = None;
                     probe_at = tokio::time::Instant::now() + self.config.quic_probe_interval;
                     match result {
+                        // A spread attempt that landed on a node a slot is already on: keep the
+                        // session there is.
+                        Ok(Ok(next)) if next.node == node || self.taken(slot).contains(&next.node) => {
+                            debug!(node = %next.node, "no other relay node reachable for this slot; staying");
+                            let Established { conn: extra, mut control, .. } = next;
+                            control.finish();
+                            extra.close(ErrorCode::NO_ERROR, b"not needed");
+                        }
                         Ok(Ok(next)) => {
-                            info!("QUIC reachable again: moving this session from TLS/TCP to QUIC");
+                            if next.node != node {
+                                info!(from = %node, to = %next.node, "moving this session to another relay node");
+                            } else {
+                                info!("QUIC reachable again: moving this session from TLS/TCP to QUIC");
+                            }
                             *self.quic_blocked_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
                             // The relay stops routing here and closes once our streams are done;
                             // until then this session keeps serving what arrives.
                             let go_away = ControlFrame::GoAway(tunnel_protocol::GoAway {
                                 code: ErrorCode::NO_ERROR,
-                                message: "moving to QUIC".into(),
+                                message: "moving".into(),
                             });
                             let _ = control.send(&go_away).await;
                             self.lingering.spawn(linger(conn, control, streams, self.backends(slot).clone(), Linger::Moving));
@@ -650,7 +768,7 @@ async fn linger(
     backends: Backends,
     why: Linger,
 ) {
-    let started = tokio::time::Instant::now();
+    let mut last_stream = tokio::time::Instant::now();
     let deadline = tokio::time::sleep(DRAIN_GRACE);
     tokio::pin!(deadline);
     let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -660,14 +778,18 @@ async fn linger(
         tokio::select! {
             incoming = conn.accept_bi() => match incoming {
                 Ok((send, recv)) => {
+                    last_stream = tokio::time::Instant::now();
                     streams.spawn(crate::stream::serve(send, recv, backends.clone()));
                 }
                 Err(_) => break,
             },
             _ = tick.tick() => {
+                // Quiet for a while: the relay has moved its new requests elsewhere (it uses a
+                // draining session only while the tenant has no other), so closing now cannot
+                // cut a stream it is about to open.
                 if why == Linger::Asked
                     && streams.is_empty()
-                    && started.elapsed() >= Duration::from_millis(200)
+                    && last_stream.elapsed() >= LINGER_QUIET
                 {
                     break;
                 }
@@ -680,6 +802,44 @@ async fn linger(
     control.finish();
     conn.close(ErrorCode::NO_ERROR, ErrorCode::NO_ERROR.name().as_bytes());
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.drained()).await;
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The order in which slot `slot` tries relay addresses. Slot 0 starts with the configured relay;
+/// the others start with another node of the cluster that no other slot is on (so that a node
+/// loss never takes every session), taking turns by slot number. Everything else follows as a
+/// fallback, each address once; an address that just asked this slot to move comes last.
+fn dial_order(
+    slot: usize,
+    primary: Vec<SocketAddr>,
+    others: &[(String, Vec<SocketAddr>)],
+    taken: &[String],
+    avoid: Option<SocketAddr>,
+) -> Vec<SocketAddr> {
+    let free: Vec<&(String, Vec<SocketAddr>)> = others
+        .iter()
+        .filter(|(name, addrs)| !taken.contains(name) && !addrs.is_empty())
+        .collect();
+    let mut order: Vec<SocketAddr> = Vec::new();
+    if slot > 0 && !free.is_empty() {
+        order.extend(&free[(slot - 1) % free.len()].1);
+    }
+    order.extend(primary);
+    for (_, addrs) in others {
+        order.extend(addrs);
+    }
+    let mut seen = std::collections::HashSet::new();
+    order.retain(|a| seen.insert(*a));
+    if let Some(a) = avoid {
+        if let Some(i) = order.iter().position(|x| *x == a) {
+            let a = order.remove(i);
+            order.push(a);
+        }
+    }
+    order
 }
 
 /// Renew at two thirds of the token's life.
@@ -758,4 +918,61 @@ fn uuid_like() -> String {
 /// The shared status a caller can watch.
 pub(crate) fn set_error(state: &StateTx, err: &str) {
     state.send_modify(|s: &mut State| s.last_error = Some(err.to_string()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn slots_spread_over_the_nodes_and_fall_back_to_everything() {
+        let others = vec![
+            ("beta".to_string(), vec![a(2)]),
+            ("gamma".to_string(), vec![a(3)]),
+        ];
+        // Slot 0: the configured relay first.
+        assert_eq!(
+            dial_order(0, vec![a(1)], &others, &[], None),
+            [a(1), a(2), a(3)]
+        );
+        // Slots 1, 2: another node each, in turn.
+        assert_eq!(
+            dial_order(1, vec![a(1)], &others, &[], None),
+            [a(2), a(1), a(3)]
+        );
+        assert_eq!(
+            dial_order(2, vec![a(1)], &others, &[], None),
+            [a(3), a(1), a(2)]
+        );
+        // A node another slot is on is not preferred.
+        let taken = ["beta".to_string()];
+        assert_eq!(
+            dial_order(1, vec![a(1)], &others, &taken, None),
+            [a(3), a(1), a(2)]
+        );
+        // The listed nodes include the configured one (one address, listed by name): once.
+        let with_self = vec![
+            ("alpha".to_string(), vec![a(1)]),
+            ("beta".to_string(), vec![a(2)]),
+        ];
+        assert_eq!(
+            dial_order(0, vec![a(1)], &with_self, &[], None),
+            [a(1), a(2)]
+        );
+    }
+
+    #[test]
+    fn an_address_that_asked_to_move_comes_last() {
+        let others = vec![("beta".to_string(), vec![a(2)])];
+        assert_eq!(
+            dial_order(0, vec![a(1)], &others, &[], Some(a(1))),
+            [a(2), a(1)]
+        );
+        // Alone, it is still tried.
+        assert_eq!(dial_order(0, vec![a(1)], &[], &[], Some(a(1))), [a(1)]);
+    }
 }

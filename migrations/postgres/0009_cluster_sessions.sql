@@ -8,3 +8,6 @@ CREATE INDEX connector_sessions_node ON connector_sessions(node_id, disconnected
 -- The node holding the session that served a request, when it is not the node the visitor
 -- reached (the request was forwarded); NULL otherwise.
 ALTER TABLE audit_requests ADD COLUMN session_node TEXT;
+-- The address connectors may dial a node on directly (`[cluster] public_address`), listed to them
+-- in `Welcome` so that a connector keeps sessions on more than one node; NULL: none of its own.
+ALTER TABLE relay_nodes ADD COLUMN public_address TEXT;

@@ -46,6 +46,10 @@ use crate::Relay;
 
 /// How long the directory's answer for a tenant is reused.
 const DIRECTORY_TTL: Duration = Duration::from_secs(1);
+/// How long an answer that found no session elsewhere is reused: short, so that a connector
+/// that just moved (drain, node loss) is found at once, yet a tenant without any connector costs
+/// at most one query per node in this time.
+const DIRECTORY_NEGATIVE_TTL: Duration = Duration::from_millis(100);
 /// How long a directory query may take before the request is answered without it.
 const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long opening and authenticating a link may take.
@@ -87,6 +91,8 @@ pub(crate) struct Cluster {
     directory: Mutex<HashMap<String, Found>>,
     /// One directory query at a time: requests that miss together wait for the same answer.
     refreshing: tokio::sync::Mutex<()>,
+    /// The other active nodes connectors may dial directly (from the last heartbeat).
+    public_nodes: Mutex<Vec<tunnel_protocol::NodeAddress>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -148,12 +154,26 @@ impl Cluster {
             peers: Mutex::new(HashMap::new()),
             directory: Mutex::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(()),
+            public_nodes: Mutex::new(Vec::new()),
         })
     }
 
     /// The QUIC endpoint links are opened from (the relay's own, so peers see its port).
     pub(crate) fn set_endpoint(&self, endpoint: quinn::Endpoint) {
         let _ = self.endpoint.set(endpoint);
+    }
+
+    /// Sets the other nodes connectors are told about.
+    pub(crate) fn set_public_nodes(&self, nodes: Vec<tunnel_protocol::NodeAddress>) {
+        *self.public_nodes.lock().unwrap_or_else(|p| p.into_inner()) = nodes;
+    }
+
+    /// The other active nodes connectors may dial directly.
+    pub(crate) fn public_nodes(&self) -> Vec<tunnel_protocol::NodeAddress> {
+        self.public_nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A node with a live session of `tenant` serving `target`, with a link to it.
@@ -244,7 +264,13 @@ impl Cluster {
     fn cached(&self, tenant: &str) -> Option<Arc<Vec<RemoteSessions>>> {
         let map = self.directory.lock().unwrap_or_else(|p| p.into_inner());
         map.get(tenant)
-            .filter(|(at, _)| at.elapsed() < DIRECTORY_TTL)
+            .filter(|(at, v)| {
+                let ttl = match v.is_empty() {
+                    true => DIRECTORY_NEGATIVE_TTL,
+                    false => DIRECTORY_TTL,
+                };
+                at.elapsed() < ttl
+            })
             .map(|(_, v)| v.clone())
     }
 
@@ -527,19 +553,16 @@ fn place(
     let Some(tenant) = relay.catalog.enabled_tenant_by_id(&tenant_id) else {
         return Err((ErrorCode::TENANT_DISABLED, "no such enabled tenant here"));
     };
-    let cap = tenant
-        .limits
-        .max_concurrent_streams
-        .unwrap_or(relay.config.limits.max_concurrent_streams);
-    let permit = relay
-        .registry
-        .tenant_cap(&tenant.id, cap)
-        .try_acquire_owned()
+    let permit = crate::proxy::cap_permit(relay, &tenant)
         .map_err(|_| (ErrorCode::RATE_LIMITED, "tenant stream cap reached"))?;
     let session = match relay.registry.pick(&tenant.id, target) {
         Pick::Session(s) => s,
         Pick::NoTarget => return Err((ErrorCode::UNKNOWN_TARGET, "no session serves the target")),
-        Pick::NoSession => return Err((ErrorCode::GOING_AWAY, "no session of the tenant here")),
+        // Its connector is moving away from this node; its old session still takes streams.
+        Pick::NoSession => match relay.registry.pick_draining(&tenant.id, target) {
+            Some(s) => s,
+            None => return Err((ErrorCode::GOING_AWAY, "no session of the tenant here")),
+        },
     };
     let guard = crate::proxy::InFlight::local(session.clone(), relay.clone(), Some(permit));
     Ok((session, guard))

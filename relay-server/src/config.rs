@@ -55,6 +55,10 @@ pub struct ClusterFile {
     /// The address other nodes reach this one on (`host:port`). Default: the HTTPS listener's
     /// address when it is not a wildcard.
     pub advertise: Option<String>,
+    /// The address connectors may dial this node on directly (`host:port`), when every node has
+    /// one of its own: listed to connectors so that each keeps sessions on two nodes. Unset
+    /// (behind one load-balanced address): none.
+    pub public_address: Option<String>,
     /// How often the node refreshes its row in the node registry. Default 5 s.
     #[serde(default, with = "humantime_serde")]
     pub heartbeat_interval: Option<Duration>,
@@ -180,6 +184,8 @@ pub struct Cluster {
     /// The address peers reach this node on, as configured (unset: the bound HTTPS address when
     /// it is not a wildcard).
     pub advertise: Option<String>,
+    /// The address connectors may dial this node on directly, if any.
+    pub public_address: Option<String>,
     /// Heartbeat period.
     pub heartbeat_interval: Duration,
     /// Heartbeats older than this are stale.
@@ -447,20 +453,21 @@ impl Config {
                 "cluster.node_timeout must be longer than cluster.heartbeat_interval",
             ));
         }
-        let advertise = match raw.cluster.advertise {
-            Some(a) if a.trim().is_empty() || !a.contains(':') => {
-                return Err(ConfigError::new(format!(
-                    "cluster.advertise = {a:?}: expected host:port"
-                )))
-            }
-            // Unset: the bound HTTPS address when it is not a wildcard, decided at start.
-            a => a.map(|a| a.trim().to_string()),
+        let host_port = |key: &str, v: Option<String>| match v {
+            Some(a) if a.trim().is_empty() || !a.contains(':') => Err(ConfigError::new(format!(
+                "{key} = {a:?}: expected host:port"
+            ))),
+            a => Ok(a.map(|a| a.trim().to_string())),
         };
+        // Unset: the bound HTTPS address when it is not a wildcard, decided at start.
+        let advertise = host_port("cluster.advertise", raw.cluster.advertise)?;
+        let public_address = host_port("cluster.public_address", raw.cluster.public_address)?;
         Ok(Config {
             audit,
             catalog_poll_interval,
             cluster: Cluster {
                 advertise,
+                public_address,
                 heartbeat_interval,
                 node_timeout,
             },

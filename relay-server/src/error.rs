@@ -45,6 +45,10 @@ pub(crate) enum ProxyError {
     Misdirected,
     #[error("tenant has no live session")]
     NoSession,
+    /// The node that held the tenant's session refused a forwarded request without delivering
+    /// it (its sessions moved); the request may be placed again.
+    #[error("the node holding the session no longer has it")]
+    Moved,
     #[error("no route for this path")]
     NotFound,
     #[error("connector did not send a response head within {0:?}")]
@@ -77,7 +81,7 @@ impl ProxyError {
             }
             Self::Misdirected => (Blame::Visitor, StatusCode::MISDIRECTED_REQUEST),
             Self::MethodNotAllowed => (Blame::Visitor, StatusCode::METHOD_NOT_ALLOWED),
-            Self::NoSession => (Blame::Connector, StatusCode::SERVICE_UNAVAILABLE),
+            Self::NoSession | Self::Moved => (Blame::Connector, StatusCode::SERVICE_UNAVAILABLE),
             Self::NotFound => (Blame::Visitor, StatusCode::NOT_FOUND),
             Self::ResponseTimeout(_) => (Blame::Connector, StatusCode::GATEWAY_TIMEOUT),
             Self::HeadTimeout(_) => (Blame::Visitor, StatusCode::REQUEST_TIMEOUT),
@@ -102,7 +106,7 @@ impl ProxyError {
             Self::BadBody => "malformed request body",
             Self::ConflictingFraming => "conflicting message framing",
             Self::Misdirected => "this connection cannot serve that host",
-            Self::NoSession => "no connector is online for this tenant",
+            Self::NoSession | Self::Moved => "no connector is online for this tenant",
             Self::NotFound | Self::UnknownTenant => "not found",
             Self::HeadTimeout(_) => "the request head did not arrive in time",
             Self::TooManyHeaders => "too many request header fields",
@@ -115,7 +119,7 @@ impl ProxyError {
     /// `Retry-After` for the statuses that promise a retry.
     fn retry_after(&self) -> Option<u32> {
         match self {
-            Self::NoSession => Some(5),
+            Self::NoSession | Self::Moved => Some(5),
             Self::TooManyStreams => Some(1),
             _ => None,
         }
@@ -145,7 +149,7 @@ pub(crate) fn error_message(err: &ProxyError, request_id: &str) -> Response<Byte
     match blame {
         // Every request to a tenant without a connector would warn: the session's own log lines
         // (closed, reconnecting) already tell that story.
-        _ if matches!(err, ProxyError::NoSession) => {
+        _ if matches!(err, ProxyError::NoSession | ProxyError::Moved) => {
             debug!(request_id, error = %err, "request refused")
         }
         Blame::Visitor => debug!(request_id, error = %err, "request refused"),

@@ -75,6 +75,8 @@ pub(crate) struct Relay {
     node_id: String,
     /// Forwarding to and from the other nodes sharing the database.
     cluster: cluster::Cluster,
+    /// Set while the registry asks this node to drain (`/readyz` answers 503).
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// What the management web learns from this process: streams in flight per session, and the
@@ -93,6 +95,10 @@ impl management_web::NodeView for NodeViewImpl {
 
     fn metrics(&self) -> String {
         self.0.metrics.render()
+    }
+
+    fn draining(&self) -> bool {
+        self.0.draining.load(Ordering::Acquire)
     }
 }
 
@@ -251,7 +257,11 @@ pub async fn run(
             .filter(|a| !a.ip().is_unspecified())
             .map(|a| a.to_string())
     });
-    let node = node::record(&config.node_name, advertise);
+    let node = node::record(
+        &config.node_name,
+        advertise,
+        config.cluster.public_address.clone(),
+    );
     let (certs, key) = keys::tls_material(&config.data_dir, config.tls.as_ref())?;
     let catalog = Arc::new(Catalog::load(&store).await.context("loading tenants")?);
     // Sessions this node left open in the history when it last stopped without closing them.
@@ -315,6 +325,7 @@ pub async fn run(
         store: store.clone(),
         node_id: node.id.clone(),
         cluster,
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
 
     // Visitors stop being accepted first; sessions are told to move after that.
@@ -348,7 +359,8 @@ pub async fn run(
             relay_store::SecretHasher::new(&keys.pepper),
             Arc::new(NodeViewImpl(relay.clone())),
             hosts,
-        );
+        )
+        .with_node_timeout(relay.config.cluster.node_timeout);
         let app = management_web::app(state);
         let stop = stop_accepting.clone();
         tasks.spawn(async move {
@@ -382,15 +394,7 @@ pub async fn run(
         move || close_invalid_sessions(&refresh_relay),
     ));
     let node_id = node.id.clone();
-    let membership = tokio::spawn(node::run(
-        relay.store.clone(),
-        node,
-        (
-            relay.config.cluster.heartbeat_interval,
-            relay.config.cluster.node_timeout,
-        ),
-        background.clone(),
-    ));
+    let membership = tokio::spawn(node::run(relay.clone(), node, background.clone()));
     info!(node = %relay.config.node_name, node_id = %node_id, "relay serving");
     if let Some(a) = addrs.https {
         info!(https = %a, "listening (HTTPS and connectors over TLS/TCP, connectors over QUIC/UDP)");

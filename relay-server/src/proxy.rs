@@ -214,13 +214,33 @@ async fn proxy(
     counters: &mut Option<Arc<TenantCounters>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    let admitted = admit(relay, &parts, &body, conn, (draft, counters)).await?;
+    let mut admitted = admit(relay, &parts, &body, conn, (draft, counters)).await?;
     let upgrade = take_upgrade(&mut parts, admitted.content_length);
     let head = request_head(relay, parts, conn, &admitted, upgrade.as_ref(), draft);
-    let sent = open_and_send(relay, &admitted, head, body, upgrade, draft).await?;
-    let first = await_response_head(relay, &admitted, sent.pump, sent.recv, draft).await?;
-    respond(relay, admitted, first, sent.upgrade).await
+    // A request without a body can be placed again when the node it was forwarded to refused
+    // it undelivered (the tenant's connector moved meanwhile): nothing of it was consumed.
+    let replayable = upgrade.is_none() && body.is_end_stream();
+    let (mut body, mut upgrade) = (Some(body), upgrade);
+    let mut placements = 1;
+    loop {
+        let sent =
+            open_and_send(relay, &admitted, &head, body.take(), upgrade.take(), draft).await?;
+        match await_response_head(relay, &admitted, sent.pump, sent.recv, draft).await {
+            Err(ProxyError::Moved) if replayable && placements < MAX_PLACEMENTS => {
+                placements += 1;
+                let (carrier, permit) =
+                    place(relay, &admitted.tenant, &admitted.target, draft).await?;
+                admitted.guard = InFlight::new(carrier.clone(), relay.clone(), permit);
+                admitted.carrier = carrier;
+            }
+            Err(e) => return Err(e),
+            Ok(first) => return respond(relay, admitted, first, sent.upgrade).await,
+        }
+    }
 }
+
+/// How often a request may be placed on a session (see [`ProxyError::Moved`]).
+const MAX_PLACEMENTS: u32 = 3;
 
 /// A request the relay has decided to serve: where it goes, under which limits, on which session.
 struct Admitted {
@@ -292,33 +312,7 @@ async fn admit(
     if content_length.is_some_and(|n| n > max_body) {
         return Err(ProxyError::BodyTooLarge(max_body));
     }
-    let (carrier, permit) = match relay.registry.pick(&tenant.id, &route.target) {
-        Pick::Session(s) => {
-            let cap = tenant
-                .limits
-                .max_concurrent_streams
-                .unwrap_or(limits.max_concurrent_streams);
-            let permit = relay
-                .registry
-                .tenant_cap(&tenant.id, cap)
-                .try_acquire_owned()
-                .map_err(|_| ProxyError::TooManyStreams)?;
-            draft.session_id = s.id.clone();
-            (Carrier::Local(s), Some(permit))
-        }
-        // The owning node counts the stream under the tenant's cap: once, there.
-        here => match relay.cluster.locate(&tenant, &route.target).await {
-            Located::Peer(peer, link) => {
-                draft.session_node = Some(peer.node_name.clone());
-                (Carrier::Remote(peer, link), None)
-            }
-            Located::NoTarget => return Err(ProxyError::UnknownTarget),
-            Located::NoSession if matches!(here, Pick::NoTarget) => {
-                return Err(ProxyError::UnknownTarget)
-            }
-            Located::NoSession => return Err(ProxyError::NoSession),
-        },
-    };
+    let (carrier, permit) = place(relay, &tenant, &route.target, draft).await?;
     let guard = InFlight::new(carrier.clone(), relay.clone(), permit);
     Ok(Admitted {
         tenant,
@@ -330,6 +324,59 @@ async fn admit(
         carrier,
         guard,
     })
+}
+
+/// Where a request goes: a session here (under the tenant's stream cap), else the node holding
+/// one, else — while the tenant's connector moves away from this node — its draining session.
+async fn place(
+    relay: &Arc<Relay>,
+    tenant: &Arc<relay_store::Tenant>,
+    target: &str,
+    draft: &mut Draft,
+) -> Result<(Carrier, Option<OwnedSemaphorePermit>), ProxyError> {
+    draft.session_node = None;
+    Ok(match relay.registry.pick(&tenant.id, target) {
+        Pick::Session(s) => {
+            let permit = cap_permit(relay, tenant)?;
+            draft.session_id = s.id.clone();
+            (Carrier::Local(s), Some(permit))
+        }
+        // The owning node counts the stream under the tenant's cap: once, there.
+        here => match relay.cluster.locate(tenant, target).await {
+            Located::Peer(peer, link) => {
+                draft.session_node = Some(peer.node_name.clone());
+                (Carrier::Remote(peer, link), None)
+            }
+            Located::NoTarget => return Err(ProxyError::UnknownTarget),
+            Located::NoSession if matches!(here, Pick::NoTarget) => {
+                return Err(ProxyError::UnknownTarget)
+            }
+            Located::NoSession => match relay.registry.pick_draining(&tenant.id, target) {
+                Some(s) => {
+                    let permit = cap_permit(relay, tenant)?;
+                    draft.session_id = s.id.clone();
+                    (Carrier::Local(s), Some(permit))
+                }
+                None => return Err(ProxyError::NoSession),
+            },
+        },
+    })
+}
+
+/// A permit of the tenant's stream cap, counted by the node holding the session.
+pub(crate) fn cap_permit(
+    relay: &Relay,
+    tenant: &relay_store::Tenant,
+) -> Result<OwnedSemaphorePermit, ProxyError> {
+    let cap = tenant
+        .limits
+        .max_concurrent_streams
+        .unwrap_or(relay.config.limits.max_concurrent_streams);
+    relay
+        .registry
+        .tenant_cap(&tenant.id, cap)
+        .try_acquire_owned()
+        .map_err(|_| ProxyError::TooManyStreams)
 }
 
 /// An HTTP/1.1 upgrade the relay will offer on: what is left of `Upgrade` (never h2c; the
@@ -413,8 +460,8 @@ struct Sent {
 async fn open_and_send(
     relay: &Relay,
     admitted: &Admitted,
-    head: StreamFrame,
-    body: Incoming,
+    head: &StreamFrame,
+    body: Option<Incoming>,
     upgrade: Option<Upgrade>,
     draft: &Draft,
 ) -> Result<Sent, ProxyError> {
@@ -442,7 +489,8 @@ async fn open_and_send(
     let mut send = FramedSend::new(send, ErrorCode::VISITOR_ABORTED);
     // A request without a body (most GETs) is complete with its head: head and FIN leave in one
     // write, and no body task is needed.
-    let bodiless = upgrade.is_none() && body.is_end_stream();
+    let body = body.filter(|b| upgrade.is_some() || !b.is_end_stream());
+    let bodiless = upgrade.is_none() && body.is_none();
     let mut encoded = bytes::BytesMut::new();
     let recv = match &admitted.carrier {
         Carrier::Local(_) => Answer::Tunnel(FramedRecv::new(recv, ErrorCode::VISITOR_ABORTED)),
@@ -478,6 +526,9 @@ async fn open_and_send(
             None
         }
         None => {
+            let Some(body) = body else {
+                return Err(ProxyError::BadBody);
+            };
             tokio::spawn(pump_request(
                 body,
                 send,
@@ -581,21 +632,25 @@ async fn forwarded(
             Ok(FramedRecv::new(raw, ErrorCode::VISITOR_ABORTED))
         }
         Ok(NodeMessage::Refused { code, message }) => {
-            // Its sessions moved or ended since the directory was read: ask again next time.
+            // Its sessions moved or ended since the directory was read: ask again.
             relay.cluster.forget(&admitted.tenant.name);
             debug!(code = %code, message, "forwarded request refused by the owning node");
             Err(fail(match code {
                 ErrorCode::UNKNOWN_TARGET => ProxyError::UnknownTarget,
                 ErrorCode::RATE_LIMITED => ProxyError::TooManyStreams,
-                _ => ProxyError::NoSession,
+                _ => ProxyError::Moved,
             }))
         }
         Ok(other) => Err(fail(ProxyError::Connector(format!(
             "unexpected node message {other:?}"
         )))),
-        Err(e) => Err(fail(ProxyError::Connector(format!(
-            "node link failed before the answer: {e}"
-        )))),
+        // The owning node is gone (killed, cut off): as when a local session is lost, the
+        // visitor may retry once the connector is back elsewhere.
+        Err(e) => {
+            relay.cluster.forget(&admitted.tenant.name);
+            debug!(error = %e, "node link failed before the owning node answered");
+            Err(fail(ProxyError::NoSession))
+        }
     }
 }
 

@@ -168,6 +168,30 @@ impl Registry {
         }
     }
 
+    /// A session of `tenant` serving `target` that is draining but still open (its connector
+    /// still takes the streams opened before it leaves): the last resort while the connector
+    /// moves, so that a drain loses no request.
+    pub(crate) fn pick_draining(
+        &self,
+        tenant: &TenantId,
+        target: &str,
+    ) -> Option<Arc<SessionEntry>> {
+        let map = self.sessions.read().unwrap_or_else(|p| p.into_inner());
+        map.get(tenant)
+            .into_iter()
+            .flatten()
+            .filter(|s| s.conn.close_reason().is_none() && s.serves(target))
+            .filter(|s| !matches!(s.close_kind(), Some(CloseKind::Kill(_))))
+            .min_by_key(|s| s.in_flight.load(Ordering::Relaxed))
+            .cloned()
+    }
+
+    /// Undoes [`Registry::close_all`] for sessions established from now on (a drain was called
+    /// off).
+    pub(crate) fn reopen(&self) {
+        *self.closing.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// The sessions of `tenant`.
     pub(crate) fn of_tenant(&self, tenant: &TenantId) -> Vec<Arc<SessionEntry>> {
         let map = self.sessions.read().unwrap_or_else(|p| p.into_inner());

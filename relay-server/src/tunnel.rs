@@ -146,6 +146,15 @@ async fn established(relay: Arc<Relay>, conn: Conn) {
         }
         Err(_) => return close(&conn, ErrorCode::AUTH_TIMEOUT),
     };
+    // A draining node takes no new sessions: the connector goes to another node.
+    if relay.draining.load(std::sync::atomic::Ordering::Acquire) {
+        let refusal = Refusal {
+            code: ErrorCode::GOING_AWAY,
+            message: "this relay node is draining; connect to another node",
+            retry_after_secs: 1,
+        };
+        return refuse(&conn, &mut control, refusal).await;
+    }
     let granted = match relay
         .auth
         .authenticate(&hello.tenant, &hello.credential)
@@ -175,6 +184,7 @@ async fn established(relay: Arc<Relay>, conn: Conn) {
         relay_node: relay.config.node_name.clone(),
         token: granted.token.unwrap_or_default(),
         expires_in_secs: u32::try_from(granted.expires_in.as_secs()).unwrap_or(u32::MAX),
+        nodes: relay.cluster.public_nodes(),
     });
     if control.send(&welcome).await.is_err() {
         return close(&conn, ErrorCode::PROTOCOL_ERROR);

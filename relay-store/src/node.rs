@@ -43,6 +43,8 @@ pub struct NodeRecord {
     pub name: String,
     /// The address peers reach it on (`[cluster] advertise`), if any.
     pub advertise: Option<String>,
+    /// The address connectors may dial it on directly (`[cluster] public_address`), if any.
+    pub public_address: Option<String>,
     /// Active or draining.
     pub state: NodeState,
     /// When the process started, ms since the epoch.
@@ -56,6 +58,7 @@ struct Row {
     id: String,
     name: String,
     advertise: Option<String>,
+    public_address: Option<String>,
     state: String,
     started_at: i64,
     heartbeat_at: i64,
@@ -67,6 +70,7 @@ impl From<Row> for NodeRecord {
             id: r.id,
             name: r.name,
             advertise: r.advertise,
+            public_address: r.public_address,
             state: NodeState::parse(&r.state),
             started_at: r.started_at,
             heartbeat_at: r.heartbeat_at,
@@ -74,7 +78,8 @@ impl From<Row> for NodeRecord {
     }
 }
 
-const SELECT: &str = "SELECT id, name, advertise, state, started_at, heartbeat_at FROM relay_nodes";
+const SELECT: &str =
+    "SELECT id, name, advertise, public_address, state, started_at, heartbeat_at FROM relay_nodes";
 
 impl Store {
     /// Registers (or, after its row was removed as stale, registers again) a node, heartbeat now.
@@ -84,12 +89,13 @@ impl Store {
             .execute(&self.pool)
             .await?;
         sqlx::query(
-            "INSERT INTO relay_nodes (id, name, advertise, state, started_at, heartbeat_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO relay_nodes (id, name, advertise, public_address, state, started_at, \
+             heartbeat_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&node.id)
         .bind(&node.name)
         .bind(&node.advertise)
+        .bind(&node.public_address)
         .bind(node.state.as_str())
         .bind(node.started_at)
         .bind(now_ms())

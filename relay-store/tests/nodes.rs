@@ -9,6 +9,7 @@ fn node(id: &str, name: &str) -> NodeRecord {
         id: id.into(),
         name: name.into(),
         advertise: Some(format!("{name}:8443")),
+        public_address: None,
         state: NodeState::Active,
         started_at: relay_store::now_ms(),
         heartbeat_at: 0,

@@ -80,6 +80,8 @@ pub struct RelayProcess {
     pub https: SocketAddr,
     /// Its admin listener's address, when it has one.
     pub admin: Option<SocketAddr>,
+    /// Its plain-HTTP address, when `ARGS` ask for a plain-HTTP listener.
+    pub http: Option<SocketAddr>,
 }
 
 impl RelayProcess {
@@ -91,7 +93,8 @@ impl RelayProcess {
 
 /// Starts `relay-server --log-format json ARGS…` (global options, then the command and its
 /// flags, e.g. `run --listen 127.0.0.1:0`) with `envs`, and waits (≤ 30 s) until its log has
-/// reported its HTTPS address, and its admin address when `ARGS` ask for an admin listener.
+/// reported its HTTPS address, and its admin and plain-HTTP addresses when `ARGS` ask for those
+/// listeners.
 /// `Err` holds everything it logged when it exits before that. Its log lines are echoed when
 /// `RUST_LOG` is set for the test.
 pub fn start_relay<A: AsRef<OsStr>>(
@@ -99,6 +102,7 @@ pub fn start_relay<A: AsRef<OsStr>>(
     envs: &[(&str, &str)],
 ) -> Result<RelayProcess, String> {
     let want_admin = args.iter().any(|a| a.as_ref() == "--admin");
+    let want_http = args.iter().any(|a| a.as_ref() == "--listen-http");
     let mut cmd = Command::new(bin("relay-server"));
     cmd.args(["--log-format", "json"])
         .args(args)
@@ -110,16 +114,18 @@ pub fn start_relay<A: AsRef<OsStr>>(
     let stderr = child.0.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let (mut https, mut admin, mut seen, mut sent) = (None, None, Vec::new(), false);
+        let (mut https, mut admin, mut http, mut seen, mut sent) =
+            (None, None, None, Vec::new(), false);
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                 let addr = |k: &str| v["fields"][k].as_str().and_then(|a| a.parse().ok());
                 https = https.or(addr("https"));
                 admin = admin.or(addr("admin"));
+                http = http.or(addr("http"));
             }
             if let (Some(h), false) = (https, sent) {
-                if admin.is_some() || !want_admin {
-                    let _ = tx.send(Ok((h, admin)));
+                if (admin.is_some() || !want_admin) && (http.is_some() || !want_http) {
+                    let _ = tx.send(Ok((h, admin, http)));
                     sent = true;
                 }
             }
@@ -134,13 +140,14 @@ pub fn start_relay<A: AsRef<OsStr>>(
             let _ = tx.send(Err(seen.join("\n")));
         }
     });
-    let (https, admin) = rx
+    let (https, admin, http) = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("relay-server reported its addresses or exited")?;
     Ok(RelayProcess {
         child,
         https,
         admin,
+        http,
     })
 }
 

@@ -168,6 +168,7 @@ fn node_drain_and_resume_take_a_name_or_an_id_and_say_what_they_did() {
         id: id.into(),
         name: name.into(),
         advertise: None,
+        public_address: None,
         state: relay_store::NodeState::Active,
         started_at: relay_store::now_ms(),
         heartbeat_at: 0,

@@ -116,6 +116,11 @@ impl Reader {
         Ok(map)
     }
 
+    /// Whether every byte was read.
+    pub(crate) fn is_empty(&self) -> bool {
+        !self.buf.has_remaining()
+    }
+
     /// Fails when bytes are left over: a payload must be exactly its fields.
     pub(crate) fn finish(self) -> Result<(), DecodeError> {
         if self.buf.has_remaining() {

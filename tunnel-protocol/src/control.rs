@@ -86,6 +86,23 @@ pub struct Welcome {
     pub token: String,
     /// Seconds until the session's authentication expires and must be renewed.
     pub expires_in_secs: u32,
+    /// The other relay nodes of the cluster a connector may also connect to (at most
+    /// [`MAX_WELCOME_NODES`]), so that its sessions sit on more than one node. Empty on a single
+    /// node, or when nodes publish no address of their own (one load-balanced address). Optional
+    /// on the wire: a `Welcome` without it decodes with none.
+    pub nodes: Vec<NodeAddress>,
+}
+
+/// Most nodes one `Welcome` lists.
+pub const MAX_WELCOME_NODES: usize = 64;
+
+/// A relay node as connectors may reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddress {
+    /// The node's name (as in `Welcome::relay_node`).
+    pub name: String,
+    /// `host:port` to dial; the connector keeps the configured server name for TLS.
+    pub address: String,
 }
 
 /// A failed authentication.
@@ -138,6 +155,12 @@ impl ControlFrame {
                 w.str(&m.relay_node);
                 w.str(&m.token);
                 w.u32(m.expires_in_secs);
+                let count = m.nodes.len().min(MAX_WELCOME_NODES);
+                w.u16(count as u16);
+                for n in m.nodes.iter().take(count) {
+                    w.str(&n.name);
+                    w.str(&n.address);
+                }
             }),
             ControlFrame::Refused(r) => encode_payload(dst, REFUSED, |w| {
                 w.u32(r.code.0);
@@ -210,7 +233,23 @@ impl ControlFrame {
                     relay_node: r.string()?,
                     token: r.string()?,
                     expires_in_secs: r.u32()?,
+                    nodes: Vec::new(),
                 });
+                let mut frame = frame;
+                if !r.is_empty() {
+                    let count = r.u16()? as usize;
+                    if count > MAX_WELCOME_NODES {
+                        return Err(DecodeError::Malformed("welcome"));
+                    }
+                    if let ControlFrame::Welcome(w) = &mut frame {
+                        for _ in 0..count {
+                            w.nodes.push(NodeAddress {
+                                name: r.string()?,
+                                address: r.string()?,
+                            });
+                        }
+                    }
+                }
                 r.finish()?;
                 frame
             }
@@ -301,6 +340,7 @@ impl std::fmt::Debug for Welcome {
             .field("relay_node", &self.relay_node)
             .field("token", &"***")
             .field("expires_in_secs", &self.expires_in_secs)
+            .field("nodes", &self.nodes)
             .finish()
     }
 }

@@ -20,7 +20,10 @@ pub mod node;
 pub mod path;
 mod stream;
 
-pub use control::{ControlFrame, Credential, GoAway, Hello, Refused, Renewed, Welcome};
+pub use control::{
+    ControlFrame, Credential, GoAway, Hello, NodeAddress, Refused, Renewed, Welcome,
+    MAX_WELCOME_NODES,
+};
 pub use error::{DecodeError, ErrorCode};
 pub use frame::{FRAME_HEADER_LEN, MAX_CONTROL_FRAME_LEN, MAX_DATA_FRAME_LEN, MAX_HEAD_FRAME_LEN};
 pub use stream::{RequestHead, ResponseHead, StreamError, StreamFrame, MAX_HEADERS};

@@ -69,6 +69,23 @@ fn control_frames() -> Vec<ControlFrame> {
             relay_node: "n".into(),
             token: "t".into(),
             expires_in_secs: 600,
+            nodes: vec![],
+        }),
+        ControlFrame::Welcome(Welcome {
+            session_id: "s".into(),
+            relay_node: "n".into(),
+            token: String::new(),
+            expires_in_secs: 600,
+            nodes: vec![
+                tunnel_protocol::NodeAddress {
+                    name: "relay-2".into(),
+                    address: "relay-2.example.com:443".into(),
+                },
+                tunnel_protocol::NodeAddress {
+                    name: "relay-3".into(),
+                    address: "[2001:db8::3]:443".into(),
+                },
+            ],
         }),
         ControlFrame::Refused(Refused {
             code: ErrorCode::AUTH_FAILED,
@@ -281,4 +298,35 @@ fn error_codes_have_names() {
         "backend_timeout(0x22)"
     );
     assert_eq!(ErrorCode(0xdead).name(), "unknown");
+}
+
+#[test]
+fn a_welcome_without_the_node_list_decodes_with_none() {
+    // What a relay that predates the node list sends: the same frame without the last field.
+    let welcome = ControlFrame::Welcome(Welcome {
+        session_id: "s".into(),
+        relay_node: "n".into(),
+        token: "t".into(),
+        expires_in_secs: 600,
+        nodes: vec![],
+    });
+    let mut buf = BytesMut::new();
+    welcome.encode(&mut buf);
+    buf.truncate(buf.len() - 2);
+    let len = (buf.len() - tunnel_protocol::FRAME_HEADER_LEN) as u32;
+    buf[1..5].copy_from_slice(&len.to_be_bytes());
+    assert_eq!(ControlFrame::decode(&mut buf).unwrap(), Some(welcome));
+    // A list longer than the limit is refused.
+    let mut long = BytesMut::new();
+    ControlFrame::Welcome(Welcome {
+        session_id: "s".into(),
+        relay_node: "n".into(),
+        token: String::new(),
+        expires_in_secs: 1,
+        nodes: vec![],
+    })
+    .encode(&mut long);
+    let at = long.len() - 2;
+    long[at..].copy_from_slice(&(tunnel_protocol::MAX_WELCOME_NODES as u16 + 1).to_be_bytes());
+    assert!(ControlFrame::decode(&mut long).is_err());
 }

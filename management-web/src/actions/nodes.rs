@@ -80,6 +80,7 @@ mod tests {
             id: id.into(),
             name: name.into(),
             advertise: None,
+            public_address: None,
             state: NodeState::Active,
             started_at: relay_store::now_ms(),
             heartbeat_at: 0,

@@ -68,6 +68,7 @@ pub(crate) fn node(id: &str, name: &str) -> relay_store::NodeRecord {
         id: id.into(),
         name: name.into(),
         advertise: Some(format!("{name}.internal:8443")),
+        public_address: None,
         state: relay_store::NodeState::Active,
         started_at: relay_store::now_ms(),
         heartbeat_at: 0,
