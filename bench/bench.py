@@ -10,6 +10,7 @@ Usage: python3 bench/bench.py [--smoke] [--rounds N] [--duration SECONDS]
 """
 
 import argparse
+import glob
 import json
 import os
 import platform
@@ -28,7 +29,10 @@ import ssl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
-PORTS = {"backend": 18080, "proxy": 18081, "sink": 18082, "relay": 18443, "relay_http": 18090, "backend_h2": 18444}
+PORTS = {"backend": 18080, "proxy": 18081, "sink": 18082, "relay": 18443, "relay_http": 18090, "backend_h2": 18444,
+         # Two relay nodes on one PostgreSQL: the cross-node path (visitor → A → B → connector)
+         # beside the same-node one (visitor → B → connector).
+         "node_a": 18543, "node_a_http": 18190, "node_b": 18643, "node_b_http": 18290}
 IDLE_CONNECTIONS = 1000
 
 
@@ -212,10 +216,12 @@ def write_site(work, big):
     return f"{work}/www/big"
 
 
-def provision(relay_bin, data, tenant, secret_file):
-    """Creates `tenant` with one credential in the relay's data directory; writes the secret."""
+def provision(relay_bin, data, tenant, secret_file, database_url=None):
+    """Creates `tenant` with one credential in the relay's data directory (or database); writes
+    the secret."""
+    db = ["--database-url", database_url] if database_url else []
     def relay_cli(*a):
-        return subprocess.run([relay_bin, "--data-dir", data, *a], capture_output=True, text=True,
+        return subprocess.run([relay_bin, "--data-dir", data, *db, *a], capture_output=True, text=True,
                               check=True).stdout
     relay_cli("tenant", "create", tenant)
     secret = relay_cli("tenant", "credential", "create", tenant).strip().splitlines()[-1]
@@ -224,6 +230,35 @@ def provision(relay_bin, data, tenant, secret_file):
 
 
 LOGS = []
+
+
+def pg_bin():
+    """The directory with initdb and pg_ctl (PATH, or Debian's /usr/lib/postgresql/N/bin)."""
+    if shutil.which("initdb") and shutil.which("pg_ctl"):
+        return os.path.dirname(shutil.which("pg_ctl"))
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(d.split("/")[-2]))
+    return versions[-1] if versions else None
+
+
+def start_postgres(work):
+    """A throwaway PostgreSQL on a unix socket in `work` (as user postgres when run as root);
+    its sqlx URL, and a function that stops it."""
+    bin_dir = pg_bin()
+    if not bin_dir:
+        raise SystemExit("PostgreSQL server binaries not found (apt-get install postgresql)")
+    pg = f"{work}/pg"
+    os.makedirs(pg)
+    as_user = []
+    if os.getuid() == 0:
+        subprocess.run(["chown", "-R", "postgres", pg], check=True)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    run = lambda tool, *a: subprocess.run([*as_user, f"{bin_dir}/{tool}", *a], check=True,
+                                          capture_output=True)
+    run("initdb", "-D", f"{pg}/data", "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C")
+    run("pg_ctl", "-D", f"{pg}/data", "-l", f"{pg}/server.log", "-w", "-t", "60",
+        "-o", f"-k {pg} -h '' -F -c max_connections=100", "start")
+    return (f"postgres://postgres@localhost/postgres?host={pg}",
+            lambda: run("pg_ctl", "-D", f"{pg}/data", "-m", "fast", "-w", "stop"))
 
 
 def start(cmd, env=None, **kw):
@@ -254,6 +289,7 @@ def main():
     work = tempfile.mkdtemp(prefix="relay-bench-")
     os.chmod(work, 0o755)  # nginx workers run as an unprivileged user
     procs = []
+    stop_pg = None
     try:
         upload = write_site(work, big)
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -286,11 +322,36 @@ def main():
         conn = connector("bench", "quic")
         conn_tcp = connector("benchtcp", "tcp")
         procs += [conn, conn_tcp]
+
+        # The cluster: nodes A and B share a PostgreSQL and keys/; tenant `cluster`'s connector
+        # (QUIC) is on B only.
+        pg_url, stop_pg = start_postgres(work)
+        cdata = f"{work}/cluster-data"
+        provision(relay_bin, cdata, "cluster", f"{work}/secret-cluster", pg_url)
+        nodes = {}
+        for node in ("b", "a"):
+            nodes[node] = start([relay_bin, "--data-dir", cdata, "--database-url", pg_url, "run",
+                                 "--listen", f"127.0.0.1:{PORTS['node_' + node]}",
+                                 "--listen-http", f"127.0.0.1:{PORTS['node_' + node + '_http']}"],
+                                env={"RELAY_NODE_NAME": f"node-{node}", "RUST_LOG": "warn",
+                                     "RELAY_LIMITS__MAX_BODY_BYTES": str(4 << 30),
+                                     "RELAY_LIMITS__MAX_CONCURRENT_STREAMS": "4096",
+                                     "RELAY_LIMITS__MAX_CONNECTIONS_PER_IP": "4096"})
+            wait_port(PORTS[f"node_{node}_http"])
+        procs += list(nodes.values())
+        conn_cluster = start([conn_bin, "run", "--server", f"https://127.0.0.1:{PORTS['node_b']}",
+                              "--tenant", "cluster", "--secret-file", f"{work}/secret-cluster",
+                              "--ca-cert", f"{cdata}/tls/cert.pem", "--transport", "quic",
+                              "--target", f"app=http://127.0.0.1:{PORTS['backend']}",
+                              "--target", f"sink=http://127.0.0.1:{PORTS['sink']}"], env={"RUST_LOG": "warn"})
+        procs.append(conn_cluster)
+        same_base = f"http://127.0.0.1:{PORTS['node_b_http']}/relay/cluster"
+        cross_base = f"http://127.0.0.1:{PORTS['node_a_http']}/relay/cluster"
         relay_base = f"http://127.0.0.1:{PORTS['relay_http']}/relay/bench"
         tcp_base = f"http://127.0.0.1:{PORTS['relay_http']}/relay/benchtcp"
         deadline = time.time() + 30
         last = None
-        for base_url in (relay_base, tcp_base):
+        for base_url in (relay_base, tcp_base, same_base, cross_base):
             while True:
                 try:
                     if urllib.request.urlopen(f"{base_url}/app/small", timeout=2).status == 200:
@@ -313,6 +374,13 @@ def main():
             "relay-tcp": {"small": f"{tcp_base}/app/small", "big": f"{tcp_base}/app/big",
                           "upload": f"{tcp_base}/sink/upload", "pids": [relay.pid, conn_tcp.pid], "conn": conn_tcp.pid,
                           "h2": f"https://127.0.0.1:{PORTS['relay']}/relay/benchtcp/app/small"},
+            "cluster-same": {"small": f"{same_base}/app/small", "big": f"{same_base}/app/big",
+                             "upload": f"{same_base}/sink/upload", "pids": [nodes["b"].pid, conn_cluster.pid],
+                             "relay": nodes["b"].pid, "conn": conn_cluster.pid},
+            "cluster-cross": {"small": f"{cross_base}/app/small", "big": f"{cross_base}/app/big",
+                              "upload": f"{cross_base}/sink/upload",
+                              "pids": [nodes["a"].pid, nodes["b"].pid, conn_cluster.pid],
+                              "relay": nodes["a"].pid, "conn": conn_cluster.pid},
         }
         results = []
         for r in range(rounds):
@@ -329,7 +397,8 @@ def main():
                 row["upload_mib_s"] = curl_speed(["-T", upload, "-H", "Expect:", p["upload"]], "speed_upload")
                 base, peak = s.finish()
                 if p["pids"]:
-                    row["relay_rss_kib"] = {"base": base[relay.pid], "peak": peak[relay.pid]}
+                    rp = p.get("relay", relay.pid)
+                    row["relay_rss_kib"] = {"base": base[rp], "peak": peak[rp]}
                     row["connector_rss_kib"] = {"base": base[p["conn"]], "peak": peak[p["conn"]]}
                 results.append(row)
         log("idle keep-alive connections")
@@ -371,6 +440,11 @@ def main():
                 p.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+        if stop_pg:
+            try:
+                stop_pg()
+            except subprocess.CalledProcessError:
+                pass
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -34,10 +34,10 @@ def main(path):
     rounds = sorted({r["round"] for r in rows})
     by = {(r["round"], r["path"]): r for r in rows}
 
-    def ratio(metric, path):
+    def ratio(metric, path, ref="direct"):
         vals = []
         for rd in rounds:
-            d, p = by.get((rd, "direct")), by.get((rd, path))
+            d, p = by.get((rd, ref)), by.get((rd, path))
             if d and p and metric(p) is not None:
                 vals.append(metric(p) / metric(d) if metric(d) else None)
         return med(vals)
@@ -45,10 +45,10 @@ def main(path):
     def h2(r):
         return r["h2"]["rps"] if "h2" in r else None
 
-    def added(metric, path):
+    def added(metric, path, ref="direct"):
         vals = []
         for rd in rounds:
-            d, p = by.get((rd, "direct")), by.get((rd, path))
+            d, p = by.get((rd, ref)), by.get((rd, path))
             if d and p and metric(p) is not None and metric(d) is not None:
                 vals.append(metric(p) - metric(d))
         return med(vals)
@@ -77,8 +77,10 @@ def main(path):
     w(f"- Versions: {v['relay']}; {v['nginx']}; {v['wrk']}.")
     w("- Paths: `direct` = wrk/curl → nginx; `nginx` = nginx one-hop L7 proxy (HTTP/1.1 upstream keep-alive, the "
       "anchor); `relay-quic` = visitor → relay plain-HTTP ingress → QUIC session → connector → nginx; `relay-tcp` = the "
-      "same over a TLS-over-TCP session (the fallback transport, `--transport tcp`). Connectors keep their default 2 "
-      "sessions. Uploads go "
+      "same over a TLS-over-TCP session (the fallback transport, `--transport tcp`); `cluster-same` = visitor → relay "
+      "node B (one of two nodes sharing a PostgreSQL) → QUIC session → connector → nginx; `cluster-cross` = visitor → "
+      "node A, which holds no session of the tenant → node link (QUIC) → node B → connector → nginx. Connectors "
+      "keep their default 2 sessions. Uploads go "
       "to a small sink (bench/sink.py) on every path.")
     w("")
     w("## Ratios to direct (medians)")
@@ -107,9 +109,24 @@ def main(path):
           f"{num(med([h2(by[(rd, p)]) for rd in rounds if (rd, p) in by and h2(by[(rd, p)]) is not None]))} | "
           f"{absolute(lambda r: r['download_mib_s'], p):.0f} | {absolute(lambda r: r['upload_mib_s'], p):.0f} | {errs} |")
     w("")
+    if "cluster-cross" in paths and "cluster-same" in paths:
+        w("## Cluster: cross-node forwarding")
+        w("")
+        w("Ratios of `cluster-cross` to `cluster-same` in the same rounds (medians): what the extra node hop costs.")
+        w("")
+        w("| figure | target | measured |")
+        w("|---|---|---|")
+        c64 = ratio(lambda r: r["c64"]["rps"], "cluster-cross", "cluster-same")
+        p50 = added(lambda r: r["c1"]["p50_us"], "cluster-cross", "cluster-same")
+        w(f"| req/s c64, keep-alive | ≥ 0.85× same-node | {fmt(c64)} |")
+        w(f"| added p50 latency at c1 | ≤ +60 µs over same-node | {fmt(p50, ' µs')} |")
+        w(f"| req/s Connection: close | — | {fmt(ratio(lambda r: r['close']['rps'], 'cluster-cross', 'cluster-same'))} |")
+        w(f"| large download | — | {fmt(ratio(lambda r: r['download_mib_s'], 'cluster-cross', 'cluster-same'))} |")
+        w(f"| large upload | — | {fmt(ratio(lambda r: r['upload_mib_s'], 'cluster-cross', 'cluster-same'))} |")
+        w("")
     w("## Memory")
     w("")
-    for path in ("relay-quic", "relay-tcp"):
+    for path in ("relay-quic", "relay-tcp", "cluster-cross"):
         rq = [by[(rd, path)] for rd in rounds if (rd, path) in by]
         if rq:
             relay_growth = max(r["relay_rss_kib"]["peak"] - r["relay_rss_kib"]["base"] for r in rq)
@@ -164,8 +181,8 @@ def main(path):
         w("")
     w("The targets are for `relay-quic`; `relay-tcp` is the fallback and is shown in the tables above. "
       "HTTPS + HTTP/2 is h2load (8 connections × 16 streams) against nginx's own TLS + HTTP/2 server "
-      "(`direct`) and the relay's HTTPS ingress; the nginx proxy path has no HTTPS front. Not measured yet: "
-      "cross-node forwarding.")
+      "(`direct`) and the relay's HTTPS ingress; the nginx proxy path has no HTTPS front. For `cluster-cross` the "
+      "relay RSS is node A's (the forwarding node).")
     w("")
     w("![req/s and latency per path](benchmarks.svg)")
     w("")

@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::hmac;
@@ -33,6 +33,7 @@ use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{TransportConfig, VarInt};
 use relay_store::{RemoteSessions, Store, Tenant};
 use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 use tunnel_protocol::node::{
@@ -61,6 +62,8 @@ const PEER_BACKOFF: Duration = Duration::from_secs(2);
 const LINK_STREAMS: u32 = 4096;
 /// How long the owning node waits for a forwarded stream's first message.
 const FORWARD_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stopping node still takes forwarded requests on its open links.
+const LINK_LINGER: Duration = Duration::from_secs(2);
 /// The TLS server name a link connects with (certificates are not checked; see the module doc).
 const LINK_SERVER_NAME: &str = "relay-node";
 
@@ -84,7 +87,8 @@ pub(crate) struct Cluster {
     node_name: String,
     link_key: hmac::Key,
     client: quinn::ClientConfig,
-    endpoint: OnceLock<quinn::Endpoint>,
+    /// Set at start, cleared at shutdown (the UDP socket must be free for a restart).
+    endpoint: Mutex<Option<quinn::Endpoint>>,
     store: Store,
     fresh_ms: i64,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
@@ -148,7 +152,7 @@ impl Cluster {
             node_name,
             link_key,
             client: client_config(idle_timeout)?,
-            endpoint: OnceLock::new(),
+            endpoint: Mutex::new(None),
             store,
             fresh_ms: i64::try_from(fresh.as_millis()).unwrap_or(i64::MAX),
             peers: Mutex::new(HashMap::new()),
@@ -158,9 +162,20 @@ impl Cluster {
         })
     }
 
+    /// Whether nodes share a database (PostgreSQL): forwarding is on.
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// The QUIC endpoint links are opened from (the relay's own, so peers see its port).
-    pub(crate) fn set_endpoint(&self, endpoint: quinn::Endpoint) {
-        let _ = self.endpoint.set(endpoint);
+    pub(crate) fn set_endpoint(&self, endpoint: Option<quinn::Endpoint>) {
+        *self.endpoint.lock().unwrap_or_else(|p| p.into_inner()) = endpoint;
+    }
+
+    /// Forgets peers that are no longer registered (restarted nodes come back under new ids).
+    pub(crate) fn retain_peers(&self, live: &[String]) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.retain(|id, _| live.contains(id));
     }
 
     /// Sets the other nodes connectors are told about.
@@ -205,7 +220,11 @@ impl Cluster {
                 .collect()
         };
         let mut usable: Vec<Arc<Peer>> = peers.into_iter().filter(|p| !p.is_down()).collect();
-        usable.sort_by_key(|p| p.in_flight.load(Ordering::Relaxed));
+        // A draining node still serves until its connectors have moved; active ones first.
+        usable.sort_by_key(|p| {
+            let draining = remote.iter().any(|r| r.node_id == p.node_id && r.draining);
+            (draining, p.in_flight.load(Ordering::Relaxed))
+        });
         for peer in usable {
             match peer.connection(self).await {
                 Ok(link) => return Located::Peer(peer, link),
@@ -356,6 +375,10 @@ impl Peer {
         if let Some(c) = self.open_link() {
             return Ok(c);
         }
+        // The attempt before ours failed: do not spend another connect timeout on it.
+        if self.is_down() {
+            anyhow::bail!("unreachable a moment ago");
+        }
         let conn = tokio::time::timeout(LINK_CONNECT_TIMEOUT, self.connect(cluster))
             .await
             .map_err(|_| anyhow::anyhow!("no link within {LINK_CONNECT_TIMEOUT:?}"))??;
@@ -367,8 +390,10 @@ impl Peer {
     async fn connect(&self, cluster: &Cluster) -> anyhow::Result<quinn::Connection> {
         let endpoint = cluster
             .endpoint
-            .get()
-            .ok_or_else(|| anyhow::anyhow!("no QUIC endpoint yet"))?;
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no QUIC endpoint (stopping)"))?;
         let addr = tokio::net::lookup_host(&self.advertise)
             .await?
             .next()
@@ -425,8 +450,14 @@ pub(crate) fn is_link(conn: &quinn::Connection) -> bool {
 }
 
 /// Serves a link another node opened: authenticates it, then serves each stream as one forwarded
-/// request until the link closes.
-pub(crate) async fn serve_link(relay: Arc<Relay>, conn: quinn::Connection, tracker: TaskTracker) {
+/// request until the link closes — or, once this node shuts down, [`LINK_LINGER`] later (peers
+/// stop forwarding here within their directory's lifetime; what is in flight finishes).
+pub(crate) async fn serve_link(
+    relay: Arc<Relay>,
+    conn: quinn::Connection,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
     let cluster = &relay.cluster;
     if !cluster.enabled {
         debug!("node link refused: this relay is not part of a cluster (SQLite)");
@@ -468,14 +499,27 @@ pub(crate) async fn serve_link(relay: Arc<Relay>, conn: quinn::Connection, track
     let span = info_span!("node_link", peer = %peer_name, peer_id = %peer_id);
     async {
         info!("node link accepted");
-        while let Ok((send, recv)) = conn.accept_bi().await {
+        let linger = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(LINK_LINGER).await;
+        };
+        tokio::pin!(linger);
+        loop {
+            // Why select: streams arrive until the link closes, or until shutdown has lingered.
+            let (send, recv) = tokio::select! {
+                s = conn.accept_bi() => match s {
+                    Ok(s) => s,
+                    Err(_) => break,
+                },
+                () = &mut linger => break,
+            };
             let relay = relay.clone();
             tracker.spawn(
                 serve_forwarded(relay, SendHalf::from(send), RecvHalf::from(recv))
                     .in_current_span(),
             );
         }
-        debug!(reason = ?conn.close_reason(), "node link closed");
+        debug!(reason = ?conn.close_reason(), "node link done");
     }
     .instrument(span)
     .await;

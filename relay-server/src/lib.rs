@@ -295,7 +295,7 @@ pub async fn run(
         store.clone(),
     )
     .context("node link setup")?;
-    cluster.set_endpoint(endpoint.clone());
+    cluster.set_endpoint(Some(endpoint.clone()));
     let metrics = Arc::new(Metrics::default());
     // The audit writer outlives the ingress: it flushes what the last requests queued.
     let audit_stop = CancellationToken::new();
@@ -394,7 +394,17 @@ pub async fn run(
         move || close_invalid_sessions(&refresh_relay),
     ));
     let node_id = node.id.clone();
-    let membership = tokio::spawn(node::run(relay.clone(), node, background.clone()));
+    if relay.cluster.enabled() && node.advertise.is_none() {
+        tracing::warn!(
+            "the HTTPS listener is a wildcard address and [cluster] advertise is not set: other \
+             relay nodes cannot forward requests to this one"
+        );
+    }
+    let membership = tokio::spawn(node::run(
+        relay.clone(),
+        node,
+        (shutdown.clone(), background.clone()),
+    ));
     info!(node = %relay.config.node_name, node_id = %node_id, "relay serving");
     if let Some(a) = addrs.https {
         info!(https = %a, "listening (HTTPS and connectors over TLS/TCP, connectors over QUIC/UDP)");
@@ -427,6 +437,7 @@ pub async fn run(
     {
         tracing::warn!("sessions still open after the grace period; closing them");
     }
+    relay.cluster.set_endpoint(None);
     endpoint.close(
         quinn::VarInt::from_u32(ErrorCode::GOING_AWAY.0),
         b"going_away",

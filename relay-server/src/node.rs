@@ -37,7 +37,11 @@ pub(crate) fn record(
 }
 
 /// Keeps `node` registered until `stop`, then deletes its row.
-pub(crate) async fn run(relay: Arc<Relay>, node: NodeRecord, stop: CancellationToken) {
+pub(crate) async fn run(
+    relay: Arc<Relay>,
+    node: NodeRecord,
+    (stopping, stop): (CancellationToken, CancellationToken),
+) {
     let store = relay.store.clone();
     let (interval, node_timeout) = (
         relay.config.cluster.heartbeat_interval,
@@ -55,9 +59,19 @@ pub(crate) async fn run(relay: Arc<Relay>, node: NodeRecord, stop: CancellationT
     let mut state = node.state;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut announced_stop = false;
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
+            () = stopping.cancelled(), if !announced_stop => {
+                // Shutting down: other nodes stop forwarding here at their next directory read.
+                announced_stop = true;
+                let draining = store.set_node_state(&node.id, NodeState::Draining, i64::MAX / 2);
+                if let Ok(Err(e)) = tokio::time::timeout(UNREGISTER_TIMEOUT, draining).await {
+                    tracing::debug!(error = %e, "stop not announced in the registry");
+                }
+                continue;
+            }
             _ = ticker.tick() => {}
         }
         let beat = match registered {
@@ -111,6 +125,8 @@ pub(crate) async fn run(relay: Arc<Relay>, node: NodeRecord, stop: CancellationT
         }
         if let Ok(nodes) = store.nodes(fresh_ms).await {
             relay.metrics.nodes.store(nodes.len(), Ordering::Relaxed);
+            let live: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
+            relay.cluster.retain_peers(&live);
             // What connectors are told in `Welcome`: the other active nodes they may dial.
             let others = nodes
                 .iter()

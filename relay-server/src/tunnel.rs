@@ -71,7 +71,7 @@ pub(crate) async fn serve(
         };
         let Some(incoming) = incoming else { break };
         let relay = relay.clone();
-        let links = tracker.clone();
+        let links = (tracker.clone(), shutdown.clone());
         tracker.spawn(async move {
             let remote = incoming.remote_address();
             session(relay, incoming, links)
@@ -81,7 +81,11 @@ pub(crate) async fn serve(
     }
 }
 
-async fn session(relay: Arc<Relay>, incoming: quinn::Incoming, tracker: TaskTracker) {
+async fn session(
+    relay: Arc<Relay>,
+    incoming: quinn::Incoming,
+    (tracker, shutdown): (TaskTracker, CancellationToken),
+) {
     let auth_timeout = relay.config.tunnel.auth_timeout;
     let conn = match tokio::time::timeout(auth_timeout, incoming).await {
         Ok(Ok(c)) => c,
@@ -90,7 +94,7 @@ async fn session(relay: Arc<Relay>, incoming: quinn::Incoming, tracker: TaskTrac
     };
     // Another relay node of the cluster, forwarding requests (told apart by ALPN).
     if crate::cluster::is_link(&conn) {
-        return crate::cluster::serve_link(relay, conn, tracker).await;
+        return crate::cluster::serve_link(relay, conn, tracker, shutdown).await;
     }
     established(relay, Conn::Quic(conn)).await
 }

@@ -84,6 +84,8 @@ pub struct RemoteSessions {
     pub sessions: u32,
     /// The targets they serve; `None` when one of them did not say (it may be asked for any).
     pub targets: Option<std::collections::BTreeSet<String>>,
+    /// The node was asked to drain: it serves until its connectors have moved; prefer others.
+    pub draining: bool,
 }
 
 fn split_targets(s: Option<&str>) -> Vec<String> {
@@ -175,20 +177,20 @@ impl Store {
         Ok(())
     }
 
-    /// Where tenant `tenant`'s live sessions are, on registered nodes other than `except` that
-    /// are active and whose heartbeat is at most `fresh_ms` old: one entry per node, with the
-    /// union of the targets its sessions announced.
+    /// Where tenant `tenant`'s live sessions are, on registered nodes other than `except` whose
+    /// heartbeat is at most `fresh_ms` old: one entry per node, with the union of the targets its
+    /// sessions announced and whether it drains.
     pub async fn remote_sessions(
         &self,
         tenant: &str,
         except: &str,
         fresh_ms: i64,
     ) -> Result<Vec<RemoteSessions>, Error> {
-        let rows: Vec<(String, Option<String>, String, Option<String>)> = sqlx::query_as(
-            "SELECT n.id, n.advertise, n.name, s.targets FROM connector_sessions s \
+        let rows: Vec<(String, Option<String>, String, Option<String>, String)> = sqlx::query_as(
+            "SELECT n.id, n.advertise, n.name, s.targets, n.state FROM connector_sessions s \
              JOIN relay_nodes n ON n.id = s.node_id \
              WHERE s.tenant = $1 AND s.disconnected_at IS NULL AND n.id <> $2 \
-             AND n.heartbeat_at >= $3 AND n.state = 'active' LIMIT 1000",
+             AND n.heartbeat_at >= $3 LIMIT 1000",
         )
         .bind(tenant.to_ascii_lowercase())
         .bind(except)
@@ -196,7 +198,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let mut out: Vec<RemoteSessions> = Vec::new();
-        for (node_id, advertise, name, targets) in rows {
+        for (node_id, advertise, name, targets, state) in rows {
             let Some(advertise) = advertise else { continue };
             let targets = split_targets(targets.as_deref());
             match out.iter_mut().find(|r| r.node_id == node_id) {
@@ -214,6 +216,7 @@ impl Store {
                     advertise,
                     sessions: 1,
                     targets: (!targets.is_empty()).then(|| targets.into_iter().collect()),
+                    draining: state == "draining",
                 }),
             }
         }

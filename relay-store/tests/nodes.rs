@@ -139,21 +139,27 @@ async fn session_directory(store: Store) {
         (found[1].node_id.as_str(), found[1].targets.clone()),
         ("n3", None)
     );
-    // A draining node is not a forwarding target; neither is the asker itself.
+    // A draining node is still listed, marked (it serves until its connectors moved); the asker
+    // itself never is.
     store
         .set_node_state("n3", NodeState::Draining, 15_000)
         .await
         .unwrap();
-    let found = store.remote_sessions("acme", "n2", 15_000).await.unwrap();
-    assert_eq!(
-        found.iter().map(|r| r.node_id.as_str()).collect::<Vec<_>>(),
-        ["n1"]
-    );
+    let mut found = store.remote_sessions("acme", "n2", 15_000).await.unwrap();
+    found.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    let seen: Vec<(&str, bool)> = found
+        .iter()
+        .map(|r| (r.node_id.as_str(), r.draining))
+        .collect();
+    assert_eq!(seen, [("n1", false), ("n3", true)]);
     assert!(store
         .remote_sessions("other", "n1", 15_000)
         .await
         .unwrap()
         .is_empty());
+    // n3 stops for good (its row is deleted by its clean stop; its session ends with it).
+    store.remove_node("n3").await.unwrap();
+    assert_eq!(store.close_orphaned_sessions("host").await.unwrap(), 1);
     // n2 vanishes (kill -9, then removed as stale): its rows end; the others stay open.
     store.remove_node("n2").await.unwrap();
     assert_eq!(store.close_orphaned_sessions("host").await.unwrap(), 2);
@@ -162,7 +168,7 @@ async fn session_directory(store: Store) {
         .await
         .unwrap()
         .is_empty());
-    assert_eq!(store.live_session_count().await.unwrap(), 2);
+    assert_eq!(store.live_session_count().await.unwrap(), 1);
     // n2 was only cut off from the database: registered again, the session it still holds is live.
     store.register_node(&node("n2", "host")).await.unwrap();
     store

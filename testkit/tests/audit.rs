@@ -194,7 +194,7 @@ async fn connector_sessions_are_kept_in_the_history() -> anyhow::Result<()> {
     assert!(live.connector_version.starts_with("connector/"));
     assert!(live.remote_addr.starts_with("127.0.0.1:"));
     let stale = open.iter().find(|s| s.id == "stale").expect("stale row");
-    assert_eq!(stale.close_code.as_deref(), Some("relay_restarted"));
+    assert_eq!(stale.close_code.as_deref(), Some("relay_lost"));
 
     conn.stop().await;
     let done = wait_history(&relay, |h| h.iter().all(|s| s.disconnected_at.is_some())).await;

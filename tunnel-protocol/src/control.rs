@@ -155,11 +155,14 @@ impl ControlFrame {
                 w.str(&m.relay_node);
                 w.str(&m.token);
                 w.u32(m.expires_in_secs);
-                let count = m.nodes.len().min(MAX_WELCOME_NODES);
-                w.u16(count as u16);
-                for n in m.nodes.iter().take(count) {
-                    w.str(&n.name);
-                    w.str(&n.address);
+                // Only when there is one: a single node's Welcome stays what older connectors read.
+                if !m.nodes.is_empty() {
+                    let count = m.nodes.len().min(MAX_WELCOME_NODES);
+                    w.u16(count as u16);
+                    for n in m.nodes.iter().take(count) {
+                        w.str(&n.name);
+                        w.str(&n.address);
+                    }
                 }
             }),
             ControlFrame::Refused(r) => encode_payload(dst, REFUSED, |w| {

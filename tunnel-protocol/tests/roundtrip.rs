@@ -310,11 +310,19 @@ fn a_welcome_without_the_node_list_decodes_with_none() {
         expires_in_secs: 600,
         nodes: vec![],
     });
+    // A Welcome without nodes is encoded without the list, exactly as before it existed.
     let mut buf = BytesMut::new();
     welcome.encode(&mut buf);
-    buf.truncate(buf.len() - 2);
-    let len = (buf.len() - tunnel_protocol::FRAME_HEADER_LEN) as u32;
-    buf[1..5].copy_from_slice(&len.to_be_bytes());
+    let mut old = BytesMut::new();
+    // Three one-byte strings (u16 length each) and the u32 lifetime.
+    old.put_u8(buf[0]);
+    old.put_u32(3 * 3 + 4);
+    for s in ["s", "n", "t"] {
+        old.put_u16(s.len() as u16);
+        old.put_slice(s.as_bytes());
+    }
+    old.put_u32(600);
+    assert_eq!(buf, old);
     assert_eq!(ControlFrame::decode(&mut buf).unwrap(), Some(welcome));
     // A list longer than the limit is refused.
     let mut long = BytesMut::new();
@@ -326,7 +334,8 @@ fn a_welcome_without_the_node_list_decodes_with_none() {
         nodes: vec![],
     })
     .encode(&mut long);
-    let at = long.len() - 2;
-    long[at..].copy_from_slice(&(tunnel_protocol::MAX_WELCOME_NODES as u16 + 1).to_be_bytes());
+    long.put_u16(tunnel_protocol::MAX_WELCOME_NODES as u16 + 1);
+    let len = (long.len() - tunnel_protocol::FRAME_HEADER_LEN) as u32;
+    long[1..5].copy_from_slice(&len.to_be_bytes());
     assert!(ControlFrame::decode(&mut long).is_err());
 }
