@@ -88,6 +88,9 @@ pub struct RemoteSessions {
     pub draining: bool,
 }
 
+/// Node id, advertise, name, the session's targets, node state.
+type DirectoryRow = (String, Option<String>, String, Option<String>, String);
+
 fn split_targets(s: Option<&str>) -> Vec<String> {
     s.unwrap_or_default()
         .split(' ')
@@ -186,7 +189,7 @@ impl Store {
         except: &str,
         fresh_ms: i64,
     ) -> Result<Vec<RemoteSessions>, Error> {
-        let rows: Vec<(String, Option<String>, String, Option<String>, String)> = sqlx::query_as(
+        let rows: Vec<DirectoryRow> = sqlx::query_as(
             "SELECT n.id, n.advertise, n.name, s.targets, n.state FROM connector_sessions s \
              JOIN relay_nodes n ON n.id = s.node_id \
              WHERE s.tenant = $1 AND s.disconnected_at IS NULL AND n.id <> $2 \
