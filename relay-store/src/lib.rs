@@ -20,6 +20,7 @@ mod hostname;
 mod name;
 mod node;
 mod password;
+mod queue;
 mod secret;
 mod session_log;
 mod tenant;
@@ -40,6 +41,10 @@ pub use hostname::{canonical_hostname, valid_label, Hostname, HostnameError};
 pub use name::{validate_name, NameError};
 pub use node::{NodeRecord, NodeState, SingleNodeLock};
 pub use password::{password_hash_permits, M_COST_KIB};
+pub use queue::{
+    Cancelled, Enqueued, Finish, NewMessage, QueueCounts, QueueMessage, QueueQuota, QueueSettings,
+    QueueState, StoredResponse,
+};
 pub use secret::{parse_secret, SecretHasher};
 pub use session_log::{RemoteSessions, SessionRecord};
 pub use tenant::{Tenant, TenantId, TenantLimits, TenantSettings};

@@ -1,0 +1,706 @@
+//! Queue mode's messages: requests accepted for a tenant, stored durably, claimed by a relay node
+//! that holds one of the tenant's sessions (a lease: a node that dies mid-delivery loses the
+//! message to another after `lease_until`), delivered at least once, and their responses kept for
+//! pickup until the retention period ends.
+//!
+//! Claiming on PostgreSQL takes rows with `FOR UPDATE SKIP LOCKED`, so nodes claiming at once
+//! never take the same message; SQLite serves one node (its writes are serialised anyway). Every
+//! change after a claim is fenced by the attempt number: a node whose lease expired and was
+//! claimed again cannot overwrite the newer attempt's outcome.
+
+use std::collections::BTreeMap;
+
+use crate::{now_ms, Backend, Error, Store};
+
+/// Where a message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum QueueState {
+    /// Waiting for a connector (or for its next attempt).
+    Queued,
+    /// Claimed by a node, being delivered.
+    Delivering,
+    /// The backend answered with a final response (2xx, 3xx, or a 4xx that is not retried).
+    Delivered,
+    /// Given up: a final error without a response worth keeping, or too many attempts.
+    Failed,
+    /// Its time to live ran out before it could be delivered.
+    Expired,
+    /// Cancelled by the visitor (`DELETE`) or an admin before delivery.
+    Cancelled,
+}
+
+impl QueueState {
+    /// Every state, in display order.
+    pub const ALL: [QueueState; 6] = [
+        QueueState::Queued,
+        QueueState::Delivering,
+        QueueState::Delivered,
+        QueueState::Failed,
+        QueueState::Expired,
+        QueueState::Cancelled,
+    ];
+
+    /// The stored (and API) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueState::Queued => "queued",
+            QueueState::Delivering => "delivering",
+            QueueState::Delivered => "delivered",
+            QueueState::Failed => "failed",
+            QueueState::Expired => "expired",
+            QueueState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<QueueState> {
+        QueueState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether nothing will happen to the message any more.
+    pub fn is_final(self) -> bool {
+        !matches!(self, QueueState::Queued | QueueState::Delivering)
+    }
+}
+
+/// A request to store.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The unguessable id (≥ 128 random bits).
+    pub id: String,
+    /// The tenant's id and name.
+    pub tenant_id: String,
+    /// The tenant's canonical name.
+    pub tenant: String,
+    /// The target name.
+    pub target: String,
+    /// The HTTP method.
+    pub method: String,
+    /// The path below the target, with the query.
+    pub path: String,
+    /// The end-to-end request headers, encoded by the caller (opaque here).
+    pub headers: String,
+    /// The request body.
+    pub body: Vec<u8>,
+    /// The visitor's `Idempotency-Key`, if any.
+    pub idempotency_key: Option<String>,
+    /// Time to live from now, in ms.
+    pub ttl_ms: i64,
+}
+
+/// Limits on what a tenant may have waiting (`queued` or `delivering`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueQuota {
+    /// Most messages waiting.
+    pub max_messages: Option<u64>,
+    /// Most body bytes waiting.
+    pub max_bytes: Option<u64>,
+}
+
+/// What [`Store::enqueue`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Stored (committed) as a new message.
+    New(QueueMessage),
+    /// A message with the same idempotency key is still known: that one.
+    Existing(QueueMessage),
+    /// The tenant's waiting messages would exceed its quota of messages.
+    TooManyMessages,
+    /// The tenant's waiting bytes would exceed its quota of bytes.
+    TooManyBytes,
+}
+
+/// A stored message (the request body only when claimed for delivery).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueMessage {
+    /// Order of acceptance.
+    pub seq: i64,
+    /// The unguessable id.
+    pub id: String,
+    /// The tenant's id.
+    pub tenant_id: String,
+    /// The tenant's name.
+    pub tenant: String,
+    /// The target name.
+    pub target: String,
+    /// The HTTP method.
+    pub method: String,
+    /// The path below the target, with the query.
+    pub path: String,
+    /// The encoded request headers.
+    pub headers: String,
+    /// The request body (claims only).
+    pub body: Option<Vec<u8>>,
+    /// Its length.
+    pub body_bytes: i64,
+    /// The visitor's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Where it is.
+    pub state: QueueState,
+    /// Claims so far (the current attempt's number while delivering).
+    pub attempts: i64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// Accepted, ms since the epoch.
+    pub created_at: i64,
+    /// Expires, ms since the epoch.
+    pub expires_at: i64,
+    /// Due, ms since the epoch.
+    pub next_attempt_at: i64,
+    /// Reached a final state, ms since the epoch.
+    pub finished_at: Option<i64>,
+    /// The stored response's status, when there is one.
+    pub response_status: Option<i64>,
+    /// The stored response body was cut at the limit.
+    pub response_truncated: bool,
+    /// Bodies and response dropped after the retention period.
+    pub purged: bool,
+}
+
+/// A backend response kept for pickup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// Its status.
+    pub status: u16,
+    /// Its headers, encoded by the caller.
+    pub headers: String,
+    /// Its body (up to the relay's limit).
+    pub body: Vec<u8>,
+    /// The body was cut at the limit.
+    pub truncated: bool,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    /// A final response: `delivered`.
+    Delivered(StoredResponse),
+    /// A final failure: `failed`, with the response when the backend gave one.
+    Failed {
+        /// Why.
+        error: String,
+        /// The backend's answer, if any.
+        response: Option<StoredResponse>,
+    },
+    /// Try again at `at` (ms since the epoch): `queued`.
+    Retry {
+        /// Why this attempt failed.
+        error: String,
+        /// When the next attempt is due.
+        at: i64,
+    },
+}
+
+/// What [`Store::cancel_message`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It was waiting and is now `cancelled`.
+    Done,
+    /// It is being delivered or is final already: in this state.
+    Too(QueueState),
+    /// No such message.
+    NotFound,
+}
+
+/// A tenant's queue settings; `None` fields use the relay's defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// Per target, a message waits until the one before it is final.
+    pub ordered: bool,
+    /// Time to live of its messages.
+    pub ttl_ms: Option<i64>,
+    /// Quota of waiting messages.
+    pub max_messages: Option<i64>,
+    /// Quota of waiting body bytes.
+    pub max_bytes: Option<i64>,
+}
+
+/// Messages by state, and the oldest waiting one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// How many in each state.
+    pub by_state: BTreeMap<QueueState, u64>,
+    /// When the oldest `queued` message was accepted, ms since the epoch.
+    pub oldest_queued_at: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    seq: i64,
+    id: String,
+    tenant_id: String,
+    tenant: String,
+    target: String,
+    method: String,
+    path: String,
+    headers: String,
+    body_bytes: i64,
+    idempotency_key: Option<String>,
+    state: String,
+    attempts: i64,
+    last_error: Option<String>,
+    created_at: i64,
+    expires_at: i64,
+    next_attempt_at: i64,
+    finished_at: Option<i64>,
+    response_status: Option<i64>,
+    response_truncated: i64,
+    purged: i64,
+}
+
+impl Row {
+    fn into_message(self, body: Option<Vec<u8>>) -> QueueMessage {
+        QueueMessage {
+            seq: self.seq,
+            id: self.id,
+            tenant_id: self.tenant_id,
+            tenant: self.tenant,
+            target: self.target,
+            method: self.method,
+            path: self.path,
+            headers: self.headers,
+            body,
+            body_bytes: self.body_bytes,
+            idempotency_key: self.idempotency_key,
+            state: QueueState::parse(&self.state).unwrap_or(QueueState::Failed),
+            attempts: self.attempts,
+            last_error: self.last_error,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            next_attempt_at: self.next_attempt_at,
+            finished_at: self.finished_at,
+            response_status: self.response_status,
+            response_truncated: self.response_truncated != 0,
+            purged: self.purged != 0,
+        }
+    }
+}
+
+const COLUMNS: &str = "seq, id, tenant_id, tenant, target, method, path, headers, body_bytes, \
+     idempotency_key, state, attempts, last_error, created_at, expires_at, next_attempt_at, \
+     finished_at, response_status, response_truncated, purged";
+
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    #[sqlx(flatten)]
+    row: Row,
+    body: Option<Vec<u8>>,
+}
+
+/// Longest error text kept per message.
+const MAX_ERROR_LEN: usize = 1000;
+
+/// How long tombstones of purged messages are kept after the retention period (the status then
+/// answers 410 rather than 404).
+const TOMBSTONE_MS: i64 = 30 * 24 * 3600 * 1000;
+
+impl Store {
+    /// Stores a message in one transaction (the caller answers 202 only after this returns), or
+    /// returns the live message with the same idempotency key, or refuses it over the quota.
+    pub async fn enqueue(&self, m: &NewMessage, quota: QueueQuota) -> Result<Enqueued, Error> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = &m.idempotency_key {
+            let found: Option<Row> = sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM queue_messages WHERE tenant_id = $1 AND idempotency_key = $2"
+            ))
+            .bind(&m.tenant_id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = found {
+                if row.expires_at > now || row.state != QueueState::Expired.as_str() {
+                    return Ok(Enqueued::Existing(row.into_message(None)));
+                }
+                // An expired message frees its key.
+                sqlx::query("UPDATE queue_messages SET idempotency_key = NULL WHERE seq = $1")
+                    .bind(row.seq)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        if quota.max_messages.is_some() || quota.max_bytes.is_some() {
+            let (count, bytes): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT COUNT(*), CAST(SUM(body_bytes) AS BIGINT) FROM queue_messages \
+                 WHERE tenant_id = $1 AND state IN ('queued', 'delivering')",
+            )
+            .bind(&m.tenant_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let (count, bytes) = (count.max(0) as u64, bytes.unwrap_or(0).max(0) as u64);
+            if quota.max_messages.is_some_and(|max| count >= max) {
+                return Ok(Enqueued::TooManyMessages);
+            }
+            if quota
+                .max_bytes
+                .is_some_and(|max| bytes + m.body.len() as u64 > max)
+            {
+                return Ok(Enqueued::TooManyBytes);
+            }
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO queue_messages (id, tenant_id, tenant, target, method, path, headers, \
+             body, body_bytes, idempotency_key, state, created_at, expires_at, next_attempt_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', $11, $12, $13)",
+        )
+        .bind(&m.id)
+        .bind(&m.tenant_id)
+        .bind(&m.tenant)
+        .bind(&m.target)
+        .bind(&m.method)
+        .bind(&m.path)
+        .bind(&m.headers)
+        .bind(&m.body)
+        .bind(m.body.len() as i64)
+        .bind(&m.idempotency_key)
+        .bind(now)
+        .bind(now.saturating_add(m.ttl_ms))
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = inserted {
+            // Two requests with one key at once: the other committed first; answer with it.
+            if m.idempotency_key.is_some() {
+                drop(tx);
+                if let Some(existing) = self
+                    .message_by_key(&m.tenant_id, m.idempotency_key.as_deref())
+                    .await?
+                {
+                    return Ok(Enqueued::Existing(existing));
+                }
+            }
+            return Err(e.into());
+        }
+        tx.commit().await?;
+        let stored = self
+            .message(&m.id)
+            .await?
+            .ok_or_else(|| Error::Database(sqlx::Error::RowNotFound))?;
+        Ok(Enqueued::New(stored))
+    }
+
+    async fn message_by_key(
+        &self,
+        tenant_id: &str,
+        key: Option<&str>,
+    ) -> Result<Option<QueueMessage>, Error> {
+        let row: Option<Row> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM queue_messages WHERE tenant_id = $1 AND idempotency_key = $2"
+        ))
+        .bind(tenant_id)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.into_message(None)))
+    }
+
+    /// A message by id (without its body).
+    pub async fn message(&self, id: &str) -> Result<Option<QueueMessage>, Error> {
+        let row: Option<Row> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM queue_messages WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.into_message(None)))
+    }
+
+    /// The tenants that have messages due now (waiting and due, or with an expired lease).
+    pub async fn due_tenants(&self) -> Result<Vec<String>, Error> {
+        let now = now_ms();
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT tenant_id FROM queue_messages \
+             WHERE (state = 'queued' AND next_attempt_at <= $1) \
+             OR (state = 'delivering' AND lease_until < $2)",
+        )
+        .bind(now)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(t,)| t).collect())
+    }
+
+    /// Claims up to `limit` due messages of `tenant_id` for `node` until `lease_ms` from now, in
+    /// order; for an ordered tenant only the first unfinished message of each target. Each claim
+    /// counts as an attempt. Messages whose time to live ran out are not claimed.
+    pub async fn claim(
+        &self,
+        tenant_id: &str,
+        node: &str,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<QueueMessage>, Error> {
+        let now = now_ms();
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE queue_messages SET state = 'delivering', attempts = attempts + 1, \
+             lease_until = $1, lease_node = $2 WHERE seq IN ( \
+               SELECT m.seq FROM queue_messages m WHERE m.tenant_id = $3 \
+               AND ((m.state = 'queued' AND m.next_attempt_at <= $4) \
+                    OR (m.state = 'delivering' AND m.lease_until < $5)) \
+               AND m.expires_at > $6 \
+               AND (COALESCE((SELECT s.ordered FROM tenant_queue_settings s \
+                              WHERE s.tenant_id = m.tenant_id), 0) = 0 \
+                    OR NOT EXISTS (SELECT 1 FROM queue_messages p WHERE p.tenant_id = m.tenant_id \
+                                   AND p.target = m.target AND p.seq < m.seq \
+                                   AND p.state IN ('queued', 'delivering'))) \
+               ORDER BY m.seq LIMIT $7 {lock}) \
+             RETURNING {COLUMNS}, body"
+        );
+        let mut rows: Vec<ClaimRow> = sqlx::query_as(&sql)
+            .bind(now.saturating_add(lease_ms))
+            .bind(node)
+            .bind(tenant_id)
+            .bind(now)
+            .bind(now)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.sort_by_key(|r| r.row.seq);
+        Ok(rows
+            .into_iter()
+            .map(|r| r.row.into_message(r.body))
+            .collect())
+    }
+
+    /// Records how attempt `attempt` of message `id` ended; `false` when that attempt is no
+    /// longer the message's current one (its lease expired and another node claimed it).
+    pub async fn finish_attempt(
+        &self,
+        id: &str,
+        attempt: i64,
+        how: &Finish,
+    ) -> Result<bool, Error> {
+        let now = now_ms();
+        let (state, error, response, next_at) = match how {
+            Finish::Delivered(r) => (QueueState::Delivered, None, Some(r), None),
+            Finish::Failed { error, response } => (
+                QueueState::Failed,
+                Some(error.as_str()),
+                response.as_ref(),
+                None,
+            ),
+            Finish::Retry { error, at } => {
+                (QueueState::Queued, Some(error.as_str()), None, Some(*at))
+            }
+        };
+        let error = error.map(|e| e.chars().take(MAX_ERROR_LEN).collect::<String>());
+        let done = if state == QueueState::Queued {
+            sqlx::query(
+                "UPDATE queue_messages SET state = 'queued', last_error = $1, next_attempt_at = $2, \
+                 lease_until = NULL, lease_node = NULL \
+                 WHERE id = $3 AND attempts = $4 AND state = 'delivering'",
+            )
+            .bind(&error)
+            .bind(next_at.unwrap_or(now))
+            .bind(id)
+            .bind(attempt)
+            .execute(&self.pool)
+            .await?
+        } else {
+            sqlx::query(
+                "UPDATE queue_messages SET state = $1, last_error = COALESCE($2, last_error), \
+                 finished_at = $3, lease_until = NULL, response_status = $4, \
+                 response_headers = $5, response_body = $6, response_truncated = $7, body = NULL \
+                 WHERE id = $8 AND attempts = $9 AND state = 'delivering'",
+            )
+            .bind(state.as_str())
+            .bind(&error)
+            .bind(now)
+            .bind(response.map(|r| i64::from(r.status)))
+            .bind(response.map(|r| r.headers.clone()))
+            .bind(response.map(|r| r.body.clone()))
+            .bind(i64::from(response.is_some_and(|r| r.truncated)))
+            .bind(id)
+            .bind(attempt)
+            .execute(&self.pool)
+            .await?
+        };
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Moves waiting messages whose time to live ran out to `expired` (a delivering one only once
+    /// its lease ran out too); how many.
+    pub async fn expire_messages(&self) -> Result<u64, Error> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE queue_messages SET state = 'expired', finished_at = $1, body = NULL, \
+             last_error = COALESCE(last_error, 'time to live ran out') \
+             WHERE expires_at <= $2 AND (state = 'queued' \
+             OR (state = 'delivering' AND lease_until < $3))",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The stored response of a message, if it has one and it is not purged.
+    pub async fn message_response(&self, id: &str) -> Result<Option<StoredResponse>, Error> {
+        let row: Option<(Option<i64>, Option<String>, Option<Vec<u8>>, i64)> = sqlx::query_as(
+            "SELECT response_status, response_headers, response_body, response_truncated \
+             FROM queue_messages WHERE id = $1 AND purged = 0",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|(status, headers, body, truncated)| {
+            Some(StoredResponse {
+                status: u16::try_from(status?).ok()?,
+                headers: headers.unwrap_or_default(),
+                body: body.unwrap_or_default(),
+                truncated: truncated != 0,
+            })
+        }))
+    }
+
+    /// Cancels a waiting message.
+    pub async fn cancel_message(&self, id: &str) -> Result<Cancelled, Error> {
+        let done = sqlx::query(
+            "UPDATE queue_messages SET state = 'cancelled', finished_at = $1, body = NULL \
+             WHERE id = $2 AND state = 'queued'",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(Cancelled::Done);
+        }
+        Ok(match self.message(id).await? {
+            Some(m) => Cancelled::Too(m.state),
+            None => Cancelled::NotFound,
+        })
+    }
+
+    /// A failed or expired message goes back to the queue, due now (an admin's "retry now"),
+    /// with a fresh time to live of `ttl_ms`; `false` when it is not failed or expired.
+    pub async fn requeue_message(&self, id: &str, ttl_ms: i64) -> Result<bool, Error> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE queue_messages SET state = 'queued', next_attempt_at = $1, expires_at = $2, \
+             finished_at = NULL WHERE id = $3 AND state IN ('failed', 'expired') AND body IS NOT NULL",
+        )
+        .bind(now)
+        .bind(now.saturating_add(ttl_ms))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Drops bodies and responses of messages final for longer than `retention_ms` (keeping a
+    /// tombstone, so their status answers 410), and deletes tombstones older than
+    /// [`TOMBSTONE_MS`] more; how many were purged.
+    pub async fn purge_messages(&self, retention_ms: i64) -> Result<u64, Error> {
+        let cutoff = now_ms().saturating_sub(retention_ms);
+        let done = sqlx::query(
+            "UPDATE queue_messages SET purged = 1, body = NULL, response_body = NULL, \
+             response_headers = NULL, headers = '' \
+             WHERE purged = 0 AND finished_at IS NOT NULL AND finished_at < $1",
+        )
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("DELETE FROM queue_messages WHERE purged = 1 AND finished_at < $1")
+            .bind(cutoff.saturating_sub(TOMBSTONE_MS))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// A tenant's messages, newest first, optionally in one state (at most `limit`, capped at
+    /// 1000).
+    pub async fn messages(
+        &self,
+        tenant_id: &str,
+        state: Option<QueueState>,
+        limit: u32,
+    ) -> Result<Vec<QueueMessage>, Error> {
+        let rows: Vec<Row> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM queue_messages WHERE tenant_id = $1 \
+             AND ($2 = '' OR state = $3) ORDER BY seq DESC LIMIT $4"
+        ))
+        .bind(tenant_id)
+        .bind(state.map_or("", QueueState::as_str))
+        .bind(state.map_or("", QueueState::as_str))
+        .bind(i64::from(limit.min(1000)))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.into_message(None)).collect())
+    }
+
+    /// Messages by state, for one tenant or all, and the oldest waiting one.
+    pub async fn queue_counts(&self, tenant_id: Option<&str>) -> Result<QueueCounts, Error> {
+        let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT state, COUNT(*), MIN(created_at) FROM queue_messages \
+             WHERE ($1 = '' OR tenant_id = $2) GROUP BY state",
+        )
+        .bind(tenant_id.unwrap_or(""))
+        .bind(tenant_id.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = QueueCounts::default();
+        for (state, n, oldest) in rows {
+            if let Some(st) = QueueState::parse(&state) {
+                counts.by_state.insert(st, n.max(0) as u64);
+                if st == QueueState::Queued {
+                    counts.oldest_queued_at = oldest;
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    /// A tenant's queue settings (defaults when it has none).
+    pub async fn queue_settings(&self, tenant_id: &str) -> Result<QueueSettings, Error> {
+        let row: Option<(i64, Option<i64>, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT ordered, ttl_ms, max_messages, max_bytes FROM tenant_queue_settings \
+             WHERE tenant_id = $1",
+        )
+        .bind(tenant_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map_or(
+            QueueSettings::default(),
+            |(ordered, ttl_ms, max_messages, max_bytes)| QueueSettings {
+                ordered: ordered != 0,
+                ttl_ms,
+                max_messages,
+                max_bytes,
+            },
+        ))
+    }
+
+    /// Replaces a tenant's queue settings.
+    pub async fn set_queue_settings(
+        &self,
+        tenant_id: &str,
+        s: &QueueSettings,
+    ) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM tenant_queue_settings WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO tenant_queue_settings (tenant_id, ordered, ttl_ms, max_messages, max_bytes) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(tenant_id)
+        .bind(i64::from(s.ordered))
+        .bind(s.ttl_ms)
+        .bind(s.max_messages)
+        .bind(s.max_bytes)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,341 @@
+//! Queue mode's store on both backends: accept with idempotency and quotas, claims in order (and
+//! one at a time per target for ordered tenants), leases that expire into a second attempt, fenced
+//! outcomes, expiry, cancellation, retry and purge.
+
+use relay_store::{
+    Cancelled, Enqueued, Finish, NewMessage, QueueQuota, QueueSettings, QueueState, Store,
+    StoredResponse,
+};
+use testkit::PgCluster;
+
+fn msg(id: &str, target: &str, key: Option<&str>, body: &[u8]) -> NewMessage {
+    NewMessage {
+        id: id.into(),
+        tenant_id: "t1".into(),
+        tenant: "acme".into(),
+        target: target.into(),
+        method: "POST".into(),
+        path: format!("/orders/{id}?x=1"),
+        headers: r#"[["content-type","text/plain"]]"#.into(),
+        body: body.to_vec(),
+        idempotency_key: key.map(str::to_string),
+        ttl_ms: 60_000,
+    }
+}
+
+fn new(e: Enqueued) -> relay_store::QueueMessage {
+    match e {
+        Enqueued::New(m) => m,
+        other => panic!("expected a new message, got {other:?}"),
+    }
+}
+
+fn response(body: &[u8]) -> StoredResponse {
+    StoredResponse {
+        status: 200,
+        headers: "[]".into(),
+        body: body.to_vec(),
+        truncated: false,
+    }
+}
+
+async fn queue_rules(store: Store) {
+    let none = QueueQuota::default();
+    // Accepted and readable; the body is not part of the status.
+    let a = new(store
+        .enqueue(&msg("a", "app", Some("k1"), b"one"), none)
+        .await
+        .unwrap());
+    assert_eq!(
+        (a.state, a.attempts, a.body_bytes),
+        (QueueState::Queued, 0, 3)
+    );
+    assert_eq!(a.body, None);
+    // The same idempotency key: the same message, nothing new stored.
+    match store
+        .enqueue(&msg("a2", "app", Some("k1"), b"dup"), none)
+        .await
+        .unwrap()
+    {
+        Enqueued::Existing(m) => assert_eq!(m.id, "a"),
+        other => panic!("{other:?}"),
+    }
+    assert!(store.message("a2").await.unwrap().is_none());
+    new(store
+        .enqueue(&msg("b", "app", None, b"two"), none)
+        .await
+        .unwrap());
+    new(store
+        .enqueue(&msg("c", "echo", None, b"three"), none)
+        .await
+        .unwrap());
+
+    // Quotas count waiting messages and bytes.
+    let q = QueueQuota {
+        max_messages: Some(3),
+        max_bytes: None,
+    };
+    assert_eq!(
+        store.enqueue(&msg("d", "app", None, b""), q).await.unwrap(),
+        Enqueued::TooManyMessages
+    );
+    let q = QueueQuota {
+        max_messages: None,
+        max_bytes: Some(12),
+    };
+    assert_eq!(
+        store
+            .enqueue(&msg("d", "app", None, b"xx"), q)
+            .await
+            .unwrap(),
+        Enqueued::TooManyBytes
+    );
+
+    // Parallel (the default): claims in acceptance order, each claim an attempt, with its body.
+    let claimed = store.claim("t1", "n1", 60_000, 2).await.unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b"]);
+    assert_eq!(claimed[0].body.as_deref(), Some(&b"one"[..]));
+    assert_eq!(claimed[0].attempts, 1);
+    // Claimed messages are not claimed again while leased.
+    let next = store.claim("t1", "n2", 60_000, 10).await.unwrap();
+    assert_eq!(
+        next.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["c"]
+    );
+    assert!(store
+        .claim("t1", "n2", 60_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Outcomes: delivered keeps the response; retry waits; a stale attempt changes nothing.
+    assert!(store
+        .finish_attempt("a", 1, &Finish::Delivered(response(b"ok-a")))
+        .await
+        .unwrap());
+    assert!(!store
+        .finish_attempt("a", 1, &Finish::Delivered(response(b"again")))
+        .await
+        .unwrap());
+    let a = store.message("a").await.unwrap().unwrap();
+    assert_eq!(
+        (a.state, a.response_status),
+        (QueueState::Delivered, Some(200))
+    );
+    assert_eq!(
+        store.message_response("a").await.unwrap().unwrap().body,
+        b"ok-a"
+    );
+    let later = relay_store::now_ms() + 60_000;
+    assert!(store
+        .finish_attempt(
+            "b",
+            1,
+            &Finish::Retry {
+                error: "503 from the backend".into(),
+                at: later
+            }
+        )
+        .await
+        .unwrap());
+    let b = store.message("b").await.unwrap().unwrap();
+    assert_eq!(
+        (b.state, b.last_error.as_deref()),
+        (QueueState::Queued, Some("503 from the backend"))
+    );
+    assert!(
+        store
+            .claim("t1", "n1", 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "b is not due yet"
+    );
+    assert!(store
+        .finish_attempt(
+            "c",
+            1,
+            &Finish::Failed {
+                error: "400".into(),
+                response: Some(response(b"bad"))
+            }
+        )
+        .await
+        .unwrap());
+    assert_eq!(
+        store.message("c").await.unwrap().unwrap().state,
+        QueueState::Failed
+    );
+
+    // A lease that runs out (the node died): claimed again, as attempt 2; the first node's late
+    // outcome is refused.
+    new(store
+        .enqueue(&msg("e", "app", None, b"five"), none)
+        .await
+        .unwrap());
+    let e = store.claim("t1", "n1", -1, 10).await.unwrap();
+    assert_eq!(e.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["e"]);
+    assert!(store
+        .due_tenants()
+        .await
+        .unwrap()
+        .contains(&"t1".to_string()));
+    let again = store.claim("t1", "n2", 60_000, 10).await.unwrap();
+    assert_eq!((again[0].id.as_str(), again[0].attempts), ("e", 2));
+    assert!(!store
+        .finish_attempt("e", 1, &Finish::Delivered(response(b"late")))
+        .await
+        .unwrap());
+    assert!(store
+        .finish_attempt("e", 2, &Finish::Delivered(response(b"ok-e")))
+        .await
+        .unwrap());
+
+    // Cancel: only while waiting.
+    new(store
+        .enqueue(&msg("f", "app", None, b"six"), none)
+        .await
+        .unwrap());
+    assert_eq!(store.cancel_message("f").await.unwrap(), Cancelled::Done);
+    assert_eq!(
+        store.cancel_message("a").await.unwrap(),
+        Cancelled::Too(QueueState::Delivered)
+    );
+    assert_eq!(
+        store.cancel_message("nope").await.unwrap(),
+        Cancelled::NotFound
+    );
+
+    // Expiry: a message whose time to live ran out is never claimed; it becomes expired, and an
+    // admin may put it back.
+    let mut short = msg("g", "app", Some("k-g"), b"seven");
+    short.ttl_ms = -1;
+    new(store.enqueue(&short, none).await.unwrap());
+    assert!(store
+        .claim("t1", "n1", 60_000, 10)
+        .await
+        .unwrap()
+        .iter()
+        .all(|m| m.id != "g"));
+    assert!(store.expire_messages().await.unwrap() >= 1);
+    assert_eq!(
+        store.message("g").await.unwrap().unwrap().state,
+        QueueState::Expired
+    );
+    // An expired message's key may be used again.
+    new(store
+        .enqueue(&msg("g2", "app", Some("k-g"), b"7"), none)
+        .await
+        .unwrap());
+
+    // Counts by state.
+    let counts = store.queue_counts(Some("t1")).await.unwrap();
+    assert_eq!(counts.by_state.get(&QueueState::Delivered), Some(&2));
+    assert_eq!(counts.by_state.get(&QueueState::Cancelled), Some(&1));
+    assert_eq!(
+        store
+            .messages("t1", Some(QueueState::Failed), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Purge: final messages lose bodies and responses, keeping a tombstone.
+    assert!(store.purge_messages(-1).await.unwrap() >= 4);
+    let a = store.message("a").await.unwrap().unwrap();
+    assert!(a.purged);
+    assert!(store.message_response("a").await.unwrap().is_none());
+}
+
+async fn ordered_tenants_deliver_one_at_a_time_per_target(store: Store) {
+    store
+        .set_queue_settings(
+            "t1",
+            &QueueSettings {
+                ordered: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(store.queue_settings("t1").await.unwrap().ordered);
+    let none = QueueQuota::default();
+    for (id, target) in [("1", "app"), ("2", "app"), ("3", "echo"), ("4", "app")] {
+        new(store
+            .enqueue(&msg(id, target, None, b"x"), none)
+            .await
+            .unwrap());
+    }
+    // The head of each target only.
+    let first = store.claim("t1", "n1", 60_000, 10).await.unwrap();
+    assert_eq!(
+        first.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["1", "3"]
+    );
+    assert!(store
+        .claim("t1", "n1", 60_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // A retry keeps its place: the next one waits for it.
+    let now = relay_store::now_ms();
+    store
+        .finish_attempt(
+            "1",
+            1,
+            &Finish::Retry {
+                error: "e".into(),
+                at: now,
+            },
+        )
+        .await
+        .unwrap();
+    let again = store.claim("t1", "n1", 60_000, 10).await.unwrap();
+    assert_eq!(
+        again.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["1"]
+    );
+    store
+        .finish_attempt("1", 2, &Finish::Delivered(response(b"1")))
+        .await
+        .unwrap();
+    let next = store.claim("t1", "n1", 60_000, 10).await.unwrap();
+    assert_eq!(
+        next.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+        ["2"]
+    );
+}
+
+async fn sqlite() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    let store = Store::connect(&url).await.unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn queue_rules_on_sqlite() {
+    let (_dir, store) = sqlite().await;
+    queue_rules(store).await;
+}
+
+#[tokio::test]
+async fn queue_rules_on_postgres() {
+    let cluster = PgCluster::start();
+    queue_rules(Store::connect(&cluster.url()).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn ordered_on_sqlite() {
+    let (_dir, store) = sqlite().await;
+    ordered_tenants_deliver_one_at_a_time_per_target(store).await;
+}
+
+#[tokio::test]
+async fn ordered_on_postgres() {
+    let cluster = PgCluster::start();
+    ordered_tenants_deliver_one_at_a_time_per_target(Store::connect(&cluster.url()).await.unwrap())
+        .await;
+}
