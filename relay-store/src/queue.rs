@@ -287,6 +287,11 @@ struct ClaimRow {
     body: Option<Vec<u8>>,
 }
 
+/// Status, headers, body, truncated.
+type ResponseRow = (Option<i64>, Option<String>, Option<Vec<u8>>, i64);
+/// Ordered, TTL, message and byte quotas.
+type SettingsRow = (i64, Option<i64>, Option<i64>, Option<i64>);
+
 /// Longest error text kept per message.
 const MAX_ERROR_LEN: usize = 1000;
 
@@ -543,7 +548,7 @@ impl Store {
 
     /// The stored response of a message, if it has one and it is not purged.
     pub async fn message_response(&self, id: &str) -> Result<Option<StoredResponse>, Error> {
-        let row: Option<(Option<i64>, Option<String>, Option<Vec<u8>>, i64)> = sqlx::query_as(
+        let row: Option<ResponseRow> = sqlx::query_as(
             "SELECT response_status, response_headers, response_body, response_truncated \
              FROM queue_messages WHERE id = $1 AND purged = 0",
         )
@@ -660,7 +665,7 @@ impl Store {
 
     /// A tenant's queue settings (defaults when it has none).
     pub async fn queue_settings(&self, tenant_id: &str) -> Result<QueueSettings, Error> {
-        let row: Option<(i64, Option<i64>, Option<i64>, Option<i64>)> = sqlx::query_as(
+        let row: Option<SettingsRow> = sqlx::query_as(
             "SELECT ordered, ttl_ms, max_messages, max_bytes FROM tenant_queue_settings \
              WHERE tenant_id = $1",
         )
