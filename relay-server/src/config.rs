@@ -46,6 +46,46 @@ pub struct FileConfig {
     /// `[cluster]`
     #[serde(default)]
     pub cluster: ClusterFile,
+    /// `[queue]`
+    #[serde(default)]
+    pub queue: QueueFile,
+}
+
+/// `[queue]`: queue mode (`/queue/…` and `Prefer: respond-async`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueFile {
+    /// Largest request body accepted into the queue. Default 1 MiB, at most 64 MiB.
+    pub max_body_bytes: Option<u64>,
+    /// Largest response body kept for pickup (longer ones are cut and marked). Default 1 MiB.
+    pub max_response_bytes: Option<u64>,
+    /// Time to live of a message unless its tenant sets one. Default 24 h.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Longest time to live a tenant may set. Default 30 days.
+    #[serde(default, with = "humantime_serde")]
+    pub max_ttl: Option<Duration>,
+    /// How long final messages and their responses are kept. Default 7 days.
+    #[serde(default, with = "humantime_serde")]
+    pub retention: Option<Duration>,
+    /// How long a node owns a message it is delivering; after that another node may. Default 60 s.
+    #[serde(default, with = "humantime_serde")]
+    pub lease: Option<Duration>,
+    /// How often a node looks for due messages without being woken. Default 1 s.
+    #[serde(default, with = "humantime_serde")]
+    pub poll_interval: Option<Duration>,
+    /// Deliveries in flight per tenant and node (parallel tenants). Default 16.
+    pub parallel: Option<u32>,
+    /// Waiting messages per tenant unless it sets its own quota. Default 100000.
+    pub max_messages: Option<u64>,
+    /// Waiting body bytes per tenant unless it sets its own quota. Default 1 GiB.
+    pub max_bytes: Option<u64>,
+    /// First retry delay (doubling per attempt, with full jitter). Default 1 s.
+    #[serde(default, with = "humantime_serde")]
+    pub retry_base: Option<Duration>,
+    /// Longest retry delay. Default 5 min.
+    #[serde(default, with = "humantime_serde")]
+    pub retry_cap: Option<Duration>,
 }
 
 /// `[cluster]`: relay nodes sharing one database.
@@ -252,6 +292,37 @@ pub struct Config {
     pub catalog_poll_interval: Duration,
     /// `[cluster]`
     pub cluster: Cluster,
+    /// `[queue]`
+    pub queue: Queue,
+}
+
+/// `[queue]`, validated.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    /// Largest request body accepted.
+    pub max_body_bytes: u64,
+    /// Largest response body kept.
+    pub max_response_bytes: u64,
+    /// Default time to live.
+    pub ttl: Duration,
+    /// Longest time to live.
+    pub max_ttl: Duration,
+    /// Retention of final messages.
+    pub retention: Duration,
+    /// Delivery lease.
+    pub lease: Duration,
+    /// Poll period.
+    pub poll_interval: Duration,
+    /// Deliveries in flight per tenant and node.
+    pub parallel: u32,
+    /// Default quota of waiting messages.
+    pub max_messages: u64,
+    /// Default quota of waiting bytes.
+    pub max_bytes: u64,
+    /// First retry delay.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_cap: Duration,
 }
 
 /// `[audit]`, validated.
@@ -462,8 +533,40 @@ impl Config {
         // Unset: the bound HTTPS address when it is not a wildcard, decided at start.
         let advertise = host_port("cluster.advertise", raw.cluster.advertise)?;
         let public_address = host_port("cluster.public_address", raw.cluster.public_address)?;
+        let q = &raw.queue;
+        let max_body_bytes = q.max_body_bytes.unwrap_or(1 << 20);
+        if max_body_bytes > 64 << 20 {
+            return Err(ConfigError::new(format!(
+                "queue.max_body_bytes = {max_body_bytes}: at most 64 MiB (67108864)"
+            )));
+        }
+        let max_ttl = positive("queue.max_ttl", q.max_ttl, 30 * 24 * 3600)?;
+        let ttl = positive("queue.ttl", q.ttl, 24 * 3600)?;
+        if ttl > max_ttl {
+            return Err(ConfigError::new("queue.ttl must not exceed queue.max_ttl"));
+        }
+        let queue = Queue {
+            max_body_bytes,
+            max_response_bytes: q.max_response_bytes.unwrap_or(1 << 20).min(64 << 20),
+            ttl,
+            max_ttl,
+            retention: positive("queue.retention", q.retention, 7 * 24 * 3600)?,
+            lease: positive("queue.lease", q.lease, 60)?,
+            poll_interval: layered::duration(
+                "queue.poll_interval",
+                q.poll_interval,
+                Duration::from_secs(1),
+                Some(Duration::from_millis(10)),
+            )?,
+            parallel: q.parallel.unwrap_or(16).clamp(1, 1024),
+            max_messages: q.max_messages.unwrap_or(100_000),
+            max_bytes: q.max_bytes.unwrap_or(1 << 30),
+            retry_base: positive("queue.retry_base", q.retry_base, 1)?,
+            retry_cap: positive("queue.retry_cap", q.retry_cap, 300)?,
+        };
         Ok(Config {
             audit,
+            queue,
             catalog_poll_interval,
             cluster: Cluster {
                 advertise,

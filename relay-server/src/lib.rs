@@ -37,6 +37,7 @@ pub mod keys;
 mod metrics;
 mod node;
 mod proxy;
+mod queue;
 mod registry;
 mod route;
 mod tunnel;
@@ -77,6 +78,8 @@ pub(crate) struct Relay {
     cluster: cluster::Cluster,
     /// Set while the registry asks this node to drain (`/readyz` answers 503).
     draining: std::sync::atomic::AtomicBool,
+    /// Queue mode's delivery state on this node.
+    queue: queue::Queue,
 }
 
 /// What the management web learns from this process: streams in flight per session, and the
@@ -326,6 +329,7 @@ pub async fn run(
         node_id: node.id.clone(),
         cluster,
         draining: std::sync::atomic::AtomicBool::new(false),
+        queue: queue::Queue::default(),
     });
 
     // Visitors stop being accepted first; sessions are told to move after that.
@@ -394,6 +398,14 @@ pub async fn run(
         move || close_invalid_sessions(&refresh_relay),
     ));
     let node_id = node.id.clone();
+    // Queue deliveries run on this node's sessions; they stop with the sessions' drain.
+    let deliveries = TaskTracker::new();
+    let queue_stop = CancellationToken::new();
+    let queue_task = tokio::spawn(queue::run(
+        relay.clone(),
+        queue_stop.clone(),
+        deliveries.clone(),
+    ));
     if relay.cluster.enabled() && node.advertise.is_none() {
         tracing::warn!(
             "the HTTPS listener is a wildcard address and [cluster] advertise is not set: other \
@@ -430,6 +442,11 @@ pub async fn run(
         .close_all(CloseKind::Drain(ErrorCode::GOING_AWAY));
     while tasks.join_next().await.is_some() {}
     let _ = quic_task.await;
+    // No new deliveries; those in flight finish with the sessions (or their lease runs out).
+    queue_stop.cancel();
+    let _ = queue_task.await;
+    deliveries.close();
+    let _ = tokio::time::timeout(relay.config.shutdown_grace, deliveries.wait()).await;
     sessions.close();
     if tokio::time::timeout(relay.config.shutdown_grace, sessions.wait())
         .await

@@ -48,6 +48,20 @@ pub struct Metrics {
     pub forward_failures: AtomicU64,
     /// Live relay nodes in the registry, this one included (as of the last heartbeat).
     pub nodes: AtomicUsize,
+    /// Queue messages accepted by this node.
+    pub queue_accepted: AtomicU64,
+    /// Queue messages this node delivered (a final response).
+    pub queue_delivered: AtomicU64,
+    /// Queue delivery attempts this node will retry.
+    pub queue_retries: AtomicU64,
+    /// Queue messages this node gave up on (a final failure).
+    pub queue_failed: AtomicU64,
+    /// Queue messages this node moved to expired.
+    pub queue_expired: AtomicU64,
+    /// Queue messages by state, cluster-wide (refreshed every few seconds).
+    queue_depth: RwLock<Vec<(&'static str, u64)>>,
+    /// When the oldest queued message was accepted, ms since the epoch (0: none).
+    queue_oldest_ms: AtomicU64,
     tenants: RwLock<HashMap<String, Arc<TenantCounters>>>,
     buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
@@ -82,6 +96,19 @@ impl Metrics {
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_micros
             .fetch_add(head_latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Sets the queue depth gauges.
+    pub(crate) fn set_queue_depth(&self, counts: &relay_store::QueueCounts) {
+        let depth = relay_store::QueueState::ALL
+            .iter()
+            .map(|s| (s.as_str(), counts.by_state.get(s).copied().unwrap_or(0)))
+            .collect();
+        *self.queue_depth.write().unwrap_or_else(|p| p.into_inner()) = depth;
+        self.queue_oldest_ms.store(
+            counts.oldest_queued_at.map_or(0, |t| t.max(0) as u64),
+            Ordering::Relaxed,
+        );
     }
 
     /// The Prometheus text exposition of every counter.
@@ -208,10 +235,67 @@ impl Metrics {
                 "Forwarded requests that failed before the owning node answered.",
                 self.forward_failures.load(Ordering::Relaxed),
             ),
+            (
+                "relay_queue_accepted_total",
+                "counter",
+                "Queue messages accepted by this node.",
+                self.queue_accepted.load(Ordering::Relaxed),
+            ),
+            (
+                "relay_queue_delivered_total",
+                "counter",
+                "Queue messages this node delivered.",
+                self.queue_delivered.load(Ordering::Relaxed),
+            ),
+            (
+                "relay_queue_retries_total",
+                "counter",
+                "Queue delivery attempts this node will retry.",
+                self.queue_retries.load(Ordering::Relaxed),
+            ),
+            (
+                "relay_queue_failed_total",
+                "counter",
+                "Queue messages this node gave up on.",
+                self.queue_failed.load(Ordering::Relaxed),
+            ),
+            (
+                "relay_queue_expired_total",
+                "counter",
+                "Queue messages this node moved to expired.",
+                self.queue_expired.load(Ordering::Relaxed),
+            ),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}");
             let _ = writeln!(out, "# TYPE {metric} {kind}");
             let _ = writeln!(out, "{metric} {v}");
+        }
+        let depth = self
+            .queue_depth
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !depth.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP relay_queue_messages Queue messages by state, all tenants and nodes."
+            );
+            let _ = writeln!(out, "# TYPE relay_queue_messages gauge");
+            for (state, n) in depth {
+                let _ = writeln!(out, "relay_queue_messages{{state=\"{state}\"}} {n}");
+            }
+            let oldest = self.queue_oldest_ms.load(Ordering::Relaxed);
+            let age = if oldest == 0 {
+                0.0
+            } else {
+                (relay_store::now_ms().max(0) as u64).saturating_sub(oldest) as f64 / 1000.0
+            };
+            let _ = writeln!(
+                out,
+                "# HELP relay_queue_oldest_age_seconds Age of the oldest queued message."
+            );
+            let _ = writeln!(out, "# TYPE relay_queue_oldest_age_seconds gauge");
+            let _ = writeln!(out, "relay_queue_oldest_age_seconds {age}");
         }
         out
     }

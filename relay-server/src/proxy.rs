@@ -174,6 +174,9 @@ pub(crate) async fn handle(
     let started = Instant::now();
     let request_id = uuid::Uuid::now_v7().simple().to_string();
     relay.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(kind) = crate::queue::kind(&req) {
+        return queued(relay, req, conn, kind, (request_id, started)).await;
+    }
     // Requests that match no tenant count under "" (visitor-chosen names never become labels).
     let mut counters = None;
     let mut draft = Draft::new(
@@ -202,6 +205,33 @@ pub(crate) async fn handle(
             .record(draft, status, Outcome::of_status(status), 0),
     }
     response
+}
+
+/// A request for the queue (accept, status, response, cancel): answered by the relay itself.
+async fn queued(
+    relay: Arc<Relay>,
+    req: Request<Incoming>,
+    conn: Arc<Visitor>,
+    kind: crate::queue::Kind,
+    (request_id, started): (String, Instant),
+) -> Response<ProxyBody> {
+    let mut draft = Draft::new(
+        &request_id,
+        req.method().as_str(),
+        req.uri().path(),
+        conn.peer.ip().to_string(),
+    );
+    let mut response = crate::queue::handle(&relay, req, &conn, &mut draft, kind).await;
+    let counters = relay.metrics.tenant(&draft.tenant);
+    let status = response.status().as_u16();
+    relay.metrics.record(&counters, status, started.elapsed());
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(X_RELAY_REQUEST_ID.clone(), v);
+    }
+    relay
+        .audit
+        .record(draft, status, Outcome::of_status(status), 0);
+    response.map(Either::Left)
 }
 
 /// One request through the tunnel, phase by phase: admit it, open a stream and send the head,
@@ -409,8 +439,29 @@ fn request_head(
     upgrade: Option<&Upgrade>,
     draft: &mut Draft,
 ) -> StreamFrame {
-    // Behind a trusted load balancer its forwarding headers are kept and the visitor is the
-    // address it reports; from anyone else they are replaced.
+    let mut headers = visitor_headers(relay, &parts, conn, draft);
+    if let Some(upgrade) = upgrade {
+        restore_upgrade(&mut headers, upgrade.offered.clone());
+    }
+    StreamFrame::RequestHead(RequestHead {
+        request_id: draft.request_id.clone(),
+        target: admitted.target.clone(),
+        method: parts.method,
+        path_and_query: admitted.path_and_query.clone(),
+        headers,
+        content_length: admitted.content_length,
+    })
+}
+
+/// The headers the backend receives for a visitor's request: hygiene applied, the relay's
+/// forwarding headers set. Behind a trusted load balancer its forwarding headers are kept and the
+/// visitor is the address it reports (in `draft` too); from anyone else they are replaced.
+pub(crate) fn visitor_headers(
+    relay: &Relay,
+    parts: &http::request::Parts,
+    conn: &Visitor,
+    draft: &mut Draft,
+) -> HeaderMap {
     let trusted = crate::forwarded::trusted(&relay.config.trusted_proxies, conn.peer.ip());
     let forwarded_for = trusted.then(|| {
         let values: Vec<&str> = parts
@@ -426,24 +477,13 @@ fn request_head(
             crate::forwarded::client(&relay.config.trusted_proxies, conn.peer.ip(), chain)
                 .to_string();
     }
-    let mut headers = request_headers(
-        parts.headers,
+    request_headers(
+        parts.headers.clone(),
         &parts.uri,
         (conn.peer, forwarded_for),
         conn.scheme,
         &draft.request_id,
-    );
-    if let Some(upgrade) = upgrade {
-        restore_upgrade(&mut headers, upgrade.offered.clone());
-    }
-    StreamFrame::RequestHead(RequestHead {
-        request_id: draft.request_id.clone(),
-        target: admitted.target.clone(),
-        method: parts.method,
-        path_and_query: admitted.path_and_query.clone(),
-        headers,
-        content_length: admitted.content_length,
-    })
+    )
 }
 
 /// What [`open_and_send`] leaves running: the response side of the stream, the outcome of the

@@ -33,7 +33,12 @@ pub(crate) enum RouteError {
 
 /// Parses a raw request path.
 pub(crate) fn parse(path: &str) -> Result<Route<'_>, RouteError> {
-    let rest = path.strip_prefix("/relay/").ok_or(RouteError::NotRelay)?;
+    parse_under("/relay/", path)
+}
+
+/// Parses a raw request path under `prefix` (`/relay/`, `/queue/`): `{prefix}{tenant}/{target}/…`.
+pub(crate) fn parse_under<'a>(prefix: &str, path: &'a str) -> Result<Route<'a>, RouteError> {
+    let rest = path.strip_prefix(prefix).ok_or(RouteError::NotRelay)?;
     let (tenant, rest) = rest.split_once('/').unwrap_or((rest, ""));
     let (target, tail) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),

@@ -194,6 +194,8 @@ async fn established(relay: Arc<Relay>, conn: Conn) {
         return close(&conn, ErrorCode::PROTOCOL_ERROR);
     }
     relay.registry.insert(entry.clone());
+    // Messages may be waiting for this tenant.
+    relay.queue.wake.notify_one();
     // The session history is written in the background: a slow store never holds up a session.
     let record = relay_store::SessionRecord {
         id: session_id.clone(),

@@ -232,13 +232,24 @@ impl Store {
     /// hostnames (the triggers' `NOTIFY relay_catalog`), reconnecting after failures; runs until
     /// the task is dropped. Returns at once on SQLite, where one process makes the changes.
     pub async fn listen_for_changes(&self, on_change: impl Fn() + Send) {
+        self.listen("relay_catalog", on_change).await
+    }
+
+    /// On PostgreSQL, calls `on_message` whenever a node accepts a queue message (`NOTIFY
+    /// relay_queue`), and once after every (re)connect; never returns. On SQLite it returns at
+    /// once: the one node wakes itself.
+    pub async fn listen_for_queue(&self, on_message: impl Fn() + Send) {
+        self.listen("relay_queue", on_message).await
+    }
+
+    async fn listen(&self, channel: &str, on_change: impl Fn() + Send) {
         if self.backend != Backend::Postgres {
             return;
         }
         let mut failures: u32 = 0;
         loop {
             let error = match sqlx::postgres::PgListener::connect(&self.url.0).await {
-                Ok(mut listener) => match listener.listen("relay_catalog").await {
+                Ok(mut listener) => match listener.listen(channel).await {
                     Ok(()) => {
                         failures = 0;
                         // Changes made while (re)connecting were not heard: let the caller check.
@@ -256,12 +267,24 @@ impl Store {
             };
             failures = failures.saturating_add(1);
             if failures == 1 {
-                tracing::warn!(error = %error, "catalog change listener failed; polling meanwhile");
+                tracing::warn!(error = %error, channel, "change listener failed; polling meanwhile");
             }
             // Bounded backoff (0.5 s to 10 s); the revision poll covers the gap.
             let wait = Duration::from_millis(500u64.saturating_mul(u64::from(failures.min(20))));
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// A transaction that will write: on SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`), so that a read followed by a write cannot fail with "database is locked" when
+    /// another connection wrote in between (a deferred transaction cannot upgrade then).
+    pub(crate) async fn write_transaction(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, Error> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// Which backend this store uses.

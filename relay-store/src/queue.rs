@@ -304,7 +304,7 @@ impl Store {
     /// returns the live message with the same idempotency key, or refuses it over the quota.
     pub async fn enqueue(&self, m: &NewMessage, quota: QueueQuota) -> Result<Enqueued, Error> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         if let Some(key) = &m.idempotency_key {
             let found: Option<Row> = sqlx::query_as(&format!(
                 "SELECT {COLUMNS} FROM queue_messages WHERE tenant_id = $1 AND idempotency_key = $2"
@@ -375,6 +375,13 @@ impl Store {
                 }
             }
             return Err(e.into());
+        }
+        if self.backend == Backend::Postgres {
+            // Delivered at commit: nodes holding the tenant's sessions wake up.
+            sqlx::query("SELECT pg_notify('relay_queue', $1)")
+                .bind(&m.tenant_id)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         let stored = self
@@ -525,6 +532,21 @@ impl Store {
             .execute(&self.pool)
             .await?
         };
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Keeps attempt `attempt` of message `id` leased to its node for `lease_ms` more (a long
+    /// delivery is not claimed again under it); `false` when the attempt is no longer current.
+    pub async fn extend_lease(&self, id: &str, attempt: i64, lease_ms: i64) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE queue_messages SET lease_until = $1 \
+             WHERE id = $2 AND attempts = $3 AND state = 'delivering'",
+        )
+        .bind(now_ms().saturating_add(lease_ms))
+        .bind(id)
+        .bind(attempt)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -9,6 +9,7 @@
 //! | `/hold` | 1 KiB every 10 ms until the reader goes away |
 //! | `/sleep/{ms}` | waits, then `slept` |
 //! | `/status/{code}` | that status, empty body |
+//! | `/fail-until/{n}` | 500 while `x-relay-attempt` < n, then 200 `delivered on {attempt}` |
 //! | `/upgrade-echo` | `101` to the first protocol the request's `Upgrade` offers (any, `h2c` too, as an h2c-capable server would), then echoes raw bytes; `200 not upgraded` to a request that asks for no upgrade |
 //! | `/switch-anyway` | `101` with `Upgrade: h2c`, whatever the request asked for |
 //! | `/trailers` | two data chunks, then trailers `grpc-status: 0`, `x-trailer: yes` (gRPC-shaped) |
@@ -486,6 +487,21 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bod
                 http::HeaderValue::from_static("http://elsewhere.invalid/next"),
             );
             resp
+        }
+        // Queue mode: 500 until the relay's `x-relay-attempt` reaches N, then `delivered on N`.
+        _ if p.starts_with("/fail-until/") => {
+            let n: i64 = p["/fail-until/".len()..].parse().unwrap_or(1);
+            let attempt: i64 = req
+                .headers()
+                .get("x-relay-attempt")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            if attempt < n {
+                text(StatusCode::INTERNAL_SERVER_ERROR, "not yet")
+            } else {
+                text(StatusCode::OK, &format!("delivered on {attempt}"))
+            }
         }
         _ if p.starts_with("/status/") => {
             let code = p["/status/".len()..]
