@@ -65,7 +65,21 @@ pub(crate) struct Queue {
     pub(crate) wake: Arc<Notify>,
     /// Deliveries in flight per tenant id on this node.
     in_progress: Mutex<HashMap<String, u32>>,
+    /// Waiting messages and bytes per tenant id, as last counted (plus what this node accepted
+    /// since): quotas are checked against it instead of counting on every accept. Across nodes
+    /// a quota may be overshot by what the others accept within [`USAGE_TTL`].
+    usage: Mutex<HashMap<String, Usage>>,
 }
+
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    counted: tokio::time::Instant,
+    messages: u64,
+    bytes: u64,
+}
+
+/// How long a tenant's counted queue usage is trusted.
+const USAGE_TTL: Duration = Duration::from_secs(1);
 
 /// What a request asks of the queue.
 #[derive(Debug)]
@@ -263,7 +277,11 @@ async fn accept(
         idempotency_key: key,
         ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
     };
-    let stored = tokio::time::timeout(STORE_TIMEOUT, relay.store.enqueue(&message, quota))
+    within_quota(relay, &tenant.id.0, quota, message.body.len() as u64).await?;
+    let stored = tokio::time::timeout(
+        STORE_TIMEOUT,
+        relay.store.enqueue(&message, QueueQuota::default()),
+    )
         .await
         .map_err(|_| unavailable())?
         .map_err(|e| {
@@ -289,6 +307,12 @@ async fn accept(
         }
     };
     if fresh {
+        let mut usage = relay.queue.usage.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = usage.get_mut(&tenant.id.0) {
+            u.messages += 1;
+            u.bytes += m.body_bytes.max(0) as u64;
+        }
+        drop(usage);
         relay.metrics.queue_accepted.fetch_add(1, Ordering::Relaxed);
         relay.queue.wake.notify_one();
         debug!(message_id = %m.id, tenant = %m.tenant, "queue message accepted");
@@ -312,6 +336,59 @@ fn host_of(headers: &HeaderMap, uri: &http::Uri) -> String {
         .map(str::to_string)
         .or_else(|| uri.authority().map(|a| a.to_string()))
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// Refuses a message that would take the tenant over its quota of waiting messages or bytes.
+async fn within_quota(
+    relay: &Relay,
+    tenant_id: &str,
+    quota: QueueQuota,
+    len: u64,
+) -> Result<(), Refusal> {
+    let cached = relay
+        .queue
+        .usage
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(tenant_id)
+        .copied()
+        .filter(|u| u.counted.elapsed() < USAGE_TTL);
+    let u = match cached {
+        Some(u) => u,
+        None => {
+            let (messages, bytes) =
+                tokio::time::timeout(STORE_TIMEOUT, relay.store.queue_usage(tenant_id))
+                    .await
+                    .map_err(|_| unavailable())?
+                    .map_err(|_| unavailable())?;
+            let u = Usage {
+                counted: tokio::time::Instant::now(),
+                messages,
+                bytes,
+            };
+            let mut usage = relay.queue.usage.lock().unwrap_or_else(|p| p.into_inner());
+            if usage.len() > 100_000 {
+                usage.retain(|_, u| u.counted.elapsed() < USAGE_TTL);
+            }
+            usage.insert(tenant_id.to_string(), u);
+            u
+        }
+    };
+    if quota.max_messages.is_some_and(|max| u.messages >= max) {
+        return Err(Refusal::Status(
+            StatusCode::TOO_MANY_REQUESTS,
+            "the tenant's queue holds as many messages as it may; retry later",
+            Some(60),
+        ));
+    }
+    if quota.max_bytes.is_some_and(|max| u.bytes + len > max) {
+        return Err(Refusal::Status(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "the tenant's queue holds as many bytes as it may",
+            None,
+        ));
+    }
+    Ok(())
 }
 
 fn unavailable() -> Refusal {

@@ -302,6 +302,8 @@ const TOMBSTONE_MS: i64 = 30 * 24 * 3600 * 1000;
 impl Store {
     /// Stores a message in one transaction (the caller answers 202 only after this returns), or
     /// returns the live message with the same idempotency key, or refuses it over the quota.
+    /// Checking a quota counts the tenant's waiting messages in the transaction; callers that
+    /// accept at a high rate check against [`Store::queue_usage`] themselves and pass none.
     pub async fn enqueue(&self, m: &NewMessage, quota: QueueQuota) -> Result<Enqueued, Error> {
         let now = now_ms();
         let mut tx = self.write_transaction().await?;
@@ -343,11 +345,12 @@ impl Store {
                 return Ok(Enqueued::TooManyBytes);
             }
         }
-        let inserted = sqlx::query(
+        let inserted: Result<Row, sqlx::Error> = sqlx::query_as(&format!(
             "INSERT INTO queue_messages (id, tenant_id, tenant, target, method, path, headers, \
              body, body_bytes, idempotency_key, state, created_at, expires_at, next_attempt_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', $11, $12, $13)",
-        )
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', $11, $12, $13) \
+             RETURNING {COLUMNS}"
+        ))
         .bind(&m.id)
         .bind(&m.tenant_id)
         .bind(&m.tenant)
@@ -361,21 +364,22 @@ impl Store {
         .bind(now)
         .bind(now.saturating_add(m.ttl_ms))
         .bind(now)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await;
-        if let Err(e) = inserted {
-            // Two requests with one key at once: the other committed first; answer with it.
-            if m.idempotency_key.is_some() {
-                drop(tx);
-                if let Some(existing) = self
-                    .message_by_key(&m.tenant_id, m.idempotency_key.as_deref())
-                    .await?
-                {
-                    return Ok(Enqueued::Existing(existing));
+        let row = match inserted {
+            Ok(row) => row,
+            Err(e) => {
+                // Two requests with one key at once: the other committed first; answer with it.
+                if m.idempotency_key.is_some() {
+                    drop(tx);
+                    let key = m.idempotency_key.as_deref();
+                    if let Some(existing) = self.message_by_key(&m.tenant_id, key).await? {
+                        return Ok(Enqueued::Existing(existing));
+                    }
                 }
+                return Err(e.into());
             }
-            return Err(e.into());
-        }
+        };
         if self.backend == Backend::Postgres {
             // Delivered at commit: nodes holding the tenant's sessions wake up.
             sqlx::query("SELECT pg_notify('relay_queue', $1)")
@@ -384,11 +388,7 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
-        let stored = self
-            .message(&m.id)
-            .await?
-            .ok_or_else(|| Error::Database(sqlx::Error::RowNotFound))?;
-        Ok(Enqueued::New(stored))
+        Ok(Enqueued::New(row.into_message(None)))
     }
 
     async fn message_by_key(
@@ -404,6 +404,18 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|r| r.into_message(None)))
+    }
+
+    /// A tenant's waiting messages (`queued` or `delivering`) and their body bytes.
+    pub async fn queue_usage(&self, tenant_id: &str) -> Result<(u64, u64), Error> {
+        let (count, bytes): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), CAST(SUM(body_bytes) AS BIGINT) FROM queue_messages \
+             WHERE tenant_id = $1 AND state IN ('queued', 'delivering')",
+        )
+        .bind(tenant_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((count.max(0) as u64, bytes.unwrap_or(0).max(0) as u64))
     }
 
     /// A message by id (without its body).
