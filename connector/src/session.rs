@@ -608,6 +608,8 @@ impl Dialer {
             && self.config.proxy.is_none();
         let mut probe_at = tokio::time::Instant::now() + self.config.quic_probe_interval;
         let mut probe: Option<tokio::task::JoinHandle<Result<Established, AttemptError>>> = None;
+        // Whether the probe under way is a move to another node (else: back to QUIC).
+        let mut spreading = false;
         // Where the cluster lists other nodes, a slot that shares its node with another slot
         // moves to a node no slot is on, so that a node loss never takes every session.
         let mut spread_at = tokio::time::Instant::now() + SPREAD_FIRST_CHECK;
@@ -663,11 +665,13 @@ impl Dialer {
                     spread_at = tokio::time::Instant::now() + SPREAD_CHECK_INTERVAL;
                     if self.should_spread(slot, &node) {
                         let dialer = self.clone();
+                        spreading = true;
                         probe = Some(tokio::spawn(async move { dialer.establish(slot).await }));
                     }
                 }
                 _ = tokio::time::sleep_until(probe_at), if probing && probe.is_none() => {
                     let dialer = self.clone();
+                    spreading = false;
                     probe = Some(tokio::spawn(async move {
                         let conn = dialer.connect_quic(slot, dialer.config.quic_fallback_after).await?;
                         dialer.authenticate(conn).await
@@ -679,19 +683,21 @@ impl Dialer {
                     match result {
                         // A spread attempt that landed on a node a slot is already on: keep the
                         // session there is.
-                        Ok(Ok(next)) if next.node == node || self.taken(slot).contains(&next.node) => {
+                        Ok(Ok(next)) if spreading && (next.node == node || self.taken(slot).contains(&next.node)) => {
                             debug!(node = %next.node, "no other relay node reachable for this slot; staying");
                             let Established { conn: extra, mut control, .. } = next;
                             control.finish();
                             extra.close(ErrorCode::NO_ERROR, b"not needed");
                         }
                         Ok(Ok(next)) => {
-                            if next.node != node {
+                            if spreading {
                                 info!(from = %node, to = %next.node, "moving this session to another relay node");
                             } else {
                                 info!("QUIC reachable again: moving this session from TLS/TCP to QUIC");
                             }
-                            *self.quic_blocked_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                            if next.conn.transport() == Transport::Quic {
+                                *self.quic_blocked_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                            }
                             // The relay stops routing here and closes once our streams are done;
                             // until then this session keeps serving what arrives.
                             let go_away = ControlFrame::GoAway(tunnel_protocol::GoAway {
