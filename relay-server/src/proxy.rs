@@ -174,7 +174,7 @@ pub(crate) async fn handle(
     let started = Instant::now();
     let request_id = uuid::Uuid::now_v7().simple().to_string();
     relay.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    if let Some(kind) = crate::queue::kind(&req) {
+    if let Some(kind) = crate::queue::kind(&relay, &req) {
         return queued(relay, req, conn, kind, (request_id, started)).await;
     }
     // Requests that match no tenant count under "" (visitor-chosen names never become labels).

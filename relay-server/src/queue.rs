@@ -92,8 +92,10 @@ pub(crate) enum Kind {
     Status { id: String, response: bool },
 }
 
-/// Whether `req` is for the queue.
-pub(crate) fn kind(req: &Request<Incoming>) -> Option<Kind> {
+/// Whether `req` is for the queue. On a tenant's own hostname the path belongs to the backend:
+/// only `Prefer: respond-async` and the status resources (a reserved prefix on every host, so
+/// that the `Location` of a message accepted there works) are the queue's.
+pub(crate) fn kind(relay: &Relay, req: &Request<Incoming>) -> Option<Kind> {
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix(STATUS_PREFIX) {
         let (id, response) = match rest.strip_suffix("/response") {
@@ -106,7 +108,14 @@ pub(crate) fn kind(req: &Request<Incoming>) -> Option<Kind> {
         });
     }
     if path.starts_with("/queue/") {
-        return Some(Kind::Accept);
+        let (parts, _) = Request::new(()).into_parts();
+        let mut parts = parts;
+        parts.uri = req.uri().clone();
+        parts.version = req.version();
+        parts.headers = req.headers().clone();
+        if !crate::route::tenant_host(relay, &parts) {
+            return Some(Kind::Accept);
+        }
     }
     let async_preferred = req
         .headers()
@@ -282,12 +291,12 @@ async fn accept(
         STORE_TIMEOUT,
         relay.store.enqueue(&message, QueueQuota::default()),
     )
-        .await
-        .map_err(|_| unavailable())?
-        .map_err(|e| {
-            warn!(error = %e, "queue message not stored");
-            unavailable()
-        })?;
+    .await
+    .map_err(|_| unavailable())?
+    .map_err(|e| {
+        warn!(error = %e, "queue message not stored");
+        unavailable()
+    })?;
     let (m, fresh) = match stored {
         Enqueued::New(m) => (m, true),
         Enqueued::Existing(m) => (m, false),

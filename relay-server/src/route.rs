@@ -131,6 +131,21 @@ pub(crate) fn resolve<'a>(
     })
 }
 
+/// Whether the request is addressed to a tenant's own hostname (registered, or under the wildcard
+/// base domain): its whole path then belongs to the backend.
+pub(crate) fn tenant_host(relay: &Relay, parts: &http::request::Parts) -> bool {
+    let Ok(Some(host)) = request_host(parts) else {
+        return false;
+    };
+    relay.catalog.hostname(&host).is_some()
+        || relay
+            .config
+            .base_domain
+            .as_deref()
+            .and_then(|base| host.strip_suffix(base))
+            .is_some_and(|p| p.ends_with('.'))
+}
+
 /// The request's host, canonical (lowercase, no port, no trailing dot), from the URI authority
 /// (HTTP/2, absolute form) or `Host`; both present and different is a bad request.
 fn request_host(parts: &http::request::Parts) -> Result<Option<String>, ProxyError> {

@@ -35,6 +35,8 @@ fn relay(dir: &Path, url: &str, extra: &[(&str, &str)]) -> RelayProcess {
             "run",
             "--listen",
             "127.0.0.1:0",
+            "--listen-http",
+            "127.0.0.1:0",
         ],
         &envs,
     )
@@ -205,6 +207,20 @@ async fn retries_failures_expiry_idempotency_and_quotas() {
     let store = Store::connect(&url).await.unwrap();
     provision(dir, &url, "away");
     provision(dir, &url, "acme");
+    relay_cli(
+        dir,
+        &[
+            "--database-url",
+            &url,
+            "tenant",
+            "hostname",
+            "add",
+            "--target",
+            "app",
+            "acme",
+            "app.acme.test",
+        ],
+    );
     let node = relay(dir, &url, &[("RELAY_QUEUE__MAX_BODY_BYTES", "100000")]);
     let backend = Backend::spawn().await;
     let _connector = start_connector(node.https, dir, &backend.url());
@@ -293,6 +309,21 @@ async fn retries_failures_expiry_idempotency_and_quotas() {
         delivered.headers.get("prefer").is_none(),
         "the preference was for the relay"
     );
+
+    // On a tenant's own hostname the path is the backend's: /queue/… is relayed, not queued.
+    let http = node.http.expect("plain-HTTP listener");
+    let a = client
+        .request_with(
+            "POST",
+            &format!("http://{http}/queue/not-mine"),
+            &[("host", "app.acme.test")],
+            Bytes::from_static(b"direct"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(a.headers["x-echo-path"], "/queue/not-mine");
+    assert_eq!(a.body, "direct");
 
     // Refusals before storing: unknown tenant, too large a body.
     assert_eq!(
