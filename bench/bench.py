@@ -240,9 +240,10 @@ def pg_bin():
     return versions[-1] if versions else None
 
 
-def start_postgres(work):
+def start_postgres(work, fsync=False):
     """A throwaway PostgreSQL on a unix socket in `work` (as user postgres when run as root);
-    its sqlx URL, and a function that stops it."""
+    its sqlx URL, and a function that stops it. `fsync=False` (`-F`) suits the request-path
+    benchmarks, which never wait on the database; bench/queue.py measures commits and keeps it on."""
     bin_dir = pg_bin()
     if not bin_dir:
         raise SystemExit("PostgreSQL server binaries not found (apt-get install postgresql)")
@@ -256,7 +257,7 @@ def start_postgres(work):
                                           capture_output=True)
     run("initdb", "-D", f"{pg}/data", "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C")
     run("pg_ctl", "-D", f"{pg}/data", "-l", f"{pg}/server.log", "-w", "-t", "60",
-        "-o", f"-k {pg} -h '' -F -c max_connections=100", "start")
+        "-o", f"-k {pg} -h ''{' -F' if not fsync else ''} -c max_connections=100", "start")
     return (f"postgres://postgres@localhost/postgres?host={pg}",
             lambda: run("pg_ctl", "-D", f"{pg}/data", "-m", "fast", "-w", "stop"))
 
