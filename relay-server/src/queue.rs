@@ -55,6 +55,9 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 const STORE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often expiry runs, and the depth gauges are refreshed.
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
+/// Deliveries in flight on one node, all tenants together: with their bodies in memory (up to
+/// `queue.max_body_bytes` each), this bounds what the queue holds at once.
+const MAX_DELIVERIES: u32 = 256;
 /// How often old messages are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -666,15 +669,16 @@ pub(crate) async fn run(relay: Arc<Relay>, stop: CancellationToken, deliveries: 
                 continue;
             }
             let free = {
-                let busy = relay
+                let map = relay
                     .queue
                     .in_progress
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&tenant_id)
-                    .copied()
-                    .unwrap_or(0);
-                q.parallel.saturating_sub(busy)
+                    .unwrap_or_else(|p| p.into_inner());
+                let busy = map.get(&tenant_id).copied().unwrap_or(0);
+                let total: u32 = map.values().sum();
+                q.parallel
+                    .saturating_sub(busy)
+                    .min(MAX_DELIVERIES.saturating_sub(total))
             };
             if free == 0 {
                 continue;
