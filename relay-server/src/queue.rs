@@ -664,8 +664,9 @@ pub(crate) async fn run(relay: Arc<Relay>, stop: CancellationToken, deliveries: 
         };
         for tenant_id in due {
             let id = relay_store::TenantId(tenant_id.clone());
-            // Only a node holding a session of the tenant delivers its messages.
-            if relay.registry.of_tenant(&id).is_empty() {
+            // Only a node holding a usable session of the tenant delivers its messages; a
+            // draining node leaves them to the node its connectors move to.
+            if relay.draining.load(Ordering::Acquire) || !relay.registry.has_available(&id) {
                 continue;
             }
             let free = {

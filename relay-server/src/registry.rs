@@ -192,6 +192,13 @@ impl Registry {
         *self.closing.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
+    /// Whether `tenant` has a session that takes new streams.
+    pub(crate) fn has_available(&self, tenant: &TenantId) -> bool {
+        let map = self.sessions.read().unwrap_or_else(|p| p.into_inner());
+        map.get(tenant)
+            .is_some_and(|list| list.iter().any(|s| s.available()))
+    }
+
     /// The sessions of `tenant`.
     pub(crate) fn of_tenant(&self, tenant: &TenantId) -> Vec<Arc<SessionEntry>> {
         let map = self.sessions.read().unwrap_or_else(|p| p.into_inner());
