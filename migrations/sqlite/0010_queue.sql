@@ -37,6 +37,8 @@ CREATE UNIQUE INDEX queue_messages_idempotency ON queue_messages(tenant_id, idem
 CREATE INDEX queue_messages_due ON queue_messages(state, next_attempt_at);
 CREATE INDEX queue_messages_tenant ON queue_messages(tenant_id, state, seq);
 CREATE INDEX queue_messages_created ON queue_messages(created_at);
+CREATE INDEX queue_messages_expiry ON queue_messages(state, expires_at);
+CREATE INDEX queue_messages_finished ON queue_messages(purged, finished_at);
 
 -- Per-tenant queue settings; a tenant without a row uses the relay's [queue] defaults.
 -- ordered: 1 = per target, a message waits until the one before it is final.

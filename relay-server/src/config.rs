@@ -80,7 +80,7 @@ pub struct QueueFile {
     pub max_messages: Option<u64>,
     /// Waiting body bytes per tenant unless it sets its own quota. Default 1 GiB.
     pub max_bytes: Option<u64>,
-    /// First retry delay (doubling per attempt, with full jitter). Default 1 s.
+    /// First retry delay (doubling per attempt, each delay between half and all of it). Default 1 s.
     #[serde(default, with = "humantime_serde")]
     pub retry_base: Option<Duration>,
     /// Longest retry delay. Default 5 min.

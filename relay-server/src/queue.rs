@@ -58,6 +58,13 @@ const HOUSEKEEPING: Duration = Duration::from_secs(5);
 /// Deliveries in flight on one node, all tenants together: with their bodies in memory (up to
 /// `queue.max_body_bytes` each), this bounds what the queue holds at once.
 const MAX_DELIVERIES: u32 = 256;
+/// How often the depth gauges are refreshed (a count over the whole table).
+const COUNT_EVERY: Duration = Duration::from_secs(30);
+/// Least time between two notifications to the other nodes.
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(20);
+/// Least time between two passes of the delivery loop (deliveries ending in a burst wake it
+/// once per pass, not once each).
+const MIN_PASS: Duration = Duration::from_millis(10);
 /// How often old messages are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -66,6 +73,8 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
 pub(crate) struct Queue {
     /// Wakes the delivery loop (a message accepted here, a session established, a delivery done).
     pub(crate) wake: Arc<Notify>,
+    /// Asks for one `NOTIFY relay_queue` to the other nodes (coalesced: see [`announcer`]).
+    announce: Arc<Notify>,
     /// Deliveries in flight per tenant id on this node.
     in_progress: Mutex<HashMap<String, u32>>,
     /// Waiting messages and bytes per tenant id, as last counted (plus what this node accepted
@@ -139,7 +148,7 @@ pub(crate) async fn handle(
     kind: Kind,
 ) -> Response<Full<Bytes>> {
     let result = match kind {
-        Kind::Status { id, response } => status(relay, req, conn, &id, response).await,
+        Kind::Status { id, response } => status(relay, req, conn, draft, &id, response).await,
         Kind::Accept | Kind::RespondAsync => accept(relay, req, conn, draft, &kind).await,
     };
     match result {
@@ -232,7 +241,21 @@ async fn accept(
         Some(q) => format!("{path}?{q}"),
         None => path,
     };
-    let limit = relay.config.queue.max_body_bytes;
+    // The checks of a relayed request that do not need a connector.
+    let limits = &relay.config.limits;
+    let uri_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_len > limits.max_uri_bytes {
+        return Err(ProxyError::UriTooLong(limits.max_uri_bytes).into());
+    }
+    if parts.headers.len() > limits.max_headers {
+        return Err(ProxyError::TooManyHeaders.into());
+    }
+    let limit = tenant
+        .limits
+        .max_body_bytes
+        .map_or(relay.config.queue.max_body_bytes, |t| {
+            t.min(relay.config.queue.max_body_bytes)
+        });
     if body.size_hint().exact().is_some_and(|n| n > limit) {
         return Err(ProxyError::BodyTooLarge(limit).into());
     }
@@ -257,8 +280,15 @@ async fn accept(
     // the relay), without the async preference that was meant for the relay.
     parts.headers.remove("prefer");
     parts.headers.remove(header::UPGRADE);
-    let host = host_of(&parts.headers, &parts.uri);
     let headers = crate::proxy::visitor_headers(relay, &parts, conn, draft);
+    // Where the visitor reached us (behind a trusted load balancer: what it reports).
+    let base = public_base(&headers, conn);
+    if let Some(key) = &key {
+        // A repeat: the same message, whatever the quota says now.
+        if let Ok(Some(m)) = relay.store.message_with_key(&tenant.id.0, key).await {
+            return Ok(accepted(&m, &base));
+        }
+    }
     let settings = tokio::time::timeout(STORE_TIMEOUT, relay.store.queue_settings(&tenant.id.0))
         .await
         .map_err(|_| unavailable())?
@@ -327,27 +357,37 @@ async fn accept(
         drop(usage);
         relay.metrics.queue_accepted.fetch_add(1, Ordering::Relaxed);
         relay.queue.wake.notify_one();
+        relay.queue.announce.notify_one();
         debug!(message_id = %m.id, tenant = %m.tenant, "queue message accepted");
     }
-    let location = format!("{}://{host}{STATUS_PREFIX}{}", conn.scheme, m.id);
-    let mut resp = json(StatusCode::ACCEPTED, status_document(&m, &location));
+    Ok(accepted(&m, &base))
+}
+
+/// `202 Accepted` for a stored message: its status document, `Location`, `x-relay-message-id`.
+fn accepted(m: &QueueMessage, base: &str) -> Response<Full<Bytes>> {
+    let location = format!("{base}{STATUS_PREFIX}{}", m.id);
+    let mut resp = json(StatusCode::ACCEPTED, status_document(m, &location));
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     if let Ok(v) = HeaderValue::from_str(&m.id) {
         resp.headers_mut().insert(X_RELAY_MESSAGE_ID.clone(), v);
     }
-    Ok(resp)
+    resp
 }
 
-/// The host the visitor addressed (for absolute status URLs).
-fn host_of(headers: &HeaderMap, uri: &http::Uri) -> String {
-    headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| uri.authority().map(|a| a.to_string()))
-        .unwrap_or_else(|| "localhost".into())
+/// `scheme://host` as the visitor addressed the relay, from the forwarding headers the relay
+/// computed (a trusted load balancer's, or its own).
+fn public_base(forwarded: &HeaderMap, conn: &Visitor) -> String {
+    let proto = forwarded
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(conn.scheme);
+    let host = forwarded
+        .get("x-forwarded-host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    format!("{proto}://{host}")
 }
 
 /// Refuses a message that would take the tenant over its quota of waiting messages or bytes.
@@ -459,6 +499,7 @@ async fn status(
     relay: &Arc<Relay>,
     req: Request<Incoming>,
     conn: &Visitor,
+    draft: &mut Draft,
     id: &str,
     response: bool,
 ) -> Result<Response<Full<Bytes>>, Refusal> {
@@ -477,12 +518,13 @@ async fn status(
         Ok(None) => Err(not_found()),
         Err(_) => Err(unavailable()),
     };
-    let location = format!(
-        "{}://{}{STATUS_PREFIX}{id}",
-        conn.scheme,
-        host_of(req.headers(), req.uri())
+    let (parts, _) = req.into_parts();
+    let base = public_base(
+        &crate::proxy::visitor_headers(relay, &parts, conn, draft),
+        conn,
     );
-    match (req.method().clone(), response) {
+    let location = format!("{base}{STATUS_PREFIX}{id}");
+    match (parts.method.clone(), response) {
         (http::Method::GET | http::Method::HEAD, false) => {
             let m = lookup(store.message(id).await)?;
             Ok(json(StatusCode::OK, status_document(&m, &location)))
@@ -526,7 +568,11 @@ async fn status(
             Ok(Cancelled::NotFound) => Err(not_found()),
             Err(_) => Err(unavailable()),
         },
-        _ => Err(ProxyError::MethodNotAllowed.into()),
+        _ => Err(Refusal::Status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "a message's status takes GET, HEAD and DELETE; its response GET and HEAD",
+            None,
+        )),
     }
 }
 
@@ -624,9 +670,12 @@ pub(crate) async fn run(relay: Arc<Relay>, stop: CancellationToken, deliveries: 
         let (store, wake) = (relay.store.clone(), wake.clone());
         tokio::spawn(async move { store.listen_for_queue(move || wake.notify_one()).await })
     };
+    let announcing = tokio::spawn(announcer(relay.clone()));
     let q = relay.config.queue.clone();
-    let mut housekeeping = tokio::time::Instant::now();
-    let mut purged = tokio::time::Instant::now();
+    let started = tokio::time::Instant::now();
+    let (mut housekeeping, mut counted) = (started, started);
+    // The first purge runs soon after start: restarts must not postpone it forever.
+    let mut purged = started.checked_sub(PURGE_EVERY).unwrap_or(started);
     loop {
         // Why select: woken early, or on the poll period, until the relay stops.
         tokio::select! {
@@ -634,6 +683,7 @@ pub(crate) async fn run(relay: Arc<Relay>, stop: CancellationToken, deliveries: 
             () = wake.notified() => {}
             () = tokio::time::sleep(q.poll_interval) => {}
         }
+        tokio::time::sleep(MIN_PASS).await;
         if housekeeping.elapsed() >= HOUSEKEEPING {
             housekeeping = tokio::time::Instant::now();
             match relay.store.expire_messages().await {
@@ -644,6 +694,9 @@ pub(crate) async fn run(relay: Arc<Relay>, stop: CancellationToken, deliveries: 
                 Ok(_) => {}
                 Err(e) => debug!(error = %e, "queue expiry failed"),
             }
+        }
+        if counted.elapsed() >= COUNT_EVERY {
+            counted = tokio::time::Instant::now();
             if let Ok(counts) = relay.store.queue_counts(None).await {
                 relay.metrics.set_queue_depth(&counts);
             }
@@ -703,6 +756,20 @@ pub(crate) async fn run(relay: Arc<Relay>, stop: CancellationToken, deliveries: 
         }
     }
     listener.abort();
+    announcing.abort();
+}
+
+/// Sends `NOTIFY relay_queue` when asked, at most once per [`ANNOUNCE_EVERY`]: a burst of
+/// accepts wakes the other nodes once.
+async fn announcer(relay: Arc<Relay>) {
+    let announce = relay.queue.announce.clone();
+    loop {
+        announce.notified().await;
+        if let Err(e) = relay.store.notify_queue().await {
+            debug!(error = %e, "queue notification not sent; the poll covers it");
+        }
+        tokio::time::sleep(ANNOUNCE_EVERY).await;
+    }
 }
 
 /// Counts a delivery in flight for its tenant on this node; wakes the loop when done (the next
@@ -965,6 +1032,8 @@ async fn attempt_delivery(
         .map(Duration::from_secs);
     let mut headers = head.headers;
     strip_hop_by_hop(&mut headers);
+    // Replayed with the stored body, which may be cut: its own length is what counts.
+    headers.remove(header::CONTENT_LENGTH);
     let stored = StoredResponse {
         status,
         headers: encode_headers(&headers),

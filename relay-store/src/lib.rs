@@ -42,8 +42,8 @@ pub use name::{validate_name, NameError};
 pub use node::{NodeRecord, NodeState, SingleNodeLock};
 pub use password::{password_hash_permits, M_COST_KIB};
 pub use queue::{
-    Cancelled, Enqueued, Finish, NewMessage, QueueCounts, QueueMessage, QueueQuota, QueueSettings,
-    QueueState, StoredResponse,
+    BodyPreview, Cancelled, Discarded, Enqueued, Finish, MessagePreview, NewMessage, QueueCounts,
+    QueueMessage, QueueQuota, QueueSettings, QueueState, StoredResponse, PREVIEW_BYTES,
 };
 pub use secret::{parse_secret, SecretHasher};
 pub use session_log::{RemoteSessions, SessionRecord};

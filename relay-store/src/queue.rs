@@ -19,9 +19,10 @@ pub enum QueueState {
     Queued,
     /// Claimed by a node, being delivered.
     Delivering,
-    /// The backend answered with a final response (2xx, 3xx, or a 4xx that is not retried).
+    /// The backend answered with a final response (1xx to 3xx).
     Delivered,
-    /// Given up: a final error without a response worth keeping, or too many attempts.
+    /// Given up: the backend answered with a final error (a 4xx that is not retried; its response
+    /// is kept), or the stored request cannot be sent.
     Failed,
     /// Its time to live ran out before it could be delivered.
     Expired,
@@ -316,10 +317,14 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(row) = found {
-                if row.expires_at > now || row.state != QueueState::Expired.as_str() {
+                let live = row.expires_at > now
+                    && row.purged == 0
+                    && row.state != QueueState::Cancelled.as_str();
+                if live {
                     return Ok(Enqueued::Existing(row.into_message(None)));
                 }
-                // An expired message frees its key.
+                // A key is free again once its message's time to live is over, or it was
+                // cancelled or purged.
                 sqlx::query("UPDATE queue_messages SET idempotency_key = NULL WHERE seq = $1")
                     .bind(row.seq)
                     .execute(&mut *tx)
@@ -380,13 +385,6 @@ impl Store {
                 return Err(e.into());
             }
         };
-        if self.backend == Backend::Postgres {
-            // Delivered at commit: nodes holding the tenant's sessions wake up.
-            sqlx::query("SELECT pg_notify('relay_queue', $1)")
-                .bind(&m.tenant_id)
-                .execute(&mut *tx)
-                .await?;
-        }
         tx.commit().await?;
         Ok(Enqueued::New(row.into_message(None)))
     }
@@ -404,6 +402,29 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|r| r.into_message(None)))
+    }
+
+    /// Wakes the delivery loops of all nodes (`NOTIFY relay_queue`; nothing on SQLite). Sent
+    /// outside the accepting transactions and coalesced by the caller: PostgreSQL commits
+    /// notifying transactions one at a time.
+    pub async fn notify_queue(&self) -> Result<(), Error> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify('relay_queue', '')")
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The live message with idempotency key `key` of a tenant, if any (see [`Store::enqueue`]).
+    pub async fn message_with_key(
+        &self,
+        tenant_id: &str,
+        key: &str,
+    ) -> Result<Option<QueueMessage>, Error> {
+        let found = self.message_by_key(tenant_id, Some(key)).await?;
+        let now = now_ms();
+        Ok(found.filter(|m| m.expires_at > now && !m.purged && m.state != QueueState::Cancelled))
     }
 
     /// A tenant's waiting messages (`queued` or `delivering`) and their body bytes.
@@ -529,8 +550,9 @@ impl Store {
             sqlx::query(
                 "UPDATE queue_messages SET state = $1, last_error = COALESCE($2, last_error), \
                  finished_at = $3, lease_until = NULL, response_status = $4, \
-                 response_headers = $5, response_body = $6, response_truncated = $7, body = NULL \
-                 WHERE id = $8 AND attempts = $9 AND state = 'delivering'",
+                 response_headers = $5, response_body = $6, response_truncated = $7, \
+                 body = CASE WHEN $8 = 'delivered' THEN NULL ELSE body END \
+                 WHERE id = $9 AND attempts = $10 AND state = 'delivering'",
             )
             .bind(state.as_str())
             .bind(&error)
@@ -539,6 +561,7 @@ impl Store {
             .bind(response.map(|r| r.headers.clone()))
             .bind(response.map(|r| r.body.clone()))
             .bind(i64::from(response.is_some_and(|r| r.truncated)))
+            .bind(state.as_str())
             .bind(id)
             .bind(attempt)
             .execute(&self.pool)
@@ -567,7 +590,7 @@ impl Store {
     pub async fn expire_messages(&self) -> Result<u64, Error> {
         let now = now_ms();
         let done = sqlx::query(
-            "UPDATE queue_messages SET state = 'expired', finished_at = $1, body = NULL, \
+            "UPDATE queue_messages SET state = 'expired', finished_at = $1, \
              last_error = COALESCE(last_error, 'time to live ran out') \
              WHERE expires_at <= $2 AND (state = 'queued' \
              OR (state = 'delivering' AND lease_until < $3))",
@@ -741,5 +764,225 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// How many bytes of a request or response body [`Store::message_preview`] reads.
+pub const PREVIEW_BYTES: usize = 1024;
+
+/// What an operator sees of a message besides its status: the stored request headers and the
+/// start of its body, and the same of the stored response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessagePreview {
+    /// The encoded request headers (empty once purged).
+    pub headers: String,
+    /// The first [`PREVIEW_BYTES`] of the request body; `None` once it is no longer stored
+    /// (dropped when the message became final, or purged).
+    pub body: Option<Vec<u8>>,
+    /// The stored response's encoded headers.
+    pub response_headers: Option<String>,
+    /// The first [`PREVIEW_BYTES`] of the stored response body.
+    pub response_body: Option<Vec<u8>>,
+}
+
+/// What [`Store::discard_message`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discarded {
+    /// It was waiting and is now `cancelled` (its status tells the visitor so).
+    Cancelled,
+    /// It was `failed`, `expired` or `cancelled` and is deleted with its body and response (its
+    /// status then answers 404, and its idempotency key is free).
+    Deleted,
+    /// It is being delivered or was delivered: in this state, nothing done.
+    Too(QueueState),
+    /// No such message.
+    NotFound,
+}
+
+/// A body preview as people read it: text when it is UTF-8 (a character cut at the preview's
+/// end is dropped), else base64.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyPreview {
+    /// UTF-8 text.
+    Text(String),
+    /// Standard base64 of the bytes.
+    Base64(String),
+}
+
+impl BodyPreview {
+    /// The preview of `bytes` (the start of a body, possibly cut mid-character).
+    pub fn of(bytes: &[u8]) -> BodyPreview {
+        use base64::Engine;
+        match std::str::from_utf8(bytes) {
+            Ok(s) => BodyPreview::Text(s.to_string()),
+            // Cut inside a character at the end (at most 3 bytes of it): the rest is text.
+            Err(e) if e.error_len().is_none() && bytes.len() - e.valid_up_to() < 4 => {
+                BodyPreview::Text(String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned())
+            }
+            Err(_) => BodyPreview::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        }
+    }
+}
+
+/// Headers, body start, response headers, response body start.
+type PreviewRow = (String, Option<Vec<u8>>, Option<String>, Option<Vec<u8>>);
+
+impl Store {
+    /// A message's stored headers and the first [`PREVIEW_BYTES`] of its body and of its stored
+    /// response, for operators; `None` when there is no such message.
+    pub async fn message_preview(&self, id: &str) -> Result<Option<MessagePreview>, Error> {
+        // substr counts bytes on SQLite BLOBs and PostgreSQL bytea alike.
+        let n = PREVIEW_BYTES as i32;
+        let row: Option<PreviewRow> = sqlx::query_as(
+            "SELECT headers, substr(body, 1, $1), response_headers, substr(response_body, 1, $2) \
+             FROM queue_messages WHERE id = $3",
+        )
+        .bind(n)
+        .bind(n)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(
+            |(headers, body, response_headers, response_body)| MessagePreview {
+                headers,
+                body,
+                response_headers,
+                response_body,
+            },
+        ))
+    }
+
+    /// An operator's discard: a waiting (`queued`) message is cancelled; a `failed`, `expired` or
+    /// `cancelled` one is deleted. One being delivered or delivered is left alone.
+    pub async fn discard_message(&self, id: &str) -> Result<Discarded, Error> {
+        match self.cancel_message(id).await? {
+            Cancelled::Done => return Ok(Discarded::Cancelled),
+            Cancelled::NotFound => return Ok(Discarded::NotFound),
+            Cancelled::Too(QueueState::Delivering | QueueState::Delivered) => {}
+            Cancelled::Too(_) => {
+                let done = sqlx::query(
+                    "DELETE FROM queue_messages \
+                     WHERE id = $1 AND state IN ('failed', 'expired', 'cancelled')",
+                )
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() == 1 {
+                    return Ok(Discarded::Deleted);
+                }
+            }
+        }
+        // Changed under us (claimed, requeued) or delivering/delivered: say where it is now.
+        Ok(match self.message(id).await? {
+            Some(m) => Discarded::Too(m.state),
+            None => Discarded::NotFound,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(id: &str, body: &[u8]) -> NewMessage {
+        NewMessage {
+            id: id.into(),
+            tenant_id: "t1".into(),
+            tenant: "acme".into(),
+            target: "app".into(),
+            method: "POST".into(),
+            path: "/orders".into(),
+            headers: "[]".into(),
+            body: body.to_vec(),
+            idempotency_key: None,
+            ttl_ms: 60_000,
+        }
+    }
+
+    async fn previews_and_discards(store: Store) {
+        let none = QueueQuota::default();
+        let big: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        for (id, body) in [("a", &big[..]), ("b", b"short"), ("c", b"x"), ("d", b"y")] {
+            store.enqueue(&message(id, body), none).await.unwrap();
+        }
+        // The preview: the first KiB of the body, byte for byte.
+        let p = store.message_preview("a").await.unwrap().unwrap();
+        assert_eq!(p.body.as_deref(), Some(&big[..PREVIEW_BYTES]));
+        assert_eq!((p.headers.as_str(), p.response_body), ("[]", None));
+        assert!(store.message_preview("nope").await.unwrap().is_none());
+
+        // b fails with a response; c is delivered; d stays queued.
+        store.claim("t1", "n1", 60_000, 10).await.unwrap();
+        let response = StoredResponse {
+            status: 400,
+            headers: "[]".into(),
+            body: big.clone(),
+            truncated: false,
+        };
+        let failed = Finish::Failed {
+            error: "400".into(),
+            response: Some(response.clone()),
+        };
+        assert!(store.finish_attempt("b", 1, &failed).await.unwrap());
+        let delivered = Finish::Delivered(response);
+        assert!(store.finish_attempt("c", 1, &delivered).await.unwrap());
+        let retry = Finish::Retry {
+            error: "no connector".into(),
+            at: 0,
+        };
+        assert!(store.finish_attempt("d", 1, &retry).await.unwrap());
+        let p = store.message_preview("b").await.unwrap().unwrap();
+        assert_eq!(p.response_body.as_deref(), Some(&big[..PREVIEW_BYTES]));
+        assert_eq!(p.response_headers.as_deref(), Some("[]"));
+
+        // Discard: queued → cancelled, then deleted; failed → deleted; delivered → left alone.
+        assert_eq!(
+            store.discard_message("d").await.unwrap(),
+            Discarded::Cancelled
+        );
+        assert_eq!(
+            store.discard_message("d").await.unwrap(),
+            Discarded::Deleted
+        );
+        assert!(store.message("d").await.unwrap().is_none());
+        assert_eq!(
+            store.discard_message("b").await.unwrap(),
+            Discarded::Deleted
+        );
+        assert_eq!(
+            store.discard_message("c").await.unwrap(),
+            Discarded::Too(QueueState::Delivered)
+        );
+        assert_eq!(
+            store.discard_message("nope").await.unwrap(),
+            Discarded::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn previews_and_discards_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+        previews_and_discards(Store::connect(&url).await.unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn previews_and_discards_on_postgres() {
+        let cluster = testkit::PgCluster::start();
+        previews_and_discards(Store::connect(&cluster.url()).await.unwrap()).await;
+    }
+
+    #[test]
+    fn body_previews_are_text_unless_they_are_not_utf8() {
+        assert_eq!(BodyPreview::of(b"hi"), BodyPreview::Text("hi".into()));
+        // "é" cut after its first byte: the text before it.
+        assert_eq!(
+            BodyPreview::of(&[b'a', 0xc3]),
+            BodyPreview::Text("a".into())
+        );
+        assert_eq!(
+            BodyPreview::of(&[0xff, 0xfe]),
+            BodyPreview::Base64("//4=".into())
+        );
     }
 }

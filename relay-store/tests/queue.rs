@@ -167,6 +167,24 @@ async fn queue_rules(store: Store) {
         store.message("c").await.unwrap().unwrap().state,
         QueueState::Failed
     );
+    // A failed message keeps its request: an admin may put it back, due now.
+    assert!(store.requeue_message("c", 60_000).await.unwrap());
+    let c = store.claim("t1", "n1", 60_000, 10).await.unwrap();
+    assert_eq!(
+        (c[0].id.as_str(), c[0].body.as_deref()),
+        ("c", Some(&b"three"[..]))
+    );
+    assert!(store
+        .finish_attempt(
+            "c",
+            2,
+            &Finish::Failed {
+                error: "400".into(),
+                response: None
+            }
+        )
+        .await
+        .unwrap());
 
     // A lease that runs out (the node died): claimed again, as attempt 2; the first node's late
     // outcome is refused.

@@ -221,7 +221,14 @@ async fn retries_failures_expiry_idempotency_and_quotas() {
             "app.acme.test",
         ],
     );
-    let node = relay(dir, &url, &[("RELAY_QUEUE__MAX_BODY_BYTES", "100000")]);
+    let node = relay(
+        dir,
+        &url,
+        &[
+            ("RELAY_QUEUE__MAX_BODY_BYTES", "100000"),
+            ("RELAY_QUEUE__MAX_RESPONSE_BYTES", "1000"),
+        ],
+    );
     let backend = Backend::spawn().await;
     let _connector = start_connector(node.https, dir, &backend.url());
     let client = Client::new(&dir.join("tls/cert.pem"));
@@ -267,6 +274,20 @@ async fn retries_failures_expiry_idempotency_and_quotas() {
         .await
         .unwrap();
     assert_eq!(r.text(), "delivered on 3");
+
+    // A response over queue.max_response_bytes is kept cut, and says so.
+    let a = accept("/queue/acme/app/bytes/5000", vec![], b"").await;
+    let s = until_final(a.headers["location"].to_str().unwrap().to_string()).await;
+    assert_eq!(s["response"]["truncated"], true, "{s}");
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.get(s["response"]["url"].as_str().unwrap()),
+    )
+    .await
+    .expect("the cut response is complete as served")
+    .unwrap();
+    assert_eq!((r.status, r.body.len()), (StatusCode::OK, 1000));
+    assert_eq!(r.headers["x-relay-response-truncated"], "true");
 
     // A 400 is final at once, and its answer is kept.
     let a = accept("/queue/acme/app/status/400", vec![], b"").await;
@@ -354,7 +375,8 @@ async fn retries_failures_expiry_idempotency_and_quotas() {
         )
         .await
         .unwrap();
-    let first = accept("/queue/away/app/1", vec![], b"12345").await;
+    let key = || vec![("idempotency-key", "away-1".to_string())];
+    let first = accept("/queue/away/app/1", key(), b"12345").await;
     assert_eq!(first.status, StatusCode::ACCEPTED);
     let a = accept("/queue/away/app/2", vec![], b"123456").await;
     assert_eq!(
@@ -367,6 +389,10 @@ async fn retries_failures_expiry_idempotency_and_quotas() {
     let a = accept("/queue/away/app/3", vec![], b"").await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(a.headers.contains_key("retry-after"));
+    // A repeat of an accepted message is answered with it, quota or not.
+    let again = accept("/queue/away/app/1", key(), b"12345").await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(again.headers["location"], first.headers["location"]);
     // Nothing accepted was lost by the refusals.
     let first_at = first.headers["location"].to_str().unwrap().to_string();
     assert_eq!(status(&client, &first_at).await["state"], "queued");
