@@ -11,12 +11,14 @@
 //! serving this request.
 //!
 //! Reads that both adapters need sit here too: [`tenants::find`], [`sessions::live`],
-//! [`nodes::live`] and the audit filters in [`audit`].
+//! [`nodes::live`], [`queue::overview`] and [`queue::detail`], and the audit filters in
+//! [`audit`].
 
 pub(crate) mod audit;
 pub(crate) mod credentials;
 pub(crate) mod hostnames;
 pub(crate) mod nodes;
+pub(crate) mod queue;
 pub(crate) mod sessions;
 pub(crate) mod tenants;
 pub(crate) mod tokens;

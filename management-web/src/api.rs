@@ -14,6 +14,7 @@ mod extract;
 mod hostnames;
 mod nodes;
 mod openapi;
+mod queue;
 mod requests;
 mod tenants;
 
@@ -78,6 +79,19 @@ const REQUEST_FILTERS: &[(&str, &str, &str)] = &[
         "at most this many (default 100, at most 1000)",
     ),
     ("offset", "integer", "skip this many (default 0)"),
+];
+
+const MESSAGE_FILTERS: &[(&str, &str, &str)] = &[
+    (
+        "state",
+        "string",
+        "only messages in this state: queued, delivering, delivered, failed, expired, cancelled",
+    ),
+    (
+        "limit",
+        "integer",
+        "at most this many (default 50, at most 1000)",
+    ),
 ];
 
 /// Every route of the API.
@@ -192,6 +206,60 @@ pub static ROUTES: &[ApiRoute] = &[
     },
     ApiRoute {
         method: "get",
+        path: "/api/v1/tenants/{name}/queue",
+        operation: "getQueue",
+        summary: "A tenant's queue settings, its messages by state and how long the oldest has waited",
+        request: None,
+        response: (200, Some("Queue")),
+        query: &[],
+    },
+    ApiRoute {
+        method: "patch",
+        path: "/api/v1/tenants/{name}/queue",
+        operation: "updateQueue",
+        summary: "Change a tenant's queue settings (order, time to live, quotas)",
+        request: Some("QueueSettingsPatch"),
+        response: (200, Some("Queue")),
+        query: &[],
+    },
+    ApiRoute {
+        method: "get",
+        path: "/api/v1/tenants/{name}/queue/messages",
+        operation: "listQueueMessages",
+        summary: "A tenant's queue messages, newest first",
+        request: None,
+        response: (200, Some("QueueMessageList")),
+        query: MESSAGE_FILTERS,
+    },
+    ApiRoute {
+        method: "get",
+        path: "/api/v1/queue/messages/{id}",
+        operation: "getQueueMessage",
+        summary: "A queue message: status, request headers, the first KiB of its body and of its response",
+        request: None,
+        response: (200, Some("QueueMessageDetail")),
+        query: &[],
+    },
+    ApiRoute {
+        method: "post",
+        path: "/api/v1/queue/messages/{id}/retry",
+        operation: "retryQueueMessage",
+        summary: "Put a failed or expired message back in the queue, due now, with a fresh time to live",
+        request: None,
+        response: (200, Some("QueueMessage")),
+        query: &[],
+    },
+    ApiRoute {
+        method: "post",
+        path: "/api/v1/queue/messages/{id}/discard",
+        operation: "discardQueueMessage",
+        summary: "Cancel a queued message, or delete a failed, expired or cancelled one",
+        request: None,
+        response: (200, Some("QueueDiscard")),
+        query: &[],
+    },
+    ApiRoute {
+        method: "get",
         path: "/api/v1/requests",
         operation: "listRequests",
         summary: "Audit records, newest first",
@@ -252,6 +320,12 @@ fn handler(operation: &str) -> MethodRouter<AppState> {
         "addHostname" => post(hostnames::add),
         "removeHostname" => delete(hostnames::remove),
         "listConnections" => get(connections::list),
+        "getQueue" => get(queue::read),
+        "updateQueue" => patch(queue::update),
+        "listQueueMessages" => get(queue::messages),
+        "getQueueMessage" => get(queue::message),
+        "retryQueueMessage" => post(queue::retry),
+        "discardQueueMessage" => post(queue::discard),
         "listRequests" => get(requests::list),
         "listNodes" => get(nodes::list),
         "drainNode" => post(nodes::drain),

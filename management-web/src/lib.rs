@@ -25,12 +25,13 @@
 //! host       the host allow-list (421), first on every request
 //! auth       who is asking: login sessions and CSRF/same-origin checks (pages), API tokens
 //! api        /api/v1, one module per resource: api/{tenants,credentials,hostnames,connections,
-//!            requests,nodes}.rs; api/extract.rs (JSON object bodies, queries); api/openapi.rs
+//!            requests,nodes,queue}.rs; api/extract.rs (JSON object bodies, queries);
+//!            api/openapi.rs
 //! ui         the pages, one module per resource: ui/{login,dashboard,tenants,credentials,
-//!            hostnames,nodes,audit,admin_log,tokens}.rs; askama templates in templates/
+//!            hostnames,nodes,queue,audit,admin_log,tokens}.rs; askama templates in templates/
 //! actions    every admin operation once (validate, change the store, record it):
-//!            actions/{tenants,credentials,hostnames,tokens,nodes}.rs, and the reads both front
-//!            ends share: actions/{sessions,audit}.rs
+//!            actions/{tenants,credentials,hostnames,tokens,nodes,queue}.rs, and the reads both
+//!            front ends share: actions/{sessions,audit}.rs
 //! error      the one Error, its one status mapping, and its two answers: a problem document
 //!            (api, /metrics, host check) or an HTML page (ui)
 //! view       formatting (times, sizes, charts); limiter: login rate limiting
@@ -84,12 +85,34 @@ pub trait NodeView: Send + Sync + 'static {
 /// ([`AppState::with_node_timeout`]): the relay's default `cluster.node_timeout`.
 pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The relays' `[queue]` times to live, as the management web needs them: a tenant's own time to
+/// live may not exceed `max`, and a retried message gets its tenant's, or `default`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueTtl {
+    /// `queue.ttl`: what a tenant without its own gets.
+    pub default: Duration,
+    /// `queue.max_ttl`: the longest a tenant may set.
+    pub max: Duration,
+}
+
+impl Default for QueueTtl {
+    /// The relay's defaults: 24 hours, at most 30 days.
+    fn default() -> QueueTtl {
+        QueueTtl {
+            default: Duration::from_secs(24 * 3600),
+            max: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
 /// What handlers share; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
     /// Nodes whose heartbeat is older than this are not listed (the relays' `cluster.node_timeout`).
     node_timeout: Duration,
+    /// The relays' queue times to live.
+    queue_ttl: QueueTtl,
 }
 
 struct Inner {
@@ -106,6 +129,7 @@ impl std::fmt::Debug for AppState {
             .field("store", &self.inner.store)
             .field("node", &self.inner.node.is_some())
             .field("node_timeout", &self.node_timeout)
+            .field("queue_ttl", &self.queue_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -142,6 +166,7 @@ impl AppState {
                 hosts,
             }),
             node_timeout: DEFAULT_NODE_TIMEOUT,
+            queue_ttl: QueueTtl::default(),
         }
     }
 
@@ -150,6 +175,16 @@ impl AppState {
     pub fn with_node_timeout(self, timeout: Duration) -> AppState {
         AppState {
             node_timeout: timeout,
+            ..self
+        }
+    }
+
+    /// The same state, checking tenants' queue times to live against the relays' `[queue]`
+    /// settings (default [`QueueTtl::default`]): give it the relays' `queue.ttl` and
+    /// `queue.max_ttl`.
+    pub fn with_queue_ttl(self, ttl: QueueTtl) -> AppState {
+        AppState {
+            queue_ttl: ttl,
             ..self
         }
     }
@@ -185,6 +220,10 @@ impl AppState {
     /// The freshness window of the node registry, in ms as the store counts.
     pub(crate) fn node_fresh_ms(&self) -> i64 {
         i64::try_from(self.node_timeout.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    pub(crate) fn queue_ttl(&self) -> QueueTtl {
+        self.queue_ttl
     }
 
     pub(crate) fn limiter(&self) -> &limiter::LoginLimiter {

@@ -16,7 +16,7 @@ use serde::Deserialize;
 #[command(name = "management-web", version, about)]
 struct Cli {
     /// TOML configuration file (keys: database_url, data_dir, listen, allowed_hosts, node_timeout,
-    /// log_format).
+    /// queue_ttl, queue_max_ttl, log_format).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Database URL, e.g. sqlite://./relay-data/relay.db or postgres://relay@db/relay.
@@ -36,6 +36,14 @@ struct Cli {
     /// `cluster.node_timeout` (default 15s).
     #[arg(long, value_name = "DURATION")]
     node_timeout: Option<String>,
+    /// The relays' `queue.ttl`: what a retried message of a tenant without its own time to live
+    /// gets (default 24h).
+    #[arg(long, value_name = "DURATION")]
+    queue_ttl: Option<String>,
+    /// The relays' `queue.max_ttl`: the longest time to live a tenant may be given (default
+    /// 30days).
+    #[arg(long, value_name = "DURATION")]
+    queue_max_ttl: Option<String>,
     /// Log format: text or json.
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
@@ -51,6 +59,10 @@ struct FileConfig {
     allowed_hosts: Option<Vec<String>>,
     /// The relays' `cluster.node_timeout`, e.g. `15s`.
     node_timeout: Option<String>,
+    /// The relays' `queue.ttl`, e.g. `24h`.
+    queue_ttl: Option<String>,
+    /// The relays' `queue.max_ttl`, e.g. `30days`.
+    queue_max_ttl: Option<String>,
     log_format: Option<String>,
 }
 
@@ -60,6 +72,7 @@ struct Config {
     listen: SocketAddr,
     allowed_hosts: Vec<String>,
     node_timeout: Duration,
+    queue_ttl: management_web::QueueTtl,
     log_format: String,
 }
 
@@ -77,6 +90,8 @@ fn load(cli: &Cli) -> Result<Config, ConfigError> {
     );
     set("listen", cli.listen.clone());
     set("node_timeout", cli.node_timeout.clone());
+    set("queue_ttl", cli.queue_ttl.clone());
+    set("queue_max_ttl", cli.queue_max_ttl.clone());
     set("log_format", cli.log_format.clone());
     if !cli.allowed_hosts.is_empty() {
         let names = cli.allowed_hosts.iter().cloned().map(toml::Value::String);
@@ -99,15 +114,16 @@ fn load(cli: &Cli) -> Result<Config, ConfigError> {
     management_web::AllowedHosts::loopback(Some(listen))
         .with_names(&allowed_hosts)
         .map_err(|e| ConfigError::new(format!("allowed_hosts: {e}")))?;
-    let node_timeout = match raw.node_timeout {
-        Some(s) => {
-            let d = humantime::parse_duration(&s).map_err(|_| {
-                ConfigError::new(format!("node_timeout: {s:?} is not a duration like 15s"))
-            })?;
-            layered::duration("node_timeout", Some(d), d, None)?
-        }
-        None => management_web::DEFAULT_NODE_TIMEOUT,
+    let node_timeout = duration("node_timeout", raw.node_timeout, "15s")?
+        .unwrap_or(management_web::DEFAULT_NODE_TIMEOUT);
+    let defaults = management_web::QueueTtl::default();
+    let queue_ttl = management_web::QueueTtl {
+        default: duration("queue_ttl", raw.queue_ttl, "24h")?.unwrap_or(defaults.default),
+        max: duration("queue_max_ttl", raw.queue_max_ttl, "30days")?.unwrap_or(defaults.max),
     };
+    if queue_ttl.default > queue_ttl.max {
+        return Err(ConfigError::new("queue_ttl must not exceed queue_max_ttl"));
+    }
     let log_format = raw.log_format.unwrap_or_else(|| "text".into());
     if log_format != "text" && log_format != "json" {
         return Err(ConfigError::new("log_format: use text or json"));
@@ -118,8 +134,19 @@ fn load(cli: &Cli) -> Result<Config, ConfigError> {
         listen,
         allowed_hosts,
         node_timeout,
+        queue_ttl,
         log_format,
     })
+}
+
+/// A positive duration setting, if given (`example` shows the form in the error).
+fn duration(key: &str, v: Option<String>, example: &str) -> Result<Option<Duration>, ConfigError> {
+    let Some(s) = v else {
+        return Ok(None);
+    };
+    let d = humantime::parse_duration(&s)
+        .map_err(|_| ConfigError::new(format!("{key}: {s:?} is not a duration like {example}")))?;
+    layered::duration(key, Some(d), d, None).map(Some)
 }
 
 #[tokio::main]
@@ -185,7 +212,8 @@ async fn main() -> ExitCode {
         relay_store::SecretHasher::new(&pepper),
         hosts,
     )
-    .with_node_timeout(config.node_timeout);
+    .with_node_timeout(config.node_timeout)
+    .with_queue_ttl(config.queue_ttl);
     let app = management_web::app(state);
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(process_setup::cancel_on_signal(stop.clone()));

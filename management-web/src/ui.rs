@@ -15,6 +15,7 @@ mod dashboard;
 mod hostnames;
 mod login;
 mod nodes;
+mod queue;
 mod tenants;
 mod tokens;
 
@@ -53,6 +54,11 @@ pub static ROUTES: &[(&str, &str)] = &[
     ("post", "/tenants/{name}/credentials/{id}/revoke"),
     ("post", "/tenants/{name}/hostnames"),
     ("post", "/tenants/{name}/hostnames/{hostname}/remove"),
+    ("get", "/tenants/{name}/queue"),
+    ("post", "/tenants/{name}/queue/settings"),
+    ("get", "/tenants/{name}/queue/{id}"),
+    ("post", "/tenants/{name}/queue/{id}/retry"),
+    ("post", "/tenants/{name}/queue/{id}/discard"),
     ("get", "/nodes"),
     ("post", "/nodes/{id}/drain"),
     ("post", "/nodes/{id}/resume"),
@@ -84,6 +90,11 @@ fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("post", "/tenants/{name}/credentials/{id}/revoke") => post(credentials::revoke),
         ("post", "/tenants/{name}/hostnames") => post(hostnames::add),
         ("post", "/tenants/{name}/hostnames/{hostname}/remove") => post(hostnames::remove),
+        ("get", "/tenants/{name}/queue") => get(queue::show),
+        ("post", "/tenants/{name}/queue/settings") => post(queue::settings),
+        ("get", "/tenants/{name}/queue/{id}") => get(queue::message),
+        ("post", "/tenants/{name}/queue/{id}/retry") => post(queue::retry),
+        ("post", "/tenants/{name}/queue/{id}/discard") => post(queue::discard),
         ("get", "/nodes") => get(nodes::list),
         ("post", "/nodes/{id}/drain") => post(nodes::drain),
         ("post", "/nodes/{id}/resume") => post(nodes::resume),
@@ -240,6 +251,15 @@ fn notice(done: &str) -> &'static str {
              asks its connectors to move and finishes what is in flight."
         }
         "node-resumed" => "Node active again: it takes new work from its next heartbeat on.",
+        "queue-settings" => {
+            "Queue settings saved: relays use them for the messages they accept next."
+        }
+        "queue-retried" => {
+            "Message queued again: it is due now and goes out when a connector of the tenant is \
+             online."
+        }
+        "queue-cancelled" => "Message cancelled: it will not be delivered.",
+        "queue-discarded" => "Message discarded: it is deleted with its body and response.",
         _ => "",
     }
 }

@@ -793,20 +793,20 @@ pub enum Discarded {
     /// It was `failed`, `expired` or `cancelled` and is deleted with its body and response (its
     /// status then answers 404, and its idempotency key is free).
     Deleted,
-    /// It is being delivered or was delivered: in this state, nothing done.
-    Too(QueueState),
     /// No such message.
     NotFound,
+    /// It is being delivered or was delivered: in this state, nothing done.
+    Too(QueueState),
 }
 
 /// A body preview as people read it: text when it is UTF-8 (a character cut at the preview's
 /// end is dropped), else base64.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyPreview {
-    /// UTF-8 text.
-    Text(String),
     /// Standard base64 of the bytes.
     Base64(String),
+    /// UTF-8 text.
+    Text(String),
 }
 
 impl BodyPreview {

@@ -2,8 +2,10 @@
 // and a backend, then runs this with their addresses):
 // log in → create a tenant → create a credential and read its secret from the page → start a
 // real connector with it → see its session appear on the tenant page → send a request through
-// the relay → find it in the audit log → revoke the credential and see the session go → drain
-// this relay node on the Nodes page and resume it.
+// the relay, and queue two messages it delivers (one the backend refuses) → find the request in
+// the audit log → revoke the credential and see the session go → queue a message that waits →
+// the tenant's Queue page: counts, a message's detail, the settings form, cancelling the waiting
+// message → drain this relay node on the Nodes page and resume it.
 // Screenshots of the main pages go to SCREENSHOT_DIR. Exits non-zero on the first failure.
 import { chromium } from "playwright-core";
 import { spawn } from "node:child_process";
@@ -43,6 +45,25 @@ function relayGet(path) {
     req.on("timeout", () => req.destroy(new Error("relay request timed out")));
     req.on("error", reject);
   });
+}
+
+function relaySend(method, path, headers, body) {
+  return new Promise((resolve, reject) => {
+    const req = https.request(RELAY + path, { method, headers, ca: readFileSync(CA), timeout: 10000 }, (res) => {
+      let text = "";
+      res.on("data", (c) => (text += c));
+      res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, body: text }));
+    });
+    req.on("timeout", () => req.destroy(new Error("relay request timed out")));
+    req.on("error", reject);
+    req.end(body);
+  });
+}
+
+async function enqueue(path, body) {
+  const answer = await relaySend("POST", `/queue/${TENANT}/app${path}`, { "content-type": "application/json" }, body);
+  if (answer.status !== 202) throw new Error(`queueing ${path}: ${answer.status} ${answer.body}`);
+  return answer.headers["x-relay-message-id"];
 }
 
 const browser = await chromium.launch({
@@ -122,6 +143,10 @@ try {
   const requestId = answer.headers["x-relay-request-id"];
   if (!requestId) throw new Error("no x-relay-request-id");
 
+  step("queue two messages while the connector is online: one delivered, one the backend refuses");
+  await enqueue("/orders", JSON.stringify({ order: 41, items: ["tea"] }));
+  const refused = await enqueue("/status/400", JSON.stringify({ order: "not a number" }));
+
   step(`find request ${requestId} in the audit log`);
   let found = false;
   for (let i = 0; i < 40 && !found; i++) {
@@ -160,6 +185,52 @@ try {
   await page.getByText("Credential revoked").waitFor();
   await page.locator("#sessions").getByText("No connector online.").waitFor({ timeout: 30000 });
 
+  step("queue a message while no connector is online: it waits");
+  const waiting = await enqueue("/orders/42", JSON.stringify({ order: 42, items: ["coffee", "milk"] }));
+
+  step("the tenant's Queue page counts messages by state");
+  await page.goto(`${ADMIN}/tenants/${TENANT}`);
+  await page.getByRole("link", { name: "Open the Queue page →" }).click();
+  await page.getByRole("heading", { name: /^Queue \(/ }).waitFor();
+  const count = async (state) => Number(await page.locator(`a.stat:has(span:text-is("${state}")) .n`).textContent());
+  for (let i = 0; i < 40 && !((await count("failed")) === 1 && (await count("delivered")) === 1); i++) {
+    await sleep(250);
+    await page.reload();
+  }
+  if ((await count("failed")) !== 1 || (await count("delivered")) !== 1 || (await count("queued")) !== 1) {
+    throw new Error("the Queue page does not count one failed, one delivered and one queued message");
+  }
+  await page.screenshot({ path: join(SHOTS, "queue.png"), fullPage: true });
+
+  step("a message's detail shows its headers and body");
+  await page.locator(`a[href$="/queue/${waiting}"]`).click();
+  await page.getByRole("heading", { name: "Request body" }).waitFor();
+  if (!(await page.locator("pre").first().textContent()).includes("coffee")) throw new Error("the body is not shown");
+  await page.locator("code", { hasText: /^content-type$/ }).first().waitFor();
+  await page.screenshot({ path: join(SHOTS, "queue-message.png"), fullPage: true });
+
+  step("the refused message shows the backend's answer; retry it if the page offers to");
+  await page.goto(`${ADMIN}/tenants/${TENANT}/queue/${refused}`);
+  await page.getByRole("heading", { name: "Response 400" }).waitFor();
+  const retry = page.getByRole("button", { name: "Retry now" });
+  if ((await retry.count()) > 0) {
+    await retry.click();
+    await page.getByText("Message queued again").waitFor();
+  }
+
+  step("save the queue settings");
+  await page.goto(`${ADMIN}/tenants/${TENANT}/queue`);
+  await page.getByLabel("Order").selectOption("ordered");
+  await page.getByLabel("Time to live").fill("2h");
+  await page.getByRole("button", { name: "Save queue settings" }).click();
+  await page.getByText("Queue settings saved").waitFor();
+  if ((await page.getByLabel("Time to live").inputValue()) !== "2h") throw new Error("the time to live was not kept");
+
+  step("cancel the waiting message from the list");
+  await page.getByRole("button", { name: `Cancel message ${waiting.slice(0, 10)}…` }).click();
+  await page.getByText("Message cancelled").waitFor();
+  if ((await count("cancelled")) !== 1) throw new Error("the cancelled message is not counted");
+
   step("drain this relay node on the Nodes page, then resume it");
   await page.getByRole("link", { name: "Nodes" }).click();
   await page.getByRole("heading", { name: "Relay nodes" }).waitFor();
@@ -179,6 +250,7 @@ try {
   if (alerts.length) throw new Error(`script ran: ${alerts}`);
   if (!dialogs.some((d) => d.startsWith("confirm: Revoke"))) throw new Error("revoking asked no confirmation");
   if (!dialogs.some((d) => d.startsWith("confirm: Drain node"))) throw new Error("draining asked no confirmation");
+  if (!dialogs.some((d) => d.startsWith("confirm: Cancel message"))) throw new Error("cancelling asked no confirmation");
   const csp = cspViolations.filter((m) => m.includes("Content Security Policy"));
   if (csp.length) throw new Error(`CSP violations: ${csp.join("\n")}`);
   step("ok");

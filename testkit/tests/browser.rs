@@ -63,6 +63,15 @@ async fn admin_walks_from_login_to_revocation_in_chromium() -> anyhow::Result<()
     assert!(creds[0].revoked_at.is_some(), "revoked from the page");
     assert!(creds[0].last_used_at.is_some(), "the connector used it");
     assert!(backend.requests() >= 1);
+    // The Queue page's work: settings saved, the waiting message cancelled.
+    let settings = relay.store.queue_settings(&tenant.id.0).await?;
+    assert_eq!((settings.ordered, settings.ttl_ms), (true, Some(7_200_000)));
+    let cancelled = relay
+        .store
+        .messages(&tenant.id.0, Some(relay_store::QueueState::Cancelled), 10)
+        .await?;
+    assert_eq!(cancelled.len(), 1);
+    assert_eq!(cancelled[0].path, "/orders/42");
     let actions = relay.store.admin_actions(50).await?;
     for action in [
         "tenant.create",
@@ -71,6 +80,8 @@ async fn admin_walks_from_login_to_revocation_in_chromium() -> anyhow::Result<()
         "credential.revoke",
         "node.drain",
         "node.resume",
+        "queue.settings",
+        "queue.discard",
     ] {
         assert!(
             actions
@@ -87,6 +98,8 @@ async fn admin_walks_from_login_to_revocation_in_chromium() -> anyhow::Result<()
         "audit",
         "credential-created",
         "nodes",
+        "queue",
+        "queue-message",
     ] {
         let path = shots.join(format!("{shot}.png"));
         assert!(

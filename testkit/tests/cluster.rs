@@ -1,6 +1,6 @@
 //! Relay nodes sharing one database, as real processes: the node registry on PostgreSQL (`node
-//! list`, a node killed with -9 leaving it, a clean stop), SQLite refusing a second node, and
-//! `node drain` / `node resume`.
+//! list`, a node killed with -9 leaving it, a clean stop), SQLite refusing a second node,
+//! `node drain` / `node resume`, and the queue commands (`tenant queue`, `queue …`).
 
 use std::path::Path;
 use std::process::Command;
@@ -263,4 +263,234 @@ fn node_drain_and_resume_take_a_name_or_an_id_and_say_what_they_did() {
         )
     };
     assert_eq!(log, [entry("node.drain"), entry("node.resume")]);
+}
+
+/// `relay-server ARGS…` against the SQLite database in `data_dir`, with extra environment.
+fn cli(data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let url = format!("sqlite://{}", data_dir.join("relay.db").display());
+    Command::new(bin("relay-server"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--database-url", &url])
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run relay-server")
+}
+
+#[test]
+fn queue_commands_show_and_change_settings_and_list_show_retry_and_discard_messages() {
+    use relay_store::{Finish, NewMessage, QueueQuota, QueueState};
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(relay_store::Store::connect(&url)).unwrap();
+    let tenant = rt.block_on(store.create_tenant("acme")).unwrap();
+    let new = |id: &str, body: &[u8]| NewMessage {
+        id: id.into(),
+        tenant_id: tenant.id.0.clone(),
+        tenant: "acme".into(),
+        target: "app".into(),
+        method: "POST".into(),
+        path: format!("/orders/{id}"),
+        headers: r#"[{"n":"content-type","v":"application/json"}]"#.into(),
+        body: body.to_vec(),
+        idempotency_key: None,
+        ttl_ms: 3_600_000,
+    };
+    let (failed, queued) = ("0f".repeat(16), "0a".repeat(16));
+    rt.block_on(store.enqueue(&new(&failed, b"{}"), QueueQuota::default()))
+        .unwrap();
+    rt.block_on(store.claim(&tenant.id.0, "n1", 60_000, 10))
+        .unwrap();
+    let finish = Finish::Failed {
+        error: "the backend answered 400".into(),
+        response: None,
+    };
+    assert!(rt
+        .block_on(store.finish_attempt(&failed, 1, &finish))
+        .unwrap());
+    rt.block_on(store.enqueue(&new(&queued, b"{\"order\": 42}"), QueueQuota::default()))
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+    let ok = |env: &[(&str, &str)], args: &[&str]| {
+        let out = cli(dir.path(), env, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let fails = |env: &[(&str, &str)], args: &[&str]| {
+        let out = cli(dir.path(), env, args);
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded: {}",
+            text(&out.stdout)
+        );
+        (out.status.code(), text(&out.stderr))
+    };
+    let settings = || rt.block_on(store.queue_settings(&tenant.id.0)).unwrap();
+
+    // Settings and counts, with the relay's defaults named.
+    let said = ok(&[], &["tenant", "queue", "acme"]);
+    for want in [
+        "order:         parallel",
+        "ttl:           1day (relay default)",
+        "max messages:  100000 (relay default)",
+        "queued:        1 (oldest waiting",
+        "failed:        1",
+        "delivered:     0",
+    ] {
+        assert!(said.contains(want), "{want} missing in {said}");
+    }
+
+    // Changing them; a time to live over the relay's queue.max_ttl, or conflicting flags, fail.
+    let said = ok(
+        &[],
+        &[
+            "tenant",
+            "queue",
+            "acme",
+            "--ordered",
+            "--ttl",
+            "2h",
+            "--max-messages",
+            "10",
+        ],
+    );
+    assert!(
+        said.contains("queue settings of tenant acme updated"),
+        "{said}"
+    );
+    assert!(said.contains("order:         ordered"), "{said}");
+    assert!(said.contains("ttl:           2h\n"), "{said}");
+    let s = settings();
+    assert_eq!(
+        (s.ordered, s.ttl_ms, s.max_messages, s.max_bytes),
+        (true, Some(7_200_000), Some(10), None)
+    );
+    let (code, err) = fails(
+        &[("RELAY_QUEUE__MAX_TTL", "1day")],
+        &["tenant", "queue", "acme", "--ttl", "2days"],
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("longer than the relay's queue.max_ttl (1day)"),
+        "{err}"
+    );
+    let (_, err) = fails(&[], &["tenant", "queue", "acme", "--max-bytes", "0"]);
+    assert!(err.contains("--max-bytes must be 1 to"), "{err}");
+    let (code, _) = fails(
+        &[],
+        &["tenant", "queue", "acme", "--ttl", "1h", "--default-ttl"],
+    );
+    assert_eq!(code, Some(2), "clap refuses conflicting flags");
+    let (code, err) = fails(&[], &["tenant", "queue", "nobody"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("tenant nobody not found"), "{err}");
+    assert_eq!(settings().ttl_ms, Some(7_200_000));
+    let said = ok(
+        &[],
+        &["tenant", "queue", "acme", "--parallel", "--default-ttl"],
+    );
+    assert!(
+        said.contains("ttl:           1day (relay default)"),
+        "{said}"
+    );
+    assert_eq!((settings().ordered, settings().ttl_ms), (false, None));
+    // Nothing to change: nothing recorded.
+    ok(&[], &["tenant", "queue", "acme", "--parallel"]);
+
+    // List, filtered; show.
+    let list = ok(&[], &["queue", "list", "acme"]);
+    let lines: Vec<&str> = list.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("STATE"),
+        "{list}"
+    );
+    assert!(
+        lines[1].starts_with(&queued) && lines[2].starts_with(&failed),
+        "{list}"
+    );
+    assert!(lines[2].contains("the backend answered 400"), "{list}");
+    let list = ok(&[], &["queue", "list", "acme", "--state", "failed"]);
+    assert_eq!(list.lines().count(), 2, "{list}");
+    let (_, err) = fails(&[], &["queue", "list", "acme", "--state", "lost"]);
+    assert!(err.contains("use one of queued, delivering"), "{err}");
+    let said = ok(&[], &["queue", "show", &queued]);
+    for want in [
+        "state:         queued",
+        "request:       POST /orders/",
+        "  content-type: application/json",
+        "request body (13 bytes):\n{\"order\": 42}",
+    ] {
+        assert!(said.contains(want), "{want} missing in {said}");
+    }
+    let (_, err) = fails(&[], &["queue", "show", "nope"]);
+    assert!(err.contains("no queue message has the id nope"), "{err}");
+
+    // Retry: only failed or expired messages, and only while the body is stored.
+    let (_, err) = fails(&[], &["queue", "retry", &queued]);
+    assert!(err.contains("only failed or expired"), "{err}");
+    let body_kept = !ok(&[], &["queue", "show", &failed]).contains("no longer stored");
+    let out = cli(dir.path(), &[], &["queue", "retry", &failed]);
+    if body_kept {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("queued again"));
+    } else {
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stderr).contains("no longer stored"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert_eq!(
+            rt.block_on(store.message(&failed))
+                .unwrap()
+                .map(|m| m.state),
+            Some(QueueState::Failed)
+        );
+    }
+
+    // Discard: cancel a queued message, then delete it; delete a failed one.
+    let said = ok(&[], &["queue", "discard", &queued]);
+    assert!(said.contains("cancelled"), "{said}");
+    let said = ok(&[], &["queue", "discard", &queued]);
+    assert!(said.contains("deleted"), "{said}");
+    assert!(rt.block_on(store.message(&queued)).unwrap().is_none());
+    let (_, err) = fails(&[], &["queue", "discard", &queued]);
+    assert!(err.contains("no queue message"), "{err}");
+    // Past its retention period a message keeps no body: it cannot be retried.
+    let mut old = new(&"ee".repeat(16), b"old");
+    old.ttl_ms = -1;
+    rt.block_on(store.enqueue(&old, QueueQuota::default()))
+        .unwrap();
+    rt.block_on(store.expire_messages()).unwrap();
+    rt.block_on(store.purge_messages(-1)).unwrap();
+    let said = ok(&[], &["queue", "show", &old.id]);
+    assert!(said.contains("purged"), "{said}");
+    let (code, err) = fails(&[], &["queue", "retry", &old.id]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no longer stored"), "{err}");
+
+    let log: Vec<(String, String)> = rt
+        .block_on(store.admin_actions(20))
+        .unwrap()
+        .into_iter()
+        .rev()
+        .map(|a| {
+            assert_eq!(a.actor, "cli");
+            (a.action, a.object)
+        })
+        .collect();
+    let entry = |action: &str, object: &str| (action.to_string(), object.to_string());
+    let mut want = vec![
+        entry("queue.settings", "acme"),
+        entry("queue.settings", "acme"),
+    ];
+    if body_kept {
+        want.push(entry("queue.retry", &format!("acme/{failed}")));
+    }
+    want.push(entry("queue.discard", &format!("acme/{queued}")));
+    want.push(entry("queue.discard", &format!("acme/{queued}")));
+    assert_eq!(log, want);
 }

@@ -1,6 +1,6 @@
 //! The management API on a real relay's admin listener: every route's authorisation, the
 //! OpenAPI document, each action through `/api/v1` (tenants, credentials, hostnames, connections,
-//! requests, nodes), validation and body shapes, the bearer scheme.
+//! requests, nodes, queues), validation and body shapes, the bearer scheme.
 
 mod web;
 
@@ -11,7 +11,7 @@ use connector::testing::connector;
 use http::StatusCode;
 use serde_json::{json, Value};
 use testkit::{trace_init, Backend, Client};
-use web::{concrete, is_problem, node, session_on, Api};
+use web::{concrete, is_problem, node, purged_message, seed_queue, session_on, Api};
 
 #[tokio::test]
 async fn every_api_route_refuses_requests_without_a_valid_token() -> anyhow::Result<()> {
@@ -116,6 +116,12 @@ async fn openapi_document_lists_exactly_the_served_routes() -> anyhow::Result<()
         ("get", "/api/v1/nodes"),
         ("post", "/api/v1/nodes/{node}/drain"),
         ("post", "/api/v1/nodes/{node}/resume"),
+        ("get", "/api/v1/tenants/{name}/queue"),
+        ("patch", "/api/v1/tenants/{name}/queue"),
+        ("get", "/api/v1/tenants/{name}/queue/messages"),
+        ("get", "/api/v1/queue/messages/{id}"),
+        ("post", "/api/v1/queue/messages/{id}/retry"),
+        ("post", "/api/v1/queue/messages/{id}/discard"),
         ("get", "/api/v1/openapi.json"),
     ] {
         assert!(paths[p][m].is_object(), "{m} {p} missing from the document");
@@ -965,5 +971,327 @@ async fn api_lists_nodes_and_drains_and_resumes_them_by_name_or_id() -> anyhow::
             entry("node.drain", "host/h2"),
         ]
     );
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn api_shows_a_tenants_queue_changes_its_settings_and_retries_and_discards_messages(
+) -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    let api = Api {
+        client: Client::new(&relay.ca_cert()),
+        base: format!("http://{}", relay.admin_addr.expect("admin")),
+        token: relay.api_token("ops").await,
+    };
+    let tenant = relay.create_tenant("acme").await;
+
+    // An empty queue: the relay's defaults, every state counted.
+    let (s, q) = api.call("GET", "/api/v1/tenants/ACME/queue", None).await;
+    assert_eq!(s, StatusCode::OK, "{q}");
+    assert_eq!(q["tenant"], "acme");
+    assert_eq!(
+        q["settings"],
+        json!({"order": "parallel", "ttl_ms": null, "max_messages": null, "max_bytes": null})
+    );
+    assert_eq!(q["counts"]["queued"], 0);
+    assert_eq!(q["counts"].as_object().map(|c| c.len()), Some(6));
+    assert_eq!(q["oldest_queued_at"], Value::Null);
+
+    let seed = seed_queue(&relay.store, &tenant).await;
+    let (_, q) = api.call("GET", "/api/v1/tenants/acme/queue", None).await;
+    for (state, n) in [
+        ("queued", 2),
+        ("failed", 1),
+        ("delivered", 1),
+        ("expired", 0),
+    ] {
+        assert_eq!(q["counts"][state], n, "{state}: {q}");
+    }
+    assert!(
+        q["oldest_queued_age_ms"].as_i64().is_some_and(|ms| ms >= 0),
+        "{q}"
+    );
+    assert!(q["oldest_queued_at"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
+
+    // The list: newest first, filtered by state, limited; bad queries are 400.
+    let (s, list) = api
+        .call("GET", "/api/v1/tenants/acme/queue/messages", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let ids: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        [&seed.binary, &seed.queued, &seed.delivered, &seed.failed]
+    );
+    let (_, failed) = api
+        .call(
+            "GET",
+            "/api/v1/tenants/acme/queue/messages?state=FAILED",
+            None,
+        )
+        .await;
+    let items = failed["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["state"], "failed");
+    assert_eq!(items[0]["last_error"], "the backend answered 400");
+    assert_eq!(items[0]["response_status"], 400);
+    assert_eq!(items[0]["attempts"], 1);
+    let (_, one) = api
+        .call("GET", "/api/v1/tenants/acme/queue/messages?limit=1", None)
+        .await;
+    assert_eq!(one["items"].as_array().map(Vec::len), Some(1));
+    for bad in ["?state=lost", "?limit=0", "?limit=1001", "?page=2"] {
+        let (s, p) = api
+            .call(
+                "GET",
+                &format!("/api/v1/tenants/acme/queue/messages{bad}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {p}");
+    }
+
+    // A queued message's detail: headers, the whole (short) body as text, no response.
+    let (s, m) = api
+        .call(
+            "GET",
+            &format!("/api/v1/queue/messages/{}", seed.queued),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert_eq!(
+        (
+            m["state"].as_str(),
+            m["method"].as_str(),
+            m["path"].as_str()
+        ),
+        (Some("queued"), Some("POST"), Some("/orders?id=42"))
+    );
+    assert!(m["next_attempt_at"].is_string());
+    assert_eq!(
+        m["request"]["headers"],
+        json!([{"name": "content-type", "value": "application/json"}, {"name": "x-raw", "value_base64": "6Xg="}])
+    );
+    assert_eq!(
+        m["request"]["body"],
+        json!({"encoding": "text", "data": "{\"order\": 42}", "bytes": 13, "complete": true})
+    );
+    assert_eq!(m["response"], Value::Null);
+    assert_eq!(m["retryable"], false);
+    // Binary and longer than a KiB: the first KiB, base64.
+    let (_, m) = api
+        .call(
+            "GET",
+            &format!("/api/v1/queue/messages/{}", seed.binary),
+            None,
+        )
+        .await;
+    let body = &m["request"]["body"];
+    assert_eq!(
+        (body["encoding"].as_str(), body["bytes"].as_u64()),
+        (Some("base64"), Some(1024))
+    );
+    assert_eq!(body["complete"], false);
+    // A failed one: the backend's answer; its request body is no longer stored.
+    let (_, m) = api
+        .call(
+            "GET",
+            &format!("/api/v1/queue/messages/{}", seed.failed),
+            None,
+        )
+        .await;
+    assert_eq!(m["response"]["status"], 400);
+    assert_eq!(m["response"]["body"]["data"], "{\"error\": \"bad order\"}");
+    assert_eq!(m["response"]["headers"][0]["name"], "content-type");
+    assert!(m["finished_at"].is_string());
+    let (s, p) = api.call("GET", "/api/v1/queue/messages/nope", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{p}");
+
+    // Retry: what the detail's `retryable` promises; only failed or expired messages.
+    let retry = format!("/api/v1/queue/messages/{}/retry", seed.failed);
+    let (s, r) = api.call("POST", &retry, None).await;
+    let mut retried = 0;
+    if m["retryable"] == true {
+        assert_eq!(s, StatusCode::OK, "{r}");
+        assert_eq!(r["state"], "queued");
+        retried = 1;
+    } else {
+        assert_eq!(s, StatusCode::CONFLICT, "{r}");
+        assert!(
+            r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("no longer stored")),
+            "{r}"
+        );
+    }
+    let (s, r) = api
+        .call(
+            "POST",
+            &format!("/api/v1/queue/messages/{}/retry", seed.queued),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{r}");
+    assert!(
+        r["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("only failed or expired")),
+        "{r}"
+    );
+    let (s, _) = api
+        .call("POST", "/api/v1/queue/messages/nope/retry", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Discard: a queued message is cancelled, then deleted; a delivered one stays (409).
+    let discard = |id: &str| format!("/api/v1/queue/messages/{id}/discard");
+    let (s, d) = api.call("POST", &discard(&seed.queued), None).await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(d["result"], "cancelled");
+    assert_eq!(d["message"]["state"], "cancelled");
+    let (s, d) = api.call("POST", &discard(&seed.queued), None).await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(
+        (d["result"].as_str(), &d["message"]),
+        (Some("deleted"), &Value::Null)
+    );
+    let (s, _) = api
+        .call(
+            "GET",
+            &format!("/api/v1/queue/messages/{}", seed.queued),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, p) = api.call("POST", &discard(&seed.delivered), None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{p}");
+    assert!(relay.store.message(&seed.delivered).await?.is_some());
+    let (s, _) = api.call("POST", &discard("nope"), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Settings: set, keep what is absent, return to the default with null; 422 out of range.
+    let patch = |body: Value| api.call("PATCH", "/api/v1/tenants/acme/queue", Some(body));
+    let (s, q) = patch(json!({"order": "ordered", "ttl_ms": 7_200_000, "max_messages": 10})).await;
+    assert_eq!(s, StatusCode::OK, "{q}");
+    assert_eq!(
+        q["settings"],
+        json!({"order": "ordered", "ttl_ms": 7_200_000, "max_messages": 10, "max_bytes": null})
+    );
+    let stored = relay.store.queue_settings(&tenant.id.0).await?;
+    assert_eq!(
+        (stored.ordered, stored.ttl_ms, stored.max_messages),
+        (true, Some(7_200_000), Some(10))
+    );
+    let (s, q) = patch(json!({"ttl_ms": null, "max_bytes": 1_000_000})).await;
+    assert_eq!(s, StatusCode::OK, "{q}");
+    assert_eq!(
+        q["settings"],
+        json!({"order": "ordered", "ttl_ms": null, "max_messages": 10, "max_bytes": 1_000_000})
+    );
+    for bad in [
+        json!({"ttl_ms": 31_u64 * 24 * 3600 * 1000}),
+        json!({"ttl_ms": 999}),
+        json!({"max_messages": 0}),
+        json!({"order": "random"}),
+        json!({"max_bytes": "1 GiB"}),
+        json!({"quota": 5}),
+    ] {
+        let (s, p) = patch(bad.clone()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {p}");
+    }
+    assert_eq!(
+        relay.store.queue_settings(&tenant.id.0).await?.max_messages,
+        Some(10)
+    );
+    let (s, _) = patch(json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+
+    // Unknown tenants are 404; nothing without a token.
+    for (method, path) in [
+        ("GET", "/api/v1/tenants/nobody/queue"),
+        ("PATCH", "/api/v1/tenants/nobody/queue"),
+        ("GET", "/api/v1/tenants/nobody/queue/messages"),
+    ] {
+        let body = (method == "PATCH").then(|| json!({}));
+        let (s, p) = api.call(method, path, body).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{method} {path}: {p}");
+    }
+    for (method, path) in [
+        ("GET", "/api/v1/tenants/acme/queue".to_string()),
+        ("GET", format!("/api/v1/queue/messages/{}", seed.failed)),
+        ("POST", discard(&seed.failed)),
+    ] {
+        let a = api
+            .client
+            .request_with(method, &format!("{}{path}", api.base), &[], Bytes::new())
+            .await?;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+    }
+    assert!(relay.store.message(&seed.failed).await?.is_some());
+    // Failed: deleted (retried, it is queued again and cancelled).
+    let (s, d) = api.call("POST", &discard(&seed.failed), None).await;
+    let result = if retried == 1 { "cancelled" } else { "deleted" };
+    assert_eq!(
+        (s, d["result"].as_str()),
+        (StatusCode::OK, Some(result)),
+        "{d}"
+    );
+
+    // Past its retention period a message keeps no body: it cannot be retried.
+    let old = purged_message(&relay.store, &tenant).await;
+    let (_, m) = api
+        .call("GET", &format!("/api/v1/queue/messages/{old}"), None)
+        .await;
+    assert_eq!(
+        (m["state"].as_str(), m["purged"].as_bool()),
+        (Some("expired"), Some(true))
+    );
+    assert_eq!(
+        (&m["retryable"], &m["request"]["body"]),
+        (&json!(false), &Value::Null)
+    );
+    let (s, r) = api
+        .call("POST", &format!("/api/v1/queue/messages/{old}/retry"), None)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{r}");
+    assert!(
+        r["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no longer stored")),
+        "{r}"
+    );
+
+    // Recorded under the token's name; refusals and changes of nothing record nothing.
+    let actions: Vec<(String, String)> = relay
+        .store
+        .admin_actions(100)
+        .await?
+        .into_iter()
+        .rev()
+        .filter(|a| a.actor == "token:ops")
+        .map(|a| (a.action, a.object))
+        .collect();
+    let entry = |action: &str, id: &str| (action.to_string(), format!("acme/{id}"));
+    let mut want = Vec::new();
+    if retried == 1 {
+        want.push(entry("queue.retry", &seed.failed));
+    }
+    want.extend([
+        entry("queue.discard", &seed.queued),
+        entry("queue.discard", &seed.queued),
+        ("queue.settings".to_string(), "acme".to_string()),
+        ("queue.settings".to_string(), "acme".to_string()),
+        entry("queue.discard", &seed.failed),
+    ]);
+    assert_eq!(actions, want);
     relay.stop().await
 }

@@ -1,6 +1,6 @@
 //! The admin pages on a real relay's admin listener, as far as HTTP goes: sessions, CSRF and
 //! same-origin checks, escaping, error pages, each action through its form (the Nodes page's
-//! drain and resume too), and login rate limiting. Login limiting under load is in `login.rs`,
+//! drain and resume, the Queue page's settings, retry and discard too), and login rate limiting. Login limiting under load is in `login.rs`,
 //! the browser walk-through in `browser.rs`.
 
 mod web;
@@ -8,7 +8,7 @@ mod web;
 use bytes::Bytes;
 use http::StatusCode;
 use testkit::{trace_init, Client};
-use web::{concrete, node, session_on, Browser};
+use web::{concrete, node, purged_message, seed_queue, session_on, Browser};
 
 #[tokio::test]
 async fn pages_need_a_session_and_same_origin_csrf_checked_changes() -> anyhow::Result<()> {
@@ -691,5 +691,336 @@ async fn nodes_page_lists_live_nodes_and_drains_and_resumes_them() -> anyhow::Re
             ("node.resume".to_string(), object),
         ]
     );
+    relay.stop().await
+}
+
+#[tokio::test]
+async fn queue_page_counts_lists_and_filters_messages_and_retries_discards_and_saves_settings(
+) -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    relay
+        .store
+        .create_admin_user("admin", "correct horse battery")
+        .await?;
+    let tenant = relay.create_tenant("acme").await;
+    relay.create_tenant("other").await;
+    let seed = seed_queue(&relay.store, &tenant).await;
+    // What a visitor sent is shown as text.
+    let hostile = "ffffffffffffffffffffffffffffffff";
+    relay
+        .store
+        .enqueue(
+            &relay_store::NewMessage {
+                id: hostile.into(),
+                tenant_id: tenant.id.0.clone(),
+                tenant: "acme".into(),
+                target: "app".into(),
+                method: "PUT".into(),
+                path: "/<script>alert(1)</script>".into(),
+                headers: r#"[{"n":"x-note","v":"<img src=x onerror=alert(2)>"}]"#.into(),
+                body: b"<b>bold</b>".to_vec(),
+                idempotency_key: None,
+                ttl_ms: 3_600_000,
+            },
+            relay_store::QueueQuota::default(),
+        )
+        .await?;
+    let client = Client::new(&relay.ca_cert());
+    let base = format!("http://{}", relay.admin_addr.expect("admin"));
+    let b = Browser::start(client.clone(), &base, "admin", "correct+horse+battery").await?;
+    let form = format!("csrf={}", b.csrf);
+
+    // The tenant page sums the queue up and links to it.
+    let html = b.get("/tenants/acme").await?.text();
+    assert!(html.contains("3 queued, 1 delivered, 1 failed"), "{html}");
+    assert!(html.contains("href=\"/tenants/acme/queue\""), "{html}");
+
+    // The Queue page: counts by state (each a filter), the oldest waiting, the list, settings.
+    let page = b.get("/tenants/acme/queue").await?;
+    assert_eq!(page.status, StatusCode::OK);
+    let html = page.text();
+    for want in [
+        "<h1>Queue <small class=\"muted\">(acme)</small></h1>",
+        "href=\"/tenants/acme/queue?state=failed\"><span class=\"n\">1</span><span>failed</span>",
+        "<span class=\"n\">3</span><span>queued</span>",
+        "<span>oldest waiting</span>",
+        &format!("href=\"/tenants/acme/queue/{}\"", seed.queued),
+        "POST /orders?id=42",
+        "the backend answered 400 (response 400)",
+        "response 200",
+        &format!("action=\"/tenants/acme/queue/{}/discard\"", seed.queued),
+        "aria-label=\"Cancel message",
+        "action=\"/tenants/acme/queue/settings\"",
+        "placeholder=\"relay default\"",
+        "&#60;script&#62;alert(1)&#60;/script&#62;",
+    ] {
+        assert!(html.contains(want), "{want} missing in {html}");
+    }
+    assert!(!html.contains("<script>alert"), "{html}");
+    // No discard for a delivered message.
+    assert!(
+        !html.contains(&format!("/tenants/acme/queue/{}/discard", seed.delivered)),
+        "{html}"
+    );
+    // Filtered by state.
+    let html = b.get("/tenants/acme/queue?state=failed").await?.text();
+    assert!(html.contains(&seed.failed[..10]), "{html}");
+    assert!(
+        !html.contains(&format!("queue/{}\"", seed.queued)),
+        "{html}"
+    );
+    assert!(html.contains("aria-current=\"true\""), "{html}");
+    let a = b.get("/tenants/acme/queue?state=lost").await?;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        b.get("/tenants/nobody/queue").await?.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // A message's page: headers, the body (escaped), attempts, the response; 404 under another
+    // tenant or for an unknown id.
+    let html = b
+        .get(&format!("/tenants/acme/queue/{}", seed.queued))
+        .await?
+        .text();
+    for want in [
+        "<code>content-type</code>",
+        "<code>application/json</code>",
+        "(base64)",
+        "{&#34;order&#34;: 42}",
+        "the whole body, 13 B",
+        ">Cancel</button>",
+    ] {
+        assert!(html.contains(want), "{want} missing in {html}");
+    }
+    let html = b
+        .get(&format!("/tenants/acme/queue/{hostile}"))
+        .await?
+        .text();
+    assert!(html.contains("&#60;b&#62;bold&#60;/b&#62;"), "{html}");
+    assert!(html.contains("&#60;img src=x"), "{html}");
+    assert!(
+        !html.contains("<img") && !html.contains("<b>bold"),
+        "{html}"
+    );
+    let html = b
+        .get(&format!("/tenants/acme/queue/{}", seed.binary))
+        .await?
+        .text();
+    assert!(
+        html.contains("the first 1.0 KiB of 2.0 KiB, base64"),
+        "{html}"
+    );
+    let failed_page = format!("/tenants/acme/queue/{}", seed.failed);
+    let html = b.get(&failed_page).await?.text();
+    for want in [
+        "the backend answered 400",
+        "<span class=\"badge s4\">400</span>",
+        "{&#34;error&#34;: &#34;bad order&#34;}",
+        ">Discard</button>",
+    ] {
+        assert!(html.contains(want), "{want} missing in {html}");
+    }
+    let retryable = html.contains(&format!("action=\"{failed_page}/retry\""));
+    for path in [
+        format!("/tenants/other/queue/{}", seed.queued),
+        "/tenants/acme/queue/nope".to_string(),
+    ] {
+        assert_eq!(b.get(&path).await?.status, StatusCode::NOT_FOUND, "{path}");
+    }
+
+    // Retry now: what the page offers works; a message that cannot be retried says why (409).
+    let a = b
+        .post(&format!("{failed_page}/retry"), &form, Some(&base))
+        .await?;
+    if retryable {
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        assert_eq!(
+            a.headers["location"],
+            format!("{failed_page}?done=queue-retried").as_str()
+        );
+    } else {
+        assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.text());
+        assert!(a.text().contains("no longer stored"), "{}", a.text());
+        assert!(a.text().contains("<h1>Message"), "{}", a.text());
+    }
+    let a = b
+        .post(
+            &format!("/tenants/acme/queue/{}/retry", seed.queued),
+            &form,
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+    assert!(a.text().contains("only failed or expired"), "{}", a.text());
+
+    // Discard: CSRF and same-origin checked; a queued message is cancelled, a failed one
+    // deleted, a delivered one stays (409).
+    let discard = |id: &str| format!("/tenants/acme/queue/{id}/discard");
+    let state = |id: String| {
+        let store = relay.store.clone();
+        async move { store.message(&id).await.expect("read").map(|m| m.state) }
+    };
+    let a = b
+        .post(&discard(&seed.queued), "csrf=wrong", Some(&base))
+        .await?;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = b
+        .post(&discard(&seed.queued), &form, Some("http://evil.example"))
+        .await?;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        state(seed.queued.clone()).await,
+        Some(relay_store::QueueState::Queued)
+    );
+    let a = b
+        .post(
+            &discard(&seed.queued),
+            &format!("{form}&from=list"),
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+    assert_eq!(
+        a.headers["location"],
+        "/tenants/acme/queue?done=queue-cancelled"
+    );
+    assert_eq!(
+        state(seed.queued.clone()).await,
+        Some(relay_store::QueueState::Cancelled)
+    );
+    let html = b
+        .get("/tenants/acme/queue?done=queue-cancelled")
+        .await?
+        .text();
+    assert!(html.contains("Message cancelled"), "{html}");
+    let a = b.post(&discard(&seed.binary), &form, Some(&base)).await?;
+    assert_eq!(
+        a.headers["location"],
+        format!("/tenants/acme/queue/{}?done=queue-cancelled", seed.binary).as_str()
+    );
+    if !retryable {
+        let a = b.post(&discard(&seed.failed), &form, Some(&base)).await?;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        assert_eq!(
+            a.headers["location"],
+            "/tenants/acme/queue?done=queue-discarded"
+        );
+        assert_eq!(state(seed.failed.clone()).await, None);
+    }
+    let a = b
+        .post(&discard(&seed.delivered), &form, Some(&base))
+        .await?;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+    assert!(a.text().contains("is delivered"), "{}", a.text());
+    let a = b
+        .post(&discard(&seed.delivered), &form, Some(&base))
+        .await?;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+    let a = b
+        .post(
+            &format!("/tenants/other/queue/{hostile}/discard"),
+            &form,
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        state(hostile.to_string()).await,
+        Some(relay_store::QueueState::Queued)
+    );
+
+    // Settings: saved; out of range or malformed stays on the form with the reason (422).
+    let settings = "/tenants/acme/queue/settings";
+    let a = b
+        .post(
+            settings,
+            &format!("{form}&order=ordered&ttl=2h&max_messages=10&max_bytes="),
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+    assert_eq!(
+        a.headers["location"],
+        "/tenants/acme/queue?done=queue-settings"
+    );
+    let s = relay.store.queue_settings(&tenant.id.0).await?;
+    assert_eq!(
+        (s.ordered, s.ttl_ms, s.max_messages, s.max_bytes),
+        (true, Some(7_200_000), Some(10), None)
+    );
+    let html = b
+        .get("/tenants/acme/queue?done=queue-settings")
+        .await?
+        .text();
+    assert!(html.contains("Queue settings saved"), "{html}");
+    assert!(html.contains("value=\"2h\""), "{html}");
+    assert!(
+        html.contains("<option value=\"ordered\" selected>"),
+        "{html}"
+    );
+    for (bad, why) in [
+        ("ttl=40days", "queue.max_ttl"),
+        ("ttl=soon", "not a duration"),
+        ("max_messages=0", "must be 1 to"),
+        ("max_bytes=lots", "whole number"),
+    ] {
+        let a = b
+            .post(
+                settings,
+                &format!("{form}&order=parallel&{bad}"),
+                Some(&base),
+            )
+            .await?;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        assert!(a.text().contains(why), "{bad}: {}", a.text());
+        assert!(a.text().contains("<h1>Queue"), "{}", a.text());
+    }
+    assert!(relay.store.queue_settings(&tenant.id.0).await?.ordered);
+
+    // Past its retention period a message keeps no body: no Retry now, and a forged retry is
+    // refused with the reason.
+    let old = purged_message(&relay.store, &tenant).await;
+    let html = b.get(&format!("/tenants/acme/queue/{old}")).await?.text();
+    assert!(html.contains("The retention period is over"), "{html}");
+    assert!(
+        html.contains("no longer stored, so it cannot be retried"),
+        "{html}"
+    );
+    assert!(!html.contains(&format!("/queue/{old}/retry")), "{html}");
+    let html = b.get("/tenants/acme/queue?state=expired").await?.text();
+    assert!(!html.contains(&format!("/queue/{old}/retry")), "{html}");
+    let a = b
+        .post(
+            &format!("/tenants/acme/queue/{old}/retry"),
+            &form,
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+    assert!(a.text().contains("no longer stored"), "{}", a.text());
+
+    let actions: Vec<(String, String)> = relay
+        .store
+        .admin_actions(100)
+        .await?
+        .into_iter()
+        .rev()
+        .filter(|a| a.actor == "user:admin")
+        .map(|a| (a.action, a.object))
+        .collect();
+    let entry = |action: &str, object: &str| (action.to_string(), object.to_string());
+    let mut want = Vec::new();
+    if retryable {
+        want.push(entry("queue.retry", &format!("acme/{}", seed.failed)));
+    }
+    want.push(entry("queue.discard", &format!("acme/{}", seed.queued)));
+    want.push(entry("queue.discard", &format!("acme/{}", seed.binary)));
+    if !retryable {
+        want.push(entry("queue.discard", &format!("acme/{}", seed.failed)));
+    }
+    want.push(entry("queue.settings", "acme"));
+    assert_eq!(actions, want);
     relay.stop().await
 }

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::ROUTES;
 use crate::actions::audit::STATUS_PATTERN;
+use crate::actions::queue::MAX_QUOTA;
 use crate::actions::tenants::MAX_LIMIT_VALUE;
 use crate::actions::{MAX_LIMIT, MAX_OFFSET};
 use crate::auth::ApiAdmin;
@@ -83,6 +84,15 @@ pub fn openapi_document() -> Value {
                 "422".into(),
                 problem_ref("the body is not an object of the schema (arrays, unknown fields, wrong types) or a value is invalid"),
             );
+        }
+        if r.path.contains("/queue/messages/{id}") {
+            responses.insert("404".into(), problem_ref("no queue message has that id"));
+            if r.method == "post" {
+                responses.insert(
+                    "409".into(),
+                    problem_ref("the message is in a state that does not allow this (or its body is no longer stored, for a retry)"),
+                );
+            }
         }
         if r.path.contains("{node}") {
             responses.insert(
@@ -180,6 +190,76 @@ pub fn openapi_document() -> Value {
                     "started_at": time, "heartbeat_at": time,
                     "heartbeat_age_ms": {"type": "integer", "minimum": 0},
                     "sessions": {"type": "integer", "minimum": 0, "description": "connector sessions it holds"}}}));
+    let states = json!([
+        "queued",
+        "delivering",
+        "delivered",
+        "failed",
+        "expired",
+        "cancelled"
+    ]);
+    let quota = |what: &str| json!({"type": ["integer", "null"], "minimum": 1, "maximum": MAX_QUOTA, "description": what});
+    schemas.insert("Queue".into(), json!({"type": "object", "required": ["tenant", "settings", "counts", "oldest_queued_at", "oldest_queued_age_ms"], "properties": {
+                    "tenant": name_out,
+                    "settings": {"$ref": "#/components/schemas/QueueSettings"},
+                    "counts": {"type": "object", "description": "messages in each state (every state is present)", "propertyNames": {"enum": states.clone()}, "additionalProperties": {"type": "integer", "minimum": 0}},
+                    "oldest_queued_at": nullable_time,
+                    "oldest_queued_age_ms": {"type": ["integer", "null"], "minimum": 0, "description": "how long the oldest queued message has waited"}}}));
+    schemas.insert("QueueSettings".into(), json!({"type": "object", "description": "null: the relays' [queue] default", "properties": {
+                    "order": {"type": "string", "enum": ["parallel", "ordered"], "description": "ordered: per target, a message waits until the one before it is final"},
+                    "ttl_ms": {"type": ["integer", "null"], "minimum": 1, "description": "time to live of new messages"},
+                    "max_messages": quota("most messages waiting (queued or delivering)"),
+                    "max_bytes": quota("most body bytes waiting")}}));
+    schemas.insert("QueueSettingsPatch".into(), json!({"type": "object", "additionalProperties": false, "description": "an absent field is kept; null returns to the relays' default; values out of range get 422", "properties": {
+                    "order": {"type": "string", "enum": ["parallel", "ordered"]},
+                    "ttl_ms": {"type": ["integer", "null"], "minimum": 1000, "description": "at most the relays' queue.max_ttl (default 30 days)"},
+                    "max_messages": quota("most messages waiting"),
+                    "max_bytes": quota("most body bytes waiting")}}));
+    let message = json!({
+        "id": {"type": "string", "description": "the id in the message's status URL"},
+        "tenant": name_out, "target": name_out, "method": {"type": "string"},
+        "path": {"type": "string", "description": "below the target, with the query"},
+        "state": {"type": "string", "enum": states},
+        "attempts": {"type": "integer", "minimum": 0, "description": "delivery attempts so far"},
+        "last_error": {"type": ["string", "null"]},
+        "body_bytes": {"type": "integer", "minimum": 0},
+        "idempotency_key": {"type": ["string", "null"]},
+        "created_at": time, "expires_at": time,
+        "next_attempt_at": {"type": ["string", "null"], "format": "date-time", "description": "when queued"},
+        "finished_at": nullable_time,
+        "response_status": {"type": ["integer", "null"], "description": "the stored backend response's status"},
+        "response_truncated": {"type": "boolean"},
+        "purged": {"type": "boolean", "description": "the retention period is over: bodies, headers and response are gone"}});
+    schemas.insert(
+        "QueueMessage".into(),
+        json!({"type": "object", "properties": message.clone()}),
+    );
+    schemas.insert("QueueMessageList".into(), json!({"type": "object", "properties": {
+                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/QueueMessage"}},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}}}));
+    schemas.insert("StoredHeader".into(), json!({"type": "object", "required": ["name"], "properties": {
+                    "name": {"type": "string"}, "value": {"type": "string"},
+                    "value_base64": {"type": "string", "description": "instead of value, when it is not UTF-8"}}}));
+    schemas.insert("BodyPreview".into(), json!({"type": "object", "properties": {
+                    "encoding": {"type": "string", "enum": ["text", "base64"]},
+                    "data": {"type": "string"},
+                    "bytes": {"type": "integer", "minimum": 0, "maximum": relay_store::PREVIEW_BYTES, "description": "bytes shown (the first KiB at most)"},
+                    "complete": {"type": "boolean", "description": "the whole body is shown"}}}));
+    let headers = json!({"type": "array", "items": {"$ref": "#/components/schemas/StoredHeader"}});
+    let body = json!({"oneOf": [{"$ref": "#/components/schemas/BodyPreview"}, {"type": "null"}], "description": "null when no longer stored"});
+    let mut detail = message;
+    detail["retryable"] = json!({"type": "boolean", "description": "failed or expired with its request body still stored"});
+    detail["request"] =
+        json!({"type": "object", "properties": {"headers": headers.clone(), "body": body.clone()}});
+    detail["response"] = json!({"type": ["object", "null"], "properties": {"status": {"type": "integer"}, "truncated": {"type": "boolean"}, "headers": headers, "body": body}});
+    schemas.insert(
+        "QueueMessageDetail".into(),
+        json!({"type": "object", "properties": detail}),
+    );
+    schemas.insert("QueueDiscard".into(), json!({"type": "object", "properties": {
+                    "id": {"type": "string"},
+                    "result": {"type": "string", "enum": ["cancelled", "deleted"], "description": "cancelled: it was queued; deleted: it was failed, expired or cancelled"},
+                    "message": {"oneOf": [{"$ref": "#/components/schemas/QueueMessage"}, {"type": "null"}], "description": "as it is now (null once deleted)"}}}));
     schemas.insert("NodeList".into(), json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}}}}));
     json!({
         "openapi": "3.1.0",

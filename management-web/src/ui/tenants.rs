@@ -1,5 +1,5 @@
 //! Tenants: the list (search, paging, create), a tenant's page (sessions, credentials,
-//! hostnames, settings, enable/disable) and deleting one.
+//! hostnames, its queue in one line, settings, enable/disable) and deleting one.
 
 use askama::Template;
 use axum::extract::{Path, State};
@@ -175,6 +175,8 @@ struct TenantPage {
     hostnames: Vec<HostRow>,
     sessions: Vec<SessRow>,
     requests: Vec<ReqRow>,
+    /// Its queue in one line: the non-empty states with their counts.
+    queue: String,
 }
 
 #[derive(Template)]
@@ -219,6 +221,13 @@ pub(super) async fn tenant_page(
             ..Default::default()
         })
         .await?;
+    let counts = store.queue_counts(Some(&t.id.0)).await?;
+    let queue: Vec<String> = counts
+        .by_state
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(s, n)| format!("{n} {}", s.as_str()))
+        .collect();
     let mut chrome = Chrome::new(admin, "tenants");
     chrome.notice = notice(done).to_string();
     chrome.error = error;
@@ -261,6 +270,11 @@ pub(super) async fn tenant_page(
                 .collect(),
             sessions,
             requests: requests.iter().map(req_row).collect(),
+            queue: if queue.is_empty() {
+                "no messages".into()
+            } else {
+                queue.join(", ")
+            },
         },
     ))
 }

@@ -1,15 +1,17 @@
 //! The relay's command line: `run`, `quickstart`, `migrate` and the provisioning commands, one
-//! module per command group (`tenant`, `admin`, `quickstart`). `main` parses and dispatches here;
+//! module per command group (`tenant`, `admin`, `node`, `queue`, `quickstart`). `main` parses and dispatches here;
 //! everything returns `anyhow` errors or a config error.
 
 mod admin;
 mod node;
+mod queue;
 #[cfg(feature = "quickstart")]
 mod quickstart;
 mod tenant;
 
 pub use admin::{AdminCommand, AdminTokenCommand, AdminUserCommand};
 pub use node::NodeCommand;
+pub use queue::{QueueCommand, TenantQueueArgs};
 pub use tenant::{CredentialCommand, HostnameCommand, TenantCommand};
 
 use std::path::PathBuf;
@@ -64,6 +66,9 @@ pub enum Command {
     /// The relay nodes sharing this database.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Queue mode's messages: list a tenant's, show, retry or discard one.
+    #[command(subcommand)]
+    Queue(QueueCommand),
 }
 
 /// Listener flags.
@@ -150,6 +155,7 @@ pub async fn dispatch(
         Command::Tenant(cmd) => tenant::tenant(cmd, &config).await,
         Command::Admin(cmd) => admin::admin(cmd, &config).await,
         Command::Node(cmd) => node::node(cmd, &config).await,
+        Command::Queue(cmd) => queue::queue(cmd, &config).await,
     }
 }
 

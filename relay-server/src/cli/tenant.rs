@@ -1,7 +1,8 @@
-//! `relay-server tenant …`: tenants, their limits, credentials and hostnames.
+//! `relay-server tenant …`: tenants, their limits, credentials, hostnames and queue settings.
 
 use clap::Subcommand;
 
+use super::queue::{tenant_queue, TenantQueueArgs};
 use super::{hasher, open_store, CLI_ACTOR};
 use crate::config::Config;
 
@@ -51,6 +52,9 @@ pub enum TenantCommand {
     /// Manage the hostnames a tenant owns.
     #[command(subcommand)]
     Hostname(HostnameCommand),
+    /// Show a tenant's queue settings and its messages by state; with options, change the
+    /// settings first (`relay-server queue …` handles the messages).
+    Queue(TenantQueueArgs),
 }
 
 /// `tenant hostname …`
@@ -252,6 +256,7 @@ pub(super) async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Resul
                 .await?;
             println!("credential {id} revoked; its sessions close within a second");
         }
+        TenantCommand::Queue(args) => tenant_queue(args, &store, config).await?,
     }
     Ok(())
 }

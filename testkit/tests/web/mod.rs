@@ -193,3 +193,118 @@ impl Browser {
             .await
     }
 }
+
+/// The queue messages [`seed_queue`] stores, by id.
+pub(crate) struct QueueSeed {
+    /// Queued, a text body (`{"order": 42}`) with a `content-type` and a non-UTF-8 header.
+    pub(crate) queued: String,
+    /// Queued, 2000 bytes that are not UTF-8.
+    pub(crate) binary: String,
+    /// Failed at once: the backend answered 400 (`{"error": "bad order"}`).
+    pub(crate) failed: String,
+    /// Delivered: the backend answered 200.
+    pub(crate) delivered: String,
+}
+
+/// Messages of `tenant` in four states, stored as a relay would (a relay without a session of
+/// the tenant never claims them).
+pub(crate) async fn seed_queue(
+    store: &relay_store::Store,
+    tenant: &relay_store::Tenant,
+) -> QueueSeed {
+    use relay_store::{Finish, NewMessage, QueueQuota, StoredResponse};
+    let new = |id: &str, path: &str, body: Vec<u8>| NewMessage {
+        id: id.into(),
+        tenant_id: tenant.id.0.clone(),
+        tenant: tenant.name.clone(),
+        target: "app".into(),
+        method: "POST".into(),
+        path: path.into(),
+        headers: r#"[{"n":"content-type","v":"application/json"},{"n":"x-raw","b":"6Xg="}]"#.into(),
+        body,
+        idempotency_key: None,
+        ttl_ms: 3_600_000,
+    };
+    let id = |n: u8| format!("{n:02x}{}", "ab".repeat(15));
+    let seed = QueueSeed {
+        failed: id(1),
+        delivered: id(2),
+        queued: id(3),
+        binary: id(4),
+    };
+    let none = QueueQuota::default();
+    for (m, path) in [
+        (&seed.failed, "/orders/bad"),
+        (&seed.delivered, "/orders/ok"),
+    ] {
+        store
+            .enqueue(&new(m, path, b"{\"order\": 1}".to_vec()), none)
+            .await
+            .expect("enqueue");
+    }
+    let claimed = store
+        .claim(&tenant.id.0, "test-node", 60_000, 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 2);
+    let response = |status: u16, body: &[u8]| StoredResponse {
+        status,
+        headers: r#"[{"n":"content-type","v":"application/json"}]"#.into(),
+        body: body.to_vec(),
+        truncated: false,
+    };
+    let failed = Finish::Failed {
+        error: "the backend answered 400".into(),
+        response: Some(response(400, b"{\"error\": \"bad order\"}")),
+    };
+    assert!(store
+        .finish_attempt(&seed.failed, 1, &failed)
+        .await
+        .expect("finish"));
+    let delivered = Finish::Delivered(response(200, b"{\"ok\": true}"));
+    assert!(store
+        .finish_attempt(&seed.delivered, 1, &delivered)
+        .await
+        .expect("finish"));
+    store
+        .enqueue(
+            &new(&seed.queued, "/orders?id=42", b"{\"order\": 42}".to_vec()),
+            none,
+        )
+        .await
+        .expect("enqueue");
+    let binary: Vec<u8> = (0..2000u32).map(|i| (i % 256) as u8).collect();
+    store
+        .enqueue(&new(&seed.binary, "/upload", binary), none)
+        .await
+        .expect("enqueue");
+    seed
+}
+
+/// A message of `tenant` whose time to live ran out and whose retention period is over (its
+/// body, headers and response dropped); purges every other final message too.
+pub(crate) async fn purged_message(
+    store: &relay_store::Store,
+    tenant: &relay_store::Tenant,
+) -> String {
+    let id = "ee".repeat(16);
+    let m = relay_store::NewMessage {
+        id: id.clone(),
+        tenant_id: tenant.id.0.clone(),
+        tenant: tenant.name.clone(),
+        target: "app".into(),
+        method: "POST".into(),
+        path: "/old".into(),
+        headers: "[]".into(),
+        body: b"old".to_vec(),
+        idempotency_key: None,
+        ttl_ms: -1,
+    };
+    store
+        .enqueue(&m, relay_store::QueueQuota::default())
+        .await
+        .expect("enqueue");
+    assert!(store.expire_messages().await.expect("expire") >= 1);
+    assert!(store.purge_messages(-1).await.expect("purge") >= 1);
+    id
+}
