@@ -1,7 +1,8 @@
 //! A tenant's queue (queue mode): its settings (order, time to live, quotas), its messages by
 //! state, a message's detail, and an operator's retry and discard. Relays read the settings when
-//! they accept a message; nothing here talks to a relay (a retried message is due at once, and
-//! the node holding the tenant's session claims it at its next poll, `queue.poll_interval`).
+//! they accept a message; nothing here talks to a relay (a retried message is due at once; the
+//! nodes are woken through the store, `NOTIFY relay_queue` on PostgreSQL, or find it at their
+//! next poll, `queue.poll_interval`).
 //!
 //! Discard means: a `queued` message is cancelled (its status tells the visitor so); a `failed`,
 //! `expired` or `cancelled` one is deleted with its body and response (its status URL then
@@ -196,6 +197,10 @@ pub(crate) async fn retry(
         } else {
             format!("message {id} is {} now; nothing done", now.state.as_str())
         }));
+    }
+    // Nodes delivering for the tenant look now rather than at their next poll (PostgreSQL).
+    if let Err(e) = store.notify_queue().await {
+        tracing::debug!(error = %e, "queue not notified; the delivery loops poll");
     }
     state
         .record(actor, "queue.retry", &format!("{}/{}", m.tenant, m.id))

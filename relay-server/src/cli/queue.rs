@@ -158,6 +158,8 @@ pub(super) async fn queue(cmd: QueueCommand, config: &Config) -> anyhow::Result<
                 }
                 bail!("message {id} is {} now; nothing done", now.state.as_str());
             }
+            // Running nodes look now rather than at their next poll (PostgreSQL).
+            store.notify_queue().await?;
             store
                 .record_admin_action(CLI_ACTOR, "queue.retry", &format!("{}/{}", m.tenant, m.id))
                 .await?;
