@@ -364,7 +364,11 @@ pub async fn run(
             Arc::new(NodeViewImpl(relay.clone())),
             hosts,
         )
-        .with_node_timeout(relay.config.cluster.node_timeout);
+        .with_node_timeout(relay.config.cluster.node_timeout)
+        .with_queue_ttl(management_web::QueueTtl {
+            default: relay.config.queue.ttl,
+            max: relay.config.queue.max_ttl,
+        });
         let app = management_web::app(state);
         let stop = stop_accepting.clone();
         tasks.spawn(async move {

@@ -746,7 +746,7 @@ impl Store {
         tenant_id: &str,
         s: &QueueSettings,
     ) -> Result<(), Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_transaction().await?;
         sqlx::query("DELETE FROM tenant_queue_settings WHERE tenant_id = $1")
             .bind(tenant_id)
             .execute(&mut *tx)

@@ -261,13 +261,26 @@ impl Store {
     }
 
     pub async fn delete_tenant(&self, name: &str) -> Result<(), Error> {
-        let done = sqlx::query("DELETE FROM tenants WHERE name = $1")
+        let mut tx = self.write_transaction().await?;
+        let id: Option<(String,)> = sqlx::query_as("SELECT id FROM tenants WHERE name = $1")
             .bind(name.to_ascii_lowercase())
-            .execute(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
-        if done.rows_affected() == 0 {
+        let Some((id,)) = id else {
             return Err(Error::TenantNotFound(name.to_string()));
+        };
+        // Its queue goes with it: messages (bodies, responses) and settings.
+        for table in ["queue_messages", "tenant_queue_settings"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
         }
+        sqlx::query("DELETE FROM tenants WHERE id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 }
