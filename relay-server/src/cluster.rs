@@ -47,10 +47,11 @@ use crate::Relay;
 
 /// How long the directory's answer for a tenant is reused.
 const DIRECTORY_TTL: Duration = Duration::from_secs(1);
-/// How long an answer that found no session elsewhere is reused: short, so that a connector
-/// that just moved (drain, node loss) is found at once, yet a tenant without any connector costs
-/// at most one query per node in this time.
-const DIRECTORY_NEGATIVE_TTL: Duration = Duration::from_millis(100);
+/// How long an answer that found no session elsewhere is reused. Nodes announce every new session
+/// (`NOTIFY relay_sessions`), which drops the tenant's entry at once, so this only bounds how
+/// long a lost announcement is missed — while requests for tenants without any connector (a
+/// flood of them, say) cost no query each.
+const DIRECTORY_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 /// How long a directory query may take before the request is answered without it.
 const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long opening and authenticating a link may take.
@@ -97,6 +98,10 @@ pub(crate) struct Cluster {
     refreshing: tokio::sync::Mutex<()>,
     /// The other active nodes connectors may dial directly (from the last heartbeat).
     public_nodes: Mutex<Vec<tunnel_protocol::NodeAddress>>,
+    /// The tenants with a session on another node: read at every heartbeat, extended at once by
+    /// the other nodes' announcements. Only these are looked up in the directory, so requests for
+    /// tenants without any connector (a flood of them, say) cost no query.
+    elsewhere: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -159,6 +164,7 @@ impl Cluster {
             directory: Mutex::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(()),
             public_nodes: Mutex::new(Vec::new()),
+            elsewhere: std::sync::RwLock::new(std::collections::HashSet::new()),
         })
     }
 
@@ -194,6 +200,14 @@ impl Cluster {
     /// A node with a live session of `tenant` serving `target`, with a link to it.
     pub(crate) async fn locate(&self, tenant: &Tenant, target: &str) -> Located {
         if !self.enabled {
+            return Located::NoSession;
+        }
+        let maybe = self
+            .elsewhere
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&tenant.name);
+        if !maybe {
             return Located::NoSession;
         }
         let remote = self.directory(&tenant.name).await;
@@ -237,12 +251,48 @@ impl Cluster {
         Located::NoSession
     }
 
-    /// Forgets what the directory said about `tenant` (a peer refused: its sessions moved).
+    /// Forgets what the directory said about `tenant` (a peer refused: its sessions moved; a
+    /// node announced a new session), or about every tenant.
     pub(crate) fn forget(&self, tenant: &str) {
         self.directory
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(tenant);
+    }
+
+    /// Another node announced a session of `tenant`.
+    pub(crate) fn session_elsewhere(&self, tenant: &str) {
+        self.elsewhere
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.to_string());
+        self.forget(tenant);
+    }
+
+    /// Reads which tenants have sessions on other nodes.
+    pub(crate) async fn refresh_elsewhere(&self) {
+        if !self.enabled {
+            return;
+        }
+        match self
+            .store
+            .tenants_elsewhere(&self.node_id, self.fresh_ms)
+            .await
+        {
+            Ok(list) => {
+                *self.elsewhere.write().unwrap_or_else(|p| p.into_inner()) =
+                    list.into_iter().collect();
+            }
+            Err(e) => debug!(error = %e, "tenants on other nodes not read"),
+        }
+    }
+
+    /// Forgets everything the directory said (the announcements may have been missed).
+    pub(crate) fn forget_all(&self) {
+        self.directory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     async fn directory(&self, tenant: &str) -> Arc<Vec<RemoteSessions>> {

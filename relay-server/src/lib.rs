@@ -394,6 +394,18 @@ pub async fn run(
         let (store, wake) = (store.clone(), wake.clone());
         tokio::spawn(async move { store.listen_for_changes(move || wake.notify_one()).await })
     };
+    // New sessions on other nodes: the session directory's answer for that tenant is stale.
+    let sessions_listener = {
+        let (store, relay) = (store.clone(), relay.clone());
+        tokio::spawn(async move {
+            store
+                .listen_for_sessions(move |tenant| match tenant {
+                    Some(t) => relay.cluster.session_elsewhere(t),
+                    None => relay.cluster.forget_all(),
+                })
+                .await
+        })
+    };
     tokio::spawn(catalog::run_refresh(
         catalog,
         store,
@@ -467,6 +479,7 @@ pub async fn run(
     background.cancel();
     let _ = membership.await;
     listener.abort();
+    sessions_listener.abort();
     audit_stop.cancel();
     if let Some(task) = audit_task {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;

@@ -123,6 +123,7 @@ pub(crate) async fn run(
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "stale nodes not removed"),
         }
+        relay.cluster.refresh_elsewhere().await;
         if let Ok(nodes) = store.nodes(fresh_ms).await {
             relay.metrics.nodes.store(nodes.len(), Ordering::Relaxed);
             let live: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();

@@ -215,6 +215,8 @@ async fn established(relay: Arc<Relay>, conn: Conn) {
     let opened = tokio::spawn(async move {
         if let Err(e) = store.session_opened(&record).await {
             debug!(error = %e, "session not recorded in the history");
+        } else if let Err(e) = store.announce_session(&record.tenant).await {
+            debug!(error = %e, "new session not announced to the other nodes");
         }
     });
     relay

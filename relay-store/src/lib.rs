@@ -232,17 +232,36 @@ impl Store {
     /// hostnames (the triggers' `NOTIFY relay_catalog`), reconnecting after failures; runs until
     /// the task is dropped. Returns at once on SQLite, where one process makes the changes.
     pub async fn listen_for_changes(&self, on_change: impl Fn() + Send) {
-        self.listen("relay_catalog", on_change).await
+        self.listen("relay_catalog", move |_| on_change()).await
+    }
+
+    /// On PostgreSQL, calls `on_session(tenant)` whenever a node records a new connector session
+    /// of `tenant` ([`Store::announce_session`]), and `on_session(None)` after every (re)connect
+    /// (sessions may have opened unheard); never returns. On SQLite it returns at once.
+    pub async fn listen_for_sessions(&self, on_session: impl Fn(Option<&str>) + Send) {
+        self.listen("relay_sessions", on_session).await
+    }
+
+    /// Tells the other nodes that `tenant` has a new session (`NOTIFY relay_sessions`; nothing on
+    /// SQLite).
+    pub async fn announce_session(&self, tenant: &str) -> Result<(), Error> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify('relay_sessions', $1)")
+                .bind(tenant)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     /// On PostgreSQL, calls `on_message` whenever a node accepts a queue message (`NOTIFY
     /// relay_queue`), and once after every (re)connect; never returns. On SQLite it returns at
     /// once: the one node wakes itself.
     pub async fn listen_for_queue(&self, on_message: impl Fn() + Send) {
-        self.listen("relay_queue", on_message).await
+        self.listen("relay_queue", move |_| on_message()).await
     }
 
-    async fn listen(&self, channel: &str, on_change: impl Fn() + Send) {
+    async fn listen(&self, channel: &str, on_change: impl Fn(Option<&str>) + Send) {
         if self.backend != Backend::Postgres {
             return;
         }
@@ -253,10 +272,10 @@ impl Store {
                     Ok(()) => {
                         failures = 0;
                         // Changes made while (re)connecting were not heard: let the caller check.
-                        on_change();
+                        on_change(None);
                         loop {
                             match listener.recv().await {
-                                Ok(_) => on_change(),
+                                Ok(n) => on_change(Some(n.payload())),
                                 Err(e) => break e,
                             }
                         }

@@ -180,6 +180,25 @@ impl Store {
         Ok(())
     }
 
+    /// The tenants with a live session on a registered node other than `except` whose heartbeat
+    /// is at most `fresh_ms` old (the only tenants worth asking [`Store::remote_sessions`] about).
+    pub async fn tenants_elsewhere(
+        &self,
+        except: &str,
+        fresh_ms: i64,
+    ) -> Result<Vec<String>, Error> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT s.tenant FROM connector_sessions s \
+             JOIN relay_nodes n ON n.id = s.node_id \
+             WHERE s.disconnected_at IS NULL AND n.id <> $1 AND n.heartbeat_at >= $2",
+        )
+        .bind(except)
+        .bind(now_ms().saturating_sub(fresh_ms))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(t,)| t).collect())
+    }
+
     /// Where tenant `tenant`'s live sessions are, on registered nodes other than `except` whose
     /// heartbeat is at most `fresh_ms` old: one entry per node, with the union of the targets its
     /// sessions announced and whether it drains.

@@ -139,6 +139,10 @@ async fn session_directory(store: Store) {
         (found[1].node_id.as_str(), found[1].targets.clone()),
         ("n3", None)
     );
+    assert_eq!(
+        store.tenants_elsewhere("n1", 15_000).await.unwrap(),
+        ["acme"]
+    );
     // A draining node is still listed, marked (it serves until its connectors moved); the asker
     // itself never is.
     store
