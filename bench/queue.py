@@ -13,8 +13,8 @@ Per store (SQLite, PostgreSQL) and round, in this order:
   PostgreSQL `pgbench -c16 -M prepared` with a one-INSERT script, on SQLite 16 Python threads doing
   BEGIN IMMEDIATE; INSERT; COMMIT with the relay's pragmas (WAL, synchronous = NORMAL,
   busy_timeout 5 s), and one thread alone (the serial commit rate, for comparison). On PostgreSQL
-  also the same INSERT with `NOTIFY relay_queue` in its transaction, as the relay's accept sends it
-  (a diagnostic: commits of notifying transactions are serialised).
+  also the same INSERT with `NOTIFY relay_queue` in its transaction (a diagnostic: commits of
+  notifying transactions are serialised, which is why the relay notifies after its commit).
 
 Each round starts from an empty database. PostgreSQL is a throwaway cluster on a unix socket with
 fsync on (its default; `--pg-fsync off` for a CPU-only comparison): a 202 is only worth something

@@ -300,8 +300,9 @@ def queue_section(queue):
     w("")
     w("The target (issue 16): accept ≥ 0.5× the limit on PostgreSQL. The limit is what the database commits "
       "with nothing in front of it; a 202 is sent only after the relay's own commit, so the relay can approach it "
-      "but not pass it. \"With NOTIFY\" is the same loop with `NOTIFY relay_queue` in each transaction, as the "
-      "relay's accept sends it: PostgreSQL serialises the commits of notifying transactions. The delivery thirds "
+      "but not pass it. \"With NOTIFY\" is the same loop with `NOTIFY relay_queue` in each transaction (a diagnostic: "
+      "PostgreSQL serialises the commits of notifying transactions, which is why the relay notifies after its "
+      "commit, at most once per 20 ms). The delivery thirds "
       "show whether delivering gets faster as the queue drains (work per wake-up that grows with the depth).")
     w("")
     return lines
