@@ -469,6 +469,18 @@ async fn sessions_spread_over_nodes_and_survive_a_node_loss() -> anyhow::Result<
         .map(|n| c.node(n, public))
         .collect();
     c.provision();
+    // A connector learns the other nodes from its Welcome only: let alpha see beta first (a node
+    // refreshes that list at its heartbeat, 200 ms here).
+    let store = relay_store::Store::connect(&c.url).await?;
+    eventually(Duration::from_secs(10), "both nodes registered", || async {
+        store
+            .nodes(2_000)
+            .await
+            .map(|n| n.len() == 2)
+            .unwrap_or(false)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let backend = Backend::spawn().await;
     let _connector = c.connector(&nodes[0], &[format!("app={}", backend.url())], 2);
     // The first session learns the other node from its Welcome; the second slot goes there.
