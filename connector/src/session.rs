@@ -390,8 +390,8 @@ impl Dialer {
         if let Some(e) = cell.as_ref() {
             return Ok(e.clone());
         }
-        let mut endpoint =
-            dual_stack(Endpoint::client).map_err(|e| AttemptError::Udp(e.to_string()))?;
+        let mut endpoint = dual_stack(tunnel_session::udp::client_endpoint)
+            .map_err(|e| AttemptError::Udp(e.to_string()))?;
         endpoint.set_default_client_config(self.client_config.clone());
         *cell = Some(endpoint.clone());
         Ok(endpoint)

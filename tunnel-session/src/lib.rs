@@ -15,6 +15,8 @@
 //! - [`control`]: the control stream (`Hello`, `Welcome`, `Renew`, `Ping`, `GoAway`).
 //! - [`pipe`]: two streams joined byte for byte, ends carried across (node-to-node forwarding).
 //! - [`headers`]: hop-by-hop removal and the upgrade allow-list, applied on both sides.
+//! - [`udp`]: the UDP socket under a QUIC client endpoint, degraded where a socket option quinn
+//!   sets is refused (Wine).
 //!
 //! Non-goals: no policy (which session serves a request, who may connect, how to reconnect): that
 //! is the relay's and the connector's own.
@@ -25,3 +27,4 @@ pub mod headers;
 pub mod mux;
 pub mod pipe;
 pub mod transport;
+pub mod udp;
