@@ -1,8 +1,17 @@
-//! Calls to backends: one pooled hyper client per target, with that target's TLS trust.
+//! Calls to backends: one pooled hyper client per target, with that target's TLS trust, or an
+//! in-process service of the application that embeds the connector.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
 
 use http::uri::{PathAndQuery, Uri};
 use hyper_rustls::HttpsConnector;
@@ -15,8 +24,9 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tracing::warn;
 
 use crate::config::{Target, DEFAULT_CONNECT_TIMEOUT};
+use crate::inspector::{Inspector, Tap};
 use process_setup::layered::ConfigError;
-use tunnel_session::framing::TunnelBody;
+use tunnel_session::framing::{RecvError, TunnelBody};
 
 /// How long an idle pooled backend connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -34,28 +44,275 @@ pub enum BadPath {
     Uri(String),
 }
 
-/// The request body type sent to backends; the sender is dropped (signalling its receiver) when
-/// hyper is done with the body, which starts the response timeout.
-pub type BackendBody = TunnelBody<tokio::sync::oneshot::Sender<()>>;
+/// Boxed errors, as tower and hyper pass them around.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body of a request to a backend: the visitor's, read from the tunnel as the backend reads
+/// it, or (a replay from the inspector) one held in memory.
+///
+/// For the tunnel's body, a guard is dropped (signalling its receiver) when the backend is done
+/// with the body, which starts the response timeout.
+#[derive(Debug)]
+pub struct Body {
+    inner: BodyInner,
+    tap: Option<Tap>,
+}
+
+#[derive(Debug)]
+enum BodyInner {
+    Tunnel(TunnelBody<tokio::sync::oneshot::Sender<()>>),
+    Full(Option<Bytes>),
+}
+
+/// The request body type sent to backends.
+pub type BackendBody = Body;
+
+impl Body {
+    pub(crate) fn tunnel(body: TunnelBody<tokio::sync::oneshot::Sender<()>>) -> Body {
+        Body {
+            inner: BodyInner::Tunnel(body),
+            tap: None,
+        }
+    }
+
+    /// A body of these bytes.
+    pub fn full(bytes: impl Into<Bytes>) -> Body {
+        let bytes = bytes.into();
+        Body {
+            inner: BodyInner::Full((!bytes.is_empty()).then_some(bytes)),
+            tap: None,
+        }
+    }
+
+    /// Records what passes through into the inspector.
+    pub(crate) fn tapped(mut self, tap: Option<Tap>) -> Body {
+        self.tap = tap;
+        self
+    }
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = RecvError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RecvError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            BodyInner::Tunnel(b) => Pin::new(b).poll_frame(cx),
+            BodyInner::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        };
+        if let (Some(tap), Poll::Ready(r)) = (&this.tap, &polled) {
+            tap.saw(r);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            BodyInner::Tunnel(b) => b.is_end_stream(),
+            BodyInner::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            BodyInner::Tunnel(b) => b.size_hint(),
+            BodyInner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}
+
+/// The body of a backend's response: from an HTTP backend or an in-process service.
+pub struct ResponseBody {
+    inner: ResponseInner,
+    tap: Option<Tap>,
+}
+
+enum ResponseInner {
+    Http(hyper::body::Incoming),
+    Local(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.inner {
+            ResponseInner::Http(_) => "ResponseBody::Http",
+            ResponseInner::Local(_) => "ResponseBody::Local",
+        })
+    }
+}
+
+impl ResponseBody {
+    /// Records what passes through into the inspector.
+    pub(crate) fn tapped(mut self, tap: Option<Tap>) -> ResponseBody {
+        self.tap = tap;
+        self
+    }
+}
+
+impl HttpBody for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            ResponseInner::Http(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            ResponseInner::Local(b) => Pin::new(b).poll_frame(cx),
+        };
+        if let (Some(tap), Poll::Ready(r)) = (&this.tap, &polled) {
+            tap.saw(r);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            ResponseInner::Http(b) => b.is_end_stream(),
+            ResponseInner::Local(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            ResponseInner::Http(b) => b.size_hint(),
+            ResponseInner::Local(b) => b.size_hint(),
+        }
+    }
+}
+
+type LocalFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<ResponseBody>, BoxError>> + Send>>;
+
+/// An in-process target: a tower `Service` of the embedding application, type-erased.
+#[derive(Clone)]
+pub struct LocalService(Arc<dyn Fn(http::Request<Body>) -> LocalFuture + Send + Sync>);
+
+impl std::fmt::Debug for LocalService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LocalService")
+    }
+}
+
+impl LocalService {
+    /// Wraps a tower `Service` (an axum `Router`, a `tower::service_fn`, …). It is cloned per
+    /// request, as hyper's servers do.
+    pub fn new<S, B>(service: S) -> LocalService
+    where
+        S: tower_service::Service<http::Request<Body>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        LocalService(Arc::new(move |req| {
+            let mut service = service.clone();
+            Box::pin(async move {
+                std::future::poll_fn(|cx| service.poll_ready(cx))
+                    .await
+                    .map_err(Into::into)?;
+                let response = service.call(req).await.map_err(Into::into)?;
+                Ok(response.map(|b| ResponseBody {
+                    inner: ResponseInner::Local(b.map_err(Into::into).boxed_unsync()),
+                    tap: None,
+                }))
+            })
+        }))
+    }
+}
+
+/// Why a backend call failed before its response head.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The HTTP backend.
+    #[error("{0}")]
+    Http(#[source] hyper_util::client::legacy::Error),
+    /// The in-process service.
+    #[error("in-process service: {0}")]
+    Local(BoxError),
+}
+
+impl SendError {
+    /// The backend could not be reached at all.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Http(e) if e.is_connect())
+    }
+}
+
 type HttpClient = Client<HttpsConnector<HttpConnector>, BackendBody>;
+
+/// How a target is called.
+// A handful per connector: not boxing the client saves an indirection per request.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Call {
+    Http(HttpClient),
+    Local(LocalService),
+}
 
 /// A target ready to be called.
 #[derive(Debug)]
 pub struct Backend {
     /// The target's settings.
     pub target: Target,
-    client: HttpClient,
+    call: Call,
 }
 
-/// All targets of this connector, by name.
+/// All targets of this connector, by name, and the inspector that records their requests.
 #[derive(Debug, Clone)]
-pub struct Backends(Arc<BTreeMap<String, Backend>>);
+pub struct Backends {
+    map: Arc<BTreeMap<String, Backend>>,
+    inspector: Option<Arc<Inspector>>,
+}
+
+/// The settings an in-process target runs with: no upgrades, nothing of a URL but a path.
+pub(crate) fn in_process_target(timeout: Duration) -> Target {
+    Target {
+        url: Uri::from_static("/"),
+        timeout,
+        ca_cert: None,
+        insecure: false,
+        http2: false,
+        preserve_host: true,
+        upgrades: Vec::new(),
+    }
+}
 
 impl Backends {
     /// Builds a client per target; fails on unreadable CA files.
     pub fn new(targets: &BTreeMap<String, Target>) -> Result<Backends, ConfigError> {
+        Backends::with_local(targets, &BTreeMap::new(), Duration::from_secs(30), None)
+    }
+
+    /// Builds a client per target, and adds the in-process ones (`local`, answering within
+    /// `local_timeout`); requests are recorded into `inspector` when there is one.
+    pub(crate) fn with_local(
+        targets: &BTreeMap<String, Target>,
+        local: &BTreeMap<String, LocalService>,
+        local_timeout: Duration,
+        inspector: Option<Arc<Inspector>>,
+    ) -> Result<Backends, ConfigError> {
         let native = native_roots();
         let mut map = BTreeMap::new();
+        for (name, service) in local {
+            map.insert(
+                name.clone(),
+                Backend {
+                    target: in_process_target(local_timeout),
+                    call: Call::Local(service.clone()),
+                },
+            );
+        }
         for (name, target) in targets {
             let tls = tls_config(name, target, &native)?;
             let mut http = HttpConnector::new();
@@ -79,21 +336,29 @@ impl Backends {
                 name.clone(),
                 Backend {
                     target: target.clone(),
-                    client,
+                    call: Call::Http(client),
                 },
             );
         }
-        Ok(Backends(Arc::new(map)))
+        Ok(Backends {
+            map: Arc::new(map),
+            inspector,
+        })
     }
 
     /// The backend for a target name.
     pub fn get(&self, name: &str) -> Option<&Backend> {
-        self.0.get(name)
+        self.map.get(name)
     }
 
     /// The target names.
     pub fn names(&self) -> Vec<String> {
-        self.0.keys().cloned().collect()
+        self.map.keys().cloned().collect()
+    }
+
+    /// The inspector recording this connector's requests, when it runs.
+    pub(crate) fn inspector(&self) -> Option<&Arc<Inspector>> {
+        self.inspector.as_ref()
     }
 }
 
@@ -104,6 +369,12 @@ impl Backend {
     pub fn uri(&self, path_and_query: &str) -> Result<Uri, BadPath> {
         let path = path_and_query.split('?').next().unwrap_or_default();
         tunnel_protocol::path::check(path).map_err(BadPath::Path)?;
+        if let Call::Local(_) = self.call {
+            // In process: the origin form, as a server hands it to its handlers.
+            return path_and_query
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| BadPath::Uri(e.to_string()));
+        }
         let base = &self.target.url;
         let prefix = base.path().trim_end_matches('/');
         let pq: PathAndQuery = format!("{prefix}{path_and_query}")
@@ -118,8 +389,22 @@ impl Backend {
     pub async fn send(
         &self,
         req: http::Request<BackendBody>,
-    ) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
-        self.client.request(req).await
+    ) -> Result<http::Response<ResponseBody>, SendError> {
+        match &self.call {
+            Call::Http(client) => {
+                let response = client.request(req).await.map_err(SendError::Http)?;
+                Ok(response.map(|b| ResponseBody {
+                    inner: ResponseInner::Http(b),
+                    tap: None,
+                }))
+            }
+            Call::Local(service) => (service.0)(req).await.map_err(SendError::Local),
+        }
+    }
+
+    /// Whether this target is served in process.
+    pub fn in_process(&self) -> bool {
+        matches!(self.call, Call::Local(_))
     }
 }
 
@@ -246,7 +531,7 @@ mod tests {
         let mut m = BTreeMap::new();
         m.insert("t".to_string(), target);
         let b = Backends::new(&m).unwrap();
-        let out = Arc::try_unwrap(b.0).unwrap();
+        let out = Arc::try_unwrap(b.map).unwrap();
         out.into_values().next().unwrap()
     }
 

@@ -44,6 +44,28 @@ pub struct FileConfig {
     /// Session tuning.
     #[serde(default)]
     pub session: SessionFile,
+    /// The local request inspector (off unless `listen` is set).
+    #[serde(default)]
+    pub inspect: InspectFile,
+}
+
+/// `[inspect]`: the local request inspector.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InspectFile {
+    /// Where the inspector's page and JSON API listen, e.g. `127.0.0.1:4040` (`--inspect`).
+    pub listen: Option<String>,
+    /// Allow a listen address other than loopback (the inspector shows request contents).
+    #[serde(default)]
+    pub allow_remote: bool,
+    /// How many requests are kept (default 100, at most 10 000).
+    pub entries: Option<usize>,
+    /// How much of each body is kept (default 16 KiB, at most 1 MiB).
+    pub body_bytes: Option<usize>,
+    /// Header names whose values are never recorded, besides `Authorization`,
+    /// `Proxy-Authorization`, `Cookie` and `Set-Cookie`.
+    #[serde(default)]
+    pub redact: Vec<String>,
 }
 
 /// One target in the file.
@@ -138,7 +160,30 @@ pub struct Config {
     pub quic_probe_interval: Duration,
     /// Sessions kept at once.
     pub sessions: u32,
+    /// The local inspector, when enabled.
+    pub inspect: Option<Inspect>,
 }
+
+/// A validated `[inspect]`.
+#[derive(Debug, Clone)]
+pub struct Inspect {
+    /// Listen address.
+    pub listen: std::net::SocketAddr,
+    /// Requests kept.
+    pub entries: usize,
+    /// Bytes kept of each body.
+    pub body_bytes: usize,
+    /// Lowercase header names never recorded (the defaults included).
+    pub redact: Vec<http::HeaderName>,
+}
+
+/// Headers the inspector never records, whatever the configuration says.
+pub const ALWAYS_REDACTED: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
 
 /// `--transport`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +262,16 @@ impl Config {
 
     /// Validates a parsed file config. `file` anchors relative paths.
     pub fn from_file(raw: FileConfig, file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::with_in_process(raw, file, &[])
+    }
+
+    /// Validates a parsed config whose targets also include `in_process` ones (names of
+    /// services an embedding application serves itself, see [`crate::Builder`]).
+    pub(crate) fn with_in_process(
+        raw: FileConfig,
+        file: Option<&Path>,
+        in_process: &[String],
+    ) -> Result<Config, ConfigError> {
         let server = raw
             .server
             .ok_or_else(|| ConfigError::new("missing setting: server (--server URL)"))?;
@@ -275,7 +330,7 @@ impl Config {
                 "proxy: a CONNECT proxy carries TCP only; use transport auto or tcp with it",
             ));
         }
-        if raw.targets.is_empty() {
+        if raw.targets.is_empty() && in_process.is_empty() {
             return Err(ConfigError::new("no targets: add --target NAME=URL"));
         }
         let default_timeout = raw.timeout.unwrap_or(DEFAULT_TARGET_TIMEOUT);
@@ -321,12 +376,15 @@ impl Config {
                 preserve_host: t.preserve_host,
                 upgrades: upgrades(&name, t.upgrades)?,
             };
-            if targets.insert(canonical.clone(), target).is_some() {
+            if targets.insert(canonical.clone(), target).is_some()
+                || in_process.contains(&canonical)
+            {
                 return Err(ConfigError::new(format!(
                     "target {canonical} is defined twice"
                 )));
             }
         }
+        let inspect = inspect(raw.inspect)?;
         let s = raw.session;
         let backoff_base = s.backoff_base.unwrap_or(Duration::from_secs(1));
         let backoff_cap = s.backoff_cap.unwrap_or(Duration::from_secs(60));
@@ -374,8 +432,55 @@ impl Config {
                 Duration::from_secs(300),
                 None,
             )?,
+            inspect,
         })
     }
+}
+
+/// Validates `[inspect]`: loopback only unless `allow_remote`; bounded sizes.
+fn inspect(raw: InspectFile) -> Result<Option<Inspect>, ConfigError> {
+    let Some(listen) = raw.listen else {
+        return Ok(None);
+    };
+    let listen: std::net::SocketAddr = listen.parse().map_err(|e| {
+        ConfigError::new(format!(
+            "inspect.listen {listen:?}: {e} (an address and port, e.g. 127.0.0.1:4040)"
+        ))
+    })?;
+    if !listen.ip().is_loopback() && !raw.allow_remote {
+        return Err(ConfigError::new(format!(
+            "inspect.listen {listen}: the inspector shows request contents; listen on loopback \
+             (127.0.0.1 or [::1]) or set inspect.allow_remote = true"
+        )));
+    }
+    let entries = raw.entries.unwrap_or(100);
+    if !(1..=10_000).contains(&entries) {
+        return Err(ConfigError::new("inspect.entries: use 1 to 10000"));
+    }
+    let body_bytes = raw.body_bytes.unwrap_or(16 * 1024);
+    if body_bytes > 1024 * 1024 {
+        return Err(ConfigError::new(
+            "inspect.body_bytes: at most 1048576 (1 MiB)",
+        ));
+    }
+    let mut redact: Vec<http::HeaderName> = ALWAYS_REDACTED
+        .iter()
+        .map(|n| http::HeaderName::from_static(n))
+        .collect();
+    for name in raw.redact {
+        let header = http::HeaderName::try_from(name.trim()).map_err(|_| {
+            ConfigError::new(format!("inspect.redact: {name:?} is not a header name"))
+        })?;
+        if !redact.contains(&header) {
+            redact.push(header);
+        }
+    }
+    Ok(Some(Inspect {
+        listen,
+        entries,
+        body_bytes,
+        redact,
+    }))
 }
 
 /// `HTTPS_PROXY` / `https_proxy`, unless `NO_PROXY` / `no_proxy` covers the relay's host.
@@ -603,7 +708,7 @@ fn parse_server(server: &str) -> Result<(String, u16), ConfigError> {
     Ok((host, uri.port_u16().unwrap_or(443)))
 }
 
-fn canonical_name(name: &str, what: &str) -> Result<String, ConfigError> {
+pub(crate) fn canonical_name(name: &str, what: &str) -> Result<String, ConfigError> {
     let lower = name.to_ascii_lowercase();
     let b = lower.as_bytes();
     let ok = !b.is_empty()

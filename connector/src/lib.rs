@@ -17,11 +17,14 @@
 
 pub mod backend;
 pub mod config;
+mod embed;
 mod http_proxy;
+pub mod inspector;
 pub mod service;
 mod session;
 mod stream;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,8 +34,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use tunnel_protocol::ErrorCode;
 
+pub use backend::{Body, BoxError, LocalService};
 pub use config::Config;
-use process_setup::layered::ConfigError;
+pub use embed::Builder;
+use inspector::Inspector;
+pub use process_setup::layered::ConfigError;
 use session::{AttemptError, Dialer, Ended};
 
 /// A session that stayed up this long resets the backoff.
@@ -62,16 +68,77 @@ type StateTx = Arc<watch::Sender<State>>;
 pub struct Connector {
     dialer: Arc<Dialer>,
     state: StateTx,
+    /// The inspector, its listener, and the backend clients its replays use.
+    inspect: Option<(Arc<Inspector>, std::net::TcpListener, backend::Backends)>,
+}
+
+/// What a connector has besides its [`Config`]: in-process targets, the inspector.
+#[derive(Debug, Default)]
+pub(crate) struct Extras {
+    local: BTreeMap<String, LocalService>,
+    local_timeout: Option<Duration>,
+    inspector: Option<Arc<Inspector>>,
+}
+
+impl Extras {
+    /// Backend clients for these targets (one set per session slot, one for replays).
+    pub(crate) fn backends(&self, config: &Config) -> Result<backend::Backends, ConfigError> {
+        backend::Backends::with_local(
+            &config.targets,
+            &self.local,
+            self.local_timeout.unwrap_or(config::DEFAULT_TARGET_TIMEOUT),
+            self.inspector.clone(),
+        )
+    }
 }
 
 impl Connector {
-    /// Prepares TLS, the UDP socket and backend clients. Fails only on configuration problems.
+    /// Prepares TLS, the UDP socket, backend clients and the inspector's listener. Fails only on
+    /// configuration problems (an inspector address that cannot be bound among them).
     pub fn new(config: Config) -> Result<Connector, ConfigError> {
-        let dialer = Arc::new(Dialer::new(config)?);
+        Connector::with_extras(config, Extras::default())
+    }
+
+    /// Starts building an embedded connector: see [`Builder`].
+    pub fn builder(server: &str, tenant: &str) -> Builder {
+        Builder::new(server, tenant)
+    }
+
+    pub(crate) fn with_extras(
+        config: Config,
+        mut extras: Extras,
+    ) -> Result<Connector, ConfigError> {
+        let inspect = match &config.inspect {
+            None => None,
+            Some(settings) => {
+                let listener = std::net::TcpListener::bind(settings.listen)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(|e| {
+                        ConfigError::new(format!(
+                            "inspect.listen {}: cannot listen: {e}",
+                            settings.listen
+                        ))
+                    })?;
+                let inspector = Arc::new(Inspector::new(settings));
+                // Replays use their own clients and record nothing by themselves.
+                let replays = extras.backends(&config)?;
+                extras.inspector = Some(inspector.clone());
+                Some((inspector, listener, replays))
+            }
+        };
+        let dialer = Arc::new(Dialer::new(config, &extras)?);
         Ok(Connector {
             dialer,
             state: Arc::new(watch::channel(State::default()).0),
+            inspect,
         })
+    }
+
+    /// Where the inspector listens, when it runs.
+    pub fn inspector_address(&self) -> Option<std::net::SocketAddr> {
+        self.inspect
+            .as_ref()
+            .and_then(|(_, l, _)| l.local_addr().ok())
     }
 
     /// A receiver of state changes.
@@ -97,6 +164,20 @@ impl Connector {
         let release = CancellationToken::new();
         // Dropping this future (rather than cancelling `shutdown`) must not leave threads behind.
         let _release_on_drop = release.clone().drop_guard();
+        let inspector = self.inspect.and_then(|(inspector, listener, replays)| {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => Some(tokio::spawn(inspector::serve(
+                    listener,
+                    inspector,
+                    replays,
+                    release.clone(),
+                ))),
+                Err(e) => {
+                    error!(error = %e, "inspector: cannot use its listener");
+                    None
+                }
+            }
+        });
         let mut done = Vec::new();
         let mut threads = Vec::new();
         for slot in 0..config.sessions as usize {
@@ -144,6 +225,9 @@ impl Connector {
             }
         })
         .await;
+        if let Some(task) = inspector {
+            let _ = task.await;
+        }
         info!("connector stopped");
     }
 }

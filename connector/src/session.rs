@@ -147,14 +147,14 @@ struct Slot {
 }
 
 impl Dialer {
-    pub(crate) fn new(config: Config) -> Result<Dialer, ConfigError> {
+    pub(crate) fn new(config: Config, extras: &crate::Extras) -> Result<Dialer, ConfigError> {
         let tls = tls_config(&config)?;
         let client_config = client_config(&config, tls.clone())?;
         let slots = (0..config.sessions)
             .map(|_| {
                 Ok(Slot {
                     endpoint: Mutex::new(None),
-                    backends: Backends::new(&config.targets)?,
+                    backends: extras.backends(&config)?,
                     on_node: Mutex::new(None),
                     avoid: Mutex::new(None),
                 })

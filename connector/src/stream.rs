@@ -15,7 +15,11 @@ use tunnel_protocol::{
     ErrorCode, RequestHead, ResponseHead, StreamError, StreamFrame, MAX_HEAD_FRAME_LEN,
 };
 
-use crate::backend::{Backend, BackendBody, Backends};
+use std::sync::Arc;
+
+use crate::backend::{Backend, BackendBody, Backends, Body, ResponseBody};
+use crate::config::Target;
+use crate::inspector::{Asked, Exchange};
 use tunnel_session::framing::{splice, FramedRecv, FramedSend, TunnelBody};
 use tunnel_session::headers::{
     allowed_upgrade, restore_upgrade, strip_hop_by_hop, upgrade_answers, upgrade_of,
@@ -49,7 +53,21 @@ pub(crate) async fn serve(send: SendHalf, recv: RecvHalf, backends: Backends) {
             .await;
             return;
         };
-        proxy(head, backend, send, recv).await;
+        // Recorded only while the inspector runs; its absence costs this one check.
+        let rec = backends.inspector().map(|i| {
+            i.record(
+                Asked {
+                    target: &head.target,
+                    method: &head.method,
+                    path: &head.path_and_query,
+                    request_id: &head.request_id,
+                    headers: &head.headers,
+                },
+                None,
+            )
+        });
+        let redact = backends.inspector().map(|i| i.redact()).unwrap_or_default();
+        proxy(head, backend, send, recv, Recording { rec, redact }).await;
     }
     .instrument(span)
     .await
@@ -58,26 +76,42 @@ pub(crate) async fn serve(send: SendHalf, recv: RecvHalf, backends: Backends) {
 /// One request to a backend, phase by phase: prepare the backend request, call the backend,
 /// send the response head (with what of the body is already at hand), then stream the body or
 /// splice an upgraded connection.
-async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv: FramedRecv) {
-    let prepared = match prepare(head, backend, recv) {
+async fn proxy(
+    head: RequestHead,
+    backend: &Backend,
+    mut send: FramedSend,
+    recv: FramedRecv,
+    rec: Recording<'_>,
+) {
+    let prepared = match prepare(head, backend, recv, rec.rec.as_ref()) {
         Ok(p) => p,
-        Err((code, message)) => return fail(&mut send, code, &message).await,
+        Err((code, message)) => return rec.fail(&mut send, code, &message).await,
     };
     let (offered, upgrade_recv) = prepared.upgrade.unzip();
     let response = match call(backend, prepared.req, prepared.body_sent, &mut send).await {
         Ok(Some(r)) => r,
-        Ok(None) => return,
-        Err((code, message)) => return fail(&mut send, code, &message).await,
+        Ok(None) => {
+            if let Some(r) = &rec.rec {
+                r.failed("the relay cancelled the request");
+            }
+            return;
+        }
+        Err((code, message)) => return rec.fail(&mut send, code, &message).await,
     };
     let switch = match switch_of(response, offered.as_ref(), upgrade_recv) {
         Ok(s) => s,
-        Err((code, message)) => return fail(&mut send, code, &message).await,
+        Err((code, message)) => return rec.fail(&mut send, code, &message).await,
     };
     match switch {
         Switch::No(response) => {
-            let (parts, mut body) = response.into_parts();
+            let (parts, body) = response.into_parts();
             let mut headers = parts.headers;
             strip_hop_by_hop(&mut headers);
+            let tap = rec
+                .rec
+                .as_ref()
+                .map(|r| r.response(parts.status, &headers, rec.redact));
+            let mut body = body.tapped(tap);
             match send_head(parts.status, headers, Some(&mut body), &mut send).await {
                 Ok(HeadSent::Ended) | Err(()) => {}
                 Ok(HeadSent::More) => stream_body(body, send).await,
@@ -89,6 +123,11 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
             on_upgrade,
             recv,
         } => {
+            if let Some(r) = &rec.rec {
+                let tap = r.response(status, &headers, rec.redact);
+                r.upgraded();
+                drop(tap);
+            }
             if send_head(status, headers, None, &mut send).await.is_err() {
                 return;
             }
@@ -103,6 +142,36 @@ async fn proxy(head: RequestHead, backend: &Backend, mut send: FramedSend, recv:
 /// Why a stream failed before its response head: the code and detail the relay gets.
 type Failure = (ErrorCode, String);
 
+/// The inspector's record of this request, when the inspector runs.
+struct Recording<'a> {
+    rec: Option<Arc<Exchange>>,
+    redact: &'a [http::HeaderName],
+}
+
+impl Recording<'_> {
+    /// [`fail`], noted in the record.
+    async fn fail(&self, send: &mut FramedSend, code: ErrorCode, message: &str) {
+        if let Some(r) = &self.rec {
+            r.failed(&format!("{code:?}: {message}"));
+        }
+        fail(send, code, message).await
+    }
+}
+
+/// The headers of a backend request, from those the relay sent (hop-by-hop headers are removed
+/// again, whatever the relay did): the target's own `Host`, or the visitor's for targets that
+/// preserve it.
+pub(crate) fn backend_headers(headers: &mut http::HeaderMap, target: &Target) {
+    strip_hop_by_hop(headers);
+    headers.remove(http::header::HOST);
+    if target.preserve_host {
+        // The relay set X-Forwarded-Host from the visitor's Host (or its trusted proxy's).
+        if let Some(host) = headers.get("x-forwarded-host").cloned() {
+            headers.insert(http::header::HOST, host);
+        }
+    }
+}
+
 /// A backend request ready to send, and what the stream keeps for later.
 struct Prepared {
     req: Request<BackendBody>,
@@ -114,7 +183,12 @@ struct Prepared {
 
 /// Phase 1: the backend request — the URI below the target (path guarantee checked), header
 /// hygiene, the target's Host choice, and the upgrade allow-list.
-fn prepare(head: RequestHead, backend: &Backend, recv: FramedRecv) -> Result<Prepared, Failure> {
+fn prepare(
+    head: RequestHead,
+    backend: &Backend,
+    recv: FramedRecv,
+    rec: Option<&Arc<Exchange>>,
+) -> Result<Prepared, Failure> {
     let uri = backend
         .uri(&head.path_and_query)
         .map_err(|e| (ErrorCode::PROTOCOL_ERROR, format!("bad path: {e}")))?;
@@ -128,14 +202,7 @@ fn prepare(head: RequestHead, backend: &Backend, recv: FramedRecv) -> Result<Pre
     let upgrade = upgrade_of(&headers)
         .filter(|_| head.content_length == Some(0))
         .and_then(|v| allowed_upgrade(&v, |p| backend.target.allows_upgrade(p)));
-    strip_hop_by_hop(&mut headers);
-    headers.remove(http::header::HOST);
-    if backend.target.preserve_host {
-        // The relay set X-Forwarded-Host from the visitor's Host (or its trusted proxy's).
-        if let Some(host) = headers.get("x-forwarded-host").cloned() {
-            headers.insert(http::header::HOST, host);
-        }
-    }
+    backend_headers(&mut headers, &backend.target);
     if let Some(len) = head.content_length {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     }
@@ -145,9 +212,15 @@ fn prepare(head: RequestHead, backend: &Backend, recv: FramedRecv) -> Result<Pre
     let (body, upgrade) = match upgrade {
         Some(value) => {
             restore_upgrade(&mut headers, value.clone());
-            (TunnelBody::empty(body_done), Some((value, recv)))
+            (
+                Body::tunnel(TunnelBody::empty(body_done)),
+                Some((value, recv)),
+            )
         }
-        None => (TunnelBody::new(recv, head.content_length, body_done), None),
+        None => {
+            let body = Body::tunnel(TunnelBody::new(recv, head.content_length, body_done));
+            (body.tapped(rec.map(|r| r.request_tap())), None)
+        }
     };
     let mut req = Request::new(body);
     *req.method_mut() = head.method;
@@ -168,7 +241,7 @@ async fn call(
     req: Request<BackendBody>,
     body_sent: tokio::sync::oneshot::Receiver<()>,
     send: &mut FramedSend,
-) -> Result<Option<http::Response<hyper::body::Incoming>>, Failure> {
+) -> Result<Option<http::Response<ResponseBody>>, Failure> {
     let timeout = backend.target.timeout;
     let deadline = async {
         let _ = body_sent.await;
@@ -201,7 +274,7 @@ async fn call(
 
 /// Whether the backend switched protocols.
 enum Switch {
-    No(http::Response<hyper::body::Incoming>),
+    No(http::Response<ResponseBody>),
     Yes {
         status: StatusCode,
         headers: http::HeaderMap,
@@ -214,7 +287,7 @@ enum Switch {
 /// asked for (or to another protocol) would hand the visitor's connection to whatever the
 /// backend speaks next.
 fn switch_of(
-    mut response: http::Response<hyper::body::Incoming>,
+    mut response: http::Response<ResponseBody>,
     offered: Option<&HeaderValue>,
     recv: Option<FramedRecv>,
 ) -> Result<Switch, Failure> {
@@ -259,7 +332,7 @@ enum HeadSent {
 async fn send_head(
     status: StatusCode,
     headers: http::HeaderMap,
-    body: Option<&mut hyper::body::Incoming>,
+    body: Option<&mut ResponseBody>,
     send: &mut FramedSend,
 ) -> Result<HeadSent, ()> {
     if headers.len() > tunnel_protocol::MAX_HEADERS {
@@ -324,7 +397,7 @@ async fn send_head(
 }
 
 /// Phase 5: the rest of the body, frame by frame, until it ends, fails, or the relay stops it.
-async fn stream_body(mut body: hyper::body::Incoming, mut send: FramedSend) {
+async fn stream_body(mut body: ResponseBody, mut send: FramedSend) {
     loop {
         // Why select: a slow backend chunk must not delay noticing that the visitor went away.
         let frame = tokio::select! {

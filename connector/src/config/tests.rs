@@ -179,3 +179,43 @@ fn upgrades_default_to_websocket_and_never_allow_h2c() {
         assert_eq!(Config::from_file(f, None).is_ok(), ok, "{list:?}");
     }
 }
+
+#[test]
+fn the_inspector_is_off_by_default_and_loopback_only() {
+    assert!(Config::from_file(base(), None).unwrap().inspect.is_none());
+    let with = |listen: &str, remote: bool, f: fn(&mut InspectFile)| {
+        let mut c = base();
+        c.inspect.listen = Some(listen.into());
+        c.inspect.allow_remote = remote;
+        f(&mut c.inspect);
+        Config::from_file(c, None)
+    };
+    let i = with("127.0.0.1:4040", false, |i| {
+        i.redact = vec!["X-Api-Key".into()]
+    })
+    .unwrap()
+    .inspect
+    .unwrap();
+    assert_eq!((i.entries, i.body_bytes), (100, 16 * 1024));
+    let names: Vec<&str> = i.redact.iter().map(|h| h.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "authorization",
+            "proxy-authorization",
+            "cookie",
+            "set-cookie",
+            "x-api-key"
+        ]
+    );
+    assert!(with("[::1]:4040", false, |_| {}).is_ok());
+    let e = with("0.0.0.0:4040", false, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("loopback") && e.contains("allow_remote"), "{e}");
+    assert!(with("0.0.0.0:4040", true, |_| {}).is_ok());
+    assert!(with("localhost", false, |_| {}).is_err());
+    assert!(with("127.0.0.1:1", false, |i| i.entries = Some(0)).is_err());
+    assert!(with("127.0.0.1:1", false, |i| i.body_bytes = Some(2 << 20)).is_err());
+    assert!(with("127.0.0.1:1", false, |i| i.redact =
+        vec!["bad header".into()])
+    .is_err());
+}
