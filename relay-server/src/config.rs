@@ -427,7 +427,8 @@ impl Config {
             (None, None) => None,
             _ => {
                 return Err(ConfigError::new(
-                    "tls: set both cert and key, or neither (self-signed)",
+                    "tls: set both cert and key ([tls] in the file, RELAY_TLS__CERT and \
+                     RELAY_TLS__KEY, or --tls-cert and --tls-key), or neither (self-signed)",
                 ))
             }
         };

@@ -15,6 +15,13 @@ pub struct Cidr {
     prefix: u8,
 }
 
+/// `ADDR/PREFIX`, as [`Cidr::parse`] reads it (`relay-server config check` prints it).
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 impl Cidr {
     /// Parses `ADDR` or `ADDR/PREFIX`.
     pub fn parse(s: &str) -> Result<Cidr, String> {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use process_setup::layered::{ProcessEnv, EXIT_CONFIG};
-use relay_server::cli::{Cli, Command, ListenArgs};
+use relay_server::cli::{Cli, Command, ConfigCommand, ListenArgs};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -17,6 +17,19 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
+    // `config check` ends here: 0 with the effective settings, or 64 like any configuration error.
+    if let Some(Command::Config(ConfigCommand::Check(_))) = &cli.command {
+        return match relay_server::cli::check_config(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("relay-server: configuration error: {e}");
+                ExitCode::from(EXIT_CONFIG as u8)
+            }
+        };
+    }
     let command = cli.command.unwrap_or(Command::Run(ListenArgs::default()));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

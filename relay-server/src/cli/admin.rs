@@ -20,7 +20,7 @@ pub enum AdminCommand {
     /// Show the newest admin actions (who changed what).
     Log {
         /// How many, newest first.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, value_name = "N", default_value_t = 50)]
         limit: u32,
     },
 }
@@ -29,11 +29,17 @@ pub enum AdminCommand {
 #[derive(Subcommand, Debug)]
 pub enum AdminTokenCommand {
     /// Create an API token; it is printed once.
-    Create { name: String },
+    Create {
+        /// A unique name for the token (letters, digits, '-'), e.g. ci-deploy.
+        name: String,
+    },
     /// List API tokens (never their values).
     List,
     /// Revoke an API token by id or name.
-    Revoke { token: String },
+    Revoke {
+        /// The token's id or name, as `admin token list` shows them.
+        token: String,
+    },
 }
 
 /// `admin user …`
@@ -41,7 +47,9 @@ pub enum AdminTokenCommand {
 pub enum AdminUserCommand {
     /// Create an admin user; a password is generated and printed unless --password-file is given.
     Create {
+        /// The login name.
         username: String,
+        /// Read the password (at least 12 characters) from this file instead of generating one.
         #[arg(long, value_name = "FILE")]
         password_file: Option<PathBuf>,
     },

@@ -1,8 +1,10 @@
-//! The relay's command line: `run`, `quickstart`, `migrate` and the provisioning commands, one
-//! module per command group (`tenant`, `admin`, `node`, `queue`, `quickstart`). `main` parses and dispatches here;
-//! everything returns `anyhow` errors or a config error.
+//! The relay's command line: `run`, `quickstart`, `migrate`, `config check` and the provisioning
+//! commands, one module per command group (`tenant`, `admin`, `node`, `queue`, `config`,
+//! `quickstart`). `main` parses and dispatches here; everything returns `anyhow` errors or a config
+//! error.
 
 mod admin;
+mod config;
 mod node;
 mod queue;
 #[cfg(feature = "quickstart")]
@@ -10,6 +12,7 @@ mod quickstart;
 mod tenant;
 
 pub use admin::{AdminCommand, AdminTokenCommand, AdminUserCommand};
+pub use config::{check as check_config, mask_database_url, ConfigCommand};
 pub use node::NodeCommand;
 pub use queue::{QueueCommand, TenantQueueArgs};
 pub use tenant::{CredentialCommand, HostnameCommand, TenantCommand};
@@ -60,7 +63,7 @@ pub enum Command {
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
-    /// Manage admin users.
+    /// Admin users, API tokens for the management API, and the admin-action log.
     #[command(subcommand)]
     Admin(AdminCommand),
     /// The relay nodes sharing this database.
@@ -69,9 +72,13 @@ pub enum Command {
     /// Queue mode's messages: list a tenant's, show, retry or discard one.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Check the configuration: print the effective settings (secrets masked) and exit 0, or the
+    /// error and exit 64.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
-/// Listener flags.
+/// The flags of `run` (and `quickstart`, `config check`): listeners and the TLS certificate.
 #[derive(Args, Debug, Default)]
 pub struct ListenArgs {
     /// HTTPS (TCP) and QUIC (UDP) address.
@@ -83,6 +90,13 @@ pub struct ListenArgs {
     /// Admin listener address.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
+    /// PEM certificate chain for the HTTPS ingress and QUIC (sets tls.cert; give --tls-key too,
+    /// unless the config file sets it).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of that certificate (sets tls.key).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Cli {
@@ -99,10 +113,13 @@ impl Cli {
             flags.insert("database_url".into(), toml::Value::String(u.clone()));
         }
         let listen = match &self.command {
-            Some(Command::Run(l)) | Some(Command::Quickstart(l)) => Some(l),
+            Some(Command::Run(l))
+            | Some(Command::Quickstart(l))
+            | Some(Command::Config(ConfigCommand::Check(l))) => Some(l),
             _ => None,
         };
         let mut table = toml::Table::new();
+        let mut tls = toml::Table::new();
         if let Some(l) = listen {
             for (key, v) in [
                 ("https", &l.listen),
@@ -113,9 +130,17 @@ impl Cli {
                     table.insert(key.into(), toml::Value::String(v.clone()));
                 }
             }
+            for (key, v) in [("cert", &l.tls_cert), ("key", &l.tls_key)] {
+                if let Some(v) = v {
+                    tls.insert(key.into(), toml::Value::String(v.display().to_string()));
+                }
+            }
         }
         if !table.is_empty() {
             flags.insert("listen".into(), toml::Value::Table(table));
+        }
+        if !tls.is_empty() {
+            flags.insert("tls".into(), toml::Value::Table(tls));
         }
         // The quickstart listens on loopback with an admin listener unless told otherwise.
         let mut defaults = toml::Table::new();
@@ -149,13 +174,20 @@ pub async fn dispatch(
         ),
         Command::Migrate => {
             open_store(&config).await?;
-            println!("database is up to date: {}", config.database_url);
+            println!(
+                "database is up to date: {}",
+                mask_database_url(&config.database_url)
+            );
             Ok(())
         }
         Command::Tenant(cmd) => tenant::tenant(cmd, &config).await,
         Command::Admin(cmd) => admin::admin(cmd, &config).await,
         Command::Node(cmd) => node::node(cmd, &config).await,
         Command::Queue(cmd) => queue::queue(cmd, &config).await,
+        Command::Config(ConfigCommand::Check(_)) => {
+            print!("{}", check_config(&config)?);
+            Ok(())
+        }
     }
 }
 
@@ -172,9 +204,12 @@ fn format_ms(ms: i64) -> String {
 async fn open_store(config: &Config) -> anyhow::Result<Store> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    Store::connect(&config.database_url)
-        .await
-        .with_context(|| format!("opening database {}", config.database_url))
+    Store::connect(&config.database_url).await.with_context(|| {
+        format!(
+            "opening database {}",
+            mask_database_url(&config.database_url)
+        )
+    })
 }
 
 fn hasher(config: &Config) -> anyhow::Result<SecretHasher> {

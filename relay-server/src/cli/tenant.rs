@@ -10,25 +10,41 @@ use crate::config::Config;
 #[derive(Subcommand, Debug)]
 pub enum TenantCommand {
     /// Create a tenant.
-    Create { name: String },
+    Create {
+        /// The tenant's name: a-z, 0-9 and '-', up to 63 characters (stored lowercase).
+        name: String,
+    },
     /// List tenants.
     List,
     /// Show one tenant.
-    Show { name: String },
+    Show {
+        /// The tenant's name.
+        name: String,
+    },
     /// Enable a tenant.
-    Enable { name: String },
+    Enable {
+        /// The tenant's name.
+        name: String,
+    },
     /// Disable a tenant (its visitors get 404, its sessions close).
-    Disable { name: String },
+    Disable {
+        /// The tenant's name.
+        name: String,
+    },
     /// Delete a tenant and its credentials.
-    Delete { name: String },
+    Delete {
+        /// The tenant's name.
+        name: String,
+    },
     /// Change a tenant's settings and limits (unset flags keep their values).
     Set {
+        /// The tenant's name.
         name: String,
         /// A name for people.
-        #[arg(long)]
+        #[arg(long, value_name = "TEXT")]
         display_name: Option<String>,
         /// Free text for admins.
-        #[arg(long)]
+        #[arg(long, value_name = "TEXT")]
         description: Option<String>,
         /// Keep query strings in this tenant's audit records (true/false; default false).
         #[arg(long, value_name = "BOOL")]
@@ -62,15 +78,26 @@ pub enum TenantCommand {
 pub enum HostnameCommand {
     /// Route a hostname (e.g. app.contoso.example) to one of the tenant's targets.
     Add {
+        /// The tenant.
         tenant: String,
+        /// The public DNS name, e.g. app.contoso.example (it belongs to this tenant only).
         hostname: String,
-        #[arg(long)]
+        /// The connector target that serves it.
+        #[arg(long, value_name = "TARGET")]
         target: String,
     },
     /// List a tenant's hostnames.
-    List { tenant: String },
+    List {
+        /// The tenant.
+        tenant: String,
+    },
     /// Remove a hostname.
-    Remove { tenant: String, hostname: String },
+    Remove {
+        /// The tenant.
+        tenant: String,
+        /// The hostname to remove.
+        hostname: String,
+    },
 }
 
 /// `tenant credential …`
@@ -78,14 +105,24 @@ pub enum HostnameCommand {
 pub enum CredentialCommand {
     /// Create a credential and print its secret (shown only this once).
     Create {
+        /// The tenant.
         tenant: String,
-        #[arg(long, default_value = "")]
+        /// A note for people, e.g. the site or host the connector runs on.
+        #[arg(long, value_name = "TEXT", default_value = "")]
         label: String,
     },
     /// List a tenant's credentials (never their secrets).
-    List { tenant: String },
+    List {
+        /// The tenant.
+        tenant: String,
+    },
     /// Revoke a credential; sessions using it close.
-    Revoke { tenant: String, id: String },
+    Revoke {
+        /// The tenant.
+        tenant: String,
+        /// The credential's id, as `tenant credential list` shows it.
+        id: String,
+    },
 }
 
 pub(super) async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Result<()> {
