@@ -1,127 +1,27 @@
 //! `connector`: CLI → config → tracing → run until Ctrl-C/SIGTERM → exit code.
 
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use cli::{Cli, Command, ConfigCommand, RunArgs, ServiceCommand};
+use connector::service::{self, ServiceError};
 use connector::{Config, Connector};
-use process_setup::layered::{ConfigError, ProcessEnv, EXIT_CONFIG};
+use process_setup::layered::EXIT_CONFIG;
 use tokio_util::sync::CancellationToken;
 
-/// The on-premises agent of the relay tunnel: dials out to the relay and forwards its requests to
-/// local backends. Settings come from --config FILE, CONNECTOR_* variables and these flags.
-#[derive(Parser, Debug)]
-#[command(name = "connector", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Connect to the relay and serve requests until stopped.
-    Run(RunArgs),
-    /// Register the connector with the service manager (systemd on Linux).
-    #[command(subcommand)]
-    Service(ServiceCommand),
-}
-
-#[derive(Subcommand, Debug)]
-enum ServiceCommand {
-    /// Write a systemd unit that runs `connector run --config FILE`, then enable and start it.
-    Install {
-        /// The config file the service runs with (validated now).
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-        /// Unit name.
-        #[arg(long, default_value = "relay-connector")]
-        name: String,
-        /// Where to write the unit.
-        #[arg(long, value_name = "DIR", default_value = connector::service::SYSTEM_UNIT_DIR)]
-        unit_dir: PathBuf,
-        /// Only write the unit; do not call systemctl.
-        #[arg(long)]
-        no_start: bool,
-    },
-    /// Stop, disable and remove the unit.
-    Uninstall {
-        #[arg(long, default_value = "relay-connector")]
-        name: String,
-        #[arg(long, value_name = "DIR", default_value = connector::service::SYSTEM_UNIT_DIR)]
-        unit_dir: PathBuf,
-        /// Only remove the unit file; do not call systemctl.
-        #[arg(long)]
-        no_stop: bool,
-    },
-    /// Start the service.
-    Start {
-        #[arg(long, default_value = "relay-connector")]
-        name: String,
-    },
-    /// Stop the service.
-    Stop {
-        #[arg(long, default_value = "relay-connector")]
-        name: String,
-    },
-    /// Show the service's state.
-    Status {
-        #[arg(long, default_value = "relay-connector")]
-        name: String,
-    },
-}
-
-#[derive(clap::Args, Debug)]
-struct RunArgs {
-    /// TOML config file.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// The relay, e.g. https://relay.example.com (port 443 unless given).
-    #[arg(long, value_name = "URL")]
-    server: Option<String>,
-    /// The tenant this connector serves.
-    #[arg(long, value_name = "NAME")]
-    tenant: Option<String>,
-    /// A file holding the tenant credential secret.
-    #[arg(long, value_name = "FILE")]
-    secret_file: Option<PathBuf>,
-    /// A target: NAME=URL[,timeout=30s][,ca-cert=FILE][,insecure][,http2][,preserve-host]
-    /// [,upgrade=PROTOCOL]…[,no-upgrades]. Repeatable.
-    #[arg(long = "target", value_name = "NAME=URL")]
-    targets: Vec<String>,
-    /// Extra PEM roots to verify the relay's certificate.
-    #[arg(long, value_name = "FILE")]
-    ca_cert: Option<PathBuf>,
-    /// auto (default: QUIC, falling back to TLS over TCP on the same port), quic or tcp.
-    #[arg(long, value_name = "MODE")]
-    transport: Option<String>,
-    /// HTTP CONNECT proxy, http://[user:password@]host:port (default: HTTPS_PROXY unless NO_PROXY
-    /// matches the relay).
-    #[arg(long, value_name = "URL")]
-    proxy: Option<String>,
-    /// A file holding user:password for the proxy.
-    #[arg(long, value_name = "FILE")]
-    proxy_credentials_file: Option<PathBuf>,
-    /// Default backend response timeout for targets without their own, e.g. 30s.
-    #[arg(long, value_name = "DURATION")]
-    timeout: Option<String>,
-    /// Log format: text (default) or json. Level from RUST_LOG.
-    #[arg(long, value_name = "FORMAT", default_value = "text")]
-    log_format: String,
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let args = match cli.command {
+    let args = match Cli::parse().command {
         Command::Run(args) => args,
+        Command::Config(ConfigCommand::Check(args)) => return config_check(&args),
         Command::Service(cmd) => return service(cmd),
     };
     process_setup::init_tracing(&args.log_format, "info,quinn=warn,rustls=warn");
-    let config = match load(&args) {
+    let config = match args.load() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("connector: configuration error: {e}");
-            return ExitCode::from(EXIT_CONFIG as u8);
-        }
+        Err(e) => return config_error(e),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -133,10 +33,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         let connector = match Connector::new(config) {
             Ok(c) => c,
-            Err(e) => {
-                eprintln!("connector: configuration error: {e}");
-                return ExitCode::from(EXIT_CONFIG as u8);
-            }
+            Err(e) => return config_error(e),
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(process_setup::cancel_on_signal(shutdown.clone()));
@@ -145,52 +42,51 @@ fn main() -> ExitCode {
     })
 }
 
+/// `config check`: the effective configuration, or the error and 64.
+fn config_check(args: &RunArgs) -> ExitCode {
+    // Nothing is opened or bound: a running connector's listeners are not disturbed.
+    match args.load() {
+        Ok(config) => {
+            print!("{}", cli::render(&config));
+            ExitCode::SUCCESS
+        }
+        Err(e) => config_error(e),
+    }
+}
+
+fn config_error(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("connector: configuration error: {e}");
+    ExitCode::from(EXIT_CONFIG as u8)
+}
+
 fn service(cmd: ServiceCommand) -> ExitCode {
-    use connector::service::{self, Unit};
     let result = match cmd {
         ServiceCommand::Install {
             config,
             name,
             unit_dir,
             no_start,
-        } => {
-            // The unit must not point at a config that would fail at every restart.
-            if let Err(e) = Config::load(
-                Some(&config),
-                &process_setup::layered::ProcessEnv,
-                toml::Table::new(),
-            ) {
-                eprintln!(
-                    "connector: configuration error in {}: {e}",
-                    config.display()
-                );
-                return ExitCode::from(EXIT_CONFIG as u8);
-            }
-            let exe = std::env::current_exe().and_then(|p| p.canonicalize());
-            let config = config.canonicalize();
-            match (exe, config) {
-                (Ok(exe), Ok(config)) => {
-                    service::install(&Unit { name, exe, config }, &unit_dir, !no_start)
-                        .map(|p| format!("installed {}", p.display()))
-                }
-                (Err(e), _) | (_, Err(e)) => Err(service::ServiceError::Io(PathBuf::from("."), e)),
-            }
-        }
+        } => install(config, name, unit_dir, !no_start),
         ServiceCommand::Uninstall {
             name,
             unit_dir,
             no_stop,
-        } => service::uninstall(&name, &unit_dir, !no_stop)
-            .map(|p| format!("removed {}", p.display())),
-        ServiceCommand::Start { name } => service::control("start", &name),
-        ServiceCommand::Stop { name } => service::control("stop", &name),
-        ServiceCommand::Status { name } => service::control("status", &name),
+        } => uninstall(&name, &unit_dir, !no_stop),
+        ServiceCommand::Start { name } => control("start", &name),
+        ServiceCommand::Stop { name } => control("stop", &name),
+        ServiceCommand::Status { name } => control("status", &name),
+        ServiceCommand::Run { config, name } => {
+            run_as_service(&name, &config).map(|()| String::new())
+        }
     };
     match result {
         Ok(text) => {
-            println!("{}", text.trim_end());
+            if !text.is_empty() {
+                println!("{}", text.trim_end());
+            }
             ExitCode::SUCCESS
         }
+        Err(ServiceError::Config(e)) => config_error(e),
         Err(e) => {
             eprintln!("connector: {e}");
             ExitCode::FAILURE
@@ -198,66 +94,95 @@ fn service(cmd: ServiceCommand) -> ExitCode {
     }
 }
 
-fn load(args: &RunArgs) -> Result<Config, ConfigError> {
-    let mut flags = toml::Table::new();
-    let mut put = |k: &str, v: Option<String>| {
-        if let Some(v) = v {
-            flags.insert(k.to_string(), toml::Value::String(v));
-        }
+fn install(
+    config: Option<PathBuf>,
+    name: String,
+    unit_dir: PathBuf,
+    start: bool,
+) -> Result<String, ServiceError> {
+    let config = match config {
+        Some(c) => c,
+        None if cfg!(windows) => service::WindowsLayout::from_env().config(),
+        None => return Err(ServiceError::Config("--config FILE is required".into())),
     };
-    put("server", args.server.clone());
-    put("tenant", args.tenant.clone());
-    put(
-        "secret_file",
-        args.secret_file.as_ref().map(|p| p.display().to_string()),
-    );
-    put(
-        "ca_cert",
-        args.ca_cert.as_ref().map(|p| p.display().to_string()),
-    );
-    put("transport", args.transport.clone());
-    put("proxy", args.proxy.clone());
-    put(
-        "proxy_credentials_file",
-        args.proxy_credentials_file
-            .as_ref()
-            .map(|p| p.display().to_string()),
-    );
-    put("timeout", args.timeout.clone());
-    if !args.targets.is_empty() {
-        let mut targets = toml::Table::new();
-        for spec in &args.targets {
-            let (name, t) = connector::config::parse_target_flag(spec)?;
-            let mut entry = toml::Table::new();
-            entry.insert("url".into(), toml::Value::String(t.url));
-            if let Some(d) = t.timeout {
-                entry.insert(
-                    "timeout".into(),
-                    toml::Value::String(humantime::format_duration(d).to_string()),
-                );
-            }
-            if let Some(p) = t.ca_cert {
-                entry.insert(
-                    "ca_cert".into(),
-                    toml::Value::String(p.display().to_string()),
-                );
-            }
-            for (key, on) in [
-                ("insecure", t.insecure),
-                ("http2", t.http2),
-                ("preserve_host", t.preserve_host),
-            ] {
-                if on {
-                    entry.insert(key.into(), toml::Value::Boolean(true));
-                }
-            }
-            if let Some(list) = t.upgrades {
-                let list = list.into_iter().map(toml::Value::String).collect();
-                entry.insert("upgrades".into(), toml::Value::Array(list));
-            }
-            targets.insert(name, toml::Value::Table(entry));
-        }
-        flags.insert("targets".into(), toml::Value::Table(targets));
+    // The service must not point at a config that would fail at every restart.
+    Config::load(
+        Some(&config),
+        &process_setup::layered::ProcessEnv,
+        toml::Table::new(),
+    )
+    .map_err(|e| ServiceError::Config(format!("{}: {e}", config.display())))?;
+    let io = |p: &str, e| ServiceError::Io(PathBuf::from(p), e);
+    let exe = std::env::current_exe()
+        .and_then(|p| p.canonicalize())
+        .map_err(|e| io("connector executable", e))?;
+    let config = std::path::absolute(&config).map_err(|e| io("config", e))?;
+    #[cfg(windows)]
+    {
+        let _ = unit_dir;
+        service::windows::install(&service::windows::Install {
+            name,
+            exe: strip_verbatim(exe),
+            config,
+            start,
+        })
     }
-    Config::load(args.config.as_deref(), &ProcessEnv, flags)
+    #[cfg(not(windows))]
+    {
+        let config = config.canonicalize().map_err(|e| io("config", e))?;
+        service::systemd::install(&service::Unit { name, exe, config }, &unit_dir, start)
+            .map(|p| format!("installed {}", p.display()))
+    }
+}
+
+fn uninstall(name: &str, unit_dir: &std::path::Path, stop: bool) -> Result<String, ServiceError> {
+    #[cfg(windows)]
+    {
+        let _ = (unit_dir, stop);
+        service::windows::uninstall(name)
+    }
+    #[cfg(not(windows))]
+    {
+        service::systemd::uninstall(name, unit_dir, stop)
+            .map(|p| format!("removed {}", p.display()))
+    }
+}
+
+fn control(action: &str, name: &str) -> Result<String, ServiceError> {
+    #[cfg(windows)]
+    {
+        match action {
+            "start" => service::windows::start(name),
+            "stop" => service::windows::stop(name),
+            _ => service::windows::status(name),
+        }
+    }
+    #[cfg(not(windows))]
+    {
+        service::systemd::control(action, name)
+    }
+}
+
+fn run_as_service(name: &str, config: &std::path::Path) -> Result<(), ServiceError> {
+    #[cfg(windows)]
+    {
+        service::windows::run(name, config)
+    }
+    #[cfg(not(windows))]
+    {
+        let _ = (name, config);
+        Err(ServiceError::Unsupported(
+            "`service run` (the Windows service entry point; use `connector run`)",
+        ))
+    }
+}
+
+/// `canonicalize` on Windows gives `\\?\C:\…`, which the Service Control Manager's command line
+/// does not need.
+#[cfg(windows)]
+fn strip_verbatim(p: PathBuf) -> PathBuf {
+    match p.to_str().and_then(|s| s.strip_prefix(r"\\?\")) {
+        Some(rest) if !rest.starts_with("UNC") => PathBuf::from(rest),
+        _ => p,
+    }
 }

@@ -1,88 +1,66 @@
 //! `connector service install|uninstall|start|stop|status`: registers the connector with the
-//! operating system's service manager. On Linux that is a systemd unit that runs
-//! `connector run --config FILE` and restarts it forever; other platforms are refused with a clear
-//! message (the Windows service arrives with its own change).
+//! operating system's service manager — a systemd unit on Linux ([`systemd`]), a Service Control
+//! Manager service on Windows ([`windows`], the crate's only Windows-only code).
+//!
+//! What the Windows service needs that is plain data lives here, so it is tested on every
+//! platform: where its files go under `%ProgramData%` ([`WindowsLayout`]), the command line the
+//! Service Control Manager starts ([`windows_arguments`]), and how it restarts a failed service
+//! ([`RESTART_DELAYS`], [`FAILURE_RESET`]).
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::time::Duration;
 
-/// Where units go by default.
-pub const SYSTEM_UNIT_DIR: &str = "/etc/systemd/system";
+pub mod systemd;
+#[cfg(windows)]
+pub mod windows;
 
-/// What to install.
-#[derive(Debug, Clone)]
-pub struct Unit {
-    /// Unit name without `.service`.
-    pub name: String,
-    /// The connector binary to run.
-    pub exe: PathBuf,
-    /// The config file it runs with (absolute).
-    pub config: PathBuf,
-}
+pub use systemd::{Unit, SYSTEM_UNIT_DIR};
+
+/// The service (and systemd unit) name unless `--name` says otherwise.
+pub const DEFAULT_NAME: &str = "relay-connector";
+
+/// The folder under `%ProgramData%` that holds the Windows service's files.
+pub const WINDOWS_DIR: &str = "relay-connector";
+
+/// How long the Service Control Manager waits before restarting a failed service: after the
+/// first failure, the second, and every one after.
+pub const RESTART_DELAYS: [Duration; 3] = [
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+    Duration::from_secs(30),
+];
+
+/// A day without failures resets the restart count.
+pub const FAILURE_RESET: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long Stop may take: the drain of in-flight streams plus the session's goodbye.
+pub const STOP_WAIT_HINT: Duration = Duration::from_secs(60);
 
 /// A service-management failure.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// This platform has no supported service manager.
-    #[error("service management is supported on Linux (systemd) only in this build")]
-    Unsupported,
-    /// A unit file could not be written or removed.
+    /// The service name is not usable.
+    #[error("invalid service name {0:?}: use letters, digits, '-', '_' and '.'")]
+    InvalidName(String),
+    /// A file could not be written, read or removed.
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
+    /// The service's configuration is invalid (exit code 64).
+    #[error("configuration error: {0}")]
+    Config(String),
     /// `systemctl` failed.
     #[error("systemctl {0} failed: {1}")]
     Systemctl(String, String),
-    /// The unit name is not usable.
-    #[error("invalid service name {0:?}: use letters, digits, '-', '_' and '.'")]
-    InvalidName(String),
+    /// This platform has no such service manager.
+    #[error("{0}: not supported on this platform")]
+    Unsupported(&'static str),
+    /// A Service Control Manager or Event Log call failed: what was tried, and why.
+    #[error("{0}: {1}")]
+    Windows(String, String),
 }
 
-impl Unit {
-    /// The systemd unit text.
-    pub fn render(&self) -> String {
-        format!(
-            "[Unit]\n\
-             Description=Relay tunnel connector ({name})\n\
-             Documentation=https://github.com/ (see docs/operations.md)\n\
-             Wants=network-online.target\n\
-             After=network-online.target\n\
-             \n\
-             [Service]\n\
-             Type=simple\n\
-             ExecStart={exe} run --config {config}\n\
-             Restart=always\n\
-             RestartPreventExitStatus=64\n\
-             RestartSec=2\n\
-             KillSignal=SIGTERM\n\
-             TimeoutStopSec=45\n\
-             NoNewPrivileges=yes\n\
-             ProtectSystem=strict\n\
-             ProtectHome=read-only\n\
-             PrivateTmp=yes\n\
-             PrivateDevices=yes\n\
-             ProtectKernelTunables=yes\n\
-             ProtectKernelModules=yes\n\
-             ProtectControlGroups=yes\n\
-             RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX\n\
-             RestrictNamespaces=yes\n\
-             LockPersonality=yes\n\
-             MemoryDenyWriteExecute=yes\n\
-             \n\
-             [Install]\n\
-             WantedBy=multi-user.target\n",
-            name = self.name,
-            exe = quote(&self.exe),
-            config = quote(&self.config),
-        )
-    }
-
-    /// The unit file path in `dir`.
-    pub fn path_in(&self, dir: &Path) -> PathBuf {
-        dir.join(format!("{}.service", self.name))
-    }
-}
-
-/// Validates a unit name.
+/// Validates a service or unit name.
 pub fn check_name(name: &str) -> Result<(), ServiceError> {
     let ok = !name.is_empty()
         && name.len() <= 200
@@ -96,123 +74,139 @@ pub fn check_name(name: &str) -> Result<(), ServiceError> {
     }
 }
 
-/// Writes the unit into `dir`; with `manage`, reloads systemd and enables + starts it.
-pub fn install(unit: &Unit, dir: &Path, manage: bool) -> Result<PathBuf, ServiceError> {
-    supported()?;
-    check_name(&unit.name)?;
-    let path = unit.path_in(dir);
-    std::fs::write(&path, unit.render()).map_err(|e| ServiceError::Io(path.clone(), e))?;
-    if manage {
-        systemctl(&["daemon-reload"])?;
-        systemctl(&["enable", "--now", &format!("{}.service", unit.name)])?;
-    }
-    Ok(path)
+/// Where the Windows service keeps its files: `%ProgramData%\relay-connector\` with
+/// `connector.toml`, `secret` (the tenant credential, readable by SYSTEM and Administrators only)
+/// and `logs\` (a file per day).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowsLayout {
+    /// The folder itself.
+    pub dir: PathBuf,
 }
 
-/// Stops and disables the unit (with `manage`) and removes its file from `dir`.
-pub fn uninstall(name: &str, dir: &Path, manage: bool) -> Result<PathBuf, ServiceError> {
-    supported()?;
-    check_name(name)?;
-    if manage {
-        // Stopping a unit that is not running is fine; a missing unit is reported by the removal.
-        let _ = systemctl(&["disable", "--now", &format!("{name}.service")]);
+impl WindowsLayout {
+    /// The layout for a value of `%ProgramData%`; `C:\ProgramData` when unset or empty.
+    pub fn new(program_data: Option<&OsStr>) -> WindowsLayout {
+        let base = match program_data {
+            Some(p) if !p.is_empty() => p.to_string_lossy().into_owned(),
+            _ => r"C:\ProgramData".to_string(),
+        };
+        WindowsLayout {
+            dir: windows_join(Path::new(&base), WINDOWS_DIR),
+        }
     }
-    let path = dir.join(format!("{name}.service"));
-    std::fs::remove_file(&path).map_err(|e| ServiceError::Io(path.clone(), e))?;
-    if manage {
-        systemctl(&["daemon-reload"])?;
+
+    /// The layout for this process's `%ProgramData%`.
+    pub fn from_env() -> WindowsLayout {
+        WindowsLayout::new(std::env::var_os("ProgramData").as_deref())
     }
-    Ok(path)
+
+    /// The default config file.
+    pub fn config(&self) -> PathBuf {
+        windows_join(&self.dir, "connector.toml")
+    }
+
+    /// The default secret file (`secret_file = "secret"` in the config resolves here).
+    pub fn secret(&self) -> PathBuf {
+        windows_join(&self.dir, "secret")
+    }
+
+    /// The rolling log files' folder.
+    pub fn logs(&self) -> PathBuf {
+        windows_join(&self.dir, "logs")
+    }
 }
 
-/// `systemctl start|stop|status NAME.service`; returns its output.
-pub fn control(action: &str, name: &str) -> Result<String, ServiceError> {
-    supported()?;
-    check_name(name)?;
-    systemctl(&[action, &format!("{name}.service")])
+/// The arguments the Service Control Manager starts `connector.exe` with (after the executable).
+pub fn windows_arguments(name: &str, config: &Path) -> Vec<OsString> {
+    vec![
+        "service".into(),
+        "run".into(),
+        "--name".into(),
+        name.into(),
+        "--config".into(),
+        config.as_os_str().to_owned(),
+    ]
 }
 
-fn supported() -> Result<(), ServiceError> {
-    if cfg!(target_os = "linux") {
-        Ok(())
+/// The service's display name in the Services console.
+pub fn windows_display_name(name: &str) -> String {
+    if name == DEFAULT_NAME {
+        "Relay tunnel connector".to_string()
     } else {
-        Err(ServiceError::Unsupported)
+        format!("Relay tunnel connector ({name})")
     }
 }
 
-fn systemctl(args: &[&str]) -> Result<String, ServiceError> {
-    let out = Command::new("systemctl")
-        .args(args)
-        .output()
-        .map_err(|e| ServiceError::Systemctl(args.join(" "), e.to_string()))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // `status` exits 3 for a stopped unit: still a useful answer.
-    if out.status.success() || (args.first() == Some(&"status") && out.status.code() == Some(3)) {
-        Ok(text)
-    } else {
-        Err(ServiceError::Systemctl(
-            args.join(" "),
-            text.trim().to_string(),
-        ))
-    }
-}
-
-/// Quotes a path for `ExecStart` when it contains spaces.
-fn quote(p: &Path) -> String {
-    let s = p.display().to_string();
-    if s.contains(' ') {
-        format!("\"{}\"", s.replace('"', "\\\""))
-    } else {
-        s
-    }
+/// Joins with a backslash whatever platform builds the path (the paths are Windows paths, and
+/// their tests run on Linux too).
+fn windows_join(base: &Path, name: &str) -> PathBuf {
+    let base = base.to_string_lossy();
+    PathBuf::from(format!("{}\\{name}", base.trim_end_matches(['\\', '/'])))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn unit() -> Unit {
-        Unit {
-            name: "relay-connector".into(),
-            exe: "/usr/bin/connector".into(),
-            config: "/etc/my connector/c.toml".into(),
-        }
-    }
-
-    #[test]
-    fn renders_a_restarting_hardened_unit() {
-        let text = unit().render();
-        assert!(
-            text.contains(
-                "ExecStart=/usr/bin/connector run --config \"/etc/my connector/c.toml\"\n"
-            ),
-            "{text}"
-        );
-        assert!(text.contains("Restart=always"));
-        assert!(text.contains("After=network-online.target"));
-        assert!(text.contains("NoNewPrivileges=yes"));
-        assert!(text.contains("WantedBy=multi-user.target"));
-    }
-
-    #[test]
-    fn installs_and_uninstalls_into_a_directory() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = install(&unit(), dir.path(), false).unwrap();
-        assert_eq!(path, dir.path().join("relay-connector.service"));
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), unit().render());
-        uninstall("relay-connector", dir.path(), false).unwrap();
-        assert!(!path.exists());
-        assert!(uninstall("relay-connector", dir.path(), false).is_err());
-    }
-
     #[test]
     fn rejects_odd_names() {
-        for bad in ["", "a/b", "../x", "a b", "x;rm"] {
+        for bad in ["", "a/b", "../x", "a b", "x;rm", "a\\b"] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
+        check_name(DEFAULT_NAME).unwrap();
+    }
+
+    #[test]
+    fn windows_files_live_under_program_data() {
+        let layout = WindowsLayout::new(Some(OsStr::new(r"D:\Data\")));
+        assert_eq!(layout.dir, PathBuf::from(r"D:\Data\relay-connector"));
+        assert_eq!(
+            layout.config(),
+            PathBuf::from(r"D:\Data\relay-connector\connector.toml")
+        );
+        assert_eq!(
+            layout.secret(),
+            PathBuf::from(r"D:\Data\relay-connector\secret")
+        );
+        assert_eq!(
+            layout.logs(),
+            PathBuf::from(r"D:\Data\relay-connector\logs")
+        );
+        for unset in [None, Some(OsStr::new(""))] {
+            assert_eq!(
+                WindowsLayout::new(unset).config(),
+                PathBuf::from(r"C:\ProgramData\relay-connector\connector.toml")
+            );
+        }
+    }
+
+    #[test]
+    fn the_service_runs_the_hidden_run_subcommand_with_its_config() {
+        let config = PathBuf::from(r"C:\ProgramData\relay-connector\my config.toml");
+        let args = windows_arguments("edge-1", &config);
+        assert_eq!(
+            args,
+            [
+                "service",
+                "run",
+                "--name",
+                "edge-1",
+                "--config",
+                r"C:\ProgramData\relay-connector\my config.toml"
+            ]
+            .map(OsString::from)
+        );
+        assert_eq!(windows_display_name(DEFAULT_NAME), "Relay tunnel connector");
+        assert_eq!(
+            windows_display_name("edge-1"),
+            "Relay tunnel connector (edge-1)"
+        );
+    }
+
+    #[test]
+    fn failed_services_restart_with_growing_delays() {
+        assert!(RESTART_DELAYS.windows(2).all(|w| w[0] < w[1]));
+        assert!(RESTART_DELAYS[0] >= Duration::from_secs(1));
+        assert!(FAILURE_RESET > RESTART_DELAYS[2]);
     }
 }
