@@ -428,6 +428,17 @@ pub async fn run(
              relay nodes cannot forward requests to this one"
         );
     }
+    // A node that joins forwards to tenants whose sessions are on other nodes from its first
+    // request on, not from its first heartbeat (bounded: a slow database does not hold it up).
+    let first_read = relay.cluster.refresh_elsewhere();
+    if tokio::time::timeout(std::time::Duration::from_secs(5), first_read)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "sessions on other nodes not read within 5 s; reading at the next heartbeat"
+        );
+    }
     let membership = tokio::spawn(node::run(
         relay.clone(),
         node,

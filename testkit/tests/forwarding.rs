@@ -596,7 +596,8 @@ async fn a_node_drained_under_load_loses_no_request() -> anyhow::Result<()> {
     assert_eq!(
         a.status,
         StatusCode::OK,
-        "the first request through a new node"
+        "the first request through a new node: {}",
+        a.text()
     );
 
     stop.store(true, Ordering::Relaxed);
