@@ -93,10 +93,13 @@ pub fn install(spec: &Install) -> Result<String, ServiceError> {
             actions: Some(actions),
         })
         .map_err(|e| windows_error("setting the failure actions", e))?;
-    // Also restart after a stop with an error exit code, not only after a crash.
-    service
-        .set_failure_actions_on_non_crash_failures(true)
-        .map_err(|e| windows_error("enabling restarts after failures", e))?;
+    // Also restart after a stop with an error exit code, not only after a crash. Wine's SCM
+    // lacks this setting (ERROR_INVALID_LEVEL): the service is still restarted after crashes.
+    let mut notes = String::new();
+    if let Err(e) = service.set_failure_actions_on_non_crash_failures(true) {
+        let e = windows_error("restarts after error exits", e);
+        notes = format!("\nwarning: {e}; the service is restarted after crashes only");
+    }
     if spec.start {
         service
             .start::<&str>(&[])
@@ -108,8 +111,8 @@ pub fn install(spec: &Install) -> Result<String, ServiceError> {
         spec.exe.display(),
         spec.config.display(),
         layout.logs().display(),
-        if spec.start { ", started" } else { "" }
-    ))
+        if spec.start { ", started" } else { "" },
+    ) + &notes)
 }
 
 /// Stops (waiting for the drain) and deletes the service, and removes its Event Log source.
@@ -452,6 +455,11 @@ fn restrict_folder(dir: &Path) {
     }
 }
 
-fn windows_error(what: &str, e: impl std::fmt::Display) -> ServiceError {
-    ServiceError::Windows(what.to_string(), e.to_string())
+/// The error with its cause: windows-service's own text hides the OS error behind it.
+fn windows_error(what: &str, e: impl std::error::Error) -> ServiceError {
+    let why = match e.source() {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    };
+    ServiceError::Windows(what.to_string(), why)
 }
