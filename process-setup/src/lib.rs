@@ -9,4 +9,4 @@
 pub mod layered;
 mod signals;
 
-pub use signals::{cancel_on_signal, init_tracing};
+pub use signals::{cancel_on_signal, colour, init_tracing};
