@@ -632,6 +632,12 @@ impl Dialer {
                         renew_at = tokio::time::Instant::now() + renew_delay(life);
                         debug!("session renewed");
                     }
+                    Ok(ControlFrame::Nodes(nodes)) => {
+                        // A node joined, left or drained: the spread check uses the new list.
+                        debug!(nodes = ?nodes, "cluster nodes changed");
+                        *lock(&self.nodes) = nodes;
+                        spread_at = spread_at.min(tokio::time::Instant::now() + SPREAD_FIRST_CHECK);
+                    }
                     Ok(ControlFrame::GoAway(g)) => {
                         info!(code = %g.code, reason = %g.message, "relay asked this session to move");
                         // Reconnect elsewhere first when the cluster has other nodes.

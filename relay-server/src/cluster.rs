@@ -97,7 +97,8 @@ pub(crate) struct Cluster {
     /// One directory query at a time: requests that miss together wait for the same answer.
     refreshing: tokio::sync::Mutex<()>,
     /// The other active nodes connectors may dial directly (from the last heartbeat).
-    public_nodes: Mutex<Vec<tunnel_protocol::NodeAddress>>,
+    /// Watched by every session: a change is sent to its connector (`Nodes`).
+    public_nodes: tokio::sync::watch::Sender<Vec<tunnel_protocol::NodeAddress>>,
     /// The tenants with a session on another node: read at every heartbeat, extended at once by
     /// the other nodes' announcements. Only these are looked up in the directory, so requests for
     /// tenants without any connector (a flood of them, say) cost no query.
@@ -163,7 +164,7 @@ impl Cluster {
             peers: Mutex::new(HashMap::new()),
             directory: Mutex::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(()),
-            public_nodes: Mutex::new(Vec::new()),
+            public_nodes: tokio::sync::watch::Sender::new(Vec::new()),
             elsewhere: std::sync::RwLock::new(std::collections::HashSet::new()),
         })
     }
@@ -184,17 +185,27 @@ impl Cluster {
         peers.retain(|id, _| live.contains(id));
     }
 
-    /// Sets the other nodes connectors are told about.
+    /// Sets the other nodes connectors are told about; sessions hear of a change.
     pub(crate) fn set_public_nodes(&self, nodes: Vec<tunnel_protocol::NodeAddress>) {
-        *self.public_nodes.lock().unwrap_or_else(|p| p.into_inner()) = nodes;
+        self.public_nodes.send_if_modified(|current| {
+            let changed = *current != nodes;
+            if changed {
+                *current = nodes;
+            }
+            changed
+        });
     }
 
-    /// The other active nodes connectors may dial directly.
-    pub(crate) fn public_nodes(&self) -> Vec<tunnel_protocol::NodeAddress> {
-        self.public_nodes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The other active nodes connectors may dial directly, and a receiver of later changes.
+    pub(crate) fn public_nodes(
+        &self,
+    ) -> (
+        Vec<tunnel_protocol::NodeAddress>,
+        tokio::sync::watch::Receiver<Vec<tunnel_protocol::NodeAddress>>,
+    ) {
+        let mut rx = self.public_nodes.subscribe();
+        let now = rx.borrow_and_update().clone();
+        (now, rx)
     }
 
     /// A node with a live session of `tenant` serving `target`, with a link to it.

@@ -183,12 +183,13 @@ async fn established(relay: Arc<Relay>, conn: Conn) {
         announced_targets(&hello.targets),
         conn.clone(),
     ));
+    let (nodes, node_changes) = relay.cluster.public_nodes();
     let welcome = ControlFrame::Welcome(Welcome {
         session_id: session_id.clone(),
         relay_node: relay.config.node_name.clone(),
         token: granted.token.unwrap_or_default(),
         expires_in_secs: u32::try_from(granted.expires_in.as_secs()).unwrap_or(u32::MAX),
-        nodes: relay.cluster.public_nodes(),
+        nodes,
     });
     if control.send(&welcome).await.is_err() {
         return close(&conn, ErrorCode::PROTOCOL_ERROR);
@@ -227,7 +228,7 @@ async fn established(relay: Arc<Relay>, conn: Conn) {
         info_span!("established", tenant_id = %entry.identity.tenant.id, session_id = %session_id);
     async {
         info!(tenant = %entry.identity.tenant.name, connector_id = %hello.connector_id, version = %hello.connector_version, transport = %entry.conn.transport(), "session established");
-        let code = control_loop(&relay, &entry, &mut control, granted.expires_in).await;
+        let code = control_loop(&relay, &entry, &mut control, granted.expires_in, node_changes).await;
         relay.registry.remove(&entry);
         let (store, id) = (relay.store.clone(), entry.id.clone());
         tokio::spawn(async move {
@@ -262,8 +263,11 @@ async fn control_loop(
     entry: &SessionEntry,
     control: &mut ControlStream,
     expires_in: Duration,
+    mut node_changes: tokio::sync::watch::Receiver<Vec<tunnel_protocol::NodeAddress>>,
 ) -> ErrorCode {
     let conn = &entry.conn;
+    // What the connector was last told about the other nodes (its Welcome's list).
+    let mut told_nodes = !node_changes.borrow().is_empty();
     let mut expires_at = tokio::time::Instant::now() + expires_in;
     // Set when the connector announced it is moving: close once its streams are done.
     let mut moving_since: Option<tokio::time::Instant> = None;
@@ -309,9 +313,23 @@ async fn control_loop(
                     entry.mark_draining();
                     moving_since.get_or_insert_with(tokio::time::Instant::now);
                 }
+                // A newer connector's frame this relay does not know: skipped.
+                Ok(ControlFrame::Unknown(t)) => debug!(frame_type = t, "unknown control frame skipped"),
                 Ok(_) => return close_code(conn, ErrorCode::PROTOCOL_ERROR),
                 Err(_) => return close_code(conn, ErrorCode::NO_ERROR),
             },
+            Ok(()) = node_changes.changed() => {
+                // A node joined, left or drained: the connector can spread its sessions over the
+                // nodes there are now. Never sent where no list was ever published (one node),
+                // so connectors that predate `Nodes` never see one there.
+                let nodes = node_changes.borrow_and_update().clone();
+                if told_nodes || !nodes.is_empty() {
+                    told_nodes = true;
+                    if control.send(&ControlFrame::Nodes(nodes)).await.is_err() {
+                        return close_code(conn, ErrorCode::PROTOCOL_ERROR);
+                    }
+                }
+            }
             _ = tokio::time::sleep_until(expires_at) => {
                 let refusal = Refusal { code: ErrorCode::TOKEN_EXPIRED, message: "session authentication expired without renewal", retry_after_secs: 0 };
                 return refuse_code(conn, control, refusal).await;

@@ -469,8 +469,8 @@ async fn sessions_spread_over_nodes_and_survive_a_node_loss() -> anyhow::Result<
         .map(|n| c.node(n, public))
         .collect();
     c.provision();
-    // A connector learns the other nodes from its Welcome only: let alpha see beta first (a node
-    // refreshes that list at its heartbeat, 200 ms here).
+    // This test is about the Welcome's list: let alpha see beta first (a node refreshes that
+    // list at its heartbeat, 200 ms here). A node that joins later is in the next test.
     let store = relay_store::Store::connect(&c.url).await?;
     eventually(Duration::from_secs(10), "both nodes registered", || async {
         store
@@ -504,6 +504,46 @@ async fn sessions_spread_over_nodes_and_survive_a_node_loss() -> anyhow::Result<
         assert_eq!(a.status, StatusCode::OK, "request {i} after the kill");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_spreads_to_a_node_that_joins_later() -> anyhow::Result<()> {
+    trace_init();
+    let c = Cluster::new();
+    let public = NodeOptions {
+        public: true,
+        ..Default::default()
+    };
+    let alpha = c.node("alpha", public);
+    c.provision();
+    let backend = Backend::spawn().await;
+    let _connector = c.connector(&alpha, &[format!("app={}", backend.url())], 2);
+    let c = &c;
+    eventually(
+        Duration::from_secs(30),
+        "both sessions on alpha",
+        || async move {
+            let by = c.sessions_by_node().await;
+            (by == [("alpha".to_string(), 2)])
+                .then_some(())
+                .ok_or(format!("{by:?}"))
+        },
+    )
+    .await;
+    // beta joins: alpha tells its sessions (`Nodes`), and one of them moves there.
+    let _beta = c.node("beta", public);
+    eventually(
+        Duration::from_secs(30),
+        "a session on each node",
+        || async move {
+            let by = c.sessions_by_node().await;
+            (by.len() == 2).then_some(()).ok_or(format!("{by:?}"))
+        },
+    )
+    .await;
+    let a = c.client.get(&c.url(&alpha, "/relay/acme/app/x")).await?;
+    assert_eq!(a.status, StatusCode::OK);
     Ok(())
 }
 

@@ -15,6 +15,10 @@ const RENEWED: u8 = 0x14;
 const PING: u8 = 0x15;
 const PONG: u8 = 0x16;
 const GO_AWAY: u8 = 0x17;
+const NODES: u8 = 0x18;
+/// Control frame types up to here that this build does not know are skipped, not fatal: a
+/// newer peer may send them (`0x19..=0x1f`, [`ControlFrame::Unknown`]).
+const LAST_RESERVED: u8 = 0x1f;
 
 /// Longest free-text message carried in a frame; longer ones are truncated when encoded.
 const MAX_MESSAGE_LEN: usize = 1024;
@@ -40,6 +44,13 @@ pub enum ControlFrame {
     Renewed(Renewed),
     /// Relay → connector: authenticated; the session may carry streams.
     Welcome(Welcome),
+    /// Relay → connector: the cluster's other nodes changed (a node joined, left or drained);
+    /// the whole list, as in `Welcome`. Sent only once a list was non-empty, so that a single
+    /// node never sends it.
+    Nodes(Vec<NodeAddress>),
+    /// A control frame type reserved for later versions (`0x19..=0x1f`): its payload was
+    /// skipped; the receiver ignores it.
+    Unknown(u8),
 }
 
 /// The connector's introduction.
@@ -190,13 +201,22 @@ impl ControlFrame {
                 w.u32(g.code.0);
                 w.str(truncate_str(&g.message, MAX_MESSAGE_LEN));
             }),
+            ControlFrame::Nodes(nodes) => encode_payload(dst, NODES, |w| {
+                let count = nodes.len().min(MAX_WELCOME_NODES);
+                w.u16(count as u16);
+                for n in nodes.iter().take(count) {
+                    w.str(&n.name);
+                    w.str(&n.address);
+                }
+            }),
+            ControlFrame::Unknown(t) => encode_payload(dst, *t, |_| {}),
         }
     }
 
     /// Decodes one frame from the front of `src`; `Ok(None)` when more bytes are needed.
     pub fn decode(src: &mut BytesMut) -> Result<Option<ControlFrame>, DecodeError> {
         let Some((frame_type, payload)) = split_frame(src, |t| {
-            (HELLO..=GO_AWAY)
+            (HELLO..=LAST_RESERVED)
                 .contains(&t)
                 .then_some(MAX_CONTROL_FRAME_LEN)
         })?
@@ -300,6 +320,23 @@ impl ControlFrame {
                 r.finish()?;
                 frame
             }
+            NODES => {
+                let mut r = Reader::new(payload, "nodes");
+                let count = r.u16()? as usize;
+                if count > MAX_WELCOME_NODES {
+                    return Err(DecodeError::Malformed("nodes"));
+                }
+                let mut nodes = Vec::with_capacity(count);
+                for _ in 0..count {
+                    nodes.push(NodeAddress {
+                        name: r.string()?,
+                        address: r.string()?,
+                    });
+                }
+                r.finish()?;
+                ControlFrame::Nodes(nodes)
+            }
+            other if other <= LAST_RESERVED => ControlFrame::Unknown(other),
             other => return Err(DecodeError::UnexpectedFrame(other)),
         };
         Ok(Some(frame))

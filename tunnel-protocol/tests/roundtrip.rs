@@ -103,6 +103,11 @@ fn control_frames() -> Vec<ControlFrame> {
             code: ErrorCode::GOING_AWAY,
             message: "bye".into(),
         }),
+        ControlFrame::Nodes(vec![]),
+        ControlFrame::Nodes(vec![tunnel_protocol::NodeAddress {
+            name: "relay-4".into(),
+            address: "10.0.0.4:443".into(),
+        }]),
     ]
 }
 
@@ -338,4 +343,31 @@ fn a_welcome_without_the_node_list_decodes_with_none() {
     let len = (long.len() - tunnel_protocol::FRAME_HEADER_LEN) as u32;
     long[1..5].copy_from_slice(&len.to_be_bytes());
     assert!(ControlFrame::decode(&mut long).is_err());
+}
+
+#[test]
+fn reserved_control_frame_types_are_skipped_for_newer_peers() {
+    // A later version's control frame (0x19..=0x1f) with a payload, then a Ping: the first is
+    // skipped as Unknown, the Ping still arrives. Beyond the reserved range stays an error.
+    let mut wire = BytesMut::from(&[0x1c, 0, 0, 0, 3, 1, 2, 3][..]);
+    ControlFrame::Ping(9).encode(&mut wire);
+    assert_eq!(
+        ControlFrame::decode(&mut wire).unwrap(),
+        Some(ControlFrame::Unknown(0x1c))
+    );
+    assert_eq!(
+        ControlFrame::decode(&mut wire).unwrap(),
+        Some(ControlFrame::Ping(9))
+    );
+    let mut wire = BytesMut::from(&[0x20, 0, 0, 0, 0][..]);
+    assert_eq!(
+        ControlFrame::decode(&mut wire),
+        Err(DecodeError::UnexpectedFrame(0x20))
+    );
+    // Still bounded like every control frame.
+    let mut wire = BytesMut::from(&[0x1d, 0, 1, 0, 0][..]);
+    assert!(matches!(
+        ControlFrame::decode(&mut wire),
+        Err(DecodeError::FrameTooLarge { .. })
+    ));
 }
