@@ -439,14 +439,20 @@ fn request_head(
     upgrade: Option<&Upgrade>,
     draft: &mut Draft,
 ) -> StreamFrame {
-    let mut headers = visitor_headers(relay, &parts, conn, draft);
+    let http::request::Parts {
+        method,
+        uri,
+        headers,
+        ..
+    } = parts;
+    let mut headers = visitor_headers(relay, headers, &uri, conn, draft);
     if let Some(upgrade) = upgrade {
         restore_upgrade(&mut headers, upgrade.offered.clone());
     }
     StreamFrame::RequestHead(RequestHead {
         request_id: draft.request_id.clone(),
         target: admitted.target.clone(),
-        method: parts.method,
+        method,
         path_and_query: admitted.path_and_query.clone(),
         headers,
         content_length: admitted.content_length,
@@ -456,16 +462,17 @@ fn request_head(
 /// The headers the backend receives for a visitor's request: hygiene applied, the relay's
 /// forwarding headers set. Behind a trusted load balancer its forwarding headers are kept and the
 /// visitor is the address it reports (in `draft` too); from anyone else they are replaced.
+/// Takes the visitor's headers by value: they become the backend's without a copy.
 pub(crate) fn visitor_headers(
     relay: &Relay,
-    parts: &http::request::Parts,
+    headers: HeaderMap,
+    uri: &http::Uri,
     conn: &Visitor,
     draft: &mut Draft,
 ) -> HeaderMap {
     let trusted = crate::forwarded::trusted(&relay.config.trusted_proxies, conn.peer.ip());
     let forwarded_for = trusted.then(|| {
-        let values: Vec<&str> = parts
-            .headers
+        let values: Vec<&str> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -478,8 +485,8 @@ pub(crate) fn visitor_headers(
                 .to_string();
     }
     request_headers(
-        parts.headers.clone(),
-        &parts.uri,
+        headers,
+        uri,
         (conn.peer, forwarded_for),
         conn.scheme,
         &draft.request_id,

@@ -120,12 +120,7 @@ pub(crate) fn kind(relay: &Relay, req: &Request<Incoming>) -> Option<Kind> {
         });
     }
     if path.starts_with("/queue/") {
-        let (parts, _) = Request::new(()).into_parts();
-        let mut parts = parts;
-        parts.uri = req.uri().clone();
-        parts.version = req.version();
-        parts.headers = req.headers().clone();
-        if !crate::route::tenant_host(relay, &parts) {
+        if !crate::route::tenant_host(relay, req.headers(), req.uri(), req.version()) {
             return Some(Kind::Accept);
         }
     }
@@ -280,7 +275,13 @@ async fn accept(
     // the relay), without the async preference that was meant for the relay.
     parts.headers.remove("prefer");
     parts.headers.remove(header::UPGRADE);
-    let headers = crate::proxy::visitor_headers(relay, &parts, conn, draft);
+    let headers = crate::proxy::visitor_headers(
+        relay,
+        std::mem::take(&mut parts.headers),
+        &parts.uri,
+        conn,
+        draft,
+    );
     // Where the visitor reached us (behind a trusted load balancer: what it reports).
     let base = public_base(&headers, conn);
     if let Some(key) = &key {
@@ -518,9 +519,10 @@ async fn status(
         Ok(None) => Err(not_found()),
         Err(_) => Err(unavailable()),
     };
-    let (parts, _) = req.into_parts();
+    let (mut parts, _) = req.into_parts();
+    let visitor = std::mem::take(&mut parts.headers);
     let base = public_base(
-        &crate::proxy::visitor_headers(relay, &parts, conn, draft),
+        &crate::proxy::visitor_headers(relay, visitor, &parts.uri, conn, draft),
         conn,
     );
     let location = format!("{base}{STATUS_PREFIX}{id}");

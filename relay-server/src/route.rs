@@ -78,7 +78,7 @@ pub(crate) fn resolve<'a>(
     parts: &'a http::request::Parts,
     sni: Option<&str>,
 ) -> Result<Resolved<'a>, ProxyError> {
-    let host = request_host(parts)?;
+    let host = request_host(&parts.headers, &parts.uri, parts.version)?;
     if let (Some(sni), Some(host)) = (sni, host.as_deref()) {
         // Domain fronting / connection coalescing onto another tenant's name.
         if sni != host {
@@ -133,8 +133,13 @@ pub(crate) fn resolve<'a>(
 
 /// Whether the request is addressed to a tenant's own hostname (registered, or under the wildcard
 /// base domain): its whole path then belongs to the backend.
-pub(crate) fn tenant_host(relay: &Relay, parts: &http::request::Parts) -> bool {
-    let Ok(Some(host)) = request_host(parts) else {
+pub(crate) fn tenant_host(
+    relay: &Relay,
+    headers: &http::HeaderMap,
+    uri: &http::Uri,
+    version: http::Version,
+) -> bool {
+    let Ok(Some(host)) = request_host(headers, uri, version) else {
         return false;
     };
     relay.catalog.hostname(&host).is_some()
@@ -148,9 +153,13 @@ pub(crate) fn tenant_host(relay: &Relay, parts: &http::request::Parts) -> bool {
 
 /// The request's host, canonical (lowercase, no port, no trailing dot), from the URI authority
 /// (HTTP/2, absolute form) or `Host`; both present and different is a bad request.
-fn request_host(parts: &http::request::Parts) -> Result<Option<String>, ProxyError> {
-    let authority = parts.uri.authority().map(|a| canonical_host(a.as_str()));
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
+fn request_host(
+    headers: &http::HeaderMap,
+    uri: &http::Uri,
+    version: http::Version,
+) -> Result<Option<String>, ProxyError> {
+    let authority = uri.authority().map(|a| canonical_host(a.as_str()));
+    let mut hosts = headers.get_all(header::HOST).iter();
     let header = match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => return Err(ProxyError::BadHost),
         (Some(h), None) => Some(canonical_host(h.to_str().map_err(|_| ProxyError::BadHost)?)),
@@ -160,7 +169,7 @@ fn request_host(parts: &http::request::Parts) -> Result<Option<String>, ProxyErr
         (Some(a), Some(h)) if a != h => Err(ProxyError::BadHost),
         (Some(a), _) => Ok(Some(a)),
         // RFC 9112 §3.2: an HTTP/1.1 request without Host is a bad request.
-        (None, None) if parts.version == http::Version::HTTP_11 => Err(ProxyError::BadHost),
+        (None, None) if version == http::Version::HTTP_11 => Err(ProxyError::BadHost),
         (None, h) => Ok(h),
     }
 }
@@ -198,6 +207,10 @@ mod tests {
         assert_eq!(canonical_host("127.0.0.1:80"), "127.0.0.1");
     }
 
+    fn host_of(parts: &http::request::Parts) -> Result<Option<String>, ProxyError> {
+        request_host(&parts.headers, &parts.uri, parts.version)
+    }
+
     #[test]
     fn host_and_authority_must_agree() {
         let req = |uri: &str, hosts: &[&str]| {
@@ -208,20 +221,18 @@ mod tests {
             b.body(()).unwrap().into_parts().0
         };
         assert_eq!(
-            request_host(&req("/x", &["A.example:80"]))
-                .unwrap()
-                .as_deref(),
+            host_of(&req("/x", &["A.example:80"])).unwrap().as_deref(),
             Some("a.example")
         );
         assert_eq!(
-            request_host(&req("https://a.example/x", &[]))
+            host_of(&req("https://a.example/x", &[]))
                 .unwrap()
                 .as_deref(),
             Some("a.example")
         );
-        assert!(request_host(&req("https://a.example/x", &["a.example"])).is_ok());
-        assert!(request_host(&req("https://a.example/x", &["b.example"])).is_err());
-        assert!(request_host(&req("/x", &["a.example", "b.example"])).is_err());
+        assert!(host_of(&req("https://a.example/x", &["a.example"])).is_ok());
+        assert!(host_of(&req("https://a.example/x", &["b.example"])).is_err());
+        assert!(host_of(&req("/x", &["a.example", "b.example"])).is_err());
     }
 
     #[test]
