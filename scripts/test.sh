@@ -88,6 +88,14 @@ fi
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
 
+# A full run also checks what gets installed: the .deb packages built from the debug binaries
+# above (dpkg -i, --version, config check, dpkg -r, --purge), and the Windows connector
+# (cross-built, then run under Wine against the Linux relay; installs MinGW and Wine if missing).
+if [ $# -eq 0 ]; then
+    scripts/packages-test.sh
+    scripts/windows.sh
+fi
+
 # Every end-to-end test of the tunnel once more with the connectors on TLS over TCP (the first
 # pass runs them on QUIC): in-process connectors and the spawned binaries read the variable.
 if [ $# -eq 0 ]; then
