@@ -19,6 +19,7 @@ mod credential;
 mod hostname;
 mod name;
 mod node;
+mod pairing;
 mod password;
 mod queue;
 mod secret;
@@ -40,6 +41,9 @@ pub use credential::{Credential, CredentialId, CredentialRecord, NewCredential};
 pub use hostname::{canonical_hostname, valid_label, Hostname, HostnameError};
 pub use name::{validate_name, NameError};
 pub use node::{NodeRecord, NodeState, SingleNodeLock};
+pub use pairing::{
+    parse_pairing_token, NewPairingToken, PairingAccess, PairingMode, PairingToken, MAX_PEER_ID_LEN,
+};
 pub use password::{password_hash_permits, M_COST_KIB};
 pub use queue::{
     BodyPreview, Cancelled, Discarded, Enqueued, Finish, MessagePreview, NewMessage, QueueCounts,
@@ -84,6 +88,12 @@ pub enum Error {
     /// No such credential for that tenant.
     #[error("credential {0} not found")]
     CredentialNotFound(String),
+    /// No such pairing token for that tenant.
+    #[error("pairing token {0} not found")]
+    PairingTokenNotFound(String),
+    /// A peer id a pairing token cannot be bound to (empty or too long).
+    #[error("invalid peer id {0:?} (1 to 128 bytes)")]
+    InvalidPeerId(String),
     /// The hostname belongs to a tenant already.
     #[error("hostname {0} is taken")]
     HostnameTaken(String),

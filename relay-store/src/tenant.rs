@@ -269,8 +269,13 @@ impl Store {
         let Some((id,)) = id else {
             return Err(Error::TenantNotFound(name.to_string()));
         };
-        // Its queue goes with it: messages (bodies, responses) and settings.
-        for table in ["queue_messages", "tenant_queue_settings"] {
+        // Its queue goes with it (messages, bodies, responses, settings), and its pairing.
+        for table in [
+            "queue_messages",
+            "tenant_queue_settings",
+            "tenant_pairing",
+            "pairing_tokens",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
                 .bind(&id)
                 .execute(&mut *tx)

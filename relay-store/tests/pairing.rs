@@ -1,0 +1,114 @@
+//! Pairing settings and tokens on both backends.
+
+use relay_store::{parse_pairing_token, Error, PairingMode, SecretHasher, Store};
+use testkit::PgCluster;
+
+async fn pairing_rules(store: Store) {
+    let hasher = SecretHasher::new(b"pepper-pepper-pepper-pepper-pepp");
+    let t = store.create_tenant("acme").await.unwrap();
+    assert_eq!(store.pairing_mode(&t.id.0).await.unwrap(), PairingMode::Off);
+    assert_eq!(
+        store
+            .set_pairing_mode("acme", PairingMode::Token)
+            .await
+            .unwrap(),
+        PairingMode::Off
+    );
+    assert_eq!(
+        store.pairing_mode(&t.id.0).await.unwrap(),
+        PairingMode::Token
+    );
+    assert!(matches!(
+        store.set_pairing_mode("nope", PairingMode::Open).await,
+        Err(Error::TenantNotFound(_))
+    ));
+
+    let any = store
+        .create_pairing_token("acme", None, "laptop", &hasher)
+        .await
+        .unwrap();
+    let bound = store
+        .create_pairing_token("acme", Some("alice"), "", &hasher)
+        .await
+        .unwrap();
+    assert_eq!(parse_pairing_token(&any.value), Some(any.token.id.as_str()));
+    assert_eq!(bound.token.peer_id.as_deref(), Some("alice"));
+
+    // Access: the stored hash verifies the token and nothing else; the binding comes along.
+    let access = store
+        .pairing_access(&t.id.0, Some(&bound.value))
+        .await
+        .unwrap();
+    assert_eq!(access.mode, PairingMode::Token);
+    let (hash, peer) = access.token.clone().unwrap();
+    assert!(hasher.verify(&bound.value, &hash));
+    assert!(!hasher.verify(&any.value, &hash));
+    assert_eq!(peer.as_deref(), Some("alice"));
+    let none = store
+        .pairing_access(&t.id.0, Some("rpt_garbage"))
+        .await
+        .unwrap();
+    assert_eq!(none.token, None);
+
+    // Another tenant's id never finds this tenant's token.
+    let other = store.create_tenant("other").await.unwrap();
+    store
+        .set_pairing_mode("other", PairingMode::Token)
+        .await
+        .unwrap();
+    let cross = store
+        .pairing_access(&other.id.0, Some(&any.value))
+        .await
+        .unwrap();
+    assert_eq!(cross.token, None);
+
+    let listed = store.pairing_tokens("acme").await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|t| t.revoked_at.is_none()));
+    store
+        .revoke_pairing_token("acme", &any.token.id)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.revoke_pairing_token("acme", &any.token.id).await,
+        Err(Error::PairingTokenNotFound(_))
+    ));
+    assert!(matches!(
+        store.revoke_pairing_token("other", &bound.token.id).await,
+        Err(Error::PairingTokenNotFound(_))
+    ));
+    let revoked = store
+        .pairing_access(&t.id.0, Some(&any.value))
+        .await
+        .unwrap();
+    assert_eq!(revoked.token, None);
+
+    // Off again: no row, and no token lookups.
+    store
+        .set_pairing_mode("acme", PairingMode::Off)
+        .await
+        .unwrap();
+    let off = store
+        .pairing_access(&t.id.0, Some(&bound.value))
+        .await
+        .unwrap();
+    assert_eq!((off.mode, off.token), (PairingMode::Off, None));
+
+    // Deleting the tenant deletes its tokens.
+    store.delete_tenant("acme").await.unwrap();
+    store.create_tenant("acme").await.unwrap();
+    assert!(store.pairing_tokens("acme").await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn pairing_rules_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    pairing_rules(Store::connect(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn pairing_rules_on_postgres() {
+    let cluster = PgCluster::start();
+    pairing_rules(Store::connect(&cluster.url()).await.unwrap()).await;
+}
