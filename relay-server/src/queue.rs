@@ -20,7 +20,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -621,42 +620,19 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
     resp
 }
 
-/// Headers as stored: `[{"n": name, "v": value}]`, or `"b"` (base64) for a value that is not
-/// UTF-8.
+/// Headers in the store's form ([`relay_store::encode_headers`]).
 fn encode_headers(headers: &HeaderMap) -> String {
-    let list: Vec<serde_json::Value> = headers
-        .iter()
-        .map(|(n, v)| match v.to_str() {
-            Ok(s) => serde_json::json!({"n": n.as_str(), "v": s}),
-            Err(_) => serde_json::json!({
-                "n": n.as_str(),
-                "b": base64::engine::general_purpose::STANDARD.encode(v.as_bytes()),
-            }),
-        })
-        .collect();
-    serde_json::Value::Array(list).to_string()
+    relay_store::encode_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
 }
 
+/// Stored headers back as a map; entries that are not valid headers are skipped.
 fn decode_headers(s: &str) -> HeaderMap {
     let mut map = HeaderMap::new();
-    let list: Vec<serde_json::Value> = serde_json::from_str(s).unwrap_or_default();
-    for item in list {
-        let Some(name) = item["n"]
-            .as_str()
-            .and_then(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        else {
-            continue;
-        };
-        let value = match (item["v"].as_str(), item["b"].as_str()) {
-            (Some(v), _) => HeaderValue::from_str(v).ok(),
-            (None, Some(b)) => base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .ok()
-                .and_then(|b| HeaderValue::from_bytes(&b).ok()),
-            _ => None,
-        };
-        if let Some(v) = value {
-            map.append(name, v);
+    for h in relay_store::decode_headers(s) {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok();
+        let value = h.bytes().and_then(|b| HeaderValue::from_bytes(&b).ok());
+        if let (Some(name), Some(value)) = (name, value) {
+            map.append(name, value);
         }
     }
     map

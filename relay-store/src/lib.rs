@@ -46,8 +46,9 @@ pub use pairing::{
 };
 pub use password::{password_hash_permits, M_COST_KIB};
 pub use queue::{
-    BodyPreview, Cancelled, Discarded, Enqueued, Finish, MessagePreview, NewMessage, QueueCounts,
-    QueueMessage, QueueQuota, QueueSettings, QueueState, StoredResponse, PREVIEW_BYTES,
+    decode_headers, encode_headers, BodyPreview, Cancelled, Discarded, Enqueued, Finish,
+    MessagePreview, NewMessage, QueueCounts, QueueMessage, QueueQuota, QueueSettings, QueueState,
+    StoredHeader, StoredResponse, PREVIEW_BYTES,
 };
 pub use secret::{parse_secret, SecretHasher};
 pub use session_log::{RemoteSessions, SessionRecord};

@@ -12,6 +12,71 @@ use std::collections::BTreeMap;
 
 use crate::{now_ms, Backend, Error, Store};
 
+/// A header of a stored request or response: its name and its value as text, or as base64 when
+/// the value is not UTF-8.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredHeader {
+    /// The header name.
+    pub name: String,
+    /// The value: text, or base64 when `base64`.
+    pub value: String,
+    /// Whether `value` is base64 (the value was not UTF-8).
+    pub base64: bool,
+}
+
+impl StoredHeader {
+    /// The value's bytes; `None` for base64 that does not decode.
+    pub fn bytes(&self) -> Option<Vec<u8>> {
+        use base64::Engine as _;
+        if self.base64 {
+            base64::engine::general_purpose::STANDARD
+                .decode(&self.value)
+                .ok()
+        } else {
+            Some(self.value.as_bytes().to_vec())
+        }
+    }
+}
+
+/// Headers as stored with queued messages and their responses: `[{"n": name, "v": value}]`,
+/// with `"b"` (base64) instead of `"v"` for a value that is not UTF-8. The one encoding: the
+/// relay writes it, the relay, the management web and the CLI read it with [`decode_headers`].
+pub fn encode_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
+    use base64::Engine as _;
+    let list: Vec<serde_json::Value> = headers
+        .into_iter()
+        .map(|(n, v)| match std::str::from_utf8(v) {
+            Ok(s) => serde_json::json!({"n": n, "v": s}),
+            Err(_) => serde_json::json!({
+                "n": n,
+                "b": base64::engine::general_purpose::STANDARD.encode(v),
+            }),
+        })
+        .collect();
+    serde_json::Value::Array(list).to_string()
+}
+
+/// Reads [`encode_headers`]' form; anything else reads as no headers, entries without a name or
+/// value are skipped.
+pub fn decode_headers(encoded: &str) -> Vec<StoredHeader> {
+    let list: Vec<serde_json::Value> = serde_json::from_str(encoded).unwrap_or_default();
+    list.iter()
+        .filter_map(|h| {
+            let name = h["n"].as_str()?.to_string();
+            let (value, base64) = match (h["v"].as_str(), h["b"].as_str()) {
+                (Some(v), _) => (v.to_string(), false),
+                (None, Some(b)) => (b.to_string(), true),
+                _ => return None,
+            };
+            Some(StoredHeader {
+                name,
+                value,
+                base64,
+            })
+        })
+        .collect()
+}
+
 /// Where a message is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum QueueState {

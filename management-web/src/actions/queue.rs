@@ -248,34 +248,8 @@ pub(crate) fn ttl_of(state: &AppState, s: &QueueSettings) -> Duration {
         .min(ttl.max)
 }
 
-/// A stored header: its name and its value as text, or as base64 when it is not UTF-8.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct StoredHeader {
-    pub(crate) name: String,
-    pub(crate) value: String,
-    pub(crate) base64: bool,
-}
-
-/// Headers as relays store them: `[{"n": name, "v": value}]`, with `"b"` (base64) for a value
-/// that is not UTF-8. Anything else reads as no headers.
-pub(crate) fn stored_headers(encoded: &str) -> Vec<StoredHeader> {
-    let list: Vec<serde_json::Value> = serde_json::from_str(encoded).unwrap_or_default();
-    list.iter()
-        .filter_map(|h| {
-            let name = h["n"].as_str()?.to_string();
-            let (value, base64) = match (h["v"].as_str(), h["b"].as_str()) {
-                (Some(v), _) => (v.to_string(), false),
-                (None, Some(b)) => (b.to_string(), true),
-                _ => return None,
-            };
-            Some(StoredHeader {
-                name,
-                value,
-                base64,
-            })
-        })
-        .collect()
-}
+/// Stored headers are read the way relays write them (relay-store has the one encoding).
+pub(crate) use relay_store::{decode_headers as stored_headers, StoredHeader};
 
 /// A state named in a query (`queued`, …), any case; an empty one is none.
 pub(crate) fn parse_state(s: &str) -> Result<Option<QueueState>, Error> {

@@ -373,18 +373,17 @@ fn print_body(what: &str, total: i64, start: Option<&[u8]>) {
     }
 }
 
-/// Stored headers (`[{"n": name, "v": value}]`, `"b"` for base64 values) as name and value.
+/// Stored headers as name and value, base64 values marked.
 fn header_list(encoded: &str) -> Vec<(String, String)> {
-    let list: Vec<serde_json::Value> = serde_json::from_str(encoded).unwrap_or_default();
-    list.iter()
-        .filter_map(|h| {
-            let name = h["n"].as_str()?.to_string();
-            let value = match (h["v"].as_str(), h["b"].as_str()) {
-                (Some(v), _) => v.to_string(),
-                (None, Some(b)) => format!("(base64) {b}"),
-                _ => return None,
+    relay_store::decode_headers(encoded)
+        .into_iter()
+        .map(|h| {
+            let value = if h.base64 {
+                format!("(base64) {}", h.value)
+            } else {
+                h.value
             };
-            Some((name, value))
+            (h.name, value)
         })
         .collect()
 }
