@@ -49,6 +49,33 @@ pub struct FileConfig {
     /// `[queue]`
     #[serde(default)]
     pub queue: QueueFile,
+    /// `[pairing]`
+    #[serde(default)]
+    pub pairing: PairingFile,
+}
+
+/// `[pairing]`: peer introductions and WebSocket pairing on `/pair/{tenant}/…` (docs/pairing.md).
+/// Each limit is enforced with a WebSocket close code listed there.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairingFile {
+    /// Introduction sockets (peers online) per tenant and node. Default 1000.
+    pub max_peers: Option<u32>,
+    /// Connection sockets (held or piped) per tenant and node. Default 2000.
+    pub max_connections: Option<u32>,
+    /// Document ids one peer may have joined at once. Default 100.
+    pub max_document_ids: Option<u32>,
+    /// Largest WebSocket message (after reassembly). Default 1 MiB, at most 64 MiB.
+    pub max_frame_bytes: Option<u32>,
+    /// Bytes buffered for a connection whose partner has not arrived. Default 1 MiB.
+    pub max_held_bytes: Option<u32>,
+    /// How long a connection waits for its partner. Default 30 s.
+    #[serde(default, with = "humantime_serde")]
+    pub hold_timeout: Option<Duration>,
+    /// A socket that sends nothing (not even a pong to the relay's pings) for this long is
+    /// closed. Default 120 s (the npm client heartbeats every 55 s).
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
 }
 
 /// `[queue]`: queue mode (`/queue/…` and `Prefer: respond-async`).
@@ -294,6 +321,27 @@ pub struct Config {
     pub cluster: Cluster,
     /// `[queue]`
     pub queue: Queue,
+    /// `[pairing]`
+    pub pairing: Pairing,
+}
+
+/// `[pairing]`, validated.
+#[derive(Debug, Clone)]
+pub struct Pairing {
+    /// Peers online per tenant and node.
+    pub max_peers: usize,
+    /// Connection sockets per tenant and node.
+    pub max_connections: usize,
+    /// Document ids per peer.
+    pub max_document_ids: usize,
+    /// Largest WebSocket message.
+    pub max_frame_bytes: usize,
+    /// Bytes held for an unmatched connection.
+    pub max_held_bytes: usize,
+    /// Wait for the partner.
+    pub hold_timeout: Duration,
+    /// Idle timeout of every pairing socket.
+    pub idle_timeout: Duration,
 }
 
 /// `[queue]`, validated.
@@ -565,9 +613,26 @@ impl Config {
             retry_base: positive("queue.retry_base", q.retry_base, 1)?,
             retry_cap: positive("queue.retry_cap", q.retry_cap, 300)?,
         };
+        let p = &raw.pairing;
+        let max_frame_bytes = p.max_frame_bytes.unwrap_or(1 << 20);
+        if !(1024..=64 << 20).contains(&max_frame_bytes) {
+            return Err(ConfigError::new(format!(
+                "pairing.max_frame_bytes = {max_frame_bytes}: between 1 KiB and 64 MiB"
+            )));
+        }
+        let pairing = Pairing {
+            max_peers: p.max_peers.unwrap_or(1000).max(1) as usize,
+            max_connections: p.max_connections.unwrap_or(2000).max(1) as usize,
+            max_document_ids: p.max_document_ids.unwrap_or(100).max(1) as usize,
+            max_frame_bytes: max_frame_bytes as usize,
+            max_held_bytes: p.max_held_bytes.unwrap_or(1 << 20) as usize,
+            hold_timeout: positive("pairing.hold_timeout", p.hold_timeout, 30)?,
+            idle_timeout: positive("pairing.idle_timeout", p.idle_timeout, 120)?,
+        };
         Ok(Config {
             audit,
             queue,
+            pairing,
             catalog_poll_interval,
             cluster: Cluster {
                 advertise,

@@ -16,7 +16,8 @@
 //! `tunnel-protocol`.
 //!
 //! Also here: the admin listener, which mounts `management-web` (UI, `/api/v1`, `/metrics`,
-//! health), the request audit log, the CLI ([`cli`]) and, behind the default `quickstart` feature,
+//! health), the request audit log, the CLI ([`cli`]), pairing for local-first apps on
+//! `/pair/{tenant}/…` (`pair.rs`, docs/pairing.md) and, behind the default `quickstart` feature,
 //! the quickstart with its in-process connector.
 //!
 //! Not here (yet): queue mode, forwarding to other relay nodes, per-hostname certificates.
@@ -36,6 +37,7 @@ mod ingress;
 pub mod keys;
 mod metrics;
 mod node;
+mod pair;
 mod proxy;
 mod queue;
 mod registry;
@@ -80,6 +82,8 @@ pub(crate) struct Relay {
     draining: std::sync::atomic::AtomicBool,
     /// Queue mode's delivery state on this node.
     queue: queue::Queue,
+    /// Pairing's peers and waiting connections on this node (`/pair/…`).
+    pairing: pair::Pairing,
 }
 
 /// What the management web learns from this process: streams in flight per session, and the
@@ -330,6 +334,7 @@ pub async fn run(
         cluster,
         draining: std::sync::atomic::AtomicBool::new(false),
         queue: queue::Queue::default(),
+        pairing: pair::Pairing::new(relay_store::SecretHasher::new(&keys.pepper)),
     });
 
     // Visitors stop being accepted first; sessions are told to move after that.
@@ -467,6 +472,11 @@ pub async fn run(
     relay
         .registry
         .close_all(CloseKind::Drain(ErrorCode::GOING_AWAY));
+    // Pairing sockets are upgraded connections the ingress no longer tracks: close them (1001).
+    relay
+        .pairing
+        .shutdown(relay.config.shutdown_grace.min(std::time::Duration::from_secs(5)))
+        .await;
     while tasks.join_next().await.is_some() {}
     let _ = quic_task.await;
     // No new deliveries; those in flight finish with the sessions (or their lease runs out).

@@ -58,6 +58,16 @@ pub struct Metrics {
     pub queue_failed: AtomicU64,
     /// Queue messages this node moved to expired.
     pub queue_expired: AtomicU64,
+    /// Pairing: peers online on this node (introduction sockets admitted).
+    pub pairing_peers: AtomicUsize,
+    /// Pairing: connection sockets on this node, held or piped.
+    pub pairing_connections: AtomicUsize,
+    /// Pairing: connections matched with their partner on this node.
+    pub pairing_pairings: AtomicU64,
+    /// Pairing: message bytes piped between paired connections.
+    pub pairing_bytes: AtomicU64,
+    /// Pairing: sockets closed by a refusal or a limit (close codes 4400–4499, 1008, 1009).
+    pub pairing_refusals: AtomicU64,
     /// Queue messages by state, cluster-wide (refreshed every few seconds).
     queue_depth: RwLock<Vec<(&'static str, u64)>>,
     /// When the oldest queued message was accepted, ms since the epoch (0: none).
@@ -264,6 +274,36 @@ impl Metrics {
                 "counter",
                 "Queue messages this node moved to expired.",
                 self.queue_expired.load(Ordering::Relaxed),
+            ),
+            (
+                "relay_pairing_peers",
+                "gauge",
+                "Pairing peers online on this node (introduction sockets).",
+                self.pairing_peers.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "relay_pairing_connections",
+                "gauge",
+                "Pairing connection sockets on this node, held or piped.",
+                self.pairing_connections.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "relay_pairing_pairings_total",
+                "counter",
+                "Pairing connections matched with their partner on this node.",
+                self.pairing_pairings.load(Ordering::Relaxed),
+            ),
+            (
+                "relay_pairing_bytes_total",
+                "counter",
+                "Message bytes piped between paired connections.",
+                self.pairing_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "relay_pairing_refusals_total",
+                "counter",
+                "Pairing sockets closed by a refusal or a limit.",
+                self.pairing_refusals.load(Ordering::Relaxed),
             ),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}");

@@ -221,6 +221,18 @@ pub(super) fn render(config: &Config) -> String {
     ]);
     top.insert("queue".into(), Value::Table(queue));
 
+    let p = &c.pairing;
+    let pairing = Table::from_iter([
+        ("max_peers".into(), int(p.max_peers)),
+        ("max_connections".into(), int(p.max_connections)),
+        ("max_document_ids".into(), int(p.max_document_ids)),
+        ("max_frame_bytes".into(), int(p.max_frame_bytes)),
+        ("max_held_bytes".into(), int(p.max_held_bytes)),
+        ("hold_timeout".into(), duration(p.hold_timeout)),
+        ("idle_timeout".into(), duration(p.idle_timeout)),
+    ]);
+    top.insert("pairing".into(), Value::Table(pairing));
+
     let mut out = String::from(
         "# relay-server: the effective configuration (config file, RELAY_* environment, flags and\n\
          # defaults); secrets are shown as ***.\n",

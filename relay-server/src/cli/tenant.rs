@@ -61,6 +61,10 @@ pub enum TenantCommand {
         /// Remove the tenant's own limits (the relay's defaults apply), before applying the above.
         #[arg(long)]
         clear_limits: bool,
+        /// Pairing for local-first apps on /pair/NAME/… (docs/pairing.md): off (the default),
+        /// open (anyone with the URL) or token (a pairing token in the URL).
+        #[arg(long, value_name = "MODE", value_parser = ["off", "open", "token"])]
+        pairing: Option<String>,
     },
     /// Manage a tenant's connector credentials.
     #[command(subcommand)]
@@ -68,6 +72,9 @@ pub enum TenantCommand {
     /// Manage the hostnames a tenant owns.
     #[command(subcommand)]
     Hostname(HostnameCommand),
+    /// Manage a tenant's pairing tokens (for `--pairing token`).
+    #[command(subcommand)]
+    PairingToken(PairingTokenCommand),
     /// Show a tenant's queue settings and its messages by state; with options, change the
     /// settings first (`relay-server queue …` handles the messages).
     Queue(TenantQueueArgs),
@@ -125,6 +132,35 @@ pub enum CredentialCommand {
     },
 }
 
+/// `tenant pairing-token …`
+#[derive(Subcommand, Debug)]
+pub enum PairingTokenCommand {
+    /// Create a pairing token and print it (shown only this once); apps put it in their base
+    /// URL: wss://RELAY/pair/TENANT/TOKEN.
+    Create {
+        /// The tenant.
+        tenant: String,
+        /// Admit only this peer id (the client's peerId).
+        #[arg(long, value_name = "ID")]
+        peer: Option<String>,
+        /// A note for people.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        label: String,
+    },
+    /// List a tenant's pairing tokens (never the tokens themselves).
+    List {
+        /// The tenant.
+        tenant: String,
+    },
+    /// Revoke a pairing token: new sockets with it are refused (4401).
+    Revoke {
+        /// The tenant.
+        tenant: String,
+        /// The token's id, as `tenant pairing-token list` shows it.
+        id: String,
+    },
+}
+
 pub(super) async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Result<()> {
     let store = open_store(config).await?;
     match cmd {
@@ -156,6 +192,7 @@ pub(super) async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Resul
                 t.description,
                 t.audit_query_strings
             );
+            println!("pairing:  {}", store.pairing_mode(&t.id.0).await?);
             for c in store.credentials(&t.name).await? {
                 let state = if c.revoked_at.is_some() {
                     "revoked"
@@ -188,6 +225,7 @@ pub(super) async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Resul
             max_concurrent_streams,
             request_timeout,
             clear_limits,
+            pairing,
         } => {
             let settings = relay_store::TenantSettings {
                 display_name,
@@ -213,6 +251,21 @@ pub(super) async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Resul
             }
             if limits != t.limits {
                 store.set_tenant_limits(&t.name, &limits).await?;
+            }
+            if let Some(mode) = pairing {
+                let mode: relay_store::PairingMode =
+                    mode.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+                let old = store.set_pairing_mode(&t.name, mode).await?;
+                if old != mode {
+                    store
+                        .record_admin_action(
+                            CLI_ACTOR,
+                            "tenant.pairing",
+                            &format!("{}: {old} -> {mode}", t.name),
+                        )
+                        .await?;
+                }
+                println!("pairing: {mode}");
             }
             store
                 .record_admin_action(CLI_ACTOR, "tenant.update", &t.name)
@@ -293,7 +346,75 @@ pub(super) async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Resul
                 .await?;
             println!("credential {id} revoked; its sessions close within a second");
         }
+        TenantCommand::PairingToken(cmd) => pairing_token(cmd, &store, config).await?,
         TenantCommand::Queue(args) => tenant_queue(args, &store, config).await?,
+    }
+    Ok(())
+}
+
+async fn pairing_token(
+    cmd: PairingTokenCommand,
+    store: &relay_store::Store,
+    config: &Config,
+) -> anyhow::Result<()> {
+    match cmd {
+        PairingTokenCommand::Create {
+            tenant,
+            peer,
+            label,
+        } => {
+            let hasher = hasher(config)?;
+            let t = store
+                .create_pairing_token(&tenant, peer.as_deref(), &label, &hasher)
+                .await?;
+            store
+                .record_admin_action(
+                    CLI_ACTOR,
+                    "pairing_token.create",
+                    &format!("{}/{}", t.token.tenant, t.token.id),
+                )
+                .await?;
+            let bound = t.token.peer_id.as_deref().unwrap_or("any peer id");
+            println!(
+                "pairing token {} created for tenant {} ({bound})",
+                t.token.id, t.token.tenant
+            );
+            let mode = match store.tenant(&t.token.tenant).await? {
+                Some(tn) => store.pairing_mode(&tn.id.0).await?,
+                None => relay_store::PairingMode::Off,
+            };
+            if mode != relay_store::PairingMode::Token {
+                println!(
+                    "note: pairing is {mode} for this tenant; tokens count only with \
+                     `tenant set {} --pairing token`",
+                    t.token.tenant
+                );
+            }
+            println!(
+                "token (shown once; the app's base URL is wss://RELAY/pair/{}/TOKEN):",
+                t.token.tenant
+            );
+            println!("{}", t.value);
+        }
+        PairingTokenCommand::List { tenant } => {
+            println!("{:<34} {:<8} {:<24} LABEL", "ID", "STATE", "PEER");
+            for t in store.pairing_tokens(&tenant).await? {
+                let state = if t.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                let peer = t.peer_id.as_deref().unwrap_or("*");
+                println!("{:<34} {:<8} {:<24} {}", t.id, state, peer, t.label);
+            }
+        }
+        PairingTokenCommand::Revoke { tenant, id } => {
+            store.revoke_pairing_token(&tenant, &id).await?;
+            store
+                .record_admin_action(CLI_ACTOR, "pairing_token.revoke", &format!("{tenant}/{id}"))
+                .await?;
+            println!("pairing token {id} revoked; new sockets with it are refused");
+        }
     }
     Ok(())
 }
