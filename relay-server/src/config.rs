@@ -76,6 +76,10 @@ pub struct PairingFile {
     /// closed. Default 120 s (the npm client heartbeats every 55 s).
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
+    /// How often open sockets are checked against the tenant's mode and tokens (a revoked
+    /// token or pairing turned off closes them). Default 5 s, at least 10 ms.
+    #[serde(default, with = "humantime_serde")]
+    pub recheck_interval: Option<Duration>,
 }
 
 /// `[queue]`: queue mode (`/queue/…` and `Prefer: respond-async`).
@@ -342,6 +346,8 @@ pub struct Pairing {
     pub hold_timeout: Duration,
     /// Idle timeout of every pairing socket.
     pub idle_timeout: Duration,
+    /// Period of the open sockets' recheck.
+    pub recheck_interval: Duration,
 }
 
 /// `[queue]`, validated.
@@ -628,6 +634,12 @@ impl Config {
             max_held_bytes: p.max_held_bytes.unwrap_or(1 << 20) as usize,
             hold_timeout: positive("pairing.hold_timeout", p.hold_timeout, 30)?,
             idle_timeout: positive("pairing.idle_timeout", p.idle_timeout, 120)?,
+            recheck_interval: layered::duration(
+                "pairing.recheck_interval",
+                p.recheck_interval,
+                Duration::from_secs(5),
+                Some(Duration::from_millis(10)),
+            )?,
         };
         Ok(Config {
             audit,

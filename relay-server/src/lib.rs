@@ -427,6 +427,9 @@ pub async fn run(
         queue_stop.clone(),
         deliveries.clone(),
     ));
+    // Open pairing sockets against revoked tokens and pairing turned off; ends with the pairing
+    // shutdown.
+    tokio::spawn(pair::recheck(relay.clone()));
     if relay.cluster.enabled() && node.advertise.is_none() {
         tracing::warn!(
             "the HTTPS listener is a wildcard address and [cluster] advertise is not set: other \

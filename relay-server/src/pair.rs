@@ -14,7 +14,7 @@ mod socket;
 mod wire;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use relay_store::{PairingMode, SecretHasher, Tenant};
+use relay_store::{parse_pairing_token, PairingMode, SecretHasher, Tenant, TenantId};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -83,6 +83,8 @@ const INTRODUCTION_QUEUE: usize = 256;
 #[derive(Debug)]
 pub(crate) struct Pairing {
     tenants: Mutex<HashMap<String, TenantState>>,
+    /// Every admitted socket, for the periodic recheck.
+    live: Mutex<HashMap<u64, Arc<Live>>>,
     hasher: SecretHasher,
     next_serial: AtomicU64,
     /// Cancelled when the relay shuts down: every socket closes with 1001.
@@ -118,6 +120,56 @@ struct Held {
     partner: oneshot::Sender<Side>,
 }
 
+/// An admitted socket as the recheck sees it.
+#[derive(Debug)]
+pub(crate) struct Live {
+    tenant_id: String,
+    /// The token it was admitted with, by id (token mode only).
+    token_id: Option<String>,
+    /// The close code the recheck chose, set before `revoked` is cancelled.
+    code: AtomicU16,
+    revoked: CancellationToken,
+}
+
+impl Live {
+    /// The code to close with once `revoked` fired.
+    pub(crate) fn code(&self) -> u16 {
+        self.code.load(Ordering::Acquire)
+    }
+
+    fn revoke(&self, code: u16) {
+        self.code.store(code, Ordering::Release);
+        self.revoked.cancel();
+    }
+}
+
+/// Keeps a socket in the recheck's view until dropped.
+#[derive(Debug)]
+pub(crate) struct LiveGuard {
+    relay: Arc<Relay>,
+    serial: u64,
+    pub(crate) live: Arc<Live>,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.relay
+            .pairing
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.serial);
+    }
+}
+
+/// A socket the tenant's settings admit.
+#[derive(Debug)]
+struct Admitted {
+    tenant: Arc<Tenant>,
+    target: Target,
+    token_id: Option<String>,
+}
+
 /// What a pairing path asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Target {
@@ -137,6 +189,7 @@ impl Pairing {
     pub(crate) fn new(hasher: SecretHasher) -> Pairing {
         Pairing {
             tenants: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
             hasher,
             next_serial: AtomicU64::new(1),
             stop: CancellationToken::new(),
@@ -206,14 +259,18 @@ pub(crate) async fn handle(
                 return;
             }
         };
-        let side = Side::new(upgraded, &relay.config.pairing, draft).await;
-        match admitted {
-            Err(code) => side.refuse(&relay, code).await,
-            Ok((tenant, Target::Introduction { peer })) => {
-                socket::introduction(relay, tenant, peer, side).await
+        let mut side = Side::new(upgraded, &relay.config.pairing, draft).await;
+        let admitted = match admitted {
+            Ok(a) => a,
+            Err(code) => return side.refuse(&relay, code).await,
+        };
+        side.live = Some(register(&relay, &admitted.tenant.id.0, admitted.token_id));
+        match admitted.target {
+            Target::Introduction { peer } => {
+                socket::introduction(relay, admitted.tenant, peer, side).await
             }
-            Ok((tenant, Target::Connection { a, b, doc })) => {
-                socket::connection(relay, tenant, (a, b, doc), side).await
+            Target::Connection { a, b, doc } => {
+                socket::connection(relay, admitted.tenant, (a, b, doc), side).await
             }
         }
     });
@@ -230,11 +287,7 @@ pub(crate) async fn handle(
 
 /// Decides whether a socket may use the tenant's pairing: the tenant's mode and token, then the
 /// path's own validity. `Err` is the close code.
-async fn admit(
-    relay: &Relay,
-    path: &Option<PairPath>,
-    draft: &mut Draft,
-) -> Result<(Arc<Tenant>, Target), u16> {
+async fn admit(relay: &Relay, path: &Option<PairPath>, draft: &mut Draft) -> Result<Admitted, u16> {
     let Some(path) = path else {
         return Err(close::BAD_REQUEST);
     };
@@ -260,6 +313,7 @@ async fn admit(
             return Err(close::UNAVAILABLE);
         }
     };
+    let mut token_id = None;
     let target = match access.mode {
         PairingMode::Off => return Err(close::NOT_ENABLED),
         PairingMode::Open => path.target.clone().ok_or(close::BAD_REQUEST)?,
@@ -278,6 +332,7 @@ async fn admit(
             if bound.is_some_and(|b| &b != own) {
                 return Err(close::BAD_TOKEN);
             }
+            token_id = parse_pairing_token(token).map(str::to_string);
             target
         }
     };
@@ -286,7 +341,103 @@ async fn admit(
         Target::Connection { .. } => "connection",
     }
     .to_string();
-    Ok((tenant, target))
+    Ok(Admitted {
+        tenant,
+        target,
+        token_id,
+    })
+}
+
+/// Puts an admitted socket in the recheck's view.
+fn register(relay: &Arc<Relay>, tenant_id: &str, token_id: Option<String>) -> LiveGuard {
+    let serial = relay.pairing.serial();
+    let live = Arc::new(Live {
+        tenant_id: tenant_id.to_string(),
+        token_id,
+        code: AtomicU16::new(0),
+        revoked: CancellationToken::new(),
+    });
+    relay
+        .pairing
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(serial, live.clone());
+    LiveGuard {
+        relay: relay.clone(),
+        serial,
+        live,
+    }
+}
+
+/// Checks open sockets against their tenant every `pairing.recheck_interval` until shutdown:
+/// a disabled tenant or pairing turned off closes them with 4404; in token mode, a socket
+/// whose token was revoked (or that came without one, in open mode) closes with 4401. When
+/// the store does not answer, sockets stay (fail static, like the catalog).
+pub(crate) async fn recheck(relay: Arc<Relay>) {
+    let every = relay.config.pairing.recheck_interval;
+    loop {
+        // Why select: the period, or shutdown.
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = relay.pairing.stop.cancelled() => return,
+        }
+        let live: Vec<Arc<Live>> = relay
+            .pairing
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut by_tenant: HashMap<&str, Vec<&Arc<Live>>> = HashMap::new();
+        for l in &live {
+            by_tenant.entry(l.tenant_id.as_str()).or_default().push(l);
+        }
+        for (tenant_id, sockets) in by_tenant {
+            let enabled = relay
+                .catalog
+                .enabled_tenant_by_id(&TenantId(tenant_id.to_string()))
+                .is_some();
+            let mode = if enabled {
+                match tokio::time::timeout(STORE_TIMEOUT, relay.store.pairing_mode(tenant_id)).await
+                {
+                    Ok(Ok(m)) => m,
+                    _ => continue,
+                }
+            } else {
+                PairingMode::Off
+            };
+            let active = match mode {
+                PairingMode::Token => {
+                    let ids = tokio::time::timeout(
+                        STORE_TIMEOUT,
+                        relay.store.active_pairing_tokens(tenant_id),
+                    )
+                    .await;
+                    match ids {
+                        Ok(Ok(ids)) => ids,
+                        _ => continue,
+                    }
+                }
+                _ => Vec::new(),
+            };
+            for s in sockets {
+                let code = match mode {
+                    PairingMode::Off => Some(close::NOT_ENABLED),
+                    PairingMode::Open => None,
+                    PairingMode::Token => match &s.token_id {
+                        Some(id) if active.contains(id) => None,
+                        _ => Some(close::BAD_TOKEN),
+                    },
+                };
+                if let Some(code) = code {
+                    debug!(%tenant_id, code, "pairing socket revoked by the recheck");
+                    s.revoke(code);
+                }
+            }
+        }
+    }
 }
 
 /// `Sec-WebSocket-Accept` for a valid HTTP/1.1 WebSocket handshake, else `None`.

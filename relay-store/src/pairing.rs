@@ -204,6 +204,18 @@ impl Store {
         Ok(PairingAccess { mode, token })
     }
 
+    /// The ids of a tenant's active (not revoked) pairing tokens: relays check open sockets
+    /// against them.
+    pub async fn active_pairing_tokens(&self, tenant_id: &str) -> Result<Vec<String>, Error> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM pairing_tokens WHERE tenant_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
     /// Creates a pairing token for tenant `tenant`, optionally bound to one peer id; the
     /// returned value is never stored.
     pub async fn create_pairing_token(

@@ -62,6 +62,11 @@ async fn pairing_rules(store: Store) {
         .unwrap();
     assert_eq!(cross.token, None);
 
+    let mut active = store.active_pairing_tokens(&t.id.0).await.unwrap();
+    active.sort();
+    let mut want = vec![any.token.id.clone(), bound.token.id.clone()];
+    want.sort();
+    assert_eq!(active, want);
     let listed = store.pairing_tokens("acme").await.unwrap();
     assert_eq!(listed.len(), 2);
     assert!(listed.iter().all(|t| t.revoked_at.is_none()));

@@ -425,6 +425,57 @@ async fn tenants_with_the_same_ids_never_pair() {
 }
 
 #[tokio::test]
+async fn revoking_or_turning_off_closes_open_sockets() {
+    let relay = relay(|f| f.pairing.recheck_interval = Some(Duration::from_millis(100))).await;
+    tenant(&relay, "tok", PairingMode::Token).await;
+    tenant(&relay, "open", PairingMode::Open).await;
+    let h = hasher(&relay);
+    let t1 = relay
+        .store
+        .create_pairing_token("tok", None, "", &h)
+        .await
+        .unwrap();
+    let t2 = relay
+        .store
+        .create_pairing_token("tok", None, "", &h)
+        .await
+        .unwrap();
+    let mut alice = open(
+        &relay,
+        &format!("/pair/tok/{}/introduction/alice", t1.value),
+    )
+    .await;
+    let mut waiting = open(&relay, &format!("/pair/tok/{}/connection/a/b/d", t2.value)).await;
+    let mut carol = open(&relay, "/pair/open/introduction/carol").await;
+    join(&mut alice, &["d"]).await;
+    join(&mut carol, &["d"]).await;
+    peers_online(&relay, 2).await;
+
+    // A revoked token closes the sockets that came with it (4401), not the others.
+    relay
+        .store
+        .revoke_pairing_token("tok", &t1.token.id)
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut alice).await, 4401);
+    assert!(timeout(Duration::from_millis(500), next_data(&mut waiting))
+        .await
+        .is_err());
+    // Pairing turned off closes the rest of the tenant's sockets (4404).
+    relay
+        .store
+        .set_pairing_mode("tok", PairingMode::Off)
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut waiting).await, 4404);
+    // A disabled tenant too.
+    relay.store.set_tenant_enabled("open", false).await.unwrap();
+    relay.sync().await;
+    assert_eq!(close_code(&mut carol).await, 4404);
+    peers_online(&relay, 0).await;
+}
+
+#[tokio::test]
 async fn idle_sockets_close_with_4408() {
     let relay = relay(|f| f.pairing.idle_timeout = Some(Duration::from_secs(1))).await;
     tenant(&relay, "acme", PairingMode::Open).await;

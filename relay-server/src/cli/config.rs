@@ -230,6 +230,7 @@ pub(super) fn render(config: &Config) -> String {
         ("max_held_bytes".into(), int(p.max_held_bytes)),
         ("hold_timeout".into(), duration(p.hold_timeout)),
         ("idle_timeout".into(), duration(p.idle_timeout)),
+        ("recheck_interval".into(), duration(p.recheck_interval)),
     ]);
     top.insert("pairing".into(), Value::Table(pairing));
 

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::wire::ClientMessage;
-use super::{close, Arrival, ConnectionSlot};
+use super::{close, Arrival, ConnectionSlot, LiveGuard};
 use crate::audit::{Draft, Outcome};
 use crate::config::Pairing as PairingConfig;
 use crate::Relay;
@@ -45,6 +45,8 @@ pub(crate) struct Side {
     bytes_out: u64,
     /// Counts a connection socket against the tenant's limit.
     pub(super) slot: Option<ConnectionSlot>,
+    /// Keeps an admitted socket in the recheck's view.
+    pub(super) live: Option<LiveGuard>,
 }
 
 impl Side {
@@ -63,6 +65,7 @@ impl Side {
             draft,
             bytes_out: 0,
             slot: None,
+            live: None,
         }
     }
 
@@ -137,6 +140,20 @@ impl Side {
         }
     }
 
+    /// Cancelled when the recheck revokes this socket (never, for one not admitted).
+    fn revoked(&self) -> CancellationToken {
+        self.live
+            .as_ref()
+            .map_or_else(CancellationToken::new, |l| l.live.revoked.clone())
+    }
+
+    /// The close code the recheck chose.
+    fn revoked_code(&self) -> u16 {
+        self.live
+            .as_ref()
+            .map_or(close::NOT_ENABLED, |l| l.live.code())
+    }
+
     /// Writes one message; `false` when the socket failed or stalled.
     async fn send(&mut self, m: Message) -> bool {
         matches!(timeout(SEND_TIMEOUT, self.ws.send(m)).await, Ok(Ok(())))
@@ -193,6 +210,7 @@ enum IntroEvent {
     Ping,
     Idle,
     Kick,
+    Revoked,
     Stop,
 }
 
@@ -228,9 +246,11 @@ async fn introduction_loop(
     let cfg = &relay.config.pairing;
     let mut idle = Instant::now() + cfg.idle_timeout;
     let mut ping = ping_every(cfg);
+    let revoked = side.revoked();
     loop {
         // Why select: messages from the peer, introductions for it from other peers' joins,
-        // the keepalive ping, its idle deadline, a kick when it does not read, and shutdown.
+        // the keepalive ping, its idle deadline, a kick when it does not read, the recheck's
+        // revocation, and shutdown.
         // Each branch is cancel safe (stream next, channel recv, timers, token).
         let event = tokio::select! {
             m = side.ws.next() => IntroEvent::Message(m),
@@ -238,6 +258,7 @@ async fn introduction_loop(
             _ = ping.tick() => IntroEvent::Ping,
             _ = sleep_until(idle) => IntroEvent::Idle,
             _ = kick.cancelled() => IntroEvent::Kick,
+            _ = revoked.cancelled() => IntroEvent::Revoked,
             _ = relay.pairing.stop.cancelled() => IntroEvent::Stop,
         };
         match event {
@@ -294,6 +315,7 @@ async fn introduction_loop(
             }
             IntroEvent::Idle => return Some(close::IDLE),
             IntroEvent::Kick => return Some(close::NOT_READING),
+            IntroEvent::Revoked => return Some(side.revoked_code()),
             IntroEvent::Stop => return Some(close::GOING_AWAY),
         }
     }
@@ -306,6 +328,7 @@ enum HoldEvent {
     Message(Option<Result<Message, WsError>>),
     Ping,
     Deadline,
+    Revoked,
     Stop,
 }
 
@@ -340,6 +363,7 @@ async fn hold(
     let mut ping = ping_every(cfg);
     let mut held: Vec<Message> = Vec::new();
     let mut held_bytes = 0usize;
+    let revoked = side.revoked();
     let code = loop {
         // Why select: the partner's arrival, this side's messages (held for the partner), the
         // keepalive ping, the hold and idle deadlines, and shutdown. All cancel safe.
@@ -348,6 +372,7 @@ async fn hold(
             m = side.ws.next() => HoldEvent::Message(m),
             _ = ping.tick() => HoldEvent::Ping,
             _ = sleep_until(hold_until.min(idle)) => HoldEvent::Deadline,
+            _ = revoked.cancelled() => HoldEvent::Revoked,
             _ = relay.pairing.stop.cancelled() => HoldEvent::Stop,
         };
         match event {
@@ -381,6 +406,7 @@ async fn hold(
                 break Some(close::HOLD_TIMEOUT);
             }
             HoldEvent::Deadline => break Some(close::IDLE),
+            HoldEvent::Revoked => break Some(side.revoked_code()),
             HoldEvent::Stop => break Some(close::GOING_AWAY),
         }
     };
@@ -398,6 +424,7 @@ enum PipeEvent {
     Message(usize, Option<Result<Message, WsError>>),
     Ping,
     Idle,
+    Revoked(usize),
     Stop,
 }
 
@@ -423,16 +450,19 @@ async fn pipe(relay: &Relay, first: Side, held: Vec<Message>, second: Side) {
     }
     let mut idle = [Instant::now() + cfg.idle_timeout; 2];
     let mut ping = ping_every(cfg);
+    let revoked = [sides[0].revoked(), sides[1].revoked()];
     loop {
         let event = {
             let [x, y] = &mut sides;
             // Why select: a message from either side (forwarded to the other), the keepalive
-            // pings, the idle deadlines, and shutdown. All cancel safe.
+            // pings, the idle deadlines, either side's revocation, and shutdown. All cancel safe.
             tokio::select! {
                 m = x.ws.next() => PipeEvent::Message(0, m),
                 m = y.ws.next() => PipeEvent::Message(1, m),
                 _ = ping.tick() => PipeEvent::Ping,
                 _ = sleep_until(idle[0].min(idle[1])) => PipeEvent::Idle,
+                _ = revoked[0].cancelled() => PipeEvent::Revoked(0),
+                _ = revoked[1].cancelled() => PipeEvent::Revoked(1),
                 _ = relay.pairing.stop.cancelled() => PipeEvent::Stop,
             }
         };
@@ -474,6 +504,10 @@ async fn pipe(relay: &Relay, first: Side, held: Vec<Message>, second: Side) {
                         codes[i] = Some(close::IDLE);
                     }
                 }
+                break;
+            }
+            PipeEvent::Revoked(i) => {
+                codes[i] = Some(sides[i].revoked_code());
                 break;
             }
             PipeEvent::Stop => {
