@@ -14,6 +14,7 @@ mod extract;
 mod hostnames;
 mod nodes;
 mod openapi;
+mod pairing;
 mod queue;
 mod requests;
 mod tenants;
@@ -206,6 +207,42 @@ pub static ROUTES: &[ApiRoute] = &[
     },
     ApiRoute {
         method: "get",
+        path: "/api/v1/tenants/{name}/pairing",
+        operation: "getPairing",
+        summary: "A tenant's pairing mode and pairing tokens (never the tokens themselves)",
+        request: None,
+        response: (200, Some("Pairing")),
+        query: &[],
+    },
+    ApiRoute {
+        method: "patch",
+        path: "/api/v1/tenants/{name}/pairing",
+        operation: "updatePairing",
+        summary: "Turn pairing off, open, or token mode; open sockets the new mode refuses are closed",
+        request: Some("PairingPatch"),
+        response: (200, Some("Pairing")),
+        query: &[],
+    },
+    ApiRoute {
+        method: "post",
+        path: "/api/v1/tenants/{name}/pairing/tokens",
+        operation: "createPairingToken",
+        summary: "Create a pairing token, optionally bound to one peer id; the token appears only in this response",
+        request: Some("NewPairingToken"),
+        response: (201, Some("CreatedPairingToken")),
+        query: &[],
+    },
+    ApiRoute {
+        method: "delete",
+        path: "/api/v1/tenants/{name}/pairing/tokens/{id}",
+        operation: "revokePairingToken",
+        summary: "Revoke a pairing token; sockets using it close",
+        request: None,
+        response: (204, None),
+        query: &[],
+    },
+    ApiRoute {
+        method: "get",
         path: "/api/v1/tenants/{name}/queue",
         operation: "getQueue",
         summary: "A tenant's queue settings, its messages by state and how long the oldest has waited",
@@ -320,6 +357,10 @@ fn handler(operation: &str) -> MethodRouter<AppState> {
         "addHostname" => post(hostnames::add),
         "removeHostname" => delete(hostnames::remove),
         "listConnections" => get(connections::list),
+        "getPairing" => get(pairing::read),
+        "updatePairing" => patch(pairing::update),
+        "createPairingToken" => post(pairing::create_token),
+        "revokePairingToken" => delete(pairing::revoke_token),
         "getQueue" => get(queue::read),
         "updateQueue" => patch(queue::update),
         "listQueueMessages" => get(queue::messages),

@@ -183,8 +183,11 @@ impl From<relay_store::Error> for Error {
             | S::CredentialNotFound(_)
             | S::HostnameNotFound(_)
             | S::ApiTokenNotFound(_)
+            | S::PairingTokenNotFound(_)
             | S::NodeNotFound(_) => Error::NotFound(e.to_string()),
-            S::InvalidName(_) | S::InvalidHostname(_) => Error::Validation(e.to_string()),
+            S::InvalidName(_) | S::InvalidHostname(_) | S::InvalidPeerId(_) => {
+                Error::Validation(e.to_string())
+            }
             S::HashingBusy => Error::Busy,
             S::Database(_) => Error::Unavailable(e.to_string()),
             e => Error::Internal(e.to_string()),

@@ -476,6 +476,71 @@ async fn revoking_or_turning_off_closes_open_sockets() {
 }
 
 #[tokio::test]
+async fn management_api_switches_pairing_and_issues_tokens() {
+    let relay = relay(|f| f.pairing.recheck_interval = Some(Duration::from_millis(100))).await;
+    tenant(&relay, "acme", PairingMode::Off).await;
+    let client = testkit::Client::new(&relay.ca_cert());
+    let base = format!(
+        "http://{}/api/v1/tenants/acme",
+        relay.admin_addr.expect("admin")
+    );
+    let auth = format!("Bearer {}", relay.api_token("ops").await);
+    let call = |method: &'static str, path: &str, body: &str| {
+        let (client, url, auth) = (&client, format!("{base}{path}"), auth.clone());
+        let body = bytes::Bytes::from(body.to_string());
+        async move {
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ];
+            let a = client
+                .request_with(method, &url, &headers, body)
+                .await
+                .unwrap();
+            let json = serde_json::from_slice(&a.body).unwrap_or(serde_json::Value::Null);
+            (a.status.as_u16(), json)
+        }
+    };
+    assert_eq!(
+        close_code(&mut open(&relay, "/pair/acme/introduction/alice").await).await,
+        4404
+    );
+    let (status, body) = call("PATCH", "/pairing", r#"{"mode":"token"}"#).await;
+    assert_eq!((status, body["mode"].as_str()), (200, Some("token")));
+    let (status, _) = call("PATCH", "/pairing", r#"{"mode":"always"}"#).await;
+    assert_eq!(status, 422);
+    let (status, created) = call("POST", "/pairing/tokens", r#"{"peer_id":"alice"}"#).await;
+    assert_eq!(status, 201);
+    let token = created["token"].as_str().unwrap().to_string();
+    let id = created["id"].as_str().unwrap().to_string();
+    let mut alice = open(&relay, &format!("/pair/acme/{token}/introduction/alice")).await;
+    peers_online(&relay, 1).await;
+    let (status, listed) = call("GET", "/pairing", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["tokens"][0]["id"], id.as_str());
+    assert_eq!(listed["tokens"][0]["peer_id"], "alice");
+    assert!(listed["tokens"][0].get("token").is_none());
+    let (status, _) = call("DELETE", &format!("/pairing/tokens/{id}"), "").await;
+    assert_eq!(status, 204);
+    assert_eq!(close_code(&mut alice).await, 4401);
+    let actions: Vec<String> = relay
+        .store
+        .admin_actions(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    for a in [
+        "tenant.pairing",
+        "pairing_token.create",
+        "pairing_token.revoke",
+    ] {
+        assert!(actions.iter().any(|x| x == a), "{a} not in {actions:?}");
+    }
+}
+
+#[tokio::test]
 async fn idle_sockets_close_with_4408() {
     let relay = relay(|f| f.pairing.idle_timeout = Some(Duration::from_secs(1))).await;
     tenant(&relay, "acme", PairingMode::Open).await;

@@ -210,6 +210,26 @@ pub fn openapi_document() -> Value {
                     "ttl_ms": {"type": ["integer", "null"], "minimum": 1, "description": "time to live of new messages"},
                     "max_messages": quota("most messages waiting (queued or delivering)"),
                     "max_bytes": quota("most body bytes waiting")}}));
+    let pairing_token = json!({"id": {"type": "string"}, "peer_id": {"type": ["string", "null"], "description": "the one peer id it admits, or null for any"},
+                    "label": {"type": "string"}, "created_at": time, "revoked_at": nullable_time});
+    schemas.insert(
+        "PairingToken".into(),
+        json!({"type": "object", "properties": pairing_token}),
+    );
+    schemas.insert("Pairing".into(), json!({"type": "object", "properties": {
+                    "tenant": name_out, "mode": {"type": "string", "enum": ["off", "open", "token"]},
+                    "tokens": {"type": "array", "items": {"$ref": "#/components/schemas/PairingToken"}}}}));
+    schemas.insert("PairingPatch".into(), json!({"type": "object", "additionalProperties": false, "required": ["mode"], "properties": {
+                    "mode": {"type": "string", "enum": ["off", "open", "token"]}}}));
+    schemas.insert("NewPairingToken".into(), json!({"type": "object", "additionalProperties": false, "properties": {
+                    "peer_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 128, "description": "admit only this peer id"},
+                    "label": {"type": "string", "description": "the first 200 characters are kept"}}}));
+    let mut created = pairing_token.clone();
+    created["token"] = json!({"type": "string", "description": "rpt_…, shown only here; apps put it in their base URL wss://RELAY/pair/TENANT/TOKEN"});
+    schemas.insert(
+        "CreatedPairingToken".into(),
+        json!({"type": "object", "required": ["id", "token"], "properties": created}),
+    );
     schemas.insert("QueueSettingsPatch".into(), json!({"type": "object", "additionalProperties": false, "description": "an absent field is kept; null returns to the relays' default; values out of range get 422", "properties": {
                     "order": {"type": "string", "enum": ["parallel", "ordered"]},
                     "ttl_ms": {"type": ["integer", "null"], "minimum": 1000, "description": "at most the relays' queue.max_ttl (default 30 days)"},
