@@ -118,10 +118,10 @@ pub(crate) fn kind(relay: &Relay, req: &Request<Incoming>) -> Option<Kind> {
             response,
         });
     }
-    if path.starts_with("/queue/") {
-        if !crate::route::tenant_host(relay, req.headers(), req.uri(), req.version()) {
-            return Some(Kind::Accept);
-        }
+    if path.starts_with("/queue/")
+        && !crate::route::tenant_host(relay, req.headers(), req.uri(), req.version())
+    {
+        return Some(Kind::Accept);
     }
     let async_preferred = req
         .headers()
