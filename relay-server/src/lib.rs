@@ -478,7 +478,12 @@ pub async fn run(
     // Pairing sockets are upgraded connections the ingress no longer tracks: close them (1001).
     relay
         .pairing
-        .shutdown(relay.config.shutdown_grace.min(std::time::Duration::from_secs(5)))
+        .shutdown(
+            relay
+                .config
+                .shutdown_grace
+                .min(std::time::Duration::from_secs(5)),
+        )
         .await;
     while tasks.join_next().await.is_some() {}
     let _ = quic_task.await;
