@@ -27,12 +27,19 @@ import time
 import urllib.request
 import ssl
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peers  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
 PORTS = {"backend": 18080, "proxy": 18081, "sink": 18082, "relay": 18443, "relay_http": 18090, "backend_h2": 18444,
          # Two relay nodes on one PostgreSQL: the cross-node path (visitor → A → B → connector)
          # beside the same-node one (visitor → B → connector).
          "node_a": 18543, "node_a_http": 18190, "node_b": 18643, "node_b_http": 18290}
+# The peers (bench/peers.py): their control port and the ports their tunnels expose.
+PEER_PORTS = {"rathole-tls": {"control": 18700, "app": 18701, "sink": 18702},
+              "rathole-tcp": {"control": 18710, "app": 18711, "sink": 18712},
+              "bore": {"app": 18721, "sink": 18722}}
 IDLE_CONNECTIONS = 1000
 
 
@@ -363,6 +370,23 @@ def main():
                     raise SystemExit(f"the tunnel did not come up: {last}")
                 time.sleep(0.2)
 
+        def wait_http(url, timeout):
+            end = time.time() + timeout
+            while time.time() < end:
+                try:
+                    if urllib.request.urlopen(url, timeout=2).status == 200:
+                        return True
+                except Exception:
+                    pass
+                time.sleep(0.2)
+            return False
+
+        peer_paths, peer_procs, unavailable, peer_idle = peers.start_all(
+            work, PEER_PORTS, PORTS["backend"], PORTS["sink"], start, wait_http, log)
+        procs += peer_procs
+        for name, why in unavailable.items():
+            log(f"peer {name} unavailable: {why}")
+
         paths = {
             "direct": {"small": f"http://127.0.0.1:{PORTS['backend']}/small", "big": f"http://127.0.0.1:{PORTS['backend']}/big",
                        "upload": f"http://127.0.0.1:{PORTS['sink']}/upload", "pids": [],
@@ -382,6 +406,7 @@ def main():
                               "upload": f"{cross_base}/sink/upload",
                               "pids": [nodes["a"].pid, nodes["b"].pid, conn_cluster.pid],
                               "relay": nodes["a"].pid, "conn": conn_cluster.pid},
+            **peer_paths,
         }
         results = []
         for r in range(rounds):
@@ -404,6 +429,8 @@ def main():
                 results.append(row)
         log("idle keep-alive connections")
         idle = {"relay": idle_connections(PORTS["relay_http"], "/relay/bench/app/small", relay.pid, IDLE_CONNECTIONS)}
+        for path, (port, pid) in peer_idle.items():
+            idle[path] = idle_connections(port, "/small", pid, IDLE_CONNECTIONS)
 
         out = {
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -417,7 +444,9 @@ def main():
                 "relay": subprocess.run([relay_bin, "--version"], capture_output=True, text=True).stdout.strip(),
                 "nginx": subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip(),
                 "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0],
+                **{name: peers.version(name) for name in ("rathole", "bore") if os.path.exists(peers.binary(name))},
             },
+            "unavailable": unavailable,
             "results": results,
             "idle_kib_per_connection": idle,
         }

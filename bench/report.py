@@ -74,14 +74,20 @@ def main(path):
     w(f"- Machine: {m['cpus']} CPUs, {m['mem_gib']} GiB, Linux {m['kernel']}; load generator, backend, relay and "
       "connector share the CPUs.")
     v = data["versions"]
-    w(f"- Versions: {v['relay']}; {v['nginx']}; {v['wrk']}.")
+    w(f"- Versions: {v['relay']}; {v['nginx']}; {v['wrk']}"
+      + "".join(f"; {v[p]}" for p in ("rathole", "bore") if p in v) + ".")
     w("- Paths: `direct` = wrk/curl → nginx; `nginx` = nginx one-hop L7 proxy (HTTP/1.1 upstream keep-alive, the "
       "anchor); `relay-quic` = visitor → relay plain-HTTP ingress → QUIC session → connector → nginx; `relay-tcp` = the "
       "same over a TLS-over-TCP session (the fallback transport, `--transport tcp`); `cluster-same` = visitor → relay "
       "node B (one of two nodes sharing a PostgreSQL) → QUIC session → connector → nginx; `cluster-cross` = visitor → "
       "node A, which holds no session of the tenant → node link (QUIC) → node B → connector → nginx. Connectors "
-      "keep their default 2 sessions. Uploads go "
-      "to a small sink (bench/sink.py) on every path.")
+      "keep their default 2 sessions. The peers forward TCP, not HTTP, each with its own client beside the "
+      "backend (bench/peers.py, installed from crates.io at pinned versions): `rathole-tls` = visitor → rathole "
+      "server → TLS transport → rathole client → nginx; `rathole-tcp` = the same on rathole's plain TCP transport; "
+      "`bore` = visitor → bore server → bore client → nginx (plain TCP, one connection per visitor connection). "
+      "Uploads go to a small sink (bench/sink.py) on every path.")
+    for name, why in sorted(data.get("unavailable", {}).items()):
+        w(f"- `{name}` could not be measured: {why}")
     w("")
     w("## Ratios to direct (medians)")
     w("")
@@ -138,7 +144,17 @@ def main(path):
     idle = data.get("idle_kib_per_connection", {})
     if "relay" in idle:
         w(f"- Relay memory per idle visitor keep-alive connection (1000 held on the plain-HTTP ingress): "
-          f"{idle['relay']:.1f} KiB.")
+          f"{idle['relay']:.1f} KiB"
+          + "".join(f"; `{p}` server {idle[p]:.1f} KiB" for p in ("rathole-tls", "rathole-tcp", "bore") if p in idle)
+          + ".")
+    for path in ("rathole-tls", "rathole-tcp", "bore"):
+        rq = [by[(rd, path)] for rd in rounds if (rd, path) in by]
+        if rq:
+            server_growth = max(r["relay_rss_kib"]["peak"] - r["relay_rss_kib"]["base"] for r in rq)
+            client_growth = max(r["connector_rss_kib"]["peak"] - r["connector_rss_kib"]["base"] for r in rq)
+            w(f"- `{path}`: largest RSS growth in one round: server {server_growth / 1024:.1f} MiB (from "
+              f"{rq[0]['relay_rss_kib']['base'] / 1024:.1f} MiB), client {client_growth / 1024:.1f} MiB (from "
+              f"{rq[0]['connector_rss_kib']['base'] / 1024:.1f} MiB).")
     w("")
     w("## Against the targets")
     w("")

@@ -3,7 +3,7 @@
 #        bench/run.sh --sessions [N]
 #        bench/run.sh --queue [--smoke] [--rounds N] [--duration SECONDS] [--store sqlite|postgres|both]
 # Installs the load tools when missing (nginx, wrk, curl, python3, PostgreSQL), builds the relay and
-# the connector in release mode, runs bench/bench.py (interleaved rounds over every path) and writes
+# the connector in release mode (and the peers rathole and bore, pinned, into target/peers/), runs bench/bench.py (interleaved rounds over every path) and writes
 # docs/benchmarks.md and docs/benchmarks.svg from the results. Not a test: nothing here is timed
 # by CI. --smoke runs one short round to prove the harness works. --sessions runs only the
 # connector-session benchmark, --queue only the queue-mode one (bench/queue.py →
@@ -19,6 +19,9 @@ have h2load || missing+=(nghttp2-client)
 have openssl || missing+=(openssl)
 have curl || missing+=(curl)
 have python3 || missing+=(python3)
+# rathole (a peer measured beside the relay, bench/peers.py) links OpenSSL for its TLS transport.
+have pkg-config || missing+=(pkg-config)
+[ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
 # initdb, pg_ctl, pgbench, psql: the cluster paths and the queue benchmark start their own PostgreSQL.
 { have pgbench && have psql && { have initdb || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; }; } ||
     missing+=(postgresql postgresql-client)
