@@ -48,7 +48,12 @@ def install(log):
 def version(name):
     try:
         out = subprocess.run([binary(name), "--version"], capture_output=True, text=True, timeout=10)
-        return (out.stdout or out.stderr).strip().splitlines()[0]
+        text = (out.stdout or out.stderr).strip()
+        # rathole prints a build table: its "Build Version:" line has the version.
+        for line in text.splitlines():
+            if line.startswith("Build Version:"):
+                return f"{name} {line.split(':', 1)[1].strip()}"
+        return text.splitlines()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
         return f"{name} (version unknown)"
 
