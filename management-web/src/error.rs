@@ -184,10 +184,12 @@ impl From<relay_store::Error> for Error {
             | S::HostnameNotFound(_)
             | S::ApiTokenNotFound(_)
             | S::PairingTokenNotFound(_)
+            | S::ApiKeyNotFound(_)
             | S::NodeNotFound(_) => Error::NotFound(e.to_string()),
-            S::InvalidName(_) | S::InvalidHostname(_) | S::InvalidPeerId(_) => {
-                Error::Validation(e.to_string())
-            }
+            S::InvalidName(_)
+            | S::InvalidHostname(_)
+            | S::InvalidPeerId(_)
+            | S::InvalidPolicy(_) => Error::Validation(e.to_string()),
             S::HashingBusy => Error::Busy,
             S::Database(_) => Error::Unavailable(e.to_string()),
             e => Error::Internal(e.to_string()),

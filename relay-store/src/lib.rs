@@ -21,6 +21,7 @@ mod name;
 mod node;
 mod pairing;
 mod password;
+mod policy;
 mod queue;
 mod secret;
 mod session_log;
@@ -45,6 +46,11 @@ pub use pairing::{
     parse_pairing_token, NewPairingToken, PairingAccess, PairingMode, PairingToken, MAX_PEER_ID_LEN,
 };
 pub use password::{password_hash_permits, M_COST_KIB};
+pub use policy::{
+    hash_password, parse_api_key, parse_cidr, verify_password, ApiKey, ApiKeyRecord, ApiKeyRule,
+    BasicRule, JwtKey, JwtRule, NewApiKey, PolicyRecord, PolicyRules, PolicyScope, RateLimitRule,
+    Rule, DEFAULT_API_KEY_HEADER, JWT_ALGORITHMS, MAX_JWT_LEEWAY_SECS,
+};
 pub use queue::{
     decode_headers, encode_headers, BodyPreview, Cancelled, Discarded, Enqueued, Finish,
     MessagePreview, NewMessage, QueueCounts, QueueMessage, QueueQuota, QueueSettings, QueueState,
@@ -89,6 +95,12 @@ pub enum Error {
     /// No such credential for that tenant.
     #[error("credential {0} not found")]
     CredentialNotFound(String),
+    /// No such visitor API key for that tenant.
+    #[error("API key {0} not found")]
+    ApiKeyNotFound(String),
+    /// Access policy rules that cannot be stored.
+    #[error("invalid access policy: {0}")]
+    InvalidPolicy(String),
     /// No such pairing token for that tenant.
     #[error("pairing token {0} not found")]
     PairingTokenNotFound(String),
@@ -163,6 +175,10 @@ pub struct Snapshot {
     pub credentials: Vec<CredentialRecord>,
     /// Every hostname route.
     pub hostnames: Vec<Hostname>,
+    /// Every visitor access policy.
+    pub policies: Vec<PolicyRecord>,
+    /// Every visitor API key that is not revoked.
+    pub api_keys: Vec<ApiKeyRecord>,
 }
 
 /// A handle on the database; cheap to clone.
@@ -387,12 +403,26 @@ impl Store {
             .into_iter()
             .map(Hostname::from)
             .collect();
+        let policies = sqlx::query_as::<_, policy::PolicyRow>(policy::SELECT_POLICIES)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(policy::PolicyRow::into_record)
+            .collect();
+        let api_keys = sqlx::query_as::<_, policy::KeyRecordRow>(policy::SELECT_ACTIVE_KEYS)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(ApiKeyRecord::from)
+            .collect();
         tx.commit().await?;
         Ok(Snapshot {
             revision,
             tenants,
             credentials,
             hostnames,
+            policies,
+            api_keys,
         })
     }
 

@@ -269,12 +269,15 @@ impl Store {
         let Some((id,)) = id else {
             return Err(Error::TenantNotFound(name.to_string()));
         };
-        // Its queue goes with it (messages, bodies, responses, settings), and its pairing.
+        // Its queue goes with it (messages, bodies, responses, settings), its pairing and its
+        // access policies and visitor API keys.
         for table in [
             "queue_messages",
             "tenant_queue_settings",
             "tenant_pairing",
             "pairing_tokens",
+            "access_policies",
+            "policy_api_keys",
         ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
                 .bind(&id)
