@@ -178,7 +178,9 @@ pub(crate) async fn handle(
         return queued(relay, req, conn, kind, (request_id, started)).await;
     }
     if crate::pair::is_pairing(&relay, &req) {
-        return crate::pair::handle(relay, req, conn, &request_id).await.map(Either::Left);
+        return crate::pair::handle(relay, req, conn, &request_id)
+            .await
+            .map(Either::Left);
     }
     // Requests that match no tenant count under "" (visitor-chosen names never become labels).
     let mut counters = None;
