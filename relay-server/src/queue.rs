@@ -80,6 +80,46 @@ pub(crate) struct Queue {
     /// since): quotas are checked against it instead of counting on every accept. Across nodes
     /// a quota may be overshot by what the others accept within [`USAGE_TTL`].
     usage: Mutex<HashMap<String, Usage>>,
+    /// Tenants' queue settings as last read, per tenant id: an accept reads them from here, not
+    /// from the store (a change made elsewhere applies within [`SETTINGS_TTL`]).
+    settings: Mutex<HashMap<String, (tokio::time::Instant, relay_store::QueueSettings)>>,
+}
+
+/// How long a tenant's queue settings are reused without reading them again.
+const SETTINGS_TTL: Duration = Duration::from_secs(1);
+/// Most tenants whose settings are kept (beyond it, expired entries are dropped).
+const MAX_CACHED_SETTINGS: usize = 100_000;
+
+/// A tenant's queue settings: cached for [`SETTINGS_TTL`], read from the store otherwise.
+async fn tenant_settings(
+    relay: &Relay,
+    tenant_id: &str,
+) -> Result<relay_store::QueueSettings, Refusal> {
+    let cached = relay
+        .queue
+        .settings
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(tenant_id)
+        .filter(|(at, _)| at.elapsed() < SETTINGS_TTL)
+        .map(|(_, s)| *s);
+    if let Some(s) = cached {
+        return Ok(s);
+    }
+    let s = tokio::time::timeout(STORE_TIMEOUT, relay.store.queue_settings(tenant_id))
+        .await
+        .map_err(|_| unavailable())?
+        .map_err(|_| unavailable())?;
+    let mut cache = relay
+        .queue
+        .settings
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= MAX_CACHED_SETTINGS {
+        cache.retain(|_, (at, _)| at.elapsed() < SETTINGS_TTL);
+    }
+    cache.insert(tenant_id.to_string(), (tokio::time::Instant::now(), s));
+    Ok(s)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -289,10 +329,7 @@ async fn accept(
             return Ok(accepted(&m, &base));
         }
     }
-    let settings = tokio::time::timeout(STORE_TIMEOUT, relay.store.queue_settings(&tenant.id.0))
-        .await
-        .map_err(|_| unavailable())?
-        .map_err(|_| unavailable())?;
+    let settings = tenant_settings(relay, &tenant.id.0).await?;
     let q = &relay.config.queue;
     let ttl = settings
         .ttl_ms
