@@ -420,6 +420,8 @@ async fn retries_failures_expiry_idempotency_and_quotas() {
         )
         .await
         .unwrap();
+    // A node reads a tenant's queue settings at most once a second (docs/queue.md).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let short = accept("/queue/away/app/short", vec![], b"").await;
     let at = short.headers["location"].to_str().unwrap().to_string();
     let s = until_final(at).await;
