@@ -20,6 +20,7 @@ mod hostname;
 mod name;
 mod node;
 mod pairing;
+mod pairing_cluster;
 mod password;
 mod policy;
 mod queue;
@@ -51,6 +52,7 @@ pub use policy::{
     BasicRule, JwtKey, JwtRule, NewApiKey, PolicyRecord, PolicyRules, PolicyScope, RateLimitRule,
     Rule, DEFAULT_API_KEY_HEADER, JWT_ALGORITHMS, MAX_JWT_LEEWAY_SECS,
 };
+pub use pairing_cluster::HeldElsewhere;
 pub use queue::{
     decode_headers, encode_headers, BodyPreview, Cancelled, Discarded, Enqueued, Finish,
     MessagePreview, NewMessage, QueueCounts, QueueMessage, QueueQuota, QueueSettings, QueueState,
