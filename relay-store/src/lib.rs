@@ -46,13 +46,13 @@ pub use node::{NodeRecord, NodeState, SingleNodeLock};
 pub use pairing::{
     parse_pairing_token, NewPairingToken, PairingAccess, PairingMode, PairingToken, MAX_PEER_ID_LEN,
 };
+pub use pairing_cluster::HeldElsewhere;
 pub use password::{password_hash_permits, M_COST_KIB};
 pub use policy::{
     hash_password, parse_api_key, parse_cidr, verify_password, ApiKey, ApiKeyRecord, ApiKeyRule,
     BasicRule, JwtKey, JwtRule, NewApiKey, PolicyRecord, PolicyRules, PolicyScope, RateLimitRule,
     Rule, DEFAULT_API_KEY_HEADER, JWT_ALGORITHMS, MAX_JWT_LEEWAY_SECS,
 };
-pub use pairing_cluster::HeldElsewhere;
 pub use queue::{
     decode_headers, encode_headers, BodyPreview, Cancelled, Discarded, Enqueued, Finish,
     MessagePreview, NewMessage, QueueCounts, QueueMessage, QueueQuota, QueueSettings, QueueState,
