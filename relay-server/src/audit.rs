@@ -35,6 +35,9 @@ pub(crate) struct Draft {
     pub(crate) session_id: String,
     /// The node holding the session, when the request was forwarded to another node.
     pub(crate) session_node: Option<String>,
+    /// The access-policy rule that refused the request (`ip-deny@tenant`, …); a refusal's
+    /// outcome then reads `policy:{rule}`.
+    pub(crate) policy: Option<String>,
     /// Request body bytes, counted by the upload pump.
     pub(crate) bytes_in: Arc<AtomicU64>,
     pub(crate) started: Instant,
@@ -53,6 +56,7 @@ impl Draft {
             target: String::new(),
             session_id: String::new(),
             session_node: None,
+            policy: None,
             bytes_in: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
             created_at: now_ms(),
@@ -74,7 +78,10 @@ impl Draft {
             method: self.method,
             path: self.path,
             status: i64::from(status),
-            outcome: outcome.as_str().to_string(),
+            outcome: match self.policy {
+                Some(rule) if outcome == Outcome::Refused => format!("policy:{rule}"),
+                _ => outcome.as_str().to_string(),
+            },
             bytes_in: i64::try_from(self.bytes_in.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
             bytes_out: i64::try_from(bytes_out).unwrap_or(i64::MAX),
             duration_ms: i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX),

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use relay_store::{CredentialRecord, Snapshot, Store, Tenant, TenantId};
+use relay_store::{ApiKeyRecord, CredentialRecord, Snapshot, Store, Tenant, TenantId};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -19,6 +19,10 @@ pub(crate) struct CatalogData {
     by_id: HashMap<TenantId, Arc<Tenant>>,
     credentials: HashMap<String, CredentialRecord>,
     hostnames: HashMap<String, (TenantId, String)>,
+    /// Visitor access policies per tenant id, compiled.
+    policies: HashMap<String, Arc<crate::policy::TenantPolicies>>,
+    /// Active visitor API keys by id.
+    api_keys: HashMap<String, ApiKeyRecord>,
 }
 
 impl CatalogData {
@@ -40,12 +44,19 @@ impl CatalogData {
             .into_iter()
             .map(|h| (h.hostname, (h.tenant_id, h.target)))
             .collect();
+        let policies = crate::policy::compile_all(s.policies)
+            .into_iter()
+            .map(|(k, v)| (k, Arc::new(v)))
+            .collect();
+        let api_keys = s.api_keys.into_iter().map(|k| (k.id.clone(), k)).collect();
         CatalogData {
             revision: s.revision,
             by_name,
             by_id,
             credentials,
             hostnames,
+            policies,
+            api_keys,
         }
     }
 }
@@ -95,6 +106,16 @@ impl Catalog {
     /// An active (not revoked) credential.
     pub(crate) fn credential(&self, id: &str) -> Option<CredentialRecord> {
         self.current().credentials.get(id).cloned()
+    }
+
+    /// A tenant's access policies, if it has any.
+    pub(crate) fn policies(&self, tenant_id: &str) -> Option<Arc<crate::policy::TenantPolicies>> {
+        self.current().policies.get(tenant_id).cloned()
+    }
+
+    /// An active visitor API key.
+    pub(crate) fn api_key(&self, id: &str) -> Option<ApiKeyRecord> {
+        self.current().api_keys.get(id).cloned()
     }
 
     /// The current revision.

@@ -8,6 +8,8 @@ use http_body_util::Full;
 use tracing::{debug, error, warn};
 use tunnel_protocol::ErrorCode;
 
+use crate::policy::Denial;
+
 /// Who caused a failure: decides the log level and what the visitor is told.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(dead_code)] // `Relay` is for the relay's own faults; none of today's errors is one.
@@ -59,6 +61,8 @@ pub(crate) enum ProxyError {
     TooManyHeaders,
     #[error("request target longer than {0} bytes")]
     UriTooLong(usize),
+    #[error("refused by the access policy")]
+    Policy(crate::policy::Denial),
     #[error("tenant stream limit reached")]
     TooManyStreams,
     #[error("target not defined on the connector")]
@@ -88,6 +92,14 @@ impl ProxyError {
             Self::TooManyHeaders => (Blame::Visitor, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
             Self::UriTooLong(_) => (Blame::Visitor, StatusCode::URI_TOO_LONG),
             Self::TooManyStreams => (Blame::Visitor, StatusCode::TOO_MANY_REQUESTS),
+            Self::Policy(d) => (
+                Blame::Visitor,
+                match d {
+                    Denial::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+                    Denial::Forbidden => StatusCode::FORBIDDEN,
+                    Denial::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+                },
+            ),
             Self::UnknownTarget => (Blame::Visitor, StatusCode::NOT_FOUND),
             Self::UnknownTenant => (Blame::Visitor, StatusCode::NOT_FOUND),
         }
@@ -112,6 +124,9 @@ impl ProxyError {
             Self::TooManyHeaders => "too many request header fields",
             Self::UriTooLong(_) => "the request URI is too long",
             Self::TooManyStreams => "too many requests in flight for this tenant",
+            Self::Policy(Denial::Unauthorized(_)) => "credentials are missing or not valid",
+            Self::Policy(Denial::Forbidden) => "access denied by policy",
+            Self::Policy(Denial::RateLimited(_)) => "too many requests from this address",
             Self::UnknownTarget => "unknown target",
         }
     }
@@ -121,6 +136,7 @@ impl ProxyError {
         match self {
             Self::NoSession | Self::Moved => Some(5),
             Self::TooManyStreams => Some(1),
+            Self::Policy(Denial::RateLimited(secs)) => Some(*secs),
             _ => None,
         }
     }
@@ -182,6 +198,12 @@ pub(crate) fn error_message(err: &ProxyError, request_id: &str) -> Response<Byte
             header::ALLOW,
             HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
         );
+    }
+    if let ProxyError::Policy(Denial::Unauthorized(challenges)) = err {
+        for c in challenges {
+            resp.headers_mut()
+                .append(header::WWW_AUTHENTICATE, c.clone());
+        }
     }
     if let Some(secs) = err.retry_after() {
         resp.headers_mut()

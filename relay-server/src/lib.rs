@@ -38,6 +38,7 @@ pub mod keys;
 mod metrics;
 mod node;
 mod pair;
+mod policy;
 mod proxy;
 mod queue;
 mod registry;
@@ -84,6 +85,8 @@ pub(crate) struct Relay {
     queue: queue::Queue,
     /// Pairing's peers and waiting connections on this node (`/pair/…`).
     pairing: pair::Pairing,
+    /// Visitor access policies: rate-limit buckets and checked Basic credentials.
+    policies: policy::Policies,
 }
 
 /// What the management web learns from this process: streams in flight per session, and the
@@ -335,6 +338,7 @@ pub async fn run(
         draining: std::sync::atomic::AtomicBool::new(false),
         queue: queue::Queue::default(),
         pairing: pair::Pairing::new(relay_store::SecretHasher::new(&keys.pepper)),
+        policies: policy::Policies::new(relay_store::SecretHasher::new(&keys.pepper)),
     });
 
     // Visitors stop being accepted first; sessions are told to move after that.
@@ -430,8 +434,6 @@ pub async fn run(
     // Open pairing sockets against revoked tokens and pairing turned off; ends with the pairing
     // shutdown.
     tokio::spawn(pair::recheck(relay.clone()));
-    // Other nodes' pairing joins (PostgreSQL only); ends with the pairing shutdown.
-    tokio::spawn(pair::listen(relay.clone()));
     if relay.cluster.enabled() && node.advertise.is_none() {
         tracing::warn!(
             "the HTTPS listener is a wildcard address and [cluster] advertise is not set: other \

@@ -249,7 +249,7 @@ async fn proxy(
     counters: &mut Option<Arc<TenantCounters>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    let mut admitted = admit(relay, &parts, &body, conn, (draft, counters)).await?;
+    let mut admitted = admit(relay, &mut parts, &body, conn, (draft, counters)).await?;
     let upgrade = take_upgrade(&mut parts, admitted.content_length);
     let head = request_head(relay, parts, conn, &admitted, upgrade.as_ref(), draft);
     // A request without a body can be placed again when the node it was forwarded to refused
@@ -297,7 +297,7 @@ struct Admitted {
 /// out, so its refusals count under it.
 async fn admit(
     relay: &Arc<Relay>,
-    parts: &http::request::Parts,
+    parts: &mut http::request::Parts,
     body: &Incoming,
     conn: &Visitor,
     (draft, counters_out): (&mut Draft, &mut Option<Arc<TenantCounters>>),
@@ -321,16 +321,17 @@ async fn admit(
     }
     let route = route::resolve(relay, parts, conn.sni.as_deref())?;
     let tenant = route.tenant;
+    let (target, path) = (route.target, route.path.to_string());
     draft.tenant = tenant.name.clone();
     if tenant.audit_query_strings {
         if let Some(q) = parts.uri.query() {
             draft.path = format!("{}?{q}", draft.path).chars().take(4096).collect();
         }
     }
-    draft.target = route.target.clone();
+    draft.target = target.clone();
     let path_and_query = match parts.uri.query() {
-        Some(q) => format!("{}?{q}", route.path),
-        None => route.path.to_string(),
+        Some(q) => format!("{path}?{q}"),
+        None => path,
     };
     // From here on, refusals count under the tenant.
     let counters = relay.metrics.tenant(&tenant.name);
@@ -339,6 +340,13 @@ async fn admit(
     if parts.headers.len() > limits.max_headers {
         return Err(ProxyError::TooManyHeaders);
     }
+    let hostname = crate::policy::hostname_of(relay, &parts.headers, &parts.uri, parts.version);
+    let scope = crate::policy::Scope {
+        tenant_id: &tenant.id.0,
+        target: Some(&target),
+        hostname: hostname.as_deref(),
+    };
+    crate::policy::check(relay, scope, &mut parts.headers, conn, draft).await?;
     let max_body = tenant
         .limits
         .max_body_bytes
@@ -347,11 +355,11 @@ async fn admit(
     if content_length.is_some_and(|n| n > max_body) {
         return Err(ProxyError::BodyTooLarge(max_body));
     }
-    let (carrier, permit) = place(relay, &tenant, &route.target, draft).await?;
+    let (carrier, permit) = place(relay, &tenant, &target, draft).await?;
     let guard = InFlight::new(carrier.clone(), relay.clone(), permit);
     Ok(Admitted {
         tenant,
-        target: route.target,
+        target,
         path_and_query,
         counters,
         max_body,

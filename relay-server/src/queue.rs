@@ -271,6 +271,13 @@ async fn accept(
     };
     draft.tenant = tenant.name.clone();
     draft.target = target.clone();
+    let hostname = crate::policy::hostname_of(relay, &parts.headers, &parts.uri, parts.version);
+    let scope = crate::policy::Scope {
+        tenant_id: &tenant.id.0,
+        target: Some(&target),
+        hostname: hostname.as_deref(),
+    };
+    crate::policy::check(relay, scope, &mut parts.headers, conn, draft).await?;
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path,

@@ -153,7 +153,7 @@ pub(crate) fn tenant_host(
 
 /// The request's host, canonical (lowercase, no port, no trailing dot), from the URI authority
 /// (HTTP/2, absolute form) or `Host`; both present and different is a bad request.
-fn request_host(
+pub(crate) fn request_host(
     headers: &http::HeaderMap,
     uri: &http::Uri,
     version: http::Version,

@@ -6,6 +6,7 @@
 mod admin;
 mod config;
 mod node;
+mod policy;
 mod queue;
 #[cfg(feature = "quickstart")]
 mod quickstart;
@@ -14,6 +15,7 @@ mod tenant;
 pub use admin::{AdminCommand, AdminTokenCommand, AdminUserCommand};
 pub use config::{check as check_config, mask_database_url, ConfigCommand};
 pub use node::NodeCommand;
+pub use policy::{ApiKeyCommand, IpArgs, PolicyCommand, PolicySetArgs, ScopeArgs};
 pub use queue::{QueueCommand, TenantQueueArgs};
 pub use tenant::{CredentialCommand, HostnameCommand, TenantCommand};
 

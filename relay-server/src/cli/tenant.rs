@@ -65,6 +65,9 @@ pub enum TenantCommand {
         /// open (anyone with the URL) or token (a pairing token in the URL).
         #[arg(long, value_name = "MODE", value_parser = ["off", "open", "token"])]
         pairing: Option<String>,
+        /// The tenant's visitor IP lists (docs/policies.md).
+        #[command(flatten)]
+        ip: super::policy::IpArgs,
     },
     /// Manage a tenant's connector credentials.
     #[command(subcommand)]
@@ -75,6 +78,12 @@ pub enum TenantCommand {
     /// Manage a tenant's pairing tokens (for `--pairing token`).
     #[command(subcommand)]
     PairingToken(PairingTokenCommand),
+    /// Manage a tenant's visitor API keys (docs/policies.md).
+    #[command(subcommand)]
+    ApiKey(super::policy::ApiKeyCommand),
+    /// Show or change the tenant's visitor access policies (docs/policies.md).
+    #[command(subcommand)]
+    Policy(super::policy::PolicyCommand),
     /// Show a tenant's queue settings and its messages by state; with options, change the
     /// settings first (`relay-server queue …` handles the messages).
     Queue(TenantQueueArgs),
@@ -226,6 +235,7 @@ pub(super) async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Resul
             request_timeout,
             clear_limits,
             pairing,
+            ip,
         } => {
             let settings = relay_store::TenantSettings {
                 display_name,
@@ -267,6 +277,7 @@ pub(super) async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Resul
                 }
                 println!("pairing: {mode}");
             }
+            super::policy::set_tenant_ip(&store, &t.name, &ip).await?;
             store
                 .record_admin_action(CLI_ACTOR, "tenant.update", &t.name)
                 .await?;
@@ -348,6 +359,8 @@ pub(super) async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Resul
         }
         TenantCommand::PairingToken(cmd) => pairing_token(cmd, &store, config).await?,
         TenantCommand::Queue(args) => tenant_queue(args, &store, config).await?,
+        TenantCommand::ApiKey(cmd) => super::policy::api_key(cmd, &store, config).await?,
+        TenantCommand::Policy(cmd) => super::policy::policy(cmd, &store).await?,
     }
     Ok(())
 }
