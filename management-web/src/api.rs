@@ -15,12 +15,13 @@ mod hostnames;
 mod nodes;
 mod openapi;
 mod pairing;
+mod policies;
 mod queue;
 mod requests;
 mod tenants;
 
 use axum::response::Response;
-use axum::routing::{delete, get, patch, post, MethodRouter};
+use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::Router;
 
 use crate::error::ApiError;
@@ -243,6 +244,51 @@ pub static ROUTES: &[ApiRoute] = &[
     },
     ApiRoute {
         method: "get",
+        path: "/api/v1/tenants/{name}/policies",
+        operation: "getPolicies",
+        summary: "A tenant's visitor access policies by scope (Basic users without their hashes)",
+        request: None,
+        response: (200, Some("Policies")),
+        query: &[],
+    },
+    ApiRoute {
+        method: "put",
+        path: "/api/v1/tenants/{name}/policies/{scope}",
+        operation: "replacePolicy",
+        summary: "Replace the rules of one scope (tenant, target:NAME, host:HOSTNAME); {} removes them",
+        request: Some("PolicyRules"),
+        response: (200, Some("ScopedPolicy")),
+        query: &[],
+    },
+    ApiRoute {
+        method: "get",
+        path: "/api/v1/tenants/{name}/api-keys",
+        operation: "listApiKeys",
+        summary: "A tenant's visitor API keys (never the keys themselves)",
+        request: None,
+        response: (200, Some("ApiKeyList")),
+        query: &[],
+    },
+    ApiRoute {
+        method: "post",
+        path: "/api/v1/tenants/{name}/api-keys",
+        operation: "createApiKey",
+        summary: "Create a visitor API key; the key appears only in this response",
+        request: Some("NewApiKey"),
+        response: (201, Some("CreatedApiKey")),
+        query: &[],
+    },
+    ApiRoute {
+        method: "delete",
+        path: "/api/v1/tenants/{name}/api-keys/{id}",
+        operation: "revokeApiKey",
+        summary: "Revoke a visitor API key; relays refuse it within a second",
+        request: None,
+        response: (204, None),
+        query: &[],
+    },
+    ApiRoute {
+        method: "get",
         path: "/api/v1/tenants/{name}/queue",
         operation: "getQueue",
         summary: "A tenant's queue settings, its messages by state and how long the oldest has waited",
@@ -361,6 +407,11 @@ fn handler(operation: &str) -> MethodRouter<AppState> {
         "updatePairing" => patch(pairing::update),
         "createPairingToken" => post(pairing::create_token),
         "revokePairingToken" => delete(pairing::revoke_token),
+        "getPolicies" => get(policies::read),
+        "replacePolicy" => put(policies::replace),
+        "listApiKeys" => get(policies::list_keys),
+        "createApiKey" => post(policies::create_key),
+        "revokeApiKey" => delete(policies::revoke_key),
         "getQueue" => get(queue::read),
         "updateQueue" => patch(queue::update),
         "listQueueMessages" => get(queue::messages),

@@ -714,3 +714,111 @@ async fn policies_apply_on_hostnames_queue_and_pairing() {
     assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
     assert!(handshake("198.51.100.9").await.starts_with("HTTP/1.1 101"));
 }
+
+#[tokio::test]
+async fn the_management_api_sets_policies_and_issues_api_keys() {
+    let w = world().await;
+    let base = format!(
+        "http://{}/api/v1/tenants/acme",
+        w.relay.admin_addr.expect("admin")
+    );
+    let auth = format!("Bearer {}", w.relay.api_token("ops").await);
+    let call = |method: &'static str, path: &str, body: &str| {
+        let (client, url, auth) = (&w.client, format!("{base}{path}"), auth.clone());
+        let body = Bytes::from(body.to_string());
+        async move {
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ];
+            let a = client
+                .request_with(method, &url, &headers, body)
+                .await
+                .unwrap();
+            let json = serde_json::from_slice(&a.body).unwrap_or(serde_json::Value::Null);
+            (a.status.as_u16(), json)
+        }
+    };
+    let (status, created) = call("POST", "/api-keys", r#"{"label":"ci"}"#).await;
+    assert_eq!(status, 201);
+    let key = created["key"].as_str().unwrap().to_string();
+    let id = created["id"].as_str().unwrap().to_string();
+    let (status, _) = call(
+        "PUT",
+        "/policies/target:app",
+        r#"{"api_key":{"on":{"header":"x-relay-key"}},"deny_ip":["203.0.113.0/24"]}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Invalid rules and scopes are refused and change nothing.
+    for (path, body) in [
+        ("/policies/target:app", r#"{"deny_ip":["300.0.0.1"]}"#),
+        ("/policies/target:app", r#"{"jwt":{"on":{"issuer":"x"}}}"#),
+        ("/policies/everything", "{}"),
+    ] {
+        assert_eq!(call("PUT", path, body).await.0, 422, "{path} {body}");
+    }
+    let (status, listed) = call("GET", "/policies", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["policies"][0]["scope"], "target:app");
+    assert_eq!(
+        listed["policies"][0]["rules"]["deny_ip"][0],
+        "203.0.113.0/24"
+    );
+    w.relay.sync().await;
+
+    assert_eq!(
+        w.get("/relay/acme/app/x", "192.0.2.1", &[]).await.status,
+        401
+    );
+    let with_key = [("x-relay-key", key.as_str())];
+    assert_eq!(
+        w.get("/relay/acme/app/x", "192.0.2.1", &with_key)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        w.get("/relay/acme/app/x", "203.0.113.5", &with_key)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        w.get("/relay/acme/open/x", "192.0.2.1", &[]).await.status,
+        200
+    );
+
+    let (status, keys) = call("GET", "/api-keys", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(keys["items"][0]["id"], id.as_str());
+    assert!(keys["items"][0].get("key").is_none());
+    assert_eq!(call("DELETE", &format!("/api-keys/{id}"), "").await.0, 204);
+    assert_eq!(call("DELETE", &format!("/api-keys/{id}"), "").await.0, 404);
+    w.relay.sync().await;
+    assert_eq!(
+        w.get("/relay/acme/app/x", "192.0.2.1", &with_key)
+            .await
+            .status,
+        401
+    );
+    // `{}` removes the scope's rules.
+    assert_eq!(call("PUT", "/policies/target:app", "{}").await.0, 200);
+    w.relay.sync().await;
+    assert_eq!(
+        w.get("/relay/acme/app/x", "192.0.2.1", &[]).await.status,
+        200
+    );
+    let actions: Vec<String> = w
+        .relay
+        .store
+        .admin_actions(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    for a in ["tenant.policy", "api_key.create", "api_key.revoke"] {
+        assert!(actions.iter().any(|x| x == a), "{a} not in {actions:?}");
+    }
+}

@@ -224,6 +224,31 @@ pub fn openapi_document() -> Value {
     schemas.insert("NewPairingToken".into(), json!({"type": "object", "additionalProperties": false, "properties": {
                     "peer_id": {"type": ["string", "null"], "minLength": 1, "maxLength": 128, "description": "admit only this peer id"},
                     "label": {"type": "string", "description": "the first 200 characters are kept"}}}));
+    let cidrs = json!({"type": "array", "maxItems": 1000, "items": {"type": "string", "description": "ADDR or ADDR/PREFIX"}});
+    let rule = |on: Value| json!({"description": "\"off\" overrides a wider scope; absent inherits", "oneOf": [{"const": "off"}, {"type": "object", "additionalProperties": false, "required": ["on"], "properties": {"on": on}}]});
+    schemas.insert("PolicyRules".into(), json!({"type": "object", "additionalProperties": false, "description": "per rule kind, the most specific scope that sets it wins (hostname, target, tenant); see docs/policies.md", "properties": {
+                    "allow_ip": cidrs.clone(), "deny_ip": cidrs,
+                    "api_key": rule(json!({"type": "object", "additionalProperties": false, "required": ["header"], "properties": {"header": {"type": "string", "pattern": "^[a-z0-9-]{1,64}$", "default": "x-relay-key"}}})),
+                    "basic": rule(json!({"type": "object", "additionalProperties": false, "required": ["realm", "users"], "properties": {"realm": {"type": "string", "maxLength": 100}, "users": {"type": "object", "description": "user name → argon2id PHC string (relay-server tenant policy basic-user hashes one); answers list the names only", "additionalProperties": {"type": "string", "pattern": "^\\$argon2id\\$"}}}})),
+                    "jwt": rule(json!({"type": "object", "additionalProperties": false, "required": ["issuer", "audience", "algorithms", "keys", "leeway_secs"], "properties": {
+                        "issuer": {"type": "string", "minLength": 1}, "audience": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                        "algorithms": {"type": "array", "minItems": 1, "items": {"enum": relay_store::JWT_ALGORITHMS}},
+                        "keys": {"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": false, "required": ["pem"], "properties": {"kid": {"type": "string"}, "pem": {"type": "string", "description": "a PEM public key"}}}},
+                        "leeway_secs": {"type": "integer", "minimum": 0, "maximum": relay_store::MAX_JWT_LEEWAY_SECS}}})),
+                    "rate_limit": rule(json!({"type": "object", "additionalProperties": false, "required": ["per_minute", "burst"], "properties": {"per_minute": {"type": "integer", "minimum": 1}, "burst": {"type": "integer", "minimum": 1}}}))}}));
+    schemas.insert("ScopedPolicy".into(), json!({"type": "object", "properties": {
+                    "scope": {"type": "string", "description": "tenant, target:NAME or host:HOSTNAME"},
+                    "rules": {"$ref": "#/components/schemas/PolicyRules"}}}));
+    schemas.insert("Policies".into(), json!({"type": "object", "properties": {
+                    "tenant": name_out, "policies": {"type": "array", "items": {"$ref": "#/components/schemas/ScopedPolicy"}}}}));
+    let api_key = json!({"id": {"type": "string"}, "label": {"type": "string"}, "created_at": time, "revoked_at": nullable_time});
+    schemas.insert("ApiKey".into(), json!({"type": "object", "properties": api_key}));
+    schemas.insert("ApiKeyList".into(), json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/ApiKey"}}}}));
+    schemas.insert("NewApiKey".into(), json!({"type": "object", "additionalProperties": false, "properties": {
+                    "label": {"type": "string", "description": "the first 200 characters are kept"}}}));
+    let mut created_key = api_key.clone();
+    created_key["key"] = json!({"type": "string", "description": "rak_…, shown only here; visitors send it in the policy's header (default x-relay-key)"});
+    schemas.insert("CreatedApiKey".into(), json!({"type": "object", "required": ["id", "key"], "properties": created_key}));
     let mut created = pairing_token.clone();
     created["token"] = json!({"type": "string", "description": "rpt_…, shown only here; apps put it in their base URL wss://RELAY/pair/TENANT/TOKEN"});
     schemas.insert(
