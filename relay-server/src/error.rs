@@ -98,6 +98,7 @@ impl ProxyError {
                     Denial::Unauthorized(_) => StatusCode::UNAUTHORIZED,
                     Denial::Forbidden => StatusCode::FORBIDDEN,
                     Denial::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+                    Denial::Preflight(_) => StatusCode::NO_CONTENT,
                 },
             ),
             Self::UnknownTarget => (Blame::Visitor, StatusCode::NOT_FOUND),
@@ -127,6 +128,7 @@ impl ProxyError {
             Self::Policy(Denial::Unauthorized(_)) => "credentials are missing or not valid",
             Self::Policy(Denial::Forbidden) => "access denied by policy",
             Self::Policy(Denial::RateLimited(_)) => "too many requests from this address",
+            Self::Policy(Denial::Preflight(_)) => "",
             Self::UnknownTarget => "unknown target",
         }
     }
@@ -162,6 +164,13 @@ pub(crate) fn error_response(err: &ProxyError, request_id: &str) -> Response<Ful
 /// [`error_response`] with its body as bytes.
 pub(crate) fn error_message(err: &ProxyError, request_id: &str) -> Response<Bytes> {
     let (blame, status) = err.outcome();
+    if let ProxyError::Policy(Denial::Preflight(headers)) = err {
+        // A CORS preflight the access policy answers: no body, nothing to log.
+        let mut resp = Response::new(Bytes::new());
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers.clone();
+        return resp;
+    }
     match blame {
         // Every request to a tenant without a connector would warn: the session's own log lines
         // (closed, reconnecting) already tell that story.

@@ -45,6 +45,14 @@ pub(crate) enum Denial {
     Forbidden,
     /// 429: the visitor's address ran out of tokens; `Retry-After` seconds.
     RateLimited(u32),
+    /// Not a refusal: a CORS preflight the relay answers itself (204 with these headers).
+    Preflight(HeaderMap),
+}
+
+/// What an admitted request carries on: the CORS headers for its response, if any.
+#[derive(Debug, Default)]
+pub(crate) struct Admission {
+    pub(crate) cors: Option<HeaderMap>,
 }
 
 /// The relay's policy state that is not in the catalog: rate-limit buckets and the Basic cache.
@@ -73,6 +81,7 @@ pub(crate) struct Compiled {
     basic: Option<Option<Basic>>,
     jwt: Option<Option<Jwt>>,
     rate_limit: Option<Option<RateLimitRule>>,
+    cors: Option<Option<Cors>>,
     /// Something did not parse (a key, a block): the scope refuses every visitor (403).
     broken: bool,
 }
@@ -87,6 +96,121 @@ impl std::fmt::Debug for Basic {
         f.debug_struct("Basic")
             .field("users", &self.users.len())
             .finish()
+    }
+}
+
+#[derive(Debug)]
+struct Cors {
+    any_origin: bool,
+    origins: Vec<String>,
+    methods: Vec<String>,
+    any_header: bool,
+    headers: Vec<String>,
+    credentials: bool,
+    max_age: u32,
+}
+
+impl Cors {
+    fn compile(c: &relay_store::CorsRule) -> Cors {
+        Cors {
+            any_origin: c.allow_origins.iter().any(|o| o == "*"),
+            origins: c
+                .allow_origins
+                .iter()
+                .map(|o| o.to_ascii_lowercase())
+                .collect(),
+            methods: c
+                .allow_methods
+                .iter()
+                .map(|m| m.to_ascii_uppercase())
+                .collect(),
+            any_header: c.allow_headers.iter().any(|h| h == "*"),
+            headers: c
+                .allow_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            credentials: c.allow_credentials,
+            max_age: c.max_age_secs,
+        }
+    }
+
+    /// The headers that let `origin` read a response, if it is allowed.
+    fn allow(&self, origin: &str) -> Option<HeaderMap> {
+        let allowed = self.any_origin
+            || self
+                .origins
+                .iter()
+                .any(|o| *o == origin.to_ascii_lowercase());
+        if !allowed {
+            return None;
+        }
+        let mut h = HeaderMap::new();
+        let value = if self.any_origin && !self.credentials {
+            HeaderValue::from_static("*")
+        } else {
+            HeaderValue::from_str(origin).ok()?
+        };
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        if self.credentials {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        Some(h)
+    }
+
+    /// The answer to a preflight, or `None` when origin, method or a header is not allowed.
+    fn preflight(&self, origin: &str, method: &str, requested: &str) -> Option<HeaderMap> {
+        let mut h = self.allow(origin)?;
+        let method = method.trim().to_ascii_uppercase();
+        if !self.methods.contains(&method) {
+            return None;
+        }
+        let requested: Vec<String> = requested
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if !self.any_header && !requested.iter().all(|r| self.headers.contains(r)) {
+            return None;
+        }
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_str(&self.methods.join(", ")).ok()?,
+        );
+        if !requested.is_empty() {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_str(&requested.join(", ")).ok()?,
+            );
+        }
+        if self.max_age > 0 {
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from(self.max_age),
+            );
+        }
+        h.append(
+            header::VARY,
+            HeaderValue::from_static(
+                "Access-Control-Request-Method, Access-Control-Request-Headers",
+            ),
+        );
+        Some(h)
+    }
+}
+
+/// Adds an admitted request's CORS headers to its response, unless the backend answered CORS
+/// itself.
+pub(crate) fn add_cors(headers: &mut HeaderMap, cors: HeaderMap) {
+    if headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        return;
+    }
+    for (name, value) in cors.iter() {
+        headers.append(name.clone(), value.clone());
     }
 }
 
@@ -175,6 +299,7 @@ fn compile(scope: PolicyScope, rules: &relay_store::PolicyRules) -> Compiled {
             .and_then(|j| compile_jwt(j).map_err(|_| broken = true).ok())
     });
     let rate_limit = rules.rate_limit.as_ref().map(|r| r.on().copied());
+    let cors = rules.cors.as_ref().map(|r| r.on().map(Cors::compile));
     Compiled {
         scope,
         allow_ip,
@@ -183,6 +308,7 @@ fn compile(scope: PolicyScope, rules: &relay_store::PolicyRules) -> Compiled {
         basic,
         jwt,
         rate_limit,
+        cors,
         broken,
     }
 }
@@ -264,6 +390,7 @@ impl TenantPolicies {
             basic: pick(&chain, |c| c.basic.as_ref()),
             jwt: pick(&chain, |c| c.jwt.as_ref()),
             rate_limit: pick(&chain, |c| c.rate_limit.as_ref()),
+            cors: pick(&chain, |c| c.cors.as_ref()),
         }
     }
 }
@@ -276,6 +403,7 @@ struct Effective<'a> {
     basic: Option<(&'a Compiled, &'a Option<Basic>)>,
     jwt: Option<(&'a Compiled, &'a Option<Jwt>)>,
     rate_limit: Option<(&'a Compiled, &'a Option<RateLimitRule>)>,
+    cors: Option<(&'a Compiled, &'a Option<Cors>)>,
 }
 
 /// The audit name of a rule at a scope: `ip-deny@tenant`, `jwt@target:app`.
@@ -291,8 +419,10 @@ fn rule(kind: &str, c: &Compiled) -> String {
 pub(crate) struct Scope<'a> {
     pub(crate) tenant_id: &'a str,
     pub(crate) target: Option<&'a str>,
-    /// The tenant hostname the request arrived on, if any.
-    pub(crate) hostname: Option<&'a str>,
+    pub(crate) method: &'a http::Method,
+    /// The request's URI and version, to find the tenant hostname it arrived on (looked up only
+    /// when the tenant has hostname policies: most requests pay nothing for it).
+    pub(crate) request: Option<(&'a http::Uri, http::Version)>,
 }
 
 impl Policies {
@@ -372,7 +502,7 @@ pub(crate) fn visitor_ip(relay: &Relay, headers: &HeaderMap, conn: &Visitor) -> 
 }
 
 /// The tenant hostname a request arrived on (for hostname-scoped policies), if it names one.
-pub(crate) fn hostname_of(
+fn hostname_of(
     relay: &Relay,
     headers: &HeaderMap,
     uri: &http::Uri,
@@ -391,11 +521,17 @@ pub(crate) async fn check(
     headers: &mut HeaderMap,
     conn: &Visitor,
     draft: &mut Draft,
-) -> Result<(), ProxyError> {
+) -> Result<Admission, ProxyError> {
     let Some(policies) = relay.catalog.policies(scope.tenant_id) else {
-        return Ok(());
+        return Ok(Admission::default());
     };
-    let eff = policies.effective(scope.target, scope.hostname);
+    let hostname = match scope.request {
+        Some((uri, version)) if !policies.hostnames.is_empty() => {
+            hostname_of(relay, headers, uri, version)
+        }
+        _ => None,
+    };
+    let eff = policies.effective(scope.target, hostname.as_deref());
     let deny = |draft: &mut Draft, name: String, d: Denial| {
         debug!(
             request_id = draft.request_id,
@@ -427,11 +563,32 @@ pub(crate) async fn check(
             return deny(draft, rule("rate-limit", c), Denial::RateLimited(secs));
         }
     }
+    // CORS: a preflight is answered here, before credentials (browsers never send them on one).
+    let mut admission = Admission::default();
+    if let Some((c, Some(cors))) = eff.cors {
+        let text = |name: header::HeaderName| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        if let Some(origin) = text(header::ORIGIN) {
+            let request_method = text(header::ACCESS_CONTROL_REQUEST_METHOD);
+            if let (true, Some(method)) = (scope.method == http::Method::OPTIONS, request_method) {
+                let requested = text(header::ACCESS_CONTROL_REQUEST_HEADERS).unwrap_or_default();
+                return match cors.preflight(&origin, &method, &requested) {
+                    Some(answer) => Err(ProxyError::Policy(Denial::Preflight(answer))),
+                    None => deny(draft, rule("cors", c), Denial::Forbidden),
+                };
+            }
+            admission.cors = cors.allow(&origin);
+        }
+    }
     let api_key = eff.api_key.and_then(|(c, h)| h.as_ref().map(|h| (c, h)));
     let basic = eff.basic.and_then(|(c, b)| b.as_ref().map(|b| (c, b)));
     let jwt = eff.jwt.and_then(|(c, j)| j.as_ref().map(|j| (c, j)));
     if api_key.is_none() && basic.is_none() && jwt.is_none() {
-        return Ok(());
+        return Ok(admission);
     }
     // Any one configured credential admits; the first bad one is what the audit names.
     let mut failed: Option<String> = None;
@@ -441,7 +598,7 @@ pub(crate) async fn check(
         headers.remove(name);
         if let Some(value) = offered {
             if api_key_ok(relay, scope.tenant_id, &value) {
-                return Ok(());
+                return Ok(admission);
             }
             failed.get_or_insert(rule("api-key", c));
         }
@@ -461,7 +618,7 @@ pub(crate) async fn check(
     if let Some((c, j)) = jwt {
         if scheme == "bearer" {
             match jwt_ok(j, credentials) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(admission),
                 Err(why) => {
                     debug!(request_id = draft.request_id, why, "bearer token refused");
                     bearer_error = Some(why);
@@ -473,7 +630,7 @@ pub(crate) async fn check(
     if let Some((c, b)) = basic {
         if scheme == "basic" {
             match basic_ok(relay, b, credentials).await {
-                Ok(true) => return Ok(()),
+                Ok(true) => return Ok(admission),
                 Ok(false) => {
                     failed.get_or_insert(rule("basic", c));
                 }
@@ -526,13 +683,15 @@ pub(crate) async fn check_pairing(
     else {
         return Ok(draft);
     };
+    let method = req.method().clone();
     let scope = Scope {
         tenant_id: &tenant.id.0,
         target: None,
-        hostname: None,
+        method: &method,
+        request: None,
     };
     match check(relay, scope, req.headers_mut(), conn, &mut draft).await {
-        Ok(()) => Ok(draft),
+        Ok(_) => Ok(draft),
         Err(e) => {
             draft.tenant = tenant.name.clone();
             let response = crate::error::error_response(&e, &draft.request_id);

@@ -289,6 +289,8 @@ struct Admitted {
     carrier: Carrier,
     /// Counts the stream in flight (carrier, relay, tenant cap) until the response body ends.
     guard: InFlight,
+    /// CORS headers the access policy adds to the response.
+    cors: Option<HeaderMap>,
 }
 
 /// Phase 1: everything decided before a stream opens — refusals that need no tenant (method,
@@ -340,13 +342,13 @@ async fn admit(
     if parts.headers.len() > limits.max_headers {
         return Err(ProxyError::TooManyHeaders);
     }
-    let hostname = crate::policy::hostname_of(relay, &parts.headers, &parts.uri, parts.version);
     let scope = crate::policy::Scope {
         tenant_id: &tenant.id.0,
         target: Some(&target),
-        hostname: hostname.as_deref(),
+        method: &parts.method,
+        request: Some((&parts.uri, parts.version)),
     };
-    crate::policy::check(relay, scope, &mut parts.headers, conn, draft).await?;
+    let admission = crate::policy::check(relay, scope, &mut parts.headers, conn, draft).await?;
     let max_body = tenant
         .limits
         .max_body_bytes
@@ -366,6 +368,7 @@ async fn admit(
         content_length,
         carrier,
         guard,
+        cors: admission.cors,
     })
 }
 
@@ -752,6 +755,9 @@ async fn respond(
         return Ok(response);
     }
     strip_hop_by_hop(&mut headers);
+    if let Some(cors) = admitted.cors {
+        crate::policy::add_cors(&mut headers, cors);
+    }
     if let Some((_, mut send)) = upgrade {
         // No switch: the (empty) request body ends here; the response is ordinary.
         send.finish();

@@ -271,11 +271,11 @@ async fn accept(
     };
     draft.tenant = tenant.name.clone();
     draft.target = target.clone();
-    let hostname = crate::policy::hostname_of(relay, &parts.headers, &parts.uri, parts.version);
     let scope = crate::policy::Scope {
         tenant_id: &tenant.id.0,
         target: Some(&target),
-        hostname: hostname.as_deref(),
+        method: &parts.method,
+        request: Some((&parts.uri, parts.version)),
     };
     crate::policy::check(relay, scope, &mut parts.headers, conn, draft).await?;
     let path_and_query = match parts.uri.query() {

@@ -48,8 +48,8 @@ pub use pairing::{
 pub use password::{password_hash_permits, M_COST_KIB};
 pub use policy::{
     hash_password, parse_api_key, parse_cidr, verify_password, ApiKey, ApiKeyRecord, ApiKeyRule,
-    BasicRule, JwtKey, JwtRule, NewApiKey, PolicyRecord, PolicyRules, PolicyScope, RateLimitRule,
-    Rule, DEFAULT_API_KEY_HEADER, JWT_ALGORITHMS, MAX_JWT_LEEWAY_SECS,
+    BasicRule, CorsRule, JwtKey, JwtRule, NewApiKey, PolicyRecord, PolicyRules, PolicyScope,
+    RateLimitRule, Rule, DEFAULT_API_KEY_HEADER, JWT_ALGORITHMS, MAX_JWT_LEEWAY_SECS,
 };
 pub use queue::{
     decode_headers, encode_headers, BodyPreview, Cancelled, Discarded, Enqueued, Finish,

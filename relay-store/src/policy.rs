@@ -105,6 +105,30 @@ pub struct PolicyRules {
     /// A token bucket per visitor address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<Rule<RateLimitRule>>,
+    /// CORS: the relay answers preflights and adds the allow headers to responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Rule<CorsRule>>,
+}
+
+/// CORS for browser clients: preflights (`OPTIONS` with `Access-Control-Request-Method`) are
+/// answered by the relay, before credentials are asked for (browsers never send them on a
+/// preflight); responses to allowed origins get `Access-Control-Allow-Origin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsRule {
+    /// Allowed origins (`https://app.example`, exact), or `*` for any.
+    pub allow_origins: Vec<String>,
+    /// Allowed methods for preflights.
+    pub allow_methods: Vec<String>,
+    /// Allowed request headers for preflights (case-insensitive); `*` for any.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// Whether browsers may send cookies and credentials (`*` origins are then echoed).
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// How long browsers may cache a preflight answer, in seconds (at most 86 400).
+    #[serde(default)]
+    pub max_age_secs: u32,
 }
 
 /// An API key is required in `header`.
@@ -239,6 +263,34 @@ impl PolicyRules {
             }
             if j.leeway_secs > MAX_JWT_LEEWAY_SECS {
                 return Err(format!("JWT clock skew is at most {MAX_JWT_LEEWAY_SECS} s"));
+            }
+        }
+        if let Some(Rule::On(c)) = &self.cors {
+            if c.allow_origins.is_empty() || c.allow_methods.is_empty() {
+                return Err("a CORS rule needs at least one origin and one method".into());
+            }
+            let token = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 256
+                    && s.bytes().all(|b| b.is_ascii_graphic() && b != b',' && b != b'"')
+            };
+            for o in &c.allow_origins {
+                let ok = o == "*"
+                    || ((o.starts_with("https://") || o.starts_with("http://")) && token(o));
+                if !ok {
+                    return Err(format!("{o:?} is not an origin (scheme://host[:port]) or *"));
+                }
+            }
+            if !c
+                .allow_methods
+                .iter()
+                .chain(&c.allow_headers)
+                .all(|m| token(m))
+            {
+                return Err("CORS methods and headers are single tokens".into());
+            }
+            if c.max_age_secs > 86_400 {
+                return Err("CORS max_age_secs is at most 86400".into());
             }
         }
         if let Some(Rule::On(r)) = &self.rate_limit {

@@ -60,6 +60,20 @@ async fn policy_rules(store: Store) {
         store.set_policy("acme", &target, &bad).await,
         Err(Error::InvalidPolicy(_))
     ));
+    let bad_cors = PolicyRules {
+        cors: Some(Rule::On(relay_store::CorsRule {
+            allow_origins: vec!["app.example, evil".into()],
+            allow_methods: vec!["GET".into()],
+            allow_headers: vec![],
+            allow_credentials: false,
+            max_age_secs: 0,
+        })),
+        ..PolicyRules::default()
+    };
+    assert!(matches!(
+        store.set_policy("acme", &target, &bad_cors).await,
+        Err(Error::InvalidPolicy(_))
+    ));
     assert!(matches!(
         store
             .set_policy("nope", &PolicyScope::Tenant, &tenant_rules)

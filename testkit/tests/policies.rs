@@ -822,3 +822,114 @@ async fn the_management_api_sets_policies_and_issues_api_keys() {
         assert!(actions.iter().any(|x| x == a), "{a} not in {actions:?}");
     }
 }
+
+#[tokio::test]
+async fn cors_preflights_are_answered_before_credentials() {
+    let w = world().await;
+    w.set(
+        PolicyScope::Tenant,
+        PolicyRules {
+            api_key: Some(Rule::On(ApiKeyRule {
+                header: "x-relay-key".into(),
+            })),
+            cors: Some(Rule::On(relay_store::CorsRule {
+                allow_origins: vec!["https://app.example".into()],
+                allow_methods: vec!["GET".into(), "POST".into()],
+                allow_headers: vec!["x-relay-key".into(), "content-type".into()],
+                allow_credentials: false,
+                max_age_secs: 600,
+            })),
+            ..PolicyRules::default()
+        },
+    )
+    .await;
+    let preflight = |origin: &'static str, method: &'static str, headers: &'static str| {
+        let (client, url) = (&w.client, w.relay.url("/relay/acme/app/x"));
+        async move {
+            client
+                .request_with(
+                    "OPTIONS",
+                    &url,
+                    &[
+                        ("origin", origin),
+                        ("access-control-request-method", method),
+                        ("access-control-request-headers", headers),
+                    ],
+                    Bytes::new(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    // No API key on the preflight, and none needed: the relay answers it.
+    let ok = preflight("https://app.example", "POST", "X-Relay-Key, Content-Type").await;
+    assert_eq!(ok.status, StatusCode::NO_CONTENT, "{}", ok.text());
+    assert_eq!(
+        ok.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(ok.headers["access-control-allow-methods"], "GET, POST");
+    assert_eq!(
+        ok.headers["access-control-allow-headers"],
+        "x-relay-key, content-type"
+    );
+    assert_eq!(ok.headers["access-control-max-age"], "600");
+    assert!(ok.body.is_empty());
+    for (origin, method, headers) in [
+        ("https://evil.example", "POST", ""),
+        ("https://app.example", "DELETE", ""),
+        ("https://app.example", "GET", "x-secret"),
+    ] {
+        let refused = preflight(origin, method, headers).await;
+        assert_eq!(refused.status, 403, "{origin} {method} {headers}");
+        assert!(refused.headers.get("access-control-allow-origin").is_none());
+        assert_eq!(w.rule_of(&refused).await, "policy:cors@tenant");
+    }
+    assert_eq!(w.backend.requests(), 0);
+
+    // The actual request still needs its key; its response carries the allow headers.
+    let hasher = relay_store::SecretHasher::new(
+        &relay_server::keys::Keys::load_or_create(&w.relay.data_dir())
+            .unwrap()
+            .pepper,
+    );
+    let key = w
+        .relay
+        .store
+        .create_api_key("acme", "", &hasher)
+        .await
+        .unwrap();
+    w.relay.sync().await;
+    let origin = ("origin", "https://app.example");
+    assert_eq!(
+        w.get("/relay/acme/app/x", "192.0.2.1", &[origin])
+            .await
+            .status,
+        401
+    );
+    let ok = w
+        .get(
+            "/relay/acme/app/x",
+            "192.0.2.1",
+            &[origin, ("x-relay-key", &key.value)],
+        )
+        .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        ok.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(ok.headers["vary"], "Origin");
+    let other = w
+        .get(
+            "/relay/acme/app/x",
+            "192.0.2.1",
+            &[
+                ("origin", "https://evil.example"),
+                ("x-relay-key", &key.value),
+            ],
+        )
+        .await;
+    assert_eq!(other.status, 200);
+    assert!(other.headers.get("access-control-allow-origin").is_none());
+}

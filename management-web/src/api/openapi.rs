@@ -235,7 +235,13 @@ pub fn openapi_document() -> Value {
                         "algorithms": {"type": "array", "minItems": 1, "items": {"enum": relay_store::JWT_ALGORITHMS}},
                         "keys": {"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": false, "required": ["pem"], "properties": {"kid": {"type": "string"}, "pem": {"type": "string", "description": "a PEM public key"}}}},
                         "leeway_secs": {"type": "integer", "minimum": 0, "maximum": relay_store::MAX_JWT_LEEWAY_SECS}}})),
-                    "rate_limit": rule(json!({"type": "object", "additionalProperties": false, "required": ["per_minute", "burst"], "properties": {"per_minute": {"type": "integer", "minimum": 1}, "burst": {"type": "integer", "minimum": 1}}}))}}));
+                    "rate_limit": rule(json!({"type": "object", "additionalProperties": false, "required": ["per_minute", "burst"], "properties": {"per_minute": {"type": "integer", "minimum": 1}, "burst": {"type": "integer", "minimum": 1}}})),
+                    "cors": rule(json!({"type": "object", "additionalProperties": false, "required": ["allow_origins", "allow_methods"], "properties": {
+                        "allow_origins": {"type": "array", "minItems": 1, "items": {"type": "string", "description": "scheme://host[:port], or *"}},
+                        "allow_methods": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                        "allow_headers": {"type": "array", "items": {"type": "string", "description": "a header name, or *"}},
+                        "allow_credentials": {"type": "boolean", "default": false},
+                        "max_age_secs": {"type": "integer", "minimum": 0, "maximum": 86400, "default": 0}}}))}}));
     schemas.insert("ScopedPolicy".into(), json!({"type": "object", "properties": {
                     "scope": {"type": "string", "description": "tenant, target:NAME or host:HOSTNAME"},
                     "rules": {"$ref": "#/components/schemas/PolicyRules"}}}));

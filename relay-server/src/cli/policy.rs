@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use relay_store::{
-    ApiKeyRule, BasicRule, JwtKey, JwtRule, PolicyRules, PolicyScope, RateLimitRule, Rule, Store,
+    ApiKeyRule, BasicRule, CorsRule, JwtKey, JwtRule, PolicyRules, PolicyScope, RateLimitRule,
+    Rule, Store,
 };
 
 use super::{format_ms, hasher, CLI_ACTOR};
@@ -149,6 +150,29 @@ pub struct PolicySetArgs {
     /// The bucket size for --rate-limit (default: the per-minute rate, at least 1).
     #[arg(long, value_name = "N")]
     burst: Option<u32>,
+    /// CORS: off or inherit; or give --cors-origins (and the rest) to turn it on.
+    #[arg(long, value_name = "off|inherit", value_parser = ["off", "inherit"])]
+    cors: Option<String>,
+    /// Origins whose browsers may call (https://app.example, or *); turns CORS on.
+    #[arg(long, value_name = "ORIGIN,...", value_delimiter = ',')]
+    cors_origins: Option<Vec<String>>,
+    /// Methods preflights may ask for.
+    #[arg(
+        long,
+        value_name = "METHOD,...",
+        value_delimiter = ',',
+        default_value = "GET,POST,PUT,PATCH,DELETE"
+    )]
+    cors_methods: Vec<String>,
+    /// Request headers preflights may ask for (* for any).
+    #[arg(long, value_name = "HEADER,...", value_delimiter = ',')]
+    cors_headers: Vec<String>,
+    /// Let browsers send cookies and credentials.
+    #[arg(long)]
+    cors_credentials: bool,
+    /// How long browsers may cache a preflight answer, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    cors_max_age: u32,
 }
 
 /// IP allow and deny lists (also on `tenant set`).
@@ -367,6 +391,20 @@ pub(super) async fn policy(cmd: PolicyCommand, store: &Store) -> anyhow::Result<
                     }
                 }
             }
+            match args.cors.as_deref() {
+                Some("off") => rules.cors = Some(Rule::Off),
+                Some(_) => rules.cors = None,
+                None => {}
+            }
+            if let Some(origins) = args.cors_origins {
+                rules.cors = Some(Rule::On(CorsRule {
+                    allow_origins: origins,
+                    allow_methods: args.cors_methods,
+                    allow_headers: args.cors_headers,
+                    allow_credentials: args.cors_credentials,
+                    max_age_secs: args.cors_max_age,
+                }));
+            }
             save(store, &args.tenant, &scope, &rules).await?;
         }
     }
@@ -446,6 +484,18 @@ fn print_rules(r: &PolicyRules) {
             l.per_minute, l.burst
         ),
         Some(Rule::Off) => println!("  rate-limit: off"),
+        None => {}
+    }
+    match &r.cors {
+        Some(Rule::On(c)) => println!(
+            "  cors:       origins {}, methods {}, headers {}, credentials {}, max-age {} s",
+            c.allow_origins.join(","),
+            c.allow_methods.join(","),
+            list_or_none(&c.allow_headers),
+            c.allow_credentials,
+            c.max_age_secs
+        ),
+        Some(Rule::Off) => println!("  cors:       off"),
         None => {}
     }
 }

@@ -202,6 +202,19 @@ pub(super) async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Resul
                 t.audit_query_strings
             );
             println!("pairing:  {}", store.pairing_mode(&t.id.0).await?);
+            let scopes: Vec<String> = store
+                .policies(&t.name)
+                .await?
+                .into_iter()
+                .map(|(scope, _)| scope.to_string())
+                .collect();
+            if !scopes.is_empty() {
+                println!(
+                    "policies: {} (relay-server tenant policy show {})",
+                    scopes.join(", "),
+                    t.name
+                );
+            }
             for c in store.credentials(&t.name).await? {
                 let state = if c.revoked_at.is_some() {
                     "revoked"
