@@ -14,7 +14,6 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use relay_store::{ApiKeyRecord, PolicyRecord, PolicyScope, RateLimitRule, Rule, SecretHasher};
 use tracing::{debug, warn};
 
@@ -23,6 +22,8 @@ use crate::error::ProxyError;
 use crate::forwarded::Cidr;
 use crate::proxy::Visitor;
 use crate::Relay;
+
+mod jwt;
 
 /// Most visitor addresses with a token bucket at once. Beyond it the buckets that are full again
 /// are dropped, and if none is, an arbitrary one (its address starts afresh): memory stays
@@ -61,6 +62,8 @@ pub(crate) struct Policies {
     hasher: SecretHasher,
     buckets: Mutex<HashMap<BucketKey, Bucket>>,
     basic_ok: Mutex<HashMap<[u8; 32], Instant>>,
+    /// JWKS documents of JWT rules with a `jwks_url`.
+    jwks: jwt::JwksCache,
 }
 
 type BucketKey = (String, String, IpAddr);
@@ -79,7 +82,7 @@ pub(crate) struct Compiled {
     deny_ip: Option<Vec<Cidr>>,
     api_key: Option<Option<HeaderName>>,
     basic: Option<Option<Basic>>,
-    jwt: Option<Option<Jwt>>,
+    jwt: Option<Option<jwt::Jwt>>,
     rate_limit: Option<Option<RateLimitRule>>,
     cors: Option<Option<Cors>>,
     /// Something did not parse (a key, a block): the scope refuses every visitor (403).
@@ -214,19 +217,6 @@ pub(crate) fn add_cors(headers: &mut HeaderMap, cors: HeaderMap) {
     }
 }
 
-struct Jwt {
-    validation: Validation,
-    keys: Vec<(Option<String>, Algorithm, DecodingKey)>,
-}
-
-impl std::fmt::Debug for Jwt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Jwt")
-            .field("keys", &self.keys.len())
-            .finish()
-    }
-}
-
 /// A tenant's compiled policies by scope.
 #[derive(Debug, Default)]
 pub(crate) struct TenantPolicies {
@@ -262,7 +252,7 @@ pub(crate) fn compile_all(records: Vec<PolicyRecord>) -> HashMap<String, TenantP
 pub(crate) fn validate(rules: &relay_store::PolicyRules) -> Result<(), String> {
     rules.validate()?;
     if let Some(Rule::On(j)) = &rules.jwt {
-        compile_jwt(j)?;
+        jwt::compile(j)?;
     }
     Ok(())
 }
@@ -296,7 +286,7 @@ fn compile(scope: PolicyScope, rules: &relay_store::PolicyRules) -> Compiled {
     });
     let jwt = rules.jwt.as_ref().map(|r| {
         r.on()
-            .and_then(|j| compile_jwt(j).map_err(|_| broken = true).ok())
+            .and_then(|j| jwt::compile(j).map_err(|_| broken = true).ok())
     });
     let rate_limit = rules.rate_limit.as_ref().map(|r| r.on().copied());
     let cors = rules.cors.as_ref().map(|r| r.on().map(Cors::compile));
@@ -311,57 +301,6 @@ fn compile(scope: PolicyScope, rules: &relay_store::PolicyRules) -> Compiled {
         cors,
         broken,
     }
-}
-
-fn compile_jwt(j: &relay_store::JwtRule) -> Result<Jwt, String> {
-    let algorithms: Vec<Algorithm> = j
-        .algorithms
-        .iter()
-        .map(|a| {
-            a.parse::<Algorithm>()
-                .map_err(|_| format!("unknown algorithm {a}"))
-        })
-        .collect::<Result<_, _>>()?;
-    let mut keys = Vec::new();
-    for k in &j.keys {
-        let mut parsed = None;
-        // A key serves the algorithms of its family only: an RSA key never checks an HS256 MAC.
-        for alg in &algorithms {
-            let key = match alg {
-                Algorithm::RS256
-                | Algorithm::RS384
-                | Algorithm::RS512
-                | Algorithm::PS256
-                | Algorithm::PS384
-                | Algorithm::PS512 => DecodingKey::from_rsa_pem(k.pem.as_bytes()),
-                Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(k.pem.as_bytes()),
-                Algorithm::EdDSA => DecodingKey::from_ed_pem(k.pem.as_bytes()),
-                _ => continue,
-            };
-            if let Ok(key) = key {
-                keys.push((k.kid.clone(), *alg, key));
-                parsed = Some(());
-            }
-        }
-        if parsed.is_none() {
-            return Err(format!(
-                "a JWT key{} is not a PEM public key for {}",
-                k.kid
-                    .as_deref()
-                    .map(|k| format!(" ({k})"))
-                    .unwrap_or_default(),
-                j.algorithms.join(", ")
-            ));
-        }
-    }
-    let mut validation = Validation::new(algorithms[0]);
-    validation.algorithms = algorithms;
-    validation.set_issuer(&[&j.issuer]);
-    validation.set_audience(&j.audience);
-    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-    validation.leeway = j.leeway_secs.min(relay_store::MAX_JWT_LEEWAY_SECS);
-    validation.validate_nbf = true;
-    Ok(Jwt { validation, keys })
 }
 
 impl TenantPolicies {
@@ -401,7 +340,7 @@ struct Effective<'a> {
     deny_ip: Option<(&'a Compiled, &'a Vec<Cidr>)>,
     api_key: Option<(&'a Compiled, &'a Option<HeaderName>)>,
     basic: Option<(&'a Compiled, &'a Option<Basic>)>,
-    jwt: Option<(&'a Compiled, &'a Option<Jwt>)>,
+    jwt: Option<(&'a Compiled, &'a Option<jwt::Jwt>)>,
     rate_limit: Option<(&'a Compiled, &'a Option<RateLimitRule>)>,
     cors: Option<(&'a Compiled, &'a Option<Cors>)>,
 }
@@ -431,6 +370,7 @@ impl Policies {
             hasher,
             buckets: Mutex::new(HashMap::new()),
             basic_ok: Mutex::new(HashMap::new()),
+            jwks: jwt::JwksCache::default(),
         }
     }
 
@@ -617,7 +557,7 @@ pub(crate) async fn check(
     };
     if let Some((c, j)) = jwt {
         if scheme == "bearer" {
-            match jwt_ok(j, credentials) {
+            match jwt::verify(j, &relay.policies.jwks, credentials).await {
                 Ok(()) => return Ok(admission),
                 Err(why) => {
                     debug!(request_id = draft.request_id, why, "bearer token refused");
@@ -726,43 +666,6 @@ fn api_key_ok(relay: &Relay, tenant_id: &str, value: &[u8]) -> bool {
         return false;
     };
     record.tenant_id.0 == tenant_id && relay.policies.hasher.verify(value.trim(), &record.key_hash)
-}
-
-fn jwt_ok(j: &Jwt, token: &str) -> Result<(), &'static str> {
-    let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed token")?;
-    if !j.validation.algorithms.contains(&header.alg) {
-        return Err("algorithm not allowed");
-    }
-    let any_kid = j.keys.iter().any(|(kid, _, _)| kid.is_some());
-    let candidates = j.keys.iter().filter(|(kid, alg, _)| {
-        *alg == header.alg && (!any_kid || header.kid.is_none() || *kid == header.kid)
-    });
-    let mut seen = false;
-    for (_, _, key) in candidates {
-        seen = true;
-        let mut validation = j.validation.clone();
-        validation.algorithms = vec![header.alg];
-        match jsonwebtoken::decode::<serde_json::Value>(token, key, &validation) {
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                use jsonwebtoken::errors::ErrorKind as K;
-                match e.kind() {
-                    K::InvalidSignature => continue,
-                    K::ExpiredSignature => return Err("expired"),
-                    K::ImmatureSignature => return Err("not yet valid"),
-                    K::InvalidAudience => return Err("wrong audience"),
-                    K::InvalidIssuer => return Err("wrong issuer"),
-                    K::MissingRequiredClaim(_) => return Err("missing claim"),
-                    _ => return Err("invalid token"),
-                }
-            }
-        }
-    }
-    Err(if seen {
-        "bad signature"
-    } else {
-        "unknown key id"
-    })
 }
 
 async fn basic_ok(relay: &Relay, b: &Basic, credentials: &str) -> Result<bool, relay_store::Error> {

@@ -169,7 +169,12 @@ pub struct JwtRule {
     /// The accepted `alg` values (asymmetric only: RS*, PS*, ES*, EdDSA).
     pub algorithms: Vec<String>,
     /// Verification keys (PEM public keys); a token's `kid` picks one when keys have ids.
+    #[serde(default)]
     pub keys: Vec<JwtKey>,
+    /// A JWKS document to take keys from as well (`https://`, or `http://` on loopback only),
+    /// fetched and cached by the relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
     /// Allowed clock skew for `exp` and `nbf`, at most [`MAX_JWT_LEEWAY_SECS`].
     pub leeway_secs: u64,
 }
@@ -258,8 +263,24 @@ impl PolicyRules {
                     JWT_ALGORITHMS.join(", ")
                 ));
             }
-            if j.keys.is_empty() || j.keys.len() > MAX_LIST {
-                return Err("a JWT rule needs at least one PEM key".into());
+            if (j.keys.is_empty() && j.jwks_url.is_none()) || j.keys.len() > MAX_LIST {
+                return Err("a JWT rule needs a PEM key or a JWKS URL".into());
+            }
+            if let Some(url) = &j.jwks_url {
+                let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                    .iter()
+                    .any(|p| {
+                        url.strip_prefix(p)
+                            .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
+                    });
+                let ok = url.len() <= 2048
+                    && (url.starts_with("https://") || loopback)
+                    && url.bytes().all(|b| b.is_ascii_graphic());
+                if !ok {
+                    return Err(format!(
+                        "{url:?}: a JWKS URL is https:// (http:// only on loopback)"
+                    ));
+                }
             }
             if j.leeway_secs > MAX_JWT_LEEWAY_SECS {
                 return Err(format!("JWT clock skew is at most {MAX_JWT_LEEWAY_SECS} s"));
@@ -272,13 +293,16 @@ impl PolicyRules {
             let token = |s: &str| {
                 !s.is_empty()
                     && s.len() <= 256
-                    && s.bytes().all(|b| b.is_ascii_graphic() && b != b',' && b != b'"')
+                    && s.bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b',' && b != b'"')
             };
             for o in &c.allow_origins {
                 let ok = o == "*"
                     || ((o.starts_with("https://") || o.starts_with("http://")) && token(o));
                 if !ok {
-                    return Err(format!("{o:?} is not an origin (scheme://host[:port]) or *"));
+                    return Err(format!(
+                        "{o:?} is not an origin (scheme://host[:port]) or *"
+                    ));
                 }
             }
             if !c

@@ -486,6 +486,7 @@ async fn jwt_bearer_tokens_are_validated_and_attacks_refused() {
                     kid: Some("k1".into()),
                     pem: idp.public_pem.clone(),
                 }],
+                jwks_url: None,
                 leeway_secs: 30,
             })),
             ..PolicyRules::default()
@@ -932,4 +933,69 @@ async fn cors_preflights_are_answered_before_credentials() {
         .await;
     assert_eq!(other.status, 200);
     assert!(other.headers.get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn jwt_keys_come_from_a_jwks_url_fetched_within_bounds() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let w = world().await;
+    let idp = signer();
+    let rotated = signer();
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&idp.key, Algorithm::ES256).unwrap();
+    jwk.common.key_id = Some("k1".into());
+    let set = serde_json::to_string(&jsonwebtoken::jwk::JwkSet { keys: vec![jwk] }).unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let app = {
+        let hits = hits.clone();
+        axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                hits.fetch_add(1, Ordering::SeqCst);
+                let set = set.clone();
+                async move { ([("content-type", "application/json")], set) }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    w.set(
+        PolicyScope::Target("app".into()),
+        PolicyRules {
+            jwt: Some(Rule::On(JwtRule {
+                issuer: "https://idp.test".into(),
+                audience: vec!["acme-api".into()],
+                algorithms: vec!["ES256".into()],
+                keys: vec![],
+                jwks_url: Some(jwks_url),
+                leeway_secs: 0,
+            })),
+            ..PolicyRules::default()
+        },
+    )
+    .await;
+    let w = &w;
+    let call = |token: String| async move {
+        w.get(
+            "/relay/acme/app/x",
+            "192.0.2.1",
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await
+        .status
+    };
+    let good = || es256(&idp, Some("k1"), &claims("acme-api", now() + 600));
+    assert_eq!(call(good()).await, 200);
+    assert_eq!(call(good()).await, 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "the document is cached");
+    // A key the document does not have: refused, and no fetch storm — within 30 s of the last
+    // fetch, unknown key ids do not fetch again.
+    for _ in 0..5 {
+        let t = es256(&rotated, Some("k2"), &claims("acme-api", now() + 600));
+        assert_eq!(call(t).await, 401);
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // A token signed by another key under the known id is refused too.
+    let forged = es256(&rotated, Some("k1"), &claims("acme-api", now() + 600));
+    assert_eq!(call(forged).await, 401);
 }

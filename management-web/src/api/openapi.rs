@@ -230,10 +230,11 @@ pub fn openapi_document() -> Value {
                     "allow_ip": cidrs.clone(), "deny_ip": cidrs,
                     "api_key": rule(json!({"type": "object", "additionalProperties": false, "required": ["header"], "properties": {"header": {"type": "string", "pattern": "^[a-z0-9-]{1,64}$", "default": "x-relay-key"}}})),
                     "basic": rule(json!({"type": "object", "additionalProperties": false, "required": ["realm", "users"], "properties": {"realm": {"type": "string", "maxLength": 100}, "users": {"type": "object", "description": "user name → argon2id PHC string (relay-server tenant policy basic-user hashes one); answers list the names only", "additionalProperties": {"type": "string", "pattern": "^\\$argon2id\\$"}}}})),
-                    "jwt": rule(json!({"type": "object", "additionalProperties": false, "required": ["issuer", "audience", "algorithms", "keys", "leeway_secs"], "properties": {
+                    "jwt": rule(json!({"type": "object", "additionalProperties": false, "required": ["issuer", "audience", "algorithms", "leeway_secs"], "description": "keys, jwks_url or both", "properties": {
                         "issuer": {"type": "string", "minLength": 1}, "audience": {"type": "array", "minItems": 1, "items": {"type": "string"}},
                         "algorithms": {"type": "array", "minItems": 1, "items": {"enum": relay_store::JWT_ALGORITHMS}},
-                        "keys": {"type": "array", "minItems": 1, "items": {"type": "object", "additionalProperties": false, "required": ["pem"], "properties": {"kid": {"type": "string"}, "pem": {"type": "string", "description": "a PEM public key"}}}},
+                        "jwks_url": {"type": "string", "maxLength": 2048, "description": "https:// (http:// on loopback only); fetched and cached by the relays"},
+                        "keys": {"type": "array", "items": {"type": "object", "additionalProperties": false, "required": ["pem"], "properties": {"kid": {"type": "string"}, "pem": {"type": "string", "description": "a PEM public key"}}}},
                         "leeway_secs": {"type": "integer", "minimum": 0, "maximum": relay_store::MAX_JWT_LEEWAY_SECS}}})),
                     "rate_limit": rule(json!({"type": "object", "additionalProperties": false, "required": ["per_minute", "burst"], "properties": {"per_minute": {"type": "integer", "minimum": 1}, "burst": {"type": "integer", "minimum": 1}}})),
                     "cors": rule(json!({"type": "object", "additionalProperties": false, "required": ["allow_origins", "allow_methods"], "properties": {

@@ -125,7 +125,7 @@ pub struct PolicySetArgs {
     #[arg(long, value_name = "off|inherit", value_parser = ["off", "inherit"])]
     jwt: Option<String>,
     /// The required `iss` (turns JWT validation on with the other --jwt-* flags).
-    #[arg(long, value_name = "ISSUER", requires_all = ["jwt_audience", "jwt_key"])]
+    #[arg(long, value_name = "ISSUER", requires = "jwt_audience")]
     jwt_issuer: Option<String>,
     /// Accepted `aud` values.
     #[arg(long, value_name = "AUD,...", value_delimiter = ',')]
@@ -141,6 +141,9 @@ pub struct PolicySetArgs {
     /// A PEM public key, `FILE` or `KID=FILE`; repeat for several.
     #[arg(long, value_name = "[KID=]FILE")]
     jwt_key: Vec<String>,
+    /// A JWKS document to take keys from (https://; fetched and cached by the relay).
+    #[arg(long, value_name = "URL")]
+    jwt_jwks_url: Option<String>,
     /// Allowed clock skew in seconds (at most 300).
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     jwt_leeway: u64,
@@ -370,6 +373,7 @@ pub(super) async fn policy(cmd: PolicyCommand, store: &Store) -> anyhow::Result<
                     audience: args.jwt_audience,
                     algorithms: args.jwt_algorithms,
                     keys,
+                    jwks_url: args.jwt_jwks_url,
                     leeway_secs: args.jwt_leeway,
                 }));
             }
@@ -468,11 +472,15 @@ fn print_rules(r: &PolicyRules) {
     }
     match &r.jwt {
         Some(Rule::On(j)) => println!(
-            "  jwt:        issuer {}, audience {}, algorithms {}, {} key(s), skew {} s",
+            "  jwt:        issuer {}, audience {}, algorithms {}, {} key(s){}, skew {} s",
             j.issuer,
             j.audience.join(","),
             j.algorithms.join(","),
             j.keys.len(),
+            j.jwks_url
+                .as_deref()
+                .map(|u| format!(", JWKS {u}"))
+                .unwrap_or_default(),
             j.leeway_secs
         ),
         Some(Rule::Off) => println!("  jwt:        off"),
