@@ -60,13 +60,24 @@ pub(crate) struct Admission {
 #[derive(Debug)]
 pub(crate) struct Policies {
     hasher: SecretHasher,
-    buckets: Mutex<HashMap<BucketKey, Bucket>>,
+    buckets: Mutex<Buckets>,
     basic_ok: Mutex<HashMap<[u8; 32], Instant>>,
     /// JWKS documents of JWT rules with a `jwks_url`.
     jwks: jwt::JwksCache,
 }
 
 type BucketKey = (String, String, IpAddr);
+
+#[derive(Debug)]
+struct Buckets {
+    map: HashMap<BucketKey, Bucket>,
+    /// When the full table was last swept: at most once per [`SWEEP_EVERY`], so a flood of new
+    /// addresses costs one eviction each, not a scan of the table each.
+    swept: Instant,
+}
+
+/// Least time between two sweeps of a full bucket table.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -368,7 +379,10 @@ impl Policies {
     pub(crate) fn new(hasher: SecretHasher) -> Policies {
         Policies {
             hasher,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets {
+                map: HashMap::new(),
+                swept: Instant::now(),
+            }),
             basic_ok: Mutex::new(HashMap::new()),
             jwks: jwt::JwksCache::default(),
         }
@@ -378,13 +392,20 @@ impl Policies {
     fn take_token(&self, key: BucketKey, rule: RateLimitRule, now: Instant) -> Result<(), u32> {
         let rate = f64::from(rule.per_minute) / 60.0;
         let burst = f64::from(rule.burst);
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let Buckets {
+            map: buckets,
+            swept,
+        } = &mut *guard;
         if buckets.len() >= MAX_TRACKED && !buckets.contains_key(&key) {
-            // Drop the buckets that have refilled (they behave like new ones), then, if the
-            // table is still full, one arbitrary entry.
-            buckets.retain(|_, b| {
-                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < burst
-            });
+            // Drop the buckets that have refilled (they behave like new ones; at most once a
+            // second), then, if the table is still full, one arbitrary entry.
+            if now.saturating_duration_since(*swept) >= SWEEP_EVERY {
+                *swept = now;
+                buckets.retain(|_, b| {
+                    b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < burst
+                });
+            }
             if buckets.len() >= MAX_TRACKED {
                 if let Some(k) = buckets.keys().next().cloned() {
                     buckets.remove(&k);
@@ -730,7 +751,7 @@ mod tests {
             let ip = IpAddr::V4(std::net::Ipv4Addr::from(i));
             let _ = p.take_token(("t".into(), String::new(), ip), rule, t0);
         }
-        assert!(p.buckets.lock().unwrap().len() <= MAX_TRACKED);
+        assert!(p.buckets.lock().unwrap().map.len() <= MAX_TRACKED);
     }
 
     #[test]
