@@ -84,6 +84,13 @@ if [ ! -d testkit/browser/node_modules/playwright-core ]; then
     npm ci --prefix testkit/browser --no-audit --no-fund --loglevel=error
 fi
 
+# The pairing interop test runs the published @localfirst/relay client (npm, pinned by
+# testkit/pairing/package-lock.json) in Node.
+if [ ! -d testkit/pairing/node_modules/@localfirst/relay ]; then
+    echo "test.sh: installing @localfirst/relay into testkit/pairing/node_modules"
+    npm ci --prefix testkit/pairing --no-audit --no-fund --loglevel=error
+fi
+
 # The end-to-end tests start relay-server and connector as real processes.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"

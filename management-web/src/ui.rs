@@ -15,6 +15,7 @@ mod dashboard;
 mod hostnames;
 mod login;
 mod nodes;
+mod pairing;
 mod queue;
 mod tenants;
 mod tokens;
@@ -54,6 +55,9 @@ pub static ROUTES: &[(&str, &str)] = &[
     ("post", "/tenants/{name}/credentials/{id}/revoke"),
     ("post", "/tenants/{name}/hostnames"),
     ("post", "/tenants/{name}/hostnames/{hostname}/remove"),
+    ("post", "/tenants/{name}/pairing"),
+    ("post", "/tenants/{name}/pairing/tokens"),
+    ("post", "/tenants/{name}/pairing/tokens/{id}/revoke"),
     ("get", "/tenants/{name}/queue"),
     ("post", "/tenants/{name}/queue/settings"),
     ("get", "/tenants/{name}/queue/{id}"),
@@ -90,6 +94,9 @@ fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("post", "/tenants/{name}/credentials/{id}/revoke") => post(credentials::revoke),
         ("post", "/tenants/{name}/hostnames") => post(hostnames::add),
         ("post", "/tenants/{name}/hostnames/{hostname}/remove") => post(hostnames::remove),
+        ("post", "/tenants/{name}/pairing") => post(pairing::mode),
+        ("post", "/tenants/{name}/pairing/tokens") => post(pairing::create_token),
+        ("post", "/tenants/{name}/pairing/tokens/{id}/revoke") => post(pairing::revoke_token),
         ("get", "/tenants/{name}/queue") => get(queue::show),
         ("post", "/tenants/{name}/queue/settings") => post(queue::settings),
         ("get", "/tenants/{name}/queue/{id}") => get(queue::message),
@@ -260,6 +267,10 @@ fn notice(done: &str) -> &'static str {
         }
         "queue-cancelled" => "Message cancelled: it will not be delivered.",
         "queue-discarded" => "Message discarded: it is deleted with its body and response.",
+        "pairing" => {
+            "Pairing mode saved: relays close open sockets the new mode refuses within seconds."
+        }
+        "pairing-token-revoked" => "Pairing token revoked: sockets admitted with it are closed.",
         _ => "",
     }
 }

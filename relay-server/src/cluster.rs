@@ -298,6 +298,37 @@ impl Cluster {
         }
     }
 
+    /// How old a node's heartbeat may be for the node to count as live, in ms.
+    pub(crate) fn fresh_ms(&self) -> i64 {
+        self.fresh_ms
+    }
+
+    /// A link to node `node_id` at `advertise`, opened on first use (pairing: the node holding
+    /// a connection's partner).
+    pub(crate) async fn link_to(
+        &self,
+        (node_id, node_name, advertise): (&str, &str, &str),
+    ) -> anyhow::Result<quinn::Connection> {
+        let peer = {
+            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            peers
+                .entry(node_id.to_string())
+                .or_insert_with(|| {
+                    Arc::new(Peer {
+                        node_id: node_id.to_string(),
+                        node_name: node_name.to_string(),
+                        advertise: advertise.to_string(),
+                        link: Mutex::new(None),
+                        connecting: tokio::sync::Mutex::new(()),
+                        down_until: Mutex::new(None),
+                        in_flight: AtomicUsize::new(0),
+                    })
+                })
+                .clone()
+        };
+        peer.connection(self).await
+    }
+
     /// Forgets everything the directory said (the announcements may have been missed).
     pub(crate) fn forget_all(&self) {
         self.directory
@@ -595,6 +626,15 @@ async fn serve_forwarded(relay: Arc<Relay>, mut send: SendHalf, mut recv: RecvHa
             target,
             request_id,
         })) => (tenant_id, target, request_id),
+        Ok(Ok(NodeMessage::PairConnect {
+            tenant_id,
+            a,
+            b,
+            document_id,
+        })) => {
+            crate::pair::serve_link_stream(&relay, (send, recv), &tenant_id, (a, b, document_id));
+            return;
+        }
         Ok(Ok(_)) | Ok(Err(_)) | Err(_) => {
             send.reset(ErrorCode::PROTOCOL_ERROR);
             recv.stop(ErrorCode::PROTOCOL_ERROR);

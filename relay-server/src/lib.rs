@@ -434,6 +434,8 @@ pub async fn run(
     // Open pairing sockets against revoked tokens and pairing turned off; ends with the pairing
     // shutdown.
     tokio::spawn(pair::recheck(relay.clone()));
+    // Other nodes' pairing joins (PostgreSQL only); ends with the pairing shutdown.
+    tokio::spawn(pair::listen(relay.clone()));
     if relay.cluster.enabled() && node.advertise.is_none() {
         tracing::warn!(
             "the HTTPS listener is a wildcard address and [cluster] advertise is not set: other \

@@ -10,6 +10,7 @@
 //! socket is bounded (message size, held bytes, hold time, idle time) and every refusal is a
 //! WebSocket close with a code from [`close`].
 
+mod remote;
 mod socket;
 mod wire;
 
@@ -33,6 +34,7 @@ use crate::audit::Draft;
 use crate::proxy::Visitor;
 use crate::Relay;
 
+pub(crate) use remote::{listen, serve_link_stream};
 pub(crate) use socket::Side;
 
 /// The close codes the relay sends on pairing sockets (docs/pairing.md lists them).
@@ -117,7 +119,19 @@ struct PeerEntry {
 #[derive(Debug)]
 struct Held {
     serial: u64,
-    partner: oneshot::Sender<Side>,
+    partner: oneshot::Sender<Partner>,
+}
+
+/// What a waiting connection is matched with.
+#[derive(Debug)]
+pub(crate) enum Partner {
+    /// A socket on this node.
+    Local(Box<Side>),
+    /// A socket on another node, behind this node-link stream (answer `Accepted` first).
+    Remote(
+        tunnel_session::transport::SendHalf,
+        tunnel_session::transport::RecvHalf,
+    ),
 }
 
 /// An admitted socket as the recheck sees it.
@@ -389,6 +403,10 @@ pub(crate) async fn recheck(relay: Arc<Relay>) {
             _ = tokio::time::sleep(every) => {}
             _ = relay.pairing.stop.cancelled() => return,
         }
+        if relay.cluster.enabled() {
+            let purge = relay.store.purge_pairing(relay.cluster.fresh_ms());
+            let _ = tokio::time::timeout(STORE_TIMEOUT, purge).await;
+        }
         let live: Vec<Arc<Live>> = relay
             .pairing
             .live
@@ -652,6 +670,53 @@ impl Pairing {
         Ok(own)
     }
 
+    /// A local peer's document ids, in join order.
+    fn documents_of(&self, tenant_id: &str, peer: &str) -> Vec<String> {
+        let all = self.state();
+        all.get(tenant_id)
+            .and_then(|s| s.peers.get(peer))
+            .map(|p| p.documents.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether this node has sockets of the tenant.
+    fn has_tenant(&self, tenant_id: &str) -> bool {
+        self.state().contains_key(tenant_id)
+    }
+
+    /// A peer on another node joined `docs`: introduces it to this node's peers sharing any.
+    fn introduce_remote(&self, tenant_id: &str, remote: &str, docs: &[String]) {
+        let all = self.state();
+        let Some(state) = all.get(tenant_id) else {
+            return;
+        };
+        let mut local: Vec<&String> = docs
+            .iter()
+            .filter_map(|d| state.documents.get(d))
+            .flatten()
+            .filter(|p| p.as_str() != remote)
+            .collect();
+        local.sort();
+        local.dedup();
+        for peer in local {
+            let Some(entry) = state.peers.get(peer.as_str()) else {
+                continue;
+            };
+            let common: Vec<String> = docs
+                .iter()
+                .filter(|d| entry.documents.contains(d))
+                .cloned()
+                .collect();
+            if entry
+                .introductions
+                .try_send(Bytes::from(wire::introduction(remote, &common)))
+                .is_err()
+            {
+                entry.kick.cancel();
+            }
+        }
+    }
+
     /// Removes document ids from a peer (it is introduced for them no more).
     fn leave(&self, tenant_id: &str, peer: &str, ids: &[String]) {
         let mut all = self.state();
@@ -691,7 +756,7 @@ enum Arrival {
     /// The partner was waiting: it now owns this side and pipes both.
     Handed,
     /// This side waits; the partner is sent through the receiver.
-    Holding(u64, oneshot::Receiver<Side>, Side),
+    Holding(u64, oneshot::Receiver<Partner>, Side),
     /// Refused with this close code.
     Refused(u16, Side),
 }
@@ -747,9 +812,11 @@ impl Pairing {
         if let Some(held) = state.held.remove(&reverse) {
             // Sent under the lock: a holder that finds its entry gone knows its partner is in
             // the channel already.
-            match held.partner.send(side) {
+            match held.partner.send(Partner::Local(Box::new(side))) {
                 Ok(()) => return Arrival::Handed,
-                Err(back) => side = back,
+                Err(Partner::Local(back)) => side = *back,
+                // Invariant: `send` hands back exactly what it was given, a local partner.
+                Err(Partner::Remote(..)) => unreachable!("sent a local partner"),
             }
         }
         let key = (a, b, doc);
@@ -766,6 +833,16 @@ impl Pairing {
             },
         );
         Arrival::Holding(serial, rx, side)
+    }
+
+    /// Takes the waiting connection `key` for a partner on another node.
+    fn take_held(
+        &self,
+        tenant_id: &str,
+        key: &(String, String, String),
+    ) -> Option<oneshot::Sender<Partner>> {
+        let mut all = self.state();
+        all.get_mut(tenant_id)?.held.remove(key).map(|h| h.partner)
     }
 
     /// Withdraws a waiting connection. `false`: a partner took it already (it is in the

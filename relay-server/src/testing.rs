@@ -40,6 +40,7 @@ pub struct RelayHandle {
 pub struct Builder {
     file: FileConfig,
     udp_elsewhere: bool,
+    keys_from: Option<PathBuf>,
 }
 
 /// A builder with test-friendly defaults (short grace, admin and plain HTTP on loopback).
@@ -55,6 +56,7 @@ pub fn relay() -> Builder {
     Builder {
         file,
         udp_elsewhere: false,
+        keys_from: None,
     }
 }
 
@@ -72,9 +74,24 @@ impl Builder {
         self
     }
 
+    /// Starts with a copy of `other`'s `keys/` (nodes of one cluster share them: node links
+    /// authenticate with them).
+    pub fn share_keys(mut self, other: &RelayHandle) -> Self {
+        self.keys_from = Some(other.dir.path().join("keys"));
+        self
+    }
+
     /// Starts the relay in a fresh data directory.
     pub async fn spawn(self) -> RelayHandle {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        if let Some(src) = &self.keys_from {
+            let dst = dir.path().join("keys");
+            std::fs::create_dir_all(&dst).expect("keys dir");
+            for entry in std::fs::read_dir(src).expect("the other relay's keys") {
+                let entry = entry.expect("keys entry");
+                std::fs::copy(entry.path(), dst.join(entry.file_name())).expect("copy a key");
+            }
+        }
         start(self.file, dir, self.udp_elsewhere).await
     }
 }

@@ -20,6 +20,7 @@ mod hostname;
 mod name;
 mod node;
 mod pairing;
+mod pairing_cluster;
 mod password;
 mod policy;
 mod queue;
@@ -45,6 +46,7 @@ pub use node::{NodeRecord, NodeState, SingleNodeLock};
 pub use pairing::{
     parse_pairing_token, NewPairingToken, PairingAccess, PairingMode, PairingToken, MAX_PEER_ID_LEN,
 };
+pub use pairing_cluster::HeldElsewhere;
 pub use password::{password_hash_permits, M_COST_KIB};
 pub use policy::{
     hash_password, parse_api_key, parse_cidr, verify_password, ApiKey, ApiKeyRecord, ApiKeyRule,

@@ -117,3 +117,85 @@ async fn pairing_rules_on_postgres() {
     let cluster = PgCluster::start();
     pairing_rules(Store::connect(&cluster.url()).await.unwrap()).await;
 }
+
+/// The cluster registry: peers claimed per node, matches across nodes, waiting connections.
+async fn cluster_registry(store: Store) {
+    use relay_store::{now_ms, NodeRecord, NodeState};
+    for (id, name) in [("n1", "one"), ("n2", "two")] {
+        store
+            .register_node(&NodeRecord {
+                id: id.into(),
+                name: name.into(),
+                advertise: Some(format!("127.0.0.1:{}", if id == "n1" { 1 } else { 2 })),
+                public_address: None,
+                state: NodeState::Active,
+                started_at: now_ms(),
+                heartbeat_at: now_ms(),
+            })
+            .await
+            .unwrap();
+    }
+    let fresh = 60_000;
+    assert!(store
+        .claim_pairing_peer("t", "alice", "n1", fresh)
+        .await
+        .unwrap());
+    assert!(!store
+        .claim_pairing_peer("t", "alice", "n2", fresh)
+        .await
+        .unwrap());
+    assert!(store
+        .claim_pairing_peer("t", "bob", "n2", fresh)
+        .await
+        .unwrap());
+    let docs = ["doc".to_string(), "x".to_string()];
+    store
+        .set_pairing_documents(("t", "alice", "n1"), &docs, true)
+        .await
+        .unwrap();
+    store
+        .set_pairing_documents(("t", "bob", "n2"), &docs[..1], true)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .remote_pairing_matches(("t", "bob", "n2"), fresh)
+            .await
+            .unwrap(),
+        vec![("alice".to_string(), "doc".to_string())]
+    );
+    assert_eq!(store.pairing_documents("t", "alice").await.unwrap(), docs);
+    // A waiting connection, and its mirror arriving on the other node.
+    let held = store
+        .hold_or_find_mirror(("t", "alice", "bob", "doc"), "n1", fresh)
+        .await
+        .unwrap();
+    assert_eq!(held, None);
+    let mirror = store
+        .hold_or_find_mirror(("t", "bob", "alice", "doc"), "n2", fresh)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (mirror.node_id.as_str(), mirror.advertise.as_str()),
+        ("n1", "127.0.0.1:1")
+    );
+    store
+        .release_pairing_connection(("t", "alice", "bob", "doc"), "n1")
+        .await
+        .unwrap();
+    store
+        .release_pairing_peer("t", "alice", "n1")
+        .await
+        .unwrap();
+    assert!(store
+        .claim_pairing_peer("t", "alice", "n2", fresh)
+        .await
+        .unwrap());
+}
+
+#[tokio::test]
+async fn cluster_registry_on_postgres() {
+    let cluster = PgCluster::start();
+    cluster_registry(Store::connect(&cluster.url()).await.unwrap()).await;
+}

@@ -1024,3 +1024,104 @@ async fn queue_page_counts_lists_and_filters_messages_and_retries_discards_and_s
     assert_eq!(actions, want);
     relay.stop().await
 }
+
+#[tokio::test]
+async fn tenant_page_sets_the_pairing_mode_and_creates_and_revokes_pairing_tokens(
+) -> anyhow::Result<()> {
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    relay
+        .store
+        .create_admin_user("admin", "correct horse battery")
+        .await?;
+    relay.create_tenant("acme").await;
+    let id = relay.store.tenant("acme").await?.expect("acme").id.0;
+    let client = Client::new(&relay.ca_cert());
+    let base = format!("http://{}", relay.admin_addr.expect("admin"));
+    let b = Browser::start(client.clone(), &base, "admin", "correct+horse+battery").await?;
+    let form = |rest: &str| format!("csrf={}&{rest}", b.csrf);
+
+    let page = b.get("/tenants/acme").await?.text();
+    assert!(page.contains("Pairing for local-first apps"), "{page}");
+    assert!(
+        page.contains(r#"<option value="off" selected>"#),
+        "off by default"
+    );
+
+    let a = b
+        .post("/tenants/acme/pairing", &form("mode=token"), Some(&base))
+        .await?;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+    assert_eq!(a.headers["location"], "/tenants/acme?done=pairing");
+    assert_eq!(
+        relay.store.pairing_mode(&id).await?,
+        relay_store::PairingMode::Token
+    );
+    let page = b.get("/tenants/acme?done=pairing").await?.text();
+    assert!(page.contains(r#"<option value="token" selected>"#));
+    assert!(page.contains("Pairing mode saved"));
+    let a = b
+        .post(
+            "/tenants/acme/pairing",
+            &form("mode=sometimes"),
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        relay.store.pairing_mode(&id).await?,
+        relay_store::PairingMode::Token
+    );
+
+    // A token bound to one peer: shown once, never again.
+    let a = b
+        .post(
+            "/tenants/acme/pairing/tokens",
+            &form("label=notes+app&peer_id=alice"),
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let shown = a.text();
+    let tokens = relay.store.pairing_tokens("acme").await?;
+    assert_eq!(tokens.len(), 1);
+    let token = &tokens[0];
+    assert_eq!(token.peer_id.as_deref(), Some("alice"));
+    assert_eq!(token.label, "notes app");
+    let at = shown.find("rpt_").expect("the token is shown");
+    let value: String = shown[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    assert!(value.contains(&token.id), "{value}");
+    assert!(shown.contains("wss://RELAY-HOST/pair/acme/rpt_"));
+    let page = b.get("/tenants/acme").await?.text();
+    assert!(page.contains(&token.id) && page.contains("alice"));
+    assert!(!page.contains(&value), "the token is shown once only");
+
+    let a = b
+        .post(
+            &format!("/tenants/acme/pairing/tokens/{}/revoke", token.id),
+            &form(""),
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+    assert_eq!(
+        a.headers["location"],
+        "/tenants/acme?done=pairing-token-revoked"
+    );
+    assert!(relay.store.pairing_tokens("acme").await?[0]
+        .revoked_at
+        .is_some());
+    // Without the session's CSRF token: nothing changes.
+    let a = b
+        .post("/tenants/acme/pairing", "csrf=wrong&mode=open", Some(&base))
+        .await?;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        relay.store.pairing_mode(&id).await?,
+        relay_store::PairingMode::Token
+    );
+    Ok(())
+}

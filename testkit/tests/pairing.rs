@@ -634,3 +634,89 @@ async fn eventually_audit(
     }
     panic!("audit records did not appear");
 }
+
+#[tokio::test]
+async fn peers_on_two_nodes_are_introduced_and_paired() {
+    trace_init();
+    let pg = testkit::PgCluster::start();
+    let url = pg.url();
+    let cluster = |f: &mut FileConfig| {
+        f.database_url = Some(url.clone());
+        f.cluster.heartbeat_interval = Some(Duration::from_millis(200));
+        f.cluster.node_timeout = Some(Duration::from_secs(2));
+    };
+    let one = relay_server::testing::relay()
+        .configure(cluster)
+        .spawn()
+        .await;
+    let two = relay_server::testing::relay()
+        .configure(cluster)
+        .share_keys(&one)
+        .spawn()
+        .await;
+    tenant(&one, "acme", PairingMode::Open).await;
+    two.sync().await;
+
+    // alice on one node, bob on the other: introduced both ways.
+    let mut alice = open(&one, "/pair/acme/introduction/alice").await;
+    join(&mut alice, &["doc", "only-alice"]).await;
+    peers_online(&one, 1).await;
+    let mut bob = open(&two, "/pair/acme/introduction/bob").await;
+    join(&mut bob, &["doc"]).await;
+    let to_bob = introduction(&mut bob).await;
+    assert_eq!(
+        (to_bob.peer_id.as_str(), to_bob.document_ids),
+        ("alice", vec!["doc".into()])
+    );
+    let to_alice = introduction(&mut alice).await;
+    assert_eq!(
+        (to_alice.peer_id.as_str(), to_alice.document_ids),
+        ("bob", vec!["doc".into()])
+    );
+    // A peer id online on one node is refused on the other.
+    assert_eq!(
+        close_code(&mut open(&two, "/pair/acme/introduction/alice").await).await,
+        4409
+    );
+
+    // alice's connection waits on one node (with a message for bob); bob's arrives on the other.
+    let mut a = open(&one, "/pair/acme/connection/alice/bob/doc").await;
+    a.send(Message::Text("held for bob".into())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut b = open(&two, "/pair/acme/connection/bob/alice/doc").await;
+    assert_eq!(
+        next_data(&mut b).await,
+        Message::Text("held for bob".into())
+    );
+    b.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    assert_eq!(
+        next_data(&mut a).await,
+        Message::Binary(vec![1, 2, 3].into())
+    );
+    a.send(Message::Text("to bob".into())).await.unwrap();
+    assert_eq!(next_data(&mut b).await, Message::Text("to bob".into()));
+    // Either side closing closes the other, across the nodes.
+    b.close(None).await.unwrap();
+    assert_eq!(close_code(&mut a).await, 1000);
+    assert_eq!(
+        one.view.metrics().pairing_pairings.load(Ordering::SeqCst),
+        1
+    );
+
+    // Both mirrors arriving on the two nodes at the same moment still meet.
+    let (x, y) = tokio::join!(
+        open(&one, "/pair/acme/connection/alice/bob/doc2"),
+        open(&two, "/pair/acme/connection/bob/alice/doc2"),
+    );
+    let (mut x, mut y) = (x, y);
+    x.send(Message::Text("x".into())).await.unwrap();
+    y.send(Message::Text("y".into())).await.unwrap();
+    assert_eq!(next_data(&mut y).await, Message::Text("x".into()));
+    assert_eq!(next_data(&mut x).await, Message::Text("y".into()));
+    // Going offline on one node frees the peer id for the other.
+    drop(alice);
+    peers_online(&one, 0).await;
+    let mut again = open(&two, "/pair/acme/introduction/alice").await;
+    join(&mut again, &["doc"]).await;
+    assert_eq!(introduction(&mut again).await.peer_id, "bob");
+}

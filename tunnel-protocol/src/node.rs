@@ -13,6 +13,11 @@
 //! [`NodeMessage::Accepted`] (then the connector's frames, byte for byte) or
 //! [`NodeMessage::Refused`] (then FIN). A forwarded request is never forwarded again.
 //!
+//! A stream may instead start with [`NodeMessage::PairConnect`]: a pairing connection that
+//! arrived on the sending node and whose partner waits on the receiving one. The receiver answers
+//! `Accepted` (with an empty session id) and both ends then carry the two WebSockets' messages as
+//! pairing frames (see the relay's `pair/remote.rs`), or `Refused` when nothing waits there.
+//!
 //! Messages are `[kind: u8][len: u16][payload]`, payload fields as in the other frames.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -36,6 +41,7 @@ const KIND_HELLO: u8 = 1;
 const KIND_FORWARD: u8 = 2;
 const KIND_ACCEPTED: u8 = 3;
 const KIND_REFUSED: u8 = 4;
+const KIND_PAIR_CONNECT: u8 = 5;
 
 /// A message on a node link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +76,17 @@ pub enum NodeMessage {
         code: ErrorCode,
         /// For logs.
         message: String,
+    },
+    /// First message of a pairing connection whose partner waits on the receiving node.
+    PairConnect {
+        /// The tenant's id.
+        tenant_id: String,
+        /// The waiting connection's key: its own peer id, …
+        a: String,
+        /// … its partner's, …
+        b: String,
+        /// … and the document id.
+        document_id: String,
     },
 }
 
@@ -108,6 +125,18 @@ impl NodeMessage {
                 w.str(crate::codec::truncate_str(message, 1024));
                 KIND_REFUSED
             }
+            NodeMessage::PairConnect {
+                tenant_id,
+                a,
+                b,
+                document_id,
+            } => {
+                w.str(tenant_id);
+                w.str(a);
+                w.str(b);
+                w.str(document_id);
+                KIND_PAIR_CONNECT
+            }
         };
         // Every field above is bounded well below the limit except caller-supplied names, which
         // are cut rather than encoded into a message the peer would refuse.
@@ -120,7 +149,7 @@ impl NodeMessage {
     /// The payload length a header announces, or an error for a kind or length out of range.
     pub fn payload_len(header: [u8; NODE_HEADER_LEN]) -> Result<usize, DecodeError> {
         let len = u16::from_be_bytes([header[1], header[2]]) as usize;
-        if !(KIND_HELLO..=KIND_REFUSED).contains(&header[0]) {
+        if !(KIND_HELLO..=KIND_PAIR_CONNECT).contains(&header[0]) {
             return Err(DecodeError::UnexpectedFrame(header[0]));
         }
         if len > MAX_NODE_MESSAGE_LEN {
@@ -157,9 +186,15 @@ impl NodeMessage {
             KIND_ACCEPTED => NodeMessage::Accepted {
                 session_id: r.string()?,
             },
-            _ => NodeMessage::Refused {
+            KIND_REFUSED => NodeMessage::Refused {
                 code: ErrorCode(r.u32()?),
                 message: r.string()?,
+            },
+            _ => NodeMessage::PairConnect {
+                tenant_id: r.string()?,
+                a: r.string()?,
+                b: r.string()?,
+                document_id: r.string()?,
             },
         };
         r.finish()?;
@@ -198,11 +233,18 @@ mod tests {
             code: ErrorCode::UNKNOWN_TARGET,
             message: "no".into(),
         });
+        round_trip(NodeMessage::PairConnect {
+            tenant_id: "t1".into(),
+            a: "alice".into(),
+            b: "bob".into(),
+            document_id: "doc".into(),
+        });
     }
 
     #[test]
     fn bad_headers_and_payloads_are_refused() {
         assert!(NodeMessage::payload_len([9, 0, 0]).is_err());
+        assert!(NodeMessage::payload_len([0, 0, 0]).is_err());
         assert!(NodeMessage::payload_len([KIND_HELLO, 0xff, 0xff]).is_err());
         // A payload with bytes left over, or cut short.
         let mut buf = BytesMut::new();

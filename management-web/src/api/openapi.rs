@@ -249,13 +249,19 @@ pub fn openapi_document() -> Value {
     schemas.insert("Policies".into(), json!({"type": "object", "properties": {
                     "tenant": name_out, "policies": {"type": "array", "items": {"$ref": "#/components/schemas/ScopedPolicy"}}}}));
     let api_key = json!({"id": {"type": "string"}, "label": {"type": "string"}, "created_at": time, "revoked_at": nullable_time});
-    schemas.insert("ApiKey".into(), json!({"type": "object", "properties": api_key}));
+    schemas.insert(
+        "ApiKey".into(),
+        json!({"type": "object", "properties": api_key}),
+    );
     schemas.insert("ApiKeyList".into(), json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/ApiKey"}}}}));
     schemas.insert("NewApiKey".into(), json!({"type": "object", "additionalProperties": false, "properties": {
                     "label": {"type": "string", "description": "the first 200 characters are kept"}}}));
     let mut created_key = api_key.clone();
     created_key["key"] = json!({"type": "string", "description": "rak_…, shown only here; visitors send it in the policy's header (default x-relay-key)"});
-    schemas.insert("CreatedApiKey".into(), json!({"type": "object", "required": ["id", "key"], "properties": created_key}));
+    schemas.insert(
+        "CreatedApiKey".into(),
+        json!({"type": "object", "required": ["id", "key"], "properties": created_key}),
+    );
     let mut created = pairing_token.clone();
     created["token"] = json!({"type": "string", "description": "rpt_…, shown only here; apps put it in their base URL wss://RELAY/pair/TENANT/TOKEN"});
     schemas.insert(

@@ -177,6 +177,17 @@ struct TenantPage {
     requests: Vec<ReqRow>,
     /// Its queue in one line: the non-empty states with their counts.
     queue: String,
+    /// Pairing for local-first apps: `off`, `open` or `token`.
+    pairing_mode: String,
+    pairing_tokens: Vec<PairRow>,
+}
+
+struct PairRow {
+    id: String,
+    label: String,
+    peer: String,
+    created: String,
+    revoked: String,
 }
 
 #[derive(Template)]
@@ -222,6 +233,7 @@ pub(super) async fn tenant_page(
         })
         .await?;
     let counts = store.queue_counts(Some(&t.id.0)).await?;
+    let (_, pairing_mode, pairing_tokens) = actions::pairing::overview(state, &t.name).await?;
     let queue: Vec<String> = counts
         .by_state
         .iter()
@@ -275,6 +287,17 @@ pub(super) async fn tenant_page(
             } else {
                 queue.join(", ")
             },
+            pairing_mode: pairing_mode.as_str().to_string(),
+            pairing_tokens: pairing_tokens
+                .iter()
+                .map(|p| PairRow {
+                    id: p.id.clone(),
+                    label: p.label.clone(),
+                    peer: p.peer_id.clone().unwrap_or_default(),
+                    created: view::when(p.created_at),
+                    revoked: p.revoked_at.map(view::when).unwrap_or_default(),
+                })
+                .collect(),
         },
     ))
 }

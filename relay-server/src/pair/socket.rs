@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::wire::ClientMessage;
-use super::{close, Arrival, ConnectionSlot, LiveGuard};
+use super::{close, remote, Arrival, ConnectionSlot, LiveGuard, Partner};
 use crate::audit::{Draft, Outcome};
 use crate::config::Pairing as PairingConfig;
 use crate::Relay;
@@ -77,7 +77,7 @@ impl Side {
 
     /// Ends the socket: the close handshake with `code` (or, when the peer closed first, just
     /// the reply), then the audit record.
-    async fn finish(mut self, relay: &Relay, code: Option<u16>) {
+    pub(super) async fn finish(mut self, relay: &Relay, code: Option<u16>) {
         let status = code.unwrap_or(close::NORMAL);
         if (4400..4500).contains(&status)
             || status == close::NOT_READING
@@ -141,14 +141,14 @@ impl Side {
     }
 
     /// Cancelled when the recheck revokes this socket (never, for one not admitted).
-    fn revoked(&self) -> CancellationToken {
+    pub(super) fn revoked(&self) -> CancellationToken {
         self.live
             .as_ref()
             .map_or_else(CancellationToken::new, |l| l.live.revoked.clone())
     }
 
     /// The close code the recheck chose.
-    fn revoked_code(&self) -> u16 {
+    pub(super) fn revoked_code(&self) -> u16 {
         self.live
             .as_ref()
             .map_or(close::NOT_ENABLED, |l| l.live.code())
@@ -158,11 +158,32 @@ impl Side {
     async fn send(&mut self, m: Message) -> bool {
         matches!(timeout(SEND_TIMEOUT, self.ws.send(m)).await, Ok(Ok(())))
     }
+
+    /// The next message from the socket (cancel safe).
+    pub(super) async fn ws_next(&mut self) -> Option<Result<Message, WsError>> {
+        self.ws.next().await
+    }
+
+    /// Counts `n` message bytes received from this socket (audit).
+    pub(super) fn count_in(&self, n: usize) {
+        self.draft.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Writes a data message from the partner, counted for the audit record.
+    pub(super) async fn send_counted(&mut self, m: Message) -> bool {
+        self.bytes_out += data_len(&m).unwrap_or(0) as u64;
+        self.send(m).await
+    }
+
+    /// Writes a keepalive ping.
+    pub(super) async fn send_ping(&mut self) -> bool {
+        self.send(Message::Ping(Bytes::new())).await
+    }
 }
 
 /// The close code for a read error: an oversized message gets 1009; anything else means the
 /// socket is gone (nothing to send).
-fn read_error(e: &WsError) -> Option<u16> {
+pub(super) fn read_error(e: &WsError) -> Option<u16> {
     matches!(e, WsError::Capacity(_)).then_some(close::TOO_BIG)
 }
 
@@ -186,7 +207,7 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-fn ping_every(cfg: &PairingConfig) -> tokio::time::Interval {
+pub(super) fn ping_every(cfg: &PairingConfig) -> tokio::time::Interval {
     let every = (cfg.idle_timeout / 3).max(Duration::from_millis(100));
     let mut i = tokio::time::interval_at(Instant::now() + every, every);
     i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -194,7 +215,7 @@ fn ping_every(cfg: &PairingConfig) -> tokio::time::Interval {
 }
 
 /// The bytes of a data message, `None` for control frames.
-fn data_len(m: &Message) -> Option<usize> {
+pub(super) fn data_len(m: &Message) -> Option<usize> {
     match m {
         Message::Binary(b) => Some(b.len()),
         Message::Text(t) => Some(t.len()),
@@ -225,11 +246,18 @@ pub(super) async fn introduction(relay: Arc<Relay>, tenant: Arc<Tenant>, peer: S
             Ok(x) => x,
             Err(code) => return side.refuse(&relay, code).await,
         };
+    if remote::shared(&relay) && !remote::claim_peer(&relay, &tenant_id, &peer).await {
+        relay.pairing.remove_peer(&tenant_id, &peer, serial);
+        return side.refuse(&relay, close::DUPLICATE).await;
+    }
     relay.metrics.pairing_peers.fetch_add(1, Ordering::Relaxed);
     debug!(%tenant_id, peer, "pairing peer online");
     let mut side = side;
     let code = introduction_loop(&relay, &tenant_id, &peer, &mut side, (&mut rx, &kick)).await;
     relay.pairing.remove_peer(&tenant_id, &peer, serial);
+    if remote::shared(&relay) {
+        remote::release_peer(&relay, &tenant_id, &peer).await;
+    }
     relay.metrics.pairing_peers.fetch_sub(1, Ordering::Relaxed);
     debug!(%tenant_id, peer, ?code, "pairing peer offline");
     side.finish(&relay, code).await;
@@ -281,14 +309,18 @@ async fn introduction_loop(
                         return Some(close::BAD_REQUEST);
                     }
                     Ok(ClientMessage::Join(ids)) => {
-                        let own =
-                            match relay
-                                .pairing
-                                .join(tenant_id, peer, ids, cfg.max_document_ids)
-                            {
-                                Ok(own) => own,
-                                Err(code) => return Some(code),
-                            };
+                        let shared = remote::shared(relay).then(|| ids.clone());
+                        let joined = relay
+                            .pairing
+                            .join(tenant_id, peer, ids, cfg.max_document_ids);
+                        let mut own = match joined {
+                            Ok(own) => own,
+                            Err(code) => return Some(code),
+                        };
+                        if let Some(ids) = shared {
+                            let who = (tenant_id, peer);
+                            own.extend(remote::documents_changed(relay, who, &ids, true).await);
+                        }
                         for intro in own {
                             side.bytes_out += intro.len() as u64;
                             if !side.send(Message::Binary(intro)).await {
@@ -296,7 +328,12 @@ async fn introduction_loop(
                             }
                         }
                     }
-                    Ok(ClientMessage::Leave(ids)) => relay.pairing.leave(tenant_id, peer, &ids),
+                    Ok(ClientMessage::Leave(ids)) => {
+                        relay.pairing.leave(tenant_id, peer, &ids);
+                        if remote::shared(relay) {
+                            remote::documents_changed(relay, (tenant_id, peer), &ids, false).await;
+                        }
+                    }
                     Ok(ClientMessage::Ignored) => {}
                 }
             }
@@ -324,7 +361,7 @@ async fn introduction_loop(
 // === connection ===
 
 enum HoldEvent {
-    Partner(Option<Box<Side>>),
+    Partner(Option<Partner>),
     Message(Option<Result<Message, WsError>>),
     Ping,
     Deadline,
@@ -341,11 +378,36 @@ pub(super) async fn connection(
     side: Side,
 ) {
     let tenant_id = tenant.id.0.clone();
-    match relay.pairing.arrive(&relay, &tenant_id, key.clone(), side) {
+    let mut arrival = relay.pairing.arrive(&relay, &tenant_id, key.clone(), side);
+    if remote::shared(&relay) {
+        if let Arrival::Holding(serial, rx, side) = arrival {
+            // Waiting here unless the mirror waits on another node: then join it there.
+            arrival = match remote::hold_or_find(&relay, &tenant_id, &key).await {
+                Some(elsewhere) if relay.pairing.withdraw(&tenant_id, &key, serial) => {
+                    match remote::connect(&relay, &tenant_id, &key, &elsewhere, side).await {
+                        Ok(()) => return,
+                        // That node no longer holds it: wait here after all.
+                        Err(side) => {
+                            let again = relay.pairing.arrive(&relay, &tenant_id, key.clone(), side);
+                            if matches!(again, Arrival::Holding(..)) {
+                                remote::hold_or_find(&relay, &tenant_id, &key).await;
+                            }
+                            again
+                        }
+                    }
+                }
+                _ => Arrival::Holding(serial, rx, side),
+            };
+        }
+    }
+    match arrival {
         Arrival::Handed => debug!(%tenant_id, a = %key.0, b = %key.1, "pairing connection matched"),
         Arrival::Refused(code, side) => side.refuse(&relay, code).await,
         Arrival::Holding(serial, rx, side) => {
-            hold(&relay, &tenant_id, (key, serial), rx, side).await
+            hold(&relay, &tenant_id, (key.clone(), serial), rx, side).await;
+            if remote::shared(&relay) {
+                remote::unhold(&relay, &tenant_id, &key).await;
+            }
         }
     }
 }
@@ -354,7 +416,7 @@ async fn hold(
     relay: &Relay,
     tenant_id: &str,
     (key, serial): ((String, String, String), u64),
-    mut rx: oneshot::Receiver<Side>,
+    mut rx: oneshot::Receiver<Partner>,
     mut side: Side,
 ) {
     let cfg = &relay.config.pairing;
@@ -368,7 +430,7 @@ async fn hold(
         // Why select: the partner's arrival, this side's messages (held for the partner), the
         // keepalive ping, the hold and idle deadlines, and shutdown. All cancel safe.
         let event = tokio::select! {
-            p = &mut rx => HoldEvent::Partner(p.ok().map(Box::new)),
+            p = &mut rx => HoldEvent::Partner(p.ok()),
             m = side.ws.next() => HoldEvent::Message(m),
             _ = ping.tick() => HoldEvent::Ping,
             _ = sleep_until(hold_until.min(idle)) => HoldEvent::Deadline,
@@ -376,8 +438,11 @@ async fn hold(
             _ = relay.pairing.stop.cancelled() => HoldEvent::Stop,
         };
         match event {
-            HoldEvent::Partner(Some(partner)) => {
+            HoldEvent::Partner(Some(Partner::Local(partner))) => {
                 return pipe(relay, side, held, *partner).await;
+            }
+            HoldEvent::Partner(Some(Partner::Remote(send, recv))) => {
+                return remote::pipe(relay, side, held, (send, recv), true).await;
             }
             // The sender is dropped unsent only with the registry entry, which we still hold.
             HoldEvent::Partner(None) => break Some(close::HOLD_TIMEOUT),
@@ -412,8 +477,13 @@ async fn hold(
     };
     if !relay.pairing.withdraw(tenant_id, &key, serial) {
         // A partner took the entry just now: it is in the channel; it ends with us.
-        if let Ok(partner) = rx.try_recv() {
-            partner.finish(relay, Some(close::NORMAL)).await;
+        match rx.try_recv() {
+            Ok(Partner::Local(partner)) => partner.finish(relay, Some(close::NORMAL)).await,
+            Ok(Partner::Remote(mut send, mut recv)) => {
+                send.reset(tunnel_protocol::ErrorCode::GOING_AWAY);
+                recv.stop(tunnel_protocol::ErrorCode::GOING_AWAY);
+            }
+            Err(_) => {}
         }
     }
     debug!(%tenant_id, a = %key.0, b = %key.1, ?code, "pairing connection ended unmatched");
