@@ -109,5 +109,5 @@ if [ $# -eq 0 ]; then
     echo "test.sh: end-to-end suites again over TLS/TCP sessions"
     CONNECTOR_TRANSPORT=tcp cargo test --locked -p testkit \
         --test tunnel --test streaming --test limits --test shutdown --test auth --test processes --test hostnames --test audit --test smuggling \
-        --test management_api --test management_pages --test admin_listener --test browser --test grpc --test edge --test targets --test liveness --test compose --test forwarding
+        --test management_api --test management_pages --test admin_listener --test browser --test grpc --test edge --test targets --test liveness --test compose --test forwarding --test policies
 fi
