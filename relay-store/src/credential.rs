@@ -174,19 +174,30 @@ impl Store {
 
     /// Revokes a credential; relays close the sessions that use it.
     pub async fn revoke_credential(&self, tenant: &str, id: &str) -> Result<(), Error> {
-        let done = sqlx::query(
-            "UPDATE credentials SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL \
-             AND tenant_id = (SELECT id FROM tenants WHERE name = $3)",
-        )
+        if !self.revoke_row("credentials", tenant, id).await? {
+            return Err(Error::CredentialNotFound(id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Sets `revoked_at` on row `id` of `table` — a tenant's credentials, pairing tokens and
+    /// API keys share the shape — when the row is `tenant`'s and not revoked yet; whether it was.
+    pub(crate) async fn revoke_row(
+        &self,
+        table: &'static str,
+        tenant: &str,
+        id: &str,
+    ) -> Result<bool, Error> {
+        let done = sqlx::query(&format!(
+            "UPDATE {table} SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL \
+             AND tenant_id = (SELECT id FROM tenants WHERE name = $3)"
+        ))
         .bind(now_ms())
         .bind(id)
         .bind(tenant.to_ascii_lowercase())
         .execute(&self.pool)
         .await?;
-        if done.rows_affected() == 0 {
-            return Err(Error::CredentialNotFound(id.to_string()));
-        }
-        Ok(())
+        Ok(done.rows_affected() > 0)
     }
 
     /// Records a successful use (best effort; it does not bump the revision).

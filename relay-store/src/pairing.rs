@@ -275,16 +275,7 @@ impl Store {
 
     /// Revokes a pairing token: new sockets with it are refused.
     pub async fn revoke_pairing_token(&self, tenant: &str, id: &str) -> Result<(), Error> {
-        let done = sqlx::query(
-            "UPDATE pairing_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL \
-             AND tenant_id = (SELECT id FROM tenants WHERE name = $3)",
-        )
-        .bind(now_ms())
-        .bind(id)
-        .bind(tenant.to_ascii_lowercase())
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
+        if !self.revoke_row("pairing_tokens", tenant, id).await? {
             return Err(Error::PairingTokenNotFound(id.to_string()));
         }
         Ok(())

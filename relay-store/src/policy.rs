@@ -629,16 +629,7 @@ impl Store {
 
     /// Revokes an API key; relays refuse it from their next snapshot on.
     pub async fn revoke_api_key(&self, tenant: &str, id: &str) -> Result<(), Error> {
-        let done = sqlx::query(
-            "UPDATE policy_api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL \
-             AND tenant_id = (SELECT id FROM tenants WHERE name = $3)",
-        )
-        .bind(now_ms())
-        .bind(id)
-        .bind(tenant.to_ascii_lowercase())
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
+        if !self.revoke_row("policy_api_keys", tenant, id).await? {
             return Err(Error::ApiKeyNotFound(id.to_string()));
         }
         Ok(())
