@@ -401,11 +401,6 @@ impl Backend {
             Call::Local(service) => (service.0)(req).await.map_err(SendError::Local),
         }
     }
-
-    /// Whether this target is served in process.
-    pub fn in_process(&self) -> bool {
-        matches!(self.call, Call::Local(_))
-    }
 }
 
 fn native_roots() -> RootCertStore {

@@ -59,17 +59,6 @@ impl Builder {
         }
     }
 
-    /// Starts from settings already parsed from a file (whose relative paths are then taken
-    /// relative to the working directory).
-    pub fn from_file_config(file: FileConfig) -> Builder {
-        Builder {
-            file,
-            local: BTreeMap::new(),
-            local_timeout: None,
-            errors: Vec::new(),
-        }
-    }
-
     /// The credential secret.
     pub fn secret(mut self, secret: impl Into<String>) -> Builder {
         self.file.secret = Some(Secret::new(secret.into()));
