@@ -185,11 +185,14 @@ impl From<relay_store::Error> for Error {
             | S::ApiTokenNotFound(_)
             | S::PairingTokenNotFound(_)
             | S::ApiKeyNotFound(_)
+            | S::CertificateNotFound(_)
             | S::NodeNotFound(_) => Error::NotFound(e.to_string()),
             S::InvalidName(_)
             | S::InvalidHostname(_)
             | S::InvalidPeerId(_)
-            | S::InvalidPolicy(_) => Error::Validation(e.to_string()),
+            | S::InvalidPolicy(_)
+            | S::InvalidCertificate(_)
+            | S::NotAcme(_) => Error::Validation(e.to_string()),
             S::HashingBusy => Error::Busy,
             S::Database(_) => Error::Unavailable(e.to_string()),
             e => Error::Internal(e.to_string()),

@@ -11,6 +11,8 @@ pub struct Hostname {
     pub tenant_id: TenantId,
     /// The target it serves.
     pub target: String,
+    /// Whether the relays obtain its certificate from the ACME CA (docs/certificates.md).
+    pub acme: bool,
 }
 
 /// A hostname that is not a valid DNS name.
@@ -51,10 +53,11 @@ pub(crate) struct HostnameRow {
     hostname: String,
     tenant_id: String,
     target: String,
+    acme: i64,
 }
 
 pub(crate) const SELECT_ALL: &str =
-    "SELECT hostname, tenant_id, target FROM hostnames ORDER BY hostname";
+    "SELECT hostname, tenant_id, target, acme FROM hostnames ORDER BY hostname";
 
 impl From<HostnameRow> for Hostname {
     fn from(r: HostnameRow) -> Hostname {
@@ -62,6 +65,7 @@ impl From<HostnameRow> for Hostname {
             hostname: r.hostname,
             tenant_id: TenantId(r.tenant_id),
             target: r.target,
+            acme: r.acme != 0,
         }
     }
 }
@@ -94,6 +98,7 @@ impl Store {
                 hostname,
                 tenant_id: t.id,
                 target,
+                acme: false,
             }),
             Err(e) if is_unique_violation(&e) => Err(Error::HostnameTaken(hostname)),
             Err(e) => Err(e.into()),
@@ -107,7 +112,7 @@ impl Store {
             .await?
             .ok_or_else(|| Error::TenantNotFound(tenant.to_string()))?;
         let rows = sqlx::query_as::<_, HostnameRow>(
-            "SELECT hostname, tenant_id, target FROM hostnames WHERE tenant_id = $1 ORDER BY hostname",
+            "SELECT hostname, tenant_id, target, acme FROM hostnames WHERE tenant_id = $1 ORDER BY hostname",
         )
         .bind(&t.id.0)
         .fetch_all(&self.pool)

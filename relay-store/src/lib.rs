@@ -15,6 +15,7 @@
 mod admin;
 mod api_token;
 mod audit;
+mod certificate;
 mod credential;
 mod hostname;
 mod name;
@@ -39,6 +40,10 @@ use sqlx::Executor;
 pub use admin::AdminUser;
 pub use api_token::{AdminAction, ApiToken, NewApiToken};
 pub use audit::{AuditFilter, AuditRecord, MinuteStats};
+pub use certificate::{
+    check_certificate, AcmeHostname, CertificateInfo, CertificateKey, CertificateSource,
+    CheckedCertificate, IssuanceLock, LoadedCertificate, MAX_CHAIN_PEM_BYTES, MAX_KEY_PEM_BYTES,
+};
 pub use credential::{Credential, CredentialId, CredentialRecord, NewCredential};
 pub use hostname::{canonical_hostname, valid_label, Hostname, HostnameError};
 pub use name::{validate_name, NameError};
@@ -115,6 +120,18 @@ pub enum Error {
     /// No such hostname for that tenant.
     #[error("hostname {0} not found")]
     HostnameNotFound(String),
+    /// The hostname has no stored certificate.
+    #[error("hostname {0} has no certificate")]
+    CertificateNotFound(String),
+    /// The hostname is not marked for ACME certificates.
+    #[error("hostname {0} does not get certificates from ACME (turn it on first)")]
+    NotAcme(String),
+    /// An uploaded (or issued) certificate that cannot be served: the message says why.
+    #[error("invalid certificate: {0}")]
+    InvalidCertificate(String),
+    /// A private key could not be sealed or opened with the relays' certificate key.
+    #[error("certificate key: {0}")]
+    CertificateKey(String),
     /// A hostname is not a valid DNS name.
     #[error(transparent)]
     InvalidHostname(#[from] HostnameError),
