@@ -19,6 +19,7 @@ pub(crate) mod credentials;
 pub(crate) mod hostnames;
 pub(crate) mod nodes;
 pub(crate) mod pairing;
+pub(crate) mod policies;
 pub(crate) mod queue;
 pub(crate) mod sessions;
 pub(crate) mod tenants;

@@ -16,6 +16,7 @@ mod hostnames;
 mod login;
 mod nodes;
 mod pairing;
+mod policies;
 mod queue;
 mod tenants;
 mod tokens;
@@ -58,6 +59,11 @@ pub static ROUTES: &[(&str, &str)] = &[
     ("post", "/tenants/{name}/pairing"),
     ("post", "/tenants/{name}/pairing/tokens"),
     ("post", "/tenants/{name}/pairing/tokens/{id}/revoke"),
+    ("get", "/tenants/{name}/policies"),
+    ("post", "/tenants/{name}/policies"),
+    ("post", "/tenants/{name}/policies/clear"),
+    ("post", "/tenants/{name}/api-keys"),
+    ("post", "/tenants/{name}/api-keys/{id}/revoke"),
     ("get", "/tenants/{name}/queue"),
     ("post", "/tenants/{name}/queue/settings"),
     ("get", "/tenants/{name}/queue/{id}"),
@@ -97,6 +103,11 @@ fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("post", "/tenants/{name}/pairing") => post(pairing::mode),
         ("post", "/tenants/{name}/pairing/tokens") => post(pairing::create_token),
         ("post", "/tenants/{name}/pairing/tokens/{id}/revoke") => post(pairing::revoke_token),
+        ("get", "/tenants/{name}/policies") => get(policies::show),
+        ("post", "/tenants/{name}/policies") => post(policies::change),
+        ("post", "/tenants/{name}/policies/clear") => post(policies::clear),
+        ("post", "/tenants/{name}/api-keys") => post(policies::create_key),
+        ("post", "/tenants/{name}/api-keys/{id}/revoke") => post(policies::revoke_key),
         ("get", "/tenants/{name}/queue") => get(queue::show),
         ("post", "/tenants/{name}/queue/settings") => post(queue::settings),
         ("get", "/tenants/{name}/queue/{id}") => get(queue::message),

@@ -1125,3 +1125,231 @@ async fn tenant_page_sets_the_pairing_mode_and_creates_and_revokes_pairing_token
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn policies_page_sets_rules_by_scope_and_creates_and_revokes_api_keys() -> anyhow::Result<()>
+{
+    use relay_store::{PolicyScope, Rule};
+
+    trace_init();
+    let relay = relay_server::testing::relay().spawn().await;
+    relay
+        .store
+        .create_admin_user("admin", "correct horse battery")
+        .await?;
+    relay.create_tenant("acme").await;
+    relay
+        .store
+        .add_hostname("acme", "app.acme.test", "app")
+        .await?;
+    let client = Client::new(&relay.ca_cert());
+    let base = format!("http://{}", relay.admin_addr.expect("admin"));
+    let b = Browser::start(client.clone(), &base, "admin", "correct+horse+battery").await?;
+    let form = |rest: &str| format!("csrf={}&{rest}", b.csrf);
+
+    let page = b.get("/tenants/acme").await?.text();
+    assert!(page.contains(r#"href="/tenants/acme/policies""#), "{page}");
+    let page = b.get("/tenants/acme/policies").await?.text();
+    assert!(page.contains("No access policy"), "{page}");
+    // The scope picker offers the hostname and its target.
+    assert!(page.contains(r#"<option value="host:app.acme.test">"#));
+    assert!(page.contains(r#"<option value="target:app">"#));
+
+    // A deny list at a target: saved, shown, recorded.
+    let a = b
+        .post(
+            "/tenants/acme/policies",
+            &form(
+                "scope=target%3AApp&kind=deny_ip&state=on&list=203.0.113.0%2F24%0D%0A198.51.100.7",
+            ),
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+    assert_eq!(
+        a.headers["location"],
+        "/tenants/acme/policies?scope=target%3Aapp&done=saved"
+    );
+    let target = PolicyScope::Target("app".into());
+    let rules = relay.store.policy("acme", &target).await?;
+    assert_eq!(
+        rules.deny_ip,
+        Some(vec!["203.0.113.0/24".into(), "198.51.100.7".into()])
+    );
+    let page = b
+        .get("/tenants/acme/policies?scope=target%3Aapp&done=saved")
+        .await?
+        .text();
+    assert!(page.contains("Policy saved"), "{page}");
+    assert!(page.contains("203.0.113.0/24, 198.51.100.7"));
+    assert!(page.contains(r#"<input type="hidden" name="scope" value="target:app">"#));
+
+    // Invalid input is shown on the page (422) and changes nothing: the store's validation.
+    for bad in [
+        "scope=target%3Aapp&kind=deny_ip&state=on&list=300.0.0.1",
+        "scope=target%3Aapp&kind=api_key&state=on&header=authorization",
+        "scope=target%3Aapp&kind=rate_limit&state=on&per_minute=0",
+        "scope=target%3Aapp&kind=jwt&state=on&issuer=x",
+        "scope=everything&kind=deny_ip&state=inherit",
+    ] {
+        let a = b
+            .post("/tenants/acme/policies", &form(bad), Some(&base))
+            .await?;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        assert!(a.text().contains(r#"class="error""#), "{bad}");
+    }
+    assert_eq!(relay.store.policy("acme", &target).await?, rules);
+
+    // The tenant scope: an API key rule and a Basic user (its hash never shown).
+    for rest in [
+        "scope=tenant&kind=api_key&state=on&header=X-Api-Key",
+        "scope=tenant&kind=basic&state=on&realm=staff&user=alice&password=s3cret",
+        "scope=tenant&kind=rate_limit&state=on&per_minute=120&burst=",
+        "scope=tenant&kind=cors&state=on&origins=https%3A%2F%2Fapp.example&credentials=on",
+    ] {
+        let a = b
+            .post("/tenants/acme/policies", &form(rest), Some(&base))
+            .await?;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{rest}: {}", a.text());
+    }
+    let tenant = relay.store.policy("acme", &PolicyScope::Tenant).await?;
+    assert_eq!(
+        tenant
+            .api_key
+            .as_ref()
+            .and_then(Rule::on)
+            .map(|k| k.header.as_str()),
+        Some("x-api-key")
+    );
+    let basic = tenant.basic.as_ref().and_then(Rule::on).expect("basic on");
+    assert_eq!(basic.realm, "staff");
+    assert!(relay_store::verify_password("s3cret", &basic.users["alice"]).await?);
+    let limit = tenant
+        .rate_limit
+        .as_ref()
+        .and_then(Rule::on)
+        .expect("limit");
+    assert_eq!((limit.per_minute, limit.burst), (120, 120));
+    let cors = tenant.cors.as_ref().and_then(Rule::on).expect("cors");
+    assert!(cors.allow_credentials && cors.allow_methods.len() == 5);
+    let page = b.get("/tenants/acme/policies").await?.text();
+    assert!(page.contains("alice") && page.contains("required in header x-api-key"));
+    assert!(
+        !page.contains("$argon2id$"),
+        "a Basic hash reached the page"
+    );
+
+    // Off overrides; inherit removes the kind; removing the last Basic user removes the rule.
+    let a = b
+        .post(
+            "/tenants/acme/policies",
+            &form("scope=tenant&kind=api_key&state=off"),
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        relay
+            .store
+            .policy("acme", &PolicyScope::Tenant)
+            .await?
+            .api_key,
+        Some(Rule::Off)
+    );
+    let a = b
+        .post(
+            "/tenants/acme/policies",
+            &form("scope=tenant&kind=basic_remove&user=alice"),
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+    assert_eq!(
+        relay
+            .store
+            .policy("acme", &PolicyScope::Tenant)
+            .await?
+            .basic,
+        None
+    );
+
+    // Clearing a scope removes its row.
+    let a = b
+        .post(
+            "/tenants/acme/policies/clear",
+            &form("scope=target%3Aapp"),
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert!(relay.store.policy("acme", &target).await?.is_empty());
+
+    // API keys: shown once, listed by id, revoked.
+    let a = b
+        .post(
+            "/tenants/acme/api-keys",
+            &form("label=partner"),
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let shown = a.text();
+    let keys = relay.store.api_keys("acme").await?;
+    assert_eq!(keys.len(), 1);
+    let at = shown.find("rak_").expect("the key is shown");
+    let value: String = shown[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    assert!(value.contains(&keys[0].id) && value.len() > 40, "{value}");
+    let page = b.get("/tenants/acme/policies").await?.text();
+    assert!(page.contains(&keys[0].id) && page.contains("partner"));
+    assert!(!page.contains(&value), "the key is shown once only");
+    let revoke = format!("/tenants/acme/api-keys/{}/revoke", keys[0].id);
+    let a = b.post(&revoke, "csrf=wrong", Some(&base)).await?;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    let a = b.post(&revoke, &form(""), Some(&base)).await?;
+    assert_eq!(a.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        a.headers["location"],
+        "/tenants/acme/policies?done=key-revoked"
+    );
+    assert!(relay.store.api_keys("acme").await?[0].revoked_at.is_some());
+    assert_eq!(
+        b.post(&revoke, &form(""), Some(&base)).await?.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Without the CSRF token nothing changes.
+    let a = b
+        .post(
+            "/tenants/acme/policies",
+            "csrf=wrong&scope=tenant&kind=deny_ip&state=on&list=0.0.0.0%2F0",
+            Some(&base),
+        )
+        .await?;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        relay
+            .store
+            .policy("acme", &PolicyScope::Tenant)
+            .await?
+            .deny_ip,
+        None
+    );
+    let actions = relay.store.admin_actions(100).await?;
+    for (action, object) in [
+        ("tenant.policy", "acme [target:app]".to_string()),
+        ("tenant.policy", "acme [tenant]".to_string()),
+        ("api_key.create", format!("acme/{}", keys[0].id)),
+        ("api_key.revoke", format!("acme/{}", keys[0].id)),
+    ] {
+        assert!(
+            actions
+                .iter()
+                .any(|a| a.action == action && a.object == object && a.actor == "user:admin"),
+            "{action} {object} not in {actions:?}"
+        );
+    }
+    Ok(())
+}

@@ -6,33 +6,28 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use relay_store::{ApiKey, PolicyRules, PolicyScope, Rule};
+use relay_store::{ApiKey, PolicyRules, Rule};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::extract::Body;
 use super::ApiResult;
-use crate::actions;
+use crate::actions::policies::{self, parse_scope, scope_key};
 use crate::auth::ApiAdmin;
-use crate::error::Error;
 use crate::view::rfc3339;
 use crate::AppState;
-
-/// Most characters of a key's label that are kept.
-const MAX_LABEL: usize = 200;
 
 pub(super) async fn read(
     State(state): State<AppState>,
     _: ApiAdmin,
     Path(name): Path<String>,
 ) -> ApiResult {
-    let t = actions::tenants::find(&state, &name).await?;
-    let all = state.store().policies(&t.name).await?;
+    let (tenant, all) = policies::overview(&state, &name).await?;
     let items: Vec<Value> = all
         .iter()
         .map(|(scope, rules)| json!({"scope": scope_key(scope), "rules": rules_json(rules)}))
         .collect();
-    Ok(Json(json!({"tenant": t.name, "policies": items})).into_response())
+    Ok(Json(json!({"tenant": tenant, "policies": items})).into_response())
 }
 
 /// `PUT …/policies/{scope}`: replaces one scope's rules; `{}` removes them.
@@ -42,11 +37,8 @@ pub(super) async fn replace(
     Path((name, scope)): Path<(String, String)>,
     Body(rules): Body<PolicyRules>,
 ) -> ApiResult {
-    let t = actions::tenants::find(&state, &name).await?;
     let scope = parse_scope(&scope)?;
-    state.store().set_policy(&t.name, &scope, &rules).await?;
-    let object = format!("{} [{}]", t.name, scope_key(&scope));
-    state.record(&admin.actor(), "tenant.policy", &object).await;
+    policies::set(&state, &admin.actor(), &name, &scope, &rules).await?;
     Ok(Json(json!({"scope": scope_key(&scope), "rules": rules_json(&rules)})).into_response())
 }
 
@@ -55,8 +47,7 @@ pub(super) async fn list_keys(
     _: ApiAdmin,
     Path(name): Path<String>,
 ) -> ApiResult {
-    let t = actions::tenants::find(&state, &name).await?;
-    let keys = state.store().api_keys(&t.name).await?;
+    let keys = policies::keys(&state, &name).await?;
     let items: Vec<Value> = keys.iter().map(key_json).collect();
     Ok(Json(json!({ "items": items })).into_response())
 }
@@ -74,16 +65,7 @@ pub(super) async fn create_key(
     Path(name): Path<String>,
     Body(body): Body<NewApiKey>,
 ) -> ApiResult {
-    let t = actions::tenants::find(&state, &name).await?;
-    let label: String = body.label.chars().take(MAX_LABEL).collect();
-    let created = state
-        .store()
-        .create_api_key(&t.name, &label, state.hasher())
-        .await?;
-    let object = format!("{}/{}", t.name, created.key.id);
-    state
-        .record(&admin.actor(), "api_key.create", &object)
-        .await;
+    let created = policies::create_key(&state, &admin.actor(), &name, &body.label).await?;
     let mut out = key_json(&created.key);
     out["key"] = Value::String(created.value);
     Ok((StatusCode::CREATED, Json(out)).into_response())
@@ -94,43 +76,8 @@ pub(super) async fn revoke_key(
     admin: ApiAdmin,
     Path((name, id)): Path<(String, String)>,
 ) -> ApiResult {
-    let t = actions::tenants::find(&state, &name).await?;
-    state.store().revoke_api_key(&t.name, &id).await?;
-    let object = format!("{}/{id}", t.name);
-    state
-        .record(&admin.actor(), "api_key.revoke", &object)
-        .await;
+    policies::revoke_key(&state, &admin.actor(), &name, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// `tenant`, `target:{name}` or `host:{hostname}`.
-fn parse_scope(s: &str) -> Result<PolicyScope, Error> {
-    let bad = || {
-        Error::Validation(format!(
-            "unknown scope {s:?}: tenant, target:NAME or host:HOSTNAME"
-        ))
-    };
-    if s == "tenant" {
-        return Ok(PolicyScope::Tenant);
-    }
-    if let Some(t) = s.strip_prefix("target:") {
-        return relay_store::validate_name(t)
-            .map(PolicyScope::Target)
-            .map_err(|_| bad());
-    }
-    if let Some(h) = s.strip_prefix("host:") {
-        return relay_store::canonical_hostname(h)
-            .map(PolicyScope::Hostname)
-            .map_err(|_| bad());
-    }
-    Err(bad())
-}
-
-fn scope_key(scope: &PolicyScope) -> String {
-    match scope {
-        PolicyScope::Tenant => "tenant".into(),
-        s => s.key(),
-    }
 }
 
 /// The rules as stored, with Basic password hashes left out (user names only).
@@ -170,10 +117,6 @@ mod tests {
                 .await
                 .is_ok()
         );
-        assert!(parse_scope("target:App").is_ok());
-        assert!(parse_scope("host:App.Acme.Test").is_ok());
-        assert!(parse_scope("target:../x").is_err());
-        assert!(parse_scope("everything").is_err());
     }
 
     #[test]
