@@ -3,7 +3,7 @@
 //! Labels are bounded: `tenant` takes only provisioned tenant names (requests for unknown tenants
 //! count under `tenant=""`), `class` is the status class. Nothing is labelled per request or stream.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -68,6 +68,8 @@ pub struct Metrics {
     pub pairing_bytes: AtomicU64,
     /// Pairing: sockets closed by a refusal or a limit (close codes 4400–4499, 1008, 1009).
     pub pairing_refusals: AtomicU64,
+    /// Requests refused by an access policy, by rule kind and status (both from fixed lists).
+    policy_refusals: RwLock<BTreeMap<(&'static str, u16), u64>>,
     /// Queue messages by state, cluster-wide (refreshed every few seconds).
     queue_depth: RwLock<Vec<(&'static str, u64)>>,
     /// When the oldest queued message was accepted, ms since the epoch (0: none).
@@ -106,6 +108,16 @@ impl Metrics {
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_micros
             .fetch_add(head_latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts one request refused by the access-policy rule `kind` (`ip-deny`, `api-key`, …)
+    /// with `status`.
+    pub(crate) fn policy_refusal(&self, kind: &'static str, status: u16) {
+        let mut map = self
+            .policy_refusals
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        *map.entry((kind, status)).or_default() += 1;
     }
 
     /// Sets the queue depth gauges.
@@ -310,6 +322,22 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {metric} {kind}");
             let _ = writeln!(out, "{metric} {v}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP relay_policy_refusals_total Requests refused by an access policy, by rule kind and status."
+        );
+        let _ = writeln!(out, "# TYPE relay_policy_refusals_total counter");
+        for ((rule, status), n) in self
+            .policy_refusals
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "relay_policy_refusals_total{{rule=\"{rule}\",status=\"{status}\"}} {n}"
+            );
+        }
         let depth = self
             .queue_depth
             .read()
@@ -362,5 +390,14 @@ mod tests {
         assert!(text.contains("relay_response_head_duration_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("relay_response_head_duration_seconds_bucket{le=\"5\"} 2"));
         assert!(text.contains("relay_response_head_duration_seconds_count 2"));
+        m.policy_refusal("api-key", 401);
+        m.policy_refusal("api-key", 401);
+        m.policy_refusal("ip-deny", 403);
+        let text = m.render();
+        assert!(
+            text.contains("relay_policy_refusals_total{rule=\"api-key\",status=\"401\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("relay_policy_refusals_total{rule=\"ip-deny\",status=\"403\"} 1"));
     }
 }

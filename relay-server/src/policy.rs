@@ -356,12 +356,19 @@ struct Effective<'a> {
     cors: Option<(&'a Compiled, &'a Option<Cors>)>,
 }
 
-/// The audit name of a rule at a scope: `ip-deny@tenant`, `jwt@target:app`.
-fn rule(kind: &str, c: &Compiled) -> String {
-    match &c.scope {
+/// The rule behind a refusal: its kind (`ip-deny`, the metric label) and its audit name at a
+/// scope (`ip-deny@tenant`, `jwt@target:app`).
+struct Refusal {
+    kind: &'static str,
+    name: String,
+}
+
+fn rule(kind: &'static str, c: &Compiled) -> Refusal {
+    let name = match &c.scope {
         PolicyScope::Tenant => format!("{kind}@tenant"),
         s => format!("{kind}@{}", s.key()),
-    }
+    };
+    Refusal { kind, name }
 }
 
 /// Where a request is going, for picking the policies that apply.
@@ -493,14 +500,17 @@ pub(crate) async fn check(
         _ => None,
     };
     let eff = policies.effective(scope.target, hostname.as_deref());
-    let deny = |draft: &mut Draft, name: String, d: Denial| {
+    let deny = |draft: &mut Draft, r: Refusal, d: Denial| {
         debug!(
             request_id = draft.request_id,
-            rule = name,
+            rule = r.name,
             "request refused by policy"
         );
-        draft.policy = Some(name);
-        Err(ProxyError::Policy(d))
+        draft.policy = Some(r.name);
+        let err = ProxyError::Policy(d);
+        let status = err.outcome().1.as_u16();
+        relay.metrics.policy_refusal(r.kind, status);
+        Err(err)
     };
     if let Some(c) = eff.broken {
         return deny(draft, rule("invalid-policy", c), Denial::Forbidden);
@@ -552,7 +562,7 @@ pub(crate) async fn check(
         return Ok(admission);
     }
     // Any one configured credential admits; the first bad one is what the audit names.
-    let mut failed: Option<String> = None;
+    let mut failed: Option<Refusal> = None;
     let mut bearer_error = None;
     if let Some((c, name)) = api_key {
         let offered = headers.get(name).map(|v| v.as_bytes().to_vec());
@@ -626,7 +636,10 @@ pub(crate) async fn check(
             .or(jwt.map(|(c, _)| c))
             .or(basic.map(|(c, _)| c));
         c.map(|c| rule("credentials-missing", c))
-            .unwrap_or_else(|| "credentials-missing".into())
+            .unwrap_or_else(|| Refusal {
+                kind: "credentials-missing",
+                name: "credentials-missing".into(),
+            })
     });
     deny(draft, name, Denial::Unauthorized(challenges))
 }

@@ -108,6 +108,13 @@ impl World {
             .unwrap()
     }
 
+    /// The relay's `/metrics` text, as Prometheus reads it.
+    async fn metrics(&self) -> String {
+        let token = self.relay.api_token("prometheus").await;
+        let url = format!("http://{}/metrics", self.relay.admin_addr.expect("admin"));
+        self.client.get_bearer(&url, &token).await.unwrap().text()
+    }
+
     async fn rule_of(&self, a: &Answer) -> String {
         let id = a.headers["x-relay-request-id"].to_str().unwrap();
         self.relay.audit_record(id).await.outcome
@@ -184,6 +191,14 @@ async fn ip_lists_use_the_visitor_address_behind_a_trusted_proxy() {
         w.get("/relay/acme/app/x", "192.0.2.1", &[]).await.status,
         403
     );
+    // Each refusal is counted by rule kind and status.
+    let metrics = w.metrics().await;
+    for line in [
+        r#"relay_policy_refusals_total{rule="ip-allow",status="403"} 2"#,
+        r#"relay_policy_refusals_total{rule="ip-deny",status="403"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in {metrics}");
+    }
 }
 
 #[tokio::test]
@@ -299,6 +314,13 @@ async fn api_keys_admit_are_stripped_and_never_logged() {
         )
         .await;
     assert_eq!(revoked.status, 401);
+    let metrics = w.metrics().await;
+    for line in [
+        r#"relay_policy_refusals_total{rule="api-key",status="401"} 4"#,
+        r#"relay_policy_refusals_total{rule="credentials-missing",status="401"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in {metrics}");
+    }
 
     // Never logged, never in the audit log; the capture did see the refusals.
     let text = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
