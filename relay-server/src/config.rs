@@ -7,6 +7,10 @@ use std::time::Duration;
 use process_setup::layered::{self, ConfigError, EnvSource};
 use serde::Deserialize;
 
+mod acme;
+
+pub use acme::{Acme, AcmeFile, Challenge, LETS_ENCRYPT};
+
 /// The file/env shape. Every field is optional; [`Config::from_file`] fills defaults.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +56,9 @@ pub struct FileConfig {
     /// `[pairing]`
     #[serde(default)]
     pub pairing: PairingFile,
+    /// `[acme]`
+    #[serde(default)]
+    pub acme: AcmeFile,
 }
 
 /// `[pairing]`: peer introductions and WebSocket pairing on `/pair/{tenant}/…` (docs/pairing.md).
@@ -327,6 +334,8 @@ pub struct Config {
     pub queue: Queue,
     /// `[pairing]`
     pub pairing: Pairing,
+    /// `[acme]`: `None` when disabled.
+    pub acme: Option<Acme>,
 }
 
 /// `[pairing]`, validated.
@@ -641,7 +650,9 @@ impl Config {
                 Some(Duration::from_millis(10)),
             )?,
         };
+        let acme = Acme::from_file(raw.acme, file, raw.listen.http.is_some())?;
         Ok(Config {
+            acme,
             audit,
             queue,
             pairing,

@@ -11,7 +11,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -20,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use crate::certificates::{Certificates, ACME_TLS_ALPN};
 use crate::head_timeout::{self, ConnState, Tracked, Watched};
 use crate::proxy::Visitor;
 use crate::Relay;
@@ -28,20 +28,20 @@ use crate::Relay;
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The TLS config for visitors — TLS 1.2 and 1.3, ALPN h2 and http/1.1 — and for connectors'
-/// TLS-over-TCP sessions, told apart by the tunnel's own ALPN (which no browser offers).
-pub(crate) fn tls_acceptor(
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-) -> anyhow::Result<TlsAcceptor> {
+/// TLS-over-TCP sessions, told apart by the tunnel's own ALPN (which no browser offers). The
+/// certificate is picked by SNI (`certificates.rs`); `acme-tls/1` comes last, for TLS-ALPN-01
+/// validations only.
+pub(crate) fn tls_acceptor(certificates: Arc<Certificates>) -> anyhow::Result<TlsAcceptor> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(certificates);
     tls.alpn_protocols = vec![
         b"h2".to_vec(),
         b"http/1.1".to_vec(),
         tunnel_protocol::ALPN.to_vec(),
+        ACME_TLS_ALPN.to_vec(),
     ];
     Ok(TlsAcceptor::from(Arc::new(tls)))
 }
@@ -110,6 +110,12 @@ pub(crate) async fn serve(
                             sessions
                                 .track_future(crate::tunnel::session_tcp(relay, tls_stream, peer))
                                 .await
+                        }
+                        // A TLS-ALPN-01 validation ends with the handshake (RFC 8737).
+                        Ok(Ok(tls_stream))
+                            if tls_stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) =>
+                        {
+                            debug!(%peer, "acme-tls/1 handshake done");
                         }
                         Ok(Ok(tls_stream)) => {
                             let sni = tls_stream
@@ -232,6 +238,13 @@ async fn serve_connection<S>(
         let visitor = visitor.clone();
         let active = requests.request();
         async move {
+            // HTTP-01 validations arrive on the plain listener (RFC 8555 §8.3).
+            if visitor.scheme == "http" {
+                if let Some(answer) = relay.certificates.http_answer(req.uri().path()) {
+                    let response = crate::certificates::http01_response(answer);
+                    return Ok(response.map(|body| Tracked::new(body, active)));
+                }
+            }
             let response = crate::proxy::handle(relay, req, visitor).await;
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, active)))
         }

@@ -1,5 +1,6 @@
 //! Key material in the data directory, generated on first start: the credential pepper, the
-//! token signing key and (when no certificate is configured) a self-signed TLS certificate.
+//! token signing key, the certificate key that seals hostname certificates' private keys in the
+//! database, and (when no certificate is configured) a self-signed TLS certificate.
 //! Files are created with mode 0600; nothing here ever goes to the database or a log.
 //!
 //! Several relay nodes sharing one database must share `keys/` too (same pepper, same signing
@@ -34,6 +35,8 @@ pub struct Keys {
     pub signing_pkcs8: Vec<u8>,
     /// The raw Ed25519 public key.
     pub verifying_key: Vec<u8>,
+    /// AES-256 key sealing hostname certificates' private keys and ACME account credentials.
+    pub certificate_key: Vec<u8>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -73,12 +76,41 @@ impl Keys {
                 KeyError::Invalid(key_path.clone(), format!("not an Ed25519 PKCS#8 key: {e}"))
             })?;
         let verifying_key = pair.public_key().as_ref().to_vec();
+        let cert_key_path = certificate_key_path(data_dir);
+        let certificate_key = read_or_create(&cert_key_path, random_32)?;
+        if certificate_key.len() != 32 {
+            return Err(KeyError::Invalid(
+                cert_key_path,
+                "the certificate key must be exactly 32 bytes".into(),
+            ));
+        }
         Ok(Keys {
             pepper,
             signing_pkcs8,
             verifying_key,
+            certificate_key,
         })
     }
+
+    /// The key sealing certificates' private keys in the database.
+    pub fn certificate_key(&self) -> relay_store::CertificateKey {
+        // The length was checked when loading: exactly 32 bytes is what AES-256 takes.
+        relay_store::CertificateKey::new(&self.certificate_key)
+            .expect("a 32-byte certificate key, checked at load")
+    }
+}
+
+/// `data_dir/keys/certificate-key` (32 random bytes; every node of a cluster needs the same).
+pub fn certificate_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("keys").join("certificate-key")
+}
+
+fn random_32() -> Result<Vec<u8>, String> {
+    let mut b = vec![0u8; 32];
+    rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| "random failed".to_string())?;
+    Ok(b)
 }
 
 /// Loads the configured certificate chain and key, or the generated self-signed pair.

@@ -20,11 +20,14 @@
 //! `/pair/{tenant}/…` (`pair.rs`, docs/pairing.md) and, behind the default `quickstart` feature,
 //! the quickstart with its in-process connector.
 //!
-//! Not here (yet): queue mode, forwarding to other relay nodes, per-hostname certificates.
+//! Certificates are picked by SNI (`certificates.rs`): a hostname's uploaded or ACME certificate
+//! (`acme.rs` obtains and renews those), else the relay's own (docs/certificates.md).
 
+mod acme;
 mod audit;
 mod auth;
 mod catalog;
+mod certificates;
 pub mod cli;
 mod cluster;
 pub mod config;
@@ -87,6 +90,8 @@ pub(crate) struct Relay {
     pairing: pair::Pairing,
     /// Visitor access policies: rate-limit buckets and checked Basic credentials.
     policies: policy::Policies,
+    /// The ingress certificates by SNI and pending ACME challenges.
+    certificates: Arc<certificates::Certificates>,
 }
 
 /// What the management web learns from this process: streams in flight per session, and the
@@ -104,7 +109,9 @@ impl management_web::NodeView for NodeViewImpl {
     }
 
     fn metrics(&self) -> String {
-        self.0.metrics.render()
+        let mut text = self.0.metrics.render();
+        text.push_str(&self.0.certificates.render_metrics());
+        text
     }
 
     fn draining(&self) -> bool {
@@ -288,7 +295,26 @@ pub async fn run(
         config.tunnel.token_ttl,
         config.tunnel.secret_check_concurrency,
     );
-    let acceptor = ingress::tls_acceptor(certs.clone(), key.clone_key()).context("TLS setup")?;
+    let own = rustls::sign::CertifiedKey::from_der(
+        certs.clone(),
+        key.clone_key(),
+        &rustls::crypto::aws_lc_rs::default_provider(),
+    )
+    .context("TLS setup: the [tls] key does not match its certificate")?;
+    let certificates = Arc::new(certificates::Certificates::new(Arc::new(own)));
+    let certificate_key = Arc::new(keys.certificate_key());
+    // Bounded: a slow database does not hold up the start (the reload task tries again).
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        certificates.load(&store, &certificate_key),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot load hostname certificates yet"),
+        Err(_) => tracing::warn!("hostname certificates not loaded within 10 s; loading later"),
+    }
+    let acceptor = ingress::tls_acceptor(certificates.clone()).context("TLS setup")?;
     let quic_config = tunnel::server_config(certs, key, &config).context("QUIC setup")?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
@@ -339,6 +365,7 @@ pub async fn run(
         queue: queue::Queue::default(),
         pairing: pair::Pairing::new(relay_store::SecretHasher::new(&keys.pepper)),
         policies: policy::Policies::new(relay_store::SecretHasher::new(&keys.pepper)),
+        certificates: certificates.clone(),
     });
 
     // Visitors stop being accepted first; sessions are told to move after that.
@@ -415,12 +442,29 @@ pub async fn run(
                 .await
         })
     };
+    tokio::spawn(certificates::run_reload(
+        certificates.clone(),
+        store.clone(),
+        certificate_key.clone(),
+        background.clone(),
+    ));
+    if let Some(acme) = relay.config.acme.clone() {
+        tokio::spawn(acme::run(
+            relay.clone(),
+            acme,
+            certificate_key,
+            background.clone(),
+        ));
+    }
     tokio::spawn(catalog::run_refresh(
         catalog,
         store,
         (relay.config.catalog_poll_interval, wake),
         background.clone(),
-        move || close_invalid_sessions(&refresh_relay),
+        move || {
+            close_invalid_sessions(&refresh_relay);
+            refresh_relay.certificates.changed();
+        },
     ));
     let node_id = node.id.clone();
     // Queue deliveries run on this node's sessions; they stop with the sessions' drain.

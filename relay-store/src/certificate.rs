@@ -549,6 +549,11 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        // Touch the hostname so the revision moves: the relays look for work at once.
+        sqlx::query("UPDATE hostnames SET acme = 1 WHERE hostname = $1")
+            .bind(&hostname)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -234,6 +234,21 @@ pub(super) fn render(config: &Config) -> String {
     ]);
     top.insert("pairing".into(), Value::Table(pairing));
 
+    let mut acme = Table::from_iter([("enabled".into(), Value::Boolean(c.acme.is_some()))]);
+    if let Some(a) = &c.acme {
+        acme.insert("directory".into(), string(&a.directory));
+        acme.insert("contact".into(), strings(&a.contact));
+        if let Some((path, _)) = &a.root_ca {
+            acme.insert("root_ca".into(), string(path.display()));
+        }
+        let names: Vec<String> = a.challenges.iter().map(|c| c.as_str().into()).collect();
+        acme.insert("challenge".into(), strings(&names));
+        acme.insert("check_interval".into(), duration(a.check_interval));
+        acme.insert("retry_initial".into(), duration(a.retry_initial));
+        acme.insert("request_timeout".into(), duration(a.request_timeout));
+    }
+    top.insert("acme".into(), Value::Table(acme));
+
     let mut out = String::from(
         "# relay-server: the effective configuration (config file, RELAY_* environment, flags and\n\
          # defaults); secrets are shown as ***.\n",

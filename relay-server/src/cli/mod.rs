@@ -17,7 +17,7 @@ pub use config::{check as check_config, mask_database_url, ConfigCommand};
 pub use node::NodeCommand;
 pub use policy::{ApiKeyCommand, IpArgs, PolicyCommand, PolicySetArgs, ScopeArgs};
 pub use queue::{QueueCommand, TenantQueueArgs};
-pub use tenant::{CredentialCommand, HostnameCommand, TenantCommand};
+pub use tenant::{CertCommand, CredentialCommand, HostnameCommand, TenantCommand};
 
 use std::path::PathBuf;
 

@@ -1,10 +1,13 @@
 //! `relay-server tenant …`: tenants, their limits, credentials, hostnames and queue settings.
 
+use anyhow::Context;
 use clap::Subcommand;
+use relay_store::Store;
 
 use super::queue::{tenant_queue, TenantQueueArgs};
-use super::{hasher, open_store, CLI_ACTOR};
+use super::{format_ms, hasher, open_store, CLI_ACTOR};
 use crate::config::Config;
+use crate::keys::Keys;
 
 /// `tenant …`
 #[derive(Subcommand, Debug)]
@@ -101,7 +104,23 @@ pub enum HostnameCommand {
         /// The connector target that serves it.
         #[arg(long, value_name = "TARGET")]
         target: String,
+        /// Obtain and renew its certificate from the ACME CA ([acme] in the relay's config).
+        #[arg(long)]
+        acme: bool,
     },
+    /// Turn ACME certificates for a hostname on or off (off keeps the current certificate).
+    Acme {
+        /// The tenant.
+        tenant: String,
+        /// The hostname.
+        hostname: String,
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// A hostname's certificate: upload one, remove it, or renew an ACME one now.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// List a tenant's hostnames.
     List {
         /// The tenant.
@@ -112,6 +131,39 @@ pub enum HostnameCommand {
         /// The tenant.
         tenant: String,
         /// The hostname to remove.
+        hostname: String,
+    },
+}
+
+/// `tenant hostname cert …`
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Serve an uploaded certificate for a hostname (checked: the key is the certificate's, it
+    /// covers the hostname and has not expired). Turns ACME off for the hostname.
+    Set {
+        /// The tenant.
+        tenant: String,
+        /// The hostname.
+        hostname: String,
+        /// PEM certificate chain, leaf first.
+        #[arg(long, value_name = "FILE")]
+        cert: std::path::PathBuf,
+        /// PEM private key of the certificate.
+        #[arg(long, value_name = "FILE")]
+        key: std::path::PathBuf,
+    },
+    /// Remove a hostname's certificate (the relay's own serves it again).
+    Remove {
+        /// The tenant.
+        tenant: String,
+        /// The hostname.
+        hostname: String,
+    },
+    /// Obtain a new ACME certificate for the hostname at the relays' next check.
+    Renew {
+        /// The tenant.
+        tenant: String,
+        /// The hostname.
         hostname: String,
     },
 }
@@ -335,8 +387,12 @@ pub(super) async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Resul
             tenant,
             hostname,
             target,
+            acme,
         }) => {
             let h = store.add_hostname(&tenant, &hostname, &target).await?;
+            if acme {
+                store.set_hostname_acme(&tenant, &h.hostname, true).await?;
+            }
             store
                 .record_admin_action(
                     CLI_ACTOR,
@@ -345,12 +401,47 @@ pub(super) async fn tenant(cmd: TenantCommand, config: &Config) -> anyhow::Resul
                 )
                 .await?;
             println!("{} -> tenant {tenant}, target {}", h.hostname, h.target);
+            if acme {
+                println!("certificate: from ACME (when [acme] is enabled on the relays)");
+            }
         }
         TenantCommand::Hostname(HostnameCommand::List { tenant }) => {
-            println!("{:<40} TARGET", "HOSTNAME");
+            let certs = store.certificates(&tenant).await?;
+            println!("{:<40} {:<16} CERTIFICATE", "HOSTNAME", "TARGET");
             for h in store.hostnames(&tenant).await? {
-                println!("{:<40} {}", h.hostname, h.target);
+                let cert = certs.iter().find(|c| c.hostname == h.hostname);
+                let cert = match (cert, h.acme) {
+                    (Some(c), _) => {
+                        format!("{}, expires {}", c.source.as_str(), format_ms(c.not_after))
+                    }
+                    (None, true) => "acme, pending".to_string(),
+                    (None, false) => "relay's own".to_string(),
+                };
+                println!("{:<40} {:<16} {cert}", h.hostname, h.target);
             }
+        }
+        TenantCommand::Hostname(HostnameCommand::Acme {
+            tenant,
+            hostname,
+            state,
+        }) => {
+            let on = state == "on";
+            store.set_hostname_acme(&tenant, &hostname, on).await?;
+            store
+                .record_admin_action(
+                    CLI_ACTOR,
+                    if on {
+                        "hostname.acme_on"
+                    } else {
+                        "hostname.acme_off"
+                    },
+                    &format!("{tenant}/{hostname}"),
+                )
+                .await?;
+            println!("ACME certificates for {hostname}: {state}");
+        }
+        TenantCommand::Hostname(HostnameCommand::Cert(cmd)) => {
+            certificate(cmd, &store, config).await?
         }
         TenantCommand::Hostname(HostnameCommand::Remove { tenant, hostname }) => {
             store.remove_hostname(&tenant, &hostname).await?;
@@ -440,6 +531,71 @@ async fn pairing_token(
                 .record_admin_action(CLI_ACTOR, "pairing_token.revoke", &format!("{tenant}/{id}"))
                 .await?;
             println!("pairing token {id} revoked; new sockets with it are refused");
+        }
+    }
+    Ok(())
+}
+
+/// `tenant hostname cert …`
+async fn certificate(cmd: CertCommand, store: &Store, config: &Config) -> anyhow::Result<()> {
+    match cmd {
+        CertCommand::Set {
+            tenant,
+            hostname,
+            cert,
+            key,
+        } => {
+            let read = |p: &std::path::Path, max: usize| -> anyhow::Result<String> {
+                let meta =
+                    std::fs::metadata(p).with_context(|| format!("cannot read {}", p.display()))?;
+                anyhow::ensure!(
+                    meta.len() <= max as u64,
+                    "{} is over {max} bytes",
+                    p.display()
+                );
+                std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+            };
+            let chain = read(&cert, relay_store::MAX_CHAIN_PEM_BYTES)?;
+            let key_pem = read(&key, relay_store::MAX_KEY_PEM_BYTES)?;
+            let sealing = Keys::load_or_create(&config.data_dir)?.certificate_key();
+            let info = store
+                .set_certificate(&tenant, &hostname, &chain, &key_pem, &sealing)
+                .await?;
+            store
+                .record_admin_action(
+                    CLI_ACTOR,
+                    "certificate.upload",
+                    &format!("{tenant}/{}", info.hostname),
+                )
+                .await?;
+            println!(
+                "certificate for {} stored (serial {}, expires {})",
+                info.hostname,
+                info.serial,
+                format_ms(info.not_after)
+            );
+        }
+        CertCommand::Remove { tenant, hostname } => {
+            store.remove_certificate(&tenant, &hostname).await?;
+            store
+                .record_admin_action(
+                    CLI_ACTOR,
+                    "certificate.remove",
+                    &format!("{tenant}/{hostname}"),
+                )
+                .await?;
+            println!("certificate for {hostname} removed");
+        }
+        CertCommand::Renew { tenant, hostname } => {
+            store.request_renewal(&tenant, &hostname).await?;
+            store
+                .record_admin_action(
+                    CLI_ACTOR,
+                    "certificate.renew",
+                    &format!("{tenant}/{hostname}"),
+                )
+                .await?;
+            println!("renewal of {hostname} requested: the relays obtain a new certificate at their next check");
         }
     }
     Ok(())
