@@ -621,7 +621,9 @@ impl Dialer {
                 incoming = conn.accept_bi() => match incoming {
                     Ok((send, recv)) => {
                         let backends = self.backends(slot).clone();
-                        streams.spawn(crate::stream::serve(send, recv, backends));
+                        // Boxed: the request's future is large, and the task would copy it
+                        // by value twice more (into the task cell, and out when it ends).
+                        streams.spawn(Box::pin(crate::stream::serve(send, recv, backends)));
                     }
                     Err(e) => break Ended::Lost(e.to_string()),
                 },
@@ -791,7 +793,7 @@ async fn linger(
             incoming = conn.accept_bi() => match incoming {
                 Ok((send, recv)) => {
                     last_stream = tokio::time::Instant::now();
-                    streams.spawn(crate::stream::serve(send, recv, backends.clone()));
+                    streams.spawn(Box::pin(crate::stream::serve(send, recv, backends.clone())));
                 }
                 Err(_) => break,
             },

@@ -108,20 +108,40 @@ pub fn client(list: &[Cidr], peer: IpAddr, chain: &[String]) -> IpAddr {
 /// RFC 7239 `Forwarded`: one element per hop of `chain` (the same hops as `X-Forwarded-For`),
 /// the last one with the protocol and host the relay (or its trusted proxy) was reached by.
 pub fn header(chain: &[String], proto: &str, host: Option<&str>) -> String {
-    let node = |addr: &str| match addr.parse::<IpAddr>() {
-        Ok(IpAddr::V6(v6)) => format!("for=\"[{v6}]\""),
-        Ok(ip) => format!("for={ip}"),
-        // Anything else from a trusted proxy's chain (obfuscated ids, "unknown") is quoted.
-        Err(_) => format!("for=\"{}\"", addr.replace(['"', '\\'], "")),
+    use std::fmt::Write as _;
+    // Written into one string: this runs for every request.
+    let mut out = String::with_capacity(48 + host.map_or(0, str::len));
+    let quoted = |out: &mut String, s: &str| {
+        out.push('"');
+        out.extend(s.chars().filter(|c| !matches!(c, '"' | '\\')));
+        out.push('"');
     };
-    let mut elements: Vec<String> = chain.iter().map(|a| node(a)).collect();
-    if let Some(last) = elements.last_mut() {
-        last.push_str(&format!(";proto={proto}"));
-        if let Some(h) = host {
-            last.push_str(&format!(";host=\"{}\"", h.replace(['"', '\\'], "")));
+    for (i, addr) in chain.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let addr = addr.as_str();
+        out.push_str("for=");
+        match addr.parse::<IpAddr>() {
+            Ok(IpAddr::V6(v6)) => {
+                let _ = write!(out, "\"[{v6}]\"");
+            }
+            Ok(ip) => {
+                let _ = write!(out, "{ip}");
+            }
+            // Anything else from a trusted proxy's chain (obfuscated ids, "unknown") is quoted.
+            Err(_) => quoted(&mut out, addr),
         }
     }
-    elements.join(", ")
+    if !chain.is_empty() {
+        out.push_str(";proto=");
+        out.push_str(proto);
+        if let Some(h) = host {
+            out.push_str(";host=");
+            quoted(&mut out, h);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

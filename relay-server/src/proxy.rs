@@ -327,7 +327,7 @@ async fn admit(
     draft.tenant = tenant.name.clone();
     if tenant.audit_query_strings {
         if let Some(q) = parts.uri.query() {
-            draft.path = format!("{}?{q}", draft.path).chars().take(4096).collect();
+            draft.path = crate::audit::truncated(&format!("{}?{q}", draft.path), 4096);
         }
     }
     draft.target = target.clone();
@@ -817,25 +817,31 @@ fn request_headers(
         })
     });
     strip_hop_by_hop(&mut headers);
-    let internal: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("x-relay-"))
-        .cloned()
-        .collect();
-    for name in internal {
-        headers.remove(name);
+    // One pass finds the relay's own and the forwarding fields a visitor sent; most requests carry
+    // none, and then nothing is looked up or allocated.
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let replaced = *name == header::HOST
+            || *name == header::CONTENT_LENGTH
+            || *name == header::FORWARDED
+            || name.as_str() == "x-real-ip"
+            || name.as_str().starts_with("x-relay-");
+        if replaced {
+            doomed.push(name.clone());
+        }
     }
-    for name in [
-        header::HOST,
-        header::CONTENT_LENGTH,
-        header::FORWARDED,
-        HeaderName::from_static("x-real-ip"),
-    ] {
+    for name in &doomed {
         headers.remove(name);
     }
     // Added after stripping, so a visitor can neither remove nor pre-set them.
-    let mut chain = forwarded_for.unwrap_or_default();
-    chain.push(peer.ip().to_string());
+    let peer_ip = peer.ip().to_string();
+    let chain = match forwarded_for {
+        Some(mut chain) => {
+            chain.push(peer_ip);
+            chain
+        }
+        None => vec![peer_ip],
+    };
     if let Ok(v) = HeaderValue::from_str(&chain.join(", ")) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }

@@ -18,32 +18,28 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Removes hop-by-hop headers and every header named in `Connection`. `TE: trailers` is the one
 /// `TE` value that survives: gRPC requires it end to end, and it only says trailers are welcome.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    // One pass finds what goes; most requests carry none of it, and then nothing is allocated
+    // and no lookup is made.
+    let mut te_trailers = false;
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter() {
+        if *name == header::CONNECTION {
+            let listed = value.to_str().ok().into_iter().flat_map(|v| v.split(','));
+            doomed.extend(listed.filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()));
+        } else if *name == header::TE {
+            te_trailers |= value.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+        }
+        // Every `Proxy-*` field is for a proxy on the way, not for the next hop's application.
+        if (HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-"))
+            && !doomed.contains(name)
+        {
+            doomed.push(name.clone());
+        }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    // Every `Proxy-*` field is for a proxy on the way, not for the next hop's application.
-    let proxy: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for name in proxy {
+    for name in &doomed {
         headers.remove(name);
     }
     if te_trailers {

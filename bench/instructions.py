@@ -1,0 +1,171 @@
+"""Instructions per request, counted by valgrind's callgrind: the release relay-server and connector
+each run under callgrind while a fixed number of small requests goes through them, at one
+connection (c1) and at 64 (c64). Instruction counts do not drift with the machine's load, so two
+builds can be compared on a busy machine, and a change's effect shows even where req/s cannot
+separate it from noise.
+
+Counting starts after the warm-up (`callgrind_control --zero`) and ends with a dump after the last
+request, so start-up and shutdown are not in the figures. Keep-alives and idle timeouts are
+lengthened so that the slow-down under valgrind (about 50×) does not end sessions.
+
+Usage: python3 bench/instructions.py [--transport quic|tcp] [--requests N] [--top N]
+                                     [--relay-bin PATH] [--connector-bin PATH]
+Needs the release binaries (cargo build --release -p relay-server -p connector), nginx, h2load
+and valgrind. Prints instructions per request per process and load, and the hottest functions
+(self instructions) at c64.
+"""
+
+import argparse
+import glob
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench  # noqa: E402
+
+
+def callgrind(cmd, out):
+    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd]
+
+
+def control(pid, *args):
+    subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True, timeout=120)
+
+
+def total_of(path):
+    """The `summary:`/`totals:` instruction count of a callgrind dump (one event: Ir)."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise SystemExit(f"{path}: no totals line")
+
+
+def h2load(url, conns, n):
+    out = subprocess.run(["h2load", "--h1", f"-n{n}", f"-c{conns}", "-t1", url],
+                         capture_output=True, text=True, timeout=1800).stdout
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    if not done or int(done.group(2)) != n:
+        raise SystemExit(f"h2load: not every request succeeded\n{out}")
+    return n
+
+
+def top(path, count):
+    """The functions with the most self instructions in a callgrind dump (parsed here: the
+    callgrind_annotate of valgrind 3.19 puts everything under `clone` for dumps taken with
+    callgrind_control)."""
+    names, cost, fn, skip, total = {}, {}, None, False, 0
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("fn=", "cfn=")):
+                m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+                if m and m.group(2):
+                    names[m.group(1)] = m.group(2)
+                if line.startswith("fn="):
+                    fn = m.group(1) if m else line[3:].strip()
+                continue
+            if line.startswith("calls="):
+                skip = True  # the next cost line is the call's inclusive cost
+                continue
+            if line[:1].isdigit() or line[:1] in "+-*":
+                if skip:
+                    skip = False
+                    continue
+                parts = line.split()
+                if len(parts) >= 2 and fn is not None:
+                    ir = int(parts[1])
+                    cost[fn] = cost.get(fn, 0) + ir
+                    total += ir
+    rows = sorted(cost.items(), key=lambda kv: -kv[1])[:count]
+    return [f"{100 * c / max(total, 1):6.2f}%  {names.get(k, k)[:150]}" for k, c in rows]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--transport", default="quic", choices=["quic", "tcp"])
+    ap.add_argument("--requests", type=int, default=2000, help="requests per load (c1 and c64)")
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--relay-bin", default=os.path.join(bench.RELEASE, "relay-server"))
+    ap.add_argument("--connector-bin", default=os.path.join(bench.RELEASE, "connector"))
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="relay-instructions-")
+    os.chmod(work, 0o755)
+    procs = []
+    try:
+        bench.write_site(work, 1 << 20)
+        procs.append(bench.start(["nginx", "-c", f"{work}/nginx.conf", "-p", work]))
+        bench.wait_port(bench.PORTS["backend"])
+        data = f"{work}/relay-data"
+        bench.provision(args.relay_bin, data, "bench", f"{work}/secret")
+        relay = bench.start(callgrind([args.relay_bin, "--data-dir", data, "run",
+                                       "--listen", f"127.0.0.1:{bench.PORTS['relay']}",
+                                       "--listen-http", f"127.0.0.1:{bench.PORTS['relay_http']}"],
+                                      f"{work}/relay.%p.out"),
+                            env={"RELAY_LIMITS__MAX_CONCURRENT_STREAMS": "4096", "RUST_LOG": "warn",
+                                 "RELAY_TUNNEL__IDLE_TIMEOUT": "60s"})
+        procs.append(relay)
+        bench.wait_port(bench.PORTS["relay_http"], timeout=120)
+        deadline = time.time() + 120
+        while not os.path.exists(f"{data}/tls/cert.pem") and time.time() < deadline:
+            time.sleep(0.2)
+        conn = bench.start(callgrind([args.connector_bin, "run",
+                                      "--server", f"https://127.0.0.1:{bench.PORTS['relay']}",
+                                      "--tenant", "bench", "--secret-file", f"{work}/secret",
+                                      "--ca-cert", f"{data}/tls/cert.pem", "--transport", args.transport,
+                                      "--target", f"app=http://127.0.0.1:{bench.PORTS['backend']}"],
+                                     f"{work}/connector.%p.out"),
+                           env={"RUST_LOG": "warn", "CONNECTOR_SESSION__KEEP_ALIVE": "10s",
+                                "CONNECTOR_SESSION__IDLE_TIMEOUT": "60s"})
+        procs.append(conn)
+        url = f"http://127.0.0.1:{bench.PORTS['relay_http']}/relay/bench/app/small"
+        deadline = time.time() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(url, timeout=10).status == 200:
+                    break
+            except Exception:
+                if time.time() > deadline:
+                    bench.dump_logs()
+                    raise SystemExit("the tunnel did not come up")
+                time.sleep(0.5)
+        h2load(url, 64, 500)  # warm-up: connections, sessions' streams, allocator pools
+        pids = {"relay-server": relay.pid, "connector": conn.pid}
+        results = {}
+        for conns in (1, 64):
+            for pid in pids.values():
+                control(pid, "--zero")
+            n = h2load(url, conns, args.requests)
+            for name, pid in pids.items():
+                before = set(glob.glob(f"{work}/{name.split('-')[0]}.{pid}.out*"))
+                control(pid, "--dump")
+                new = sorted(set(glob.glob(f"{work}/{name.split('-')[0]}.{pid}.out*")) - before,
+                             key=os.path.getmtime)
+                if not new:
+                    raise SystemExit(f"{name}: callgrind wrote no dump")
+                results[(name, conns)] = (total_of(new[-1]) / n, new[-1])
+        print(f"transport {args.transport}, {args.requests} requests per load, instructions per request:")
+        print(f"{'process':<14} {'c1':>10} {'c64':>10}")
+        for name in pids:
+            print(f"{name:<14} {results[(name, 1)][0]:>10,.0f} {results[(name, 64)][0]:>10,.0f}")
+        both = {c: sum(results[(n, c)][0] for n in pids) for c in (1, 64)}
+        print(f"{'both':<14} {both[1]:>10,.0f} {both[64]:>10,.0f}")
+        for name in pids:
+            print(f"\n=== {name} at c64: hottest functions (self instructions) ===")
+            print("\n".join(top(results[(name, 64)][1], args.top)))
+        print(f"\ncallgrind dumps: {work}")
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, 15)
+            except OSError:
+                pass
+
+
+if __name__ == "__main__":
+    main()
