@@ -41,6 +41,7 @@ have slowhttptest || missing+=(slowhttptest)  # slowloris and slow POST against 
 have node || missing+=(nodejs)        # the browser test drives Chromium with playwright-core…
 have npm || missing+=(npm)
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)  # …in headless Chromium
+have pebble || missing+=(pebble)      # the ACME tests run pebble, a test CA, and its mock DNS
 if [ ${#missing[@]} -gt 0 ]; then
     echo "test.sh: installing ${missing[*]}"
     install_packages "${missing[@]}" ca-certificates

@@ -319,12 +319,15 @@ fn alpn_certificate(hostname: &str, digest: &[u8]) -> anyhow::Result<Arc<Certifi
     let key = rcgen::KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     let der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let certified = CertifiedKey::from_der(
+    let signing = rustls::crypto::aws_lc_rs::default_provider()
+        .key_provider
+        .load_private_key(der)?;
+    // Not `CertifiedKey::from_der`: its consistency check parses the certificate with webpki,
+    // which refuses the critical acmeIdentifier extension that this certificate exists for.
+    Ok(Arc::new(CertifiedKey::new(
         vec![cert.der().clone()],
-        der,
-        &rustls::crypto::aws_lc_rs::default_provider(),
-    )?;
-    Ok(Arc::new(certified))
+        signing,
+    )))
 }
 
 /// The challenge answers of one order; dropping it withdraws them.
