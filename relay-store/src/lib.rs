@@ -210,6 +210,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     url: Url,
+    /// Queue accepts waiting for, or in, a shared INSERT.
+    group_commit: std::sync::Arc<queue::GroupCommit>,
 }
 
 /// The database URL, kept for the PostgreSQL change listener; never printed (it may hold a
@@ -269,6 +271,7 @@ impl Store {
             pool,
             backend,
             url: Url(url.as_str().into()),
+            group_commit: std::sync::Arc::default(),
         };
         store.migrate().await?;
         Ok(store)

@@ -342,6 +342,167 @@ impl Row {
     }
 }
 
+/// Bodies up to this size go into a group commit; larger ones are inserted on their own.
+const GROUP_MAX_BODY: usize = 256 * 1024;
+/// Body bytes per group commit at most.
+const GROUP_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// Group commit for plain accepts (no idempotency key, no quota): accepts that arrive while one
+/// INSERT is at the database wait and then go together in the next one, a single multi-row
+/// statement that commits on its own. Each accept is answered only once its row is committed, as
+/// before; what is shared is the round trip, the statement and the commit. No task runs in the
+/// background: whoever holds the writer's turn writes what is waiting.
+#[derive(Default)]
+pub(crate) struct GroupCommit {
+    pending: std::sync::Mutex<std::collections::VecDeque<Waiting>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+struct Waiting {
+    message: NewMessage,
+    now: i64,
+    done: tokio::sync::oneshot::Sender<Result<QueueMessage, Error>>,
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GroupCommit")
+    }
+}
+
+impl Store {
+    async fn enqueue_grouped(&self, message: NewMessage, now: i64) -> Result<QueueMessage, Error> {
+        let (done, mut rx) = tokio::sync::oneshot::channel();
+        let group = self.group_commit.clone();
+        lock(&group.pending).push_back(Waiting { message, now, done });
+        loop {
+            let turn = group.turn.lock().await;
+            match rx.try_recv() {
+                Ok(result) => return result,
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    return Err(Error::Database(sqlx::Error::Protocol(
+                        "queue group commit abandoned".into(),
+                    )))
+                }
+            }
+            let rows = match self.backend {
+                // SQLite finds each parameter's name by a linear scan (see insert_audit).
+                Backend::Sqlite => 16,
+                Backend::Postgres => 64,
+            };
+            let batch = {
+                let mut pending = lock(&group.pending);
+                let (mut taken, mut bytes) = (Vec::new(), 0);
+                while let Some(w) = pending.front() {
+                    if taken.len() == rows
+                        || (!taken.is_empty() && bytes + w.message.body.len() > GROUP_MAX_BYTES)
+                    {
+                        break;
+                    }
+                    bytes += w.message.body.len();
+                    taken.extend(pending.pop_front());
+                }
+                taken
+            };
+            // On its own task: a visitor who goes away must not cancel the others' commit.
+            let store = self.clone();
+            let _ = tokio::spawn(async move { store.write_group(batch).await }).await;
+            drop(turn);
+        }
+    }
+
+    /// One multi-row INSERT for `batch`; when it fails, each row on its own, so one bad row
+    /// (or a statement the database refuses) fails only its own accept.
+    async fn write_group(&self, batch: Vec<Waiting>) {
+        if batch.is_empty() {
+            return;
+        }
+        if batch.len() > 1 {
+            let mut sql = String::from(
+                "INSERT INTO queue_messages (id, tenant_id, tenant, target, method, path, headers, \
+                 body, body_bytes, idempotency_key, state, created_at, expires_at, next_attempt_at) VALUES ",
+            );
+            for i in 0..batch.len() {
+                let p = i * 13;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'queued', ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7,
+                    p + 8,
+                    p + 9,
+                    p + 10,
+                    p + 11,
+                    p + 12,
+                    p + 13
+                ));
+            }
+            sql.push_str(" RETURNING ");
+            sql.push_str(COLUMNS);
+            let mut q = sqlx::query_as::<_, Row>(&sql);
+            for w in &batch {
+                let m = &w.message;
+                q = q
+                    .bind(&m.id)
+                    .bind(&m.tenant_id)
+                    .bind(&m.tenant)
+                    .bind(&m.target)
+                    .bind(&m.method)
+                    .bind(&m.path)
+                    .bind(&m.headers)
+                    .bind(&m.body)
+                    .bind(m.body.len() as i64)
+                    .bind(&m.idempotency_key)
+                    .bind(w.now)
+                    .bind(w.now.saturating_add(m.ttl_ms))
+                    .bind(w.now);
+            }
+            if let Ok(rows) = q.fetch_all(&self.pool).await {
+                // RETURNING's order is not promised: rows are matched by their message id.
+                let mut by_id: std::collections::HashMap<String, Row> =
+                    rows.into_iter().map(|r| (r.id.clone(), r)).collect();
+                let mut missing = Vec::new();
+                for w in batch {
+                    match by_id.remove(&w.message.id) {
+                        Some(row) => {
+                            let _ = w.done.send(Ok(row.into_message(None)));
+                        }
+                        None => missing.push(w),
+                    }
+                }
+                for w in missing {
+                    self.write_one(w).await;
+                }
+                return;
+            }
+        }
+        for w in batch {
+            self.write_one(w).await;
+        }
+    }
+
+    async fn write_one(&self, w: Waiting) {
+        let row: Result<Row, sqlx::Error> = insert_message(&w.message, w.now)
+            .fetch_one(&self.pool)
+            .await;
+        let _ = w
+            .done
+            .send(row.map(|r| r.into_message(None)).map_err(Error::Database));
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The INSERT of a new message, returning its row.
 fn insert_message<'q>(
     m: &'q NewMessage,
@@ -411,8 +572,14 @@ impl Store {
         {
             // Nothing to look up first: one statement, committed on its own (one round trip
             // instead of BEGIN, INSERT, COMMIT).
-            let row: Row = insert_message(m, now).fetch_one(&self.pool).await?;
-            return Ok(Enqueued::New(row.into_message(None)));
+            if m.body.len() > GROUP_MAX_BODY {
+                let row: Row = insert_message(m, now).fetch_one(&self.pool).await?;
+                return Ok(Enqueued::New(row.into_message(None)));
+            }
+            return self
+                .enqueue_grouped(m.clone(), now)
+                .await
+                .map(Enqueued::New);
         }
         let mut tx = self.write_transaction().await?;
         if let Some(key) = &m.idempotency_key {

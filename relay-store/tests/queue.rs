@@ -357,3 +357,53 @@ async fn ordered_on_postgres() {
     ordered_tenants_deliver_one_at_a_time_per_target(Store::connect(&cluster.url()).await.unwrap())
         .await;
 }
+
+/// Accepts that arrive together share INSERTs (group commit): every one is stored once, with its
+/// own body, and answered with its own row; a large body goes on its own beside them.
+async fn concurrent_accepts_are_each_stored_once(store: Store) {
+    let mut tasks = Vec::new();
+    for i in 0..200usize {
+        let store = store.clone();
+        let body = if i == 7 {
+            vec![b'L'; 300 * 1024]
+        } else {
+            format!("body {i} ").repeat(i % 50 + 1).into_bytes()
+        };
+        tasks.push(tokio::spawn(async move {
+            let m = msg(&format!("m{i:03}"), "app", None, &body);
+            let stored = new(store.enqueue(&m, QueueQuota::default()).await.unwrap());
+            (m, stored)
+        }));
+    }
+    let mut seqs = std::collections::HashSet::new();
+    for t in tasks {
+        let (sent, stored) = t.await.unwrap();
+        assert_eq!(stored.id, sent.id);
+        assert_eq!(stored.body_bytes, sent.body.len() as i64);
+        assert_eq!(stored.path, sent.path);
+        assert!(seqs.insert(stored.seq), "one row per accept");
+    }
+    let claimed = store.claim("t1", "n1", 60_000, 1000).await.unwrap();
+    assert_eq!(claimed.len(), 200);
+    for m in claimed {
+        let i: usize = m.id[1..].parse().unwrap();
+        let expected = if i == 7 {
+            vec![b'L'; 300 * 1024]
+        } else {
+            format!("body {i} ").repeat(i % 50 + 1).into_bytes()
+        };
+        assert_eq!(m.body.as_deref(), Some(&expected[..]), "{}", m.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_accepts_on_sqlite() {
+    let (_dir, store) = sqlite().await;
+    concurrent_accepts_are_each_stored_once(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_accepts_on_postgres() {
+    let cluster = PgCluster::start();
+    concurrent_accepts_are_each_stored_once(Store::connect(&cluster.url()).await.unwrap()).await;
+}
