@@ -113,6 +113,9 @@ pub struct AppState {
     node_timeout: Duration,
     /// The relays' queue times to live.
     queue_ttl: QueueTtl,
+    /// Seals uploaded certificates' private keys (the relays' `keys/certificate-key`); without
+    /// it uploads are refused.
+    certificate_key: Option<Arc<relay_store::CertificateKey>>,
 }
 
 struct Inner {
@@ -167,7 +170,22 @@ impl AppState {
             }),
             node_timeout: DEFAULT_NODE_TIMEOUT,
             queue_ttl: QueueTtl::default(),
+            certificate_key: None,
         }
+    }
+
+    /// The same state, accepting certificate uploads sealed with `key`: the relays'
+    /// `keys/certificate-key`, so that they can open them.
+    pub fn with_certificate_key(self, key: Arc<relay_store::CertificateKey>) -> AppState {
+        AppState {
+            certificate_key: Some(key),
+            ..self
+        }
+    }
+
+    /// The key sealing uploaded certificates' private keys, if this process has it.
+    pub(crate) fn certificate_key(&self) -> Option<&relay_store::CertificateKey> {
+        self.certificate_key.as_deref()
     }
 
     /// The same state, counting relay nodes as live while their heartbeat is at most `timeout`

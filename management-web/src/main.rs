@@ -207,13 +207,27 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let state = management_web::AppState::new(
+    let mut state = management_web::AppState::new(
         store.clone(),
         relay_store::SecretHasher::new(&pepper),
         hosts,
     )
     .with_node_timeout(config.node_timeout)
     .with_queue_ttl(config.queue_ttl);
+    // Certificate uploads are sealed with the relays' certificate key (keys/, beside the pepper);
+    // without it (a relay that predates it) uploads are refused and the rest works.
+    let cert_key_file = config.pepper_file.with_file_name("certificate-key");
+    match std::fs::read(&cert_key_file) {
+        Ok(k) => match relay_store::CertificateKey::new(&k) {
+            Ok(k) => state = state.with_certificate_key(std::sync::Arc::new(k)),
+            Err(e) => {
+                tracing::warn!(file = %cert_key_file.display(), error = %e, "certificate uploads off")
+            }
+        },
+        Err(e) => {
+            tracing::warn!(file = %cert_key_file.display(), error = %e, "certificate uploads off")
+        }
+    }
     let app = management_web::app(state);
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(process_setup::cancel_on_signal(stop.clone()));

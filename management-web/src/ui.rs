@@ -56,6 +56,15 @@ pub static ROUTES: &[(&str, &str)] = &[
     ("post", "/tenants/{name}/credentials/{id}/revoke"),
     ("post", "/tenants/{name}/hostnames"),
     ("post", "/tenants/{name}/hostnames/{hostname}/remove"),
+    ("post", "/tenants/{name}/hostnames/{hostname}/certificate"),
+    (
+        "post",
+        "/tenants/{name}/hostnames/{hostname}/certificate/remove",
+    ),
+    (
+        "post",
+        "/tenants/{name}/hostnames/{hostname}/certificate/renew",
+    ),
     ("post", "/tenants/{name}/pairing"),
     ("post", "/tenants/{name}/pairing/tokens"),
     ("post", "/tenants/{name}/pairing/tokens/{id}/revoke"),
@@ -100,6 +109,15 @@ fn handler(method: &str, path: &str) -> MethodRouter<AppState> {
         ("post", "/tenants/{name}/credentials/{id}/revoke") => post(credentials::revoke),
         ("post", "/tenants/{name}/hostnames") => post(hostnames::add),
         ("post", "/tenants/{name}/hostnames/{hostname}/remove") => post(hostnames::remove),
+        ("post", "/tenants/{name}/hostnames/{hostname}/certificate") => {
+            post(hostnames::upload_certificate)
+        }
+        ("post", "/tenants/{name}/hostnames/{hostname}/certificate/remove") => {
+            post(hostnames::remove_certificate)
+        }
+        ("post", "/tenants/{name}/hostnames/{hostname}/certificate/renew") => {
+            post(hostnames::renew_certificate)
+        }
         ("post", "/tenants/{name}/pairing") => post(pairing::mode),
         ("post", "/tenants/{name}/pairing/tokens") => post(pairing::create_token),
         ("post", "/tenants/{name}/pairing/tokens/{id}/revoke") => post(pairing::revoke_token),
@@ -262,6 +280,11 @@ fn notice(done: &str) -> &'static str {
         "revoked" => "Credential revoked: connectors using it are disconnected.",
         "hostname-added" => "Hostname added.",
         "hostname-removed" => "Hostname removed.",
+        "certificate-uploaded" => "Certificate stored: the relays serve it for its hostname.",
+        "certificate-removed" => "Certificate removed: the relay's own serves the hostname.",
+        "certificate-renew" => {
+            "Renewal requested: the relays obtain a new certificate at their next check."
+        }
         "deleted" => "Tenant deleted.",
         "token-revoked" => "API token revoked.",
         "node-draining" => {

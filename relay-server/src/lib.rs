@@ -401,6 +401,7 @@ pub async fn run(
             hosts,
         )
         .with_node_timeout(relay.config.cluster.node_timeout)
+        .with_certificate_key(Arc::new(keys.certificate_key()))
         .with_queue_ttl(management_web::QueueTtl {
             default: relay.config.queue.ttl,
             max: relay.config.queue.max_ttl,

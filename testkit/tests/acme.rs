@@ -175,6 +175,89 @@ async fn uploaded_certificates_are_served_by_sni_and_bad_ones_refused() {
     .await;
 }
 
+#[tokio::test]
+async fn the_management_api_takes_certificates_and_never_shows_keys() {
+    trace_init();
+    let relay = relay().spawn().await;
+    relay.create_tenant("acme").await;
+    relay.store.add_hostname("acme", HOST, "app").await.unwrap();
+    let token = relay.api_token("certs").await;
+    let auth = format!("Bearer {token}");
+    let admin = relay.admin_addr.expect("admin listener");
+    let api = |path: &str| format!("http://{admin}/api/v1/tenants/acme/hostnames{path}");
+    let client = testkit::Client::loopback(&relay.ca_cert());
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_cert(dir.path(), "good", &[HOST], false);
+    let wrong = write_cert(dir.path(), "wrong", &["elsewhere.test"], false);
+    let pem = |p: &Path| std::fs::read_to_string(p).unwrap();
+    let upload = |cert: &Path, key: &Path| {
+        bytes::Bytes::from(
+            serde_json::json!({"certificate": pem(cert), "private_key": pem(key)}).to_string(),
+        )
+    };
+    let url = api(&format!("/{HOST}/certificate"));
+    let refused = client
+        .request_with("PUT", &url, &headers, upload(&wrong.0, &wrong.1))
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    assert!(
+        refused.text().contains("does not cover"),
+        "{}",
+        refused.text()
+    );
+    let stored = client
+        .request_with("PUT", &url, &headers, upload(&good.0, &good.1))
+        .await
+        .unwrap();
+    assert_eq!(stored.status, 200, "{}", stored.text());
+    assert!(
+        stored.text().contains("\"source\":\"upload\""),
+        "{}",
+        stored.text()
+    );
+    assert!(!stored.text().contains("PRIVATE KEY"));
+    let listed = client.get_bearer(&api(""), &token).await.unwrap().text();
+    assert!(listed.contains("\"not_after\""), "{listed}");
+    assert!(!listed.contains("PRIVATE KEY"));
+    let served_now = read_certs(&good.0)[0].clone();
+    let addr = relay.addr;
+    eventually(
+        Duration::from_secs(10),
+        "the uploaded certificate served",
+        || {
+            let want = served_now.clone();
+            async move { leaf(addr, HOST).await == want }
+        },
+    )
+    .await;
+    // Renewing a hostname that is not ACME's is refused; removing works once.
+    let renew = client
+        .request_with(
+            "POST",
+            &format!("{url}/renew"),
+            &headers,
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(renew.status, 422, "{}", renew.text());
+    let removed = client
+        .request_with("DELETE", &url, &headers, bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(removed.status, 204);
+    let again = client
+        .request_with("DELETE", &url, &headers, bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(again.status, 404);
+}
+
 // === the world ===
 
 struct World {

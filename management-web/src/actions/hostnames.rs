@@ -1,6 +1,6 @@
 //! Hostnames: route one to a target of a tenant, or remove it.
 
-use relay_store::{canonical_hostname, Hostname};
+use relay_store::{canonical_hostname, CertificateInfo, Hostname};
 
 use super::{tenants, Actor};
 use crate::error::Error;
@@ -39,6 +39,104 @@ pub(crate) async fn remove(
     state.store().remove_hostname(&t.name, &hostname).await?;
     let object = format!("{}/{hostname}", t.name);
     state.record(actor, "hostname.remove", &object).await;
+    Ok(())
+}
+
+/// Marks `hostname` of `tenant` for ACME certificates or not (`hostname.acme_on|acme_off`).
+pub(crate) async fn set_acme(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &str,
+    hostname: &str,
+    on: bool,
+) -> Result<(), Error> {
+    let t = tenants::find(state, tenant).await?;
+    let hostname = canonical_hostname(hostname).map_err(relay_store::Error::from)?;
+    state
+        .store()
+        .set_hostname_acme(&t.name, &hostname, on)
+        .await?;
+    let action = if on {
+        "hostname.acme_on"
+    } else {
+        "hostname.acme_off"
+    };
+    state
+        .record(actor, action, &format!("{}/{hostname}", t.name))
+        .await;
+    Ok(())
+}
+
+/// Stores an uploaded certificate for `hostname` of `tenant` (`certificate.upload`): a chain or
+/// key that does not parse, a key that is not the certificate's, a certificate that does not
+/// cover the hostname or has expired is [`Error::Validation`] saying which.
+pub(crate) async fn upload_certificate(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &str,
+    hostname: &str,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<CertificateInfo, Error> {
+    let t = tenants::find(state, tenant).await?;
+    let key = state.certificate_key().ok_or_else(|| {
+        Error::Internal(
+            "certificate uploads need the relays' keys/certificate-key (run the management web \
+             with the relays' data_dir)"
+                .into(),
+        )
+    })?;
+    let info = state
+        .store()
+        .set_certificate(&t.name, hostname, chain_pem, key_pem, key)
+        .await?;
+    state
+        .record(
+            actor,
+            "certificate.upload",
+            &format!("{}/{}", t.name, info.hostname),
+        )
+        .await;
+    Ok(info)
+}
+
+/// Removes the certificate of `hostname` (`certificate.remove`).
+pub(crate) async fn remove_certificate(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &str,
+    hostname: &str,
+) -> Result<(), Error> {
+    let t = tenants::find(state, tenant).await?;
+    let hostname = canonical_hostname(hostname).map_err(relay_store::Error::from)?;
+    state.store().remove_certificate(&t.name, &hostname).await?;
+    state
+        .record(
+            actor,
+            "certificate.remove",
+            &format!("{}/{hostname}", t.name),
+        )
+        .await;
+    Ok(())
+}
+
+/// Asks the relays for a new ACME certificate for `hostname` now (`certificate.renew`).
+pub(crate) async fn renew_certificate(
+    state: &AppState,
+    actor: &Actor,
+    tenant: &str,
+    hostname: &str,
+) -> Result<(), Error> {
+    let t = tenants::find(state, tenant).await?;
+    let hostname = canonical_hostname(hostname).map_err(relay_store::Error::from)?;
+    state.store().request_renewal(&t.name, &hostname).await?;
+    state
+        .record(
+            actor,
+            "certificate.renew",
+            &format!("{}/{hostname}", t.name),
+        )
+        .await;
     Ok(())
 }
 

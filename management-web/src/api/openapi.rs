@@ -167,10 +167,19 @@ pub fn openapi_document() -> Value {
     schemas.insert("CreatedCredential".into(), json!({"type": "object", "required": ["id", "secret"], "properties": {"id": {"type": "string"}, "secret": {"type": "string"}, "label": {"type": "string"}, "created_at": time}}));
     schemas.insert(
         "Hostname".into(),
-        json!({"type": "object", "properties": {"hostname": host_out, "target": name_out}}),
+        json!({"type": "object", "properties": {"hostname": host_out, "target": name_out,
+            "acme": {"type": "boolean", "description": "the relays obtain its certificate from the ACME CA"},
+            "certificate": {"oneOf": [{"$ref": "#/components/schemas/Certificate"}, {"type": "null"}]}}}),
     );
+    schemas.insert("Certificate".into(), json!({"type": "object", "properties": {
+                    "hostname": {"type": "string"}, "source": {"type": "string", "enum": ["acme", "upload"]},
+                    "serial": {"type": "string", "description": "the leaf's serial number, hex"},
+                    "not_before": time, "not_after": time}}));
+    schemas.insert("CertificateUpload".into(), json!({"type": "object", "additionalProperties": false, "required": ["certificate", "private_key"], "properties": {
+                    "certificate": {"type": "string", "description": "PEM chain, leaf first"},
+                    "private_key": {"type": "string", "description": "PEM private key; stored sealed, never shown again"}}}));
     schemas.insert("HostnameList".into(), json!({"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Hostname"}}}}));
-    schemas.insert("NewHostname".into(), json!({"type": "object", "additionalProperties": false, "required": ["hostname", "target"], "properties": {"hostname": host_in, "target": name_in}}));
+    schemas.insert("NewHostname".into(), json!({"type": "object", "additionalProperties": false, "required": ["hostname", "target"], "properties": {"hostname": host_in, "target": name_in, "acme": {"type": "boolean", "default": false}}}));
     schemas.insert("Connection".into(), json!({"type": "object", "properties": {
                     "id": {"type": "string"}, "transport": {"type": "string", "enum": ["quic", "tcp"]}, "remote_addr": {"type": "string"},
                     "connector_id": {"type": "string"}, "connector_version": {"type": "string"}, "connected_at": time,

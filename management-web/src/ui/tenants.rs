@@ -154,6 +154,12 @@ struct CredRow {
 struct HostRow {
     hostname: String,
     target: String,
+    /// Whether the relays obtain its certificate from ACME.
+    acme: bool,
+    /// Whether it has a stored certificate (uploaded or ACME).
+    has_certificate: bool,
+    /// Its certificate in words: where from and when it expires.
+    certificate: String,
 }
 
 pub(crate) struct SessRow {
@@ -224,6 +230,7 @@ pub(super) async fn tenant_page(
     let t = actions::tenants::find(state, name).await?;
     let credentials = store.credentials(&t.name).await?;
     let hostnames = store.hostnames(&t.name).await?;
+    let certificates = store.certificates(&t.name).await?;
     let sessions = session_rows(state, &t.name).await?;
     let requests = store
         .audit_query(&relay_store::AuditFilter {
@@ -275,9 +282,15 @@ pub(super) async fn tenant_page(
                 .collect(),
             hostnames: hostnames
                 .iter()
-                .map(|h| HostRow {
-                    hostname: h.hostname.clone(),
-                    target: h.target.clone(),
+                .map(|h| {
+                    let cert = certificates.iter().find(|c| c.hostname == h.hostname);
+                    HostRow {
+                        hostname: h.hostname.clone(),
+                        target: h.target.clone(),
+                        acme: h.acme,
+                        has_certificate: cert.is_some(),
+                        certificate: certificate_words(cert, h.acme),
+                    }
                 })
                 .collect(),
             sessions,
@@ -463,4 +476,24 @@ pub(super) async fn delete(
     }
     actions::tenants::delete(&state, &admin.actor(), &t.name).await?;
     Ok(Redirect::to("/tenants?done=deleted").into_response())
+}
+
+/// "ACME, expires 2027-03-01 12:00 UTC", "uploaded, expires …", "ACME, pending" or "the relay's".
+fn certificate_words(cert: Option<&relay_store::CertificateInfo>, acme: bool) -> String {
+    match (cert, acme) {
+        (Some(c), _) => {
+            let source = match c.source {
+                relay_store::CertificateSource::Acme => "ACME",
+                relay_store::CertificateSource::Upload => "uploaded",
+            };
+            let expired = if c.not_after <= relay_store::now_ms() {
+                " (expired)"
+            } else {
+                ""
+            };
+            format!("{source}, expires {}{expired}", view::when(c.not_after))
+        }
+        (None, true) => "ACME, pending".into(),
+        (None, false) => "the relay's own".into(),
+    }
 }
