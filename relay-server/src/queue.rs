@@ -435,40 +435,54 @@ fn public_base(forwarded: &HeaderMap, conn: &Visitor) -> String {
 }
 
 /// Refuses a message that would take the tenant over its quota of waiting messages or bytes.
+/// Counts a tenant's waiting messages and bytes in the store, and caches the counts.
+async fn recount(relay: &Relay, tenant_id: &str) -> Result<Usage, Refusal> {
+    let (messages, bytes) = tokio::time::timeout(STORE_TIMEOUT, relay.store.queue_usage(tenant_id))
+        .await
+        .map_err(|_| unavailable())?
+        .map_err(|_| unavailable())?;
+    let u = Usage {
+        counted: tokio::time::Instant::now(),
+        messages,
+        bytes,
+    };
+    let mut usage = relay.queue.usage.lock().unwrap_or_else(|p| p.into_inner());
+    if usage.len() > 100_000 {
+        usage.retain(|_, u| u.counted.elapsed() < USAGE_TTL);
+    }
+    usage.insert(tenant_id.to_string(), u);
+    Ok(u)
+}
+
 async fn within_quota(
     relay: &Relay,
     tenant_id: &str,
     quota: QueueQuota,
     len: u64,
 ) -> Result<(), Refusal> {
-    let cached = relay
-        .queue
-        .usage
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(tenant_id)
-        .copied()
-        .filter(|u| u.counted.elapsed() < USAGE_TTL);
-    let u = match cached {
-        Some(u) => u,
-        None => {
-            let (messages, bytes) =
-                tokio::time::timeout(STORE_TIMEOUT, relay.store.queue_usage(tenant_id))
-                    .await
-                    .map_err(|_| unavailable())?
-                    .map_err(|_| unavailable())?;
-            let u = Usage {
-                counted: tokio::time::Instant::now(),
-                messages,
-                bytes,
-            };
-            let mut usage = relay.queue.usage.lock().unwrap_or_else(|p| p.into_inner());
-            if usage.len() > 100_000 {
-                usage.retain(|_, u| u.counted.elapsed() < USAGE_TTL);
+    // One request recounts an expired entry; the others go on with its last counts meanwhile (a
+    // herd of recounts, each a scan of the tenant's waiting messages, slowed every accept as
+    // the queue grew).
+    let (cached, recount_now) = {
+        let mut usage = relay.queue.usage.lock().unwrap_or_else(|p| p.into_inner());
+        match usage.get_mut(tenant_id) {
+            Some(u) if u.counted.elapsed() < USAGE_TTL => (Some(*u), false),
+            Some(u) => {
+                let stale = *u;
+                u.counted = tokio::time::Instant::now();
+                (Some(stale), true)
             }
-            usage.insert(tenant_id.to_string(), u);
-            u
+            None => (None, true),
         }
+    };
+    let u = match cached {
+        Some(stale) => {
+            if recount_now {
+                let _ = recount(relay, tenant_id).await;
+            }
+            stale
+        }
+        None => recount(relay, tenant_id).await?,
     };
     if quota.max_messages.is_some_and(|max| u.messages >= max) {
         return Err(Refusal::Status(
