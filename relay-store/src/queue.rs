@@ -342,6 +342,14 @@ impl Row {
     }
 }
 
+/// The INSERT of new messages up to its VALUES (one row, or a group: [`Store::write_group`]).
+macro_rules! insert_into {
+    () => {
+        "INSERT INTO queue_messages (id, tenant_id, tenant, target, method, path, headers, body, \
+         body_bytes, idempotency_key, state, created_at, expires_at, next_attempt_at) VALUES "
+    };
+}
+
 /// Bodies up to this size go into a group commit; larger ones are inserted on their own.
 const GROUP_MAX_BODY: usize = 256 * 1024;
 /// Body bytes per group commit at most.
@@ -419,10 +427,7 @@ impl Store {
             return;
         }
         if batch.len() > 1 {
-            let mut sql = String::from(
-                "INSERT INTO queue_messages (id, tenant_id, tenant, target, method, path, headers, \
-                 body, body_bytes, idempotency_key, state, created_at, expires_at, next_attempt_at) VALUES ",
-            );
+            let mut sql = String::from(insert_into!());
             for i in 0..batch.len() {
                 let p = i * 13;
                 if i > 0 {
@@ -449,21 +454,7 @@ impl Store {
             sql.push_str(COLUMNS);
             let mut q = sqlx::query_as::<_, Row>(&sql);
             for w in &batch {
-                let m = &w.message;
-                q = q
-                    .bind(&m.id)
-                    .bind(&m.tenant_id)
-                    .bind(&m.tenant)
-                    .bind(&m.target)
-                    .bind(&m.method)
-                    .bind(&m.path)
-                    .bind(&m.headers)
-                    .bind(&m.body)
-                    .bind(m.body.len() as i64)
-                    .bind(&m.idempotency_key)
-                    .bind(w.now)
-                    .bind(w.now.saturating_add(m.ttl_ms))
-                    .bind(w.now);
+                q = bind_message(q, &w.message, w.now);
             }
             if let Ok(rows) = q.fetch_all(&self.pool).await {
                 // RETURNING's order is not promised: rows are matched by their message id.
@@ -508,8 +499,16 @@ fn insert_message<'q>(
     m: &'q NewMessage,
     now: i64,
 ) -> sqlx::query::QueryAs<'q, sqlx::Any, Row, sqlx::any::AnyArguments<'q>> {
-    sqlx::query_as(INSERT_MESSAGE)
-        .bind(&m.id)
+    bind_message(sqlx::query_as(INSERT_MESSAGE), m, now)
+}
+
+/// Binds a new message's 13 values, in the order of [`INSERT_MESSAGE`]'s columns.
+fn bind_message<'q>(
+    q: sqlx::query::QueryAs<'q, sqlx::Any, Row, sqlx::any::AnyArguments<'q>>,
+    m: &'q NewMessage,
+    now: i64,
+) -> sqlx::query::QueryAs<'q, sqlx::Any, Row, sqlx::any::AnyArguments<'q>> {
+    q.bind(&m.id)
         .bind(&m.tenant_id)
         .bind(&m.tenant)
         .bind(&m.target)
@@ -534,9 +533,8 @@ macro_rules! columns {
 }
 
 const INSERT_MESSAGE: &str = concat!(
-    "INSERT INTO queue_messages (id, tenant_id, tenant, target, method, path, headers, body, \
-     body_bytes, idempotency_key, state, created_at, expires_at, next_attempt_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', $11, $12, $13) RETURNING ",
+    insert_into!(),
+    "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued', $11, $12, $13) RETURNING ",
     columns!()
 );
 
