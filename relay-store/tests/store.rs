@@ -337,7 +337,18 @@ async fn audit_records_batch_query_and_purge(store: Store) {
         .unwrap()
         .iter()
         .any(|r| r.request_id == "new"));
-    assert_eq!(store.purge_audit(1_100).await.unwrap(), 100);
+    // Values survive as they were: quotes, backslashes, control characters, non-ASCII, NULL.
+    let mut odd = audit_record("odd", "acme", 1_050);
+    odd.path = "/ü/\"x\"\\\n\u{1}/€".into();
+    odd.session_node = Some("n2".into());
+    odd.bytes_in = i64::MAX;
+    store
+        .insert_audit(std::slice::from_ref(&odd))
+        .await
+        .unwrap();
+    let back = store.audit(None, 5000).await.unwrap();
+    assert_eq!(back.iter().find(|r| r.request_id == "odd"), Some(&odd));
+    assert_eq!(store.purge_audit(1_100).await.unwrap(), 101);
     assert_eq!(store.audit(None, 1000).await.unwrap().len(), 500);
 }
 
