@@ -117,10 +117,21 @@ impl Issuer {
         if !store.acme_hostnames().await?.iter().any(|h| due(h, now)) {
             return Ok(());
         }
-        let Some(_lock) = store.try_issuance_lock().await? else {
+        let Some(lock) = store.try_issuance_lock().await? else {
             debug!("another relay node is issuing certificates");
             return Ok(());
         };
+        let issued = self.issue_due(&store).await;
+        // Released at once: a dropped lock would end only when its pooled connection is used
+        // again, keeping the other nodes from issuing meanwhile.
+        if let Err(e) = lock.release().await {
+            debug!(error = %e, "issuance lock not released cleanly; its connection will end it");
+        }
+        issued
+    }
+
+    /// Issues what is due, under the issuance lock.
+    async fn issue_due(&mut self, store: &relay_store::Store) -> anyhow::Result<()> {
         // Read again under the lock: the node that held it may have just issued these.
         let now = relay_store::now_ms();
         let due: Vec<AcmeHostname> = store

@@ -308,10 +308,21 @@ pub struct AcmeHostname {
     pub last_error: Option<String>,
 }
 
-/// The issuance lock: held while one node talks to the ACME CA; dropping it releases it.
+/// The issuance lock: held while one node talks to the ACME CA; [`IssuanceLock::release`] ends it.
 #[derive(Debug)]
 pub struct IssuanceLock {
-    _tx: Option<sqlx::Transaction<'static, sqlx::Any>>,
+    tx: Option<sqlx::Transaction<'static, sqlx::Any>>,
+}
+
+impl IssuanceLock {
+    /// Releases the lock now by ending its transaction. Dropping it releases it too, but only
+    /// once the pool uses that connection again (sqlx queues the rollback until then).
+    pub async fn release(mut self) -> Result<(), Error> {
+        if let Some(tx) = self.tx.take() {
+            tx.rollback().await?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -650,14 +661,14 @@ impl Store {
     /// on SQLite, which serves one node, always granted.
     pub async fn try_issuance_lock(&self) -> Result<Option<IssuanceLock>, Error> {
         match self.backend {
-            Backend::Sqlite => Ok(Some(IssuanceLock { _tx: None })),
+            Backend::Sqlite => Ok(Some(IssuanceLock { tx: None })),
             Backend::Postgres => {
                 let mut tx = self.pool.begin().await?;
                 let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock($1)")
                     .bind(ISSUANCE_LOCK)
                     .fetch_one(&mut *tx)
                     .await?;
-                Ok(got.then_some(IssuanceLock { _tx: Some(tx) }))
+                Ok(got.then_some(IssuanceLock { tx: Some(tx) }))
             }
         }
     }

@@ -133,7 +133,7 @@ async fn certificates(store: Store) {
     if store.backend() == relay_store::Backend::Postgres {
         assert!(store.try_issuance_lock().await.unwrap().is_none());
     }
-    drop(lock);
+    lock.unwrap().release().await.unwrap();
     assert!(store.try_issuance_lock().await.unwrap().is_some());
 
     // Removing the certificate, then the hostname (which takes its state along).
