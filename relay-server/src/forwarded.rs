@@ -126,9 +126,9 @@ pub fn header(chain: &[String], proto: &str, host: Option<&str>) -> String {
             Ok(IpAddr::V6(v6)) => {
                 let _ = write!(out, "\"[{v6}]\"");
             }
-            Ok(ip) => {
-                let _ = write!(out, "{ip}");
-            }
+            // A parsed IPv4 address is written as it came: Rust's parser takes only the
+            // canonical dotted form, so formatting it again would give the same text.
+            Ok(IpAddr::V4(_)) => out.push_str(addr),
             // Anything else from a trusted proxy's chain (obfuscated ids, "unknown") is quoted.
             Err(_) => quoted(&mut out, addr),
         }
@@ -157,6 +157,11 @@ mod tests {
         assert_eq!(
             header(&["2001:db8::1".into(), "10.0.0.2".into()], "http", None),
             "for=\"[2001:db8::1]\", for=10.0.0.2;proto=http"
+        );
+        // Only the canonical IPv4 form parses; anything else is quoted as it came.
+        assert_eq!(
+            header(&["010.0.0.1".into(), "10.0.0.1".into()], "http", None),
+            "for=\"010.0.0.1\", for=10.0.0.1;proto=http"
         );
         assert_eq!(
             header(&["unknown\"x".into()], "http", Some("a\"b")),

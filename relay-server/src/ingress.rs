@@ -123,11 +123,7 @@ pub(crate) async fn serve(
                                 .1
                                 .server_name()
                                 .map(str::to_ascii_lowercase);
-                            let visitor = Visitor {
-                                peer,
-                                scheme: "https",
-                                sni,
-                            };
+                            let visitor = Visitor::new(peer, "https", sni);
                             serve_connection(relay, builder, tls_stream, visitor, watcher).await
                         }
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
@@ -135,11 +131,7 @@ pub(crate) async fn serve(
                     }
                 }
                 None => {
-                    let visitor = Visitor {
-                        peer,
-                        scheme: "http",
-                        sni: None,
-                    };
+                    let visitor = Visitor::new(peer, "http", None);
                     serve_connection(relay, builder, stream, visitor, watcher).await
                 }
             }

@@ -188,7 +188,7 @@ pub(crate) async fn handle(
         &request_id,
         req.method().as_str(),
         req.uri().path(),
-        conn.peer.ip().to_string(),
+        conn.peer_ip.clone(),
     );
     let mut response = match proxy(&relay, req, &conn, &mut draft, &mut counters).await {
         Ok(r) => r,
@@ -224,7 +224,7 @@ async fn queued(
         &request_id,
         req.method().as_str(),
         req.uri().path(),
-        conn.peer.ip().to_string(),
+        conn.peer_ip.clone(),
     );
     let mut response = crate::queue::handle(&relay, req, &conn, &mut draft, kind).await;
     let counters = relay.metrics.tenant(&draft.tenant);
@@ -503,7 +503,7 @@ pub(crate) fn visitor_headers(
     request_headers(
         headers,
         uri,
-        (conn.peer, forwarded_for),
+        (&conn.peer_ip, forwarded_for),
         conn.scheme,
         &draft.request_id,
     )
@@ -787,9 +787,23 @@ async fn respond(
 #[derive(Debug)]
 pub(crate) struct Visitor {
     pub(crate) peer: SocketAddr,
+    /// The peer's address as text, written once per connection (every request needs it for
+    /// the audit record and the forwarding headers; formatting an address is not cheap).
+    pub(crate) peer_ip: String,
     pub(crate) scheme: &'static str,
     /// The TLS server name the visitor asked for (lowercase), if any.
     pub(crate) sni: Option<String>,
+}
+
+impl Visitor {
+    pub(crate) fn new(peer: SocketAddr, scheme: &'static str, sni: Option<String>) -> Visitor {
+        Visitor {
+            peer,
+            peer_ip: peer.ip().to_string(),
+            scheme,
+            sni,
+        }
+    }
 }
 
 /// The headers sent to the backend: hop-by-hop and relay-internal ones removed, then the
@@ -799,7 +813,7 @@ pub(crate) struct Visitor {
 fn request_headers(
     mut headers: HeaderMap,
     uri: &http::Uri,
-    (peer, forwarded_for): (SocketAddr, Option<Vec<String>>),
+    (peer_ip, forwarded_for): (&str, Option<Vec<String>>),
     scheme: &'static str,
     request_id: &str,
 ) -> HeaderMap {
@@ -834,13 +848,12 @@ fn request_headers(
         headers.remove(name);
     }
     // Added after stripping, so a visitor can neither remove nor pre-set them.
-    let peer_ip = peer.ip().to_string();
     let chain = match forwarded_for {
         Some(mut chain) => {
-            chain.push(peer_ip);
+            chain.push(peer_ip.to_string());
             chain
         }
-        None => vec![peer_ip],
+        None => vec![peer_ip.to_string()],
     };
     if let Ok(v) = HeaderValue::from_str(&chain.join(", ")) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
