@@ -115,6 +115,12 @@ def cpu_s(pid):
         return 0.0
 
 
+def postgres_cpu_s():
+    """User + system CPU seconds of every live PostgreSQL process (the server's backends)."""
+    out = subprocess.run(["pgrep", "-x", "postgres"], capture_output=True, text=True).stdout.split()
+    return sum(cpu_s(int(p)) for p in out)
+
+
 class Metrics:
     """The relay's /metrics on its admin listener (an API token is required)."""
 
@@ -254,16 +260,22 @@ def relay_round(store, rnd, work, pg, duration, script, relay_bin, conn_bin):
         one_accept(url)
         log(f"{store} round {rnd}: accept, connector offline, {duration} s")
         cpu0 = cpu_s(relay.pid)
+        pg0 = postgres_cpu_s()
         sampler = Sampler(metrics)
         acc = wrk_post(url, duration, script)
+        pg_cpu = postgres_cpu_s() - pg0
         acc["per_second"] = sampler.finish()
         accepted = settled(metrics, "relay_queue_accepted_total")
         acc["accepted"] = accepted
         acc["relay_cpu_us_per_message"] = round((cpu_s(relay.pid) - cpu0) * 1e6 / max(accepted, 1))
+        if store == "postgres":
+            acc["postgres_cpu_us_per_message"] = round(pg_cpu * 1e6 / max(accepted, 1))
         acc["messages_per_s"] = round((accepted - 1) / duration, 1)
         if acc["errors"]:
             log(f"  {acc['errors']} requests were not accepted")
         log(f"  {acc['messages_per_s']:.0f} messages/s accepted ({accepted} in all), per second: {acc['per_second']}")
+        log(f"  CPU per accept: relay {acc['relay_cpu_us_per_message']} µs"
+            + (f", PostgreSQL {acc['postgres_cpu_us_per_message']} µs" if store == "postgres" else ""))
 
         log(f"{store} round {rnd}: deliver {accepted} messages")
         cpu0 = cpu_s(relay.pid)
