@@ -613,6 +613,9 @@ impl Dialer {
         // Where the cluster lists other nodes, a slot that shares its node with another slot
         // moves to a node no slot is on, so that a node loss never takes every session.
         let mut spread_at = tokio::time::Instant::now() + SPREAD_FIRST_CHECK;
+        // Set when the relay refused the session (credential revoked, tenant disabled): then
+        // nothing more is served on it, not even the streams in flight.
+        let mut refused = false;
         let ended = loop {
             // Why select: the session is driven by whichever comes first — a new stream from the
             // relay, a control frame, the renewal deadline, a QUIC probe, the connection closing,
@@ -656,6 +659,7 @@ impl Dialer {
                     Ok(ControlFrame::Refused(r)) => {
                         warn!(code = %r.code, reason = %r.message, "relay ended the session");
                         self.token.lock().unwrap_or_else(|p| p.into_inner()).0 = None;
+                        refused = true;
                         break Ended::Lost(format!("refused: {}", r.message));
                     }
                     Ok(_) => {}
@@ -726,9 +730,15 @@ impl Dialer {
         if let Some(p) = probe {
             p.abort();
         }
-        // Let the streams in flight finish (bounded), then close the connection.
+        // Let the streams in flight finish (bounded), then close the connection; after a
+        // refusal, close at once, which aborts them (a revoked credential serves nothing more).
         streams.close();
-        if tokio::time::timeout(DRAIN_GRACE, streams.wait())
+        if refused {
+            debug!(
+                left = streams.len(),
+                "session refused; streams in flight are cut"
+            );
+        } else if tokio::time::timeout(DRAIN_GRACE, streams.wait())
             .await
             .is_err()
         {
