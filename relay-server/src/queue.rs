@@ -744,6 +744,13 @@ pub(crate) async fn run(relay: Arc<Relay>, stop: CancellationToken, deliveries: 
                 debug!(error = %e, "queue purge failed");
             }
         }
+        // Without a usable session here there is nothing this node could deliver: the query
+        // (over every waiting message) is not made. Accepts for offline connectors woke this
+        // loop up to 100 times a second, and PostgreSQL spent more CPU on those scans than on
+        // the accepts themselves.
+        if relay.draining.load(Ordering::Acquire) || !relay.registry.any_available() {
+            continue;
+        }
         let due = match relay.store.due_tenants().await {
             Ok(d) => d,
             Err(e) => {

@@ -199,6 +199,12 @@ impl Registry {
             .is_some_and(|list| list.iter().any(|s| s.available()))
     }
 
+    /// Whether any tenant has a session that takes new streams.
+    pub(crate) fn any_available(&self) -> bool {
+        let map = self.sessions.read().unwrap_or_else(|p| p.into_inner());
+        map.values().flatten().any(|s| s.available())
+    }
+
     /// The sessions of `tenant`.
     pub(crate) fn of_tenant(&self, tenant: &TenantId) -> Vec<Arc<SessionEntry>> {
         let map = self.sessions.read().unwrap_or_else(|p| p.into_inner());
