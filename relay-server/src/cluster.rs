@@ -675,14 +675,20 @@ async fn serve_forwarded(relay: Arc<Relay>, mut send: SendHalf, mut recv: RecvHa
             return;
         }
     };
-    let accepted = NodeMessage::Accepted {
+    // The forwarding node reads `Accepted` only before the response head: it leaves in the same
+    // write as the connector's first bytes, not in a packet (and a wake-up of that node) of its own.
+    let mut accepted = BytesMut::new();
+    NodeMessage::Accepted {
         session_id: session.id.clone(),
-    };
-    if write_message(&mut send, &accepted).await.is_err() {
-        return;
     }
+    .encode(&mut accepted);
     relay.metrics.forwarded_in.fetch_add(1, Ordering::Relaxed);
-    let ends = tunnel_session::pipe::pipe((send, recv), (to_connector, from_connector)).await;
+    let ends = tunnel_session::pipe::pipe_with_prefix(
+        (send, recv),
+        (to_connector, from_connector),
+        accepted.freeze(),
+    )
+    .await;
     debug!(request_id, ?ends, "forwarded request done");
     drop(guard);
 }

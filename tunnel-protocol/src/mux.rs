@@ -114,6 +114,17 @@ pub enum Recv {
     End,
 }
 
+/// What [`Mux::read_chunk`] found.
+#[derive(Debug)]
+pub enum Chunk {
+    /// Buffered bytes, handed out.
+    Data(Bytes),
+    /// Nothing buffered yet: wait for [`Wake::Recv`].
+    Blocked,
+    /// The peer finished and everything was read.
+    End,
+}
+
 /// Whether the peer asked a stream's writer to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopState {
@@ -715,6 +726,34 @@ impl Mux {
         match s.recv {
             RecvState::Open => Ok(Recv::Blocked),
             RecvState::Fin => Ok(Recv::End),
+            RecvState::Reset(code) => Err(StreamError::Reset(code)),
+            RecvState::Stopped(code) => Err(StreamError::Stopped(code)),
+        }
+    }
+
+    /// Like [`Mux::read`], but hands out the front buffered chunk itself (at most `max` bytes,
+    /// `max` > 0) without a copy.
+    pub fn read_chunk(&mut self, id: u64, max: usize) -> Result<Chunk, StreamError> {
+        let Mux { streams, conn } = self;
+        let Some(s) = streams.get_mut(&id) else {
+            return Err(conn.closed_error());
+        };
+        while s.recv_buf.front().is_some_and(|f| f.is_empty()) {
+            s.recv_buf.pop_front();
+        }
+        if let Some(front) = s.recv_buf.front_mut() {
+            let k = front.len().min(max.max(1));
+            let chunk = if k == front.len() {
+                s.recv_buf.pop_front().unwrap_or_default()
+            } else {
+                front.split_to(k)
+            };
+            s.consumed(id, k as u64, conn);
+            return Ok(Chunk::Data(chunk.freeze()));
+        }
+        match s.recv {
+            RecvState::Open => Ok(Chunk::Blocked),
+            RecvState::Fin => Ok(Chunk::End),
             RecvState::Reset(code) => Err(StreamError::Reset(code)),
             RecvState::Stopped(code) => Err(StreamError::Stopped(code)),
         }

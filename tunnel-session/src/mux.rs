@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tunnel_protocol::mux::{
-    Header, Mux, ProtocolError, Recv, Sent, StopState, Wake, HEADER_LEN, MAX_FRAME_PAYLOAD,
+    Chunk, Header, Mux, ProtocolError, Recv, Sent, StopState, Wake, HEADER_LEN, MAX_FRAME_PAYLOAD,
 };
 use tunnel_protocol::ErrorCode;
 
@@ -624,6 +624,27 @@ impl RecvStream {
         state.mux.stop(self.id, code).map_err(stream_error)?;
         wake_one(&mut state.stream(self.id).recv);
         Ok(())
+    }
+}
+
+impl RecvStream {
+    /// The next buffered chunk (at most `max` bytes) as it arrived, without a copy; `None` at
+    /// the end of the stream.
+    pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {
+        poll_fn(|cx| {
+            let id = self.id;
+            let mut state = self.conn.shared.lock();
+            match state.mux.read_chunk(id, max) {
+                Ok(Chunk::Data(b)) => Poll::Ready(Ok(Some(b))),
+                Ok(Chunk::End) => Poll::Ready(Ok(None)),
+                Ok(Chunk::Blocked) => {
+                    set_waker(&mut state.stream(id).recv, cx);
+                    Poll::Pending
+                }
+                Err(e) => Poll::Ready(Err(stream_error(e))),
+            }
+        })
+        .await
     }
 }
 

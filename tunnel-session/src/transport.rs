@@ -175,6 +175,14 @@ impl SendHalf {
         }
     }
 
+    /// Writes `data` without copying it.
+    pub async fn write_chunk(&mut self, data: Bytes) -> io::Result<()> {
+        match self {
+            SendHalf::Quic(s) => s.write_chunk(data).await.map_err(io::Error::from),
+            SendHalf::Tcp(s) => s.write_bytes(data).await,
+        }
+    }
+
     /// Ends the direction cleanly.
     pub fn finish(&mut self) {
         match self {
@@ -246,6 +254,20 @@ impl RecvHalf {
             RecvHalf::Tcp(r) => {
                 let _ = r.stop(code.0);
             }
+        }
+    }
+}
+
+impl RecvHalf {
+    /// The next chunk as the transport holds it (at most `max` bytes), without a copy; `None` at
+    /// the end of the stream. Cancel safe: a chunk is taken only when it is returned.
+    pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {
+        match self {
+            RecvHalf::Quic(r) => match r.read_chunk(max, true).await {
+                Ok(c) => Ok(c.map(|c| c.bytes)),
+                Err(e) => Err(io::Error::from(e)),
+            },
+            RecvHalf::Tcp(r) => r.read_chunk(max).await,
         }
     }
 }

@@ -175,3 +175,48 @@ fn a_ping_flood_queues_one_pong_and_close_keeps_finished_messages() {
         Err(StreamError::Closed(_))
     ));
 }
+
+#[test]
+fn chunks_are_handed_out_whole_or_split_and_return_credit() {
+    let (mut a, mut b) = pair(8);
+    let id = a.open().unwrap().unwrap();
+    let mut data = Bytes::from(vec![7u8; STREAM_WINDOW as usize]);
+    while a.send(id, &mut data).unwrap() == Sent::Progress && !data.is_empty() {}
+    deliver(&mut a, &mut b).unwrap();
+    assert_eq!(b.accept().unwrap(), Some(id));
+    // At most `max` bytes per chunk, in order, then the end.
+    let mut got = 0usize;
+    loop {
+        match b.read_chunk(id, 1000).unwrap() {
+            Chunk::Data(c) => {
+                assert!(!c.is_empty() && c.len() <= 1000, "{}", c.len());
+                assert!(c.iter().all(|&x| x == 7));
+                got += c.len();
+            }
+            Chunk::Blocked => break,
+            Chunk::End => panic!("the end before the FIN"),
+        }
+    }
+    assert_eq!(got as u64, STREAM_WINDOW);
+    assert_eq!(b.buffered(id), Some(0));
+    // The reads returned credit, as `read` does: the writer may go on.
+    let wakes = deliver(&mut b, &mut a).unwrap();
+    assert!(wakes.contains(&Wake::Send(id)), "{wakes:?}");
+    a.finish(id).unwrap();
+    deliver(&mut a, &mut b).unwrap();
+    assert!(matches!(b.read_chunk(id, 1000), Ok(Chunk::End)));
+}
+
+#[test]
+fn a_chunk_read_on_an_open_quiet_stream_blocks() {
+    let (mut a, mut b) = pair(8);
+    let id = a.open().unwrap().unwrap();
+    let mut data = Bytes::from_static(b"x");
+    a.send(id, &mut data).unwrap();
+    deliver(&mut a, &mut b).unwrap();
+    assert!(matches!(b.read_chunk(id, 64), Ok(Chunk::Data(c)) if &c[..] == b"x"));
+    assert!(matches!(b.read_chunk(id, 64), Ok(Chunk::Blocked)));
+    a.reset(id, 9);
+    deliver(&mut a, &mut b).unwrap();
+    assert_eq!(b.read_chunk(id, 64).unwrap_err(), StreamError::Reset(9));
+}
