@@ -232,6 +232,9 @@ def one_accept(url):
         raise SystemExit(f"queue accept answered {resp.status} without a message id")
 
 
+PERF_DIR = None
+
+
 def relay_round(store, rnd, work, pg, duration, script, relay_bin, conn_bin):
     """Accept with the connector offline, then deliver; returns the figures and a stored row's
     headers (for the limit's INSERT)."""
@@ -262,7 +265,15 @@ def relay_round(store, rnd, work, pg, duration, script, relay_bin, conn_bin):
         cpu0 = cpu_s(relay.pid)
         pg0 = postgres_cpu_s()
         sampler = Sampler(metrics)
+        # `--perf DIR`: a CPU profile of the relay while it accepts (perf report -i DIR/...).
+        perf = None
+        if PERF_DIR and rnd == 1:
+            perf = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", f"{PERF_DIR}/{store}-accept.data",
+                                     "-p", str(relay.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         acc = wrk_post(url, duration, script)
+        if perf:
+            perf.send_signal(signal.SIGINT)
+            perf.wait(timeout=60)
         pg_cpu = postgres_cpu_s() - pg0
         acc["per_second"] = sampler.finish()
         accepted = settled(metrics, "relay_queue_accepted_total")
@@ -439,7 +450,10 @@ def main():
     ap.add_argument("--duration", type=int, default=10, help="seconds of accepting, and of each limit run")
     ap.add_argument("--store", choices=("sqlite", "postgres", "both"), default="both")
     ap.add_argument("--pg-fsync", choices=("on", "off"), default="on")
+    ap.add_argument("--perf", metavar="DIR", help="record a perf profile of the relay's first accept run per store")
     args = ap.parse_args()
+    global PERF_DIR
+    PERF_DIR = args.perf and os.path.abspath(args.perf)
     rounds = 1 if args.smoke else args.rounds
     duration = 3 if args.smoke else args.duration
     stores = ["sqlite", "postgres"] if args.store == "both" else [args.store]

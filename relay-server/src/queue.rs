@@ -549,7 +549,13 @@ fn message_id() -> String {
             *x ^= y;
         }
     }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(32);
+    for x in b {
+        id.push(char::from(HEX[usize::from(x >> 4)]));
+        id.push(char::from(HEX[usize::from(x & 15)]));
+    }
+    id
 }
 
 /// GET (status, or the stored response) and DELETE (cancel) on a status resource.
@@ -1131,6 +1137,9 @@ mod tests {
     fn message_ids_are_128_random_bits() {
         let (a, b) = (message_id(), message_id());
         assert_eq!(a.len(), 32);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
         assert_ne!(a, b);
     }
 }

@@ -359,7 +359,7 @@ async fn ordered_on_postgres() {
 }
 
 /// Accepts that arrive together share INSERTs (group commit): every one is stored once, with its
-/// own body, and answered with its own row; a large body goes on its own beside them.
+/// own body, and answered with its own row as stored; a large body goes on its own beside them.
 async fn concurrent_accepts_are_each_stored_once(store: Store) {
     let mut tasks = Vec::new();
     for i in 0..200usize {
@@ -382,6 +382,12 @@ async fn concurrent_accepts_are_each_stored_once(store: Store) {
         assert_eq!(stored.body_bytes, sent.body.len() as i64);
         assert_eq!(stored.path, sent.path);
         assert!(seqs.insert(stored.seq), "one row per accept");
+        // What the accept answered with is the row as stored (a group insert returns only the
+        // sequence number and builds the rest).
+        assert_eq!(
+            Some(&stored),
+            store.message(&stored.id).await.unwrap().as_ref()
+        );
     }
     let claimed = store.claim("t1", "n1", 60_000, 1000).await.unwrap();
     assert_eq!(claimed.len(), 200);
