@@ -23,7 +23,10 @@ sides are bound by CPU and the write lock. Results go to bench/results/queue.jso
 (queue-smoke.json with --smoke); bench/report.py adds a "Queue mode" section to the benchmarks page.
 
 Usage: python3 bench/queue.py [--smoke] [--rounds N] [--duration SECONDS] [--store sqlite|postgres|both]
-                              [--pg-fsync on|off]
+                              [--pg-fsync on|off] [--perf DIR]
+
+`--perf DIR` records the relay with `perf record -g` during the first accept run of each store
+(DIR/{store}-accept.data, for `perf report -i`).
 """
 
 import argparse
