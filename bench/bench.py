@@ -276,6 +276,20 @@ def start(cmd, env=None, **kw):
                             stderr=subprocess.STDOUT, start_new_session=True, **kw)
 
 
+def stop_all(procs):
+    """SIGTERM to each process group, then up to 40 s for each to exit before SIGKILL."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
 def dump_logs():
     for name, f in LOGS:
         f.seek(0)
@@ -460,16 +474,7 @@ def main():
         dump_logs()
         raise
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop_all(procs)
         if stop_pg:
             try:
                 stop_pg()

@@ -12,7 +12,6 @@ Usage: python3 bench/cluster_ab.py --old /tmp/old-bin --new target/release [--ro
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -115,16 +114,7 @@ def main():
         bench.dump_logs()
         raise
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        bench.stop_all(procs)
         for stop in stops:
             try:
                 stop()
