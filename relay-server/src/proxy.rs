@@ -707,6 +707,10 @@ async fn forwarded(
         Ok(other) => Err(fail(ProxyError::Connector(format!(
             "unexpected node message {other:?}"
         )))),
+        // The connector reset its stream before answering; the owning node passes only the
+        // reset on (its `Accepted` would have ridden with the first bytes): a connector failure,
+        // as on one node, and the link is fine.
+        Err(e) if stream_reset(&e) => Err(fail(ProxyError::Connector(e.to_string()))),
         // The owning node is gone (killed, cut off): as when a local session is lost, the
         // visitor may retry once the connector is back elsewhere.
         Err(e) => {
@@ -715,6 +719,13 @@ async fn forwarded(
             Err(fail(ProxyError::NoSession))
         }
     }
+}
+
+/// Whether a node-link read failed because the stream was reset (rather than the link lost).
+fn stream_reset(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .and_then(tunnel_session::transport::reset_code)
+        .is_some()
 }
 
 /// Phase 4: the visitor's response — the backend's body streamed from the tunnel, or, after a

@@ -373,6 +373,86 @@ async fn two_connectors_with_different_targets_serve_both_through_every_node() -
     Ok(())
 }
 
+/// A connector that resets a request's stream before answering: the visitor gets 502 through
+/// the node holding its session and through one that forwards, not 503 as if the node link had
+/// failed; and the forwarding node keeps forwarding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_reset_before_the_answer_is_a_bad_gateway_on_every_node() -> anyhow::Result<()>
+{
+    use bytes::BytesMut;
+    use tunnel_protocol::{ControlFrame, Credential, ErrorCode, ResponseHead, StreamFrame};
+
+    /// Answers `…/reset` with a reset and anything else with an empty 200.
+    async fn serve(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let mut buf = BytesMut::new();
+        let head = loop {
+            match StreamFrame::decode(&mut buf) {
+                Ok(Some(StreamFrame::RequestHead(h))) => break h,
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) => {}
+            }
+            match recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+                _ => return,
+            }
+        };
+        if head.path_and_query.ends_with("/reset") {
+            let _ = send.reset(ErrorCode::BACKEND_ABORTED.0.into());
+            return;
+        }
+        let mut out = BytesMut::new();
+        StreamFrame::ResponseHead(ResponseHead {
+            status: StatusCode::OK,
+            headers: http::HeaderMap::new(),
+        })
+        .encode(&mut out);
+        let _ = send.write_all(&out).await;
+        let _ = send.finish();
+        let _ = send.stopped().await;
+    }
+
+    trace_init();
+    let c = Cluster::new();
+    let nodes: Vec<RelayProcess> = ["alpha", "beta"]
+        .iter()
+        .map(|n| c.node(n, NodeOptions::default()))
+        .collect();
+    c.provision();
+    let secret = std::fs::read_to_string(c.dir().join("secret"))?;
+    let (conn, _control, welcome) = common::hello_at(
+        nodes[1].https,
+        &c.cert,
+        "acme",
+        Credential::Secret(secret.trim().to_string()),
+        &["app"],
+    )
+    .await;
+    assert!(matches!(welcome, ControlFrame::Welcome(_)), "{welcome:?}");
+    let streams = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                tokio::spawn(serve(send, recv));
+            }
+        })
+    };
+    for n in &nodes {
+        c.until_ok(n, "/relay/acme/app/ok").await;
+    }
+    for round in 0..3 {
+        for (i, n) in nodes.iter().enumerate() {
+            let a = tokio::time::timeout(NO_HANG, c.client.get(&c.url(n, "/relay/acme/app/reset")))
+                .await??;
+            assert_eq!(a.status, StatusCode::BAD_GATEWAY, "node {i}, round {round}");
+            let a = tokio::time::timeout(NO_HANG, c.client.get(&c.url(n, "/relay/acme/app/ok")))
+                .await??;
+            assert_eq!(a.status, StatusCode::OK, "node {i}, round {round}");
+        }
+    }
+    streams.abort();
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_node_that_holds_the_sessions() -> anyhow::Result<()> {
     trace_init();

@@ -155,6 +155,19 @@ enum RecvState {
     Stopped(u32),
 }
 
+impl RecvState {
+    /// What a read finds once nothing is buffered: whether the stream has ended (`false`: more
+    /// may come), or why it cannot be read.
+    fn ended(self) -> Result<bool, StreamError> {
+        match self {
+            RecvState::Open => Ok(false),
+            RecvState::Fin => Ok(true),
+            RecvState::Reset(code) => Err(StreamError::Reset(code)),
+            RecvState::Stopped(code) => Err(StreamError::Stopped(code)),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Stream {
     send: SendState,
@@ -723,12 +736,11 @@ impl Mux {
             s.consumed(id, n as u64, conn);
             return Ok(Recv::Data(n));
         }
-        match s.recv {
-            RecvState::Open => Ok(Recv::Blocked),
-            RecvState::Fin => Ok(Recv::End),
-            RecvState::Reset(code) => Err(StreamError::Reset(code)),
-            RecvState::Stopped(code) => Err(StreamError::Stopped(code)),
-        }
+        Ok(if s.recv.ended()? {
+            Recv::End
+        } else {
+            Recv::Blocked
+        })
     }
 
     /// Like [`Mux::read`], but hands out the front buffered chunk itself (at most `max` bytes,
@@ -751,12 +763,11 @@ impl Mux {
             s.consumed(id, k as u64, conn);
             return Ok(Chunk::Data(chunk.freeze()));
         }
-        match s.recv {
-            RecvState::Open => Ok(Chunk::Blocked),
-            RecvState::Fin => Ok(Chunk::End),
-            RecvState::Reset(code) => Err(StreamError::Reset(code)),
-            RecvState::Stopped(code) => Err(StreamError::Stopped(code)),
-        }
+        Ok(if s.recv.ended()? {
+            Chunk::End
+        } else {
+            Chunk::Blocked
+        })
     }
 
     /// Stream `id`'s send handle is gone: an open direction is finished (FIN).

@@ -625,9 +625,7 @@ impl RecvStream {
         wake_one(&mut state.stream(self.id).recv);
         Ok(())
     }
-}
 
-impl RecvStream {
     /// The next buffered chunk (at most `max` bytes) as it arrived, without a copy; `None` at
     /// the end of the stream.
     pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {

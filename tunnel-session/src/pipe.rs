@@ -33,7 +33,8 @@ pub async fn pipe(a: (SendHalf, RecvHalf), b: (SendHalf, RecvHalf)) -> (PipeEnd,
 
 /// [`pipe`], with `prefix` sent to `a` ahead of `b`'s first bytes, in the same write: a message
 /// that only needs to arrive before the answer (a forwarded request's `Accepted`) costs no packet
-/// of its own. The prefix is also sent when `b` ends without a byte.
+/// of its own. The prefix is also sent when `b` finishes without a byte; when `b` is reset first,
+/// only the reset is passed on.
 pub async fn pipe_with_prefix(
     a: (SendHalf, RecvHalf),
     b: (SendHalf, RecvHalf),
@@ -75,9 +76,6 @@ async fn forward(mut from: RecvHalf, mut to: SendHalf, mut prefix: Bytes) -> Pip
             }
             Err(e) => {
                 let code = reset_code(&e).unwrap_or(ErrorCode::INTERNAL);
-                if !prefix.is_empty() {
-                    let _ = to.write_chunk(prefix).await;
-                }
                 to.reset(code);
                 return PipeEnd::Reset(code);
             }
@@ -87,5 +85,165 @@ async fn forward(mut from: RecvHalf, mut to: SendHalf, mut prefix: Bytes) -> Pip
             from.stop(code);
             return PipeEnd::Stopped(code);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::task::JoinHandle;
+    use tokio::time::timeout;
+    use tunnel_protocol::mux::Role;
+
+    use super::*;
+    use crate::mux::{Config, Connection};
+
+    const SECS5: Duration = Duration::from_secs(5);
+
+    /// A dialer and an acceptor over an in-memory duplex.
+    fn connections() -> (Connection, Connection) {
+        let config = Config {
+            max_streams: 8,
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
+        };
+        let addr: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+        let (x, y) = tokio::io::duplex(256 * 1024);
+        (
+            Connection::new(x, Role::Dialer, config.clone(), addr),
+            Connection::new(y, Role::Acceptor, config, addr),
+        )
+    }
+
+    struct Piped {
+        /// The outer caller's ends (a visitor's node link, say).
+        outer: (SendHalf, RecvHalf),
+        /// The inner server's ends (a connector stream, say).
+        inner: (SendHalf, RecvHalf),
+        task: JoinHandle<(PipeEnd, PipeEnd)>,
+        /// Kept alive for the test's length.
+        _conns: [Connection; 4],
+    }
+
+    /// outer → [a … pipe … b] → inner: the outer end sends "request", the pipe joins the stream
+    /// it arrives on to a new stream towards the inner end, with `prefix` ahead of the answer.
+    async fn piped(prefix: &'static [u8]) -> Piped {
+        let (outer_conn, a_conn) = connections();
+        let (b_conn, inner_conn) = connections();
+        let (mut outer_send, outer_recv) = outer_conn.open_bi().await.unwrap();
+        outer_send.write_all(b"request").await.unwrap();
+        let a = timeout(SECS5, a_conn.accept_bi()).await.unwrap().unwrap();
+        let b = b_conn.open_bi().await.unwrap();
+        let task = tokio::spawn(pipe_with_prefix(
+            (a.0.into(), a.1.into()),
+            (b.0.into(), b.1.into()),
+            Bytes::from_static(prefix),
+        ));
+        let inner = timeout(SECS5, inner_conn.accept_bi())
+            .await
+            .unwrap()
+            .unwrap();
+        Piped {
+            outer: (outer_send.into(), outer_recv.into()),
+            inner: (inner.0.into(), inner.1.into()),
+            task,
+            _conns: [outer_conn, a_conn, b_conn, inner_conn],
+        }
+    }
+
+    async fn read_n(recv: &mut RecvHalf, n: usize) -> Vec<u8> {
+        let mut got = vec![0; n];
+        timeout(SECS5, recv.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn prefix_rides_ahead_of_the_first_bytes() {
+        let Piped {
+            outer: (mut outer_send, mut outer_recv),
+            inner: (mut inner_send, mut inner_recv),
+            task,
+            _conns,
+        } = piped(b"ACCEPTED;").await;
+        assert_eq!(read_n(&mut inner_recv, 7).await, b"request");
+        outer_send.finish();
+        inner_send.write_all(b"response").await.unwrap();
+        inner_send.finish();
+        let mut got = Vec::new();
+        timeout(SECS5, outer_recv.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, b"ACCEPTED;response");
+        let ends = timeout(SECS5, task).await.unwrap().unwrap();
+        assert_eq!(ends, (PipeEnd::Finished, PipeEnd::Finished));
+    }
+
+    #[tokio::test]
+    async fn prefix_arrives_when_the_answer_is_empty() {
+        let Piped {
+            outer: (mut outer_send, mut outer_recv),
+            inner: (mut inner_send, mut inner_recv),
+            task,
+            _conns,
+        } = piped(b"ACCEPTED;").await;
+        assert_eq!(read_n(&mut inner_recv, 7).await, b"request");
+        outer_send.finish();
+        inner_send.finish();
+        let mut got = Vec::new();
+        timeout(SECS5, outer_recv.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, b"ACCEPTED;");
+        let ends = timeout(SECS5, task).await.unwrap().unwrap();
+        assert_eq!(ends, (PipeEnd::Finished, PipeEnd::Finished));
+    }
+
+    #[tokio::test]
+    async fn a_reset_passes_through() {
+        let Piped {
+            outer: (mut outer_send, mut outer_recv),
+            inner: (mut inner_send, mut inner_recv),
+            task,
+            _conns,
+        } = piped(b"ACCEPTED;").await;
+        assert_eq!(read_n(&mut inner_recv, 7).await, b"request");
+        outer_send.finish();
+        inner_send.reset(ErrorCode(7));
+        let mut got = Vec::new();
+        let err = timeout(SECS5, outer_recv.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(reset_code(&err), Some(ErrorCode(7)));
+        // A reset discards what the reader had not taken yet.
+        assert!(got.is_empty(), "{got:?} arrived before the reset");
+        let ends = timeout(SECS5, task).await.unwrap().unwrap();
+        assert_eq!(ends, (PipeEnd::Finished, PipeEnd::Reset(ErrorCode(7))));
+    }
+
+    #[tokio::test]
+    async fn a_stop_passes_back_to_the_writer() {
+        let Piped {
+            outer: (mut outer_send, mut outer_recv),
+            inner: (mut inner_send, mut inner_recv),
+            task,
+            _conns,
+        } = piped(b"").await;
+        assert_eq!(read_n(&mut inner_recv, 7).await, b"request");
+        outer_send.finish();
+        // The outer reader goes away: the inner writer learns of it with the same code.
+        outer_recv.stop(ErrorCode(9));
+        let code = timeout(SECS5, inner_send.stopped()).await.unwrap();
+        assert_eq!(code, Some(ErrorCode(9)));
+        let ends = timeout(SECS5, task).await.unwrap().unwrap();
+        assert_eq!(ends, (PipeEnd::Finished, PipeEnd::Stopped(ErrorCode(9))));
     }
 }

@@ -256,9 +256,7 @@ impl RecvHalf {
             }
         }
     }
-}
 
-impl RecvHalf {
     /// The next chunk as the transport holds it (at most `max` bytes), without a copy; `None` at
     /// the end of the stream. Cancel safe: a chunk is taken only when it is returned.
     pub async fn read_chunk(&mut self, max: usize) -> io::Result<Option<Bytes>> {

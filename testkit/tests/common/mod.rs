@@ -72,8 +72,19 @@ pub(crate) async fn hello(
     credential: Credential,
     targets: &[&str],
 ) -> (quinn::Connection, ControlStream, ControlFrame) {
+    hello_at(relay.addr, &relay.ca_cert(), tenant, credential, targets).await
+}
+
+/// [`hello`] to the relay at `addr` (as `localhost`), trusting the CA certificate at `ca`.
+pub(crate) async fn hello_at(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    tenant: &str,
+    credential: Credential,
+    targets: &[&str],
+) -> (quinn::Connection, ControlStream, ControlFrame) {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in connector::backend::load_certs(&relay.ca_cert()).unwrap() {
+    for cert in connector::backend::load_certs(ca).unwrap() {
         roots.add(cert).unwrap();
     }
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -88,11 +99,7 @@ pub(crate) async fn hello(
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
     )));
-    let conn = endpoint
-        .connect(relay.addr, "localhost")
-        .unwrap()
-        .await
-        .unwrap();
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
     let (send, recv) = conn.open_bi().await.unwrap();
     let mut control = ControlStream::new(send, recv);
     control
