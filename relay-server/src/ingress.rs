@@ -92,43 +92,16 @@ pub(crate) async fn serve(
         let tls = tls.clone();
         let watcher = graceful.watcher();
         let sessions = sessions.clone();
+        // The task holds only what an idle connection needs: the TLS branch (handshake state,
+        // sessions) is boxed apart, so a plain-HTTP connection's task is not its size.
         tokio::spawn(async move {
             let _permits = (permit, per_ip);
             match tls {
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(
-                        relay.config.limits.tls_handshake_timeout,
-                        acceptor.accept(stream),
-                    )
-                    .await;
-                    match handshake {
-                        Ok(Ok(tls_stream))
-                            if tls_stream.get_ref().1.alpn_protocol()
-                                == Some(tunnel_protocol::ALPN) =>
-                        {
-                            // A connector session, tracked with the QUIC ones for the drain.
-                            sessions
-                                .track_future(crate::tunnel::session_tcp(relay, tls_stream, peer))
-                                .await
-                        }
-                        // A TLS-ALPN-01 validation ends with the handshake (RFC 8737).
-                        Ok(Ok(tls_stream))
-                            if tls_stream.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) =>
-                        {
-                            debug!(%peer, "acme-tls/1 handshake done");
-                        }
-                        Ok(Ok(tls_stream)) => {
-                            let sni = tls_stream
-                                .get_ref()
-                                .1
-                                .server_name()
-                                .map(str::to_ascii_lowercase);
-                            let visitor = Visitor::new(peer, "https", sni);
-                            serve_connection(relay, builder, tls_stream, visitor, watcher).await
-                        }
-                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(%peer, "TLS handshake timed out"),
-                    }
+                    Box::pin(serve_tls(
+                        relay, acceptor, stream, peer, builder, watcher, sessions,
+                    ))
+                    .await
                 }
                 None => {
                     let visitor = Visitor::new(peer, "http", None);
@@ -147,6 +120,48 @@ pub(crate) async fn serve(
             ?grace,
             "visitor connections still open after the grace period; closing them"
         );
+    }
+}
+
+/// A connection on the HTTPS listener: the TLS handshake, then by ALPN a connector session, an
+/// ACME TLS-ALPN-01 validation, or visitors.
+async fn serve_tls(
+    relay: Arc<Relay>,
+    acceptor: TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    sessions: TaskTracker,
+) {
+    // Boxed: the handshake's state is freed once it is done, not kept for the connection's life.
+    let handshake = Box::pin(tokio::time::timeout(
+        relay.config.limits.tls_handshake_timeout,
+        acceptor.accept(stream),
+    ))
+    .await;
+    let tls_stream = match handshake {
+        Ok(Ok(tls_stream)) => tls_stream,
+        Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => return debug!(%peer, "TLS handshake timed out"),
+    };
+    let alpn = tls_stream.get_ref().1.alpn_protocol();
+    if alpn == Some(tunnel_protocol::ALPN) {
+        // A connector session, tracked with the QUIC ones for the drain; boxed, so that a
+        // visitor connection's state is not the size of a session's.
+        let session = Box::pin(crate::tunnel::session_tcp(relay, tls_stream, peer));
+        sessions.track_future(session).await
+    } else if alpn == Some(ACME_TLS_ALPN) {
+        // A TLS-ALPN-01 validation ends with the handshake (RFC 8737).
+        debug!(%peer, "acme-tls/1 handshake done");
+    } else {
+        let sni = tls_stream
+            .get_ref()
+            .1
+            .server_name()
+            .map(str::to_ascii_lowercase);
+        let visitor = Visitor::new(peer, "https", sni);
+        serve_connection(relay, builder, tls_stream, visitor, watcher).await
     }
 }
 
@@ -229,7 +244,10 @@ async fn serve_connection<S>(
         let relay = relay.clone();
         let visitor = visitor.clone();
         let active = requests.request();
-        async move {
+        // Boxed: hyper keeps a slot the size of this future for the connection's whole life,
+        // idle or not; boxed, an idle keep-alive connection holds a pointer instead of the
+        // request path's state machine.
+        Box::pin(async move {
             // HTTP-01 validations arrive on the plain listener (RFC 8555 §8.3).
             if visitor.scheme == "http" {
                 if let Some(answer) = relay.certificates.http_answer(req.uri().path()) {
@@ -239,10 +257,18 @@ async fn serve_connection<S>(
             }
             let response = crate::proxy::handle(relay, req, visitor).await;
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, active)))
-        }
+        })
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    let timed_out = match watcher.watch(conn.into_owned()).await {
+    // Boxed once, in its final place: as a local moved into `watch`, the connection took its
+    // size twice over in this future, for the connection's whole life.
+    let conn = Box::pin(
+        watcher.watch(
+            builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned(),
+        ),
+    );
+    let timed_out = match conn.await {
         Ok(()) => false,
         Err(e) => {
             debug!(%peer, error = %e, "visitor connection ended with an error");

@@ -94,7 +94,9 @@ async fn session(
     };
     // Another relay node of the cluster, forwarding requests (told apart by ALPN).
     if crate::cluster::is_link(&conn) {
-        return crate::cluster::serve_link(relay, conn, tracker, shutdown).await;
+        // Boxed: a connector session's task would otherwise hold a link's state too (5 KiB
+        // per session instead of 2).
+        return Box::pin(crate::cluster::serve_link(relay, conn, tracker, shutdown)).await;
     }
     established(relay, Conn::Quic(conn)).await
 }
