@@ -1,5 +1,6 @@
-//! Calls to backends: one pooled hyper client per target, with that target's TLS trust, or an
-//! in-process service of the application that embeds the connector.
+//! Calls to backends: pooled connections per target, with that target's TLS trust (HTTP/1.1
+//! through [`crate::pool`], HTTP/2 through hyper-util's client), or an in-process service of the
+//! application that embeds the connector.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -25,6 +26,7 @@ use tracing::warn;
 
 use crate::config::{Target, DEFAULT_CONNECT_TIMEOUT};
 use crate::inspector::{Inspector, Tap};
+use crate::pool::{H1Pool, PoolError, Pooled};
 use process_setup::layered::ConfigError;
 use tunnel_session::framing::{RecvError, TunnelBody};
 
@@ -133,13 +135,14 @@ pub struct ResponseBody {
 
 enum ResponseInner {
     Http(hyper::body::Incoming),
+    Pooled(Pooled),
     Local(UnsyncBoxBody<Bytes, BoxError>),
 }
 
 impl std::fmt::Debug for ResponseBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.inner {
-            ResponseInner::Http(_) => "ResponseBody::Http",
+            ResponseInner::Http(_) | ResponseInner::Pooled(_) => "ResponseBody::Http",
             ResponseInner::Local(_) => "ResponseBody::Local",
         })
     }
@@ -164,6 +167,13 @@ impl HttpBody for ResponseBody {
         let this = &mut *self;
         let polled = match &mut this.inner {
             ResponseInner::Http(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+            ResponseInner::Pooled(p) => {
+                let polled = Pin::new(&mut p.body).poll_frame(cx);
+                if let Poll::Ready(None) = polled {
+                    p.ended();
+                }
+                polled.map_err(BoxError::from)
+            }
             ResponseInner::Local(b) => Pin::new(b).poll_frame(cx),
         };
         if let (Some(tap), Poll::Ready(r)) = (&this.tap, &polled) {
@@ -175,6 +185,7 @@ impl HttpBody for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             ResponseInner::Http(b) => b.is_end_stream(),
+            ResponseInner::Pooled(p) => p.body.is_end_stream(),
             ResponseInner::Local(b) => b.is_end_stream(),
         }
     }
@@ -182,6 +193,7 @@ impl HttpBody for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             ResponseInner::Http(b) => b.size_hint(),
+            ResponseInner::Pooled(p) => p.body.size_hint(),
             ResponseInner::Local(b) => b.size_hint(),
         }
     }
@@ -234,9 +246,12 @@ impl LocalService {
 /// Why a backend call failed before its response head.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    /// The HTTP backend.
+    /// The HTTP/2 backend.
     #[error("{0}")]
     Http(#[source] hyper_util::client::legacy::Error),
+    /// The HTTP/1.1 backend.
+    #[error("{0}")]
+    Pool(#[source] PoolError),
     /// The in-process service.
     #[error("in-process service: {0}")]
     Local(BoxError),
@@ -245,7 +260,11 @@ pub enum SendError {
 impl SendError {
     /// The backend could not be reached at all.
     pub fn is_connect(&self) -> bool {
-        matches!(self, SendError::Http(e) if e.is_connect())
+        match self {
+            SendError::Http(e) => e.is_connect(),
+            SendError::Pool(e) => matches!(e, PoolError::Connect(_)),
+            SendError::Local(_) => false,
+        }
     }
 }
 
@@ -257,6 +276,7 @@ type HttpClient = Client<HttpsConnector<HttpConnector>, BackendBody>;
 #[derive(Debug)]
 enum Call {
     Http(HttpClient),
+    Http1(Arc<H1Pool>),
     Local(LocalService),
 }
 
@@ -322,21 +342,29 @@ impl Backends {
             let builder = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(tls)
                 .https_or_http();
-            let https = if target.http2 {
-                builder.enable_http2().wrap_connector(http)
+            let call = if target.http2 {
+                let https = builder.enable_http2().wrap_connector(http);
+                Call::Http(
+                    Client::builder(TokioExecutor::new())
+                        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+                        .http2_only(true)
+                        .build(https),
+                )
             } else {
-                builder.enable_http1().wrap_connector(http)
+                let https = builder.enable_http1().wrap_connector(http);
+                Call::Http1(Arc::new(H1Pool::new(
+                    https,
+                    &target.url,
+                    POOL_MAX_IDLE_PER_HOST,
+                    POOL_IDLE_TIMEOUT,
+                )))
             };
-            let client = Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-                .http2_only(target.http2)
-                .build(https);
             map.insert(
                 name.clone(),
                 Backend {
                     target: target.clone(),
-                    call: Call::Http(client),
+                    call,
                 },
             );
         }
@@ -395,6 +423,13 @@ impl Backend {
                 let response = client.request(req).await.map_err(SendError::Http)?;
                 Ok(response.map(|b| ResponseBody {
                     inner: ResponseInner::Http(b),
+                    tap: None,
+                }))
+            }
+            Call::Http1(pool) => {
+                let response = pool.send(req).await.map_err(SendError::Pool)?;
+                Ok(response.map(|p| ResponseBody {
+                    inner: ResponseInner::Pooled(p),
                     tap: None,
                 }))
             }

@@ -20,6 +20,7 @@ pub mod config;
 mod embed;
 mod http_proxy;
 pub mod inspector;
+mod pool;
 pub mod service;
 mod session;
 mod stream;

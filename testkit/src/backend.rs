@@ -53,6 +53,7 @@ pub struct Seen {
 #[derive(Debug, Default)]
 struct Shared {
     requests: AtomicU64,
+    connections: AtomicU64,
     active_streams: AtomicI64,
     seen: Mutex<Vec<Seen>>,
     raw: Mutex<Vec<u8>>,
@@ -179,6 +180,7 @@ impl Backend {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                s.connections.fetch_add(1, Ordering::Relaxed);
                 let (s, tls) = (s.clone(), tls.clone());
                 let stream = Recording {
                     inner: stream,
@@ -238,6 +240,11 @@ impl Backend {
     /// The address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
     }
 
     /// Requests received.
@@ -502,6 +509,15 @@ async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Bod
             } else {
                 text(StatusCode::OK, &format!("delivered on {attempt}"))
             }
+        }
+        // Answers and closes the connection.
+        "/close" => {
+            let mut resp = text(StatusCode::OK, "closing");
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            resp
         }
         _ if p.starts_with("/status/") => {
             let code = p["/status/".len()..]

@@ -477,3 +477,47 @@ async fn tls_backends_are_verified_unless_a_target_says_otherwise() -> anyhow::R
     }
     relay.stop().await
 }
+
+/// The connector keeps its backend connections: sequential requests share them (one per session
+/// at most); a HEAD, a 204 and a streamed body leave theirs reusable; an answer with
+/// `Connection: close` costs a new one, and nothing fails on the way.
+#[tokio::test]
+async fn backend_connections_are_kept_and_reused() -> anyhow::Result<()> {
+    let Setup {
+        relay,
+        backend,
+        conn: _conn,
+        client,
+    } = setup(relay_server::testing::relay()).await;
+    let url = |p: &str| relay.url(&format!("/relay/acme/app{p}"));
+    for i in 0..10 {
+        for (method, path, status) in [
+            ("GET", format!("/r{i}"), StatusCode::OK),
+            ("HEAD", format!("/h{i}"), StatusCode::OK),
+            ("GET", "/status/204".to_string(), StatusCode::NO_CONTENT),
+            ("GET", "/bytes/100000".to_string(), StatusCode::OK),
+        ] {
+            let a = client.request(method, &url(&path), Bytes::new()).await?;
+            assert_eq!(a.status, status, "{method} {path}");
+        }
+    }
+    let kept = backend.connections();
+    // The connector's default two sessions each keep their own connections.
+    assert!(
+        kept <= 2,
+        "40 sequential requests opened {kept} backend connections"
+    );
+
+    for i in 0..3 {
+        let a = client.get(&url("/close")).await?;
+        assert_eq!(a.status, StatusCode::OK, "close {i}");
+        let a = client.get(&url(&format!("/after-close{i}"))).await?;
+        assert_eq!(a.status, StatusCode::OK, "after close {i}");
+    }
+    let after = backend.connections();
+    assert!(
+        after <= kept + 3,
+        "{kept} connections before three closing answers, {after} after"
+    );
+    Ok(())
+}
