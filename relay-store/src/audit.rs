@@ -110,25 +110,19 @@ impl From<AuditRow> for AuditRecord {
 impl Store {
     /// Inserts a batch in one transaction, many rows per statement.
     pub async fn insert_audit(&self, records: &[AuditRecord]) -> Result<(), Error> {
-        // Rows per INSERT, 15 parameters each. SQLite looks a parameter's name up by a linear
-        // scan and sqlx asks for every one, so binding costs grow with the square of the
-        // statement's size: 50 rows cost the relay ~12 µs of CPU per request (perf, bench/
-        // profile.py); 8 keep that small while still saving most per-statement overhead. (One
-        // JSON parameter per batch read with json_each and ->> cost far more: SQLite translated
-        // each row's value back to text for every column, 150k instead of 106k instructions per
-        // request in the relay, bench/instructions.py.)
-        let rows = match self.backend {
-            Backend::Sqlite => 8,
-            Backend::Postgres => 50,
-        };
-        let full = insert_audit_sql(rows);
+        // Rows per INSERT, 15 parameters each (SQLite's parameters are anonymous: binding them
+        // costs no name lookups, see `push_rows`). One JSON parameter per batch read with
+        // json_each cost far more: SQLite translated each row's value back to text for every
+        // column (150k instead of 106k instructions per request in the relay).
+        let rows = 50;
+        let full = insert_audit_sql(self.backend, rows);
         let mut tx = self.pool.begin().await?;
         for chunk in records.chunks(rows) {
             let partial;
             let sql = if chunk.len() == rows {
                 &full
             } else {
-                partial = insert_audit_sql(chunk.len());
+                partial = insert_audit_sql(self.backend, chunk.len());
                 &partial
             };
             let mut q = sqlx::query(sql);
@@ -252,24 +246,17 @@ impl Store {
     }
 }
 
-/// `INSERT INTO audit_requests … VALUES ($1, …), …` for `rows` rows of 15 parameters.
-fn insert_audit_sql(rows: usize) -> String {
+/// `INSERT INTO audit_requests … VALUES (…), …` for `rows` rows of 15 parameters.
+fn insert_audit_sql(backend: Backend, rows: usize) -> String {
     let mut sql = String::from(
         "INSERT INTO audit_requests (request_id, tenant, target, method, path, status, outcome, \
          bytes_in, bytes_out, duration_ms, visitor, session_id, relay_node, session_node, created_at) VALUES ",
     );
-    for i in 0..rows {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for k in 1..=15 {
-            if k > 1 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("${}", i * 15 + k));
-        }
-        sql.push(')');
-    }
+    crate::push_rows(
+        &mut sql,
+        backend,
+        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    );
     sql
 }

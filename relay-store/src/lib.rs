@@ -89,6 +89,33 @@ pub enum Backend {
     Sqlite,
 }
 
+/// Appends `rows` copies of `row` (one row of a multi-row `VALUES`, each `?` one parameter),
+/// comma-separated, to `sql`. PostgreSQL gets `$1, $2, …` numbered across the rows. SQLite gets
+/// bare `?`, which it numbers in order without a name: a named parameter (`$N`) is looked up by a
+/// linear scan of all names, and sqlx looks every one up when it binds, so a statement of n named
+/// parameters cost O(n²) (5 % of the relay's instructions per request in audit inserts).
+pub(crate) fn push_rows(sql: &mut String, backend: Backend, row: &str, rows: usize) {
+    use std::fmt::Write;
+    let mut n = 0;
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        match backend {
+            Backend::Sqlite => sql.push_str(row),
+            Backend::Postgres => {
+                for (k, part) in row.split('?').enumerate() {
+                    if k > 0 {
+                        n += 1;
+                        let _ = write!(sql, "${n}");
+                    }
+                    sql.push_str(part);
+                }
+            }
+        }
+    }
+}
+
 /// A store failure, in the store's vocabulary: callers never see SQL error codes.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -475,4 +502,19 @@ pub fn unix_ms(t: std::time::SystemTime) -> i64 {
 
 fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_numbered_on_postgres_and_anonymous_on_sqlite() {
+        let mut pg = String::from("VALUES ");
+        push_rows(&mut pg, Backend::Postgres, "(?, 'x', ?)", 3);
+        assert_eq!(pg, "VALUES ($1, 'x', $2), ($3, 'x', $4), ($5, 'x', $6)");
+        let mut lite = String::from("VALUES ");
+        push_rows(&mut lite, Backend::Sqlite, "(?, 'x', ?)", 2);
+        assert_eq!(lite, "VALUES (?, 'x', ?), (?, 'x', ?)");
+    }
 }

@@ -394,11 +394,8 @@ impl Store {
                     )))
                 }
             }
-            let rows = match self.backend {
-                // SQLite finds each parameter's name by a linear scan (see insert_audit).
-                Backend::Sqlite => 16,
-                Backend::Postgres => 64,
-            };
+            // Rows per group (13 parameters each).
+            let rows = 64;
             let batch = {
                 let mut pending = lock(&group.pending);
                 let (mut taken, mut bytes) = (Vec::new(), 0);
@@ -428,28 +425,12 @@ impl Store {
         }
         if batch.len() > 1 {
             let mut sql = String::from(insert_into!());
-            for i in 0..batch.len() {
-                let p = i * 13;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'queued', ${}, ${}, ${})",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5,
-                    p + 6,
-                    p + 7,
-                    p + 8,
-                    p + 9,
-                    p + 10,
-                    p + 11,
-                    p + 12,
-                    p + 13
-                ));
-            }
+            crate::push_rows(
+                &mut sql,
+                self.backend,
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                batch.len(),
+            );
             // Only what the database chose: the rest of each row is what was inserted. Returning
             // every column cost more than the insert itself (each value of each row converted
             // through sqlx's `Any` row).
