@@ -384,17 +384,8 @@ async fn a_connector_reset_before_the_answer_is_a_bad_gateway_on_every_node() ->
 
     /// Answers `…/reset` with a reset and anything else with an empty 200.
     async fn serve(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let mut buf = BytesMut::new();
-        let head = loop {
-            match StreamFrame::decode(&mut buf) {
-                Ok(Some(StreamFrame::RequestHead(h))) => break h,
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) => {}
-            }
-            match recv.read_chunk(64 * 1024, true).await {
-                Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-                _ => return,
-            }
+        let Some(head) = common::read_request_head(&mut recv).await else {
+            return;
         };
         if head.path_and_query.ends_with("/reset") {
             let _ = send.reset(ErrorCode::BACKEND_ABORTED.0.into());

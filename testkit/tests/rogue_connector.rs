@@ -8,7 +8,7 @@ use bytes::{BufMut, BytesMut};
 use http::StatusCode;
 use relay_server::testing::relay;
 use testkit::{trace_init, Client};
-use tunnel_protocol::{ControlFrame, Credential, StreamFrame};
+use tunnel_protocol::{ControlFrame, Credential};
 
 mod common;
 
@@ -81,17 +81,8 @@ fn answer(path: &str) -> Vec<u8> {
 
 /// Serves one request stream: reads the head, writes the canned answer, ends the stream.
 async fn serve(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let mut buf = BytesMut::new();
-    let head = loop {
-        match StreamFrame::decode(&mut buf) {
-            Ok(Some(StreamFrame::RequestHead(h))) => break h,
-            Ok(Some(_)) | Err(_) => return,
-            Ok(None) => {}
-        }
-        match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-            _ => return,
-        }
+    let Some(head) = common::read_request_head(&mut recv).await else {
+        return;
     };
     let _ = send.write_all(&answer(&head.path_and_query)).await;
     let _ = send.finish();

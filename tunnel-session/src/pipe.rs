@@ -118,18 +118,20 @@ mod tests {
         )
     }
 
+    /// A pipe at work: the request has crossed it and the outer end has finished sending.
     struct Piped {
-        /// The outer caller's ends (a visitor's node link, say).
-        outer: (SendHalf, RecvHalf),
-        /// The inner server's ends (a connector stream, say).
-        inner: (SendHalf, RecvHalf),
+        /// The outer caller's receive side (a visitor's node link, say).
+        outer_recv: RecvHalf,
+        /// The inner server's send side (a connector stream, say).
+        inner_send: SendHalf,
         task: JoinHandle<(PipeEnd, PipeEnd)>,
         /// Kept alive for the test's length.
-        _conns: [Connection; 4],
+        _keep: (SendHalf, RecvHalf, [Connection; 4]),
     }
 
-    /// outer → [a … pipe … b] → inner: the outer end sends "request", the pipe joins the stream
-    /// it arrives on to a new stream towards the inner end, with `prefix` ahead of the answer.
+    /// outer → [a … pipe … b] → inner: the outer end sends "request" and finishes; the pipe joins
+    /// the stream it arrives on to a new stream towards the inner end, with `prefix` ahead of the
+    /// answer; the inner end has read the request.
     async fn piped(prefix: &'static [u8]) -> Piped {
         let (outer_conn, a_conn) = connections();
         let (b_conn, inner_conn) = connections();
@@ -142,108 +144,81 @@ mod tests {
             (b.0.into(), b.1.into()),
             Bytes::from_static(prefix),
         ));
-        let inner = timeout(SECS5, inner_conn.accept_bi())
+        let (inner_send, inner_recv) = timeout(SECS5, inner_conn.accept_bi())
             .await
             .unwrap()
             .unwrap();
+        let mut inner_recv = RecvHalf::from(inner_recv);
+        let mut got = [0; 7];
+        timeout(SECS5, inner_recv.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"request");
+        let mut outer_send = SendHalf::from(outer_send);
+        outer_send.finish();
         Piped {
-            outer: (outer_send.into(), outer_recv.into()),
-            inner: (inner.0.into(), inner.1.into()),
+            outer_recv: outer_recv.into(),
+            inner_send: inner_send.into(),
             task,
-            _conns: [outer_conn, a_conn, b_conn, inner_conn],
+            _keep: (
+                outer_send,
+                inner_recv,
+                [outer_conn, a_conn, b_conn, inner_conn],
+            ),
         }
     }
 
-    async fn read_n(recv: &mut RecvHalf, n: usize) -> Vec<u8> {
-        let mut got = vec![0; n];
-        timeout(SECS5, recv.read_exact(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-        got
+    impl Piped {
+        /// What the outer end reads to the end of the stream (or the error that ends it), and
+        /// how each direction of the pipe ended.
+        async fn outcome(mut self) -> (Result<Vec<u8>, std::io::Error>, (PipeEnd, PipeEnd)) {
+            let mut got = Vec::new();
+            let read = timeout(SECS5, self.outer_recv.read_to_end(&mut got))
+                .await
+                .unwrap();
+            let ends = timeout(SECS5, self.task).await.unwrap().unwrap();
+            (read.map(|_| got), ends)
+        }
     }
 
     #[tokio::test]
     async fn prefix_rides_ahead_of_the_first_bytes() {
-        let Piped {
-            outer: (mut outer_send, mut outer_recv),
-            inner: (mut inner_send, mut inner_recv),
-            task,
-            _conns,
-        } = piped(b"ACCEPTED;").await;
-        assert_eq!(read_n(&mut inner_recv, 7).await, b"request");
-        outer_send.finish();
-        inner_send.write_all(b"response").await.unwrap();
-        inner_send.finish();
-        let mut got = Vec::new();
-        timeout(SECS5, outer_recv.read_to_end(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got, b"ACCEPTED;response");
-        let ends = timeout(SECS5, task).await.unwrap().unwrap();
+        let mut p = piped(b"ACCEPTED;").await;
+        p.inner_send.write_all(b"response").await.unwrap();
+        p.inner_send.finish();
+        let (got, ends) = p.outcome().await;
+        assert_eq!(got.unwrap(), b"ACCEPTED;response");
         assert_eq!(ends, (PipeEnd::Finished, PipeEnd::Finished));
     }
 
     #[tokio::test]
     async fn prefix_arrives_when_the_answer_is_empty() {
-        let Piped {
-            outer: (mut outer_send, mut outer_recv),
-            inner: (mut inner_send, mut inner_recv),
-            task,
-            _conns,
-        } = piped(b"ACCEPTED;").await;
-        assert_eq!(read_n(&mut inner_recv, 7).await, b"request");
-        outer_send.finish();
-        inner_send.finish();
-        let mut got = Vec::new();
-        timeout(SECS5, outer_recv.read_to_end(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got, b"ACCEPTED;");
-        let ends = timeout(SECS5, task).await.unwrap().unwrap();
+        let mut p = piped(b"ACCEPTED;").await;
+        p.inner_send.finish();
+        let (got, ends) = p.outcome().await;
+        assert_eq!(got.unwrap(), b"ACCEPTED;");
         assert_eq!(ends, (PipeEnd::Finished, PipeEnd::Finished));
     }
 
     #[tokio::test]
     async fn a_reset_passes_through() {
-        let Piped {
-            outer: (mut outer_send, mut outer_recv),
-            inner: (mut inner_send, mut inner_recv),
-            task,
-            _conns,
-        } = piped(b"ACCEPTED;").await;
-        assert_eq!(read_n(&mut inner_recv, 7).await, b"request");
-        outer_send.finish();
-        inner_send.reset(ErrorCode(7));
-        let mut got = Vec::new();
-        let err = timeout(SECS5, outer_recv.read_to_end(&mut got))
-            .await
-            .unwrap()
-            .unwrap_err();
+        let mut p = piped(b"ACCEPTED;").await;
+        p.inner_send.reset(ErrorCode(7));
+        let (got, ends) = p.outcome().await;
+        let err = got.unwrap_err();
         assert_eq!(reset_code(&err), Some(ErrorCode(7)));
-        // A reset discards what the reader had not taken yet.
-        assert!(got.is_empty(), "{got:?} arrived before the reset");
-        let ends = timeout(SECS5, task).await.unwrap().unwrap();
         assert_eq!(ends, (PipeEnd::Finished, PipeEnd::Reset(ErrorCode(7))));
     }
 
     #[tokio::test]
     async fn a_stop_passes_back_to_the_writer() {
-        let Piped {
-            outer: (mut outer_send, mut outer_recv),
-            inner: (mut inner_send, mut inner_recv),
-            task,
-            _conns,
-        } = piped(b"").await;
-        assert_eq!(read_n(&mut inner_recv, 7).await, b"request");
-        outer_send.finish();
+        let mut p = piped(b"").await;
         // The outer reader goes away: the inner writer learns of it with the same code.
-        outer_recv.stop(ErrorCode(9));
-        let code = timeout(SECS5, inner_send.stopped()).await.unwrap();
+        p.outer_recv.stop(ErrorCode(9));
+        let code = timeout(SECS5, p.inner_send.stopped()).await.unwrap();
         assert_eq!(code, Some(ErrorCode(9)));
-        let ends = timeout(SECS5, task).await.unwrap().unwrap();
+        let ends = timeout(SECS5, p.task).await.unwrap().unwrap();
         assert_eq!(ends, (PipeEnd::Finished, PipeEnd::Stopped(ErrorCode(9))));
     }
 }

@@ -177,3 +177,22 @@ pub(crate) async fn try_read_head(s: &mut tokio::net::TcpStream) -> anyhow::Resu
     }
     Ok(String::from_utf8(head)?)
 }
+
+/// A hand-made connector's read of a request stream the relay opened: the request head, or `None`
+/// when the stream ends or carries something else first.
+pub(crate) async fn read_request_head(
+    recv: &mut quinn::RecvStream,
+) -> Option<tunnel_protocol::RequestHead> {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match tunnel_protocol::StreamFrame::decode(&mut buf) {
+            Ok(Some(tunnel_protocol::StreamFrame::RequestHead(h))) => return Some(h),
+            Ok(Some(_)) | Err(_) => return None,
+            Ok(None) => {}
+        }
+        match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            _ => return None,
+        }
+    }
+}
