@@ -178,8 +178,22 @@ pub(crate) struct Pooled {
 impl Pooled {
     /// The body has been read to its end: the connection can take the next request.
     pub(crate) fn ended(&mut self) {
-        if let Some((sender, pool)) = self.back.take() {
-            pool.checkin(sender);
+        let Some((mut sender, pool)) = self.back.take() else {
+            return;
+        };
+        if sender.is_ready() {
+            return pool.checkin(sender);
+        }
+        // Still busy: the backend answered before the request body was all sent (a 401 or 413
+        // to an upload, say), or hyper has not seen the end yet. It goes back once it can take
+        // a request; a checkout never waits on it meanwhile.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let ready = tokio::time::timeout(pool.idle_timeout, sender.ready()).await;
+                if let Ok(Ok(())) = ready {
+                    pool.checkin(sender);
+                }
+            });
         }
     }
 }

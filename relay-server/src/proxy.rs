@@ -709,8 +709,8 @@ async fn forwarded(
         )))),
         // The connector reset its stream before answering; the owning node passes only the
         // reset on (its `Accepted` would have ridden with the first bytes): a connector failure,
-        // as on one node, and the link is fine.
-        Err(e) if stream_reset(&e) => Err(fail(ProxyError::Connector(e.to_string()))),
+        // as on one node. The link and the forward worked: not a forwarding failure.
+        Err(e) if stream_reset(&e) => Err(ProxyError::Connector(e.to_string())),
         // The owning node is gone (killed, cut off): as when a local session is lost, the
         // visitor may retry once the connector is back elsewhere.
         Err(e) => {
