@@ -290,6 +290,18 @@ def stop_all(procs):
             os.killpg(p.pid, signal.SIGKILL)
 
 
+def teardown(procs, stops, work):
+    """The end of a run: every process stopped (`stop_all`), then each of `stops` (PostgreSQL
+    clusters) called, then the work directory removed."""
+    stop_all(procs)
+    for stop in stops:
+        try:
+            stop()
+        except subprocess.CalledProcessError:
+            pass
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def dump_logs():
     for name, f in LOGS:
         f.seek(0)
@@ -474,13 +486,7 @@ def main():
         dump_logs()
         raise
     finally:
-        stop_all(procs)
-        if stop_pg:
-            try:
-                stop_pg()
-            except subprocess.CalledProcessError:
-                pass
-        shutil.rmtree(work, ignore_errors=True)
+        teardown(procs, [stop_pg] if stop_pg else [], work)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Usage: python3 bench/cluster_ab.py --old /tmp/old-bin --new target/release [--ro
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import shutil
@@ -114,13 +113,7 @@ def main():
         bench.dump_logs()
         raise
     finally:
-        bench.stop_all(procs)
-        for stop in stops:
-            try:
-                stop()
-            except subprocess.CalledProcessError:
-                pass
-        shutil.rmtree(work, ignore_errors=True)
+        bench.teardown(procs, stops, work)
 
 
 if __name__ == "__main__":

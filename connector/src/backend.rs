@@ -167,13 +167,7 @@ impl HttpBody for ResponseBody {
         let this = &mut *self;
         let polled = match &mut this.inner {
             ResponseInner::Http(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
-            ResponseInner::Pooled(p) => {
-                let polled = Pin::new(&mut p.body).poll_frame(cx);
-                if let Poll::Ready(None) = polled {
-                    p.ended();
-                }
-                polled.map_err(BoxError::from)
-            }
+            ResponseInner::Pooled(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
             ResponseInner::Local(b) => Pin::new(b).poll_frame(cx),
         };
         if let (Some(tap), Poll::Ready(r)) = (&this.tap, &polled) {
@@ -185,7 +179,7 @@ impl HttpBody for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             ResponseInner::Http(b) => b.is_end_stream(),
-            ResponseInner::Pooled(p) => p.body.is_end_stream(),
+            ResponseInner::Pooled(b) => b.is_end_stream(),
             ResponseInner::Local(b) => b.is_end_stream(),
         }
     }
@@ -193,7 +187,7 @@ impl HttpBody for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             ResponseInner::Http(b) => b.size_hint(),
-            ResponseInner::Pooled(p) => p.body.size_hint(),
+            ResponseInner::Pooled(b) => b.size_hint(),
             ResponseInner::Local(b) => b.size_hint(),
         }
     }

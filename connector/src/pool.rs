@@ -7,10 +7,15 @@
 //! targets keep hyper-util's client, which multiplexes on one connection.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::header::{CONNECTION, HOST};
+use bytes::Bytes;
+use http_body::{Body as _, Frame, SizeHint};
+
+use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -18,6 +23,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
 use tracing::debug;
+use tunnel_session::headers::connection_has;
 
 use crate::backend::{BackendBody, BoxError};
 
@@ -162,7 +168,7 @@ impl H1Pool {
     ) -> Response<Pooled> {
         let reusable = response.status() != StatusCode::SWITCHING_PROTOCOLS
             && response.version() == http::Version::HTTP_11
-            && !closes(response.headers());
+            && !connection_has(response.headers(), "close");
         let back = reusable.then(|| (sender, self.clone()));
         response.map(|body| Pooled { body, back })
     }
@@ -171,13 +177,37 @@ impl H1Pool {
 /// A response body from a pooled connection; the connection goes back to its pool when the body
 /// has ended, not before.
 pub(crate) struct Pooled {
-    pub(crate) body: Incoming,
+    body: Incoming,
     back: Option<(http1::SendRequest<BackendBody>, Arc<H1Pool>)>,
+}
+
+impl http_body::Body for Pooled {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 impl Pooled {
     /// The body has been read to its end: the connection can take the next request.
-    pub(crate) fn ended(&mut self) {
+    fn ended(&mut self) {
         let Some((mut sender, pool)) = self.back.take() else {
             return;
         };
@@ -202,18 +232,10 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         // Dropped at its end (a reader that stops at `is_end_stream`, a HEAD, a 204): reusable.
         // Dropped earlier, the sender goes with it and hyper closes the connection.
-        if hyper::body::Body::is_end_stream(&self.body) {
+        if self.body.is_end_stream() {
             self.ended();
         }
     }
-}
-
-/// `Connection: close` among the response's connection options.
-fn closes(headers: &http::HeaderMap) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|o| o.trim().eq_ignore_ascii_case("close")))
-    })
 }
 
 /// The request target as an HTTP/1.1 origin server expects it: path and query only.
@@ -257,15 +279,5 @@ mod tests {
         let of = |u: &str| origin_form(&u.parse().unwrap()).to_string();
         assert_eq!(of("http://h:1/a/b?c=d"), "/a/b?c=d");
         assert_eq!(of("http://h:1"), "/");
-    }
-
-    #[test]
-    fn connection_close_is_found_among_options() {
-        let mut h = http::HeaderMap::new();
-        assert!(!closes(&h));
-        h.append(CONNECTION, HeaderValue::from_static("keep-alive"));
-        assert!(!closes(&h));
-        h.append(CONNECTION, HeaderValue::from_static("upgrade, Close"));
-        assert!(closes(&h));
     }
 }

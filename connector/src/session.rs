@@ -936,7 +936,7 @@ fn transport_config(config: &Config) -> Result<TransportConfig, ConfigError> {
 
 fn uuid_like() -> String {
     let bytes: [u8; 16] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    tunnel_protocol::hex(&bytes)
 }
 
 /// The shared status a caller can watch.

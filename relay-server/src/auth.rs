@@ -102,10 +102,7 @@ impl Auth {
     ) -> Auth {
         let kid = {
             let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &keys.verifying_key);
-            digest.as_ref()[..8]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
+            tunnel_protocol::hex(&digest.as_ref()[..8])
         };
         Auth {
             catalog,

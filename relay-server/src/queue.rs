@@ -549,13 +549,7 @@ fn message_id() -> String {
             *x ^= y;
         }
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(32);
-    for x in b {
-        id.push(char::from(HEX[usize::from(x >> 4)]));
-        id.push(char::from(HEX[usize::from(x & 15)]));
-    }
-    id
+    tunnel_protocol::hex(&b)
 }
 
 /// GET (status, or the stored response) and DELETE (cancel) on a status resource.

@@ -419,14 +419,7 @@ async fn a_connector_reset_before_the_answer_is_a_bad_gateway_on_every_node() ->
     )
     .await;
     assert!(matches!(welcome, ControlFrame::Welcome(_)), "{welcome:?}");
-    let streams = {
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            while let Ok((send, recv)) = conn.accept_bi().await {
-                tokio::spawn(serve(send, recv));
-            }
-        })
-    };
+    let streams = common::serve_streams(&conn, serve);
     for n in &nodes {
         c.until_ok(n, "/relay/acme/app/ok").await;
     }

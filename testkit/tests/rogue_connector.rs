@@ -103,14 +103,7 @@ async fn a_rogue_connector_cannot_inject_and_cannot_break_the_relay() {
     )
     .await;
     assert!(matches!(welcome, ControlFrame::Welcome(_)), "{welcome:?}");
-    let streams = {
-        let conn = conn.clone();
-        tokio::spawn(async move {
-            while let Ok((send, recv)) = conn.accept_bi().await {
-                tokio::spawn(serve(send, recv));
-            }
-        })
-    };
+    let streams = common::serve_streams(&conn, serve);
 
     let client = Client::new(&relay.ca_cert());
     for path in [

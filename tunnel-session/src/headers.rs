@@ -47,16 +47,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The `Upgrade` value when a message asks to switch protocols (`Connection: upgrade` plus an
-/// `Upgrade` field), read before hop-by-hop stripping removes both.
-pub fn upgrade_of(headers: &HeaderMap) -> Option<http::HeaderValue> {
-    let asks = headers
+/// Whether `Connection` lists `option` (`close`, `upgrade`), in any of its fields, any case.
+pub fn connection_has(headers: &HeaderMap, option: &str) -> bool {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
+        .any(|t| t.trim().eq_ignore_ascii_case(option))
+}
+
+/// The `Upgrade` value when a message asks to switch protocols (`Connection: upgrade` plus an
+/// `Upgrade` field), read before hop-by-hop stripping removes both.
+pub fn upgrade_of(headers: &HeaderMap) -> Option<http::HeaderValue> {
+    if connection_has(headers, "upgrade") {
         headers.get(header::UPGRADE).cloned()
     } else {
         None
@@ -204,5 +208,16 @@ mod tests {
         assert!(h.is_empty());
         restore_upgrade(&mut h, "websocket".parse().unwrap());
         assert_eq!(upgrade_of(&h).unwrap(), "websocket");
+    }
+
+    #[test]
+    fn connection_options_are_found_in_any_field_and_case() {
+        let mut h = HeaderMap::new();
+        assert!(!connection_has(&h, "close"));
+        h.append(header::CONNECTION, "keep-alive".parse().unwrap());
+        assert!(!connection_has(&h, "close"));
+        h.append(header::CONNECTION, "upgrade, Close".parse().unwrap());
+        assert!(connection_has(&h, "close"));
+        assert!(connection_has(&h, "keep-alive"));
     }
 }

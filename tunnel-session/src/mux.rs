@@ -675,4 +675,4 @@ impl Drop for RecvStream {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -90,32 +90,19 @@ async fn forward(mut from: RecvHalf, mut to: SendHalf, mut prefix: Bytes) -> Pip
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
     use std::time::Duration;
 
     use tokio::io::AsyncReadExt;
     use tokio::task::JoinHandle;
     use tokio::time::timeout;
-    use tunnel_protocol::mux::Role;
 
     use super::*;
-    use crate::mux::{Config, Connection};
+    use crate::mux::Connection;
 
     const SECS5: Duration = Duration::from_secs(5);
 
-    /// A dialer and an acceptor over an in-memory duplex.
     fn connections() -> (Connection, Connection) {
-        let config = Config {
-            max_streams: 8,
-            keep_alive: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(5),
-        };
-        let addr: SocketAddr = "127.0.0.1:4433".parse().unwrap();
-        let (x, y) = tokio::io::duplex(256 * 1024);
-        (
-            Connection::new(x, Role::Dialer, config.clone(), addr),
-            Connection::new(y, Role::Acceptor, config, addr),
-        )
+        crate::mux::tests::pair(crate::mux::tests::cfg(), crate::mux::tests::cfg())
     }
 
     /// A pipe at work: the request has crossed it and the outer end has finished sending.

@@ -196,3 +196,21 @@ pub(crate) async fn read_request_head(
         }
     }
 }
+
+/// A hand-made connector's stream loop: each stream the relay opens on `conn` is served by
+/// `serve` on a task of its own, until the connection closes.
+pub(crate) fn serve_streams<F, Fut>(
+    conn: &quinn::Connection,
+    serve: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(quinn::SendStream, quinn::RecvStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            tokio::spawn(serve(send, recv));
+        }
+    })
+}

@@ -6,7 +6,8 @@ use tunnel_protocol::mux::frame_type::*;
 use tunnel_protocol::mux::{HEADER_LEN, MAX_FRAME_PAYLOAD, STREAM_WINDOW};
 use tunnel_protocol::ErrorCode;
 
-fn cfg() -> Config {
+/// A test connection's settings (the pipe's tests use them too).
+pub(crate) fn cfg() -> Config {
     Config {
         max_streams: 8,
         keep_alive: Duration::from_secs(1),
@@ -18,7 +19,8 @@ fn addr() -> SocketAddr {
     "127.0.0.1:4433".parse().unwrap()
 }
 
-fn pair(a: Config, b: Config) -> (Connection, Connection) {
+/// A dialer and an acceptor over an in-memory duplex.
+pub(crate) fn pair(a: Config, b: Config) -> (Connection, Connection) {
     let (x, y) = duplex(256 * 1024);
     (
         Connection::new(x, Role::Dialer, a, addr()),
