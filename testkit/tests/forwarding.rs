@@ -410,15 +410,28 @@ async fn a_connector_reset_before_the_answer_is_a_bad_gateway_on_every_node() ->
         .collect();
     c.provision();
     let secret = std::fs::read_to_string(c.dir().join("secret"))?;
-    let (conn, _control, welcome) = common::hello_at(
-        nodes[1].https,
-        &c.cert,
-        "acme",
-        Credential::Secret(secret.trim().to_string()),
-        &["app"],
-    )
-    .await;
-    assert!(matches!(welcome, ControlFrame::Welcome(_)), "{welcome:?}");
+    // The node learns of the new credential on its next catalog refresh (a notification or the
+    // poll): until then it refuses, and a real connector would back off and retry; so do we.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (conn, _control) = loop {
+        let (conn, control, welcome) = common::hello_at(
+            nodes[1].https,
+            &c.cert,
+            "acme",
+            Credential::Secret(secret.trim().to_string()),
+            &["app"],
+        )
+        .await;
+        match welcome {
+            ControlFrame::Welcome(_) => break (conn, control),
+            ControlFrame::Refused(r)
+                if r.code == ErrorCode::AUTH_FAILED && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            other => panic!("{other:?}"),
+        }
+    };
     let streams = common::serve_streams(&conn, serve);
     for n in &nodes {
         c.until_ok(n, "/relay/acme/app/ok").await;
