@@ -5,7 +5,8 @@ builds can be compared on a busy machine, and a change's effect shows even where
 separate it from noise.
 
 Counting starts after the warm-up (`callgrind_control --zero`) and ends with a dump after the last
-request, so start-up and shutdown are not in the figures. Keep-alives and idle timeouts are
+request and the audit records it left have been written, so start-up and shutdown are not in the
+figures and every request's audit insert is. Keep-alives and idle timeouts are
 lengthened so that the slow-down under valgrind (about 50×) does not end sessions.
 
 Usage: python3 bench/instructions.py [--transport quic|tcp] [--requests N] [--top N]
@@ -27,6 +28,13 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
+
+
+# Seconds to wait before zeroing and before dumping: the relay's audit writer holds a partial
+# batch for up to 200 ms and then inserts it (slowly, under valgrind). Without the wait a window
+# missed the insert of its last few hundred requests' records, and the relay's figure moved by
+# several percent with how many happened to be flushed.
+SETTLE = 3.0
 
 
 def callgrind(cmd, out):
@@ -138,9 +146,11 @@ def main():
         pids = {"relay-server": relay.pid, "connector": conn.pid}
         results = {}
         for conns in (1, 64):
+            time.sleep(SETTLE)
             for pid in pids.values():
                 control(pid, "--zero")
             n = h2load(url, conns, args.requests)
+            time.sleep(SETTLE)
             for name, pid in pids.items():
                 before = set(glob.glob(f"{work}/{name.split('-')[0]}.{pid}.out*"))
                 control(pid, "--dump")

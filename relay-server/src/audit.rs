@@ -213,24 +213,23 @@ async fn write(
                 Ok(None) | Err(_) => break,
             }
         }
-        match store.insert_audit(&batch).await {
+        let n = batch.len();
+        match store
+            .insert_audit(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+            .await
+        {
             Ok(()) => {
-                metrics
-                    .audit_written
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                metrics.audit_written.fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(e) => {
-                metrics
-                    .audit_dropped
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                metrics.audit_dropped.fetch_add(n as u64, Ordering::Relaxed);
                 // One warning per minute at most: an outage must not flood the log.
                 if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                    warn!(error = %e, dropped = batch.len(), "audit batch not written; records dropped");
+                    warn!(error = %e, dropped = n, "audit batch not written; records dropped");
                     last_warning = Some(Instant::now());
                 }
             }
         }
-        batch.clear();
     }
     debug!("audit writer stopped");
 }

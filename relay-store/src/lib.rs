@@ -205,6 +205,9 @@ pub enum Error {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The SQLite file failed on the audit log's own connection.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// Migrating failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -239,6 +242,8 @@ pub struct Store {
     url: Url,
     /// Queue accepts waiting for, or in, a shared INSERT.
     group_commit: std::sync::Arc<queue::GroupCommit>,
+    /// A SQLite file's audit inserts, on a connection of their own (`None`: through the pool).
+    direct_audit: Option<std::sync::Arc<audit::DirectAudit>>,
 }
 
 /// The database URL, kept for the PostgreSQL change listener; never printed (it may hold a
@@ -299,6 +304,12 @@ impl Store {
             backend,
             url: Url(url.as_str().into()),
             group_commit: std::sync::Arc::default(),
+            direct_audit: match backend {
+                Backend::Sqlite => {
+                    audit::DirectAudit::for_url(&url, SQLITE_BUSY_TIMEOUT).map(std::sync::Arc::new)
+                }
+                Backend::Postgres => None,
+            },
         };
         store.migrate().await?;
         Ok(store)

@@ -63,7 +63,7 @@ async fn audit_filters_pages_and_minutes(store: Store) {
         r.status = [200, 404, 502][(i % 3) as usize];
         batch.push(r);
     }
-    store.insert_audit(&batch).await.unwrap();
+    store.insert_audit(batch).await.unwrap();
     let q = |f: relay_store::AuditFilter| {
         let store = store.clone();
         async move { store.audit_query(&f).await.unwrap() }
@@ -317,7 +317,7 @@ async fn audit_records_batch_query_and_purge(store: Store) {
             )
         })
         .collect();
-    store.insert_audit(&batch).await.unwrap();
+    store.insert_audit(batch).await.unwrap();
     // Newest first, per tenant, bounded.
     let acme = store.audit(Some("acme"), 10).await.unwrap();
     assert_eq!(acme.len(), 10);
@@ -325,27 +325,12 @@ async fn audit_records_batch_query_and_purge(store: Store) {
     assert!(acme.iter().all(|r| r.tenant == "acme"));
     assert_eq!(acme[0], audit_record("r598", "acme", 1_598));
     assert_eq!(store.audit(None, 5000).await.unwrap().len(), 600);
-    // A duplicate id fails the whole batch (one transaction), nothing half-written.
-    let dup = vec![
-        audit_record("new", "acme", 5_000),
-        audit_record("r0", "acme", 5_000),
-    ];
-    assert!(store.insert_audit(&dup).await.is_err());
-    assert!(!store
-        .audit(None, 1000)
-        .await
-        .unwrap()
-        .iter()
-        .any(|r| r.request_id == "new"));
     // Values survive as they were: quotes, backslashes, control characters, non-ASCII, NULL.
     let mut odd = audit_record("odd", "acme", 1_050);
     odd.path = "/ü/\"x\"\\\n\u{1}/€".into();
     odd.session_node = Some("n2".into());
     odd.bytes_in = i64::MAX;
-    store
-        .insert_audit(std::slice::from_ref(&odd))
-        .await
-        .unwrap();
+    store.insert_audit(vec![odd.clone()]).await.unwrap();
     let back = store.audit(None, 5000).await.unwrap();
     assert_eq!(back.iter().find(|r| r.request_id == "odd"), Some(&odd));
     assert_eq!(store.purge_audit(1_100).await.unwrap(), 101);
@@ -497,6 +482,35 @@ async fn limits_enable_and_delete(store: Store) {
         store.create_credential("nobody", "", &hasher()).await,
         Err(Error::TenantNotFound(_))
     ));
+}
+
+/// A batch is one transaction across its statements: when a later chunk fails, the rows of the
+/// chunks before it are not kept either.
+#[tokio::test]
+async fn a_failed_audit_batch_writes_nothing() {
+    let (dir, store) = store().await;
+    let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+    // A failure the store cannot cause itself: a trigger that refuses one row.
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER poison BEFORE INSERT ON audit_requests WHEN NEW.request_id = 'poison' \
+         BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // 120 rows: two full statements, then the poisoned one in the third.
+    let mut batch: Vec<_> = (0..120)
+        .map(|i| audit_record(&format!("r{i}"), "acme", 1_000 + i))
+        .collect();
+    batch[110].request_id = "poison".into();
+    assert!(store.insert_audit(batch.clone()).await.is_err());
+    assert!(store.audit(None, 1000).await.unwrap().is_empty());
+    // Without it the same batch is written whole.
+    batch[110].request_id = "r110".into();
+    store.insert_audit(batch).await.unwrap();
+    assert_eq!(store.audit(None, 1000).await.unwrap().len(), 120);
+    pool.close().await;
 }
 
 #[tokio::test]

@@ -164,7 +164,7 @@ async fn pages_need_a_session_and_same_origin_csrf_checked_changes() -> anyhow::
     // The CSV export neutralises formulas.
     relay
         .store
-        .insert_audit(&[relay_store::AuditRecord {
+        .insert_audit(vec![relay_store::AuditRecord {
             request_id: "r1".into(),
             tenant: "acme".into(),
             target: "app".into(),
