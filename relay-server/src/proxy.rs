@@ -500,13 +500,7 @@ pub(crate) fn visitor_headers(
             crate::forwarded::client(&relay.config.trusted_proxies, conn.peer.ip(), chain)
                 .to_string();
     }
-    request_headers(
-        headers,
-        uri,
-        (&conn.peer_ip, forwarded_for),
-        conn.scheme,
-        &draft.request_id,
-    )
+    request_headers(headers, uri, (conn, forwarded_for), &draft.request_id)
 }
 
 /// What [`open_and_send`] leaves running: the response side of the stream, the outcome of the
@@ -801,6 +795,9 @@ pub(crate) struct Visitor {
     /// The peer's address as text, written once per connection (every request needs it for
     /// the audit record and the forwarding headers; formatting an address is not cheap).
     pub(crate) peer_ip: String,
+    /// `peer_ip` as a header value: the `X-Forwarded-For` of every request from an untrusted
+    /// peer, shared instead of copied.
+    peer_value: HeaderValue,
     pub(crate) scheme: &'static str,
     /// The TLS server name the visitor asked for (lowercase), if any.
     pub(crate) sni: Option<String>,
@@ -808,9 +805,13 @@ pub(crate) struct Visitor {
 
 impl Visitor {
     pub(crate) fn new(peer: SocketAddr, scheme: &'static str, sni: Option<String>) -> Visitor {
+        let peer_ip = peer.ip().to_string();
         Visitor {
             peer,
-            peer_ip: peer.ip().to_string(),
+            // An address's text is always a valid header value.
+            peer_value: HeaderValue::from_str(&peer_ip)
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            peer_ip,
             scheme,
             sni,
         }
@@ -824,10 +825,10 @@ impl Visitor {
 fn request_headers(
     mut headers: HeaderMap,
     uri: &http::Uri,
-    (peer_ip, forwarded_for): (&str, Option<Vec<String>>),
-    scheme: &'static str,
+    (conn, forwarded_for): (&Visitor, Option<Vec<String>>),
     request_id: &str,
 ) -> HeaderMap {
+    let scheme = conn.scheme;
     let trusted = forwarded_for.is_some();
     let proto_in = headers
         .get(&X_FORWARDED_PROTO)
@@ -859,22 +860,27 @@ fn request_headers(
         headers.remove(name);
     }
     // Added after stripping, so a visitor can neither remove nor pre-set them.
-    let chain = match forwarded_for {
+    headers.reserve(5);
+    let proto = proto_in.unwrap_or(HeaderValue::from_static(scheme));
+    let proto_text = proto.to_str().unwrap_or(scheme);
+    let host_text = host.as_ref().and_then(|h| h.to_str().ok());
+    let (chain, forwarded) = match forwarded_for {
         Some(mut chain) => {
-            chain.push(peer_ip.to_string());
-            chain
+            chain.push(conn.peer_ip.clone());
+            let forwarded = crate::forwarded::header(&chain, proto_text, host_text);
+            (HeaderValue::from_str(&chain.join(", ")).ok(), forwarded)
         }
-        None => vec![peer_ip.to_string()],
+        // The usual case, a visitor's own connection: its address is the whole chain.
+        None => (
+            Some(conn.peer_value.clone()),
+            crate::forwarded::header(std::slice::from_ref(&conn.peer_ip), proto_text, host_text),
+        ),
     };
-    if let Ok(v) = HeaderValue::from_str(&chain.join(", ")) {
+    if let Some(v) = chain {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    let proto = proto_in.unwrap_or(HeaderValue::from_static(scheme));
-    if let Ok(v) = HeaderValue::from_str(&crate::forwarded::header(
-        &chain,
-        proto.to_str().unwrap_or(scheme),
-        host.as_ref().and_then(|h| h.to_str().ok()),
-    )) {
+    // The string becomes the value's buffer, not copied into a new one.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)) {
         headers.insert(header::FORWARDED, v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), proto);

@@ -176,22 +176,14 @@ pub(crate) fn request_host(
 
 /// Lowercase, port and one trailing dot removed (`[::1]:443` → `[::1]`).
 fn canonical_host(raw: &str) -> String {
-    let lower = raw.trim().to_ascii_lowercase();
-    let without_port = if lower.starts_with('[') {
-        lower
-            .split_once(']')
-            .map(|(h, _)| format!("{h}]"))
-            .unwrap_or(lower.clone())
+    // Cut first, then lowercase into the one string returned (':', ']' and '.' have no case).
+    let raw = raw.trim();
+    let host = if raw.starts_with('[') {
+        raw.find(']').map_or(raw, |end| &raw[..=end])
     } else {
-        lower
-            .rsplit_once(':')
-            .map(|(h, _)| h.to_string())
-            .unwrap_or(lower.clone())
+        raw.rsplit_once(':').map_or(raw, |(host, _port)| host)
     };
-    without_port
-        .strip_suffix('.')
-        .map(str::to_string)
-        .unwrap_or(without_port)
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -205,6 +197,9 @@ mod tests {
         assert_eq!(canonical_host("app.example.com.:443"), "app.example.com");
         assert_eq!(canonical_host("[::1]:443"), "[::1]");
         assert_eq!(canonical_host("127.0.0.1:80"), "127.0.0.1");
+        assert_eq!(canonical_host(" [::1"), "[::1");
+        assert_eq!(canonical_host("[2001:DB8::1]"), "[2001:db8::1]");
+        assert_eq!(canonical_host("Example.com"), "example.com");
     }
 
     fn host_of(parts: &http::request::Parts) -> Result<Option<String>, ProxyError> {
