@@ -48,6 +48,17 @@ impl Writer<'_> {
     }
 }
 
+/// The bytes [`Writer::headers`] writes for `headers`.
+pub(crate) fn headers_len(headers: &HeaderMap) -> usize {
+    2 + headers
+        .iter()
+        .take(MAX_HEADERS)
+        .map(|(name, value)| {
+            4 + name.as_str().len().min(u16::MAX as usize) + value.len().min(u16::MAX as usize)
+        })
+        .sum::<usize>()
+}
+
 /// Reads payload fields; every getter fails with `Malformed(what)` when the payload is short.
 pub(crate) struct Reader {
     buf: Bytes,

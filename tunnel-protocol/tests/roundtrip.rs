@@ -133,6 +133,29 @@ fn stream_frames_round_trip_from_every_split() {
     }
 }
 
+/// `encoded_len` is what `encode` writes (an upper bound for an error's message), so the one
+/// reservation it makes is never short.
+#[test]
+fn encoded_len_is_what_encode_writes() {
+    let mut frames = stream_frames();
+    frames.push(StreamFrame::Data(Bytes::new()));
+    frames.push(StreamFrame::Data(Bytes::from(vec![
+        7u8;
+        2 * MAX_DATA_FRAME_LEN
+            + 1
+    ])));
+    for f in &frames {
+        let mut wire = BytesMut::new();
+        f.encode(&mut wire);
+        match f {
+            StreamFrame::Error(_) => assert!(wire.len() <= f.encoded_len(), "{f:?}"),
+            _ => assert_eq!(wire.len(), f.encoded_len(), "{f:?}"),
+        }
+        // One allocation: the buffer was never grown past its reservation.
+        assert!(wire.capacity() <= f.encoded_len().max(1) * 2, "{f:?}");
+    }
+}
+
 #[test]
 fn control_frames_round_trip_from_every_split() {
     let frames = control_frames();
