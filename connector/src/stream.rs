@@ -203,8 +203,15 @@ fn prepare(
         .filter(|_| head.content_length == Some(0))
         .and_then(|v| allowed_upgrade(&v, |p| backend.target.allows_upgrade(p)));
     backend_headers(&mut headers, &backend.target);
-    if let Some(len) = head.content_length {
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    match head.content_length {
+        // Every bodiless request: a shared static instead of a formatted, allocated value.
+        Some(0) => {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
+        Some(len) => {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        None => {}
     }
     // The response timeout runs from the end of the request body, not from its start: a large
     // upload to a slow backend is not a timeout.

@@ -59,6 +59,18 @@ pub(crate) fn headers_len(headers: &HeaderMap) -> usize {
         .sum::<usize>()
 }
 
+/// Header names that cross the tunnel on nearly every request (the relay's forwarding headers)
+/// or response but are not among `http`'s standard names, which `HeaderName::from_bytes` finds
+/// without allocating. Any other name costs an allocation and a copy; these are shared statics.
+static FREQUENT: [HeaderName; 6] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-relay-request-id"),
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("x-powered-by"),
+];
+
 /// Reads payload fields; every getter fails with `Malformed(what)` when the payload is short.
 pub(crate) struct Reader {
     buf: Bytes,
@@ -118,8 +130,11 @@ impl Reader {
         for _ in 0..count {
             let name = self.bytes()?;
             let value = self.bytes()?;
-            let name =
-                HeaderName::from_bytes(&name).map_err(|_| DecodeError::InvalidHeader(self.what))?;
+            let name = match FREQUENT.iter().find(|k| k.as_str().as_bytes() == &name[..]) {
+                Some(known) => known.clone(),
+                None => HeaderName::from_bytes(&name)
+                    .map_err(|_| DecodeError::InvalidHeader(self.what))?,
+            };
             let value = HeaderValue::from_maybe_shared(value)
                 .map_err(|_| DecodeError::InvalidHeader(self.what))?;
             map.append(name, value);

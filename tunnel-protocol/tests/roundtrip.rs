@@ -14,6 +14,8 @@ fn headers() -> HeaderMap {
     h.append("x-multi", HeaderValue::from_static("a"));
     h.append("x-multi", HeaderValue::from_static("b"));
     h.insert("x-bin", HeaderValue::from_bytes(b"\xfe\xff ok").unwrap());
+    // One of the names the decoder shares instead of allocating.
+    h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
     h
 }
 
