@@ -4,6 +4,8 @@ request. Uses the harness's nginx backend and ports (bench/bench.py); run bench/
 so the release binaries exist.
 
 Usage: python3 bench/profile.py [--transport quic|tcp] [--duration SECONDS] [--callgraph] [--no-perf]
+                               [--relay-bin PATH] [--connector-bin PATH]
+(--no-perf also counts each process's system calls and context switches per request)
        python3 bench/profile.py --trace [--transport quic|tcp]
 
 --trace follows single requests instead: 40 requests one at a time on one keep-alive connection,
@@ -43,6 +45,8 @@ def main():
     ap.add_argument("--top", type=int, default=35)
     ap.add_argument("--no-perf", action="store_true", help="only measure: req/s, c1 latency, CPU/request")
     ap.add_argument("--trace", action="store_true", help="print the syscall timeline of single requests")
+    ap.add_argument("--relay-bin", default=os.path.join(bench.RELEASE, "relay-server"))
+    ap.add_argument("--connector-bin", default=os.path.join(bench.RELEASE, "connector"))
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="relay-profile-")
@@ -52,8 +56,7 @@ def main():
         bench.write_site(work, 1 << 20)
         procs.append(bench.start(["nginx", "-c", f"{work}/nginx.conf", "-p", work]))
         bench.wait_port(bench.PORTS["backend"])
-        relay_bin = os.path.join(bench.RELEASE, "relay-server")
-        conn_bin = os.path.join(bench.RELEASE, "connector")
+        relay_bin, conn_bin = args.relay_bin, args.connector_bin
         data = f"{work}/relay-data"
         bench.provision(relay_bin, data, "bench", f"{work}/secret")
         relay = bench.start([relay_bin, "--data-dir", data, "run", "--listen", f"127.0.0.1:{bench.PORTS['relay']}",
@@ -92,6 +95,12 @@ def main():
             if args.callgraph:
                 cmd += ["--call-graph", "dwarf,16384"]
             perfs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        # Without sampling: count each process's system calls and context switches instead.
+        stats = {}
+        for name, pid in (pids if args.no_perf else {}).items():
+            stats[name] = subprocess.Popen(
+                ["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter,context-switches", "-p", str(pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(0.5)
         before = {n: cpu_ticks(p) for n, p in pids.items()}
         result = bench.wrk(url, 64, 2, args.duration)
@@ -99,12 +108,23 @@ def main():
         for p in perfs:
             p.send_signal(2)
             p.wait(timeout=60)
+        counts = {}
+        for name, p in stats.items():
+            p.send_signal(2)
+            _, err = p.communicate(timeout=60)
+            counts[name] = {line.split(",")[2]: float(line.split(",")[0]) for line in err.splitlines()
+                            if line.count(",") >= 2 and line.split(",")[0].replace(".", "").isdigit()}
         requests = result["rps"] * args.duration
         hz = os.sysconf("SC_CLK_TCK")
         print(f"transport {args.transport}: {result['rps']:.0f} req/s at c64, errors {result.get('errors', 0)}")
         for name in pids:
             cpu_us = (after[name] - before[name]) / hz * 1e6
             print(f"{name}: {cpu_us / max(requests, 1):.1f} µs CPU per request")
+            if name in counts:
+                # Counted a little longer than wrk ran (perf stat starts before, stops after).
+                per = {k: v / max(requests, 1) for k, v in counts[name].items()}
+                print(f"  {per.get('raw_syscalls:sys_enter', 0):.1f} system calls and "
+                      f"{per.get('context-switches', 0):.2f} context switches per request")
         if args.no_perf:
             direct = bench.wrk(f"http://127.0.0.1:{bench.PORTS['backend']}/small", 1, 1, args.duration)
             relayed = bench.wrk(url, 1, 1, args.duration)
