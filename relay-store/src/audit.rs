@@ -136,7 +136,7 @@ impl Store {
             let mut args = sqlx::any::AnyArguments::default();
             sqlx::Arguments::reserve(&mut args, chunk.len() * AUDIT_COLUMNS, 0);
             for r in chunk {
-                add_audit_row(&mut args, r).map_err(sqlx::Error::Encode)?;
+                audit_values(r, &mut args).map_err(sqlx::Error::Encode)?;
             }
             sqlx::query_with(sql, args).execute(&mut *tx).await?;
         }
@@ -333,31 +333,13 @@ fn write_audit(conn: &mut rusqlite::Connection, records: &[AuditRecord]) -> rusq
     tx.commit()
 }
 
-/// Binds `rows` to a statement of as many rows, [`AUDIT_COLUMNS`] parameters each, in the
-/// INSERT's column order.
+/// Binds `rows` to a statement of as many rows, [`AUDIT_COLUMNS`] parameters each.
 fn bind_audit_rows(
     stmt: &mut rusqlite::Statement<'_>,
     rows: &[AuditRecord],
 ) -> rusqlite::Result<()> {
-    let mut next = Params { stmt, at: 0 };
-    for r in rows {
-        next.bind(r.request_id.as_str())?;
-        next.bind(r.tenant.as_str())?;
-        next.bind(r.target.as_str())?;
-        next.bind(r.method.as_str())?;
-        next.bind(r.path.as_str())?;
-        next.bind(r.status)?;
-        next.bind(r.outcome.as_str())?;
-        next.bind(r.bytes_in)?;
-        next.bind(r.bytes_out)?;
-        next.bind(r.duration_ms)?;
-        next.bind(r.visitor.as_str())?;
-        next.bind(r.session_id.as_str())?;
-        next.bind(r.relay_node.as_str())?;
-        next.bind(r.session_node.as_deref())?;
-        next.bind(r.created_at)?;
-    }
-    Ok(())
+    let mut params = Params { stmt, at: 0 };
+    rows.iter().try_for_each(|r| audit_values(r, &mut params))
 }
 
 /// A statement's parameters, bound in order.
@@ -373,6 +355,61 @@ impl Params<'_, '_> {
     }
 }
 
+impl<'r> AuditSink<'r> for Params<'_, '_> {
+    type Error = rusqlite::Error;
+    fn text(&mut self, v: &'r str) -> rusqlite::Result<()> {
+        self.bind(v)
+    }
+    fn int(&mut self, v: i64) -> rusqlite::Result<()> {
+        self.bind(v)
+    }
+    fn optional_text(&mut self, v: Option<&'r str>) -> rusqlite::Result<()> {
+        self.bind(v)
+    }
+}
+
+impl<'q> AuditSink<'q> for sqlx::any::AnyArguments<'q> {
+    type Error = sqlx::error::BoxDynError;
+    fn text(&mut self, v: &'q str) -> Result<(), Self::Error> {
+        sqlx::Arguments::add(self, v)
+    }
+    fn int(&mut self, v: i64) -> Result<(), Self::Error> {
+        sqlx::Arguments::add(self, v)
+    }
+    fn optional_text(&mut self, v: Option<&'q str>) -> Result<(), Self::Error> {
+        sqlx::Arguments::add(self, v)
+    }
+}
+
+/// Where a record's values go, in the INSERT's column order: sqlx's arguments or a rusqlite
+/// statement's parameters.
+trait AuditSink<'r> {
+    type Error;
+    fn text(&mut self, v: &'r str) -> Result<(), Self::Error>;
+    fn int(&mut self, v: i64) -> Result<(), Self::Error>;
+    fn optional_text(&mut self, v: Option<&'r str>) -> Result<(), Self::Error>;
+}
+
+/// One record's [`AUDIT_COLUMNS`] values, in the order of [`insert_audit_sql`]'s columns: the one
+/// place that order is written down for both stores.
+fn audit_values<'r, S: AuditSink<'r>>(r: &'r AuditRecord, sink: &mut S) -> Result<(), S::Error> {
+    sink.text(&r.request_id)?;
+    sink.text(&r.tenant)?;
+    sink.text(&r.target)?;
+    sink.text(&r.method)?;
+    sink.text(&r.path)?;
+    sink.int(r.status)?;
+    sink.text(&r.outcome)?;
+    sink.int(r.bytes_in)?;
+    sink.int(r.bytes_out)?;
+    sink.int(r.duration_ms)?;
+    sink.text(&r.visitor)?;
+    sink.text(&r.session_id)?;
+    sink.text(&r.relay_node)?;
+    sink.optional_text(r.session_node.as_deref())?;
+    sink.int(r.created_at)
+}
+
 /// Rows per audit INSERT (SQLite's parameters are anonymous: binding them costs no name lookups,
 /// see `push_rows`). One JSON parameter per batch read with json_each cost far more: SQLite
 /// translated each row's value back to text for every column (150k instead of 106k instructions
@@ -385,30 +422,6 @@ const AUDIT_COLUMNS: usize = 15;
 fn single_audit_insert() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| insert_audit_sql(Backend::Sqlite, 1))
-}
-
-/// Appends one record's [`AUDIT_COLUMNS`] values, in the INSERT's column order.
-fn add_audit_row<'q>(
-    args: &mut sqlx::any::AnyArguments<'q>,
-    r: &'q AuditRecord,
-) -> Result<(), sqlx::error::BoxDynError> {
-    use sqlx::Arguments as _;
-    args.add(r.request_id.as_str())?;
-    args.add(r.tenant.as_str())?;
-    args.add(r.target.as_str())?;
-    args.add(r.method.as_str())?;
-    args.add(r.path.as_str())?;
-    args.add(r.status)?;
-    args.add(r.outcome.as_str())?;
-    args.add(r.bytes_in)?;
-    args.add(r.bytes_out)?;
-    args.add(r.duration_ms)?;
-    args.add(r.visitor.as_str())?;
-    args.add(r.session_id.as_str())?;
-    args.add(r.relay_node.as_str())?;
-    args.add(r.session_node.as_deref())?;
-    args.add(r.created_at)?;
-    Ok(())
 }
 
 /// The INSERT for a full chunk of [`AUDIT_ROWS`], built once per backend.
