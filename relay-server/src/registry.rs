@@ -1,6 +1,6 @@
 //! Live sessions by tenant, and the choice of session for each request (fewest streams in flight).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -22,6 +22,31 @@ pub(crate) enum CloseKind {
     Kill(ErrorCode),
 }
 
+/// The target names a connector announced, sorted: a request's lookup is a binary search, not
+/// a hash of its name with SipHash for every session of the tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Targets(Box<[String]>);
+
+impl Targets {
+    /// From names already checked and canonical; duplicates are dropped.
+    pub(crate) fn new(names: impl IntoIterator<Item = String>) -> Targets {
+        let mut names: Vec<String> = names.into_iter().collect();
+        names.sort_unstable();
+        names.dedup();
+        Targets(names.into_boxed_slice())
+    }
+
+    /// Whether a request for `target` may go to the session: it announced `target`, or it
+    /// announced nothing (then it may be asked for any).
+    pub(crate) fn serves(&self, target: &str) -> bool {
+        self.0.is_empty() || self.0.binary_search_by(|t| t.as_str().cmp(target)).is_ok()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &String> {
+        self.0.iter()
+    }
+}
+
 /// One live session.
 #[derive(Debug)]
 pub(crate) struct SessionEntry {
@@ -31,7 +56,7 @@ pub(crate) struct SessionEntry {
     pub(crate) connector_version: String,
     /// The targets the connector announced in its `Hello` (canonical names); empty means it did
     /// not say, and it may be asked for any.
-    pub(crate) targets: HashSet<String>,
+    pub(crate) targets: Targets,
     pub(crate) conn: tunnel_session::transport::Conn,
     pub(crate) remote: SocketAddr,
     pub(crate) connected_at: SystemTime,
@@ -47,7 +72,7 @@ impl SessionEntry {
         identity: Identity,
         connector_id: String,
         connector_version: String,
-        targets: HashSet<String>,
+        targets: Targets,
         conn: tunnel_session::transport::Conn,
     ) -> SessionEntry {
         SessionEntry {
@@ -93,7 +118,7 @@ impl SessionEntry {
 
     /// Whether the connector serves `target` (or did not say which targets it serves).
     pub(crate) fn serves(&self, target: &str) -> bool {
-        self.targets.is_empty() || self.targets.contains(target)
+        self.targets.serves(target)
     }
 }
 
@@ -228,5 +253,20 @@ impl Registry {
             *entry = (limit, Arc::new(Semaphore::new(limit as usize)));
         }
         entry.1.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Targets;
+
+    #[test]
+    fn a_session_serves_what_it_announced_or_anything_when_silent() {
+        let some = Targets::new(["echo", "app", "zeta", "app"].map(String::from));
+        assert!(some.serves("app") && some.serves("echo") && some.serves("zeta"));
+        assert!(!some.serves("ap") && !some.serves("apps") && !some.serves(""));
+        assert_eq!(some.iter().count(), 3);
+        let silent = Targets::new(Vec::new());
+        assert!(silent.serves("anything"));
     }
 }

@@ -248,12 +248,13 @@ async fn established(relay: Arc<Relay>, conn: Conn) {
 
 /// The target names a `Hello` announced, canonical; names that are not valid target names are
 /// left out (nothing can route to them). At most [`MAX_ANNOUNCED_TARGETS`] are kept.
-fn announced_targets(names: &[String]) -> std::collections::HashSet<String> {
-    names
-        .iter()
-        .take(MAX_ANNOUNCED_TARGETS)
-        .filter_map(|n| relay_store::validate_name(n).ok())
-        .collect()
+fn announced_targets(names: &[String]) -> crate::registry::Targets {
+    crate::registry::Targets::new(
+        names
+            .iter()
+            .take(MAX_ANNOUNCED_TARGETS)
+            .filter_map(|n| relay_store::validate_name(n).ok()),
+    )
 }
 
 /// Most target names kept from one `Hello` (the frame itself is bounded too).
