@@ -119,11 +119,10 @@ impl Store {
                 .await
                 .map_err(|_| Error::Database(sqlx::Error::WorkerCrashed))?;
         }
-        let rows = AUDIT_ROWS;
         let mut tx = self.pool.begin().await?;
-        for chunk in records.chunks(rows) {
+        for chunk in records.chunks(AUDIT_ROWS) {
             let partial;
-            let sql = if chunk.len() == rows {
+            let sql = if chunk.len() == AUDIT_ROWS {
                 full_audit_insert(self.backend)
             } else {
                 partial = insert_audit_sql(self.backend, chunk.len());
@@ -246,13 +245,12 @@ impl Store {
 /// Why not through sqlx: its SQLite driver copies every value twice on the way in (into its
 /// `Any` arguments, then into owned ones for its worker thread), and binding, resetting and
 /// clearing a 750-parameter statement cost more than SQLite's own inserting; together the
-/// audit log was about 30 % of the relay's instructions per request. Here one prepared
-/// single-row INSERT is bound straight from the records and stepped once per record, in one
-/// transaction per batch.
+/// audit log was about 30 % of the relay's instructions per request. Here prepared statements
+/// are bound straight from the records, in one transaction per batch (see `write_audit`).
+/// ADR 0006.
 #[derive(Debug)]
 pub(crate) struct DirectAudit {
     path: PathBuf,
-    busy: std::time::Duration,
     /// Opened on first use; dropped after an error, so the next batch starts on a fresh one.
     conn: Mutex<Option<rusqlite::Connection>>,
 }
@@ -260,7 +258,7 @@ pub(crate) struct DirectAudit {
 impl DirectAudit {
     /// For a SQLite `url` naming a file (`None` for an in-memory database, which a second
     /// connection would not see, or a read-only one).
-    pub(crate) fn for_url(url: &str, busy: std::time::Duration) -> Option<DirectAudit> {
+    pub(crate) fn for_url(url: &str) -> Option<DirectAudit> {
         use std::str::FromStr;
         if url.contains("mode=memory") || url.contains(":memory:") || url.contains("mode=ro") {
             return None;
@@ -272,22 +270,19 @@ impl DirectAudit {
         }
         Some(DirectAudit {
             path: path.to_path_buf(),
-            busy,
             conn: Mutex::new(None),
         })
     }
 
-    fn open(path: &Path, busy: std::time::Duration) -> rusqlite::Result<rusqlite::Connection> {
+    fn open(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
         use rusqlite::OpenFlags;
         // The file exists: the store created and migrated it before this runs.
         let conn = rusqlite::Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        // The pool's settings (see `Store::connect`): wait, bounded, for the writer lock; sync
-        // at WAL checkpoints, not at every commit.
-        conn.busy_timeout(busy)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // The pool's own settings, from the one place they are written.
+        conn.execute_batch(&crate::sqlite_pragmas())?;
         Ok(conn)
     }
 
@@ -296,7 +291,7 @@ impl DirectAudit {
         let mut slot = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         let conn = match &mut *slot {
             Some(conn) => conn,
-            empty => empty.insert(Self::open(&self.path, self.busy)?),
+            empty => empty.insert(Self::open(&self.path)?),
         };
         let written = write_audit(conn, records);
         if written.is_err() {
@@ -456,8 +451,7 @@ mod tests {
 
     #[test]
     fn audit_inserts_go_direct_only_for_a_writable_file() {
-        let busy = std::time::Duration::from_secs(1);
-        let direct = |url: &str| DirectAudit::for_url(url, busy).map(|d| d.path);
+        let direct = |url: &str| DirectAudit::for_url(url).map(|d| d.path);
         assert_eq!(
             direct("sqlite:///var/lib/relay/relay.db?mode=rwc"),
             Some(PathBuf::from("/var/lib/relay/relay.db"))
