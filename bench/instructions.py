@@ -10,7 +10,9 @@ figures and every request's audit insert is. Keep-alives and idle timeouts are
 lengthened so that the slow-down under valgrind (about 50×) does not end sessions.
 
 Usage: python3 bench/instructions.py [--transport quic|tcp] [--requests N] [--top N]
-                                     [--relay-bin PATH] [--connector-bin PATH]
+                                     [--relay-bin PATH] [--connector-bin PATH] [--cluster]
+With --cluster, two relay nodes share a throwaway PostgreSQL, the connector holds its session on
+node B and the requests go to node A: the cross-node path, each node counted on its own.
 Needs the release binaries (cargo build --release -p relay-server -p connector), nginx, h2load
 and valgrind. Prints instructions per request per process and load, and the hottest functions
 (self instructions) at c64.
@@ -100,25 +102,41 @@ def main():
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--relay-bin", default=os.path.join(bench.RELEASE, "relay-server"))
     ap.add_argument("--connector-bin", default=os.path.join(bench.RELEASE, "connector"))
+    ap.add_argument("--cluster", action="store_true",
+                    help="two relay nodes on a throwaway PostgreSQL, the connector on node B, the "
+                         "requests sent to node A (the cross-node path)")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="relay-instructions-")
     os.chmod(work, 0o755)
-    procs = []
+    procs, stops = [], []
     try:
         bench.write_site(work, 1 << 20)
         procs.append(bench.start(["nginx", "-c", f"{work}/nginx.conf", "-p", work]))
         bench.wait_port(bench.PORTS["backend"])
         data = f"{work}/relay-data"
-        bench.provision(args.relay_bin, data, "bench", f"{work}/secret")
-        relay = bench.start(callgrind([args.relay_bin, "--data-dir", data, "run",
-                                       "--listen", f"127.0.0.1:{bench.PORTS['relay']}",
-                                       "--listen-http", f"127.0.0.1:{bench.PORTS['relay_http']}"],
-                                      f"{work}/relay.%p.out"),
-                            env={"RELAY_LIMITS__MAX_CONCURRENT_STREAMS": "4096", "RUST_LOG": "warn",
-                                 "RELAY_TUNNEL__IDLE_TIMEOUT": "60s"})
-        procs.append(relay)
-        bench.wait_port(bench.PORTS["relay_http"], timeout=120)
+        db = None
+        if args.cluster:
+            db, stop_pg = bench.start_postgres(work)
+            stops.append(stop_pg)
+        bench.provision(args.relay_bin, data, "bench", f"{work}/secret", db)
+        # The relay (node B under --cluster, holding the connector's session), then node A.
+        nodes = {"relay-server": (bench.PORTS["relay"], bench.PORTS["relay_http"])}
+        if args.cluster:
+            nodes = {"node-b": (bench.PORTS["relay"], bench.PORTS["relay_http"]),
+                     "node-a": (bench.PORTS["relay"] + 100, bench.PORTS["relay_http"] + 100)}
+        pids = {}
+        for name, (port, http_port) in nodes.items():
+            node = bench.start(callgrind([args.relay_bin, "--data-dir", data,
+                                          *(["--database-url", db] if db else []), "run",
+                                          "--listen", f"127.0.0.1:{port}",
+                                          "--listen-http", f"127.0.0.1:{http_port}"],
+                                         f"{work}/{name}.%p.out"),
+                               env={"RELAY_LIMITS__MAX_CONCURRENT_STREAMS": "4096", "RUST_LOG": "warn",
+                                    "RELAY_TUNNEL__IDLE_TIMEOUT": "60s", "RELAY_NODE_NAME": name})
+            procs.append(node)
+            pids[name] = node.pid
+            bench.wait_port(http_port, timeout=120)
         deadline = time.time() + 120
         while not os.path.exists(f"{data}/tls/cert.pem") and time.time() < deadline:
             time.sleep(0.2)
@@ -131,7 +149,10 @@ def main():
                            env={"RUST_LOG": "warn", "CONNECTOR_SESSION__KEEP_ALIVE": "10s",
                                 "CONNECTOR_SESSION__IDLE_TIMEOUT": "60s"})
         procs.append(conn)
-        url = f"http://127.0.0.1:{bench.PORTS['relay_http']}/relay/bench/app/small"
+        pids["connector"] = conn.pid
+        # Under --cluster the requests go to node A, which forwards them over its node link to B.
+        first_http = list(nodes.values())[-1][1]
+        url = f"http://127.0.0.1:{first_http}/relay/bench/app/small"
         deadline = time.time() + 120
         while True:
             try:
@@ -143,7 +164,6 @@ def main():
                     raise SystemExit("the tunnel did not come up")
                 time.sleep(0.5)
         h2load(url, 64, 500)  # warm-up: connections, sessions' streams, allocator pools
-        pids = {"relay-server": relay.pid, "connector": conn.pid}
         results = {}
         for conns in (1, 64):
             time.sleep(SETTLE)
@@ -152,19 +172,20 @@ def main():
             n = h2load(url, conns, args.requests)
             time.sleep(SETTLE)
             for name, pid in pids.items():
-                before = set(glob.glob(f"{work}/{name.split('-')[0]}.{pid}.out*"))
+                before = set(glob.glob(f"{work}/{name}.{pid}.out*"))
                 control(pid, "--dump")
-                new = sorted(set(glob.glob(f"{work}/{name.split('-')[0]}.{pid}.out*")) - before,
+                new = sorted(set(glob.glob(f"{work}/{name}.{pid}.out*")) - before,
                              key=os.path.getmtime)
                 if not new:
                     raise SystemExit(f"{name}: callgrind wrote no dump")
                 results[(name, conns)] = (total_of(new[-1]) / n, new[-1])
-        print(f"transport {args.transport}, {args.requests} requests per load, instructions per request:")
+        print(f"transport {args.transport}, {args.requests} requests per load"
+              f"{' through node A to node B' if args.cluster else ''}, instructions per request:")
         print(f"{'process':<14} {'c1':>10} {'c64':>10}")
         for name in pids:
             print(f"{name:<14} {results[(name, 1)][0]:>10,.0f} {results[(name, 64)][0]:>10,.0f}")
         both = {c: sum(results[(n, c)][0] for n in pids) for c in (1, 64)}
-        print(f"{'both':<14} {both[1]:>10,.0f} {both[64]:>10,.0f}")
+        print(f"{'all':<14} {both[1]:>10,.0f} {both[64]:>10,.0f}")
         for name in pids:
             print(f"\n=== {name} at c64: hottest functions (self instructions) ===")
             print("\n".join(top(results[(name, 64)][1], args.top)))
@@ -174,6 +195,16 @@ def main():
             try:
                 os.killpg(p.pid, 15)
             except OSError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, 9)
+        for stop in stops:
+            try:
+                stop()
+            except subprocess.CalledProcessError:
                 pass
 
 

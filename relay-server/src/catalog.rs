@@ -3,15 +3,16 @@
 //! store's revision changes (polled), and each refresh closes sessions whose credential was
 //! revoked or whose tenant was disabled or deleted.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use relay_store::{ApiKeyRecord, CredentialRecord, Snapshot, Store, Tenant, TenantId};
+use rustc_hash::FxHashMap as HashMap;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// One immutable snapshot.
+/// One immutable snapshot. Its maps hash with FxHash, not SipHash: they are read on every
+/// request, and only an admin adds keys to them, so a visitor cannot make keys collide.
 #[derive(Debug, Default)]
 pub(crate) struct CatalogData {
     pub(crate) revision: i64,
@@ -27,8 +28,8 @@ pub(crate) struct CatalogData {
 
 impl CatalogData {
     fn from_snapshot(s: Snapshot) -> CatalogData {
-        let mut by_name = HashMap::with_capacity(s.tenants.len());
-        let mut by_id = HashMap::with_capacity(s.tenants.len());
+        let mut by_name = HashMap::with_capacity_and_hasher(s.tenants.len(), Default::default());
+        let mut by_id = HashMap::with_capacity_and_hasher(s.tenants.len(), Default::default());
         for t in s.tenants {
             let t = Arc::new(t);
             by_name.insert(t.name.clone(), t.clone());

@@ -1,12 +1,12 @@
 //! Live sessions by tenant, and the choice of session for each request (fewest streams in flight).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use relay_store::TenantId;
+use rustc_hash::FxHashMap as HashMap;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tunnel_protocol::ErrorCode;
@@ -133,7 +133,8 @@ pub(crate) enum Pick {
     NoSession,
 }
 
-/// Live sessions and per-tenant stream caps.
+/// Live sessions and per-tenant stream caps, by tenant id (FxHash: read on every request; the
+/// keys are tenants an admin made).
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
     sessions: RwLock<HashMap<TenantId, Vec<Arc<SessionEntry>>>>,

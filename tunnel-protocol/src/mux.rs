@@ -51,7 +51,9 @@
 //! - After CLOSE the sender shuts down its write side. On a protocol error a side sends CLOSE with
 //!   code [`ErrorCode::PROTOCOL_ERROR`] and a reason, then closes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -298,13 +300,16 @@ impl Conn {
 /// the frames waiting to be written.
 #[derive(Debug)]
 pub struct Mux {
-    streams: HashMap<u64, Stream>,
+    /// By id. FxHash, not SipHash: the map is hashed several times per frame, and the ids the
+    /// peer picks are bounded in number by `peer_allowed`, so colliding ones cost it at most a
+    /// longer probe on its own connection.
+    streams: FxHashMap<u64, Stream>,
     conn: Conn,
 }
 
 /// The stream's state if it is live, `None` if it was removed, `Err` if it was never opened.
 fn lookup<'a>(
-    streams: &'a mut HashMap<u64, Stream>,
+    streams: &'a mut FxHashMap<u64, Stream>,
     conn: &Conn,
     id: u64,
     what: &str,
@@ -345,7 +350,7 @@ impl Mux {
         let mut out = VecDeque::new();
         out.push_back(Frame::Settings(max_streams));
         Mux {
-            streams: HashMap::new(),
+            streams: FxHashMap::default(),
             conn: Conn {
                 role,
                 out,

@@ -5,7 +5,6 @@
 //! credit-based flow control, a stream limit); this module adds keep-alive pings, an idle
 //! timeout, and handles that behave like quinn's.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::poll_fn;
 use std::io;
@@ -61,7 +60,7 @@ struct StreamWakers {
 /// The state machine and who waits on it, under one lock.
 struct State {
     mux: Mux,
-    streams: HashMap<u64, StreamWakers>,
+    streams: rustc_hash::FxHashMap<u64, StreamWakers>,
     send_credit: Vec<Waker>,
     open: Vec<Waker>,
     accept: Vec<Waker>,
@@ -404,7 +403,7 @@ impl Connection {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 mux: Mux::new(role, config.max_streams),
-                streams: HashMap::new(),
+                streams: rustc_hash::FxHashMap::default(),
                 send_credit: Vec::new(),
                 open: Vec::new(),
                 accept: Vec::new(),
