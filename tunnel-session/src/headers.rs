@@ -4,7 +4,7 @@ use http::header::{self, HeaderMap, HeaderName};
 
 /// Headers that describe one connection, never the message (every `Proxy-*` field is removed
 /// too, below: they are for a proxy on the way, never for the backend).
-const HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     // Only ever meaningful with `Upgrade: h2c`, which is never forwarded (RFC 9113 §3.1 of old).
     HeaderName::from_static("http2-settings"),
