@@ -12,12 +12,6 @@ use connector::{Config, Connector};
 use process_setup::layered::EXIT_CONFIG;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc, not the system allocator, on Linux: malloc and free were about a tenth of the
-/// connector's instructions per request (ADR 0007).
-#[cfg(unix)]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let args = match Cli::parse().command {
         Command::Run(args) => args,

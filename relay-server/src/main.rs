@@ -7,11 +7,6 @@ use process_setup::layered::{ProcessEnv, EXIT_CONFIG};
 use relay_server::cli::{Cli, Command, ConfigCommand, ListenArgs};
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc, not the system allocator: about a tenth of the relay's instructions per request
-/// went to glibc's malloc and free (ADR 0007).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     process_setup::init_tracing(&cli.log_format, "info,quinn=warn,rustls=warn,sqlx=warn");
