@@ -137,6 +137,12 @@ def main():
             procs.append(node)
             pids[name] = node.pid
             bench.wait_port(http_port, timeout=120)
+            # The listeners open before the node makes its self-signed certificate (slowly, under
+            # valgrind); the next node, on the same data directory, must find it made.
+            deadline = time.time() + 120
+            while not os.path.exists(f"{data}/tls/cert.pem") and time.time() < deadline:
+                time.sleep(0.2)
+            time.sleep(1)
         deadline = time.time() + 120
         while not os.path.exists(f"{data}/tls/cert.pem") and time.time() < deadline:
             time.sleep(0.2)
