@@ -1,7 +1,9 @@
 //! Key material in the data directory, generated on first start: the credential pepper, the
 //! token signing key, the certificate key that seals hostname certificates' private keys in the
 //! database, and (when no certificate is configured) a self-signed TLS certificate.
-//! Files are created with mode 0600; nothing here ever goes to the database or a log.
+//! Files are created with mode 0600; nothing here ever goes to the database or a log. Each file
+//! appears whole or not at all, and the first process to make it wins: nodes that start at the
+//! same moment on one fresh data directory all end up with the same keys and certificate.
 //!
 //! Several relay nodes sharing one database must share `keys/` too (same pepper, same signing
 //! key), e.g. from a secret store mounted at the same path.
@@ -9,6 +11,8 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::rand::{self, SecureRandom};
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
@@ -147,6 +151,12 @@ fn self_signed(data_dir: &Path) -> Result<(PathBuf, PathBuf), KeyError> {
     if cert_path.exists() && key_path.exists() {
         return Ok((cert_path, key_path));
     }
+    if key_path.exists() {
+        // Another process (a node on the same data directory) is making the pair: its
+        // certificate follows its key.
+        wait_for(&cert_path)?;
+        return Ok((cert_path, key_path));
+    }
     warn!(
         cert = %cert_path.display(),
         "no TLS certificate configured: generating a self-signed certificate for localhost; \
@@ -163,9 +173,36 @@ fn self_signed(data_dir: &Path) -> Result<(PathBuf, PathBuf), KeyError> {
             format!("certificate generation failed: {e}"),
         )
     })?;
-    write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())?;
-    fs::write(&cert_path, generated.cert.pem()).map_err(|e| KeyError::Io(cert_path.clone(), e))?;
+    if publish_private(&key_path, generated.signing_key.serialize_pem().as_bytes())? {
+        // The key is ours, so the certificate must be too, replacing any left without its key.
+        let tmp = temp_path(&cert_path);
+        fs::write(&tmp, generated.cert.pem()).map_err(|e| KeyError::Io(tmp.clone(), e))?;
+        fs::rename(&tmp, &cert_path).map_err(|e| KeyError::Io(cert_path.clone(), e))?;
+    } else {
+        wait_for(&cert_path)?;
+    }
     Ok((cert_path, key_path))
+}
+
+/// How long a node waits for the certificate another process is making beside its key.
+const CERT_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits (blocking: this is start-up, before anything is served) for `cert` to appear.
+fn wait_for(cert: &Path) -> Result<(), KeyError> {
+    let deadline = Instant::now() + CERT_WAIT;
+    while !cert.exists() {
+        if Instant::now() > deadline {
+            return Err(KeyError::Invalid(
+                cert.to_path_buf(),
+                format!(
+                    "missing beside its key.pem after {} s: remove key.pem, or set [tls] cert and key",
+                    CERT_WAIT.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 fn read_or_create(
@@ -176,8 +213,12 @@ fn read_or_create(
         Ok(bytes) => Ok(bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let bytes = make().map_err(|m| KeyError::Invalid(path.to_path_buf(), m))?;
-            write_private(path, &bytes)?;
-            Ok(bytes)
+            if publish_private(path, &bytes)? {
+                Ok(bytes)
+            } else {
+                // Another process made it first: everyone keeps that one.
+                fs::read(path).map_err(|e| KeyError::Io(path.to_path_buf(), e))
+            }
         }
         Err(e) => Err(KeyError::Io(path.to_path_buf(), e)),
     }
@@ -185,6 +226,41 @@ fn read_or_create(
 
 fn create_dir(dir: &Path) -> Result<(), KeyError> {
     fs::create_dir_all(dir).map_err(|e| KeyError::Io(dir.to_path_buf(), e))
+}
+
+/// Makes `path` with `bytes`, readable by its owner only (0600), unless it exists; whether this
+/// call made it. The bytes go to a temporary file first, which is then linked as `path` in one
+/// step: another process sees the whole file or none, and of two racing, one wins. Where the file
+/// system has no hard links, the file is written in place (the first to create it wins).
+fn publish_private(path: &Path, bytes: &[u8]) -> Result<bool, KeyError> {
+    let tmp = temp_path(path);
+    write_private(&tmp, bytes)?;
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(_) => match write_private(path, bytes) {
+            Ok(()) => Ok(true),
+            Err(KeyError::Io(_, e)) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// A name beside `path` that no other process or call uses.
+fn temp_path(path: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(
+        ".{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    path.with_file_name(name)
 }
 
 /// Writes a file only its owner can read (0600), failing if it exists.
@@ -233,5 +309,39 @@ mod tests {
             certs, again,
             "the self-signed certificate is generated once"
         );
+    }
+
+    /// Nodes starting at the same moment on one fresh data directory: each used to find the other's
+    /// half-made files and stop with "File exists".
+    #[test]
+    fn racing_starts_share_one_set_of_keys_and_one_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let starts: Vec<_> = (0..8)
+            .map(|_| {
+                let path = dir.path().to_path_buf();
+                std::thread::spawn(move || {
+                    let keys = Keys::load_or_create(&path).expect("keys");
+                    let (certs, key) = tls_material(&path, None).expect("certificate");
+                    (
+                        keys.pepper,
+                        keys.verifying_key,
+                        certs,
+                        key.secret_der().to_vec(),
+                    )
+                })
+            })
+            .collect();
+        let seen: Vec<_> = starts.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(
+            seen.windows(2).all(|w| w[0] == w[1]),
+            "every start has the same material"
+        );
+        let left: Vec<_> = fs::read_dir(dir.path().join("keys"))
+            .unwrap()
+            .chain(fs::read_dir(dir.path().join("tls")).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
     }
 }
