@@ -138,14 +138,11 @@ def main():
             pids[name] = node.pid
             bench.wait_port(http_port, timeout=120)
             # The listeners open before the node makes its self-signed certificate (slowly, under
-            # valgrind); the next node, on the same data directory, must find it made.
+            # valgrind): the connector needs it, and the next node (same data directory) then reads
+            # it instead of making its own in vain.
             deadline = time.time() + 120
             while not os.path.exists(f"{data}/tls/cert.pem") and time.time() < deadline:
                 time.sleep(0.2)
-            time.sleep(1)
-        deadline = time.time() + 120
-        while not os.path.exists(f"{data}/tls/cert.pem") and time.time() < deadline:
-            time.sleep(0.2)
         conn = bench.start(callgrind([args.connector_bin, "run",
                                       "--server", f"https://127.0.0.1:{bench.PORTS['relay']}",
                                       "--tenant", "bench", "--secret-file", f"{work}/secret",

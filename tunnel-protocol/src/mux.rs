@@ -53,9 +53,8 @@
 
 use std::collections::VecDeque;
 
-use rustc_hash::FxHashMap;
-
 use bytes::{Buf, Bytes, BytesMut};
+use rustc_hash::FxHashMap;
 
 use crate::ErrorCode;
 
