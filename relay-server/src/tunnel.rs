@@ -72,6 +72,11 @@ pub(crate) async fn serve(
         let Some(incoming) = incoming else { break };
         let relay = relay.clone();
         let links = (tracker.clone(), shutdown.clone());
+        // A session's task lives as long as the session, at the size of its largest phase, and
+        // a future keeps its captures and its async fn's arguments for its whole life. So the
+        // `Incoming` is boxed (freed with the handshake), and so is each phase below: the task
+        // of an idle QUIC session was 7.5 KiB, it is 0.3 KiB plus the 2.1 KiB `established`.
+        let incoming = Box::new(incoming);
         tracker.spawn(async move {
             let remote = incoming.remote_address();
             session(relay, incoming, links)
@@ -83,11 +88,12 @@ pub(crate) async fn serve(
 
 async fn session(
     relay: Arc<Relay>,
-    incoming: quinn::Incoming,
+    incoming: Box<quinn::Incoming>,
     (tracker, shutdown): (TaskTracker, CancellationToken),
 ) {
     let auth_timeout = relay.config.tunnel.auth_timeout;
-    let conn = match tokio::time::timeout(auth_timeout, incoming).await {
+    // Boxed, as is every phase that ends before the session does (the hello, a refusal).
+    let conn = match Box::pin(tokio::time::timeout(auth_timeout, *incoming)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return debug!(error = %e, "handshake failed"),
         Err(_) => return debug!("handshake timed out"),
@@ -98,7 +104,8 @@ async fn session(
         // per session instead of 2).
         return Box::pin(crate::cluster::serve_link(relay, conn, tracker, shutdown)).await;
     }
-    established(relay, Conn::Quic(conn)).await
+    // Boxed too: inline, the task took 4.4 KiB for its 2.1.
+    Box::pin(established(relay, Conn::Quic(conn))).await
 }
 
 /// A connector session over TLS on the HTTPS port (the ingress told it apart by ALPN), with the
@@ -123,12 +130,12 @@ where
 async fn established(relay: Arc<Relay>, conn: Conn) {
     let auth_timeout = relay.config.tunnel.auth_timeout;
     // The first stream the connector opens is the control stream, with `Hello` first.
-    let hello = tokio::time::timeout(auth_timeout, async {
+    let hello = Box::pin(tokio::time::timeout(auth_timeout, async {
         let (send, recv) = conn.accept_bi().await?;
         let mut control = ControlStream::new(send, recv);
         let frame = control.next().await?;
         anyhow::Ok((control, frame))
-    })
+    }))
     .await;
     let (mut control, hello) = match hello {
         Ok(Ok((control, ControlFrame::Hello(h)))) => (control, h),
@@ -408,8 +415,17 @@ async fn refuse(conn: &Conn, control: &mut ControlStream, refusal: Refusal) {
     refuse_code(conn, control, refusal).await;
 }
 
-/// Sends `Refused`, gives the connector a moment to read it, then closes.
-async fn refuse_code(conn: &Conn, control: &mut ControlStream, refusal: Refusal) -> ErrorCode {
+/// Sends `Refused`, gives the connector a moment to read it, then closes. Boxed: the session's
+/// task would otherwise keep room for the linger for the whole life of the session.
+fn refuse_code<'a>(
+    conn: &'a Conn,
+    control: &'a mut ControlStream,
+    refusal: Refusal,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ErrorCode> + Send + 'a>> {
+    Box::pin(refuse_now(conn, control, refusal))
+}
+
+async fn refuse_now(conn: &Conn, control: &mut ControlStream, refusal: Refusal) -> ErrorCode {
     let code = refusal.code;
     let frame = ControlFrame::Refused(Refused {
         code,

@@ -17,8 +17,13 @@ use http_body::{Body, Frame, SizeHint};
 
 use tunnel_protocol::{DecodeError, ErrorCode, StreamFrame, FRAME_HEADER_LEN, MAX_DATA_FRAME_LEN};
 
-/// Bytes requested from the transport per read: one full data frame plus its header.
+/// The most a stream asks of the transport per read: one full data frame plus its header.
 const READ_CHUNK: usize = MAX_DATA_FRAME_LEN + FRAME_HEADER_LEN;
+/// What a stream asks for first: a head and a small body fit, and the allocation is small enough
+/// for the allocator's per-thread cache. Reserving [`READ_CHUNK`] up front cost every request a
+/// 64 KiB allocation on each side, which glibc serves from the heap's top and whose free
+/// consolidates the heap's fast bins: about 2 % of each process's instructions per request.
+const FIRST_READ: usize = 1024;
 
 /// Why reading a stream failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +66,9 @@ use crate::transport::{RecvHalf, SendHalf};
 pub struct FramedRecv {
     io: RecvHalf,
     buf: BytesMut,
+    /// The room asked for before the next read: from [`FIRST_READ`], doubled each time a read
+    /// fills it, up to [`READ_CHUNK`] (a bulk body soon reads whole frames at a time).
+    read_size: usize,
     done: bool,
     stop_code: ErrorCode,
 }
@@ -71,6 +79,7 @@ impl FramedRecv {
         FramedRecv {
             io: io.into(),
             buf: BytesMut::new(),
+            read_size: FIRST_READ,
             done: false,
             stop_code,
         }
@@ -97,8 +106,11 @@ impl FramedRecv {
     }
 
     /// Reads more bytes into the buffer; at the end of the stream, marks it done.
+    /// A frame whose header is already buffered has had room made for its whole length by the
+    /// decoder, so a read never asks for less than the frame under way still needs.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RecvError>> {
-        self.buf.reserve(READ_CHUNK);
+        self.buf.reserve(self.read_size);
+        let room = self.buf.capacity() - self.buf.len();
         let n = ready!(tokio_util::io::poll_read_buf(
             Pin::new(&mut self.io),
             cx,
@@ -107,6 +119,8 @@ impl FramedRecv {
         .map_err(RecvError::from_io)?;
         if n == 0 {
             self.done = true;
+        } else if n == room {
+            self.read_size = (self.read_size * 2).min(READ_CHUNK);
         }
         Poll::Ready(Ok(()))
     }
@@ -444,5 +458,64 @@ where
             }
         }
         _ = idle => tracing::debug!("upgraded stream idle; closing"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::timeout;
+
+    use super::*;
+    use crate::mux::tests::{cfg, pair};
+
+    const SECS5: Duration = Duration::from_secs(5);
+
+    /// Frames that arrive in reads of every size come out whole: a head far larger than the
+    /// first read, full 64 KiB data frames (the read size grows to one whole frame), small ones.
+    #[tokio::test]
+    async fn reads_start_small_and_grow_to_whole_frames() {
+        let (a, b) = pair(cfg(), cfg());
+        let (send, _) = a.open_bi().await.unwrap();
+        let mut send = FramedSend::new(send, ErrorCode::BACKEND_ABORTED);
+        let mut small = HeaderMap::new();
+        small.insert("x-small", "1".parse().unwrap());
+        send.send(&StreamFrame::Trailers(small.clone()))
+            .await
+            .unwrap();
+        let (_, recv) = b.accept_bi().await.unwrap();
+        let mut recv = FramedRecv::new(recv, ErrorCode::VISITOR_ABORTED);
+        let got = timeout(SECS5, recv.next()).await.unwrap().unwrap();
+        assert_eq!(got, Some(StreamFrame::Trailers(small)));
+        assert_eq!(
+            recv.read_size, FIRST_READ,
+            "a small frame needs no larger read"
+        );
+
+        let mut big = HeaderMap::new();
+        big.insert("x-big", "v".repeat(20_000).parse().unwrap());
+        let body: Vec<Bytes> = (0..12u8)
+            .map(|i| Bytes::from(vec![i; MAX_DATA_FRAME_LEN]))
+            .chain([Bytes::from_static(b"tail")])
+            .collect();
+        let sent = (big.clone(), body.clone());
+        let writer = tokio::spawn(async move {
+            send.send(&StreamFrame::Trailers(sent.0)).await.unwrap();
+            for chunk in sent.1 {
+                send.send_data(chunk).await.unwrap();
+            }
+            send.finish();
+            send
+        });
+        let got = timeout(SECS5, recv.next()).await.unwrap().unwrap();
+        assert_eq!(got, Some(StreamFrame::Trailers(big)));
+        for want in &body {
+            let got = timeout(SECS5, recv.next()).await.unwrap().unwrap();
+            assert_eq!(got, Some(StreamFrame::Data(want.clone())));
+        }
+        assert_eq!(timeout(SECS5, recv.next()).await.unwrap().unwrap(), None);
+        assert_eq!(recv.read_size, READ_CHUNK, "a bulk body reads whole frames");
+        writer.await.unwrap();
     }
 }
