@@ -79,15 +79,11 @@ impl ControlStream {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use tokio::time::timeout;
     use tunnel_protocol::{Credential, Hello};
 
     use super::*;
-    use crate::mux::tests::{cfg, pair};
-
-    const SECS5: Duration = Duration::from_secs(5);
+    use crate::mux::tests::{cfg, pair, SECS5};
 
     #[tokio::test]
     async fn frames_in_any_chunking_and_no_buffer_kept_between_them() {

@@ -462,14 +462,10 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use tokio::time::timeout;
 
     use super::*;
-    use crate::mux::tests::{cfg, pair};
-
-    const SECS5: Duration = Duration::from_secs(5);
+    use crate::mux::tests::{cfg, pair, SECS5};
 
     /// Frames that arrive in reads of every size come out whole: a head far larger than the
     /// first read, full 64 KiB data frames (the read size grows to one whole frame), small ones.

@@ -90,16 +90,13 @@ async fn forward(mut from: RecvHalf, mut to: SendHalf, mut prefix: Bytes) -> Pip
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use tokio::io::AsyncReadExt;
     use tokio::task::JoinHandle;
     use tokio::time::timeout;
 
     use super::*;
+    use crate::mux::tests::SECS5;
     use crate::mux::Connection;
-
-    const SECS5: Duration = Duration::from_secs(5);
 
     fn connections() -> (Connection, Connection) {
         crate::mux::tests::pair(crate::mux::tests::cfg(), crate::mux::tests::cfg())

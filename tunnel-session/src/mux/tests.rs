@@ -34,7 +34,8 @@ fn stream_err(e: &io::Error) -> Option<StreamError> {
         .cloned()
 }
 
-const SECS5: Duration = Duration::from_secs(5);
+/// How long a test waits for anything (the pipe's, framing's and control stream's tests too).
+pub(crate) const SECS5: Duration = Duration::from_secs(5);
 
 #[tokio::test]
 async fn hello_both_directions() {
