@@ -205,7 +205,7 @@ async fn established(relay: Arc<Relay>, conn: Conn) {
     }
     relay.registry.insert(entry.clone());
     // Messages may be waiting for this tenant.
-    relay.queue.wake.notify_one();
+    relay.queue.wake_for(&entry.identity.tenant.id.0);
     // The session history is written in the background: a slow store never holds up a session.
     let record = relay_store::SessionRecord {
         id: session_id.clone(),

@@ -255,6 +255,7 @@ pub struct Store {
     url: Url,
     /// Queue accepts waiting for, or in, a shared INSERT.
     group_commit: std::sync::Arc<queue::GroupCommit>,
+    finish_group: std::sync::Arc<queue::FinishGroup>,
     /// A SQLite file's audit inserts, on a connection of their own (`None`: through the pool).
     direct_audit: Option<std::sync::Arc<audit::DirectAudit>>,
 }
@@ -308,6 +309,7 @@ impl Store {
             backend,
             url: Url(url.as_str().into()),
             group_commit: std::sync::Arc::default(),
+            finish_group: std::sync::Arc::default(),
             direct_audit: match backend {
                 Backend::Sqlite => audit::DirectAudit::for_url(&url).map(std::sync::Arc::new),
                 Backend::Postgres => None,

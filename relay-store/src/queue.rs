@@ -378,43 +378,127 @@ impl std::fmt::Debug for GroupCommit {
     }
 }
 
+/// Claimable: the lease of a delivery ran out (its node died mid-delivery). `$4` is now.
+const LEASE_RAN_OUT: &str = "m.state = 'delivering' AND +m.lease_until < $4";
+/// Claimable: waiting and due. `$4` is now.
+const DUE: &str = "m.state = 'queued' AND +m.next_attempt_at <= $4";
+
+/// The claim of up to `$6` of tenant `$3`'s messages in `state_due` ([`LEASE_RAN_OUT`] or
+/// [`DUE`]) for node `$2` until `$1`, oldest first; `$5` is now (expired messages are not
+/// claimed); for an ordered tenant only the first unfinished message of each target.
+///
+/// Why the unary `+`s: they keep SQLite off the indexes on `(state, next_attempt_at)` and
+/// `(state, expires_at)`, which match every tenant's messages and must then be sorted by `seq`.
+/// It walks `(tenant_id, state, seq)` in order instead and stops at the limit: a claim costs its
+/// limit, not the depth of the queue. With one `OR` over both states in one query, each claim
+/// scanned and sorted every waiting message, and the delivery rate fell with the queue's depth.
+/// PostgreSQL ignores the `+`.
+fn claim_sql(backend: Backend, state_due: &str) -> String {
+    let lock = match backend {
+        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
+    };
+    format!(
+        "UPDATE queue_messages SET state = 'delivering', attempts = attempts + 1, \
+         lease_until = $1, lease_node = $2 WHERE seq IN ( \
+           SELECT m.seq FROM queue_messages m WHERE m.tenant_id = $3 AND {state_due} \
+           AND +m.expires_at > $5 \
+           AND (COALESCE((SELECT s.ordered FROM tenant_queue_settings s \
+                          WHERE s.tenant_id = m.tenant_id), 0) = 0 \
+                OR NOT EXISTS (SELECT 1 FROM queue_messages p WHERE p.tenant_id = m.tenant_id \
+                               AND p.target = m.target AND p.seq < m.seq \
+                               AND p.state IN ('queued', 'delivering'))) \
+           ORDER BY m.seq LIMIT $6 {lock}) \
+         RETURNING {COLUMNS}, body"
+    )
+}
+
+/// Outcomes per [`FinishGroup`] statement at most (nine parameters each).
+const FINISH_ROWS: usize = 64;
+
+/// Group commit for final delivery outcomes, as [`GroupCommit`] is for accepts: outcomes that
+/// arrive while one UPDATE is at the database go together in the next one. Each caller is
+/// answered once its own row is written, and learns whether its attempt was still current.
+#[derive(Default)]
+pub(crate) struct FinishGroup {
+    pending: std::sync::Mutex<std::collections::VecDeque<Finishing>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for FinishGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FinishGroup")
+    }
+}
+
+/// A final outcome waiting for its group's UPDATE.
+struct Finishing {
+    id: String,
+    attempt: i64,
+    now: i64,
+    state: QueueState,
+    error: Option<String>,
+    response: Option<StoredResponse>,
+    done: tokio::sync::oneshot::Sender<Result<bool, Error>>,
+}
+
+/// Waits for `rx`'s answer, writing what is waiting whenever it holds the writer's turn: the
+/// turn's holder takes a batch (`take`) and writes it (`write`, on a task of its own, so that a
+/// caller who goes away does not cancel the others' write).
+async fn group_turn<T, W, F>(
+    turn: &tokio::sync::Mutex<()>,
+    mut rx: tokio::sync::oneshot::Receiver<Result<T, Error>>,
+    take: impl Fn() -> Vec<W>,
+    write: impl Fn(Vec<W>) -> F,
+) -> Result<T, Error>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let held = turn.lock().await;
+        match rx.try_recv() {
+            Ok(result) => return result,
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                return Err(Error::Database(sqlx::Error::Protocol(
+                    "queue group commit abandoned".into(),
+                )))
+            }
+        }
+        let batch = take();
+        if !batch.is_empty() {
+            let _ = tokio::spawn(write(batch)).await;
+        }
+        drop(held);
+    }
+}
+
 impl Store {
     async fn enqueue_grouped(&self, message: NewMessage, now: i64) -> Result<QueueMessage, Error> {
-        let (done, mut rx) = tokio::sync::oneshot::channel();
+        let (done, rx) = tokio::sync::oneshot::channel();
         let group = self.group_commit.clone();
         lock(&group.pending).push_back(Waiting { message, now, done });
-        loop {
-            let turn = group.turn.lock().await;
-            match rx.try_recv() {
-                Ok(result) => return result,
-                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
-                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
-                    return Err(Error::Database(sqlx::Error::Protocol(
-                        "queue group commit abandoned".into(),
-                    )))
-                }
-            }
+        let take = || {
             // Rows per group (13 parameters each).
             let rows = 64;
-            let batch = {
-                let mut pending = lock(&group.pending);
-                let (mut taken, mut bytes) = (Vec::new(), 0);
-                while let Some(w) = pending.front() {
-                    if taken.len() == rows
-                        || (!taken.is_empty() && bytes + w.message.body.len() > GROUP_MAX_BYTES)
-                    {
-                        break;
-                    }
-                    bytes += w.message.body.len();
-                    taken.extend(pending.pop_front());
+            let mut pending = lock(&group.pending);
+            let (mut taken, mut bytes) = (Vec::new(), 0);
+            while let Some(w) = pending.front() {
+                if taken.len() == rows
+                    || (!taken.is_empty() && bytes + w.message.body.len() > GROUP_MAX_BYTES)
+                {
+                    break;
                 }
-                taken
-            };
-            // On its own task: a visitor who goes away must not cancel the others' commit.
+                bytes += w.message.body.len();
+                taken.extend(pending.pop_front());
+            }
+            taken
+        };
+        let write = |batch| {
             let store = self.clone();
-            let _ = tokio::spawn(async move { store.write_group(batch).await }).await;
-            drop(turn);
-        }
+            async move { store.write_group(batch).await }
+        };
+        group_turn(&group.turn, rx, take, write).await
     }
 
     /// One multi-row INSERT for `batch`; when it fails, each row on its own, so one bad row
@@ -738,31 +822,33 @@ impl Store {
         lease_ms: i64,
         limit: u32,
     ) -> Result<Vec<QueueMessage>, Error> {
+        // Messages whose lease ran out first (their node died mid-delivery; they are older than
+        // anything still waiting), then waiting ones that are due.
+        let mut claimed = self
+            .claim_where(LEASE_RAN_OUT, (tenant_id, node, lease_ms, limit))
+            .await?;
+        let left = limit.saturating_sub(u32::try_from(claimed.len()).unwrap_or(u32::MAX));
+        if left > 0 {
+            claimed.extend(
+                self.claim_where(DUE, (tenant_id, node, lease_ms, left))
+                    .await?,
+            );
+        }
+        Ok(claimed)
+    }
+
+    /// One claim over the tenant's messages in `state_due` ([`claim_sql`]), oldest first.
+    async fn claim_where(
+        &self,
+        state_due: &str,
+        (tenant_id, node, lease_ms, limit): (&str, &str, i64, u32),
+    ) -> Result<Vec<QueueMessage>, Error> {
         let now = now_ms();
-        let lock = match self.backend {
-            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let sql = format!(
-            "UPDATE queue_messages SET state = 'delivering', attempts = attempts + 1, \
-             lease_until = $1, lease_node = $2 WHERE seq IN ( \
-               SELECT m.seq FROM queue_messages m WHERE m.tenant_id = $3 \
-               AND ((m.state = 'queued' AND m.next_attempt_at <= $4) \
-                    OR (m.state = 'delivering' AND m.lease_until < $5)) \
-               AND m.expires_at > $6 \
-               AND (COALESCE((SELECT s.ordered FROM tenant_queue_settings s \
-                              WHERE s.tenant_id = m.tenant_id), 0) = 0 \
-                    OR NOT EXISTS (SELECT 1 FROM queue_messages p WHERE p.tenant_id = m.tenant_id \
-                                   AND p.target = m.target AND p.seq < m.seq \
-                                   AND p.state IN ('queued', 'delivering'))) \
-               ORDER BY m.seq LIMIT $7 {lock}) \
-             RETURNING {COLUMNS}, body"
-        );
+        let sql = claim_sql(self.backend, state_due);
         let mut rows: Vec<ClaimRow> = sqlx::query_as(&sql)
             .bind(now.saturating_add(lease_ms))
             .bind(node)
             .bind(tenant_id)
-            .bind(now)
             .bind(now)
             .bind(now)
             .bind(i64::from(limit))
@@ -777,6 +863,9 @@ impl Store {
 
     /// Records how attempt `attempt` of message `id` ended; `false` when that attempt is no
     /// longer the message's current one (its lease expired and another node claimed it).
+    ///
+    /// Final outcomes (delivered, failed) of deliveries that end together are written together
+    /// ([`FinishGroup`]): one statement and one commit for many.
     pub async fn finish_attempt(
         &self,
         id: &str,
@@ -784,53 +873,111 @@ impl Store {
         how: &Finish,
     ) -> Result<bool, Error> {
         let now = now_ms();
-        let (state, error, response, next_at) = match how {
-            Finish::Delivered(r) => (QueueState::Delivered, None, Some(r), None),
-            Finish::Failed { error, response } => (
-                QueueState::Failed,
-                Some(error.as_str()),
-                response.as_ref(),
-                None,
-            ),
+        let cut = |e: &str| e.chars().take(MAX_ERROR_LEN).collect::<String>();
+        let (state, error, response) = match how {
             Finish::Retry { error, at } => {
-                (QueueState::Queued, Some(error.as_str()), None, Some(*at))
+                let done = sqlx::query(
+                    "UPDATE queue_messages SET state = 'queued', last_error = $1, next_attempt_at = $2, \
+                     lease_until = NULL, lease_node = NULL \
+                     WHERE id = $3 AND attempts = $4 AND state = 'delivering'",
+                )
+                .bind(cut(error))
+                .bind(*at)
+                .bind(id)
+                .bind(attempt)
+                .execute(&self.pool)
+                .await?;
+                return Ok(done.rows_affected() == 1);
+            }
+            Finish::Delivered(r) => (QueueState::Delivered, None, Some(r.clone())),
+            Finish::Failed { error, response } => {
+                (QueueState::Failed, Some(cut(error)), response.clone())
             }
         };
-        let error = error.map(|e| e.chars().take(MAX_ERROR_LEN).collect::<String>());
-        let done = if state == QueueState::Queued {
-            sqlx::query(
-                "UPDATE queue_messages SET state = 'queued', last_error = $1, next_attempt_at = $2, \
-                 lease_until = NULL, lease_node = NULL \
-                 WHERE id = $3 AND attempts = $4 AND state = 'delivering'",
-            )
-            .bind(&error)
-            .bind(next_at.unwrap_or(now))
-            .bind(id)
-            .bind(attempt)
-            .execute(&self.pool)
-            .await?
-        } else {
-            sqlx::query(
-                "UPDATE queue_messages SET state = $1, last_error = COALESCE($2, last_error), \
-                 finished_at = $3, lease_until = NULL, response_status = $4, \
-                 response_headers = $5, response_body = $6, response_truncated = $7, \
-                 body = CASE WHEN $8 = 'delivered' THEN NULL ELSE body END \
-                 WHERE id = $9 AND attempts = $10 AND state = 'delivering'",
-            )
-            .bind(state.as_str())
-            .bind(&error)
-            .bind(now)
-            .bind(response.map(|r| i64::from(r.status)))
-            .bind(response.map(|r| r.headers.clone()))
-            .bind(response.map(|r| r.body.clone()))
-            .bind(i64::from(response.is_some_and(|r| r.truncated)))
-            .bind(state.as_str())
-            .bind(id)
-            .bind(attempt)
-            .execute(&self.pool)
-            .await?
-        };
-        Ok(done.rows_affected() == 1)
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let group = self.finish_group.clone();
+        lock(&group.pending).push_back(Finishing {
+            id: id.to_string(),
+            attempt,
+            now,
+            state,
+            error,
+            response,
+            done,
+        });
+        group_turn(
+            &group.turn,
+            rx,
+            || {
+                let mut pending = lock(&group.pending);
+                let n = pending.len().min(FINISH_ROWS);
+                pending.drain(..n).collect::<Vec<_>>()
+            },
+            |batch| {
+                let store = self.clone();
+                async move { store.write_finishes(batch).await }
+            },
+        )
+        .await
+    }
+
+    /// One UPDATE for a group of final outcomes (of one or more). No row can fail on its own
+    /// (no constraint applies to an outcome), so a failure is the database's and fails the
+    /// group: each attempt's lease then runs out and the message is delivered again.
+    async fn write_finishes(&self, batch: Vec<Finishing>) {
+        // `UPDATE … FROM (VALUES …)`: SQLite (3.33+) and PostgreSQL both name the values'
+        // columns column1, column2, ….
+        let mut sql = String::from(
+            "UPDATE queue_messages SET state = v.column3, \
+             last_error = COALESCE(v.column4, last_error), finished_at = v.column5, \
+             lease_until = NULL, response_status = v.column6, response_headers = v.column7, \
+             response_body = v.column8, response_truncated = v.column9, \
+             body = CASE WHEN v.column3 = 'delivered' THEN NULL ELSE body END FROM (VALUES ",
+        );
+        crate::push_rows(
+            &mut sql,
+            self.backend,
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            batch.len(),
+        );
+        sql.push_str(
+            ") AS v WHERE queue_messages.id = v.column1 AND queue_messages.attempts = v.column2 \
+             AND queue_messages.state = 'delivering' RETURNING queue_messages.id",
+        );
+        let mut q = sqlx::query_as::<_, (String,)>(&sql);
+        for f in &batch {
+            let r = f.response.as_ref();
+            q = q
+                .bind(&f.id)
+                .bind(f.attempt)
+                .bind(f.state.as_str())
+                .bind(f.error.as_deref())
+                .bind(f.now)
+                .bind(r.map(|r| i64::from(r.status)))
+                .bind(r.map(|r| r.headers.as_str()))
+                .bind(r.map(|r| r.body.as_slice()))
+                .bind(i64::from(r.is_some_and(|r| r.truncated)));
+        }
+        match q.fetch_all(&self.pool).await {
+            Ok(rows) => {
+                // The attempts still current: their rows were updated.
+                let current: std::collections::HashSet<String> =
+                    rows.into_iter().map(|(id,)| id).collect();
+                for f in batch {
+                    let _ = f.done.send(Ok(current.contains(&f.id)));
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                for f in batch {
+                    let _ = f
+                        .done
+                        .send(Err(Error::Database(sqlx::Error::Protocol(format!(
+                            "queue outcome not written: {e}"
+                        )))));
+                }
+            }
+        }
     }
 
     /// Keeps attempt `attempt` of message `id` leased to its node for `lease_ms` more (a long
@@ -1233,6 +1380,42 @@ mod tests {
     async fn previews_and_discards_on_postgres() {
         let cluster = testkit::PgCluster::start();
         previews_and_discards(Store::connect(&cluster.url()).await.unwrap()).await;
+    }
+
+    /// A claim walks one tenant's messages in order on `(tenant_id, state, seq)` and stops at its
+    /// limit: no sort, and no index over every tenant's messages (the cost would grow with the
+    /// queue's depth).
+    #[tokio::test]
+    async fn claims_walk_the_tenants_messages_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        for state_due in [LEASE_RAN_OUT, DUE] {
+            let sql = format!(
+                "EXPLAIN QUERY PLAN {}",
+                claim_sql(Backend::Sqlite, state_due)
+            );
+            let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(&sql)
+                .bind(0_i64)
+                .bind("n1")
+                .bind("t1")
+                .bind(0_i64)
+                .bind(0_i64)
+                .bind(16_i64)
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+            let plan: Vec<String> = plan.into_iter().map(|(.., detail)| detail).collect();
+            assert!(
+                plan.iter()
+                    .any(|d| d.starts_with("SEARCH m USING INDEX queue_messages_tenant")),
+                "{state_due}: {plan:?}"
+            );
+            assert!(
+                !plan.iter().any(|d| d.contains("TEMP B-TREE")),
+                "{state_due}: {plan:?}"
+            );
+        }
     }
 
     #[test]

@@ -360,7 +360,7 @@ async fn ordered_on_postgres() {
 
 /// Accepts that arrive together share INSERTs (group commit): every one is stored once, with its
 /// own body, and answered with its own row as stored; a large body goes on its own beside them.
-async fn concurrent_accepts_are_each_stored_once(store: Store) {
+async fn concurrent_accepts_and_outcomes_are_each_stored_once(store: Store) {
     let mut tasks = Vec::new();
     for i in 0..200usize {
         let store = store.clone();
@@ -400,16 +400,85 @@ async fn concurrent_accepts_are_each_stored_once(store: Store) {
         };
         assert_eq!(m.body.as_deref(), Some(&expected[..]), "{}", m.id);
     }
+    // Outcomes that end together are written together: each caller still learns whether its
+    // attempt was the current one, and each row gets its own outcome.
+    let mut tasks = Vec::new();
+    for i in 0..200usize {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let (attempt, how) = match i % 4 {
+                0 => (1, Finish::Delivered(response(format!("r{i}").as_bytes()))),
+                1 => (
+                    1,
+                    Finish::Failed {
+                        error: format!("e{i}"),
+                        response: Some(StoredResponse {
+                            status: 422,
+                            ..response(b"no")
+                        }),
+                    },
+                ),
+                2 => (
+                    1,
+                    Finish::Failed {
+                        error: format!("e{i}"),
+                        response: None,
+                    },
+                ),
+                // Not the current attempt (another node's, whose lease ran out): no effect.
+                _ => (2, Finish::Delivered(response(b"late"))),
+            };
+            let current = store
+                .finish_attempt(&format!("m{i:03}"), attempt, &how)
+                .await
+                .unwrap();
+            (i, current)
+        }));
+    }
+    for t in tasks {
+        let (i, current) = t.await.unwrap();
+        assert_eq!(current, i % 4 != 3, "m{i:03}");
+    }
+    for i in 0..200usize {
+        let id = format!("m{i:03}");
+        let m = store.message(&id).await.unwrap().unwrap();
+        let r = store.message_response(&id).await.unwrap();
+        let error = format!("e{i}");
+        match i % 4 {
+            0 => {
+                assert_eq!((m.state, m.last_error), (QueueState::Delivered, None));
+                assert_eq!(r.map(|r| r.body), Some(format!("r{i}").into_bytes()));
+            }
+            1 => {
+                assert_eq!(m.state, QueueState::Failed, "{id}");
+                assert_eq!(m.last_error.as_deref(), Some(error.as_str()));
+                assert_eq!(r.map(|r| (r.status, r.body)), Some((422, b"no".to_vec())));
+            }
+            2 => {
+                assert_eq!(m.state, QueueState::Failed, "{id}");
+                assert_eq!(m.last_error.as_deref(), Some(error.as_str()));
+                assert_eq!(r, None);
+            }
+            _ => {
+                assert_eq!(m.state, QueueState::Delivering, "{id}");
+                assert_eq!((m.finished_at, r), (None, None));
+            }
+        }
+        assert_eq!(m.finished_at.is_some(), i % 4 != 3, "{id}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_accepts_on_sqlite() {
+async fn concurrent_accepts_and_outcomes_on_sqlite() {
     let (_dir, store) = sqlite().await;
-    concurrent_accepts_are_each_stored_once(store).await;
+    concurrent_accepts_and_outcomes_are_each_stored_once(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_accepts_on_postgres() {
+async fn concurrent_accepts_and_outcomes_on_postgres() {
     let cluster = PgCluster::start();
-    concurrent_accepts_are_each_stored_once(Store::connect(&cluster.url()).await.unwrap()).await;
+    concurrent_accepts_and_outcomes_are_each_stored_once(
+        Store::connect(&cluster.url()).await.unwrap(),
+    )
+    .await;
 }
