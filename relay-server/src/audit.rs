@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay_store::{now_ms, AuditRecord, Store};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -142,6 +142,8 @@ impl Outcome {
 #[derive(Debug)]
 pub(crate) struct AuditLog {
     tx: Option<mpsc::Sender<AuditRecord>>,
+    /// Wakes the writer early: a whole batch is queued.
+    full: Arc<Notify>,
     metrics: Arc<Metrics>,
     node: String,
 }
@@ -151,6 +153,7 @@ impl AuditLog {
     pub(crate) fn disabled(metrics: Arc<Metrics>, node: String) -> AuditLog {
         AuditLog {
             tx: None,
+            full: Arc::default(),
             metrics,
             node,
         }
@@ -167,11 +170,18 @@ impl AuditLog {
         stop: CancellationToken,
     ) -> (AuditLog, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
+        let full = Arc::new(Notify::new());
         tokio::spawn(purge(store.clone(), retention, stop.clone()));
-        let writer = tokio::spawn(write(store, rx, metrics.clone(), stop));
+        let writer = tokio::spawn(write(
+            store,
+            (rx, full.clone(), BATCH_WAIT),
+            metrics.clone(),
+            stop,
+        ));
         (
             AuditLog {
                 tx: Some(tx),
+                full,
                 metrics,
                 node,
             },
@@ -186,12 +196,19 @@ impl AuditLog {
         if tx.try_send(record).is_err() {
             self.metrics.audit_dropped.fetch_add(1, Ordering::Relaxed);
         }
+        // The writer sleeps while a batch fills; a whole batch (or half the queue, when that is
+        // less) wakes it before its time, so the queue does not fill at any request rate the
+        // store keeps up with.
+        let queued = tx.max_capacity() - tx.capacity();
+        if queued >= BATCH.min(tx.max_capacity() / 2).max(1) {
+            self.full.notify_one();
+        }
     }
 }
 
 async fn write(
     store: Store,
-    mut rx: mpsc::Receiver<AuditRecord>,
+    (mut rx, full, wait): (mpsc::Receiver<AuditRecord>, Arc<Notify>, Duration),
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
@@ -205,12 +222,19 @@ async fn write(
         };
         let Some(first) = first else { break };
         batch.push(first);
-        // Fill the batch for a short while: one transaction per many records.
-        let deadline = tokio::time::Instant::now() + BATCH_WAIT;
+        // Let the batch fill, then take it whole: one transaction per many records, and no
+        // wake-up of this task per record (waiting on the queue record by record re-armed a
+        // timer and woke this task for each one).
+        // Why select: the batch's time is up, a whole batch is queued, or shutdown (write now).
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = full.notified() => {}
+            () = stop.cancelled() => {}
+        }
         while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(r)) => batch.push(r),
-                Ok(None) | Err(_) => break,
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
             }
         }
         let n = batch.len();
@@ -249,5 +273,97 @@ async fn purge(store: Store, retention: Duration, stop: CancellationToken) {
             Ok(n) => debug!(deleted = n, "audit records past retention purged"),
             Err(e) => warn!(error = %e, "audit purge failed; will retry"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log whose writer waits `wait` for a batch to fill, on a fresh SQLite store.
+    async fn log(
+        queue: usize,
+        wait: Duration,
+    ) -> (
+        tempfile::TempDir,
+        Store,
+        AuditLog,
+        tokio::task::JoinHandle<()>,
+        CancellationToken,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let (tx, rx) = mpsc::channel(queue);
+        let (full, metrics, stop) = (
+            Arc::new(Notify::new()),
+            Arc::new(Metrics::default()),
+            CancellationToken::new(),
+        );
+        let writer = tokio::spawn(write(
+            store.clone(),
+            (rx, full.clone(), wait),
+            metrics.clone(),
+            stop.clone(),
+        ));
+        let log = AuditLog {
+            tx: Some(tx),
+            full,
+            metrics,
+            node: "n1".into(),
+        };
+        (dir, store, log, writer, stop)
+    }
+
+    fn send(log: &AuditLog, n: usize) {
+        for i in 0..n {
+            let draft = Draft::new(&format!("r{i}"), "GET", "/", "127.0.0.1".into());
+            log.record(draft, 200, Outcome::Ok, 0);
+        }
+    }
+
+    async fn written(store: &Store, n: usize) -> bool {
+        for _ in 0..100 {
+            if store.audit(None, 1000).await.unwrap().len() == n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// The writer waits for a batch to fill without a wake-up per record, so a queue that holds
+    /// a batch's worth must wake it before its time: here the wait is a minute, and half the
+    /// queue is written within seconds.
+    #[tokio::test]
+    async fn half_a_queue_wakes_the_writer_early() {
+        let (_dir, store, log, _writer, _stop) = log(10, Duration::from_secs(60)).await;
+        send(&log, 4);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            store.audit(None, 1000).await.unwrap().is_empty(),
+            "a partial batch waits"
+        );
+        // The writer holds the first record; five more are half the queue.
+        send(&log, 2);
+        assert!(
+            written(&store, 6).await,
+            "half the queue was not written early"
+        );
+        assert_eq!(log.metrics.audit_dropped.load(Ordering::Relaxed), 0);
+    }
+
+    /// Shutdown writes what is queued at once, however long the batch would have waited.
+    #[tokio::test]
+    async fn shutdown_writes_what_is_queued() {
+        let (_dir, store, log, writer, stop) = log(1000, Duration::from_secs(60)).await;
+        send(&log, 3);
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.audit(None, 1000).await.unwrap().len(), 3);
+        assert_eq!(log.metrics.audit_written.load(Ordering::Relaxed), 3);
     }
 }
