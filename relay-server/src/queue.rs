@@ -799,10 +799,15 @@ pub(crate) async fn run(relay: Arc<Relay>, stop: CancellationToken, deliveries: 
         let mut due =
             std::mem::take(&mut *relay.queue.ready.lock().unwrap_or_else(|p| p.into_inner()));
         if relay.draining.load(Ordering::Acquire) || !relay.registry.any_available() {
+            // Nothing to deliver from here: no scan until the next poll (a session established
+            // here names its tenant at once). Left set, the wanted scan would be due at every
+            // pass, and the loop would run every MIN_PASS.
+            relay.queue.scan.store(false, Ordering::Release);
+            scanned = tokio::time::Instant::now();
             continue;
         }
-        // Which tenants have messages due is a scan over all of them (a DISTINCT over every due
-        // message): made when another node accepted messages or on the poll period, at most
+        // Which tenants have messages due is a query over every tenant in the store (a few index
+        // seeks each): made when another node accepted messages or on the poll period, at most
         // every `scan_every`. A delivery finished, a message accepted here or a session
         // established names its tenant, and the loop claims for it without a scan: claiming
         // stops at its limit, so draining a deep queue costs per message, not per waiting message.
@@ -836,6 +841,15 @@ pub(crate) async fn run(relay: Arc<Relay>, stop: CancellationToken, deliveries: 
                     .min(MAX_DELIVERIES.saturating_sub(total))
             };
             if free == 0 {
+                // Every slot is taken (the tenant's, or the node's): the next delivery to end
+                // wakes the loop, and the tenant is claimed for then. No wake-up of its own:
+                // the deliveries in flight will end.
+                relay
+                    .queue
+                    .ready
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(tenant_id);
                 continue;
             }
             let lease = i64::try_from(q.lease.as_millis()).unwrap_or(i64::MAX);
@@ -847,6 +861,8 @@ pub(crate) async fn run(relay: Arc<Relay>, stop: CancellationToken, deliveries: 
                 Ok(c) => c,
                 Err(e) => {
                     debug!(error = %e, "queue claim failed");
+                    // Tried again at the next scan (not at the next pass: the store may be down).
+                    relay.queue.scan.store(true, Ordering::Release);
                     continue;
                 }
             };

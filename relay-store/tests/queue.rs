@@ -468,6 +468,61 @@ async fn concurrent_accepts_and_outcomes_are_each_stored_once(store: Store) {
     }
 }
 
+/// The tenants with messages due: waiting and due, or leased with the lease run out; not those
+/// whose messages all wait for a retry, are leased, or are finished.
+async fn due_tenants_are_those_with_work(store: Store) {
+    let none = QueueQuota::default();
+    let to = |tenant: &str, id: &str| NewMessage {
+        tenant_id: tenant.into(),
+        ..msg(id, "app", None, b"x")
+    };
+    for (tenant, id) in [
+        ("t1", "a"),
+        ("t2", "b"),
+        ("t3", "c"),
+        ("t4", "d"),
+        ("t5", "e"),
+    ] {
+        new(store.enqueue(&to(tenant, id), none).await.unwrap());
+    }
+    // A second message of t1 and another tenant between the others in the index's order.
+    new(store.enqueue(&to("t1", "a2"), none).await.unwrap());
+    new(store.enqueue(&to("t0", "z"), none).await.unwrap());
+    assert_eq!(store.cancel_message("z").await.unwrap(), Cancelled::Done);
+    assert_eq!(store.claim("t2", "n1", 60_000, 10).await.unwrap().len(), 1);
+    assert_eq!(store.claim("t3", "n1", -1, 10).await.unwrap().len(), 1);
+    assert_eq!(store.claim("t4", "n1", 60_000, 10).await.unwrap().len(), 1);
+    let later = Finish::Retry {
+        error: "no connector".into(),
+        at: i64::MAX / 2,
+    };
+    assert!(store.finish_attempt("d", 1, &later).await.unwrap());
+    assert_eq!(store.claim("t5", "n1", 60_000, 10).await.unwrap().len(), 1);
+    let done = Finish::Delivered(response(b"ok"));
+    assert!(store.finish_attempt("e", 1, &done).await.unwrap());
+    let mut due = store.due_tenants().await.unwrap();
+    due.sort();
+    assert_eq!(due, ["t1", "t3"]);
+    // With nothing due any more (only finished, retried and leased messages), no tenant.
+    for id in ["a", "a2"] {
+        assert_eq!(store.cancel_message(id).await.unwrap(), Cancelled::Done);
+    }
+    assert_eq!(store.claim("t3", "n1", 60_000, 10).await.unwrap().len(), 1);
+    assert!(store.due_tenants().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn due_tenants_on_sqlite() {
+    let (_dir, store) = sqlite().await;
+    due_tenants_are_those_with_work(store).await;
+}
+
+#[tokio::test]
+async fn due_tenants_on_postgres() {
+    let cluster = PgCluster::start();
+    due_tenants_are_those_with_work(Store::connect(&cluster.url()).await.unwrap()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_accepts_and_outcomes_on_sqlite() {
     let (_dir, store) = sqlite().await;
