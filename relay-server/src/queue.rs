@@ -81,7 +81,8 @@ pub(crate) struct Queue {
     /// messages due: a message accepted here, a session established, a delivery finished.
     ready: Mutex<HashSet<String>>,
     /// Set when the loop should ask the store which tenants have messages due (another node
-    /// accepted one): a scan over every due message, so at most every [`SCAN_EVERY`].
+    /// accepted one, or the poll): a query over every tenant in the store, so at most every
+    /// [`SCAN_EVERY`].
     scan: AtomicBool,
     /// Asks for one `NOTIFY relay_queue` to the other nodes (coalesced: see [`announcer`]).
     announce: Arc<Notify>,
@@ -792,10 +793,9 @@ pub(crate) async fn run(relay: Arc<Relay>, stop: CancellationToken, deliveries: 
                 debug!(error = %e, "queue purge failed");
             }
         }
-        // Without a usable session here there is nothing this node could deliver: the query
-        // (over every waiting message) is not made. Accepts for offline connectors woke this
-        // loop up to 100 times a second, and PostgreSQL spent more CPU on those scans than on
-        // the accepts themselves.
+        // Without a usable session here there is nothing this node could deliver: no query is
+        // made. (Accepts for offline connectors woke this loop up to 100 times a second, and
+        // PostgreSQL once spent more CPU on the queries than on the accepts themselves.)
         let mut due =
             std::mem::take(&mut *relay.queue.ready.lock().unwrap_or_else(|p| p.into_inner()));
         if relay.draining.load(Ordering::Acquire) || !relay.registry.any_available() {
