@@ -169,24 +169,32 @@ impl AuditLog {
         retention: Duration,
         stop: CancellationToken,
     ) -> (AuditLog, tokio::task::JoinHandle<()>) {
+        tokio::spawn(purge(store.clone(), retention, stop.clone()));
+        AuditLog::with_writer(store, (metrics, node), (queue, BATCH_WAIT), stop)
+    }
+
+    /// The log and its writer task, which lets a batch fill for up to `wait`.
+    fn with_writer(
+        store: Store,
+        (metrics, node): (Arc<Metrics>, String),
+        (queue, wait): (usize, Duration),
+        stop: CancellationToken,
+    ) -> (AuditLog, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let full = Arc::new(Notify::new());
-        tokio::spawn(purge(store.clone(), retention, stop.clone()));
         let writer = tokio::spawn(write(
             store,
-            (rx, full.clone(), BATCH_WAIT),
+            (rx, full.clone(), wait),
             metrics.clone(),
             stop,
         ));
-        (
-            AuditLog {
-                tx: Some(tx),
-                full,
-                metrics,
-                node,
-            },
-            writer,
-        )
+        let log = AuditLog {
+            tx: Some(tx),
+            full,
+            metrics,
+            node,
+        };
+        (log, writer)
     }
 
     /// Queues a finished request; never waits.
@@ -294,24 +302,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("relay.db").display());
         let store = Store::connect(&url).await.unwrap();
-        let (tx, rx) = mpsc::channel(queue);
-        let (full, metrics, stop) = (
-            Arc::new(Notify::new()),
-            Arc::new(Metrics::default()),
-            CancellationToken::new(),
-        );
-        let writer = tokio::spawn(write(
+        let stop = CancellationToken::new();
+        let (log, writer) = AuditLog::with_writer(
             store.clone(),
-            (rx, full.clone(), wait),
-            metrics.clone(),
+            (Arc::default(), "n1".into()),
+            (queue, wait),
             stop.clone(),
-        ));
-        let log = AuditLog {
-            tx: Some(tx),
-            full,
-            metrics,
-            node: "n1".into(),
-        };
+        );
         (dir, store, log, writer, stop)
     }
 

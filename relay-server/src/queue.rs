@@ -100,12 +100,16 @@ pub(crate) struct Queue {
 impl Queue {
     /// Wakes the delivery loop to claim `tenant_id`'s due messages.
     pub(crate) fn wake_for(&self, tenant_id: &str) {
+        self.mark_ready(tenant_id);
+        self.wake.notify_one();
+    }
+
+    /// Names `tenant_id` to the loop's next pass, without waking it.
+    fn mark_ready(&self, tenant_id: &str) {
         let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
         if !ready.contains(tenant_id) {
             ready.insert(tenant_id.to_string());
         }
-        drop(ready);
-        self.wake.notify_one();
     }
 
     /// Wakes the delivery loop to ask the store which tenants have messages due.
@@ -844,12 +848,7 @@ pub(crate) async fn run(relay: Arc<Relay>, stop: CancellationToken, deliveries: 
                 // Every slot is taken (the tenant's, or the node's): the next delivery to end
                 // wakes the loop, and the tenant is claimed for then. No wake-up of its own:
                 // the deliveries in flight will end.
-                relay
-                    .queue
-                    .ready
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(tenant_id);
+                relay.queue.mark_ready(&tenant_id);
                 continue;
             }
             let lease = i64::try_from(q.lease.as_millis()).unwrap_or(i64::MAX);
