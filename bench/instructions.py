@@ -10,7 +10,9 @@ figures and every request's audit insert is. Keep-alives and idle timeouts are
 lengthened so that the slow-down under valgrind (about 50×) does not end sessions.
 
 Usage: python3 bench/instructions.py [--transport quic|tcp] [--requests N] [--top N]
-                                     [--relay-bin PATH] [--connector-bin PATH] [--cluster]
+                                     [--relay-bin PATH] [--connector-bin PATH] [--cluster] [--close]
+With --close, every request comes on a new visitor connection that it asks to close (the
+`Connection: close` figure), sent by Python clients instead of h2load.
 With --cluster, two relay nodes share a throwaway PostgreSQL, the connector holds its session on
 node B and the requests go to node A: the cross-node path, each node counted on its own.
 Needs the release binaries (cargo build --release -p relay-server -p connector), nginx, h2load
@@ -22,10 +24,13 @@ import argparse
 import glob
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -54,6 +59,39 @@ def total_of(path):
             if line.startswith(("summary:", "totals:")):
                 return int(line.split()[1])
     raise SystemExit(f"{path}: no totals line")
+
+
+def closing(url, conns, n):
+    """`n` requests over `conns` concurrent clients, each on a new connection that the request
+    asks to close (`Connection: close`): what a visitor connection costs on top of its request."""
+    u = urllib.parse.urlsplit(url)
+    request = (f"GET {u.path} HTTP/1.1\r\nHost: {u.hostname}\r\nConnection: close\r\n\r\n").encode()
+    left = [n]
+    lock = threading.Lock()
+    failed = []
+
+    def client():
+        while True:
+            with lock:
+                if left[0] == 0:
+                    return
+                left[0] -= 1
+            with socket.create_connection((u.hostname, u.port), timeout=60) as s:
+                s.sendall(request)
+                got = b""
+                while chunk := s.recv(65536):
+                    got += chunk
+            if not got.startswith(b"HTTP/1.1 200"):
+                failed.append(got[:80])
+
+    threads = [threading.Thread(target=client) for _ in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        raise SystemExit(f"not every request succeeded: {failed[:3]}")
+    return n
 
 
 def h2load(url, conns, n):
@@ -105,7 +143,11 @@ def main():
     ap.add_argument("--cluster", action="store_true",
                     help="two relay nodes on a throwaway PostgreSQL, the connector on node B, the "
                          "requests sent to node A (the cross-node path)")
+    ap.add_argument("--close", action="store_true",
+                    help="a new visitor connection per request (Connection: close) instead of "
+                         "keep-alive connections")
     args = ap.parse_args()
+    load = closing if args.close else h2load
 
     work = tempfile.mkdtemp(prefix="relay-instructions-")
     os.chmod(work, 0o755)
@@ -172,7 +214,7 @@ def main():
             time.sleep(SETTLE)
             for pid in pids.values():
                 control(pid, "--zero")
-            n = h2load(url, conns, args.requests)
+            n = load(url, conns, args.requests)
             time.sleep(SETTLE)
             for name, pid in pids.items():
                 before = set(glob.glob(f"{work}/{name}.{pid}.out*"))
@@ -183,6 +225,7 @@ def main():
                     raise SystemExit(f"{name}: callgrind wrote no dump")
                 results[(name, conns)] = (total_of(new[-1]) / n, new[-1])
         print(f"transport {args.transport}, {args.requests} requests per load"
+              f"{', a new connection per request' if args.close else ''}"
               f"{' through node A to node B' if args.cluster else ''}, instructions per request:")
         print(f"{'process':<14} {'c1':>10} {'c64':>10}")
         for name in pids:

@@ -930,6 +930,7 @@ fn transport_config(config: &Config) -> Result<TransportConfig, ConfigError> {
     t.receive_window(VarInt::from_u32(16 * 1024 * 1024));
     t.stream_receive_window(VarInt::from_u32(1024 * 1024));
     t.send_window(8 * 1024 * 1024);
+    t.mtu_discovery_config(Some(tunnel_session::udp::mtu_discovery()));
     t.datagram_receive_buffer_size(None);
     Ok(t)
 }

@@ -740,6 +740,7 @@ fn client_config(idle_timeout: Duration) -> anyhow::Result<quinn::ClientConfig> 
     t.receive_window(VarInt::from_u32(32 * 1024 * 1024));
     t.stream_receive_window(VarInt::from_u32(1024 * 1024));
     t.send_window(16 * 1024 * 1024);
+    t.mtu_discovery_config(Some(tunnel_session::udp::mtu_discovery()));
     t.datagram_receive_buffer_size(None);
     client.transport_config(Arc::new(t));
     Ok(client)

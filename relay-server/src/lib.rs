@@ -316,8 +316,17 @@ pub async fn run(
     }
     let acceptor = ingress::tls_acceptor(certificates.clone()).context("TLS setup")?;
     let quic_config = tunnel::server_config(certs, key, &config).context("QUIC setup")?;
+    match tunnel_session::udp::size_buffers(&listeners.quic) {
+        Some(granted) if granted < tunnel_session::udp::SOCKET_BUFFER_BYTES => tracing::info!(
+            granted,
+            wanted = tunnel_session::udp::SOCKET_BUFFER_BYTES,
+            "the UDP receive buffer is capped by net.core.rmem_max; QUIC sessions drop datagrams \
+             under load (see docs/operations.md, \"UDP buffers\")"
+        ),
+        _ => {}
+    }
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        tunnel_session::udp::endpoint_config(),
         Some(quic_config),
         listeners.quic,
         Arc::new(quinn::TokioRuntime),

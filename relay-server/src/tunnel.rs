@@ -50,6 +50,7 @@ pub(crate) fn server_config(
     t.receive_window(VarInt::from_u32(16 * 1024 * 1024));
     t.stream_receive_window(VarInt::from_u32(1024 * 1024));
     t.send_window(8 * 1024 * 1024);
+    t.mtu_discovery_config(Some(tunnel_session::udp::mtu_discovery()));
     t.datagram_receive_buffer_size(None);
     server.transport_config(Arc::new(t));
     server.max_incoming(config.tunnel.max_pending_handshakes as usize);

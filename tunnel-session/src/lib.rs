@@ -15,8 +15,9 @@
 //! - [`control`]: the control stream (`Hello`, `Welcome`, `Renew`, `Ping`, `GoAway`).
 //! - [`pipe`]: two streams joined byte for byte, ends carried across (node-to-node forwarding).
 //! - [`headers`]: hop-by-hop removal and the upgrade allow-list, applied on both sides.
-//! - [`udp`]: the UDP socket under a QUIC client endpoint, degraded where a socket option quinn
-//!   sets is refused (Wine).
+//! - [`udp`]: the UDP side of QUIC for both ends: the client endpoint's socket (degraded where a
+//!   socket option quinn sets is refused, as under Wine), socket buffer sizes, and the datagram
+//!   size bound that path MTU discovery probes up to.
 //!
 //! Non-goals: no policy (which session serves a request, who may connect, how to reconnect): that
 //! is the relay's and the connector's own.
