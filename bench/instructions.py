@@ -76,11 +76,15 @@ def closing(url, conns, n):
                 if left[0] == 0:
                     return
                 left[0] -= 1
-            with socket.create_connection((u.hostname, u.port), timeout=60) as s:
-                s.sendall(request)
-                got = b""
-                while chunk := s.recv(65536):
-                    got += chunk
+            try:
+                with socket.create_connection((u.hostname, u.port), timeout=60) as s:
+                    s.sendall(request)
+                    got = b""
+                    while chunk := s.recv(65536):
+                        got += chunk
+            except OSError as e:
+                failed.append(repr(e))
+                continue
             if not got.startswith(b"HTTP/1.1 200"):
                 failed.append(got[:80])
 

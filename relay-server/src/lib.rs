@@ -317,7 +317,7 @@ pub async fn run(
     let acceptor = ingress::tls_acceptor(certificates.clone()).context("TLS setup")?;
     let quic_config = tunnel::server_config(certs, key, &config).context("QUIC setup")?;
     match tunnel_session::udp::size_buffers(&listeners.quic) {
-        Some(granted) if granted < tunnel_session::udp::SOCKET_BUFFER_BYTES => tracing::info!(
+        Some(granted) if tunnel_session::udp::buffer_capped(granted) => tracing::info!(
             granted,
             wanted = tunnel_session::udp::SOCKET_BUFFER_BYTES,
             "the UDP receive buffer is capped by net.core.rmem_max; QUIC sessions drop datagrams \
