@@ -2,17 +2,19 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -55,10 +57,11 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
     sessions: TaskTracker,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Every connection's task, so that the shutdown can wait for them.
+    let tasks = TaskTracker::new();
     let connections = Arc::new(Semaphore::new(relay.config.limits.max_connections));
     let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
-    let builder = builder(&relay);
+    let http = Arc::new(Http::new(&relay));
     loop {
         // Why select: accept blocks; shutdown must stop accepting at once.
         let (stream, peer) = tokio::select! {
@@ -88,34 +91,36 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let relay = relay.clone();
-        let builder = builder.clone();
+        let http = http.clone();
         let tls = tls.clone();
-        let watcher = graceful.watcher();
+        let shutdown = shutdown.clone();
         let sessions = sessions.clone();
         // The task holds only what an idle connection needs: the TLS branch (handshake state,
         // sessions) is boxed apart, so a plain-HTTP connection's task is not its size.
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let _permits = (permit, per_ip);
             match tls {
                 Some(acceptor) => {
                     Box::pin(serve_tls(
-                        relay, acceptor, stream, peer, builder, watcher, sessions,
+                        relay, acceptor, stream, peer, http, shutdown, sessions,
                     ))
                     .await
                 }
                 None => {
+                    let limit = relay.config.limits.header_read_timeout;
+                    let Some(protocol) = sniff(&stream, limit).await else {
+                        return;
+                    };
                     let visitor = Visitor::new(peer, "http", None);
-                    serve_connection(relay, builder, stream, visitor, watcher).await
+                    serve_connection(relay, http, protocol, stream, visitor, shutdown).await
                 }
             }
         });
     }
     drop(listener);
+    tasks.close();
     let grace = relay.config.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         warn!(
             ?grace,
             "visitor connections still open after the grace period; closing them"
@@ -130,8 +135,8 @@ async fn serve_tls(
     acceptor: TlsAcceptor,
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
-    builder: auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    http: Arc<Http>,
+    shutdown: CancellationToken,
     sessions: TaskTracker,
 ) {
     // Boxed: the handshake's state is freed once it is done, not kept for the connection's life.
@@ -160,8 +165,14 @@ async fn serve_tls(
             .1
             .server_name()
             .map(str::to_ascii_lowercase);
+        // ALPN decides, as RFC 9113 §3.2 asks; a client that offered none is read to tell.
+        let protocol = match alpn {
+            Some(b"h2") => Protocol::Http2,
+            Some(b"http/1.1") => Protocol::Http1,
+            _ => Protocol::Sniff,
+        };
         let visitor = Visitor::new(peer, "https", sni);
-        serve_connection(relay, builder, tls_stream, visitor, watcher).await
+        serve_connection(relay, http, protocol, tls_stream, visitor, shutdown).await
     }
 }
 
@@ -202,35 +213,162 @@ impl Drop for PerIp {
     }
 }
 
-fn builder(relay: &Relay) -> auto::Builder<TokioExecutor> {
-    let limits = &relay.config.limits;
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_headers(limits.max_headers)
-        .max_buf_size(64 * 1024);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .initial_stream_window_size(limits.h2_stream_window_bytes)
-        .initial_connection_window_size(limits.h2_connection_window_bytes)
-        .max_header_list_size(16 * 1024)
-        .max_send_buf_size(64 * 1024)
-        // Rapid reset (CVE-2023-44487) and its server-side twin (CVE-2024-27316-style floods):
-        // streams a client resets before they are served, and streams the server had to reset
-        // for protocol errors, are bounded; past either bound h2 closes the connection.
-        .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(1024);
-    b
+/// HTTP's preface on a connection that starts with HTTP/2 (h2c with prior knowledge).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Which HTTP a visitor connection speaks, when it is known before hyper reads from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+    /// Not known: hyper-util's reader tells by the first bytes. Knowing it beforehand matters:
+    /// that reader hands hyper the first 24 bytes alone, and hyper, finding the head
+    /// unfinished in its 8 KiB buffer, doubled the buffer for the next read. Every HTTP/1
+    /// connection kept a 16 KiB buffer for its whole life and paid a reallocation and a copy.
+    Sniff,
+}
+
+/// Reads (without consuming) the first bytes of a plain connection: HTTP/2's preface means h2c
+/// with prior knowledge, anything else HTTP/1. `None` when the visitor closes or sends nothing
+/// within `limit` (such a connection is closed quietly, as hyper's header timeout closes an
+/// idle one).
+async fn sniff(stream: &TcpStream, limit: Duration) -> Option<Protocol> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    let n = match tokio::time::timeout(limit, stream.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => n,
+        _ => return None,
+    };
+    Some(if first[..n] != H2_PREFACE[..n] {
+        Protocol::Http1
+    } else if n == H2_PREFACE.len() {
+        Protocol::Http2
+    } else {
+        // The start of the preface, the rest not yet arrived: peeking again would return at
+        // once with the same bytes, so let hyper-util's reader wait for the rest.
+        Protocol::Sniff
+    })
+}
+
+/// The visitor-facing HTTP servers, configured once and shared by every connection.
+pub(crate) struct Http {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    /// For connections whose protocol is not known beforehand ([`Protocol::Sniff`]).
+    auto: auto::Builder<TokioExecutor>,
+}
+
+impl Http {
+    fn new(relay: &Relay) -> Http {
+        let limits = &relay.config.limits;
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_headers(limits.max_headers)
+            .max_buf_size(64 * 1024);
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .initial_stream_window_size(limits.h2_stream_window_bytes)
+            .initial_connection_window_size(limits.h2_connection_window_bytes)
+            .max_header_list_size(16 * 1024)
+            .max_send_buf_size(64 * 1024)
+            // Rapid reset (CVE-2023-44487) and its server-side twin (CVE-2024-27316-style
+            // floods): streams a client resets before they are served, and streams the server
+            // had to reset for protocol errors, are bounded; past either bound h2 closes the
+            // connection.
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(1024);
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_headers(limits.max_headers)
+            .max_buf_size(64 * 1024);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .initial_stream_window_size(limits.h2_stream_window_bytes)
+            .initial_connection_window_size(limits.h2_connection_window_bytes)
+            .max_header_list_size(16 * 1024)
+            .max_send_buf_size(64 * 1024)
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(1024);
+        Http { h1, h2, auto }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A hyper connection that can be asked to finish what it is serving and close.
+trait Graceful {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, B> Graceful for http2::Connection<I, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<BoxError>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, B> Graceful for auto::UpgradeableConnection<'_, I, S, TokioExecutor>
+where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>,
+    S::Error: Into<BoxError>,
+    S::Future: 'static,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<BoxError>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+/// Runs `conn` to its end; once `shutdown` fires it is asked to finish what it is serving (an
+/// HTTP/1 connection closes after its response, an HTTP/2 one sends GOAWAY) and close.
+async fn drive<C, E>(mut conn: Pin<Box<C>>, shutdown: &CancellationToken) -> Result<(), BoxError>
+where
+    C: Future<Output = Result<(), E>> + Graceful + ?Sized,
+    E: Into<BoxError>,
+{
+    // Why select: the connection may idle indefinitely; the shutdown must reach it at once.
+    tokio::select! {
+        r = conn.as_mut() => return r.map_err(Into::into),
+        _ = shutdown.cancelled() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await.map_err(Into::into)
 }
 
 async fn serve_connection<S>(
     relay: Arc<Relay>,
-    builder: auto::Builder<TokioExecutor>,
+    http: Arc<Http>,
+    protocol: Protocol,
     stream: S,
     visitor: Visitor,
-    watcher: hyper_util::server::graceful::Watcher,
+    shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -259,16 +397,21 @@ async fn serve_connection<S>(
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, active)))
         })
     });
-    // Boxed once, in its final place: as a local moved into `watch`, the connection took its
-    // size twice over in this future, for the connection's whole life.
-    let conn = Box::pin(
-        watcher.watch(
-            builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned(),
-        ),
-    );
-    let timed_out = match conn.await {
+    // Each connection is boxed once, in its final place: as a local moved into `drive`, it
+    // would take its size twice over in this future, for the connection's whole life.
+    let io = TokioIo::new(stream);
+    let result = match protocol {
+        Protocol::Http1 => {
+            let conn = http.h1.serve_connection(io, service).with_upgrades();
+            drive(Box::pin(conn), &shutdown).await
+        }
+        Protocol::Http2 => drive(Box::pin(http.h2.serve_connection(io, service)), &shutdown).await,
+        Protocol::Sniff => {
+            let conn = http.auto.serve_connection_with_upgrades(io, service);
+            drive(Box::pin(conn), &shutdown).await
+        }
+    };
+    let timed_out = match result {
         Ok(()) => false,
         Err(e) => {
             debug!(%peer, error = %e, "visitor connection ended with an error");

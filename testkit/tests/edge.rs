@@ -278,3 +278,169 @@ async fn connect_is_refused() {
     let (status, _) = raw(addr, &get("/relay/acme/app/ok", "")).await;
     assert_eq!(status, "200");
 }
+
+/// HTTP/1.1 and HTTP/2 are told apart every way a visitor can choose: by ALPN, by HTTP/2's
+/// preface on the plain listener (h2c with prior knowledge, whole or split over two writes),
+/// and by the first bytes on TLS without ALPN.
+#[tokio::test]
+async fn http1_and_http2_are_told_apart_every_way_a_visitor_picks_them() {
+    use hyper::client::conn::{http1, http2};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let relay = relay().spawn().await;
+    let backend = testkit::Backend::spawn().await;
+    let base = backend.url();
+    let _conn = connect(&relay, "acme", |c| c.target("app", &base)).await;
+    let request = |version: http::Version| {
+        // `localhost`: over TLS the authority must match the SNI (421 otherwise).
+        http::Request::get("http://localhost/relay/acme/app/ok")
+            .version(version)
+            .header("host", "localhost")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    async fn h2<S>(io: S, request: http::Request<http_body_util::Empty<bytes::Bytes>>) -> u16
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut send, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .expect("HTTP/2 handshake");
+        tokio::spawn(conn);
+        send.send_request(request)
+            .await
+            .expect("h2 response")
+            .status()
+            .as_u16()
+    }
+    async fn h1<S>(io: S, request: http::Request<http_body_util::Empty<bytes::Bytes>>) -> u16
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut send, conn) = http1::handshake(TokioIo::new(io)).await.expect("h1");
+        tokio::spawn(conn);
+        send.send_request(request)
+            .await
+            .expect("h1 response")
+            .status()
+            .as_u16()
+    }
+
+    // The plain listener: HTTP/1.1, h2c with prior knowledge, and h2c whose preface arrives in
+    // two parts (the relay must wait for the rest, not take it for HTTP/1 or spin).
+    let plain = relay.http_addr.unwrap();
+    let tcp = || tokio::net::TcpStream::connect(plain);
+    assert_eq!(
+        h1(tcp().await.unwrap(), request(http::Version::HTTP_11)).await,
+        200
+    );
+    assert_eq!(
+        h2(tcp().await.unwrap(), request(http::Version::HTTP_2)).await,
+        200
+    );
+    let split = SplitFirstWrite::new(tcp().await.unwrap(), 5, Duration::from_millis(300));
+    assert_eq!(h2(split, request(http::Version::HTTP_2)).await, 200);
+
+    // TLS: by ALPN, and without ALPN by the first bytes.
+    for (alpn, version) in [
+        (Some("h2"), http::Version::HTTP_2),
+        (Some("http/1.1"), http::Version::HTTP_11),
+        (None, http::Version::HTTP_2),
+        (None, http::Version::HTTP_11),
+    ] {
+        let tls = tls_to(&relay, alpn).await;
+        let status = if version == http::Version::HTTP_2 {
+            h2(tls, request(version)).await
+        } else {
+            h1(tls, request(version)).await
+        };
+        assert_eq!(status, 200, "ALPN {alpn:?}, {version:?}");
+    }
+    assert_eq!(backend.requests(), 7);
+}
+
+/// A TLS connection to the relay's HTTPS listener offering `alpn` (nothing when `None`).
+async fn tls_to(
+    relay: &relay_server::testing::RelayHandle,
+    alpn: Option<&str>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(relay.ca_cert()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.map(|a| a.as_bytes().to_vec()).into_iter().collect();
+    let tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), alpn.map(str::as_bytes));
+    tls
+}
+
+/// A stream whose first write sends only `first` bytes; the rest waits for `pause`.
+struct SplitFirstWrite {
+    inner: tokio::net::TcpStream,
+    first: Option<usize>,
+    pause: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl SplitFirstWrite {
+    fn new(inner: tokio::net::TcpStream, first: usize, pause: Duration) -> SplitFirstWrite {
+        SplitFirstWrite {
+            inner,
+            first: Some(first),
+            pause: Box::pin(tokio::time::sleep(pause)),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for SplitFirstWrite {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SplitFirstWrite {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if let Some(first) = this.first.take() {
+            // `pause` started with the stream: the first part goes now, the rest after it.
+            return std::pin::Pin::new(&mut this.inner)
+                .poll_write(cx, &buf[..first.min(buf.len())]);
+        }
+        std::task::ready!(std::future::Future::poll(this.pause.as_mut(), cx));
+        std::pin::Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
