@@ -30,13 +30,24 @@ pub(crate) struct ConnState {
     active: AtomicU32,
     /// Bytes arrived while no request was active: the start of a next request head.
     pending: AtomicBool,
+    /// Any byte arrived on the connection.
+    spoke: AtomicBool,
+    /// A request head was parsed: from here on hyper's own timers govern the connection.
+    requested: AtomicBool,
 }
 
 impl ConnState {
+    /// Whether the visitor has sent anything yet: a connection that has not can be dropped at
+    /// shutdown at once, as there is nothing of it to finish.
+    pub(crate) fn spoke(&self) -> bool {
+        self.spoke.load(Ordering::Relaxed)
+    }
+
     /// A request head was parsed; the returned guard, kept by its response body, ends it.
     pub(crate) fn request(self: &Arc<Self>) -> Active {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.pending.store(false, Ordering::Relaxed);
+        self.requested.store(true, Ordering::Relaxed);
         Active(self.clone())
     }
 }
@@ -89,26 +100,29 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
 /// The visitor's stream as hyper sees it; dropping it hands the stream back to its slot.
 ///
-/// It also fails the first read when no byte arrives within the header read timeout: hyper
-/// reads the first bytes to tell HTTP/1 from HTTP/2 before its own timer runs, so a
-/// connection that never sends anything would otherwise hold its slot for good.
+/// It also fails a read when the first `until` bytes have not arrived within the header read
+/// timeout. hyper's own timer covers a request head once hyper reads one; before that, a
+/// connection that never sends anything (TLS, where no peek came first), or where hyper-util
+/// reads the first 24 bytes to tell HTTP/1 from HTTP/2 and gets fewer, would otherwise hold its
+/// slot for good.
 pub(crate) struct Watched<S> {
     inner: Option<S>,
     state: Arc<ConnState>,
     back: Arc<Mutex<Option<S>>>,
-    first_byte: Option<Pin<Box<tokio::time::Sleep>>>,
+    first_bytes: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
 
 /// Where a [`Watched`] stream returns to.
 pub(crate) type Slot<S> = Arc<Mutex<Option<S>>>;
 
 impl<S> Watched<S> {
-    /// Wraps `stream`, whose first byte must arrive within `first_byte`; it lands in the
+    /// Wraps `stream`, whose first `until` bytes must arrive within `limit`; it lands in the
     /// returned slot once hyper drops it.
     pub(crate) fn new(
         stream: S,
         state: Arc<ConnState>,
-        first_byte: Duration,
+        limit: Duration,
+        until: usize,
     ) -> (Watched<S>, Slot<S>) {
         let back = Arc::new(Mutex::new(None));
         (
@@ -116,7 +130,7 @@ impl<S> Watched<S> {
                 inner: Some(stream),
                 state,
                 back: back.clone(),
-                first_byte: Some(Box::pin(tokio::time::sleep(first_byte))),
+                first_bytes: Some((Box::pin(tokio::time::sleep(limit)), until)),
             },
             back,
         )
@@ -148,7 +162,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         let before = buf.filled().len();
         let r = Pin::new(inner).poll_read(cx, buf);
         if r.is_pending() {
-            if let Some(deadline) = this.first_byte.as_mut() {
+            if this.state.requested.load(Ordering::Relaxed) {
+                this.first_bytes = None;
+            }
+            if let Some((deadline, _)) = this.first_bytes.as_mut() {
                 if deadline.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -157,7 +174,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
                 }
             }
         } else if buf.filled().len() > before {
-            this.first_byte = None;
+            let n = buf.filled().len() - before;
+            if let Some((_, until)) = this.first_bytes.as_mut() {
+                *until = until.saturating_sub(n);
+                if *until == 0 {
+                    this.first_bytes = None;
+                }
+            }
+            this.state.spoke.store(true, Ordering::Relaxed);
             if this.state.active.load(Ordering::Relaxed) == 0 {
                 this.state.pending.store(true, Ordering::Relaxed);
             }

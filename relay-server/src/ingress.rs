@@ -108,7 +108,7 @@ pub(crate) async fn serve(
                 }
                 None => {
                     let limit = relay.config.limits.header_read_timeout;
-                    let Some(protocol) = sniff(&stream, limit).await else {
+                    let Some(protocol) = sniff(&stream, limit, &shutdown).await else {
                         return;
                     };
                     let visitor = Visitor::new(peer, "http", None);
@@ -229,14 +229,22 @@ enum Protocol {
 }
 
 /// Reads (without consuming) the first bytes of a plain connection: HTTP/2's preface means h2c
-/// with prior knowledge, anything else HTTP/1. `None` when the visitor closes or sends nothing
+/// with prior knowledge, anything else HTTP/1. `None` when the visitor closes, sends nothing
 /// within `limit` (such a connection is closed quietly, as hyper's header timeout closes an
-/// idle one).
-async fn sniff(stream: &TcpStream, limit: Duration) -> Option<Protocol> {
+/// idle one), or the relay shuts down first.
+async fn sniff(
+    stream: &TcpStream,
+    limit: Duration,
+    shutdown: &CancellationToken,
+) -> Option<Protocol> {
     let mut first = [0u8; H2_PREFACE.len()];
-    let n = match tokio::time::timeout(limit, stream.peek(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => n,
-        _ => return None,
+    // Why select: a visitor that sends nothing must not hold up the shutdown.
+    let n = tokio::select! {
+        r = tokio::time::timeout(limit, stream.peek(&mut first)) => match r {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        },
+        _ = shutdown.cancelled() => return None,
     };
     Some(if first[..n] != H2_PREFACE[..n] {
         Protocol::Http1
@@ -244,7 +252,8 @@ async fn sniff(stream: &TcpStream, limit: Duration) -> Option<Protocol> {
         Protocol::Http2
     } else {
         // The start of the preface, the rest not yet arrived: peeking again would return at
-        // once with the same bytes, so let hyper-util's reader wait for the rest.
+        // once with the same bytes, so hyper-util's reader waits for the rest (within the
+        // header read timeout: `Watched`).
         Protocol::Sniff
     })
 }
@@ -257,20 +266,25 @@ pub(crate) struct Http {
     auto: auto::Builder<TokioExecutor>,
 }
 
-impl Http {
-    fn new(relay: &Relay) -> Http {
-        let limits = &relay.config.limits;
-        let mut auto = auto::Builder::new(TokioExecutor::new());
-        auto.http1()
+/// HTTP/1 settings, applied alike to hyper's server and to hyper-util's (same method names).
+macro_rules! http1_settings {
+    ($builder:expr, $limits:expr) => {
+        $builder
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_headers(limits.max_headers)
-            .max_buf_size(64 * 1024);
-        auto.http2()
+            .header_read_timeout($limits.header_read_timeout)
+            .max_headers($limits.max_headers)
+            .max_buf_size(64 * 1024)
+    };
+}
+
+/// HTTP/2 settings, applied alike to hyper's server and to hyper-util's.
+macro_rules! http2_settings {
+    ($builder:expr, $limits:expr) => {
+        $builder
             .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.h2_max_concurrent_streams)
-            .initial_stream_window_size(limits.h2_stream_window_bytes)
-            .initial_connection_window_size(limits.h2_connection_window_bytes)
+            .max_concurrent_streams($limits.h2_max_concurrent_streams)
+            .initial_stream_window_size($limits.h2_stream_window_bytes)
+            .initial_connection_window_size($limits.h2_connection_window_bytes)
             .max_header_list_size(16 * 1024)
             .max_send_buf_size(64 * 1024)
             // Rapid reset (CVE-2023-44487) and its server-side twin (CVE-2024-27316-style
@@ -278,21 +292,20 @@ impl Http {
             // had to reset for protocol errors, are bounded; past either bound h2 closes the
             // connection.
             .max_pending_accept_reset_streams(20)
-            .max_local_error_reset_streams(1024);
+            .max_local_error_reset_streams(1024)
+    };
+}
+
+impl Http {
+    fn new(relay: &Relay) -> Http {
+        let limits = &relay.config.limits;
         let mut h1 = http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_headers(limits.max_headers)
-            .max_buf_size(64 * 1024);
+        http1_settings!(h1, limits);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new())
-            .max_concurrent_streams(limits.h2_max_concurrent_streams)
-            .initial_stream_window_size(limits.h2_stream_window_bytes)
-            .initial_connection_window_size(limits.h2_connection_window_bytes)
-            .max_header_list_size(16 * 1024)
-            .max_send_buf_size(64 * 1024)
-            .max_pending_accept_reset_streams(20)
-            .max_local_error_reset_streams(1024);
+        http2_settings!(h2, limits);
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        http1_settings!(auto.http1(), limits);
+        http2_settings!(auto.http2(), limits);
         Http { h1, h2, auto }
     }
 }
@@ -347,8 +360,14 @@ where
 }
 
 /// Runs `conn` to its end; once `shutdown` fires it is asked to finish what it is serving (an
-/// HTTP/1 connection closes after its response, an HTTP/2 one sends GOAWAY) and close.
-async fn drive<C, E>(mut conn: Pin<Box<C>>, shutdown: &CancellationToken) -> Result<(), BoxError>
+/// HTTP/1 connection closes after its response, an HTTP/2 one sends GOAWAY) and close. One
+/// whose visitor has sent nothing yet (`state`) is closed at once: hyper would wait for its
+/// first request, or the HTTP/2 preface, up to the header read timeout.
+async fn drive<C, E>(
+    mut conn: Pin<Box<C>>,
+    shutdown: &CancellationToken,
+    state: &ConnState,
+) -> Result<(), BoxError>
 where
     C: Future<Output = Result<(), E>> + Graceful + ?Sized,
     E: Into<BoxError>,
@@ -357,6 +376,9 @@ where
     tokio::select! {
         r = conn.as_mut() => return r.map_err(Into::into),
         _ = shutdown.cancelled() => {}
+    }
+    if !state.spoke() {
+        return Ok(());
     }
     conn.as_mut().graceful_shutdown();
     conn.await.map_err(Into::into)
@@ -376,7 +398,13 @@ async fn serve_connection<S>(
     let header_read_timeout = relay.config.limits.header_read_timeout;
     let visitor = Arc::new(visitor);
     let state = Arc::new(ConnState::default());
-    let (stream, slot) = Watched::new(stream, state.clone(), header_read_timeout);
+    // Until the version is known: hyper-util's reader wants HTTP/2's whole preface.
+    let until = if protocol == Protocol::Sniff {
+        H2_PREFACE.len()
+    } else {
+        1
+    };
+    let (stream, slot) = Watched::new(stream, state.clone(), header_read_timeout, until);
     let requests = state.clone();
     let service = service_fn(move |req| {
         let relay = relay.clone();
@@ -403,12 +431,19 @@ async fn serve_connection<S>(
     let result = match protocol {
         Protocol::Http1 => {
             let conn = http.h1.serve_connection(io, service).with_upgrades();
-            drive(Box::pin(conn), &shutdown).await
+            drive(Box::pin(conn), &shutdown, &state).await
         }
-        Protocol::Http2 => drive(Box::pin(http.h2.serve_connection(io, service)), &shutdown).await,
+        Protocol::Http2 => {
+            drive(
+                Box::pin(http.h2.serve_connection(io, service)),
+                &shutdown,
+                &state,
+            )
+            .await
+        }
         Protocol::Sniff => {
             let conn = http.auto.serve_connection_with_upgrades(io, service);
-            drive(Box::pin(conn), &shutdown).await
+            drive(Box::pin(conn), &shutdown, &state).await
         }
     };
     let timed_out = match result {

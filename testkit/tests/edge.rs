@@ -280,83 +280,168 @@ async fn connect_is_refused() {
 }
 
 /// HTTP/1.1 and HTTP/2 are told apart every way a visitor can choose: by ALPN, by HTTP/2's
-/// preface on the plain listener (h2c with prior knowledge, whole or split over two writes),
-/// and by the first bytes on TLS without ALPN.
+/// preface on the plain listener (h2c with prior knowledge, whole or split over two writes, and
+/// an HTTP/1 request whose first write is a prefix of the preface), and by the first bytes on
+/// TLS without ALPN. A TLS client that speaks another protocol than its ALPN is refused.
 #[tokio::test]
 async fn http1_and_http2_are_told_apart_every_way_a_visitor_picks_them() {
-    use hyper::client::conn::{http1, http2};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-
     let relay = relay().spawn().await;
     let backend = testkit::Backend::spawn().await;
     let base = backend.url();
     let _conn = connect(&relay, "acme", |c| c.target("app", &base)).await;
-    let request = |version: http::Version| {
-        // `localhost`: over TLS the authority must match the SNI (421 otherwise).
-        http::Request::get("http://localhost/relay/acme/app/ok")
-            .version(version)
-            .header("host", "localhost")
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .unwrap()
-    };
-    async fn h2<S>(io: S, request: http::Request<http_body_util::Empty<bytes::Bytes>>) -> u16
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (mut send, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
-            .await
-            .expect("HTTP/2 handshake");
-        tokio::spawn(conn);
-        send.send_request(request)
-            .await
-            .expect("h2 response")
-            .status()
-            .as_u16()
-    }
-    async fn h1<S>(io: S, request: http::Request<http_body_util::Empty<bytes::Bytes>>) -> u16
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (mut send, conn) = http1::handshake(TokioIo::new(io)).await.expect("h1");
-        tokio::spawn(conn);
-        send.send_request(request)
-            .await
-            .expect("h1 response")
-            .status()
-            .as_u16()
-    }
 
-    // The plain listener: HTTP/1.1, h2c with prior knowledge, and h2c whose preface arrives in
-    // two parts (the relay must wait for the rest, not take it for HTTP/1 or spin).
+    // The plain listener: HTTP/1.1, h2c with prior knowledge, h2c whose preface arrives in two
+    // parts (the relay must wait for the rest, not take it for HTTP/1), and an HTTP/1 request
+    // whose first byte, `P`, could start the preface.
     let plain = relay.http_addr.unwrap();
     let tcp = || tokio::net::TcpStream::connect(plain);
-    assert_eq!(
-        h1(tcp().await.unwrap(), request(http::Version::HTTP_11)).await,
-        200
-    );
-    assert_eq!(
-        h2(tcp().await.unwrap(), request(http::Version::HTTP_2)).await,
-        200
-    );
-    let split = SplitFirstWrite::new(tcp().await.unwrap(), 5, Duration::from_millis(300));
-    assert_eq!(h2(split, request(http::Version::HTTP_2)).await, 200);
+    let pause = Duration::from_millis(300);
+    assert_eq!(h1(tcp().await.unwrap(), "GET").await, Ok(200));
+    assert_eq!(h2(tcp().await.unwrap(), "http").await, Ok(200));
+    let split = SplitFirstWrite::new(tcp().await.unwrap(), 5, pause);
+    assert_eq!(h2(split, "http").await, Ok(200));
+    let split = SplitFirstWrite::new(tcp().await.unwrap(), 1, pause);
+    assert_eq!(h1(split, "POST").await, Ok(200));
 
     // TLS: by ALPN, and without ALPN by the first bytes.
-    for (alpn, version) in [
-        (Some("h2"), http::Version::HTTP_2),
-        (Some("http/1.1"), http::Version::HTTP_11),
-        (None, http::Version::HTTP_2),
-        (None, http::Version::HTTP_11),
+    for (alpn, two) in [
+        (Some("h2"), true),
+        (Some("http/1.1"), false),
+        (None, true),
+        (None, false),
     ] {
         let tls = tls_to(&relay, alpn).await;
-        let status = if version == http::Version::HTTP_2 {
-            h2(tls, request(version)).await
+        let status = if two {
+            h2(tls, "https").await
         } else {
-            h1(tls, request(version)).await
+            h1(tls, "GET").await
         };
-        assert_eq!(status, 200, "ALPN {alpn:?}, {version:?}");
+        assert_eq!(status, Ok(200), "ALPN {alpn:?}, HTTP/2: {two}");
     }
-    assert_eq!(backend.requests(), 7);
+    assert_eq!(backend.requests(), 8);
+
+    // ALPN is binding (RFC 9113 §3.2): HTTP/2 after `http/1.1`, or HTTP/1 after `h2`, is refused.
+    let wrong = h2(tls_to(&relay, Some("http/1.1")).await, "https").await;
+    assert!(wrong.is_err(), "{wrong:?}");
+    let wrong = h1(tls_to(&relay, Some("h2")).await, "GET").await;
+    assert!(wrong.is_err(), "{wrong:?}");
+    assert_eq!(backend.requests(), 8);
+}
+
+/// At shutdown, connections whose visitor has sent nothing yet are closed at once, on every
+/// path (the plain listener's peek, TLS with either ALPN, and a partial preface the version
+/// reader waits on), instead of holding the shutdown for the header read timeout (10 s).
+#[tokio::test]
+async fn shutdown_does_not_wait_for_connections_that_sent_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let relay = relay().spawn().await;
+    let plain = relay.http_addr.unwrap();
+    let silent = tokio::net::TcpStream::connect(plain).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(plain).await.unwrap();
+    partial.write_all(b"PRI * HT").await.unwrap();
+    let h1 = tls_to(&relay, Some("http/1.1")).await;
+    let h2 = tls_to(&relay, Some("h2")).await;
+    let none = tls_to(&relay, None).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(8), relay.stop())
+        .await
+        .expect("the relay stops without waiting for silent connections")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop((silent, partial, h1, h2, none));
+}
+
+/// A partial HTTP/2 preface followed by silence (the version reader waits for the rest) holds
+/// its connection no longer than the header read timeout, on the plain listener and on TLS
+/// without ALPN.
+#[tokio::test]
+async fn a_partial_preface_is_held_no_longer_than_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = relay()
+        .configure(|f| f.limits.header_read_timeout = Some(Duration::from_secs(1)))
+        .spawn()
+        .await;
+    async fn closed_after<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        mut s: S,
+    ) -> Duration {
+        s.write_all(b"PRI * HT").await.unwrap();
+        s.flush().await.unwrap();
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut rest))
+            .await
+            .expect("the relay closes the connection");
+        started.elapsed()
+    }
+    let plain = tokio::net::TcpStream::connect(relay.http_addr.unwrap())
+        .await
+        .unwrap();
+    let held = closed_after(plain).await;
+    assert!(held >= Duration::from_millis(700), "closed early: {held:?}");
+    let held = closed_after(tls_to(&relay, None).await).await;
+    assert!(held >= Duration::from_millis(500), "closed early: {held:?}");
+}
+
+type Empty = http_body_util::Empty<bytes::Bytes>;
+
+/// One HTTP/2 request (`GET /relay/acme/app/ok`) over `io`; its status, or what failed.
+async fn h2<S>(io: S, scheme: &str) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let io = TokioIo::new(io);
+    let attempt = async {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        // `localhost`: over TLS the authority must match the SNI (421 otherwise).
+        let request = http::Request::get(format!("{scheme}://localhost/relay/acme/app/ok"))
+            .body(Empty::new())
+            .unwrap();
+        let response = send
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(response.status().as_u16())
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .map_err(|_| "no answer within 10 s".to_string())?
+}
+
+/// One HTTP/1.1 request (`{method} /relay/acme/app/ok`) over `io`; its status, or what failed.
+async fn h1<S>(io: S, method: &str) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::rt::TokioIo;
+    let attempt = async {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let request = http::Request::builder()
+            .method(method)
+            .uri("/relay/acme/app/ok")
+            .header("host", "localhost")
+            .body(Empty::new())
+            .unwrap();
+        let response = send
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(response.status().as_u16())
+    };
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .map_err(|_| "no answer within 10 s".to_string())?
 }
 
 /// A TLS connection to the relay's HTTPS listener offering `alpn` (nothing when `None`).
