@@ -387,33 +387,24 @@ async fn a_partial_preface_is_held_no_longer_than_the_header_read_timeout() {
     assert!(held >= Duration::from_millis(500), "closed early: {held:?}");
 }
 
-type Empty = http_body_util::Empty<bytes::Bytes>;
+/// A TLS connection to the relay's HTTPS listener offering `alpn` (nothing when `None`).
+async fn tls_to(
+    relay: &relay_server::testing::RelayHandle,
+    alpn: Option<&str>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    common::tls_connect(relay.addr, &relay.ca_cert(), alpn).await
+}
 
 /// One HTTP/2 request (`GET /relay/acme/app/ok`) over `io`; its status, or what failed.
 async fn h2<S>(io: S, scheme: &str) -> Result<u16, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let io = TokioIo::new(io);
-    let attempt = async {
-        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        // `localhost`: over TLS the authority must match the SNI (421 otherwise).
-        let request = http::Request::get(format!("{scheme}://localhost/relay/acme/app/ok"))
-            .body(Empty::new())
-            .unwrap();
-        let response = send
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(response.status().as_u16())
-    };
-    tokio::time::timeout(Duration::from_secs(10), attempt)
-        .await
-        .map_err(|_| "no answer within 10 s".to_string())?
+    // `localhost`: over TLS the authority must match the SNI (421 otherwise).
+    let request = http::Request::get(format!("{scheme}://localhost/relay/acme/app/ok"))
+        .body(Default::default())
+        .unwrap();
+    status_within(common::request_on(io, true, request)).await
 }
 
 /// One HTTP/1.1 request (`{method} /relay/acme/app/ok`) over `io`; its status, or what failed.
@@ -421,55 +412,24 @@ async fn h1<S>(io: S, method: &str) -> Result<u16, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    use hyper_util::rt::TokioIo;
-    let attempt = async {
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let request = http::Request::builder()
-            .method(method)
-            .uri("/relay/acme/app/ok")
-            .header("host", "localhost")
-            .body(Empty::new())
-            .unwrap();
-        let response = send
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(response.status().as_u16())
-    };
-    tokio::time::timeout(Duration::from_secs(10), attempt)
-        .await
-        .map_err(|_| "no answer within 10 s".to_string())?
+    let request = http::Request::builder()
+        .method(method)
+        .uri("/relay/acme/app/ok")
+        .header("host", "localhost")
+        .body(Default::default())
+        .unwrap();
+    status_within(common::request_on(io, false, request)).await
 }
 
-/// A TLS connection to the relay's HTTPS listener offering `alpn` (nothing when `None`).
-async fn tls_to(
-    relay: &relay_server::testing::RelayHandle,
-    alpn: Option<&str>,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(relay.ca_cert()).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
+/// The answer's status within 10 s, or what failed.
+async fn status_within(
+    answer: impl std::future::Future<Output = anyhow::Result<testkit::client::Answer>>,
+) -> Result<u16, String> {
+    match tokio::time::timeout(Duration::from_secs(10), answer).await {
+        Ok(Ok(a)) => Ok(a.status.as_u16()),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(_) => Err("no answer within 10 s".to_string()),
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = alpn.map(|a| a.as_bytes().to_vec()).into_iter().collect();
-    let tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), alpn.map(str::as_bytes));
-    tls
 }
 
 /// A stream whose first write sends only `first` bytes; the rest waits for `pause`.

@@ -3,7 +3,6 @@
 //! the abusive connection with GOAWAY after bounded work, reach the backend a bounded number of
 //! times, and leave the relay serving everyone else.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use relay_server::testing::relay;
@@ -52,26 +51,7 @@ fn request_block(authority: &str, path: &str) -> Vec<u8> {
 
 /// TLS to the relay with ALPN `h2`, the preface and an empty SETTINGS sent.
 async fn connect(addr: std::net::SocketAddr, ca: &std::path::Path) -> Tls {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut tls = common::tls_connect(addr, ca, Some("h2")).await;
     let mut hello = PREFACE.to_vec();
     frame(&mut hello, SETTINGS, 0, 0, &[]);
     tls.write_all(&hello).await.unwrap();

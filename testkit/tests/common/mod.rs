@@ -120,19 +120,31 @@ pub(crate) async fn hello_at(
 }
 
 /// One request on a fresh connection made from `local` (any 127.x.y.z address, so that a test
-/// has several client addresses on loopback) to `to`: HTTP/1.1 with the headers as given (the
-/// URI should be origin-form, with a `host` header), or h2c with prior knowledge when `h2` (the
-/// URI's scheme and authority become `:scheme` and `:authority`). Returns the whole answer.
+/// has several client addresses on loopback) to `to`: see [`request_on`].
 pub(crate) async fn raw_request(
     local: std::net::IpAddr,
     to: std::net::SocketAddr,
     h2: bool,
     req: http::Request<http_body_util::Full<bytes::Bytes>>,
 ) -> anyhow::Result<testkit::client::Answer> {
-    use http_body_util::BodyExt;
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(std::net::SocketAddr::new(local, 0))?;
-    let io = hyper_util::rt::TokioIo::new(socket.connect(to).await?);
+    request_on(socket.connect(to).await?, h2, req).await
+}
+
+/// One request on the connection `io`: HTTP/1.1 with the headers as given (the URI should be
+/// origin-form, with a `host` header), or HTTP/2 with prior knowledge when `h2` (the URI's
+/// scheme and authority become `:scheme` and `:authority`). Returns the whole answer.
+pub(crate) async fn request_on<S>(
+    io: S,
+    h2: bool,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> anyhow::Result<testkit::client::Answer>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let io = hyper_util::rt::TokioIo::new(io);
     let resp = if h2 {
         let (mut sender, conn) =
             hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await?;
@@ -149,6 +161,36 @@ pub(crate) async fn raw_request(
         headers: parts.headers,
         body: body.collect().await?.to_bytes(),
     })
+}
+
+/// TLS to the relay's HTTPS listener at `addr`, trusting `ca`, for `localhost`, offering `alpn`
+/// (nothing when `None`); checks the relay agreed to it.
+pub(crate) async fn tls_connect(
+    addr: std::net::SocketAddr,
+    ca: &Path,
+    alpn: Option<&str>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.map(|a| a.as_bytes().to_vec()).into_iter().collect();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), alpn.map(str::as_bytes));
+    tls
 }
 
 /// Starts a `/slow` request and returns its body after the first chunk arrived.
