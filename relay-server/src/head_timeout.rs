@@ -34,6 +34,9 @@ pub(crate) struct ConnState {
     spoke: AtomicBool,
     /// A request head was parsed: from here on hyper's own timers govern the connection.
     requested: AtomicBool,
+    /// Requests begun on the connection, ever (wrapping): an idle watch that sees it unchanged
+    /// and none active knows that nothing happened in between.
+    begun: AtomicU32,
 }
 
 impl ConnState {
@@ -46,9 +49,19 @@ impl ConnState {
     /// A request head was parsed; the returned guard, kept by its response body, ends it.
     pub(crate) fn request(self: &Arc<Self>) -> Active {
         self.active.fetch_add(1, Ordering::Relaxed);
+        self.begun.fetch_add(1, Ordering::Relaxed);
         self.pending.store(false, Ordering::Relaxed);
         self.requested.store(true, Ordering::Relaxed);
         Active(self.clone())
+    }
+
+    /// What an idle watch compares between two looks: requests begun, and whether one is
+    /// still active.
+    pub(crate) fn activity(&self) -> (u32, bool) {
+        (
+            self.begun.load(Ordering::Relaxed),
+            self.active.load(Ordering::Relaxed) > 0,
+        )
     }
 }
 

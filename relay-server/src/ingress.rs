@@ -62,6 +62,11 @@ pub(crate) async fn serve(
     let connections = Arc::new(Semaphore::new(relay.config.limits.max_connections));
     let per_ip: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let http = Arc::new(Http::new(&relay));
+    let stop = CancellationToken::new();
+    let ends = Ends {
+        shutdown: shutdown.clone(),
+        stop: stop.clone(),
+    };
     loop {
         // Why select: accept blocks; shutdown must stop accepting at once.
         let (stream, peer) = tokio::select! {
@@ -93,7 +98,7 @@ pub(crate) async fn serve(
         let relay = relay.clone();
         let http = http.clone();
         let tls = tls.clone();
-        let shutdown = shutdown.clone();
+        let ends = ends.clone();
         let sessions = sessions.clone();
         // The task holds only what an idle connection needs: the TLS branch (handshake state,
         // sessions) is boxed apart, so a plain-HTTP connection's task is not its size.
@@ -102,17 +107,17 @@ pub(crate) async fn serve(
             match tls {
                 Some(acceptor) => {
                     Box::pin(serve_tls(
-                        relay, acceptor, stream, peer, http, shutdown, sessions,
+                        relay, acceptor, stream, peer, http, ends, sessions,
                     ))
                     .await
                 }
                 None => {
                     let limit = relay.config.limits.header_read_timeout;
-                    let Some(protocol) = sniff(&stream, limit, &shutdown).await else {
+                    let Some(protocol) = sniff(&stream, limit, &ends.shutdown).await else {
                         return;
                     };
                     let visitor = Visitor::new(peer, "http", None);
-                    serve_connection(relay, http, protocol, stream, visitor, shutdown).await
+                    serve_connection(relay, http, protocol, stream, visitor, ends).await
                 }
             }
         });
@@ -123,10 +128,18 @@ pub(crate) async fn serve(
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         warn!(
             ?grace,
+            open = tasks.len(),
             "visitor connections still open after the grace period; closing them"
         );
+        stop.cancel();
+        // Dropping a connection takes no waiting. Connector sessions over TLS/TCP run on this
+        // listener's tasks too; their drain closes them at the end of the same grace period.
+        let _ = tokio::time::timeout(CLOSE_WAIT, tasks.wait()).await;
     }
 }
+
+/// How long the ingress waits for its connections to go once told to drop them.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// A connection on the HTTPS listener: the TLS handshake, then by ALPN a connector session, an
 /// ACME TLS-ALPN-01 validation, or visitors.
@@ -136,7 +149,7 @@ async fn serve_tls(
     stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     http: Arc<Http>,
-    shutdown: CancellationToken,
+    ends: Ends,
     sessions: TaskTracker,
 ) {
     // Boxed: the handshake's state is freed once it is done, not kept for the connection's life.
@@ -172,7 +185,7 @@ async fn serve_tls(
             _ => Protocol::Sniff,
         };
         let visitor = Visitor::new(peer, "https", sni);
-        serve_connection(relay, http, protocol, tls_stream, visitor, shutdown).await
+        serve_connection(relay, http, protocol, tls_stream, visitor, ends).await
     }
 }
 
@@ -359,29 +372,77 @@ where
     }
 }
 
+/// How a connection ends besides on its own: the relay's shutdown, the end of its grace
+/// period, and (HTTP/2) an idle timeout.
+#[derive(Clone)]
+struct Ends {
+    /// The relay stops taking visitors: each connection finishes what it serves and closes.
+    shutdown: CancellationToken,
+    /// The grace period is over: what is still open is dropped.
+    stop: CancellationToken,
+}
+
 /// Runs `conn` to its end; once `shutdown` fires it is asked to finish what it is serving (an
-/// HTTP/1 connection closes after its response, an HTTP/2 one sends GOAWAY) and close. One
-/// whose visitor has sent nothing yet (`state`) is closed at once: hyper would wait for its
-/// first request, or the HTTP/2 preface, up to the header read timeout.
+/// HTTP/1 connection closes after its response, an HTTP/2 one sends GOAWAY) and close, and is
+/// dropped if it has not when the grace period ends (`stop`). One whose visitor has sent nothing
+/// yet (`state`) is closed at once: hyper would wait for its first request, or the HTTP/2
+/// preface, up to the header read timeout.
+///
+/// With `idle` (HTTP/2, whose idle connections hyper keeps for good), a connection on which no
+/// request was begun or active for `idle` is asked to close too (GOAWAY), as an idle HTTP/1
+/// connection is closed by hyper's header read timeout. Looked at every `idle`, so it closes
+/// between one and two `idle`s after its last request ended.
 async fn drive<C, E>(
     mut conn: Pin<Box<C>>,
-    shutdown: &CancellationToken,
+    ends: &Ends,
     state: &ConnState,
+    idle: Option<Duration>,
 ) -> Result<(), BoxError>
 where
     C: Future<Output = Result<(), E>> + Graceful + ?Sized,
     E: Into<BoxError>,
 {
-    // Why select: the connection may idle indefinitely; the shutdown must reach it at once.
-    tokio::select! {
-        r = conn.as_mut() => return r.map_err(Into::into),
-        _ = shutdown.cancelled() => {}
-    }
-    if !state.spoke() {
-        return Ok(());
+    // Boxed, and only for HTTP/2: an HTTP/1 connection's task does not carry a timer.
+    let mut watch = idle.map(|every| (every, Box::pin(tokio::time::sleep(every))));
+    let mut seen = state.activity();
+    loop {
+        // Why select: the connection may idle indefinitely; the shutdown must reach it at once.
+        tokio::select! {
+            r = conn.as_mut() => return r.map_err(Into::into),
+            _ = ends.shutdown.cancelled() => {
+                if !state.spoke() {
+                    return Ok(());
+                }
+                break;
+            }
+            () = elapsed(&mut watch) => {
+                let now = state.activity();
+                if now == seen && !now.1 {
+                    debug!("HTTP/2 connection idle; closing it");
+                    break;
+                }
+                seen = now;
+                if let Some((every, sleep)) = watch.as_mut() {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + *every);
+                }
+            }
+        }
     }
     conn.as_mut().graceful_shutdown();
-    conn.await.map_err(Into::into)
+    // Why select: a visitor that does not let its connection finish must not outlast the
+    // relay's grace period.
+    tokio::select! {
+        r = conn.as_mut() => r.map_err(Into::into),
+        _ = ends.stop.cancelled() => Ok(()),
+    }
+}
+
+/// When the idle watch's timer fires; never without one.
+async fn elapsed(watch: &mut Option<(Duration, Pin<Box<tokio::time::Sleep>>)>) {
+    match watch {
+        Some((_, sleep)) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn serve_connection<S>(
@@ -390,7 +451,7 @@ async fn serve_connection<S>(
     protocol: Protocol,
     stream: S,
     visitor: Visitor,
-    shutdown: CancellationToken,
+    ends: Ends,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -430,20 +491,17 @@ async fn serve_connection<S>(
     let io = TokioIo::new(stream);
     let result = match protocol {
         Protocol::Http1 => {
+            // hyper's header read timeout closes an idle HTTP/1 connection.
             let conn = http.h1.serve_connection(io, service).with_upgrades();
-            drive(Box::pin(conn), &shutdown, &state).await
+            drive(Box::pin(conn), &ends, &state, None).await
         }
         Protocol::Http2 => {
-            drive(
-                Box::pin(http.h2.serve_connection(io, service)),
-                &shutdown,
-                &state,
-            )
-            .await
+            let conn = http.h2.serve_connection(io, service);
+            drive(Box::pin(conn), &ends, &state, Some(header_read_timeout)).await
         }
         Protocol::Sniff => {
             let conn = http.auto.serve_connection_with_upgrades(io, service);
-            drive(Box::pin(conn), &shutdown, &state).await
+            drive(Box::pin(conn), &ends, &state, Some(header_read_timeout)).await
         }
     };
     let timed_out = match result {

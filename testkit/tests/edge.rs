@@ -489,3 +489,103 @@ impl tokio::io::AsyncWrite for SplitFirstWrite {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// An HTTP/2 connection with no request for the header read timeout is closed (GOAWAY), as an
+/// idle HTTP/1 connection is: before, hyper kept it for good, holding a connection slot. One
+/// whose request is still being answered is not, however long the answer takes.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_and_a_busy_one_is_not() {
+    use http_body_util::BodyExt;
+    let relay = relay()
+        .configure(|f| f.limits.header_read_timeout = Some(Duration::from_secs(1)))
+        .spawn()
+        .await;
+    let backend = testkit::Backend::spawn().await;
+    let base = backend.url();
+    let _conn = connect(&relay, "acme", |c| c.target("app", &base)).await;
+
+    // An h2c connection; `ended` fires when the relay has closed it.
+    let tcp = tokio::net::TcpStream::connect(relay.http_addr.unwrap())
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let (ended_tx, mut ended) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = ended_tx.send(());
+    });
+    let get = |path: &str| {
+        http::Request::get(format!("http://localhost/relay/acme/app/{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+
+    // Busy: a response that takes 3 s (three idle timeouts) to finish keeps the connection.
+    let slow = sender.send_request(get("slow")).await.unwrap();
+    assert_eq!(slow.status(), 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        ended.try_recv().is_err(),
+        "closed while a response was on its way"
+    );
+    backend.release();
+    let body = slow.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"first\nsecond\n");
+
+    // Idle: closed between one and two timeouts after the last response, not before.
+    let ok = sender.send_request(get("ok")).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let _ = ok.into_body().collect().await.unwrap();
+    let idle_since = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(6), &mut ended)
+        .await
+        .expect("the relay closes an idle HTTP/2 connection")
+        .unwrap();
+    let held = idle_since.elapsed();
+    assert!(held >= Duration::from_millis(900), "closed early: {held:?}");
+}
+
+/// A request still in flight when the shutdown's grace period ends is cut and its connection
+/// closed, rather than left running after the relay has stopped. A queued request whose body
+/// trickles in is one that no connector session's drain ends (it is stored, not relayed).
+#[tokio::test]
+async fn connections_still_open_after_the_grace_period_are_closed() {
+    let relay = relay()
+        .configure(|f| f.shutdown.grace = Some(Duration::from_secs(1)))
+        .spawn()
+        .await;
+    let backend = testkit::Backend::spawn().await;
+    let base = backend.url();
+    let _conn = connect(&relay, "acme", |c| c.target("app", &base)).await;
+
+    let mut s = tokio::net::TcpStream::connect(relay.http_addr.unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"POST /queue/acme/app/x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nx")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), relay.stop())
+        .await
+        .expect("the relay stops")
+        .unwrap();
+    // The visitor's connection is closed by now, or at the latest a moment later; the body
+    // idle timeout (30 s) would have closed it otherwise.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest))
+        .await
+        .expect("the connection is closed after the grace period")
+        .ok();
+    let held = stopped.elapsed();
+    assert!(
+        held >= Duration::from_millis(900),
+        "closed before the grace period ended: {held:?}"
+    );
+    assert!(held < Duration::from_secs(5), "{held:?}");
+}
