@@ -49,7 +49,9 @@ impl ConnState {
     /// A request head was parsed; the returned guard, kept by its response body, ends it.
     pub(crate) fn request(self: &Arc<Self>) -> Active {
         self.active.fetch_add(1, Ordering::Relaxed);
-        self.begun.fetch_add(1, Ordering::Relaxed);
+        // Only the connection's own task begins requests: no read-modify-write needed.
+        let begun = self.begun.load(Ordering::Relaxed);
+        self.begun.store(begun.wrapping_add(1), Ordering::Relaxed);
         self.pending.store(false, Ordering::Relaxed);
         self.requested.store(true, Ordering::Relaxed);
         Active(self.clone())
@@ -265,7 +267,7 @@ pub(crate) async fn answer<S: AsyncWrite + Unpin>(
     let Some(mut stream) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() else {
         return;
     };
-    let request_id = uuid::Uuid::now_v7().simple().to_string();
+    let request_id = crate::audit::request_id();
     let response = error_message(&ProxyError::HeadTimeout(limit), &request_id);
     let bytes = serialize(response);
     let _ = tokio::time::timeout(WRITE_TIMEOUT, async {

@@ -133,7 +133,8 @@ pub(crate) async fn serve(
         );
         stop.cancel();
         // Dropping a connection takes no waiting. Connector sessions over TLS/TCP run on this
-        // listener's tasks too; their drain closes them at the end of the same grace period.
+        // listener's tasks too and are not dropped here: their drain ends them, and the relay
+        // waits for that after the ingress.
         let _ = tokio::time::timeout(CLOSE_WAIT, tasks.wait()).await;
     }
 }
@@ -391,7 +392,9 @@ struct Ends {
 /// With `idle` (HTTP/2, whose idle connections hyper keeps for good), a connection on which no
 /// request was begun or active for `idle` is asked to close too (GOAWAY), as an idle HTTP/1
 /// connection is closed by hyper's header read timeout. Looked at every `idle`, so it closes
-/// between one and two `idle`s after its last request ended.
+/// between one and two `idle`s after its last request ended; a visitor that does not close its
+/// side (h2 waits for the answer to its PING before the final GOAWAY) is dropped one `idle`
+/// later.
 async fn drive<C, E>(
     mut conn: Pin<Box<C>>,
     ends: &Ends,
@@ -405,6 +408,7 @@ where
     // Boxed, and only for HTTP/2: an HTTP/1 connection's task does not carry a timer.
     let mut watch = idle.map(|every| (every, Box::pin(tokio::time::sleep(every))));
     let mut seen = state.activity();
+    let mut then_drop = None;
     loop {
         // Why select: the connection may idle indefinitely; the shutdown must reach it at once.
         tokio::select! {
@@ -418,7 +422,8 @@ where
             () = elapsed(&mut watch) => {
                 let now = state.activity();
                 if now == seen && !now.1 {
-                    debug!("HTTP/2 connection idle; closing it");
+                    debug!("connection idle; closing it");
+                    then_drop = idle;
                     break;
                 }
                 seen = now;
@@ -430,10 +435,11 @@ where
     }
     conn.as_mut().graceful_shutdown();
     // Why select: a visitor that does not let its connection finish must not outlast the
-    // relay's grace period.
+    // relay's grace period, nor an idle one its last chance.
     tokio::select! {
         r = conn.as_mut() => r.map_err(Into::into),
         _ = ends.stop.cancelled() => Ok(()),
+        () = tokio::time::sleep(then_drop.unwrap_or_default()), if then_drop.is_some() => Ok(()),
     }
 }
 
@@ -460,10 +466,11 @@ async fn serve_connection<S>(
     let visitor = Arc::new(visitor);
     let state = Arc::new(ConnState::default());
     // Until the version is known: hyper-util's reader wants HTTP/2's whole preface.
-    let until = if protocol == Protocol::Sniff {
-        H2_PREFACE.len()
-    } else {
-        1
+    // HTTP/2's preface must come whole within the header read timeout (the h2 handshake has
+    // no timer of its own).
+    let until = match protocol {
+        Protocol::Http1 => 1,
+        Protocol::Http2 | Protocol::Sniff => H2_PREFACE.len(),
     };
     let (stream, slot) = Watched::new(stream, state.clone(), header_read_timeout, until);
     let requests = state.clone();
@@ -500,8 +507,12 @@ async fn serve_connection<S>(
             drive(Box::pin(conn), &ends, &state, Some(header_read_timeout)).await
         }
         Protocol::Sniff => {
+            // HTTP/1 or HTTP/2. On HTTP/1 hyper's header read timeout closes an idle connection
+            // first; the watch, a second later, never races it (a request head begun would
+            // otherwise lose its 408).
             let conn = http.auto.serve_connection_with_upgrades(io, service);
-            drive(Box::pin(conn), &ends, &state, Some(header_read_timeout)).await
+            let idle = header_read_timeout + Duration::from_secs(1);
+            drive(Box::pin(conn), &ends, &state, Some(idle)).await
         }
     };
     let timed_out = match result {
