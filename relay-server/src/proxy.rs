@@ -172,7 +172,7 @@ pub(crate) async fn handle(
     conn: Arc<Visitor>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    let request_id = uuid::Uuid::now_v7().simple().to_string();
+    let request_id = crate::audit::request_id();
     relay.metrics.requests.fetch_add(1, Ordering::Relaxed);
     if let Some(kind) = crate::queue::kind(&relay, &req) {
         return queued(relay, req, conn, kind, (request_id, started)).await;

@@ -955,7 +955,7 @@ impl Failure {
 
 /// One delivery attempt, its outcome recorded in the store, the audit log and the metrics.
 async fn deliver(relay: Arc<Relay>, m: QueueMessage, _busy: Busy) {
-    let request_id = uuid::Uuid::now_v7().simple().to_string();
+    let request_id = crate::audit::request_id();
     let path_only = m.path.split('?').next().unwrap_or("/").to_string();
     let mut draft = Draft::new(&request_id, &m.method, &path_only, "queue".to_string());
     draft.tenant = m.tenant.clone();
