@@ -364,6 +364,79 @@ async fn ordered_targets_do_not_wait_for_each_other(store: Store) {
     assert_eq!(ids(next), ["e2"]);
 }
 
+/// A deep ordered backlog drains in order, one message per target per claim, whatever the
+/// depth; a head whose lease ran out (its node died) is claimed again before anything behind it.
+async fn ordered_backlogs_drain_head_by_head(store: Store) {
+    let ordered = QueueSettings {
+        ordered: true,
+        ..Default::default()
+    };
+    store.set_queue_settings("t1", &ordered).await.unwrap();
+    let none = QueueQuota::default();
+    // Interleaved: 400 messages of `app`, 40 each of `b` and `c`.
+    for i in 0..400 {
+        new(store
+            .enqueue(&msg(&format!("app-{i:03}"), "app", None, b"x"), none)
+            .await
+            .unwrap());
+        if i % 10 == 0 {
+            for t in ["b", "c"] {
+                new(store
+                    .enqueue(&msg(&format!("{t}-{:03}", i / 10), t, None, b"x"), none)
+                    .await
+                    .unwrap());
+            }
+        }
+    }
+    // The first head's lease runs out: the next claim takes it again, and nothing behind it.
+    let first = store.claim("t1", "n1", 1, 10).await.unwrap();
+    let ids: Vec<&str> = first.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["app-000", "b-000", "c-000"]);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let again = store.claim("t1", "n1", 60_000, 10).await.unwrap();
+    let ids: Vec<(&str, i64)> = again.iter().map(|m| (m.id.as_str(), m.attempts)).collect();
+    assert_eq!(ids, [("app-000", 2), ("b-000", 2), ("c-000", 2)]);
+    let mut attempts: std::collections::HashMap<String, i64> =
+        again.iter().map(|m| (m.id.clone(), m.attempts)).collect();
+    // Then each claim brings each target's next message, in order, until all are delivered.
+    let mut delivered: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut claims = 0;
+    loop {
+        for (id, attempt) in attempts.drain() {
+            let done = Finish::Delivered(response(b"ok"));
+            assert!(store.finish_attempt(&id, attempt, &done).await.unwrap());
+            let target = id.split('-').next().unwrap().to_string();
+            delivered.entry(target).or_default().push(id);
+        }
+        let next = store.claim("t1", "n1", 60_000, 10).await.unwrap();
+        if next.is_empty() {
+            break;
+        }
+        claims += 1;
+        let mut targets: Vec<&str> = next.iter().map(|m| m.target.as_str()).collect();
+        targets.dedup();
+        assert_eq!(targets.len(), next.len(), "one per target: {targets:?}");
+        attempts = next.iter().map(|m| (m.id.clone(), m.attempts)).collect();
+    }
+    assert_eq!(claims, 399);
+    for (target, n) in [("app", 400), ("b", 40), ("c", 40)] {
+        let want: Vec<String> = (0..n).map(|i| format!("{target}-{i:03}")).collect();
+        assert_eq!(delivered[target], want, "{target}");
+    }
+}
+
+#[tokio::test]
+async fn ordered_backlogs_on_sqlite() {
+    let (_dir, store) = sqlite().await;
+    ordered_backlogs_drain_head_by_head(store).await;
+}
+
+#[tokio::test]
+async fn ordered_backlogs_on_postgres() {
+    let cluster = PgCluster::start();
+    ordered_backlogs_drain_head_by_head(Store::connect(&cluster.url()).await.unwrap()).await;
+}
+
 #[tokio::test]
 async fn ordered_targets_on_sqlite() {
     let (_dir, store) = sqlite().await;
