@@ -413,8 +413,8 @@ async fn ordered_backlogs_drain_head_by_head(store: Store) {
             break;
         }
         claims += 1;
-        let mut targets: Vec<&str> = next.iter().map(|m| m.target.as_str()).collect();
-        targets.dedup();
+        let targets: std::collections::HashSet<&str> =
+            next.iter().map(|m| m.target.as_str()).collect();
         assert_eq!(targets.len(), next.len(), "one per target: {targets:?}");
         attempts = next.iter().map(|m| (m.id.clone(), m.attempts)).collect();
     }
@@ -423,6 +423,70 @@ async fn ordered_backlogs_drain_head_by_head(store: Store) {
         let want: Vec<String> = (0..n).map(|i| format!("{target}-{i:03}")).collect();
         assert_eq!(delivered[target], want, "{target}");
     }
+}
+
+/// An ordered target's head that ends (failed, cancelled, expired) lets the next message go; one
+/// whose time to live ran out but that the sweep has not marked yet holds back its own target
+/// only.
+async fn ordered_heads_that_end_let_the_next_go(store: Store) {
+    let ordered = QueueSettings {
+        ordered: true,
+        ..Default::default()
+    };
+    store.set_queue_settings("t1", &ordered).await.unwrap();
+    let none = QueueQuota::default();
+    let mut stale = msg("x1", "expiring", None, b"x");
+    stale.ttl_ms = 1;
+    new(store.enqueue(&stale, none).await.unwrap());
+    for (id, target) in [
+        ("x2", "expiring"),
+        ("f1", "failing"),
+        ("f2", "failing"),
+        ("c1", "cancelled"),
+        ("c2", "cancelled"),
+    ] {
+        new(store
+            .enqueue(&msg(id, target, None, b"x"), none)
+            .await
+            .unwrap());
+    }
+    assert!(matches!(
+        store.cancel_message("c1").await.unwrap(),
+        relay_store::Cancelled::Done
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let ids = |claimed: Vec<relay_store::QueueMessage>| {
+        claimed.into_iter().map(|m| m.id).collect::<Vec<_>>()
+    };
+    // x1 expired but is not swept yet: it holds x2 back, and nothing else.
+    let first = store.claim("t1", "n1", 60_000, 10).await.unwrap();
+    assert_eq!(ids(first), ["f1", "c2"]);
+    let failed = Finish::Failed {
+        error: "400".into(),
+        response: None,
+    };
+    assert!(store.finish_attempt("f1", 1, &failed).await.unwrap());
+    assert_eq!(
+        ids(store.claim("t1", "n1", 60_000, 10).await.unwrap()),
+        ["f2"]
+    );
+    assert_eq!(store.expire_messages().await.unwrap(), 1);
+    assert_eq!(
+        ids(store.claim("t1", "n1", 60_000, 10).await.unwrap()),
+        ["x2"]
+    );
+}
+
+#[tokio::test]
+async fn ordered_heads_that_end_on_sqlite() {
+    let (_dir, store) = sqlite().await;
+    ordered_heads_that_end_let_the_next_go(store).await;
+}
+
+#[tokio::test]
+async fn ordered_heads_that_end_on_postgres() {
+    let cluster = PgCluster::start();
+    ordered_heads_that_end_let_the_next_go(Store::connect(&cluster.url()).await.unwrap()).await;
 }
 
 #[tokio::test]
