@@ -406,20 +406,29 @@ const DUE: (&str, &str) = ("queued", "+m.next_attempt_at <= $4");
 /// plan too, which is what is wanted). With one `OR` over both states in one query, each claim
 /// scanned and sorted every waiting message, and the delivery rate fell with the queue's depth.
 ///
-/// Ordered: only the first unfinished (waiting or delivering) message of each target may go, so
-/// the claim looks at those heads alone: a skip scan over the tenant's targets and one lookup of
-/// each target's head, both on the partial index `queue_messages_heads` (migration 0016), which
-/// holds unfinished messages only. Its cost is the number of targets, not the depth of the
-/// queue. It walked all of the tenant's waiting messages before, checking each for an earlier
-/// one: about 200 ms per claim at 36 000 waiting messages of one target, and a backlog drained
-/// in time that grew with the square of its depth. A head that is not claimable (delivering,
-/// waiting for a retry, expired) holds its target back and no other.
+/// Ordered, waiting messages: only the first unfinished (waiting or delivering) message of a
+/// target may go, and only while none of the target is being delivered, so the claim looks at
+/// those heads alone: a skip scan over the tenant's targets and one lookup of each target's head,
+/// both on the partial index `queue_messages_heads` (migration 0016), which holds unfinished
+/// messages only, and a look at the tenant's deliveries in flight. Its cost is the number of
+/// targets and of deliveries, not the depth of the queue. It walked all of the tenant's waiting
+/// messages before, checking each for an earlier one: about 200 ms per claim at 36 000 waiting
+/// messages of one target, and a backlog drained in time that grew with the square of its depth.
+/// A head that is not claimable (waiting for a retry, expired) holds its target back and no
+/// other. The check for a delivery in flight matters when the head is not the oldest: a failed
+/// message put back by an admin ("retry now") keeps its place in the order, ahead of a message
+/// of its target that may be under way; and on PostgreSQL a message can commit after a later
+/// one (`seq` is taken at insert).
+///
+/// Ordered, deliveries whose lease ran out: as unordered. They were in flight already, one per
+/// target, and each must be claimed again even where the head is now another message, or its
+/// target would wait for it for good.
 fn claim_sql(backend: Backend, (state, due): (&str, &str), ordered: bool) -> String {
     let lock = match backend {
         Backend::Postgres => "FOR UPDATE SKIP LOCKED",
         Backend::Sqlite => "",
     };
-    let (which, state) = match ordered {
+    let (which, state) = match ordered && state == DUE.0 {
         false => (
             "m.tenant_id = $3".to_string(),
             format!("m.state = '{state}'"),
@@ -449,7 +458,9 @@ fn claim_sql(backend: Backend, (state, due): (&str, &str), ordered: bool) -> Str
                  SELECT (SELECT h.seq FROM queue_messages h \
                          WHERE h.tenant_id = (SELECT tenant FROM k) AND h.target = t.target \
                          {UNFINISHED_H} ORDER BY h.seq LIMIT 1) \
-                 FROM t WHERE t.target IS NOT NULL{close}"
+                 FROM t WHERE t.target IS NOT NULL AND NOT EXISTS ( \
+                   SELECT 1 FROM queue_messages d WHERE d.tenant_id = (SELECT tenant FROM k) \
+                   AND d.state = 'delivering' AND d.target = t.target){close}"
             );
             // Compared as an expression, so that no index on the state competes with the
             // heads' keys (SQLite chose one, and read every waiting message).
@@ -1475,8 +1486,9 @@ mod tests {
     /// with the queue's depth).
     #[tokio::test]
     async fn unordered_claims_walk_the_tenants_messages_in_order() {
-        for state_due in [LEASE_RAN_OUT, DUE] {
-            let plan = sqlite_plan(&claim_sql(Backend::Sqlite, state_due, false), 6).await;
+        // An ordered tenant's deliveries whose lease ran out are claimed the same way.
+        for (state_due, ordered) in [(LEASE_RAN_OUT, false), (DUE, false), (LEASE_RAN_OUT, true)] {
+            let plan = sqlite_plan(&claim_sql(Backend::Sqlite, state_due, ordered), 6).await;
             let what = format!("{state_due:?}: {plan:?}");
             assert!(
                 plan.iter()
@@ -1498,9 +1510,15 @@ mod tests {
     /// only sort is of the heads, one per target.
     #[tokio::test]
     async fn ordered_claims_read_only_each_targets_head() {
-        for state_due in [LEASE_RAN_OUT, DUE] {
-            let plan = sqlite_plan(&claim_sql(Backend::Sqlite, state_due, true), 6).await;
-            let what = format!("{state_due:?}: {plan:?}");
+        {
+            let plan = sqlite_plan(&claim_sql(Backend::Sqlite, DUE, true), 6).await;
+            let what = format!("{plan:?}");
+            // The tenant's deliveries in flight, on their own index.
+            assert!(
+                plan.iter().any(|d| d.starts_with("SEARCH d USING")
+                    && d.contains("INDEX queue_messages_in_flight (tenant_id=? AND target=?)")),
+                "{what}"
+            );
             let heads = plan
                 .iter()
                 .filter(|d| d.contains("INDEX queue_messages_heads ("))
@@ -1547,7 +1565,8 @@ mod tests {
                     .await
                     .unwrap();
             }
-            for state_due in [LEASE_RAN_OUT, DUE] {
+            {
+                let state_due = DUE;
                 // Run (a plain EXPLAIN leaves out the recursive step's lookup), and rolled back.
                 let sql = format!(
                     "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {}",
@@ -1579,7 +1598,21 @@ mod tests {
                     1,
                     "{what}"
                 );
-                for never in ["Seq Scan", "Bitmap", "queue_messages_tenant", "Join"] {
+                // The tenant's deliveries in flight, on their own index.
+                assert_eq!(
+                    count("Scan using queue_messages_in_flight on queue_messages d"),
+                    1,
+                    "{what}"
+                );
+                // Nothing read and thrown away in bulk (3,000 messages are waiting).
+                let removed = plan
+                    .iter()
+                    .filter_map(|l| l.split("Rows Removed by Filter: ").nth(1))
+                    .filter_map(|n| n.trim().parse::<u64>().ok())
+                    .max()
+                    .unwrap_or(0);
+                assert!(removed <= 10, "{what}");
+                for never in ["Seq Scan", "Bitmap", "queue_messages_tenant"] {
                     assert_eq!(count(never), 0, "{never}: {what}");
                 }
             }

@@ -477,6 +477,72 @@ async fn ordered_heads_that_end_let_the_next_go(store: Store) {
     );
 }
 
+/// A failed message put back by an admin ("retry now") keeps its place ahead of the rest of its
+/// target, but waits for the message of its target already under way: an ordered target never
+/// has two deliveries in flight.
+async fn ordered_retry_now_waits_for_the_delivery_in_flight(store: Store) {
+    let ordered = QueueSettings {
+        ordered: true,
+        ..Default::default()
+    };
+    store.set_queue_settings("t1", &ordered).await.unwrap();
+    let none = QueueQuota::default();
+    for id in ["a1", "a2", "a3"] {
+        new(store
+            .enqueue(&msg(id, "app", None, b"x"), none)
+            .await
+            .unwrap());
+    }
+    let ids = |claimed: Vec<relay_store::QueueMessage>| {
+        claimed.into_iter().map(|m| m.id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(store.claim("t1", "n1", 60_000, 10).await.unwrap()),
+        ["a1"]
+    );
+    let failed = Finish::Failed {
+        error: "400".into(),
+        response: None,
+    };
+    assert!(store.finish_attempt("a1", 1, &failed).await.unwrap());
+    assert_eq!(
+        ids(store.claim("t1", "n1", 60_000, 10).await.unwrap()),
+        ["a2"]
+    );
+    assert!(store.requeue_message("a1", 60_000).await.unwrap());
+    assert!(store
+        .claim("t1", "n1", 60_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let done = Finish::Delivered(response(b"ok"));
+    assert!(store.finish_attempt("a2", 1, &done).await.unwrap());
+    assert_eq!(
+        ids(store.claim("t1", "n1", 60_000, 10).await.unwrap()),
+        ["a1"]
+    );
+    assert!(store.finish_attempt("a1", 2, &done).await.unwrap());
+    assert_eq!(
+        ids(store.claim("t1", "n1", 60_000, 10).await.unwrap()),
+        ["a3"]
+    );
+}
+
+#[tokio::test]
+async fn ordered_retry_now_on_sqlite() {
+    let (_dir, store) = sqlite().await;
+    ordered_retry_now_waits_for_the_delivery_in_flight(store).await;
+}
+
+#[tokio::test]
+async fn ordered_retry_now_on_postgres() {
+    let cluster = PgCluster::start();
+    ordered_retry_now_waits_for_the_delivery_in_flight(
+        Store::connect(&cluster.url()).await.unwrap(),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn ordered_heads_that_end_on_sqlite() {
     let (_dir, store) = sqlite().await;
