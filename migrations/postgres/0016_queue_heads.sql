@@ -8,5 +8,5 @@ CREATE INDEX queue_messages_heads ON queue_messages(tenant_id, target, seq)
 -- The deliveries in flight, which hold their target back: a handful of rows, so that the claim's
 -- look at them never reads the waiting messages (PostgreSQL chose to, through the index above,
 -- on a table without statistics).
-CREATE INDEX queue_messages_in_flight ON queue_messages(tenant_id, target)
+CREATE INDEX queue_messages_in_flight ON queue_messages(tenant_id, target, seq)
     WHERE state = 'delivering';

@@ -420,8 +420,9 @@ const DUE: (&str, &str) = ("queued", "+m.next_attempt_at <= $4");
 /// of its target that may be under way; and on PostgreSQL a message can commit after a later
 /// one (`seq` is taken at insert).
 ///
-/// Ordered, deliveries whose lease ran out: as unordered. They were in flight already, one per
-/// target, and each must be claimed again even where the head is now another message, or its
+/// Ordered, deliveries whose lease ran out: as unordered, each the oldest delivery of its target
+/// (two of one target, left by an older build, come back one at a time). They were in flight
+/// already, and each must be claimed again even where the head is now another message, or its
 /// target would wait for it for good.
 fn claim_sql(backend: Backend, (state, due): (&str, &str), ordered: bool) -> String {
     let lock = match backend {
@@ -429,6 +430,13 @@ fn claim_sql(backend: Backend, (state, due): (&str, &str), ordered: bool) -> Str
         Backend::Sqlite => "",
     };
     let (which, state) = match ordered && state == DUE.0 {
+        false if ordered => (
+            "m.tenant_id = $3 AND NOT EXISTS (SELECT 1 FROM queue_messages e \
+             WHERE e.tenant_id = m.tenant_id AND e.state = 'delivering' \
+             AND e.target = m.target AND e.seq < m.seq)"
+                .to_string(),
+            format!("m.state = '{state}'"),
+        ),
         false => (
             "m.tenant_id = $3".to_string(),
             format!("m.state = '{state}'"),
@@ -474,6 +482,19 @@ fn claim_sql(backend: Backend, (state, due): (&str, &str), ordered: bool) -> Str
            AND {due} AND +m.expires_at > $5 ORDER BY m.seq LIMIT $6 {lock}) \
          RETURNING {COLUMNS}, body"
     )
+}
+
+/// The first key of the ordered-claim advisory locks (PostgreSQL). Two-key advisory locks do not
+/// share their key space with the one-key locks the pairing and ACME issuance take.
+const ORDERED_CLAIM_LOCK: i32 = 0x5155_4555;
+
+/// The second key of a tenant's ordered-claim lock: 32 bits of a hash of its id (two tenants
+/// that share a key only take turns).
+fn tenant_lock_key(tenant_id: &str) -> i32 {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, tenant_id.as_bytes());
+    let mut first = [0u8; 4];
+    first.copy_from_slice(&d.as_ref()[..4]);
+    i32::from_be_bytes(first)
 }
 
 /// The condition of the partial index `queue_messages_heads`, written as there (SQLite uses a
@@ -898,20 +919,52 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<QueueMessage>, Error> {
         let ordered = self.queue_settings(tenant_id).await?.ordered;
-        // Messages whose lease ran out first (their node died mid-delivery; they are older than
-        // anything still waiting), then waiting ones that are due.
+        let args = (tenant_id, node, lease_ms, limit);
+        if ordered && self.backend == Backend::Postgres {
+            // One ordered claim of a tenant at a time, across nodes. Each statement reads the
+            // heads and the deliveries in flight from its own snapshot and locks only the rows it
+            // takes: two nodes claiming at once, with a message of a target committing between
+            // their snapshots (a lower seq than the head the first took: an accept in progress,
+            // or a retry), would each take a different message of that target. Under the lock,
+            // the second claim's snapshot is taken after the first one committed.
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+                .bind(ORDERED_CLAIM_LOCK)
+                .bind(tenant_lock_key(tenant_id))
+                .execute(&mut *tx)
+                .await?;
+            let claimed = self.claim_both(&mut tx, ordered, args).await?;
+            tx.commit().await?;
+            return Ok(claimed);
+        }
+        let mut conn = self.pool.acquire().await?;
+        self.claim_both(&mut conn, ordered, args).await
+    }
+
+    /// Messages whose lease ran out first (their node died mid-delivery; they are older than
+    /// anything still waiting), then waiting ones that are due.
+    async fn claim_both(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        ordered: bool,
+        (tenant_id, node, lease_ms, limit): (&str, &str, i64, u32),
+    ) -> Result<Vec<QueueMessage>, Error> {
         let mut claimed = self
-            .claim_where((LEASE_RAN_OUT, ordered), (tenant_id, node, lease_ms, limit))
+            .claim_where(
+                conn,
+                (LEASE_RAN_OUT, ordered),
+                (tenant_id, node, lease_ms, limit),
+            )
             .await?;
         let left = limit.saturating_sub(u32::try_from(claimed.len()).unwrap_or(u32::MAX));
         if left > 0 {
             match self
-                .claim_where((DUE, ordered), (tenant_id, node, lease_ms, left))
+                .claim_where(conn, (DUE, ordered), (tenant_id, node, lease_ms, left))
                 .await
             {
                 Ok(due) => claimed.extend(due),
-                // What the first statement claimed is leased already: it is delivered now, not
-                // after its lease runs out again.
+                // What the first statement claimed is leased already (outside a transaction):
+                // it is delivered now, not after its lease runs out again.
                 Err(e) if !claimed.is_empty() => {
                     tracing::debug!(error = %e, "claim of due queue messages failed");
                 }
@@ -924,6 +977,7 @@ impl Store {
     /// One claim over the tenant's messages in one state ([`claim_sql`]), oldest first.
     async fn claim_where(
         &self,
+        conn: &mut sqlx::AnyConnection,
         (state_due, ordered): ((&str, &str), bool),
         (tenant_id, node, lease_ms, limit): (&str, &str, i64, u32),
     ) -> Result<Vec<QueueMessage>, Error> {
@@ -936,7 +990,7 @@ impl Store {
             .bind(now)
             .bind(now)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?;
         rows.sort_by_key(|r| r.row.seq);
         Ok(rows
@@ -1495,6 +1549,15 @@ mod tests {
                     .any(|d| d.starts_with("SEARCH m USING INDEX queue_messages_tenant")),
                 "{what}"
             );
+            // Ordered: whether an older delivery of the target is in flight, one lookup.
+            assert_eq!(
+                plan.iter().any(|d| d.starts_with("SEARCH e USING")
+                    && d.contains(
+                        "INDEX queue_messages_in_flight (tenant_id=? AND target=? AND seq<?)"
+                    )),
+                ordered,
+                "{what}"
+            );
             assert!(
                 !plan
                     .iter()
@@ -1555,6 +1618,9 @@ mod tests {
              body_bytes, state, created_at, expires_at, next_attempt_at) \
              SELECT 'm' || i, 't1', 'acme', 'app' || (i % 3), 'POST', '/', '[]', 0, 'queued', \
              0, 9000000000000, 0 FROM generate_series(1, 3000) AS i",
+            // Deliveries in flight: one target held back, and the in-flight index not empty.
+            "UPDATE queue_messages SET state = 'delivering', lease_until = 9000000000000 \
+             WHERE id IN ('m3', 'm6')",
         ] {
             sqlx::query(sql).execute(&store.pool).await.unwrap();
         }
@@ -1598,25 +1664,87 @@ mod tests {
                     1,
                     "{what}"
                 );
-                // The tenant's deliveries in flight, on their own index.
-                assert_eq!(
-                    count("Scan using queue_messages_in_flight on queue_messages d"),
-                    1,
-                    "{what}"
-                );
-                // Nothing read and thrown away in bulk (3,000 messages are waiting).
-                let removed = plan
-                    .iter()
-                    .filter_map(|l| l.split("Rows Removed by Filter: ").nth(1))
-                    .filter_map(|n| n.trim().parse::<u64>().ok())
-                    .max()
-                    .unwrap_or(0);
-                assert!(removed <= 10, "{what}");
-                for never in ["Seq Scan", "Bitmap", "queue_messages_tenant"] {
+                // The tenant's deliveries in flight, by an index that holds them by state
+                // (with statistics the planner may take either).
+                let deliveries = count("Scan using queue_messages_in_flight on queue_messages d");
+                let by_state = count("Scan using queue_messages_tenant on queue_messages d");
+                assert_eq!(deliveries + by_state, 1, "{what}");
+                assert_eq!(count("queue_messages_tenant"), by_state, "{what}");
+                // Nothing read in bulk, nor read and thrown away (3,000 messages are waiting).
+                let most = |label: &str| {
+                    plan.iter()
+                        .filter_map(|l| l.split(label).nth(1))
+                        .filter_map(|n| {
+                            n.split(|c: char| !c.is_ascii_digit())
+                                .next()?
+                                .parse::<u64>()
+                                .ok()
+                        })
+                        .max()
+                        .unwrap_or(0)
+                };
+                assert!(most("Rows Removed by Filter: ") <= 10, "{what}");
+                assert!(most("actual rows=") <= 10, "{what}");
+                for never in ["Seq Scan", "Bitmap", "Hash Join", "Merge Join", "Semi Join"] {
                     assert_eq!(count(never), 0, "{never}: {what}");
                 }
             }
         }
+    }
+
+    /// On PostgreSQL an ordered claim waits for the tenant's claim lock: a claim another node is
+    /// making (here, a transaction holding the lock) finishes and commits first, so the next one
+    /// sees what it took.
+    #[tokio::test]
+    async fn ordered_claims_on_postgres_take_turns() {
+        let cluster = testkit::PgCluster::start();
+        let store = Store::connect(&cluster.url()).await.unwrap();
+        store
+            .set_queue_settings(
+                "t1",
+                &QueueSettings {
+                    ordered: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut other = store.pool.begin().await.unwrap();
+        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(ORDERED_CLAIM_LOCK)
+            .bind(tenant_lock_key("t1"))
+            .execute(&mut *other)
+            .await
+            .unwrap();
+        let claiming = {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim("t1", "n2", 60_000, 10).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!claiming.is_finished(), "the claim waits for the lock");
+        other.commit().await.unwrap();
+        let claimed = tokio::time::timeout(std::time::Duration::from_secs(10), claiming)
+            .await
+            .expect("the claim goes on once the lock is free")
+            .unwrap()
+            .unwrap();
+        assert!(claimed.is_empty());
+        // An unordered tenant's claim takes no such lock.
+        let mut other = store.pool.begin().await.unwrap();
+        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(ORDERED_CLAIM_LOCK)
+            .bind(tenant_lock_key("t2"))
+            .execute(&mut *other)
+            .await
+            .unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            store.claim("t2", "n2", 60_000, 10),
+        )
+        .await
+        .expect("no lock for an unordered tenant")
+        .unwrap();
+        other.rollback().await.unwrap();
     }
 
     /// Which tenants have messages due is a skip scan over the tenants: no read of the whole

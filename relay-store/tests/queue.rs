@@ -528,6 +528,60 @@ async fn ordered_retry_now_waits_for_the_delivery_in_flight(store: Store) {
     );
 }
 
+/// Two deliveries of one target in flight (left by an older build, or by a tenant switched to
+/// ordered while they ran) whose leases run out come back one at a time, oldest first.
+async fn ordered_lapsed_deliveries_come_back_one_at_a_time(store: Store) {
+    let none = QueueQuota::default();
+    for id in ["a1", "a2"] {
+        new(store
+            .enqueue(&msg(id, "app", None, b"x"), none)
+            .await
+            .unwrap());
+    }
+    let ids = |claimed: Vec<relay_store::QueueMessage>| {
+        claimed
+            .into_iter()
+            .map(|m| (m.id, m.attempts))
+            .collect::<Vec<_>>()
+    };
+    // Parallel: both go at once, with a lease that runs out at once.
+    assert_eq!(
+        ids(store.claim("t1", "n1", 1, 10).await.unwrap()),
+        [("a1".to_string(), 1), ("a2".to_string(), 1)]
+    );
+    let ordered = QueueSettings {
+        ordered: true,
+        ..Default::default()
+    };
+    store.set_queue_settings("t1", &ordered).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(
+        ids(store.claim("t1", "n1", 60_000, 10).await.unwrap()),
+        [("a1".to_string(), 2)]
+    );
+    let done = Finish::Delivered(response(b"ok"));
+    assert!(store.finish_attempt("a1", 2, &done).await.unwrap());
+    assert_eq!(
+        ids(store.claim("t1", "n1", 60_000, 10).await.unwrap()),
+        [("a2".to_string(), 2)]
+    );
+}
+
+#[tokio::test]
+async fn ordered_lapsed_deliveries_on_sqlite() {
+    let (_dir, store) = sqlite().await;
+    ordered_lapsed_deliveries_come_back_one_at_a_time(store).await;
+}
+
+#[tokio::test]
+async fn ordered_lapsed_deliveries_on_postgres() {
+    let cluster = PgCluster::start();
+    ordered_lapsed_deliveries_come_back_one_at_a_time(
+        Store::connect(&cluster.url()).await.unwrap(),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn ordered_retry_now_on_sqlite() {
     let (_dir, store) = sqlite().await;
