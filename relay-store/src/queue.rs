@@ -488,6 +488,25 @@ fn claim_sql(backend: Backend, (state, due): (&str, &str), ordered: bool) -> Str
 /// share their key space with the one-key locks the pairing and ACME issuance take.
 const ORDERED_CLAIM_LOCK: i32 = 0x5155_4555;
 
+/// Takes the tenant's ordered-claim lock for the transaction on `conn` (PostgreSQL), if no other
+/// node holds it. The transaction reads committed data whatever the server's default (each
+/// statement must see the last holder's claim), and a holder that stalls in it (a frozen
+/// machine) is cut by the server after 10 s, which frees the lock.
+async fn take_claim_lock(conn: &mut sqlx::AnyConnection, tenant_id: &str) -> Result<bool, Error> {
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut *conn)
+        .await?;
+    let (_, got): (String, bool) = sqlx::query_as(
+        "SELECT set_config('idle_in_transaction_session_timeout', '10s', true), \
+         pg_try_advisory_xact_lock($1, $2)",
+    )
+    .bind(ORDERED_CLAIM_LOCK)
+    .bind(tenant_lock_key(tenant_id))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(got)
+}
+
 /// The second key of a tenant's ordered-claim lock: 32 bits of a hash of its id (two tenants
 /// that share a key only take turns).
 fn tenant_lock_key(tenant_id: &str) -> i32 {
@@ -927,27 +946,33 @@ impl Store {
             // their snapshots (a lower seq than the head the first took: an accept in progress,
             // or a retry), would each take a different message of that target. Under the lock,
             // the second claim's snapshot is taken after the first one committed.
+            // Another node claiming for the tenant right now takes what is due; this one looks
+            // again at its next pass, rather than wait on a lock whose holder may have stalled.
             let mut tx = self.pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-                .bind(ORDERED_CLAIM_LOCK)
-                .bind(tenant_lock_key(tenant_id))
-                .execute(&mut *tx)
-                .await?;
-            let claimed = self.claim_both(&mut tx, ordered, args).await?;
+            if !take_claim_lock(&mut tx, tenant_id).await? {
+                return Ok(Vec::new());
+            }
+            // Every error ends the transaction: a lapsed delivery reclaimed by the first
+            // statement must not be handed out when the second one failed and the commit rolls
+            // both back.
+            let claimed = self.claim_both(&mut tx, ordered, args, false).await?;
             tx.commit().await?;
             return Ok(claimed);
         }
         let mut conn = self.pool.acquire().await?;
-        self.claim_both(&mut conn, ordered, args).await
+        self.claim_both(&mut conn, ordered, args, true).await
     }
 
     /// Messages whose lease ran out first (their node died mid-delivery; they are older than
     /// anything still waiting), then waiting ones that are due.
+    /// With `autocommit`, each statement commits on its own, so what the first one claimed is
+    /// returned even when the second fails.
     async fn claim_both(
         &self,
         conn: &mut sqlx::AnyConnection,
         ordered: bool,
         (tenant_id, node, lease_ms, limit): (&str, &str, i64, u32),
+        autocommit: bool,
     ) -> Result<Vec<QueueMessage>, Error> {
         let mut claimed = self
             .claim_where(
@@ -963,9 +988,9 @@ impl Store {
                 .await
             {
                 Ok(due) => claimed.extend(due),
-                // What the first statement claimed is leased already (outside a transaction):
-                // it is delivered now, not after its lease runs out again.
-                Err(e) if !claimed.is_empty() => {
+                // What the first statement claimed is leased already: it is delivered now, not
+                // after its lease runs out again.
+                Err(e) if autocommit && !claimed.is_empty() => {
                     tracing::debug!(error = %e, "claim of due queue messages failed");
                 }
                 Err(e) => return Err(e),
@@ -1692,58 +1717,76 @@ mod tests {
         }
     }
 
-    /// On PostgreSQL an ordered claim waits for the tenant's claim lock: a claim another node is
-    /// making (here, a transaction holding the lock) finishes and commits first, so the next one
-    /// sees what it took.
+    /// On PostgreSQL the claims of one ordered tenant take turns across nodes. The race they
+    /// close: message A of a target is being accepted (inserted, not committed) when B, after it,
+    /// commits; node 1 claims B; A commits; node 2 claims while node 1 has not committed. Node 2
+    /// saw A as the head, and no delivery in flight, and took it: two in flight on one target.
+    /// Now node 2 finds the tenant's lock taken and claims nothing, and once node 1 has
+    /// committed it sees B in flight.
     #[tokio::test]
     async fn ordered_claims_on_postgres_take_turns() {
         let cluster = testkit::PgCluster::start();
         let store = Store::connect(&cluster.url()).await.unwrap();
-        store
-            .set_queue_settings(
-                "t1",
-                &QueueSettings {
-                    ordered: true,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        let mut other = store.pool.begin().await.unwrap();
-        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-            .bind(ORDERED_CLAIM_LOCK)
-            .bind(tenant_lock_key("t1"))
-            .execute(&mut *other)
-            .await
-            .unwrap();
-        let claiming = {
-            let store = store.clone();
-            tokio::spawn(async move { store.claim("t1", "n2", 60_000, 10).await })
+        let ordered = QueueSettings {
+            ordered: true,
+            ..Default::default()
         };
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        assert!(!claiming.is_finished(), "the claim waits for the lock");
-        other.commit().await.unwrap();
-        let claimed = tokio::time::timeout(std::time::Duration::from_secs(10), claiming)
+        store.set_queue_settings("t1", &ordered).await.unwrap();
+        let insert = |id: &'static str| {
+            sqlx::query(
+                "INSERT INTO queue_messages (id, tenant_id, tenant, target, method, path, \
+                 headers, body, body_bytes, state, created_at, expires_at, next_attempt_at) \
+                 VALUES ($1, 't1', 'acme', 'app', 'POST', '/', '[]', '', 0, 'queued', 0, \
+                 9000000000000, 0)",
+            )
+            .bind(id)
+        };
+        let mut accepting_a = store.pool.begin().await.unwrap();
+        insert("a").execute(&mut *accepting_a).await.unwrap();
+        insert("b").execute(&store.pool).await.unwrap();
+        // Node 1 claims B (A is not committed yet) and has not committed.
+        let mut node1 = store.pool.begin().await.unwrap();
+        assert!(take_claim_lock(&mut node1, "t1").await.unwrap());
+        let args = ("t1", "n1", 60_000, 10);
+        let took = store
+            .claim_both(&mut node1, true, args, false)
             .await
-            .expect("the claim goes on once the lock is free")
+            .unwrap();
+        assert_eq!(
+            took.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        accepting_a.commit().await.unwrap();
+        // Node 2, meanwhile: nothing.
+        assert!(store
+            .claim("t1", "n2", 60_000, 10)
+            .await
             .unwrap()
-            .unwrap();
-        assert!(claimed.is_empty());
-        // An unordered tenant's claim takes no such lock.
-        let mut other = store.pool.begin().await.unwrap();
-        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-            .bind(ORDERED_CLAIM_LOCK)
-            .bind(tenant_lock_key("t2"))
-            .execute(&mut *other)
+            .is_empty());
+        node1.commit().await.unwrap();
+        // And after node 1's commit: B is in flight, so nothing either.
+        assert!(store
+            .claim("t1", "n2", 60_000, 10)
             .await
-            .unwrap();
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            store.claim("t2", "n2", 60_000, 10),
+            .unwrap()
+            .is_empty());
+        // An unordered tenant's claim takes no such lock.
+        sqlx::query(
+            "INSERT INTO queue_messages (id, tenant_id, tenant, target, method, path, headers, \
+             body, body_bytes, state, created_at, expires_at, next_attempt_at) \
+             VALUES ('c', 't2', 'other', 'app', 'POST', '/', '[]', '', 0, 'queued', 0, \
+             9000000000000, 0)",
         )
+        .execute(&store.pool)
         .await
-        .expect("no lock for an unordered tenant")
         .unwrap();
+        let mut other = store.pool.begin().await.unwrap();
+        assert!(take_claim_lock(&mut other, "t2").await.unwrap());
+        let took = store.claim("t2", "n2", 60_000, 10).await.unwrap();
+        assert_eq!(
+            took.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["c"]
+        );
         other.rollback().await.unwrap();
     }
 
