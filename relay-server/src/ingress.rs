@@ -406,7 +406,7 @@ where
     E: Into<BoxError>,
 {
     // Boxed, and only for HTTP/2: an HTTP/1 connection's task does not carry a timer.
-    let mut watch = idle.map(|every| (every, Box::pin(tokio::time::sleep(every))));
+    let mut watch = idle.map(|every| Box::pin(tokio::time::sleep(every)));
     let mut seen = state.activity();
     let mut then_drop = None;
     loop {
@@ -427,8 +427,8 @@ where
                     break;
                 }
                 seen = now;
-                if let Some((every, sleep)) = watch.as_mut() {
-                    sleep.as_mut().reset(tokio::time::Instant::now() + *every);
+                if let (Some(sleep), Some(every)) = (watch.as_mut(), idle) {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + every);
                 }
             }
         }
@@ -444,9 +444,9 @@ where
 }
 
 /// When the idle watch's timer fires; never without one.
-async fn elapsed(watch: &mut Option<(Duration, Pin<Box<tokio::time::Sleep>>)>) {
+async fn elapsed(watch: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
     match watch {
-        Some((_, sleep)) => sleep.as_mut().await,
+        Some(sleep) => sleep.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -465,9 +465,8 @@ async fn serve_connection<S>(
     let header_read_timeout = relay.config.limits.header_read_timeout;
     let visitor = Arc::new(visitor);
     let state = Arc::new(ConnState::default());
-    // Until the version is known: hyper-util's reader wants HTTP/2's whole preface.
-    // HTTP/2's preface must come whole within the header read timeout (the h2 handshake has
-    // no timer of its own).
+    // HTTP/2's preface must come whole within the header read timeout: the h2 handshake has no
+    // timer of its own, and hyper-util's version reader wants all 24 bytes.
     let until = match protocol {
         Protocol::Http1 => 1,
         Protocol::Http2 | Protocol::Sniff => H2_PREFACE.len(),

@@ -504,6 +504,20 @@ impl Store {
 
 /// Milliseconds since the Unix epoch.
 /// Milliseconds since the Unix epoch, the store's timestamp unit.
+/// A PostgreSQL advisory lock key for `parts`: the first 64 bits of a SHA-256 over them, each
+/// prefixed with its length (so no two lists of parts share a key by concatenation).
+pub(crate) fn advisory_key(parts: &[&str]) -> i64 {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in parts {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part.as_bytes());
+    }
+    let d = ctx.finish();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d.as_ref()[..8]);
+    i64::from_be_bytes(first)
+}
+
 pub fn now_ms() -> i64 {
     unix_ms(std::time::SystemTime::now())
 }

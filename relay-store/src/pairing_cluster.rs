@@ -261,13 +261,5 @@ impl Store {
 /// The advisory lock of a connection pair: the same for `(a, b)` and `(b, a)`.
 fn pair_lock(tenant_id: &str, a: &str, b: &str, doc: &str) -> i64 {
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for part in [tenant_id, lo, hi, doc] {
-        ctx.update(&(part.len() as u64).to_be_bytes());
-        ctx.update(part.as_bytes());
-    }
-    let d = ctx.finish();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&d.as_ref()[..8]);
-    i64::from_be_bytes(first)
+    crate::advisory_key(&[tenant_id, lo, hi, doc])
 }

@@ -430,17 +430,21 @@ fn claim_sql(backend: Backend, (state, due): (&str, &str), ordered: bool) -> Str
         Backend::Sqlite => "",
     };
     let (which, state) = match ordered && state == DUE.0 {
-        false if ordered => (
-            "m.tenant_id = $3 AND NOT EXISTS (SELECT 1 FROM queue_messages e \
-             WHERE e.tenant_id = m.tenant_id AND e.state = 'delivering' \
-             AND e.target = m.target AND e.seq < m.seq)"
-                .to_string(),
-            format!("m.state = '{state}'"),
-        ),
-        false => (
-            "m.tenant_id = $3".to_string(),
-            format!("m.state = '{state}'"),
-        ),
+        false => {
+            // Ordered: only the oldest delivery of its target.
+            let older = match ordered {
+                true => {
+                    " AND NOT EXISTS (SELECT 1 FROM queue_messages e \
+                     WHERE e.tenant_id = m.tenant_id AND e.state = 'delivering' \
+                     AND e.target = m.target AND e.seq < m.seq)"
+                }
+                false => "",
+            };
+            (
+                format!("m.tenant_id = $3{older}"),
+                format!("m.state = '{state}'"),
+            )
+        }
         // The heads' keys, then their rows by key. On PostgreSQL as an array computed first, so
         // that the plan cannot turn it into a join that reads every waiting message (a hash join
         // over them was chosen on a table without statistics). Each lookup is an `ORDER BY ..
@@ -456,16 +460,16 @@ fn claim_sql(backend: Backend, (state, due): (&str, &str), ordered: bool) -> Str
                 "m.seq {open}WITH RECURSIVE k(tenant) AS (SELECT $3), \
                  t(target) AS ( \
                    SELECT (SELECT q.target FROM queue_messages q \
-                           WHERE q.tenant_id = (SELECT tenant FROM k) {UNFINISHED} \
+                           WHERE q.tenant_id = (SELECT tenant FROM k) AND q.{UNFINISHED} \
                            ORDER BY q.target LIMIT 1) \
                    UNION ALL \
                    SELECT (SELECT q.target FROM queue_messages q \
-                           WHERE q.tenant_id = (SELECT tenant FROM k) {UNFINISHED} \
+                           WHERE q.tenant_id = (SELECT tenant FROM k) AND q.{UNFINISHED} \
                            AND q.target > t.target ORDER BY q.target LIMIT 1) \
                    FROM t WHERE t.target IS NOT NULL) \
                  SELECT (SELECT h.seq FROM queue_messages h \
                          WHERE h.tenant_id = (SELECT tenant FROM k) AND h.target = t.target \
-                         {UNFINISHED_H} ORDER BY h.seq LIMIT 1) \
+                         AND h.{UNFINISHED} ORDER BY h.seq LIMIT 1) \
                  FROM t WHERE t.target IS NOT NULL AND NOT EXISTS ( \
                    SELECT 1 FROM queue_messages d WHERE d.tenant_id = (SELECT tenant FROM k) \
                    AND d.state = 'delivering' AND d.target = t.target){close}"
@@ -484,10 +488,6 @@ fn claim_sql(backend: Backend, (state, due): (&str, &str), ordered: bool) -> Str
     )
 }
 
-/// The first key of the ordered-claim advisory locks (PostgreSQL). Two-key advisory locks do not
-/// share their key space with the one-key locks the pairing and ACME issuance take.
-const ORDERED_CLAIM_LOCK: i32 = 0x5155_4555;
-
 /// Takes the tenant's ordered-claim lock for the transaction on `conn` (PostgreSQL), if no other
 /// node holds it. The transaction reads committed data whatever the server's default (each
 /// statement must see the last holder's claim), and a holder that stalls in it (a frozen
@@ -498,28 +498,17 @@ async fn take_claim_lock(conn: &mut sqlx::AnyConnection, tenant_id: &str) -> Res
         .await?;
     let (_, got): (String, bool) = sqlx::query_as(
         "SELECT set_config('idle_in_transaction_session_timeout', '10s', true), \
-         pg_try_advisory_xact_lock($1, $2)",
+         pg_try_advisory_xact_lock($1)",
     )
-    .bind(ORDERED_CLAIM_LOCK)
-    .bind(tenant_lock_key(tenant_id))
+    .bind(crate::advisory_key(&["ordered queue claim", tenant_id]))
     .fetch_one(&mut *conn)
     .await?;
     Ok(got)
 }
 
-/// The second key of a tenant's ordered-claim lock: 32 bits of a hash of its id (two tenants
-/// that share a key only take turns).
-fn tenant_lock_key(tenant_id: &str) -> i32 {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, tenant_id.as_bytes());
-    let mut first = [0u8; 4];
-    first.copy_from_slice(&d.as_ref()[..4]);
-    i32::from_be_bytes(first)
-}
-
 /// The condition of the partial index `queue_messages_heads`, written as there (SQLite uses a
 /// partial index only for a query that repeats its condition).
-const UNFINISHED: &str = "AND q.state IN ('queued', 'delivering')";
-const UNFINISHED_H: &str = "AND h.state IN ('queued', 'delivering')";
+const UNFINISHED: &str = "state IN ('queued', 'delivering')";
 
 /// Outcomes per [`FinishGroup`] statement at most (nine parameters each).
 const FINISH_ROWS: usize = 64;
@@ -945,8 +934,8 @@ impl Store {
             // takes: two nodes claiming at once, with a message of a target committing between
             // their snapshots (a lower seq than the head the first took: an accept in progress,
             // or a retry), would each take a different message of that target. Under the lock,
-            // the second claim's snapshot is taken after the first one committed.
-            // Another node claiming for the tenant right now takes what is due; this one looks
+            // the second claim's snapshot is taken after the first one committed. Another node
+            // claiming for the tenant right now takes what is due; this one looks
             // again at its next pass, rather than wait on a lock whose holder may have stalled.
             let mut tx = self.pool.begin().await?;
             if !take_claim_lock(&mut tx, tenant_id).await? {
@@ -965,6 +954,7 @@ impl Store {
 
     /// Messages whose lease ran out first (their node died mid-delivery; they are older than
     /// anything still waiting), then waiting ones that are due.
+    ///
     /// With `autocommit`, each statement commits on its own, so what the first one claimed is
     /// returned even when the second fails.
     async fn claim_both(
@@ -1598,34 +1588,32 @@ mod tests {
     /// only sort is of the heads, one per target.
     #[tokio::test]
     async fn ordered_claims_read_only_each_targets_head() {
-        {
-            let plan = sqlite_plan(&claim_sql(Backend::Sqlite, DUE, true), 6).await;
-            let what = format!("{plan:?}");
-            // The tenant's deliveries in flight, on their own index.
-            assert!(
-                plan.iter().any(|d| d.starts_with("SEARCH d USING")
-                    && d.contains("INDEX queue_messages_in_flight (tenant_id=? AND target=?)")),
-                "{what}"
-            );
-            let heads = plan
-                .iter()
-                .filter(|d| d.contains("INDEX queue_messages_heads ("))
-                .count();
-            // The first target, each next target, and each target's head.
-            assert_eq!(heads, 3, "{what}");
-            assert!(
-                plan.iter()
-                    .any(|d| d.starts_with("SEARCH m USING INTEGER PRIMARY KEY")),
-                "{what}"
-            );
-            assert!(
-                !plan.iter().any(|d| d.starts_with("SCAN q")
-                    || d.starts_with("SCAN h")
-                    || d.starts_with("SCAN m")
-                    || d.starts_with("SCAN queue_messages")),
-                "{what}"
-            );
-        }
+        let plan = sqlite_plan(&claim_sql(Backend::Sqlite, DUE, true), 6).await;
+        let what = format!("{plan:?}");
+        // The tenant's deliveries in flight, on their own index.
+        assert!(
+            plan.iter().any(|d| d.starts_with("SEARCH d USING")
+                && d.contains("INDEX queue_messages_in_flight (tenant_id=? AND target=?)")),
+            "{what}"
+        );
+        let heads = plan
+            .iter()
+            .filter(|d| d.contains("INDEX queue_messages_heads ("))
+            .count();
+        // The first target, each next target, and each target's head.
+        assert_eq!(heads, 3, "{what}");
+        assert!(
+            plan.iter()
+                .any(|d| d.starts_with("SEARCH m USING INTEGER PRIMARY KEY")),
+            "{what}"
+        );
+        assert!(
+            !plan.iter().any(|d| d.starts_with("SCAN q")
+                || d.starts_with("SCAN h")
+                || d.starts_with("SCAN m")
+                || d.starts_with("SCAN queue_messages")),
+            "{what}"
+        );
     }
 
     /// On PostgreSQL too the ordered claim reads the heads by key, on a table whose statistics
@@ -1656,63 +1644,60 @@ mod tests {
                     .await
                     .unwrap();
             }
-            {
-                let state_due = DUE;
-                // Run (a plain EXPLAIN leaves out the recursive step's lookup), and rolled back.
-                let sql = format!(
-                    "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {}",
-                    claim_sql(Backend::Postgres, state_due, true)
-                );
-                let mut tx = store.pool.begin().await.unwrap();
-                let plan: Vec<(String,)> = sqlx::query_as(&sql)
-                    .bind(i64::MAX / 2)
-                    .bind("n1")
-                    .bind("t1")
-                    .bind(1_i64)
-                    .bind(1_i64)
-                    .bind(16_i64)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .unwrap();
-                tx.rollback().await.unwrap();
-                let plan: Vec<String> = plan.into_iter().map(|(line,)| line).collect();
-                let what = format!("{state_due:?}, analyzed {analyzed}:\n{}", plan.join("\n"));
-                let count = |s: &str| plan.iter().filter(|l| l.contains(s)).count();
-                // The first target, each next target, and each target's head.
-                assert_eq!(
-                    count("Index Only Scan using queue_messages_heads"),
-                    3,
-                    "{what}"
-                );
-                assert_eq!(
-                    count("Index Scan using queue_messages_pkey on queue_messages m"),
-                    1,
-                    "{what}"
-                );
-                // The tenant's deliveries in flight, by an index that holds them by state
-                // (with statistics the planner may take either).
-                let deliveries = count("Scan using queue_messages_in_flight on queue_messages d");
-                let by_state = count("Scan using queue_messages_tenant on queue_messages d");
-                assert_eq!(deliveries + by_state, 1, "{what}");
-                assert_eq!(count("queue_messages_tenant"), by_state, "{what}");
-                // Nothing read in bulk, nor read and thrown away (3,000 messages are waiting).
-                let most = |label: &str| {
-                    plan.iter()
-                        .filter_map(|l| l.split(label).nth(1))
-                        .filter_map(|n| {
-                            n.split(|c: char| !c.is_ascii_digit())
-                                .next()?
-                                .parse::<u64>()
-                                .ok()
-                        })
-                        .max()
-                        .unwrap_or(0)
-                };
-                assert!(most("Rows Removed by Filter: ") <= 10, "{what}");
-                assert!(most("actual rows=") <= 10, "{what}");
-                for never in ["Seq Scan", "Bitmap", "Hash Join", "Merge Join", "Semi Join"] {
-                    assert_eq!(count(never), 0, "{never}: {what}");
-                }
+            // Run (a plain EXPLAIN leaves out the recursive step's lookup), and rolled back.
+            let sql = format!(
+                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {}",
+                claim_sql(Backend::Postgres, DUE, true)
+            );
+            let mut tx = store.pool.begin().await.unwrap();
+            let plan: Vec<(String,)> = sqlx::query_as(&sql)
+                .bind(i64::MAX / 2)
+                .bind("n1")
+                .bind("t1")
+                .bind(1_i64)
+                .bind(1_i64)
+                .bind(16_i64)
+                .fetch_all(&mut *tx)
+                .await
+                .unwrap();
+            tx.rollback().await.unwrap();
+            let plan: Vec<String> = plan.into_iter().map(|(line,)| line).collect();
+            let what = format!("analyzed {analyzed}:\n{}", plan.join("\n"));
+            let count = |s: &str| plan.iter().filter(|l| l.contains(s)).count();
+            // The first target, each next target, and each target's head.
+            assert_eq!(
+                count("Index Only Scan using queue_messages_heads"),
+                3,
+                "{what}"
+            );
+            assert_eq!(
+                count("Index Scan using queue_messages_pkey on queue_messages m"),
+                1,
+                "{what}"
+            );
+            // The tenant's deliveries in flight, by an index that holds them by state
+            // (with statistics the planner may take either).
+            let deliveries = count("Scan using queue_messages_in_flight on queue_messages d");
+            let by_state = count("Scan using queue_messages_tenant on queue_messages d");
+            assert_eq!(deliveries + by_state, 1, "{what}");
+            assert_eq!(count("queue_messages_tenant"), by_state, "{what}");
+            // Nothing read in bulk, nor read and thrown away (3,000 messages are waiting).
+            let most = |label: &str| {
+                plan.iter()
+                    .filter_map(|l| l.split(label).nth(1))
+                    .filter_map(|n| {
+                        n.split(|c: char| !c.is_ascii_digit())
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .max()
+                    .unwrap_or(0)
+            };
+            assert!(most("Rows Removed by Filter: ") <= 10, "{what}");
+            assert!(most("actual rows=") <= 10, "{what}");
+            for never in ["Seq Scan", "Bitmap", "Hash Join", "Merge Join", "Semi Join"] {
+                assert_eq!(count(never), 0, "{never}: {what}");
             }
         }
     }
@@ -1732,18 +1717,21 @@ mod tests {
             ..Default::default()
         };
         store.set_queue_settings("t1", &ordered).await.unwrap();
-        let insert = |id: &'static str| {
+        let insert = |id: &'static str, tenant_id: &'static str| {
             sqlx::query(
                 "INSERT INTO queue_messages (id, tenant_id, tenant, target, method, path, \
                  headers, body, body_bytes, state, created_at, expires_at, next_attempt_at) \
-                 VALUES ($1, 't1', 'acme', 'app', 'POST', '/', '[]', '', 0, 'queued', 0, \
+                 VALUES ($1, $2, 'acme', 'app', 'POST', '/', '[]', '', 0, 'queued', 0, \
                  9000000000000, 0)",
             )
             .bind(id)
+            .bind(tenant_id)
         };
+        let ids =
+            |claimed: Vec<QueueMessage>| claimed.into_iter().map(|m| m.id).collect::<Vec<_>>();
         let mut accepting_a = store.pool.begin().await.unwrap();
-        insert("a").execute(&mut *accepting_a).await.unwrap();
-        insert("b").execute(&store.pool).await.unwrap();
+        insert("a", "t1").execute(&mut *accepting_a).await.unwrap();
+        insert("b", "t1").execute(&store.pool).await.unwrap();
         // Node 1 claims B (A is not committed yet) and has not committed.
         let mut node1 = store.pool.begin().await.unwrap();
         assert!(take_claim_lock(&mut node1, "t1").await.unwrap());
@@ -1752,41 +1740,20 @@ mod tests {
             .claim_both(&mut node1, true, args, false)
             .await
             .unwrap();
-        assert_eq!(
-            took.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
-            ["b"]
-        );
+        assert_eq!(ids(took), ["b"]);
         accepting_a.commit().await.unwrap();
+        let node2 = || store.claim("t1", "n2", 60_000, 10);
         // Node 2, meanwhile: nothing.
-        assert!(store
-            .claim("t1", "n2", 60_000, 10)
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(node2().await.unwrap().is_empty());
         node1.commit().await.unwrap();
         // And after node 1's commit: B is in flight, so nothing either.
-        assert!(store
-            .claim("t1", "n2", 60_000, 10)
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(node2().await.unwrap().is_empty());
         // An unordered tenant's claim takes no such lock.
-        sqlx::query(
-            "INSERT INTO queue_messages (id, tenant_id, tenant, target, method, path, headers, \
-             body, body_bytes, state, created_at, expires_at, next_attempt_at) \
-             VALUES ('c', 't2', 'other', 'app', 'POST', '/', '[]', '', 0, 'queued', 0, \
-             9000000000000, 0)",
-        )
-        .execute(&store.pool)
-        .await
-        .unwrap();
+        insert("c", "t2").execute(&store.pool).await.unwrap();
         let mut other = store.pool.begin().await.unwrap();
         assert!(take_claim_lock(&mut other, "t2").await.unwrap());
         let took = store.claim("t2", "n2", 60_000, 10).await.unwrap();
-        assert_eq!(
-            took.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
-            ["c"]
-        );
+        assert_eq!(ids(took), ["c"]);
         other.rollback().await.unwrap();
     }
 

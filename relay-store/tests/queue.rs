@@ -364,14 +364,24 @@ async fn ordered_targets_do_not_wait_for_each_other(store: Store) {
     assert_eq!(ids(next), ["e2"]);
 }
 
-/// A deep ordered backlog drains in order, one message per target per claim, whatever the
-/// depth; a head whose lease ran out (its node died) is claimed again before anything behind it.
-async fn ordered_backlogs_drain_head_by_head(store: Store) {
+/// Makes tenant `t1` ordered.
+async fn make_ordered(store: &Store) {
     let ordered = QueueSettings {
         ordered: true,
         ..Default::default()
     };
     store.set_queue_settings("t1", &ordered).await.unwrap();
+}
+
+/// The ids of `claimed`, in order.
+fn ids(claimed: Vec<relay_store::QueueMessage>) -> Vec<String> {
+    claimed.into_iter().map(|m| m.id).collect()
+}
+
+/// A deep ordered backlog drains in order, one message per target per claim, whatever the
+/// depth; a head whose lease ran out (its node died) is claimed again before anything behind it.
+async fn ordered_backlogs_drain_head_by_head(store: Store) {
+    make_ordered(&store).await;
     let none = QueueQuota::default();
     // Interleaved: 400 messages of `app`, 40 each of `b` and `c`.
     for i in 0..400 {
@@ -429,11 +439,7 @@ async fn ordered_backlogs_drain_head_by_head(store: Store) {
 /// whose time to live ran out but that the sweep has not marked yet holds back its own target
 /// only.
 async fn ordered_heads_that_end_let_the_next_go(store: Store) {
-    let ordered = QueueSettings {
-        ordered: true,
-        ..Default::default()
-    };
-    store.set_queue_settings("t1", &ordered).await.unwrap();
+    make_ordered(&store).await;
     let none = QueueQuota::default();
     let mut stale = msg("x1", "expiring", None, b"x");
     stale.ttl_ms = 1;
@@ -455,9 +461,6 @@ async fn ordered_heads_that_end_let_the_next_go(store: Store) {
         relay_store::Cancelled::Done
     ));
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let ids = |claimed: Vec<relay_store::QueueMessage>| {
-        claimed.into_iter().map(|m| m.id).collect::<Vec<_>>()
-    };
     // x1 expired but is not swept yet: it holds x2 back, and nothing else.
     let first = store.claim("t1", "n1", 60_000, 10).await.unwrap();
     assert_eq!(ids(first), ["f1", "c2"]);
@@ -481,11 +484,7 @@ async fn ordered_heads_that_end_let_the_next_go(store: Store) {
 /// target, but waits for the message of its target already under way: an ordered target never
 /// has two deliveries in flight.
 async fn ordered_retry_now_waits_for_the_delivery_in_flight(store: Store) {
-    let ordered = QueueSettings {
-        ordered: true,
-        ..Default::default()
-    };
-    store.set_queue_settings("t1", &ordered).await.unwrap();
+    make_ordered(&store).await;
     let none = QueueQuota::default();
     for id in ["a1", "a2", "a3"] {
         new(store
@@ -493,9 +492,6 @@ async fn ordered_retry_now_waits_for_the_delivery_in_flight(store: Store) {
             .await
             .unwrap());
     }
-    let ids = |claimed: Vec<relay_store::QueueMessage>| {
-        claimed.into_iter().map(|m| m.id).collect::<Vec<_>>()
-    };
     assert_eq!(
         ids(store.claim("t1", "n1", 60_000, 10).await.unwrap()),
         ["a1"]
@@ -549,11 +545,7 @@ async fn ordered_lapsed_deliveries_come_back_one_at_a_time(store: Store) {
         ids(store.claim("t1", "n1", 1, 10).await.unwrap()),
         [("a1".to_string(), 1), ("a2".to_string(), 1)]
     );
-    let ordered = QueueSettings {
-        ordered: true,
-        ..Default::default()
-    };
-    store.set_queue_settings("t1", &ordered).await.unwrap();
+    make_ordered(&store).await;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     assert_eq!(
         ids(store.claim("t1", "n1", 60_000, 10).await.unwrap()),
