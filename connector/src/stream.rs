@@ -172,6 +172,20 @@ pub(crate) fn backend_headers(headers: &mut http::HeaderMap, target: &Target) {
     }
 }
 
+/// Whether `method`'s semantics anticipate content, so that an empty body is declared with
+/// `Content-Length: 0` (a POST or PUT without one is refused by some servers with 411).
+fn anticipates_content(method: &http::Method) -> bool {
+    use http::Method;
+    ![
+        Method::GET,
+        Method::HEAD,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::TRACE,
+    ]
+    .contains(method)
+}
+
 /// A backend request ready to send, and what the stream keeps for later.
 struct Prepared {
     req: Request<BackendBody>,
@@ -204,7 +218,11 @@ fn prepare(
         .and_then(|v| allowed_upgrade(&v, |p| backend.target.allows_upgrade(p)));
     backend_headers(&mut headers, &backend.target);
     match head.content_length {
-        // Every bodiless request: a shared static instead of a formatted, allocated value.
+        // A GET, HEAD, DELETE, OPTIONS or TRACE without content goes without a length, as its
+        // visitor sent it (RFC 9110 §8.6): the relay cannot tell "no body" from
+        // `Content-Length: 0`, and some servers refuse a GET that declares one.
+        Some(0) if !anticipates_content(&head.method) => {}
+        // Any other bodiless request: a shared static instead of a formatted, allocated value.
         Some(0) => {
             headers.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
         }

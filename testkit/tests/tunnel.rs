@@ -326,6 +326,31 @@ async fn http_semantics_and_request_limits_hold_end_to_end() -> anyhow::Result<(
         .await?;
     assert_eq!((head.status, head.body.len()), (StatusCode::OK, 0));
     assert_eq!(backend.seen().pop().expect("seen").method, "HEAD");
+    // A request without content reaches the backend without a length where its method expects
+    // none (as the visitor sent it), and with `Content-Length: 0` where it expects some.
+    for (method, length) in [
+        ("HEAD", None),
+        ("GET", None),
+        ("DELETE", None),
+        ("OPTIONS", None),
+        ("POST", Some("0")),
+        ("PUT", Some("0")),
+        ("PATCH", Some("0")),
+    ] {
+        let a = client
+            .request(method, &relay.url("/relay/acme/app/empty"), Bytes::new())
+            .await?;
+        assert_eq!(a.status, StatusCode::OK, "{method}");
+        let seen = backend.seen().pop().expect("seen");
+        assert_eq!(seen.method, method);
+        assert_eq!(
+            seen.headers
+                .get("content-length")
+                .map(|v| v.to_str().unwrap_or("?")),
+            length,
+            "{method}"
+        );
+    }
     for code in [204, 304] {
         let a = client
             .get(&relay.url(&format!("/relay/acme/app/status/{code}")))
