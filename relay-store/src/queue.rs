@@ -385,10 +385,10 @@ const DUE_TENANTS: &str = "WITH RECURSIVE t(id) AS ( \
        SELECT (SELECT MIN(q.tenant_id) FROM queue_messages q WHERE q.tenant_id > t.id) \
        FROM t WHERE t.id IS NOT NULL) \
      SELECT t.id FROM t WHERE t.id IS NOT NULL AND ( \
-       EXISTS (SELECT 1 FROM queue_messages m WHERE m.tenant_id = t.id \
-               AND m.state = 'queued' AND +m.next_attempt_at <= $1) \
-       OR EXISTS (SELECT 1 FROM queue_messages m WHERE m.tenant_id = t.id \
-                  AND m.state = 'delivering' AND +m.lease_until < $2))";
+       (SELECT MIN(m.next_attempt_at) FROM queue_messages m \
+        WHERE m.tenant_id = t.id AND m.state = 'queued') <= $1 \
+       OR (SELECT MIN(m.lease_until) FROM queue_messages m \
+           WHERE m.tenant_id = t.id AND m.state = 'delivering') < $2)";
 
 /// Claimable: the lease of a delivery ran out (its node died mid-delivery): the state, and the
 /// condition on `m` with `$4` = now.
@@ -902,10 +902,11 @@ impl Store {
     /// The tenants that have messages due now (waiting and due, or with an expired lease).
     ///
     /// A skip scan: the recursive part steps from one tenant id to the next on the index
-    /// `(tenant_id, state, seq)`, and each tenant is checked with two lookups that stop at the
-    /// first due message. It costs a few index seeks per tenant with messages in the table, not a
-    /// read of every due message and a sort (the `DISTINCT` it replaces). A tenant whose waiting
-    /// messages all wait for a retry is still read through until one is due.
+    /// `(tenant_id, state, seq)`, and each tenant is checked with two lookups: its earliest retry
+    /// time on the partial index `queue_messages_due` (migration 0017), and its deliveries in
+    /// flight. It costs a few index seeks per tenant with messages in the table, not a read of
+    /// every due message and a sort (the `DISTINCT` it replaces), nor of every waiting message of
+    /// a tenant whose messages all wait for a retry.
     pub async fn due_tenants(&self) -> Result<Vec<String>, Error> {
         let now = now_ms();
         let rows: Vec<(String,)> = sqlx::query_as(DUE_TENANTS)
@@ -1616,6 +1617,48 @@ mod tests {
         );
     }
 
+    /// `sql`'s plans on PostgreSQL, run with the literal `args` (`EXPLAIN ANALYZE`: a plain
+    /// `EXPLAIN` leaves out a recursive step's lookups) and rolled back: the plan for those values,
+    /// and the generic plan that a prepared statement switches to after five runs.
+    async fn pg_plans(store: &Store, sql: &str, args: &str) -> Vec<(&'static str, Vec<String>)> {
+        let mut plans = Vec::new();
+        for mode in ["force_custom_plan", "force_generic_plan"] {
+            let mut conn = store.pool.acquire().await.unwrap();
+            let prepare = format!("SET plan_cache_mode = {mode}; PREPARE probe AS {sql}");
+            sqlx::raw_sql(&prepare).execute(&mut *conn).await.unwrap();
+            let explain =
+                format!("BEGIN; EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) EXECUTE probe({args})");
+            let plan = sqlx::raw_sql(&explain)
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| sqlx::Row::get(row, 0))
+                .collect();
+            sqlx::raw_sql("ROLLBACK; DEALLOCATE probe; RESET plan_cache_mode")
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            plans.push((mode, plan));
+        }
+        plans
+    }
+
+    /// The largest number a PostgreSQL plan (`EXPLAIN ANALYZE`) gives after `label`, such as
+    /// `"actual rows="`, over all its lines.
+    fn plan_most(plan: &[String], label: &str) -> u64 {
+        plan.iter()
+            .filter_map(|l| l.split(label).nth(1))
+            .filter_map(|n| {
+                n.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// On PostgreSQL too the ordered claim reads the heads by key, on a table whose statistics
     /// were never gathered (the case that made the planner read every waiting message through a
     /// hash join): the partial index finds the heads, the primary key their rows, and no step
@@ -1644,62 +1687,88 @@ mod tests {
                     .await
                     .unwrap();
             }
-            // Run (a plain EXPLAIN leaves out the recursive step's lookup), and rolled back.
-            let sql = format!(
-                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {}",
-                claim_sql(Backend::Postgres, DUE, true)
-            );
-            let mut tx = store.pool.begin().await.unwrap();
-            let plan: Vec<(String,)> = sqlx::query_as(&sql)
-                .bind(i64::MAX / 2)
-                .bind("n1")
-                .bind("t1")
-                .bind(1_i64)
-                .bind(1_i64)
-                .bind(16_i64)
-                .fetch_all(&mut *tx)
-                .await
-                .unwrap();
-            tx.rollback().await.unwrap();
-            let plan: Vec<String> = plan.into_iter().map(|(line,)| line).collect();
-            let what = format!("analyzed {analyzed}:\n{}", plan.join("\n"));
-            let count = |s: &str| plan.iter().filter(|l| l.contains(s)).count();
-            // The first target, each next target, and each target's head.
-            assert_eq!(
-                count("Index Only Scan using queue_messages_heads"),
-                3,
-                "{what}"
-            );
-            assert_eq!(
-                count("Index Scan using queue_messages_pkey on queue_messages m"),
-                1,
-                "{what}"
-            );
-            // The tenant's deliveries in flight, by an index that holds them by state
-            // (with statistics the planner may take either).
-            let deliveries = count("Scan using queue_messages_in_flight on queue_messages d");
-            let by_state = count("Scan using queue_messages_tenant on queue_messages d");
-            assert_eq!(deliveries + by_state, 1, "{what}");
-            assert_eq!(count("queue_messages_tenant"), by_state, "{what}");
-            // Nothing read in bulk, nor read and thrown away (3,000 messages are waiting).
-            let most = |label: &str| {
-                plan.iter()
-                    .filter_map(|l| l.split(label).nth(1))
-                    .filter_map(|n| {
-                        n.split(|c: char| !c.is_ascii_digit())
-                            .next()?
-                            .parse::<u64>()
-                            .ok()
-                    })
-                    .max()
-                    .unwrap_or(0)
-            };
-            assert!(most("Rows Removed by Filter: ") <= 10, "{what}");
-            assert!(most("actual rows=") <= 10, "{what}");
-            for never in ["Seq Scan", "Bitmap", "Hash Join", "Merge Join", "Semi Join"] {
-                assert_eq!(count(never), 0, "{never}: {what}");
+            let claim = claim_sql(Backend::Postgres, DUE, true);
+            let args = format!("{}, 'n1', 't1', 1, 1, 16", i64::MAX / 2);
+            for (mode, plan) in pg_plans(&store, &claim, &args).await {
+                check_ordered_claim_plan(&plan, &format!("analyzed {analyzed}, {mode}"));
             }
         }
+    }
+
+    fn check_ordered_claim_plan(plan: &[String], what: &str) {
+        let what = format!("{what}:\n{}", plan.join("\n"));
+        let count = |s: &str| plan.iter().filter(|l| l.contains(s)).count();
+        // The first target, each next target, and each target's head.
+        assert_eq!(
+            count("Index Only Scan using queue_messages_heads"),
+            3,
+            "{what}"
+        );
+        assert_eq!(
+            count("Index Scan using queue_messages_pkey on queue_messages m"),
+            1,
+            "{what}"
+        );
+        // The tenant's deliveries in flight, by an index that holds them by state
+        // (with statistics the planner may take either).
+        let deliveries = count("Scan using queue_messages_in_flight on queue_messages d");
+        let by_state = count("Scan using queue_messages_tenant on queue_messages d");
+        assert_eq!(deliveries + by_state, 1, "{what}");
+        assert_eq!(count("queue_messages_tenant"), by_state, "{what}");
+        // Nothing read in bulk, nor read and thrown away (3,000 messages are waiting).
+        let most = |label: &str| plan_most(plan, label);
+        assert!(most("Rows Removed by Filter: ") <= 10, "{what}");
+        assert!(most("actual rows=") <= 10, "{what}");
+        for never in ["Seq Scan", "Bitmap", "Hash Join", "Merge Join", "Semi Join"] {
+            assert_eq!(count(never), 0, "{never}: {what}");
+        }
+    }
+
+    /// On PostgreSQL too, the scan for due tenants checks a tenant whose waiting messages all
+    /// wait for a retry with one seek: 3,000 of them are not read through, with or without
+    /// statistics.
+    #[tokio::test]
+    async fn due_tenants_on_postgres_do_not_read_messages_waiting_for_a_retry() {
+        let cluster = testkit::PgCluster::start();
+        let store = Store::connect(&cluster.url()).await.unwrap();
+        for sql in [
+            "ALTER TABLE queue_messages SET (autovacuum_enabled = false)",
+            // t1: 3,000 waiting for a retry; t2: one due.
+            "INSERT INTO queue_messages (id, tenant_id, tenant, target, method, path, headers, \
+             body_bytes, state, created_at, expires_at, next_attempt_at) \
+             SELECT 'm' || i, CASE WHEN i = 0 THEN 't2' ELSE 't1' END, 'acme', 'app', 'POST', \
+             '/', '[]', 0, 'queued', 0, 9000000000000, CASE WHEN i = 0 THEN 0 ELSE 8000000000000 \
+             END FROM generate_series(0, 3000) AS i",
+        ] {
+            sqlx::query(sql).execute(&store.pool).await.unwrap();
+        }
+        for analyzed in [false, true] {
+            if analyzed {
+                sqlx::query("ANALYZE queue_messages")
+                    .execute(&store.pool)
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(store.due_tenants().await.unwrap(), ["t2"]);
+            // (An `EXISTS` form was turned into a hash of every waiting message in the generic
+            // plan.)
+            for (mode, plan) in pg_plans(&store, DUE_TENANTS, "1000, 1000").await {
+                check_due_plan(&plan, &format!("analyzed {analyzed}, {mode}"));
+            }
+        }
+    }
+
+    fn check_due_plan(plan: &[String], what: &str) {
+        let what = format!("{what}:\n{}", plan.join("\n"));
+        assert!(
+            plan.iter()
+                .any(|l| l.contains("using queue_messages_due on queue_messages m")),
+            "{what}"
+        );
+        let most = |label: &str| plan_most(plan, label);
+        assert!(most("Rows Removed by Filter: ") <= 10, "{what}");
+        assert!(most("actual rows=") <= 10, "{what}");
+        assert!(!what.contains("Seq Scan"), "{what}");
     }
 
     /// On PostgreSQL the claims of one ordered tenant take turns across nodes. The race they
@@ -1758,7 +1827,10 @@ mod tests {
     }
 
     /// Which tenants have messages due is a skip scan over the tenants: no read of the whole
-    /// table or of every due message, and no sort.
+    /// table or of every due message, and no sort. A tenant's waiting messages are checked by
+    /// their earliest retry time, the first entry of its range of the index (the plan does not
+    /// show that `MIN` reads one entry; the timing does: 36,000 messages waiting for a retry took
+    /// 2.3–3.4 ms per scan when they were read through, 0.1 ms now).
     #[tokio::test]
     async fn due_tenants_seek_from_tenant_to_tenant() {
         let plan = sqlite_plan(DUE_TENANTS, 2).await;
@@ -1766,7 +1838,12 @@ mod tests {
             .iter()
             .filter(|d| d.starts_with("SEARCH ") && d.contains("queue_messages_tenant"))
             .count();
-        assert_eq!(seeks, 4, "{plan:?}");
+        assert_eq!(seeks, 3, "{plan:?}");
+        assert!(
+            plan.iter()
+                .any(|d| d == "SEARCH m USING COVERING INDEX queue_messages_due (tenant_id=?)"),
+            "{plan:?}"
+        );
         assert!(
             !plan.iter().any(|d| d.starts_with("SCAN queue_messages")
                 || d.starts_with("SCAN m")
