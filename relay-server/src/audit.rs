@@ -69,9 +69,9 @@ pub(crate) fn truncated(s: &str, chars: usize) -> String {
 }
 
 impl Draft {
-    pub(crate) fn new(request_id: &str, method: &str, path: &str, visitor: String) -> Draft {
+    pub(crate) fn new(request_id: String, method: &str, path: &str, visitor: String) -> Draft {
         Draft {
-            request_id: request_id.to_string(),
+            request_id,
             method: method.to_string(),
             // Never the query string: it often carries secrets.
             path: truncated(path, 2048),
@@ -354,7 +354,7 @@ mod tests {
 
     fn send(log: &AuditLog, n: usize) {
         for i in 0..n {
-            let draft = Draft::new(&format!("r{i}"), "GET", "/", "127.0.0.1".into());
+            let draft = Draft::new(format!("r{i}"), "GET", "/", "127.0.0.1".into());
             log.record(draft, 200, Outcome::Ok, 0);
         }
     }

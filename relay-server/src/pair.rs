@@ -254,7 +254,12 @@ pub(crate) async fn handle(
         return r;
     };
     let path = parse_path(req.uri().path());
-    let draft = Draft::new(request_id, "GET", &audit_path(&path), conn.peer_ip.clone());
+    let draft = Draft::new(
+        request_id.to_string(),
+        "GET",
+        &audit_path(&path),
+        conn.peer_ip.clone(),
+    );
     // Access policies answer over HTTP, before the upgrade (401 challenges, 403, 429).
     let tenant = path.as_ref().map(|p| p.tenant.as_str());
     let mut draft = match crate::policy::check_pairing(&relay, tenant, &mut req, &conn, draft).await

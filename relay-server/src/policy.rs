@@ -477,7 +477,11 @@ fn hostname_of(
     version: http::Version,
 ) -> Option<String> {
     let host = crate::route::request_host(headers, uri, version).ok()??;
-    relay.catalog.hostname(&host).is_some().then_some(host)
+    relay
+        .catalog
+        .hostname(&host)
+        .is_some()
+        .then(|| host.into_owned())
 }
 
 /// Applies the tenant's policies to a request. On success the API key header (when an API key

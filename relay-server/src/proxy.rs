@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tracing::debug;
 use tunnel_protocol::node::NodeMessage;
-use tunnel_protocol::{ErrorCode, RequestHead, StreamFrame};
+use tunnel_protocol::{ErrorCode, RequestHeadRef, StreamFrame};
 use tunnel_session::framing::{splice, FramedRecv, FramedSend, RecvError, TunnelBody};
 use tunnel_session::headers::{
     allowed_upgrade, restore_upgrade, strip_hop_by_hop, upgrade_answers, upgrade_of,
@@ -185,20 +185,20 @@ pub(crate) async fn handle(
     // Requests that match no tenant count under "" (visitor-chosen names never become labels).
     let mut counters = None;
     let mut draft = Draft::new(
-        &request_id,
+        request_id,
         req.method().as_str(),
         req.uri().path(),
         conn.peer_ip.clone(),
     );
     let mut response = match proxy(&relay, req, &conn, &mut draft, &mut counters).await {
         Ok(r) => r,
-        Err(e) => error_response(&e, &request_id).map(Either::Left),
+        Err(e) => error_response(&e, &draft.request_id).map(Either::Left),
     };
     let counters = counters.unwrap_or_else(|| relay.metrics.tenant(""));
     relay
         .metrics
         .record(&counters, response.status().as_u16(), started.elapsed());
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
+    if let Ok(v) = HeaderValue::from_str(&draft.request_id) {
         response.headers_mut().insert(X_RELAY_REQUEST_ID.clone(), v);
     }
     let status = response.status().as_u16();
@@ -221,7 +221,7 @@ async fn queued(
     (request_id, started): (String, Instant),
 ) -> Response<ProxyBody> {
     let mut draft = Draft::new(
-        &request_id,
+        request_id,
         req.method().as_str(),
         req.uri().path(),
         conn.peer_ip.clone(),
@@ -230,7 +230,7 @@ async fn queued(
     let counters = relay.metrics.tenant(&draft.tenant);
     let status = response.status().as_u16();
     relay.metrics.record(&counters, status, started.elapsed());
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
+    if let Ok(v) = HeaderValue::from_str(&draft.request_id) {
         response.headers_mut().insert(X_RELAY_REQUEST_ID.clone(), v);
     }
     relay
@@ -251,7 +251,7 @@ async fn proxy(
     let (mut parts, body) = req.into_parts();
     let mut admitted = admit(relay, &mut parts, &body, conn, (draft, counters)).await?;
     let upgrade = take_upgrade(&mut parts, admitted.content_length);
-    let head = request_head(relay, parts, conn, &admitted, upgrade.as_ref(), draft);
+    let head = request_head(relay, parts, conn, upgrade.as_ref(), draft);
     // A request without a body can be placed again when the node it was forwarded to refused
     // it undelivered (the tenant's connector moved meanwhile): nothing of it was consumed.
     let replayable = upgrade.is_none() && body.is_end_stream();
@@ -445,16 +445,21 @@ fn take_upgrade(parts: &mut http::request::Parts, content_length: Option<u64>) -
     })
 }
 
-/// The request head for the connector: the visitor's headers after hygiene, with the relay's
-/// forwarding headers set after stripping.
+/// What the request head for the connector has of its own: the method, and the visitor's headers
+/// after hygiene, with the relay's forwarding headers set after stripping. The rest of the head
+/// (request id, target, path) is borrowed when it is encoded ([`RequestHeadRef`]).
+struct Head {
+    method: http::Method,
+    headers: HeaderMap,
+}
+
 fn request_head(
     relay: &Relay,
     parts: http::request::Parts,
     conn: &Visitor,
-    admitted: &Admitted,
     upgrade: Option<&Upgrade>,
     draft: &mut Draft,
-) -> StreamFrame {
+) -> Head {
     let http::request::Parts {
         method,
         uri,
@@ -465,14 +470,7 @@ fn request_head(
     if let Some(upgrade) = upgrade {
         restore_upgrade(&mut headers, upgrade.offered.clone());
     }
-    StreamFrame::RequestHead(RequestHead {
-        request_id: draft.request_id.clone(),
-        target: admitted.target.clone(),
-        method,
-        path_and_query: admitted.path_and_query.clone(),
-        headers,
-        content_length: admitted.content_length,
-    })
+    Head { method, headers }
 }
 
 /// The headers the backend receives for a visitor's request: hygiene applied, the relay's
@@ -507,7 +505,9 @@ pub(crate) fn visitor_headers(
 /// request body, and for an upgrade the send side kept for raw bytes.
 struct Sent {
     recv: Answer,
-    pump: oneshot::Receiver<Result<(), ProxyError>>,
+    /// The request body's outcome, when one is being sent (none for a bodiless request or an
+    /// upgrade: no channel is made for them).
+    pump: Option<oneshot::Receiver<Result<(), ProxyError>>>,
     upgrade: Option<(Upgrade, FramedSend)>,
 }
 
@@ -517,7 +517,7 @@ struct Sent {
 async fn open_and_send(
     relay: &Relay,
     admitted: &Admitted,
-    head: &StreamFrame,
+    head: &Head,
     body: Option<Incoming>,
     upgrade: Option<Upgrade>,
     draft: &Draft,
@@ -562,7 +562,15 @@ async fn open_and_send(
             Answer::Forwarded(recv)
         }
     };
-    head.encode(&mut encoded);
+    RequestHeadRef {
+        request_id: &draft.request_id,
+        target: &admitted.target,
+        method: &head.method,
+        path_and_query: &admitted.path_and_query,
+        headers: &head.headers,
+        content_length: admitted.content_length,
+    }
+    .encode(&mut encoded);
     let sent = send.send_encoded(&encoded).await;
     if bodiless {
         send.finish();
@@ -572,20 +580,14 @@ async fn open_and_send(
             "stream failed while sending the request head".into(),
         ));
     }
-    let (pump_tx, pump) = oneshot::channel();
-    let upgrade = match upgrade {
-        Some(upgrade) => {
-            let _ = pump_tx.send(Ok(()));
-            Some((upgrade, send))
-        }
-        None if bodiless => {
-            let _ = pump_tx.send(Ok(()));
-            None
-        }
+    let (upgrade, pump) = match upgrade {
+        Some(upgrade) => (Some((upgrade, send)), None),
+        None if bodiless => (None, None),
         None => {
             let Some(body) = body else {
                 return Err(ProxyError::BadBody);
             };
+            let (pump_tx, pump) = oneshot::channel();
             tokio::spawn(pump_request(
                 body,
                 send,
@@ -593,7 +595,7 @@ async fn open_and_send(
                 (admitted.counters.clone(), draft.bytes_in.clone()),
                 pump_tx,
             ));
-            None
+            (None, Some(pump))
         }
     };
     Ok(Sent {
@@ -609,7 +611,7 @@ async fn open_and_send(
 async fn await_response_head(
     relay: &Relay,
     admitted: &Admitted,
-    mut pump: oneshot::Receiver<Result<(), ProxyError>>,
+    mut pump: Option<oneshot::Receiver<Result<(), ProxyError>>>,
     recv: Answer,
     draft: &mut Draft,
 ) -> Result<(tunnel_protocol::ResponseHead, FramedRecv), ProxyError> {
@@ -619,9 +621,13 @@ async fn await_response_head(
         .request_timeout_ms
         .map(Duration::from_millis)
         .unwrap_or(relay.config.limits.request_timeout);
-    let deadline = tokio::time::sleep(Duration::MAX / 4);
+    // Runs from the end of the body: now, for a request sent whole with its head.
+    let mut uploading = pump.is_some();
+    let deadline = match uploading {
+        true => tokio::time::sleep(Duration::MAX / 4),
+        false => tokio::time::sleep(timeout),
+    };
     tokio::pin!(deadline);
-    let mut uploading = true;
     // One future across the loop's turns: reading the peer's answer to a forwarded request is not
     // cancel safe, and must not restart when the upload finishes.
     let head = async {
@@ -638,9 +644,9 @@ async fn await_response_head(
         // large, stalled: the visitor gets that status), or the deadline may pass.
         tokio::select! {
             r = &mut head => break r?,
-            outcome = &mut pump, if uploading => {
+            outcome = futures_util::future::OptionFuture::from(pump.as_mut()), if uploading => {
                 uploading = false;
-                if let Ok(Err(e)) = outcome {
+                if let Some(Ok(Err(e))) = outcome {
                     return Err(e);
                 }
                 deadline.as_mut().reset(tokio::time::Instant::now() + timeout);

@@ -957,7 +957,12 @@ impl Failure {
 async fn deliver(relay: Arc<Relay>, m: QueueMessage, _busy: Busy) {
     let request_id = crate::audit::request_id();
     let path_only = m.path.split('?').next().unwrap_or("/").to_string();
-    let mut draft = Draft::new(&request_id, &m.method, &path_only, "queue".to_string());
+    let mut draft = Draft::new(
+        request_id.clone(),
+        &m.method,
+        &path_only,
+        "queue".to_string(),
+    );
     draft.tenant = m.tenant.clone();
     draft.target = m.target.clone();
     draft

@@ -247,13 +247,15 @@ impl Registry {
     /// new cap replaces the old one; streams holding the old one's permits finish undisturbed.
     pub(crate) fn tenant_cap(&self, tenant: &TenantId, limit: u32) -> Arc<Semaphore> {
         let mut caps = self.tenant_caps.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = caps
-            .entry(tenant.clone())
-            .or_insert_with(|| (limit, Arc::new(Semaphore::new(limit as usize))));
-        if entry.0 != limit {
-            *entry = (limit, Arc::new(Semaphore::new(limit as usize)));
+        // Looked up first: `entry` would copy the tenant's id on every request.
+        if let Some((known, cap)) = caps.get(tenant) {
+            if *known == limit {
+                return cap.clone();
+            }
         }
-        entry.1.clone()
+        let cap = Arc::new(Semaphore::new(limit as usize));
+        caps.insert(tenant.clone(), (limit, cap.clone()));
+        cap
     }
 }
 

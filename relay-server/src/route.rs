@@ -4,6 +4,7 @@
 //! result feeds both authorisation and routing. The path below the target keeps the edge's path
 //! guarantee ([`tunnel_protocol::path`]).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::header;
@@ -14,8 +15,8 @@ use crate::Relay;
 /// A parsed relay route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Route<'a> {
-    /// Canonical tenant name.
-    pub(crate) tenant: String,
+    /// Canonical tenant name (looked up, so borrowed from the path when it is canonical already).
+    pub(crate) tenant: Cow<'a, str>,
     /// Canonical target name.
     pub(crate) target: String,
     /// The path below the target, as received, starting with `/`.
@@ -44,7 +45,7 @@ pub(crate) fn parse_under<'a>(prefix: &str, path: &'a str) -> Result<Route<'a>, 
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
-    let tenant = relay_store::validate_name(tenant).map_err(|_| RouteError::Malformed)?;
+    let tenant = relay_store::canonical_name(tenant).map_err(|_| RouteError::Malformed)?;
     let target = relay_store::validate_name(target).map_err(|_| RouteError::Malformed)?;
     let path = if tail.is_empty() { "/" } else { tail };
     if tunnel_protocol::path::check(path).is_err() {
@@ -104,7 +105,7 @@ pub(crate) fn resolve<'a>(
         if let Some(prefix) = below_base {
             let (target, tenant) = prefix.split_once('.').ok_or(ProxyError::NotFound)?;
             let target = relay_store::validate_name(target).map_err(|_| ProxyError::NotFound)?;
-            let tenant = relay_store::validate_name(tenant).map_err(|_| ProxyError::NotFound)?;
+            let tenant = relay_store::canonical_name(tenant).map_err(|_| ProxyError::NotFound)?;
             let tenant = relay
                 .catalog
                 .enabled_tenant(&tenant)
@@ -152,12 +153,13 @@ pub(crate) fn tenant_host(
 }
 
 /// The request's host, canonical (lowercase, no port, no trailing dot), from the URI authority
-/// (HTTP/2, absolute form) or `Host`; both present and different is a bad request.
-pub(crate) fn request_host(
-    headers: &http::HeaderMap,
-    uri: &http::Uri,
+/// (HTTP/2, absolute form) or `Host`; both present and different is a bad request. Borrowed when
+/// it is canonical as sent.
+pub(crate) fn request_host<'a>(
+    headers: &'a http::HeaderMap,
+    uri: &'a http::Uri,
     version: http::Version,
-) -> Result<Option<String>, ProxyError> {
+) -> Result<Option<Cow<'a, str>>, ProxyError> {
     let authority = uri.authority().map(|a| canonical_host(a.as_str()));
     let mut hosts = headers.get_all(header::HOST).iter();
     let header = match (hosts.next(), hosts.next()) {
@@ -175,15 +177,20 @@ pub(crate) fn request_host(
 }
 
 /// Lowercase, port and one trailing dot removed (`[::1]:443` → `[::1]`).
-fn canonical_host(raw: &str) -> String {
-    // Cut first, then lowercase into the one string returned (':', ']' and '.' have no case).
+fn canonical_host(raw: &str) -> Cow<'_, str> {
+    // Cut first, then lowercase into the one string returned (':', ']' and '.' have no case),
+    // if there is any uppercase letter at all.
     let raw = raw.trim();
     let host = if raw.starts_with('[') {
         raw.find(']').map_or(raw, |end| &raw[..=end])
     } else {
         raw.rsplit_once(':').map_or(raw, |(host, _port)| host)
     };
-    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+    let host = host.strip_suffix('.').unwrap_or(host);
+    match host.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => Cow::Owned(host.to_ascii_lowercase()),
+        false => Cow::Borrowed(host),
+    }
 }
 
 #[cfg(test)]
@@ -203,7 +210,7 @@ mod tests {
     }
 
     fn host_of(parts: &http::request::Parts) -> Result<Option<String>, ProxyError> {
-        request_host(&parts.headers, &parts.uri, parts.version)
+        request_host(&parts.headers, &parts.uri, parts.version).map(|h| h.map(Cow::into_owned))
     }
 
     #[test]
@@ -234,7 +241,7 @@ mod tests {
     fn parses_tenant_target_and_path() {
         let r = parse("/relay/Demo/Echo/a/b%2Fc").unwrap();
         assert_eq!(
-            (r.tenant.as_str(), r.target.as_str(), r.path),
+            (&*r.tenant, r.target.as_str(), r.path),
             ("demo", "echo", "/a/b%2Fc")
         );
         assert_eq!(parse("/relay/demo/echo").unwrap().path, "/");

@@ -1,5 +1,7 @@
 //! The naming rule for tenants and targets: `[a-z0-9][a-z0-9-]{0,62}`, case-insensitive.
 
+use std::borrow::Cow;
+
 /// A name that breaks the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -9,18 +11,25 @@ pub struct NameError(pub String);
 
 /// Returns the canonical (lowercase) form of `name`, or why it is not a valid tenant/target name.
 pub fn validate_name(name: &str) -> Result<String, NameError> {
-    let lower = name.to_ascii_lowercase();
-    let bytes = lower.as_bytes();
+    canonical_name(name).map(Cow::into_owned)
+}
+
+/// [`validate_name`] without a copy when `name` is already canonical (as names in request paths
+/// nearly always are): the request path checks two names per request.
+pub fn canonical_name(name: &str) -> Result<Cow<'_, str>, NameError> {
+    let bytes = name.as_bytes();
     let ok = !bytes.is_empty()
         && bytes.len() <= 63
         && bytes[0].is_ascii_alphanumeric()
         && bytes
             .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
-    if ok {
-        Ok(lower)
-    } else {
-        Err(NameError(name.to_string()))
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-');
+    match ok {
+        false => Err(NameError(name.to_string())),
+        true if bytes.iter().any(u8::is_ascii_uppercase) => {
+            Ok(Cow::Owned(name.to_ascii_lowercase()))
+        }
+        true => Ok(Cow::Borrowed(name)),
     }
 }
 
@@ -31,6 +40,11 @@ mod tests {
     #[test]
     fn accepts_and_canonicalises_valid_names() {
         assert_eq!(validate_name("Demo-1").unwrap(), "demo-1");
+        assert!(matches!(
+            canonical_name("demo-1"),
+            Ok(Cow::Borrowed("demo-1"))
+        ));
+        assert_eq!(canonical_name("DEMO-1").unwrap(), "demo-1");
         assert_eq!(validate_name("0").unwrap(), "0");
         assert!(validate_name(&"a".repeat(63)).is_ok());
     }

@@ -26,7 +26,9 @@ pub use control::{
 };
 pub use error::{DecodeError, ErrorCode};
 pub use frame::{FRAME_HEADER_LEN, MAX_CONTROL_FRAME_LEN, MAX_DATA_FRAME_LEN, MAX_HEAD_FRAME_LEN};
-pub use stream::{RequestHead, ResponseHead, StreamError, StreamFrame, MAX_HEADERS};
+pub use stream::{
+    RequestHead, RequestHeadRef, ResponseHead, StreamError, StreamFrame, MAX_HEADERS,
+};
 
 /// The ALPN protocol id of a tunnel session (QUIC, and TLS over TCP later). The trailing number is
 /// the major protocol version: an incompatible change gets a new ALPN id.

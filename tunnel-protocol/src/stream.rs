@@ -52,6 +52,71 @@ pub struct RequestHead {
     pub content_length: Option<u64>,
 }
 
+/// A [`RequestHead`] to encode from borrowed parts: the relay encodes each head once, from the
+/// request's own strings, without copying them into a `RequestHead` first.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHeadRef<'a> {
+    /// See [`RequestHead::request_id`].
+    pub request_id: &'a str,
+    /// See [`RequestHead::target`].
+    pub target: &'a str,
+    /// See [`RequestHead::method`].
+    pub method: &'a Method,
+    /// See [`RequestHead::path_and_query`].
+    pub path_and_query: &'a str,
+    /// See [`RequestHead::headers`].
+    pub headers: &'a HeaderMap,
+    /// See [`RequestHead::content_length`].
+    pub content_length: Option<u64>,
+}
+
+impl RequestHeadRef<'_> {
+    /// Appends the encoded `RequestHead` frame to `dst`, as [`StreamFrame::encode`] does.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        dst.reserve(crate::FRAME_HEADER_LEN + self.fields_len());
+        encode_payload(dst, REQUEST_HEAD, |w| {
+            w.u8(VERSION);
+            w.str(self.request_id);
+            w.str(self.target);
+            w.str(self.method.as_str());
+            w.str(self.path_and_query);
+            match self.content_length {
+                Some(len) => {
+                    w.u8(1);
+                    w.u64(len);
+                }
+                None => w.u8(0),
+            }
+            w.headers(self.headers);
+        });
+    }
+
+    /// The payload's length.
+    fn fields_len(&self) -> usize {
+        1 + 2 * 4
+            + self.request_id.len()
+            + self.target.len()
+            + self.method.as_str().len()
+            + self.path_and_query.len()
+            + if self.content_length.is_some() { 9 } else { 1 }
+            + crate::codec::headers_len(self.headers)
+    }
+}
+
+impl RequestHead {
+    /// The head as borrowed parts.
+    pub fn as_ref(&self) -> RequestHeadRef<'_> {
+        RequestHeadRef {
+            request_id: &self.request_id,
+            target: &self.target,
+            method: &self.method,
+            path_and_query: &self.path_and_query,
+            headers: &self.headers,
+            content_length: self.content_length,
+        }
+    }
+}
+
 /// The response head as the connector hands it back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResponseHead {
@@ -75,8 +140,11 @@ impl StreamFrame {
     /// caller bug (split it first); it is encoded as several frames so the peer still accepts it.
     pub fn encode(&self, dst: &mut BytesMut) {
         // Sized once up front: grown field by field, a head's buffer was reallocated (and
-        // copied) about eight times on its way from empty to a few hundred bytes.
-        dst.reserve(self.encoded_len());
+        // copied) about eight times on its way from empty to a few hundred bytes. (A request
+        // head sizes its buffer itself.)
+        if !matches!(self, StreamFrame::RequestHead(_)) {
+            dst.reserve(self.encoded_len());
+        }
         match self {
             StreamFrame::Data(data) => {
                 for chunk in data.chunks(MAX_DATA_FRAME_LEN) {
@@ -87,21 +155,7 @@ impl StreamFrame {
             StreamFrame::Trailers(headers) => {
                 encode_payload(dst, TRAILERS, |w| w.headers(headers));
             }
-            StreamFrame::RequestHead(head) => encode_payload(dst, REQUEST_HEAD, |w| {
-                w.u8(VERSION);
-                w.str(&head.request_id);
-                w.str(&head.target);
-                w.str(head.method.as_str());
-                w.str(&head.path_and_query);
-                match head.content_length {
-                    Some(len) => {
-                        w.u8(1);
-                        w.u64(len);
-                    }
-                    None => w.u8(0),
-                }
-                w.headers(&head.headers);
-            }),
+            StreamFrame::RequestHead(head) => head.as_ref().encode(dst),
             StreamFrame::ResponseHead(head) => encode_payload(dst, RESPONSE_HEAD, |w| {
                 w.u8(VERSION);
                 w.u16(head.status.as_u16());
@@ -126,15 +180,7 @@ impl StreamFrame {
                 return data.len() + frames * crate::FRAME_HEADER_LEN;
             }
             StreamFrame::Trailers(headers) => crate::codec::headers_len(headers),
-            StreamFrame::RequestHead(head) => {
-                1 + 2 * 4
-                    + head.request_id.len()
-                    + head.target.len()
-                    + head.method.as_str().len()
-                    + head.path_and_query.len()
-                    + if head.content_length.is_some() { 9 } else { 1 }
-                    + crate::codec::headers_len(&head.headers)
-            }
+            StreamFrame::RequestHead(head) => head.as_ref().fields_len(),
             StreamFrame::ResponseHead(head) => 1 + 2 + crate::codec::headers_len(&head.headers),
             StreamFrame::Error(err) => 4 + 2 + err.message.len().min(MAX_ERROR_MESSAGE_LEN),
         };

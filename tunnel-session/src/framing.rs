@@ -260,11 +260,12 @@ pub struct TunnelBody<G = ()> {
 }
 
 /// The idle timer of a body: it runs only while the body's reader waits for the next frame, so a
-/// slow reader (backpressure) is never mistaken for a stalled sender.
+/// slow reader (backpressure) is never mistaken for a stalled sender. Made at the first wait: a
+/// small body is usually there as soon as it is read, and then no timer is made or registered.
 #[derive(Debug)]
 struct Idle {
     limit: std::time::Duration,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     armed: bool,
 }
 
@@ -301,7 +302,7 @@ impl<G> TunnelBody<G> {
     pub fn with_idle_timeout(mut self, limit: std::time::Duration) -> TunnelBody<G> {
         self.idle = Some(Idle {
             limit,
-            sleep: Box::pin(tokio::time::sleep(limit)),
+            sleep: None,
             armed: false,
         });
         self
@@ -320,14 +321,6 @@ impl<G: Unpin> Body for TunnelBody<G> {
         let Some(recv) = this.recv.as_mut() else {
             return Poll::Ready(None);
         };
-        if let Some(idle) = this.idle.as_mut() {
-            if !idle.armed {
-                idle.sleep
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + idle.limit);
-                idle.armed = true;
-            }
-        }
         let result = match recv.poll_frame(cx) {
             Poll::Ready(r) => {
                 if let Some(idle) = this.idle.as_mut() {
@@ -339,7 +332,19 @@ impl<G: Unpin> Body for TunnelBody<G> {
                 let Some(idle) = this.idle.as_mut() else {
                     return Poll::Pending;
                 };
-                if idle.sleep.as_mut().poll(cx).is_pending() {
+                // A wait begins: the limit runs from now.
+                let sleep = match (&mut idle.sleep, idle.armed) {
+                    (Some(sleep), true) => sleep,
+                    (Some(sleep), false) => {
+                        sleep
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + idle.limit);
+                        sleep
+                    }
+                    (slot @ None, _) => slot.insert(Box::pin(tokio::time::sleep(idle.limit))),
+                };
+                idle.armed = true;
+                if sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
                 Err(RecvError::Idle(idle.limit))
