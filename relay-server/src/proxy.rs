@@ -174,11 +174,13 @@ pub(crate) async fn handle(
     let started = Instant::now();
     let request_id = crate::audit::request_id();
     relay.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    // The queue's and pairing's futures are boxed: inline, they made every request's future
+    // (allocated and moved whole for each request) 5.5 KiB instead of 4.5.
     if let Some(kind) = crate::queue::kind(&relay, &req) {
-        return queued(relay, req, conn, kind, (request_id, started)).await;
+        return Box::pin(queued(relay, req, conn, kind, (request_id, started))).await;
     }
     if crate::pair::is_pairing(&relay, &req) {
-        return crate::pair::handle(relay, req, conn, &request_id)
+        return Box::pin(crate::pair::handle(relay, req, conn, &request_id))
             .await
             .map(Either::Left);
     }
