@@ -3,6 +3,8 @@
 -- claims keep off it: it spans every tenant), and without this one the scan for due tenants read
 -- through every waiting message of a tenant whose messages all wait for a retry (a backend
 -- failing for hours behind a connected connector), at every scan. Partial: waiting messages only.
-DROP INDEX queue_messages_due;
-CREATE INDEX queue_messages_due ON queue_messages(tenant_id, next_attempt_at)
+-- Built before the old index is dropped: on PostgreSQL the build lets reads through (it holds
+-- writes), and the drop, which holds everything, comes last, just before the commit.
+CREATE INDEX queue_messages_due_by_tenant ON queue_messages(tenant_id, next_attempt_at)
     WHERE state = 'queued';
+DROP INDEX queue_messages_due;

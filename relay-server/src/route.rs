@@ -186,11 +186,7 @@ fn canonical_host(raw: &str) -> Cow<'_, str> {
     } else {
         raw.rsplit_once(':').map_or(raw, |(host, _port)| host)
     };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    match host.bytes().any(|b| b.is_ascii_uppercase()) {
-        true => Cow::Owned(host.to_ascii_lowercase()),
-        false => Cow::Borrowed(host),
-    }
+    relay_store::ascii_lowercase(host.strip_suffix('.').unwrap_or(host))
 }
 
 #[cfg(test)]

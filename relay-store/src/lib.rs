@@ -46,7 +46,7 @@ pub use certificate::{
 };
 pub use credential::{Credential, CredentialId, CredentialRecord, NewCredential};
 pub use hostname::{canonical_hostname, valid_label, Hostname, HostnameError};
-pub use name::{canonical_name, validate_name, NameError};
+pub use name::{ascii_lowercase, canonical_name, validate_name, NameError};
 pub use node::{NodeRecord, NodeState, SingleNodeLock};
 pub use pairing::{
     parse_pairing_token, NewPairingToken, PairingAccess, PairingMode, PairingToken, MAX_PEER_ID_LEN,

@@ -25,11 +25,16 @@ pub fn canonical_name(name: &str) -> Result<Cow<'_, str>, NameError> {
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || *b == b'-');
     match ok {
+        true => Ok(ascii_lowercase(name)),
         false => Err(NameError(name.to_string())),
-        true if bytes.iter().any(u8::is_ascii_uppercase) => {
-            Ok(Cow::Owned(name.to_ascii_lowercase()))
-        }
-        true => Ok(Cow::Borrowed(name)),
+    }
+}
+
+/// `s` in ASCII lowercase, copied only when it has an uppercase letter.
+pub fn ascii_lowercase(s: &str) -> Cow<'_, str> {
+    match s.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => Cow::Owned(s.to_ascii_lowercase()),
+        false => Cow::Borrowed(s),
     }
 }
 

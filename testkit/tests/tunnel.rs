@@ -333,6 +333,7 @@ async fn http_semantics_and_request_limits_hold_end_to_end() -> anyhow::Result<(
         ("GET", None),
         ("DELETE", None),
         ("OPTIONS", None),
+        ("TRACE", None),
         ("POST", Some("0")),
         ("PUT", Some("0")),
         ("PATCH", Some("0")),
