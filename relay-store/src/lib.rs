@@ -502,8 +502,6 @@ impl Store {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-/// Milliseconds since the Unix epoch, the store's timestamp unit.
 /// A PostgreSQL advisory lock key for `parts`: the first 64 bits of a SHA-256 over them, each
 /// prefixed with its length (so no two lists of parts share a key by concatenation).
 pub(crate) fn advisory_key(parts: &[&str]) -> i64 {
@@ -518,6 +516,7 @@ pub(crate) fn advisory_key(parts: &[&str]) -> i64 {
     i64::from_be_bytes(first)
 }
 
+/// Milliseconds since the Unix epoch, the store's timestamp unit.
 pub fn now_ms() -> i64 {
     unix_ms(std::time::SystemTime::now())
 }

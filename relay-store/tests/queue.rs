@@ -8,6 +8,24 @@ use relay_store::{
 };
 use testkit::PgCluster;
 
+/// The same test on each backend: `$sqlite` on a SQLite file, `$postgres` on a throwaway
+/// PostgreSQL, each running `$body(store)`.
+macro_rules! on_both_backends {
+    (#[$test:meta] $sqlite:ident, $postgres:ident => $body:ident) => {
+        #[$test]
+        async fn $sqlite() {
+            let (_dir, store) = sqlite().await;
+            $body(store).await;
+        }
+
+        #[$test]
+        async fn $postgres() {
+            let cluster = PgCluster::start();
+            $body(Store::connect(&cluster.url()).await.unwrap()).await;
+        }
+    };
+}
+
 fn msg(id: &str, target: &str, key: Option<&str>, body: &[u8]) -> NewMessage {
     NewMessage {
         id: id.into(),
@@ -559,71 +577,35 @@ async fn ordered_lapsed_deliveries_come_back_one_at_a_time(store: Store) {
     );
 }
 
-#[tokio::test]
-async fn ordered_lapsed_deliveries_on_sqlite() {
-    let (_dir, store) = sqlite().await;
-    ordered_lapsed_deliveries_come_back_one_at_a_time(store).await;
-}
+on_both_backends!(
+    #[tokio::test]
+    ordered_lapsed_deliveries_on_sqlite,
+    ordered_lapsed_deliveries_on_postgres => ordered_lapsed_deliveries_come_back_one_at_a_time
+);
 
-#[tokio::test]
-async fn ordered_lapsed_deliveries_on_postgres() {
-    let cluster = PgCluster::start();
-    ordered_lapsed_deliveries_come_back_one_at_a_time(
-        Store::connect(&cluster.url()).await.unwrap(),
-    )
-    .await;
-}
+on_both_backends!(
+    #[tokio::test]
+    ordered_retry_now_on_sqlite,
+    ordered_retry_now_on_postgres => ordered_retry_now_waits_for_the_delivery_in_flight
+);
 
-#[tokio::test]
-async fn ordered_retry_now_on_sqlite() {
-    let (_dir, store) = sqlite().await;
-    ordered_retry_now_waits_for_the_delivery_in_flight(store).await;
-}
+on_both_backends!(
+    #[tokio::test]
+    ordered_heads_that_end_on_sqlite,
+    ordered_heads_that_end_on_postgres => ordered_heads_that_end_let_the_next_go
+);
 
-#[tokio::test]
-async fn ordered_retry_now_on_postgres() {
-    let cluster = PgCluster::start();
-    ordered_retry_now_waits_for_the_delivery_in_flight(
-        Store::connect(&cluster.url()).await.unwrap(),
-    )
-    .await;
-}
+on_both_backends!(
+    #[tokio::test]
+    ordered_backlogs_on_sqlite,
+    ordered_backlogs_on_postgres => ordered_backlogs_drain_head_by_head
+);
 
-#[tokio::test]
-async fn ordered_heads_that_end_on_sqlite() {
-    let (_dir, store) = sqlite().await;
-    ordered_heads_that_end_let_the_next_go(store).await;
-}
-
-#[tokio::test]
-async fn ordered_heads_that_end_on_postgres() {
-    let cluster = PgCluster::start();
-    ordered_heads_that_end_let_the_next_go(Store::connect(&cluster.url()).await.unwrap()).await;
-}
-
-#[tokio::test]
-async fn ordered_backlogs_on_sqlite() {
-    let (_dir, store) = sqlite().await;
-    ordered_backlogs_drain_head_by_head(store).await;
-}
-
-#[tokio::test]
-async fn ordered_backlogs_on_postgres() {
-    let cluster = PgCluster::start();
-    ordered_backlogs_drain_head_by_head(Store::connect(&cluster.url()).await.unwrap()).await;
-}
-
-#[tokio::test]
-async fn ordered_targets_on_sqlite() {
-    let (_dir, store) = sqlite().await;
-    ordered_targets_do_not_wait_for_each_other(store).await;
-}
-
-#[tokio::test]
-async fn ordered_targets_on_postgres() {
-    let cluster = PgCluster::start();
-    ordered_targets_do_not_wait_for_each_other(Store::connect(&cluster.url()).await.unwrap()).await;
-}
+on_both_backends!(
+    #[tokio::test]
+    ordered_targets_on_sqlite,
+    ordered_targets_on_postgres => ordered_targets_do_not_wait_for_each_other
+);
 
 async fn sqlite() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -632,30 +614,17 @@ async fn sqlite() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
-#[tokio::test]
-async fn queue_rules_on_sqlite() {
-    let (_dir, store) = sqlite().await;
-    queue_rules(store).await;
-}
+on_both_backends!(
+    #[tokio::test]
+    queue_rules_on_sqlite,
+    queue_rules_on_postgres => queue_rules
+);
 
-#[tokio::test]
-async fn queue_rules_on_postgres() {
-    let cluster = PgCluster::start();
-    queue_rules(Store::connect(&cluster.url()).await.unwrap()).await;
-}
-
-#[tokio::test]
-async fn ordered_on_sqlite() {
-    let (_dir, store) = sqlite().await;
-    ordered_tenants_deliver_one_at_a_time_per_target(store).await;
-}
-
-#[tokio::test]
-async fn ordered_on_postgres() {
-    let cluster = PgCluster::start();
-    ordered_tenants_deliver_one_at_a_time_per_target(Store::connect(&cluster.url()).await.unwrap())
-        .await;
-}
+on_both_backends!(
+    #[tokio::test]
+    ordered_on_sqlite,
+    ordered_on_postgres => ordered_tenants_deliver_one_at_a_time_per_target
+);
 
 /// Accepts that arrive together share INSERTs (group commit): every one is stored once, with its
 /// own body, and answered with its own row as stored; a large body goes on its own beside them.
@@ -810,29 +779,14 @@ async fn due_tenants_are_those_with_work(store: Store) {
     assert!(store.due_tenants().await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn due_tenants_on_sqlite() {
-    let (_dir, store) = sqlite().await;
-    due_tenants_are_those_with_work(store).await;
-}
+on_both_backends!(
+    #[tokio::test]
+    due_tenants_on_sqlite,
+    due_tenants_on_postgres => due_tenants_are_those_with_work
+);
 
-#[tokio::test]
-async fn due_tenants_on_postgres() {
-    let cluster = PgCluster::start();
-    due_tenants_are_those_with_work(Store::connect(&cluster.url()).await.unwrap()).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_accepts_and_outcomes_on_sqlite() {
-    let (_dir, store) = sqlite().await;
-    concurrent_accepts_and_outcomes_are_each_stored_once(store).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_accepts_and_outcomes_on_postgres() {
-    let cluster = PgCluster::start();
-    concurrent_accepts_and_outcomes_are_each_stored_once(
-        Store::connect(&cluster.url()).await.unwrap(),
-    )
-    .await;
-}
+on_both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    concurrent_accepts_and_outcomes_on_sqlite,
+    concurrent_accepts_and_outcomes_on_postgres => concurrent_accepts_and_outcomes_are_each_stored_once
+);
