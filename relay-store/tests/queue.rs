@@ -366,9 +366,6 @@ async fn ordered_targets_do_not_wait_for_each_other(store: Store) {
             .await
             .unwrap());
     }
-    let ids = |claimed: Vec<relay_store::QueueMessage>| {
-        claimed.into_iter().map(|m| m.id).collect::<Vec<_>>()
-    };
     let first = store.claim("t1", "n1", 60_000, 10).await.unwrap();
     assert_eq!(ids(first), ["a000", "e1"]);
     let later = Finish::Retry {
