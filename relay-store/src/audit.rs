@@ -155,37 +155,7 @@ impl Store {
 
     /// The records `filter` selects, newest first.
     pub async fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, Error> {
-        let mut sql = String::from(
-            "SELECT request_id, tenant, target, method, path, status, outcome, bytes_in, bytes_out, \
-             duration_ms, visitor, session_id, relay_node, session_node, created_at FROM audit_requests WHERE 1 = 1",
-        );
-        // Placeholders are numbered in the order they are bound (both backends require it).
-        let mut n = 0;
-        let mut next = || {
-            n += 1;
-            format!("${n}")
-        };
-        if filter.tenant.is_some() {
-            sql.push_str(&format!(" AND tenant = {}", next()));
-        }
-        if filter.status.is_some() {
-            sql.push_str(&format!(
-                " AND status >= {} AND status <= {}",
-                next(),
-                next()
-            ));
-        }
-        if filter.since.is_some() {
-            sql.push_str(&format!(" AND created_at >= {}", next()));
-        }
-        if filter.until.is_some() {
-            sql.push_str(&format!(" AND created_at < {}", next()));
-        }
-        sql.push_str(&format!(
-            " ORDER BY created_at DESC, request_id DESC LIMIT {} OFFSET {}",
-            next(),
-            next()
-        ));
+        let sql = audit_query_sql(filter);
         let mut q = sqlx::query_as::<_, AuditRow>(&sql);
         if let Some(t) = &filter.tenant {
             q = q.bind(t.to_ascii_lowercase());
@@ -238,6 +208,56 @@ impl Store {
         Ok(done.rows_affected())
     }
 }
+
+/// The SELECT of [`Store::audit_query`] for `filter`: its placeholders in the order it binds them
+/// (tenant, status range, since, until, limit, offset; each only when the filter has it).
+fn audit_query_sql(filter: &AuditFilter) -> String {
+    let mut sql = String::from(
+        "SELECT request_id, tenant, target, method, path, status, outcome, bytes_in, bytes_out, \
+         duration_ms, visitor, session_id, relay_node, session_node, created_at FROM audit_requests WHERE 1 = 1",
+    );
+    // Placeholders are numbered in the order they are bound (both backends require it).
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        format!("${n}")
+    };
+    if filter.tenant.is_some() {
+        sql.push_str(&format!(" AND tenant = {}", next()));
+    }
+    if let Some((lo, hi)) = filter.status {
+        sql.push_str(&format!(
+            " AND status >= {} AND status <= {}",
+            next(),
+            next()
+        ));
+        let (common_lo, common_hi) = COMMON_STATUS;
+        if hi < common_lo || lo > common_hi {
+            // Word for word the predicate of the partial index `audit_requests_rare_status`
+            // (migration 0018): neither planner can tell from the bound range alone that the
+            // index holds every row asked for.
+            sql.push_str(&format!(
+                " AND status NOT BETWEEN {common_lo} AND {common_hi}"
+            ));
+        }
+    }
+    if filter.since.is_some() {
+        sql.push_str(&format!(" AND created_at >= {}", next()));
+    }
+    if filter.until.is_some() {
+        sql.push_str(&format!(" AND created_at < {}", next()));
+    }
+    sql.push_str(&format!(
+        " ORDER BY created_at DESC, request_id DESC LIMIT {} OFFSET {}",
+        next(),
+        next()
+    ));
+    sql
+}
+
+/// The statuses the index `audit_requests_rare_status` leaves out (migration 0018): nearly every
+/// record's, so that a successful request's insert skips it.
+const COMMON_STATUS: (i64, i64) = (200, 399);
 
 /// The audit inserts of a SQLite file, on a connection of their own (rusqlite's, beside sqlx's
 /// pool on the same file).
@@ -448,6 +468,67 @@ fn insert_audit_sql(backend: Backend, rows: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plans::{pg_plans_both_ways, plan_count, plan_most, sqlite_plan};
+
+    fn status_filter(lo: i64, hi: i64) -> AuditFilter {
+        AuditFilter {
+            status: Some((lo, hi)),
+            limit: 50,
+            ..AuditFilter::default()
+        }
+    }
+
+    /// A filter for errors, refusals or upgrades reads the partial index of the rare statuses;
+    /// one for successes cannot (and need not: they are the newest records' bulk).
+    #[tokio::test]
+    async fn rare_status_filters_use_their_partial_index_on_sqlite() {
+        for (lo, hi, rare) in [
+            (500, 599, true),
+            (404, 404, true),
+            (100, 199, true),
+            (200, 299, false),
+        ] {
+            let plan = sqlite_plan(&audit_query_sql(&status_filter(lo, hi)), 4).await;
+            assert_eq!(
+                plan.iter()
+                    .any(|d| d.contains("INDEX audit_requests_rare_status")),
+                rare,
+                "{lo}..={hi}: {plan:?}"
+            );
+        }
+    }
+
+    /// On PostgreSQL, in the plan for the values and in the generic plan, with and without
+    /// statistics: a 5xx filter among 20,000 successes reads the 20 errors from the partial index,
+    /// not the successes.
+    #[tokio::test]
+    async fn rare_status_filters_use_their_partial_index_on_postgres() {
+        let cluster = testkit::PgCluster::start();
+        let store = Store::connect(&cluster.url()).await.unwrap();
+        let fill = [
+            "ALTER TABLE audit_requests SET (autovacuum_enabled = false)",
+            "INSERT INTO audit_requests (request_id, tenant, target, method, path, status, outcome, \
+             bytes_in, bytes_out, duration_ms, visitor, session_id, relay_node, created_at) \
+             SELECT 'r' || i, 'acme', 'app', 'GET', \
+             '/', CASE WHEN i % 1000 = 0 THEN 502 ELSE 200 END, 'ok', 0, 0, 1, '127.0.0.1', 's1', \
+             'node-a', i \
+             FROM generate_series(1, 20000) AS i",
+        ];
+        for sql in fill {
+            sqlx::query(sql).execute(&store.pool).await.unwrap();
+        }
+        let sql = audit_query_sql(&status_filter(500, 599));
+        let plans = pg_plans_both_ways(&store, "audit_requests", &sql, "500, 599, 50, 0").await;
+        for (what, plan) in plans {
+            let what = format!("{what}: {plan:#?}");
+            assert!(
+                plan_count(&plan, "audit_requests_rare_status") > 0,
+                "{what}"
+            );
+            assert!(plan_most(&plan, "actual rows=") <= 20, "{what}");
+            assert_eq!(plan_count(&plan, "Seq Scan"), 0, "{what}");
+        }
+    }
 
     #[test]
     fn audit_inserts_go_direct_only_for_a_writable_file() {

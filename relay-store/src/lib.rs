@@ -23,6 +23,8 @@ mod node;
 mod pairing;
 mod pairing_cluster;
 mod password;
+#[cfg(test)]
+mod plans;
 mod policy;
 mod queue;
 mod secret;

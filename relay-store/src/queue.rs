@@ -1452,6 +1452,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plans::{pg_plans_both_ways, plan_count, plan_most, sqlite_plan};
 
     fn message(id: &str, body: &[u8]) -> NewMessage {
         NewMessage {
@@ -1541,20 +1542,6 @@ mod tests {
         previews_and_discards(Store::connect(&cluster.url()).await.unwrap()).await;
     }
 
-    /// SQLite's query plan of `sql` (its `params` parameters left NULL): one line per step.
-    async fn sqlite_plan(sql: &str, params: usize) -> Vec<String> {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("relay.db").display());
-        let store = Store::connect(&url).await.unwrap();
-        let explain = format!("EXPLAIN QUERY PLAN {sql}");
-        let mut q = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain);
-        for _ in 0..params {
-            q = q.bind(None::<i64>);
-        }
-        let plan = q.fetch_all(&store.pool).await.unwrap();
-        plan.into_iter().map(|(.., detail)| detail).collect()
-    }
-
     /// Whether a SQLite plan reads the messages whole (a `SCAN` of the table under any of the
     /// queries' names for it) instead of seeking in them.
     fn scans_messages(plan: &[String]) -> bool {
@@ -1622,50 +1609,8 @@ mod tests {
         assert!(!scans_messages(&plan), "{what}");
     }
 
-    /// `sql`'s plans on PostgreSQL, run with the literal `args` (`EXPLAIN ANALYZE`: a plain
-    /// `EXPLAIN` leaves out a recursive step's lookups) and rolled back: the plan for those values,
-    /// and the generic plan that a prepared statement switches to after five runs.
-    async fn pg_plans(store: &Store, sql: &str, args: &str) -> Vec<(&'static str, Vec<String>)> {
-        let mut plans = Vec::new();
-        for mode in ["force_custom_plan", "force_generic_plan"] {
-            let mut conn = store.pool.acquire().await.unwrap();
-            let prepare = format!("SET plan_cache_mode = {mode}; PREPARE probe AS {sql}");
-            sqlx::raw_sql(&prepare).execute(&mut *conn).await.unwrap();
-            let explain =
-                format!("BEGIN; EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) EXECUTE probe({args})");
-            let plan = sqlx::raw_sql(&explain)
-                .fetch_all(&mut *conn)
-                .await
-                .unwrap()
-                .iter()
-                .map(|row| sqlx::Row::get(row, 0))
-                .collect();
-            sqlx::raw_sql("ROLLBACK; DEALLOCATE probe; RESET plan_cache_mode")
-                .execute(&mut *conn)
-                .await
-                .unwrap();
-            plans.push((mode, plan));
-        }
-        plans
-    }
-
-    /// The largest number a PostgreSQL plan (`EXPLAIN ANALYZE`) gives after `label`, such as
-    /// `"actual rows="`, over all its lines.
-    fn plan_most(plan: &[String], label: &str) -> u64 {
-        plan.iter()
-            .filter_map(|l| l.split(label).nth(1))
-            .filter_map(|n| {
-                n.split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .max()
-            .unwrap_or(0)
-    }
-
     /// A throwaway PostgreSQL whose queue table holds what `fill` inserts or updates, with
-    /// autovacuum off: it would gather statistics at any moment, and [`pg_plans_both_ways`] looks
+    /// autovacuum off: it would gather statistics at any moment, and [`pg_plans_both_ways`](crate::plans::pg_plans_both_ways) looks
     /// at the plans both without and with them.
     async fn pg_queue(fill: &[&str]) -> (testkit::PgCluster, Store) {
         let cluster = testkit::PgCluster::start();
@@ -1675,33 +1620,6 @@ mod tests {
             sqlx::query(sql).execute(&store.pool).await.unwrap();
         }
         (cluster, store)
-    }
-
-    /// [`pg_plans`] on a table whose statistics were never gathered, then after `ANALYZE`, each
-    /// plan with a label saying which it is.
-    async fn pg_plans_both_ways(
-        store: &Store,
-        sql: &str,
-        args: &str,
-    ) -> Vec<(String, Vec<String>)> {
-        let mut plans = Vec::new();
-        for analyzed in [false, true] {
-            if analyzed {
-                sqlx::query("ANALYZE queue_messages")
-                    .execute(&store.pool)
-                    .await
-                    .unwrap();
-            }
-            for (mode, plan) in pg_plans(store, sql, args).await {
-                plans.push((format!("analyzed {analyzed}, {mode}"), plan));
-            }
-        }
-        plans
-    }
-
-    /// The lines of `plan` that contain `s`.
-    fn plan_count(plan: &[String], s: &str) -> usize {
-        plan.iter().filter(|l| l.contains(s)).count()
     }
 
     /// On PostgreSQL too the ordered claim reads the heads by key, on a table whose statistics
@@ -1722,7 +1640,7 @@ mod tests {
         .await;
         let claim = claim_sql(Backend::Postgres, DUE, true);
         let args = format!("{}, 'n1', 't1', 1, 1, 16", i64::MAX / 2);
-        for (what, plan) in pg_plans_both_ways(&store, &claim, &args).await {
+        for (what, plan) in pg_plans_both_ways(&store, "queue_messages", &claim, &args).await {
             let what = format!("{what}:\n{}", plan.join("\n"));
             let count = |s: &str| plan_count(&plan, s);
             // The first target, each next target, and each target's head.
@@ -1764,7 +1682,7 @@ mod tests {
         for state_due in [DUE, LEASE_RAN_OUT] {
             let claim = claim_sql(Backend::Postgres, state_due, false);
             let args = format!("{}, 'n1', 't1', 1, 1, 16", i64::MAX / 2);
-            for (what, plan) in pg_plans_both_ways(&store, &claim, &args).await {
+            for (what, plan) in pg_plans_both_ways(&store, "queue_messages", &claim, &args).await {
                 let what = format!("{state_due:?}, {what}:\n{}", plan.join("\n"));
                 // In seq order, on the tenant's index or (with statistics that show one tenant)
                 // on the primary key, skipping the other state's rows in between; then the
@@ -1799,7 +1717,9 @@ mod tests {
         ])
         .await;
         assert_eq!(store.due_tenants().await.unwrap(), ["t2"]);
-        for (what, plan) in pg_plans_both_ways(&store, DUE_TENANTS, "1000, 1000").await {
+        for (what, plan) in
+            pg_plans_both_ways(&store, "queue_messages", DUE_TENANTS, "1000, 1000").await
+        {
             let what = format!("{what}:\n{}", plan.join("\n"));
             let index = "using queue_messages_due_by_tenant on queue_messages m";
             assert!(plan_count(&plan, index) > 0, "{what}");

@@ -84,6 +84,26 @@ async fn audit_filters_pages_and_minutes(store: Store) {
     .await;
     assert!(acme5.iter().all(|r| r.tenant == "acme" && r.status == 502));
     assert_eq!(acme5.len(), 6);
+    // A single status, a class, and a range across the rare statuses' partial index (errors and
+    // upgrades are in it, successes are not): each finds exactly its records.
+    for ((lo, hi), want) in [
+        ((404, 404), 10),
+        ((200, 299), 10),
+        ((400, 599), 20),
+        ((100, 599), 30),
+    ] {
+        let found = q(relay_store::AuditFilter {
+            status: Some((lo, hi)),
+            limit: 100,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(found.len(), want, "{lo}..={hi}");
+        assert!(
+            found.iter().all(|r| (lo..=hi).contains(&r.status)),
+            "{lo}..={hi}"
+        );
+    }
     let window = q(relay_store::AuditFilter {
         since: Some(60_000),
         until: Some(120_000),
