@@ -520,17 +520,18 @@ async fn a_failed_audit_batch_writes_nothing() {
     .execute(&pool)
     .await
     .unwrap();
-    // 120 rows: two full statements, then the poisoned one in the third.
-    let mut batch: Vec<_> = (0..120)
+    // 125 rows: twelve full multi-row statements, then the rest one row at a time; the poisoned
+    // row is among the rest, after every full statement has run.
+    let mut batch: Vec<_> = (0..125)
         .map(|i| audit_record(&format!("r{i}"), "acme", 1_000 + i))
         .collect();
-    batch[110].request_id = "poison".into();
+    batch[122].request_id = "poison".into();
     assert!(store.insert_audit(batch.clone()).await.is_err());
     assert!(store.audit(None, 1000).await.unwrap().is_empty());
     // Without it the same batch is written whole.
-    batch[110].request_id = "r110".into();
+    batch[122].request_id = "r122".into();
     store.insert_audit(batch).await.unwrap();
-    assert_eq!(store.audit(None, 1000).await.unwrap().len(), 120);
+    assert_eq!(store.audit(None, 1000).await.unwrap().len(), 125);
     pool.close().await;
 }
 
