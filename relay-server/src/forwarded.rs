@@ -113,7 +113,12 @@ pub fn header(chain: &[String], proto: &str, host: Option<&str>) -> String {
     let mut out = String::with_capacity(48 + host.map_or(0, str::len));
     let quoted = |out: &mut String, s: &str| {
         out.push('"');
-        out.extend(s.chars().filter(|c| !matches!(c, '"' | '\\')));
+        if s.contains(['"', '\\']) {
+            out.extend(s.chars().filter(|c| !matches!(c, '"' | '\\')));
+        } else {
+            // Nearly always (a host): copied whole rather than char by char.
+            out.push_str(s);
+        }
         out.push('"');
     };
     for (i, addr) in chain.iter().enumerate() {

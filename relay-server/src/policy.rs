@@ -462,7 +462,7 @@ pub(crate) fn visitor_ip(relay: &Relay, headers: &HeaderMap, conn: &Visitor) -> 
         return conn.peer.ip();
     }
     let values: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+        .get_all(&crate::proxy::X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();

@@ -107,9 +107,11 @@ impl<B: Body<Data = Bytes, Error = RecvError> + Unpin> Body for Metered<B> {
 pub(crate) const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 
 static X_RELAY_REQUEST_ID: HeaderName = HeaderName::from_static("x-relay-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Looked up in every response head (a name given as text is parsed and hashed at each lookup).
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// What carries a request to the connector: a session of this node, or a link to the node that
 /// holds one (which admits it there under the tenant's stream cap).
@@ -781,7 +783,7 @@ async fn respond(
     // clients report a broken stream instead of the status. The connector sends the FIN right
     // behind such a head, so wait for it (at most the idle timeout).
     let mut size = None;
-    if headers.contains_key("grpc-status") {
+    if headers.contains_key(&GRPC_STATUS) {
         if let Ok(Ok(true)) = tokio::time::timeout(idle, recv.at_end()).await {
             size = Some(0);
         }

@@ -177,6 +177,9 @@ pub(crate) enum Kind {
     Status { id: String, response: bool },
 }
 
+/// Looked up in every request (a name given as text is parsed and hashed at each lookup).
+static PREFER: http::HeaderName = http::HeaderName::from_static("prefer");
+
 /// Whether `req` is for the queue. On a tenant's own hostname the path belongs to the backend:
 /// only `Prefer: respond-async` and the status resources (a reserved prefix on every host, so
 /// that the `Location` of a message accepted there works) are the queue's.
@@ -199,7 +202,7 @@ pub(crate) fn kind(relay: &Relay, req: &Request<Incoming>) -> Option<Kind> {
     }
     let async_preferred = req
         .headers()
-        .get_all("prefer")
+        .get_all(&PREFER)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -353,7 +356,7 @@ async fn accept(
     let bytes = read_body(body, limit, relay.config.limits.body_idle_timeout, draft).await?;
     // What the backend will receive: the relayed request's headers (forwarding headers set by
     // the relay), without the async preference that was meant for the relay.
-    parts.headers.remove("prefer");
+    parts.headers.remove(&PREFER);
     parts.headers.remove(header::UPGRADE);
     let headers = crate::proxy::visitor_headers(
         relay,
