@@ -410,7 +410,7 @@ where
     let mut seen = state.activity();
     let mut then_drop = None;
     let cancelled = std::pin::pin!(ends.shutdown.cancelled());
-    let mut shutdown = WhenWoken::new(cancelled);
+    let mut shutdown = tunnel_session::wake::WhenWoken::new(cancelled);
     loop {
         // Why select: the connection may idle indefinitely; the shutdown must reach it at once.
         tokio::select! {
@@ -442,73 +442,6 @@ where
         r = conn.as_mut() => r.map_err(Into::into),
         _ = ends.stop.cancelled() => Ok(()),
         () = tokio::time::sleep(then_drop.unwrap_or_default()), if then_drop.is_some() => Ok(()),
-    }
-}
-
-/// `inner`, polled only after its own waker fired (and at first). The connection's task is polled
-/// a few times per request, and each time `select!` polled every branch: the shutdown token's
-/// future locks a mutex to check the token and another to re-register with its `Notify`, 1.2k
-/// instructions per request at c64 (callgrind). Here a poll that finds its flag down costs an
-/// atomic swap and the task's waker, kept for when `inner` wakes.
-struct WhenWoken<'a, F> {
-    inner: Pin<&'a mut F>,
-    flag: Arc<WakeFlag>,
-}
-
-/// Raised by `inner`'s waker; that wake is passed on to the task.
-#[derive(Default)]
-struct WakeFlag {
-    woken: std::sync::atomic::AtomicBool,
-    task: futures_util::task::AtomicWaker,
-}
-
-impl std::task::Wake for WakeFlag {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, std::sync::atomic::Ordering::Release);
-        self.task.wake();
-    }
-}
-
-impl<'a, F: Future> WhenWoken<'a, F> {
-    fn new(inner: Pin<&'a mut F>) -> WhenWoken<'a, F> {
-        let flag = WakeFlag::default();
-        // Up at first: `inner` has not been polled, so it has no waker to wake.
-        flag.woken.store(true, std::sync::atomic::Ordering::Relaxed);
-        WhenWoken {
-            inner,
-            flag: Arc::new(flag),
-        }
-    }
-}
-
-impl<F: Future> Future for WhenWoken<'_, F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
-        let this = self.get_mut();
-        // Registered before the flag is read: a wake in between is then passed on, not lost.
-        this.flag.task.register(cx.waker());
-        if !this
-            .flag
-            .woken
-            .swap(false, std::sync::atomic::Ordering::AcqRel)
-        {
-            return std::task::Poll::Pending;
-        }
-        let waker = std::task::Waker::from(this.flag.clone());
-        this.inner
-            .as_mut()
-            .poll(&mut std::task::Context::from_waker(&waker))
-    }
-}
-
-impl<F> std::fmt::Debug for WhenWoken<'_, F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WhenWoken").finish_non_exhaustive()
     }
 }
 
@@ -592,74 +525,5 @@ async fn serve_connection<S>(
     };
     if timed_out {
         head_timeout::answer(&state, &slot, header_read_timeout).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Context, Poll, Waker};
-
-    use super::*;
-
-    /// Pending until told otherwise; counts its polls and keeps the last waker.
-    #[derive(Default)]
-    struct Probe {
-        polls: AtomicUsize,
-        ready: std::sync::atomic::AtomicBool,
-        waker: Mutex<Option<Waker>>,
-    }
-
-    impl Future for &Probe {
-        type Output = ();
-
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-            self.polls.fetch_add(1, Ordering::Relaxed);
-            *self.waker.lock().unwrap() = Some(cx.waker().clone());
-            if self.ready.load(Ordering::Relaxed) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        }
-    }
-
-    #[test]
-    fn when_woken_polls_its_future_only_after_its_wake() {
-        let probe = Probe::default();
-        let inner = std::pin::pin!(&probe);
-        let mut shutdown = WhenWoken::new(inner);
-        let task = Arc::new(WakeFlag::default());
-        let task_waker = Waker::from(task.clone());
-        let mut cx = Context::from_waker(&task_waker);
-        // The first poll reaches the future; the next ones, with no wake, do not.
-        for _ in 0..5 {
-            assert!(Pin::new(&mut shutdown).poll(&mut cx).is_pending());
-        }
-        assert_eq!(probe.polls.load(Ordering::Relaxed), 1);
-        // The future's wake reaches the task, and the next poll reaches the future.
-        probe.ready.store(true, Ordering::Relaxed);
-        let inner_waker = probe.waker.lock().unwrap().take().unwrap();
-        inner_waker.wake();
-        assert!(task.woken.load(Ordering::Relaxed), "the task was not woken");
-        assert!(Pin::new(&mut shutdown).poll(&mut cx).is_ready());
-        assert_eq!(probe.polls.load(Ordering::Relaxed), 2);
-    }
-
-    #[tokio::test]
-    async fn when_woken_ends_with_a_token_cancelled_later() {
-        let token = CancellationToken::new();
-        let cancelled = std::pin::pin!(token.cancelled());
-        let mut shutdown = WhenWoken::new(cancelled);
-        let early = tokio::time::timeout(Duration::from_millis(20), &mut shutdown).await;
-        assert!(early.is_err(), "ended before the token was cancelled");
-        let later = token.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            later.cancel();
-        });
-        tokio::time::timeout(Duration::from_secs(5), &mut shutdown)
-            .await
-            .expect("the cancellation did not reach the waiting task");
     }
 }

@@ -18,6 +18,8 @@
 //! - [`udp`]: the UDP side of QUIC for both ends: the client endpoint's socket (degraded where a
 //!   socket option quinn sets is refused, as under Wine), socket buffer sizes, and the datagram
 //!   size bound that path MTU discovery probes up to.
+//! - [`wake`]: a future in a `select!` loop polled only when it was woken (shutdown and close
+//!   signals beside per-request work).
 //!
 //! Non-goals: no policy (which session serves a request, who may connect, how to reconnect): that
 //! is the relay's and the connector's own.
@@ -29,3 +31,4 @@ pub mod mux;
 pub mod pipe;
 pub mod transport;
 pub mod udp;
+pub mod wake;

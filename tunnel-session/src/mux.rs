@@ -27,6 +27,8 @@ use tunnel_protocol::mux::{
 };
 use tunnel_protocol::ErrorCode;
 
+use crate::wake::WhenWoken;
+
 pub use tunnel_protocol::mux::{Role, StreamError};
 
 /// The writer stops gathering frames into one write at this size.
@@ -282,9 +284,11 @@ async fn read_frame<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<(Header, Bytes
 async fn reader_task<R: AsyncRead + Unpin>(r: R, shared: Arc<Shared>, idle: Duration) {
     let _guard = CloseOnDrop(shared.clone());
     let mut r = BufReader::with_capacity(READ_BUFFER, r);
+    let closed = std::pin::pin!(shared.closed.cancelled());
+    let mut closed = WhenWoken::new(closed);
     loop {
         let res = tokio::select! {
-            () = shared.closed.cancelled() => return,
+            () = &mut closed => return,
             res = timeout(idle, read_frame(&mut r)) => res,
         };
         let error = match res {
@@ -328,6 +332,8 @@ async fn writer_task<W: AsyncWrite + Unpin>(
     let mut ping = tokio::time::interval_at(Instant::now() + keep_alive, keep_alive);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut ping_seq = 0u64;
+    let closed = std::pin::pin!(shared.closed.cancelled());
+    let mut closed = WhenWoken::new(closed);
     loop {
         drain(&shared, &mut batch, Some(BATCH_SIZE));
         if batch.is_empty() {
@@ -336,7 +342,7 @@ async fn writer_task<W: AsyncWrite + Unpin>(
             // left a permit in `outgoing`, so nothing is missed.
             tokio::select! {
                 biased;
-                () = shared.closed.cancelled() => break,
+                () = &mut closed => break,
                 () = shared.outgoing.notified() => {}
                 _ = ping.tick() => {
                     ping_seq += 1;
@@ -353,7 +359,7 @@ async fn writer_task<W: AsyncWrite + Unpin>(
         });
         let reason = tokio::select! {
             biased;
-            () = shared.closed.cancelled() => break,
+            () = &mut closed => break,
             res = write => match res {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => format!("connection lost: {e}"),
