@@ -128,18 +128,34 @@ impl Reader {
         }
         let mut map = HeaderMap::with_capacity(count);
         for _ in 0..count {
-            let name = self.bytes()?;
+            let name = self.header_name()?;
             let value = self.bytes()?;
-            let name = match FREQUENT.iter().find(|k| k.as_str().as_bytes() == &name[..]) {
-                Some(known) => known.clone(),
-                None => HeaderName::from_bytes(&name)
-                    .map_err(|_| DecodeError::InvalidHeader(self.what))?,
-            };
             let value = HeaderValue::from_maybe_shared(value)
                 .map_err(|_| DecodeError::InvalidHeader(self.what))?;
             map.append(name, value);
         }
         Ok(map)
+    }
+
+    /// A header name, read from the buffer in place (a name is never kept as read: a standard or
+    /// frequent one is a shared static, any other is copied).
+    fn header_name(&mut self) -> Result<HeaderName, DecodeError> {
+        let len = self.u16()? as usize;
+        self.need(len)?;
+        let raw = &self.buf[..len];
+        // Every frequent name starts with `x-`: any other name skips the search.
+        let frequent = raw
+            .starts_with(b"x-")
+            .then(|| FREQUENT.iter().find(|k| k.as_str().as_bytes() == raw))
+            .flatten();
+        let name = match frequent {
+            Some(known) => known.clone(),
+            None => {
+                HeaderName::from_bytes(raw).map_err(|_| DecodeError::InvalidHeader(self.what))?
+            }
+        };
+        self.buf.advance(len);
+        Ok(name)
     }
 
     /// Whether every byte was read.
