@@ -365,8 +365,16 @@ async fn send_head(
         fail(send, ErrorCode::BACKEND_BAD_RESPONSE, message).await;
         return Err(());
     }
-    let mut encoded = bytes::BytesMut::new();
-    StreamFrame::ResponseHead(ResponseHead { status, headers }).encode(&mut encoded);
+    let head = StreamFrame::ResponseHead(ResponseHead { status, headers });
+    // Room for the body's first bytes too when they can follow in this write (below), so that
+    // the buffer is not reallocated, head copied, for them.
+    let first_data = body.as_ref().map_or(0, |b| {
+        let hint = http_body::Body::size_hint(&**b);
+        let len = usize::try_from(hint.exact().unwrap_or(hint.lower())).unwrap_or(usize::MAX);
+        StreamFrame::data_len(len.min(COALESCE_BYTES))
+    });
+    let mut encoded = bytes::BytesMut::with_capacity(head.encoded_len() + first_data);
+    head.encode(&mut encoded);
     if encoded.len() > MAX_HEAD_FRAME_LEN {
         fail(
             send,

@@ -171,14 +171,16 @@ impl StreamFrame {
         }
     }
 
+    /// The bytes [`StreamFrame::encode`] appends for `Data` frames carrying `body_bytes`.
+    pub fn data_len(body_bytes: usize) -> usize {
+        body_bytes + body_bytes.div_ceil(MAX_DATA_FRAME_LEN) * crate::FRAME_HEADER_LEN
+    }
+
     /// The bytes [`StreamFrame::encode`] writes (exact for data, trailers and heads; an upper
     /// bound for errors).
     pub fn encoded_len(&self) -> usize {
         let fields = match self {
-            StreamFrame::Data(data) => {
-                let frames = data.len().div_ceil(MAX_DATA_FRAME_LEN);
-                return data.len() + frames * crate::FRAME_HEADER_LEN;
-            }
+            StreamFrame::Data(data) => return StreamFrame::data_len(data.len()),
             StreamFrame::Trailers(headers) => crate::codec::headers_len(headers),
             StreamFrame::RequestHead(head) => head.as_ref().fields_len(),
             StreamFrame::ResponseHead(head) => 1 + 2 + crate::codec::headers_len(&head.headers),
