@@ -119,7 +119,11 @@ impl H1Pool {
             .await
             .map_err(PoolError::Connect)?;
         let io = connector.call(target).await.map_err(PoolError::Connect)?;
-        let (mut sender, conn) = http1::handshake(io).await.map_err(PoolError::Http)?;
+        // Boxed: inline, the handshake's 2.4 KiB state would be part of every request's future
+        // (allocated and moved whole per stream), though most requests take a pooled connection.
+        let (mut sender, conn) = Box::pin(http1::handshake(io))
+            .await
+            .map_err(PoolError::Http)?;
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 debug!(error = %e, "backend connection ended with an error");
