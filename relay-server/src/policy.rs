@@ -497,6 +497,26 @@ pub(crate) async fn check(
     let Some(policies) = relay.catalog.policies(scope.tenant_id) else {
         return Ok(Admission::default());
     };
+    // Boxed: the checks' state (1.7 KiB, a JWT's key fetch among them) would otherwise be part of
+    // every request's future, allocated and moved whole per request, with policies or not.
+    Box::pin(check_policies(
+        relay,
+        &policies,
+        scope,
+        headers,
+        (conn, draft),
+    ))
+    .await
+}
+
+/// [`check`] for a tenant that has policies.
+async fn check_policies(
+    relay: &Relay,
+    policies: &TenantPolicies,
+    scope: Scope<'_>,
+    headers: &mut HeaderMap,
+    (conn, draft): (&Visitor, &mut Draft),
+) -> Result<Admission, ProxyError> {
     let hostname = match scope.request {
         Some((uri, version)) if !policies.hostnames.is_empty() => {
             hostname_of(relay, headers, uri, version)
