@@ -366,14 +366,18 @@ async fn send_head(
         return Err(());
     }
     let head = StreamFrame::ResponseHead(ResponseHead { status, headers });
-    // Room for the body's first bytes too when they can follow in this write (below), so that
-    // the buffer is not reallocated, head copied, for them.
-    let first_data = body.as_ref().map_or(0, |b| {
-        let hint = http_body::Body::size_hint(&**b);
-        let len = usize::try_from(hint.exact().unwrap_or(hint.lower())).unwrap_or(usize::MAX);
-        StreamFrame::data_len(len.min(COALESCE_BYTES))
-    });
-    let mut encoded = bytes::BytesMut::with_capacity(head.encoded_len() + first_data);
+    let head_len = head.encoded_len();
+    // Room for the body too when its exact length says it follows in this write (below), so
+    // that the buffer is not reallocated, head copied, for it. A larger or unknown body goes in
+    // writes of its own: nothing is reserved for it.
+    let whole_body = body
+        .as_ref()
+        .and_then(|b| http_body::Body::size_hint(&**b).exact())
+        .and_then(|len| usize::try_from(len).ok())
+        .map(StreamFrame::data_len)
+        .filter(|&len| head_len + len <= COALESCE_BYTES)
+        .unwrap_or(0);
+    let mut encoded = bytes::BytesMut::with_capacity(head_len + whole_body);
     head.encode(&mut encoded);
     if encoded.len() > MAX_HEAD_FRAME_LEN {
         fail(

@@ -190,3 +190,54 @@ pub(crate) fn truncate_str(s: &str, max: usize) -> &str {
     }
     &s[..end]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A header block as [`Writer::headers`] lays it out, from raw names and values.
+    fn block(fields: &[(&[u8], &[u8])]) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u16(u16::try_from(fields.len()).unwrap());
+        for (name, value) in fields {
+            b.put_u16(u16::try_from(name.len()).unwrap());
+            b.put_slice(name);
+            b.put_u16(u16::try_from(value.len()).unwrap());
+            b.put_slice(value);
+        }
+        b.freeze()
+    }
+
+    #[test]
+    fn every_frequent_name_starts_with_x_dash() {
+        // `Reader::header_name` searches the frequent names only for names that start so.
+        for name in &FREQUENT {
+            assert!(name.as_str().starts_with("x-"), "{name}");
+        }
+    }
+
+    #[test]
+    fn header_names_decode_whichever_way_they_are_found() {
+        let fields: [(&[u8], &[u8]); 5] = [
+            (b"x-forwarded-for", b"192.0.2.1"),
+            (b"x-frame-options", b"DENY"),
+            (b"content-type", b"text/plain"),
+            (b"x-custom", b"1"),
+            (b"accept", b"*/*"),
+        ];
+        let mut reader = Reader::new(block(&fields), "test");
+        let map = reader.headers().unwrap();
+        assert!(reader.is_empty());
+        assert_eq!(map.len(), fields.len());
+        for (name, value) in fields {
+            let name = std::str::from_utf8(name).unwrap();
+            assert_eq!(map[name].as_bytes(), value, "{name}");
+        }
+        // Room for the fields the receiver adds, beyond those decoded.
+        assert!(map.capacity() >= fields.len() + ROOM);
+        for bad in [b"x-bad name".as_slice(), b"", b"x-\n"] {
+            let mut reader = Reader::new(block(&[(bad, b"v")]), "test");
+            assert!(reader.headers().is_err(), "{bad:?}");
+        }
+    }
+}

@@ -66,7 +66,12 @@ impl<F: Future> Future for WhenWoken<'_, F> {
             return Poll::Pending;
         }
         let waker = Waker::from(this.flag.clone());
-        this.inner.as_mut().poll(&mut Context::from_waker(&waker))
+        let poll = this.inner.as_mut().poll(&mut Context::from_waker(&waker));
+        if poll.is_ready() {
+            // A later poll reaches `inner` again, as a fresh `cancelled()` would answer at once.
+            this.flag.woken.store(true, Ordering::Relaxed);
+        }
+        poll
     }
 }
 
@@ -128,6 +133,9 @@ mod tests {
         assert!(task.woken.load(Ordering::Relaxed), "the task was not woken");
         assert!(Pin::new(&mut signal).poll(&mut cx).is_ready());
         assert_eq!(probe.polls.load(Ordering::Relaxed), 2);
+        // Once ready, every poll asks the future again (and a token's stays ready).
+        assert!(Pin::new(&mut signal).poll(&mut cx).is_ready());
+        assert_eq!(probe.polls.load(Ordering::Relaxed), 3);
     }
 
     #[tokio::test]
