@@ -627,10 +627,11 @@ async fn await_response_head(
         .unwrap_or(relay.config.limits.request_timeout);
     // Runs from the end of the body: now, for a request sent whole with its head.
     let mut uploading = pump.is_some();
-    let deadline = match uploading {
-        true => tokio::time::sleep(Duration::MAX / 4),
-        false => tokio::time::sleep(timeout),
-    };
+    let deadline = tokio::time::sleep(if uploading {
+        Duration::MAX / 4
+    } else {
+        timeout
+    });
     tokio::pin!(deadline);
     // One future across the loop's turns: reading the peer's answer to a forwarded request is not
     // cancel safe, and must not restart when the upload finishes.

@@ -480,7 +480,7 @@ fn insert_audit_sql(backend: Backend, rows: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plans::{pg_plans_both_ways, plan_count, plan_most, sqlite_plan};
+    use crate::plans::{pg_filled, pg_plans_both_ways, plan_count, plan_most, sqlite_plan};
 
     fn status_filter(lo: i64, hi: i64) -> AuditFilter {
         AuditFilter {
@@ -515,20 +515,16 @@ mod tests {
     /// not the successes.
     #[tokio::test]
     async fn rare_status_filters_use_their_partial_index_on_postgres() {
-        let cluster = testkit::PgCluster::start();
-        let store = Store::connect(&cluster.url()).await.unwrap();
-        let fill = [
-            "ALTER TABLE audit_requests SET (autovacuum_enabled = false)",
-            "INSERT INTO audit_requests (request_id, tenant, target, method, path, status, outcome, \
+        let (_cluster, store) = pg_filled(
+            "audit_requests",
+            &["INSERT INTO audit_requests (request_id, tenant, target, method, path, status, outcome, \
              bytes_in, bytes_out, duration_ms, visitor, session_id, relay_node, created_at) \
              SELECT 'r' || i, 'acme', 'app', 'GET', \
              '/', CASE WHEN i % 1000 = 0 THEN 502 ELSE 200 END, 'ok', 0, 0, 1, '127.0.0.1', 's1', \
              'node-a', i \
-             FROM generate_series(1, 20000) AS i",
-        ];
-        for sql in fill {
-            sqlx::query(sql).execute(&store.pool).await.unwrap();
-        }
+             FROM generate_series(1, 20000) AS i"],
+        )
+        .await;
         let sql = audit_query_sql(&status_filter(500, 599));
         let plans = pg_plans_both_ways(&store, "audit_requests", &sql, "500, 599, 50, 0").await;
         for (what, plan) in plans {

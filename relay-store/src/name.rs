@@ -24,17 +24,19 @@ pub fn canonical_name(name: &str) -> Result<Cow<'_, str>, NameError> {
         && bytes
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || *b == b'-');
-    match ok {
-        true => Ok(ascii_lowercase(name)),
-        false => Err(NameError(name.to_string())),
+    if ok {
+        Ok(ascii_lowercase(name))
+    } else {
+        Err(NameError(name.to_string()))
     }
 }
 
 /// `s` in ASCII lowercase, copied only when it has an uppercase letter.
 pub fn ascii_lowercase(s: &str) -> Cow<'_, str> {
-    match s.bytes().any(|b| b.is_ascii_uppercase()) {
-        true => Cow::Owned(s.to_ascii_lowercase()),
-        false => Cow::Borrowed(s),
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
     }
 }
 

@@ -48,6 +48,19 @@ pub(crate) async fn pg_plans(
     plans
 }
 
+/// A throwaway PostgreSQL whose `table` holds what `fill` inserts or updates, with autovacuum off
+/// on it: autovacuum would gather statistics at any moment, and [`pg_plans_both_ways`] looks at
+/// the plans both without and with them.
+pub(crate) async fn pg_filled(table: &str, fill: &[&str]) -> (testkit::PgCluster, Store) {
+    let cluster = testkit::PgCluster::start();
+    let store = Store::connect(&cluster.url()).await.unwrap();
+    let off = format!("ALTER TABLE {table} SET (autovacuum_enabled = false)");
+    for sql in std::iter::once(off.as_str()).chain(fill.iter().copied()) {
+        sqlx::query(sql).execute(&store.pool).await.unwrap();
+    }
+    (cluster, store)
+}
+
 /// [`pg_plans`] on `table` with its statistics never gathered, then after `ANALYZE`, each plan
 /// with a label saying which it is.
 pub(crate) async fn pg_plans_both_ways(

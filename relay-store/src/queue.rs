@@ -1452,7 +1452,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plans::{pg_plans_both_ways, plan_count, plan_most, sqlite_plan};
+    use crate::plans::{pg_filled, pg_plans_both_ways, plan_count, plan_most, sqlite_plan};
 
     fn message(id: &str, body: &[u8]) -> NewMessage {
         NewMessage {
@@ -1609,26 +1609,13 @@ mod tests {
         assert!(!scans_messages(&plan), "{what}");
     }
 
-    /// A throwaway PostgreSQL whose queue table holds what `fill` inserts or updates, with
-    /// autovacuum off: it would gather statistics at any moment, and [`pg_plans_both_ways`](crate::plans::pg_plans_both_ways) looks
-    /// at the plans both without and with them.
-    async fn pg_queue(fill: &[&str]) -> (testkit::PgCluster, Store) {
-        let cluster = testkit::PgCluster::start();
-        let store = Store::connect(&cluster.url()).await.unwrap();
-        let off = "ALTER TABLE queue_messages SET (autovacuum_enabled = false)";
-        for sql in std::iter::once(&off).chain(fill) {
-            sqlx::query(sql).execute(&store.pool).await.unwrap();
-        }
-        (cluster, store)
-    }
-
     /// On PostgreSQL too the ordered claim reads the heads by key, on a table whose statistics
     /// were never gathered (the case that made the planner read every waiting message through a
     /// hash join): the partial index finds the heads, the primary key their rows, and no step
     /// scans the messages.
     #[tokio::test]
     async fn ordered_claims_on_postgres_read_only_each_targets_head() {
-        let (_cluster, store) = pg_queue(&[
+        let (_cluster, store) = pg_filled("queue_messages", &[
             "INSERT INTO queue_messages (id, tenant_id, tenant, target, method, path, headers, \
              body_bytes, state, created_at, expires_at, next_attempt_at) \
              SELECT 'm' || i, 't1', 'acme', 'app' || (i % 3), 'POST', '/', '[]', 0, 'queued', \
@@ -1671,7 +1658,7 @@ mod tests {
     /// 16 read.
     #[tokio::test]
     async fn unordered_claims_on_postgres_stop_at_their_limit() {
-        let (_cluster, store) = pg_queue(&[
+        let (_cluster, store) = pg_filled("queue_messages", &[
             "INSERT INTO queue_messages (id, tenant_id, tenant, target, method, path, headers, \
              body_bytes, state, created_at, expires_at, next_attempt_at, lease_until) \
              SELECT 'm' || i, 't1', 'acme', 'app', 'POST', '/', '[]', 0, \
@@ -1707,7 +1694,7 @@ mod tests {
     /// message in the generic plan).
     #[tokio::test]
     async fn due_tenants_on_postgres_do_not_read_messages_waiting_for_a_retry() {
-        let (_cluster, store) = pg_queue(&[
+        let (_cluster, store) = pg_filled("queue_messages", &[
             // t1: 3,000 waiting for a retry; t2: one due.
             "INSERT INTO queue_messages (id, tenant_id, tenant, target, method, path, headers, \
              body_bytes, state, created_at, expires_at, next_attempt_at) \
