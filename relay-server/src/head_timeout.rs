@@ -1,10 +1,19 @@
-//! The 408 for a request head that does not arrive in time.
+//! The visitor's stream as hyper sees it: the 408 for a request head that does not arrive in
+//! time, and idle HTTP/1 connections parked without hyper.
 //!
 //! hyper enforces `limits.header_read_timeout` on HTTP/1 but reports it as a connection error
 //! and drops the stream without an answer. [`Watched`] wraps the visitor's stream so that it
 //! comes back to [`serve`](crate::ingress) when hyper lets go of it, and records whether bytes
 //! of a next request had arrived: only then does the visitor get `408 Request Timeout` (an idle
 //! keep-alive connection is closed quietly, as before).
+//!
+//! **Parking.** hyper keeps an HTTP/1 connection's 8 KiB read buffer and its state for as long
+//! as the connection is open, idle or not. A keep-alive connection on which nothing happened
+//! for [`PARK_AFTER`], with no request in progress, nothing unread and nothing unsent, is ended
+//! as though the visitor had closed it (a read returns end of stream, which hyper takes quietly
+//! between requests); the stream comes back to its slot, and the ingress waits for the
+//! visitor's next bytes without hyper, then serves them with a new hyper connection. nginx
+//! frees an idle keep-alive connection's buffers the same way.
 
 use std::future::Future;
 use std::io;
@@ -23,6 +32,12 @@ use crate::error::{error_message, ProxyError};
 /// How long writing the 408 may take before the connection is just closed.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long an HTTP/1 connection idles before it is parked: long enough that a visitor sending
+/// requests one after another never pays for a new hyper connection, short enough that an idle
+/// one gives its buffers back soon. Looked at lazily, so a connection parks between one and two
+/// of these after its last request ended.
+pub(crate) const PARK_AFTER: Duration = Duration::from_millis(100);
+
 /// What the connection's reads and its requests tell each other.
 #[derive(Debug, Default)]
 pub(crate) struct ConnState {
@@ -37,6 +52,12 @@ pub(crate) struct ConnState {
     /// Requests begun on the connection, ever (wrapping): an idle watch that sees it unchanged
     /// and none active knows that nothing happened in between.
     begun: AtomicU32,
+    /// The last request may have left hyper with more to read (a request body that may not have
+    /// been read to its end), or the connection was handed over (`101 Switching Protocols`,
+    /// `CONNECT`): it is not parked.
+    unparkable: AtomicBool,
+    /// Ended by parking, not by the visitor: the stream in the slot is to be served again.
+    parked: AtomicBool,
 }
 
 impl ConnState {
@@ -47,7 +68,10 @@ impl ConnState {
     }
 
     /// A request head was parsed; the returned guard, kept by its response body, ends it.
-    pub(crate) fn request(self: &Arc<Self>) -> Active {
+    /// `parkable`: the request has no body and does not ask to take the connection over, so
+    /// hyper has read all of it by now.
+    pub(crate) fn request(self: &Arc<Self>, parkable: bool) -> Active {
+        self.unparkable.store(!parkable, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);
         // Only the connection's own task begins requests: no read-modify-write needed.
         let begun = self.begun.load(Ordering::Relaxed);
@@ -55,6 +79,25 @@ impl ConnState {
         self.pending.store(false, Ordering::Relaxed);
         self.requested.store(true, Ordering::Relaxed);
         Active(self.clone())
+    }
+
+    /// The connection was handed over to another protocol (an upgrade): it is never parked.
+    pub(crate) fn upgraded(&self) {
+        self.unparkable.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the connection ended by parking (and forgets it).
+    pub(crate) fn take_parked(&self) -> bool {
+        self.parked.swap(false, Ordering::Relaxed)
+    }
+
+    /// Whether hyper is between requests with nothing of the next one read: no request active,
+    /// none begun but unfinished, no byte arrived since the last one ended.
+    fn idle(&self) -> bool {
+        self.requested.load(Ordering::Relaxed)
+            && self.active.load(Ordering::Relaxed) == 0
+            && !self.pending.load(Ordering::Relaxed)
+            && !self.unparkable.load(Ordering::Relaxed)
     }
 
     /// What an idle watch compares between two looks: requests begun, and whether one is
@@ -70,6 +113,13 @@ impl ConnState {
 /// One request in progress on a watched connection.
 #[derive(Debug)]
 pub(crate) struct Active(Arc<ConnState>);
+
+impl Active {
+    /// The request's answer hands the connection over (an upgrade): it is never parked.
+    pub(crate) fn upgraded(&self) {
+        self.0.upgraded();
+    }
+}
 
 impl Drop for Active {
     fn drop(&mut self) {
@@ -123,8 +173,30 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 pub(crate) struct Watched<S> {
     inner: Option<S>,
     state: Arc<ConnState>,
-    back: Arc<Mutex<Option<S>>>,
+    back: Slot<S>,
     first_bytes: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
+    /// After a parked connection is served again: when its next request must have begun (what
+    /// is left of the header read timeout since it went idle), and the requests begun before.
+    head_by: Option<(Pin<Box<tokio::time::Sleep>>, u32)>,
+    /// Parking (HTTP/1 only).
+    park: Park,
+    /// The last four bytes read. A parkable request has no body, so when they end a head
+    /// (`\r\n\r\n`) hyper holds no part of a next one; otherwise it may (a pipelined head cut
+    /// between two reads), and the connection is not parked, which would lose that part.
+    tail: [u8; 4],
+    /// Everything hyper wrote was flushed: it holds nothing unsent (hyper flushes its own
+    /// buffer to the stream before it flushes the stream).
+    flushed: bool,
+}
+
+/// An HTTP/1 connection's idle watch.
+enum Park {
+    /// Not parked (HTTP/2, and connections whose protocol hyper-util tells).
+    Off,
+    /// No read has found the connection idle yet.
+    Unarmed,
+    /// A timer, looked at when a read finds nothing, and the requests begun when it was armed.
+    Armed(Pin<Box<tokio::time::Sleep>>, u32),
 }
 
 /// Where a [`Watched`] stream returns to.
@@ -132,25 +204,105 @@ pub(crate) type Slot<S> = Arc<Mutex<Option<S>>>;
 
 impl<S> Watched<S> {
     /// Wraps `stream`, whose first `until` bytes must arrive within `limit`; it lands in the
-    /// returned slot once hyper drops it.
+    /// returned slot once hyper drops it. `park`: parked when idle (HTTP/1).
     pub(crate) fn new(
         stream: S,
         state: Arc<ConnState>,
         limit: Duration,
         until: usize,
+        park: bool,
     ) -> (Watched<S>, Slot<S>) {
         let back = Arc::new(Mutex::new(None));
-        (
-            Watched {
-                inner: Some(stream),
-                state,
-                back: back.clone(),
-                first_bytes: Some((Box::pin(tokio::time::sleep(limit)), until)),
-            },
+        let mut watched = Watched::again(stream, state, back.clone(), park, None);
+        watched.first_bytes = Some((Box::pin(tokio::time::sleep(limit)), until));
+        (watched, back)
+    }
+
+    /// Wraps a parked connection's stream again, when its visitor sent more: its next request
+    /// must begin by `head_by` (what is left of the header read timeout since the connection went
+    /// idle, as hyper's timer would have allowed had it not been parked).
+    pub(crate) fn again(
+        stream: S,
+        state: Arc<ConnState>,
+        back: Slot<S>,
+        park: bool,
+        head_by: Option<tokio::time::Instant>,
+    ) -> Watched<S> {
+        let begun = state.begun.load(Ordering::Relaxed);
+        Watched {
+            inner: Some(stream),
+            state,
             back,
-        )
+            first_bytes: None,
+            head_by: head_by.map(|at| (Box::pin(tokio::time::sleep_until(at)), begun)),
+            park: if park { Park::Unarmed } else { Park::Off },
+            tail: *HEAD_END,
+            flushed: true,
+        }
+    }
+
+    /// Called when a read found nothing: whether the connection has idled long enough to park
+    /// (then it is marked parked). Arms the timer at the first idle read, and again when it
+    /// fires after a request began.
+    fn should_park(&mut self, cx: &mut Context<'_>) -> bool {
+        if matches!(self.park, Park::Off)
+            || !self.flushed
+            || self.tail != *HEAD_END
+            || !self.state.idle()
+        {
+            return false;
+        }
+        let begun = self.state.begun.load(Ordering::Relaxed);
+        if matches!(self.park, Park::Unarmed) {
+            let mut sleep = Box::pin(tokio::time::sleep(PARK_AFTER));
+            // The first poll registers the timer and this task's waker, which it wakes when it
+            // fires; later reads only look whether it has (a poll per read cost 300
+            // instructions per request under load).
+            register(sleep.as_mut(), cx);
+            self.park = Park::Armed(sleep, begun);
+            return false;
+        }
+        let Park::Armed(sleep, seen) = &mut self.park else {
+            return false;
+        };
+        if !sleep.is_elapsed() {
+            return false;
+        }
+        if *seen == begun {
+            self.state.parked.store(true, Ordering::Relaxed);
+            return true;
+        }
+        *seen = begun;
+        sleep
+            .as_mut()
+            .reset(tokio::time::Instant::now() + PARK_AFTER);
+        register(sleep.as_mut(), cx);
+        false
     }
 }
+
+/// The end of a request head.
+const HEAD_END: &[u8; 4] = b"\r\n\r\n";
+
+/// Polls `sleep` once so that it registers with the timer and wakes this task: outside tokio's
+/// task budget, which would otherwise make the poll return before registering anything when a
+/// busy task has used its budget up.
+fn register(sleep: Pin<&mut tokio::time::Sleep>, cx: &mut Context<'_>) {
+    let _ = Pin::new(&mut tokio::task::unconstrained(sleep)).poll(cx);
+}
+
+/// The error a read fails with when a parked connection's next request head is not complete
+/// in time: the visitor gets `408` (`is_head_timeout`), as from hyper's own timer.
+#[derive(Debug)]
+struct HeadTimedOut;
+
+impl std::fmt::Display for HeadTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("request head not complete within the header read timeout")
+    }
+}
+
+impl std::error::Error for HeadTimedOut {}
 
 impl<S> Drop for Watched<S> {
     fn drop(&mut self) {
@@ -188,8 +340,26 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
                     )));
                 }
             }
+            if let Some((deadline, before)) = this.head_by.as_mut() {
+                if this.state.begun.load(Ordering::Relaxed) != *before {
+                    this.head_by = None;
+                } else if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, HeadTimedOut)));
+                }
+            }
+            if this.should_park(cx) {
+                // The end of the stream, as hyper sees it: nothing was read.
+                return Poll::Ready(Ok(()));
+            }
         } else if buf.filled().len() > before {
             let n = buf.filled().len() - before;
+            let read = &buf.filled()[before..];
+            if n >= 4 {
+                this.tail.copy_from_slice(&read[n - 4..]);
+            } else {
+                this.tail.rotate_left(n);
+                this.tail[4 - n..].copy_from_slice(read);
+            }
             if let Some((_, until)) = this.first_bytes.as_mut() {
                 *until = until.saturating_sub(n);
                 if *until == 0 {
@@ -211,6 +381,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.flushed = false;
         match self.inner.as_mut() {
             Some(s) => Pin::new(s).poll_write(cx, buf),
             None => Poll::Ready(Err(gone())),
@@ -222,6 +393,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.flushed = false;
         match self.inner.as_mut() {
             Some(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             None => Poll::Ready(Err(gone())),
@@ -233,13 +405,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.inner.as_mut() {
+        let r = match self.inner.as_mut() {
             Some(s) => Pin::new(s).poll_flush(cx),
             None => Poll::Ready(Err(gone())),
+        };
+        if matches!(r, Poll::Ready(Ok(()))) {
+            self.flushed = true;
         }
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.state.parked.load(Ordering::Relaxed) {
+            // hyper closes what it took for the visitor's close; the stream stays open.
+            return Poll::Ready(Ok(()));
+        }
         match self.inner.as_mut() {
             Some(s) => Pin::new(s).poll_shutdown(cx),
             None => Poll::Ready(Err(gone())),
@@ -249,9 +429,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 
 /// Whether hyper ended a connection for its header read timeout.
 pub(crate) fn is_head_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    error
-        .downcast_ref::<hyper::Error>()
-        .is_some_and(hyper::Error::is_timeout)
+    let Some(error) = error.downcast_ref::<hyper::Error>() else {
+        return false;
+    };
+    error.is_timeout()
+        || std::error::Error::source(error)
+            .and_then(|e| e.downcast_ref::<io::Error>())
+            .and_then(io::Error::get_ref)
+            .is_some_and(|e| e.is::<HeadTimedOut>())
 }
 
 /// After hyper ended the connection on the header read timeout: when a request had begun,

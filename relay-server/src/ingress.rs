@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::certificates::{Certificates, ACME_TLS_ALPN};
-use crate::head_timeout::{self, ConnState, Tracked, Watched};
+use crate::head_timeout::{self, ConnState, Tracked, Watched, PARK_AFTER};
 use crate::proxy::Visitor;
 use crate::Relay;
 
@@ -453,6 +454,51 @@ async fn elapsed(watch: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
     }
 }
 
+/// A visitor's stream whose next bytes can be awaited without reading them: a parked HTTP/1
+/// connection (`head_timeout`) waits so, holding no buffer.
+pub(crate) trait Readable {
+    /// Ready when the stream has bytes to read, or has ended or failed.
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+impl Readable for TcpStream {
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+}
+
+/// rustls holds no plaintext when a read came back empty, so the socket's bytes are what is
+/// next; a part of a record already buffered waits for its rest the same way.
+impl Readable for tokio_rustls::server::TlsStream<TcpStream> {
+    fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send {
+        self.get_ref().0.readable()
+    }
+}
+
+/// Whether a parked connection's visitor sent more (or closed: hyper reads that) by `until`,
+/// before the relay's shutdown. Counted in `relay_visitor_connections_parked` meanwhile.
+async fn next_bytes<S: Readable>(
+    stream: &S,
+    until: tokio::time::Instant,
+    shutdown: &CancellationToken,
+    metrics: &crate::metrics::Metrics,
+) -> bool {
+    /// Counts one parked connection for as long as it lives (the task may be dropped).
+    struct Counted<'a>(&'a AtomicUsize);
+    impl Drop for Counted<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    metrics.visitors_parked.fetch_add(1, Ordering::Relaxed);
+    let _counted = Counted(&metrics.visitors_parked);
+    // Why select: a parked connection may idle indefinitely; the shutdown must close it at once.
+    tokio::select! {
+        r = tokio::time::timeout_at(until, stream.readable()) => matches!(r, Ok(Ok(()))),
+        _ = shutdown.cancelled() => false,
+    }
+}
+
 async fn serve_connection<S>(
     relay: Arc<Relay>,
     http: Arc<Http>,
@@ -461,7 +507,7 @@ async fn serve_connection<S>(
     visitor: Visitor,
     ends: Ends,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Readable + Unpin + Send + 'static,
 {
     let peer = visitor.peer;
     let header_read_timeout = relay.config.limits.header_read_timeout;
@@ -473,12 +519,17 @@ async fn serve_connection<S>(
         Protocol::Http1 => 1,
         Protocol::Http2 | Protocol::Sniff => H2_PREFACE.len(),
     };
-    let (stream, slot) = Watched::new(stream, state.clone(), header_read_timeout, until);
+    let park = protocol == Protocol::Http1;
+    let metrics = relay.metrics.clone();
+    let (stream, slot) = Watched::new(stream, state.clone(), header_read_timeout, until, park);
     let requests = state.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let relay = relay.clone();
         let visitor = visitor.clone();
-        let active = requests.request();
+        // A body (which may be left unread) or a tunnel keeps hyper reading: not parked then.
+        let parkable =
+            hyper::body::Body::is_end_stream(req.body()) && req.method() != http::Method::CONNECT;
+        let active = requests.request(parkable);
         // Boxed: hyper keeps a slot the size of this future for the connection's whole life,
         // idle or not; boxed, an idle keep-alive connection holds a pointer instead of the
         // request path's state machine.
@@ -491,18 +542,41 @@ async fn serve_connection<S>(
                 }
             }
             let response = crate::proxy::handle(relay, req, visitor).await;
+            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                active.upgraded();
+            }
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, active)))
         })
     });
     // Each connection is boxed once, in its final place: as a local moved into `drive`, it
     // would take its size twice over in this future, for the connection's whole life.
-    let io = TokioIo::new(stream);
+    let mut io = TokioIo::new(stream);
     let result = match protocol {
-        Protocol::Http1 => {
-            // hyper's header read timeout closes an idle HTTP/1 connection.
-            let conn = http.h1.serve_connection(io, service).with_upgrades();
-            drive(Box::pin(conn), &ends, &state, None).await
-        }
+        Protocol::Http1 => loop {
+            // hyper's header read timeout closes an idle HTTP/1 connection, unless it was parked
+            // first (`head_timeout`): then the rest of that wait is the ingress's own.
+            let conn = http
+                .h1
+                .serve_connection(io, service.clone())
+                .with_upgrades();
+            let result = drive(Box::pin(conn), &ends, &state, None).await;
+            if !(state.take_parked() && result.is_ok()) {
+                break result;
+            }
+            let Some(stream) = slot.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+                break result;
+            };
+            // Idle since about one parking delay ago: what is left of the header read timeout
+            // covers both the wait for the next bytes and the head they begin.
+            let head_by =
+                tokio::time::Instant::now() + header_read_timeout.saturating_sub(PARK_AFTER);
+            if !next_bytes(&stream, head_by, &ends.shutdown, &metrics).await {
+                debug!(%peer, "parked connection idle; closing it");
+                break Ok(());
+            }
+            let watched = Watched::again(stream, state.clone(), slot.clone(), park, Some(head_by));
+            io = TokioIo::new(watched);
+        },
         Protocol::Http2 => {
             let conn = http.h2.serve_connection(io, service);
             drive(Box::pin(conn), &ends, &state, Some(header_read_timeout)).await

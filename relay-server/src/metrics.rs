@@ -58,6 +58,8 @@ pub struct Metrics {
     pub queue_failed: AtomicU64,
     /// Queue messages this node moved to expired.
     pub queue_expired: AtomicU64,
+    /// Idle HTTP/1 visitor connections parked: held without hyper and its buffers.
+    pub visitors_parked: AtomicUsize,
     /// Pairing: peers online on this node (introduction sockets admitted).
     pub pairing_peers: AtomicUsize,
     /// Pairing: connection sockets on this node, held or piped.
@@ -286,6 +288,12 @@ impl Metrics {
                 "counter",
                 "Queue messages this node moved to expired.",
                 self.queue_expired.load(Ordering::Relaxed),
+            ),
+            (
+                "relay_visitor_connections_parked",
+                "gauge",
+                "Idle HTTP/1 visitor connections parked, holding no HTTP state or buffer.",
+                self.visitors_parked.load(Ordering::Relaxed) as u64,
             ),
             (
                 "relay_pairing_peers",

@@ -600,3 +600,229 @@ async fn connections_still_open_after_the_grace_period_are_closed() {
     assert!(held < Duration::from_secs(4), "{held:?}");
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
 }
+
+/// Reads one HTTP/1.1 response from `s` (a length or a chunked body, which the test paths send);
+/// its status.
+async fn response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let body = &got[end + 4..];
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                let done = match length {
+                    Some(n) => body.len() >= n,
+                    None => body.ends_with(b"0\r\n\r\n"),
+                };
+                if done {
+                    return head
+                        .split_whitespace()
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_string();
+                }
+            }
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed mid-response: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("a whole response within 5 s")
+}
+
+/// An idle keep-alive HTTP/1 connection is parked (hyper and its 8 KiB read buffer let go, the
+/// stream kept: `relay_visitor_connections_parked`), and the visitor's next request on it is
+/// served as before: whole or in pieces, after a request with a body, over plain HTTP and TLS.
+/// A parked connection is closed quietly at the header read timeout and at once at shutdown; its
+/// next head must be complete within what was left of that timeout (408 otherwise). A head cut
+/// between two pipelined reads, or a WebSocket idle for longer, is never parked.
+#[tokio::test]
+async fn idle_http1_connections_are_parked_and_served_again() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let relay = relay()
+        .configure(|f| f.limits.header_read_timeout = Some(Duration::from_secs(4)))
+        .spawn()
+        .await;
+    let backend = testkit::Backend::spawn().await;
+    let base = backend.url();
+    let _conn = connect(&relay, "acme", |c| c.target("app", &base)).await;
+    let metrics = relay.view.metrics();
+    let parked = |n: usize| async move {
+        let now = metrics.visitors_parked.load(Relaxed);
+        if now == n {
+            Ok(())
+        } else {
+            Err(format!("{now} parked"))
+        }
+    };
+    let wait = Duration::from_secs(3);
+    let ok = b"GET /relay/acme/app/status/200 HTTP/1.1\r\nHost: a\r\n\r\n";
+
+    let mut s = tokio::net::TcpStream::connect(relay.http_addr.unwrap())
+        .await
+        .unwrap();
+    s.write_all(ok).await.unwrap();
+    assert_eq!(response(&mut s).await, "200");
+    testkit::eventually(wait, "the idle connection parked", || parked(1)).await;
+
+    // The next request, its head in two writes: served by a new hyper connection.
+    s.write_all(b"GET /relay/acme/app/status/201 HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    testkit::eventually(wait, "the connection served again", || parked(0)).await;
+    s.write_all(b"Host: a\r\n\r\n").await.unwrap();
+    assert_eq!(response(&mut s).await, "201");
+
+    // Pipelined: a whole head and the start of the next in one write, the rest much later. hyper
+    // holds the start: parking then would lose it.
+    s.write_all(b"GET /relay/acme/app/status/203 HTTP/1.1\r\nHost: a\r\n\r\nGET /relay/acme/app/status/204 HT")
+        .await
+        .unwrap();
+    assert_eq!(response(&mut s).await, "203");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    s.write_all(b"TP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b))
+            .await
+            .expect("the pipelined request's answer")
+            .unwrap();
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 204"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+
+    // A head begun and left unfinished past the parking delay is not parked: the rest comes.
+    s.write_all(b"GET /relay/acme/app/status/202 HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    s.write_all(b"Host: a\r\n\r\n").await.unwrap();
+    assert_eq!(response(&mut s).await, "202");
+
+    // A request with a body, an idle pause, then one without: both served, and then parked.
+    s.write_all(b"POST /relay/acme/app/sink HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    assert_eq!(response(&mut s).await, "200");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    s.write_all(ok).await.unwrap();
+    assert_eq!(response(&mut s).await, "200");
+    let idle_since = std::time::Instant::now();
+    testkit::eventually(wait, "the idle connection parked again", || parked(1)).await;
+
+    // HTTP/1.1 over TLS parks and serves again the same way.
+    let mut tls = tls_to(&relay, Some("http/1.1")).await;
+    let ok_tls = b"GET /relay/acme/app/status/200 HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    tls.write_all(ok_tls).await.unwrap();
+    assert_eq!(response(&mut tls).await, "200");
+    testkit::eventually(wait, "the TLS connection parked", || parked(2)).await;
+    tls.write_all(ok_tls).await.unwrap();
+    assert_eq!(response(&mut tls).await, "200");
+
+    // A WebSocket idle for longer than the parking delay still carries bytes.
+    let mut ws = tokio::net::TcpStream::connect(relay.http_addr.unwrap())
+        .await
+        .unwrap();
+    ws.write_all(b"GET /relay/acme/app/upgrade-echo HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), ws.read_exact(&mut b))
+            .await
+            .expect("a response head")
+            .unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    ws.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), ws.read_exact(&mut echo))
+        .await
+        .expect("the echo after an idle pause")
+        .unwrap();
+    assert_eq!(&echo, b"ping");
+
+    // At the header read timeout the parked connection is closed, without an answer.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut rest))
+        .await
+        .expect("the relay closes the parked connection")
+        .unwrap();
+    let held = idle_since.elapsed();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert!(
+        held >= Duration::from_millis(3500),
+        "closed early: {held:?}"
+    );
+    testkit::eventually(wait, "one parked connection left", || parked(1)).await;
+
+    // A parked connection's next head must be complete within what is left of the header read
+    // timeout since it went idle, not within a whole new one: 408 when it is not.
+    let mut late = tokio::net::TcpStream::connect(relay.http_addr.unwrap())
+        .await
+        .unwrap();
+    late.write_all(ok).await.unwrap();
+    assert_eq!(response(&mut late).await, "200");
+    let idle_since = std::time::Instant::now();
+    testkit::eventually(wait, "the connection parked", || parked(2)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    late.write_all(b"GET /relay/acme/app/status/200 HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(8), late.read_to_end(&mut answer))
+        .await
+        .expect("the relay answers and closes")
+        .unwrap();
+    let held = idle_since.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        held < Duration::from_millis(5500),
+        "a whole new timeout: {held:?}"
+    );
+
+    // The shutdown closes a parked connection at once, not at its idle timeout (4 s).
+    testkit::eventually(Duration::from_secs(8), "the others closed", || parked(0)).await;
+    let mut last = tokio::net::TcpStream::connect(relay.http_addr.unwrap())
+        .await
+        .unwrap();
+    last.write_all(ok).await.unwrap();
+    assert_eq!(response(&mut last).await, "200");
+    testkit::eventually(wait, "the last connection parked", || parked(1)).await;
+    let closed = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        let _ = last.read_to_end(&mut rest).await;
+        std::time::Instant::now()
+    });
+    let stopped = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), relay.stop())
+        .await
+        .expect("the relay stops")
+        .unwrap();
+    let at = tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the parked connection is closed")
+        .unwrap();
+    let took = at.saturating_duration_since(stopped);
+    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+    drop((ws, tls));
+}
