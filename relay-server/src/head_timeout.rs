@@ -245,7 +245,11 @@ impl<S> Watched<S> {
     /// (then it is marked parked). Arms the timer at the first idle read, and again when it
     /// fires after a request began.
     fn should_park(&mut self, cx: &mut Context<'_>) -> bool {
+        // Not again before the next request began after the last unpark: bytes that wake the
+        // wait but give hyper nothing (a part of a TLS record) would otherwise start a whole new
+        // wait each time, and a visitor could hold the connection for good.
         if matches!(self.park, Park::Off)
+            || self.head_by.is_some()
             || !self.flushed
             || self.tail != *HEAD_END
             || !self.state.idle()
