@@ -38,6 +38,20 @@ async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> (String, String) {
     (status, text)
 }
 
+/// Reads a response head from `s`, byte by byte so that nothing after it is consumed.
+async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b))
+            .await
+            .expect("a response head within 5 s")
+            .unwrap();
+        head.push(b[0]);
+    }
+    head
+}
+
 fn get(path: &str, extra: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: a\r\n{extra}Connection: close\r\n\r\n").into_bytes()
 }
@@ -214,15 +228,7 @@ async fn h2c_is_never_forwarded_and_websocket_still_works() {
     s.write_all(b"GET /relay/acme/app/upgrade-echo HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
         .await
         .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b))
-            .await
-            .expect("a response head")
-            .unwrap();
-        head.push(b[0]);
-    }
+    let head = read_head(&mut s).await;
     assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
     s.write_all(b"ping").await.unwrap();
     let mut echo = [0u8; 4];
@@ -691,15 +697,7 @@ async fn idle_http1_connections_are_parked_and_served_again() {
     assert_eq!(response(&mut s).await, "203");
     tokio::time::sleep(Duration::from_millis(800)).await;
     s.write_all(b"TP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut b))
-            .await
-            .expect("the pipelined request's answer")
-            .unwrap();
-        head.push(b[0]);
-    }
+    let head = read_head(&mut s).await;
     assert!(
         head.starts_with(b"HTTP/1.1 204"),
         "{}",
@@ -744,15 +742,7 @@ async fn idle_http1_connections_are_parked_and_served_again() {
     ws.write_all(b"GET /relay/acme/app/upgrade-echo HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
         .await
         .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        tokio::time::timeout(Duration::from_secs(5), ws.read_exact(&mut b))
-            .await
-            .expect("a response head")
-            .unwrap();
-        head.push(b[0]);
-    }
+    let head = read_head(&mut ws).await;
     assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
     tokio::time::sleep(Duration::from_millis(800)).await;
     ws.write_all(b"ping").await.unwrap();
