@@ -52,6 +52,18 @@ async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
     head
 }
 
+/// Reads `s` to its end in a task: when the relay closed it, and what it sent before.
+fn closed_at<S>(mut s: S) -> tokio::task::JoinHandle<(std::time::Instant, Vec<u8>)>
+where
+    S: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+        (std::time::Instant::now(), rest)
+    })
+}
+
 fn get(path: &str, extra: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: a\r\n{extra}Connection: close\r\n\r\n").into_bytes()
 }
@@ -584,11 +596,7 @@ async fn connections_still_open_after_the_grace_period_are_closed() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // When the relay closes the connection, timed from the stop; the body idle timeout (30 s)
     // would have closed it otherwise.
-    let closed = tokio::spawn(async move {
-        let mut rest = Vec::new();
-        let _ = s.read_to_end(&mut rest).await;
-        (std::time::Instant::now(), rest)
-    });
+    let closed = closed_at(s);
     let stopped = std::time::Instant::now();
     tokio::time::timeout(Duration::from_secs(15), relay.stop())
         .await
@@ -786,11 +794,8 @@ async fn idle_http1_connections_are_parked_and_served_again() {
         .await
         .unwrap();
     junk.get_mut().0.write_all(&[0x17]).await.unwrap();
-    let junk_closed = tokio::spawn(async move {
-        let mut rest = Vec::new();
-        let _ = junk.get_mut().0.read_to_end(&mut rest).await;
-        std::time::Instant::now()
-    });
+    // Read below TLS: the relay closes without a close_notify.
+    let junk_closed = closed_at(junk.into_inner().0);
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(8), late.read_to_end(&mut answer))
         .await
@@ -803,7 +808,7 @@ async fn idle_http1_connections_are_parked_and_served_again() {
         held < Duration::from_millis(5500),
         "a whole new timeout: {held:?}"
     );
-    let at = tokio::time::timeout(Duration::from_secs(8), junk_closed)
+    let (at, _) = tokio::time::timeout(Duration::from_secs(8), junk_closed)
         .await
         .expect("the relay closes the TLS connection")
         .unwrap();
@@ -821,17 +826,13 @@ async fn idle_http1_connections_are_parked_and_served_again() {
     last.write_all(ok).await.unwrap();
     assert_eq!(response(&mut last).await, "200");
     testkit::eventually(wait, "the last connection parked", || parked(1)).await;
-    let closed = tokio::spawn(async move {
-        let mut rest = Vec::new();
-        let _ = last.read_to_end(&mut rest).await;
-        std::time::Instant::now()
-    });
+    let closed = closed_at(last);
     let stopped = std::time::Instant::now();
     tokio::time::timeout(Duration::from_secs(15), relay.stop())
         .await
         .expect("the relay stops")
         .unwrap();
-    let at = tokio::time::timeout(Duration::from_secs(5), closed)
+    let (at, _) = tokio::time::timeout(Duration::from_secs(5), closed)
         .await
         .expect("the parked connection is closed")
         .unwrap();
