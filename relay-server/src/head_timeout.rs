@@ -14,11 +14,15 @@
 //! between requests); the stream comes back to its slot, and the ingress waits for the
 //! visitor's next bytes without hyper, then serves them with a new hyper connection. nginx
 //! frees an idle keep-alive connection's buffers the same way.
+//!
+//! "Nothing unread" is proven from the bytes read: either the last four end a head and the last
+//! request had no body, or the stream's position is exactly where the last request ended (its
+//! head's end, found by scanning the head's bytes as they are read, plus its `Content-Length`).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -38,6 +42,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// of these after its last request ended.
 pub(crate) const PARK_AFTER: Duration = Duration::from_millis(100);
 
+/// [`ConnState::length`] of a body whose length is not known.
+const UNKNOWN: u64 = u64::MAX;
+
 /// What the connection's reads and its requests tell each other.
 #[derive(Debug, Default)]
 pub(crate) struct ConnState {
@@ -52,10 +59,12 @@ pub(crate) struct ConnState {
     /// Requests begun on the connection, ever (wrapping): an idle watch that sees it unchanged
     /// and none active knows that nothing happened in between.
     begun: AtomicU32,
-    /// The last request may have left hyper with more to read (a request body that may not have
-    /// been read to its end), or the connection was handed over (`101 Switching Protocols`,
-    /// `CONNECT`): it is not parked.
+    /// The last request's body is of no known length (chunked), which may not have been read to
+    /// its end, or the connection was handed over (`101 Switching Protocols`, `CONNECT`): it is
+    /// not parked.
     unparkable: AtomicBool,
+    /// The last request's body length (`Content-Length`, 0 without a body), or [`UNKNOWN`].
+    length: AtomicU64,
     /// Ended by parking, not by the visitor: the stream in the slot is to be served again.
     parked: AtomicBool,
 }
@@ -68,10 +77,12 @@ impl ConnState {
     }
 
     /// A request head was parsed; the returned guard, kept by its response body, ends it.
-    /// `parkable`: the request has no body and does not ask to take the connection over, so
-    /// hyper has read all of it by now.
-    pub(crate) fn request(self: &Arc<Self>, parkable: bool) -> Active {
-        self.unparkable.store(!parkable, Ordering::Relaxed);
+    /// `length`: its body's length (0 without one), or `None` when that is not known (a chunked
+    /// body) or the request asks to take the connection over (`CONNECT`).
+    pub(crate) fn request(self: &Arc<Self>, length: Option<u64>) -> Active {
+        self.unparkable.store(length.is_none(), Ordering::Relaxed);
+        self.length
+            .store(length.unwrap_or(UNKNOWN), Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);
         // Only the connection's own task begins requests: no read-modify-write needed.
         let begun = self.begun.load(Ordering::Relaxed);
@@ -180,13 +191,115 @@ pub(crate) struct Watched<S> {
     head_by: Option<(Pin<Box<tokio::time::Sleep>>, u32)>,
     /// Parking (HTTP/1 only).
     park: Park,
-    /// The last four bytes read. A parkable request has no body, so when they end a head
+    /// The last four bytes read. After a request without a body, when they end a head
     /// (`\r\n\r\n`) hyper holds no part of a next one; otherwise it may (a pipelined head cut
     /// between two reads), and the connection is not parked, which would lose that part.
     tail: [u8; 4],
+    /// Where the requests on this stream begin and end, from the bytes read (see [`Framing`]).
+    framing: Framing,
     /// Everything hyper wrote was flushed: it holds nothing unsent (hyper flushes its own
     /// buffer to the stream before it flushes the stream).
     flushed: bool,
+}
+
+/// Where the stream's requests begin and end, followed from the bytes read: a request with a
+/// body parks only when the stream's position is exactly its end, so that hyper holds no byte of
+/// the next. The end is its head's end plus its `Content-Length`; the head's end is the first
+/// `\r\n\r\n` from where it began, which the reads scan for (head bytes only: a body's bytes are
+/// counted, not looked at). Anything this cannot follow (a bare `\n` line end, pipelined
+/// requests read before their start was known, a chunked body) loses the track for the rest of
+/// the hyper connection: not parked after a body then.
+#[derive(Debug)]
+struct Framing {
+    /// Bytes read from the stream.
+    pos: u64,
+    /// Where the next request's head begins, when known.
+    next_head: Option<u64>,
+    /// Where that head ended, once the scan found it.
+    head_end: Option<u64>,
+    /// [`ConnState::begun`] when last looked at.
+    begun: u32,
+}
+
+impl Framing {
+    fn new(begun: u32) -> Framing {
+        Framing {
+            pos: 0,
+            next_head: Some(0),
+            head_end: None,
+            begun,
+        }
+    }
+
+    /// Takes note of requests begun since the last look: the next head begins where the one
+    /// just begun ends.
+    fn sync(&mut self, state: &ConnState) {
+        let begun = state.begun.load(Ordering::Relaxed);
+        if begun == self.begun {
+            return;
+        }
+        let one = begun == self.begun.wrapping_add(1);
+        self.begun = begun;
+        let length = state.length.load(Ordering::Relaxed);
+        self.next_head = match self.head_end.take() {
+            Some(end) if one && length != UNKNOWN => end
+                .checked_add(length)
+                // Bytes past its end were read before it was known: they were not scanned.
+                .filter(|&next| next >= self.pos),
+            _ => None,
+        };
+    }
+
+    /// Scans `read`, the bytes just read after `tail` (the four before them), for the end of
+    /// the head being read, and advances the position.
+    fn read(&mut self, read: &[u8], tail: &[u8; 4]) {
+        let at = self.pos;
+        self.pos = at.saturating_add(read.len() as u64);
+        let (Some(start), None) = (self.next_head, self.head_end) else {
+            return;
+        };
+        if self.pos <= start {
+            return;
+        }
+        // The byte at stream position `p`, if it is of this head (at or after `start`).
+        let byte = |p: u64| -> Option<u8> {
+            if p < start {
+                None
+            } else if p >= at {
+                read.get(usize::try_from(p - at).ok()?).copied()
+            } else {
+                // One of the four bytes before this read.
+                tail.get(usize::try_from(4u64.checked_sub(at - p)?).ok()?)
+                    .copied()
+            }
+        };
+        let from = usize::try_from(start.saturating_sub(at)).unwrap_or(read.len());
+        if matches!(byte(start), Some(b'\r' | b'\n')) {
+            // Empty lines before the request line, which hyper skips: the first `\r\n\r\n`
+            // would be theirs, not the head's end. Taken for the end, a request's end would be
+            // placed inside its body, and the connection could park with hyper mid-body.
+            self.next_head = None;
+            return;
+        }
+        for i in memchr::memchr_iter(b'\n', read.get(from..).unwrap_or_default()) {
+            let p = at + (from + i) as u64;
+            if p == 0 || byte(p - 1) != Some(b'\r') {
+                // A bare `\n` (which hyper accepts as a line end): its head's end cannot be
+                // told by this scan.
+                self.next_head = None;
+                return;
+            }
+            if p >= 3 && byte(p - 3) == Some(b'\r') && byte(p - 2) == Some(b'\n') {
+                self.head_end = Some(p + 1);
+                return;
+            }
+        }
+    }
+
+    /// Whether everything read ends the last request: hyper holds nothing of a next one.
+    fn at_boundary(&self) -> bool {
+        self.next_head == Some(self.pos)
+    }
 }
 
 /// An HTTP/1 connection's idle watch.
@@ -237,6 +350,7 @@ impl<S> Watched<S> {
             head_by: head_by.map(|at| (Box::pin(tokio::time::sleep_until(at)), begun)),
             park: if park { Park::Unarmed } else { Park::Off },
             tail: *HEAD_END,
+            framing: Framing::new(begun),
             flushed: true,
         }
     }
@@ -251,9 +365,13 @@ impl<S> Watched<S> {
         if matches!(self.park, Park::Off)
             || self.head_by.is_some()
             || !self.flushed
-            || self.tail != *HEAD_END
             || !self.state.idle()
         {
+            return false;
+        }
+        self.framing.sync(&self.state);
+        let bodiless = self.state.length.load(Ordering::Relaxed) == 0;
+        if !(self.framing.at_boundary() || (bodiless && self.tail == *HEAD_END)) {
             return false;
         }
         let begun = self.state.begun.load(Ordering::Relaxed);
@@ -358,6 +476,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         } else if buf.filled().len() > before {
             let n = buf.filled().len() - before;
             let read = &buf.filled()[before..];
+            if !matches!(this.park, Park::Off) {
+                this.framing.sync(&this.state);
+                this.framing.read(read, &this.tail);
+            }
             if n >= 4 {
                 this.tail.copy_from_slice(&read[n - 4..]);
             } else {
@@ -493,4 +615,79 @@ fn serialize(response: http::Response<Bytes>) -> Vec<u8> {
     );
     out.extend_from_slice(&body);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `reads` to a fresh [`Framing`] as a stream's reads, with `requests` (the position
+    /// after which read each request began, and its body length) noted as hyper would: after
+    /// the read that completed its head. Returns whether it ends at a request boundary.
+    fn follow(reads: &[&[u8]], requests: &[(usize, Option<u64>)]) -> bool {
+        let state = Arc::new(ConnState::default());
+        let mut framing = Framing::new(0);
+        let mut tail = *HEAD_END;
+        let mut actives = Vec::new();
+        for (i, read) in reads.iter().enumerate() {
+            framing.sync(&state);
+            framing.read(read, &tail);
+            for b in read.iter() {
+                tail.rotate_left(1);
+                tail[3] = *b;
+            }
+            for (_, length) in requests.iter().filter(|(after, _)| *after == i) {
+                actives.push(state.request(*length));
+            }
+        }
+        framing.sync(&state);
+        framing.at_boundary()
+    }
+
+    const HEAD: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n";
+
+    #[test]
+    fn a_request_ends_at_its_head_plus_its_length() {
+        assert!(follow(&[&[HEAD, b"hello"].concat()], &[(0, Some(5))]));
+        // The body after the head, in pieces; the head cut inside its final `\r\n\r\n`.
+        assert!(follow(
+            &[&HEAD[..HEAD.len() - 1], b"\nhel", b"lo"],
+            &[(1, Some(5))]
+        ));
+        assert!(follow(
+            &[&HEAD[..HEAD.len() - 2], b"\r", b"\nhe", b"llo"],
+            &[(2, Some(5))]
+        ));
+        // A body's bytes are not a head's: `\r\n\r\n` in it changes nothing.
+        assert!(follow(&[HEAD, b"\r\n\r\n\n"], &[(0, Some(5))]));
+        // Not yet its end, or past it (the start of a pipelined head read with the body).
+        assert!(!follow(&[HEAD, b"hell"], &[(0, Some(5))]));
+        assert!(!follow(&[&[HEAD, b"helloGET /"].concat()], &[(0, Some(5))]));
+        // Two requests one after the other, the second's head read after the first's body.
+        let get = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert!(follow(
+            &[HEAD, b"hello", get],
+            &[(0, Some(5)), (2, Some(0))]
+        ));
+        assert!(!follow(&[HEAD, b"hello", &get[..10]], &[(0, Some(5))]));
+    }
+
+    #[test]
+    fn what_cannot_be_followed_is_not_a_boundary() {
+        // A bare `\n` line end: the first `\r\n\r\n` is the body's, five bytes later.
+        let bare = b"POST / HTTP/1.1\nContent-Length: 5\n\na\r\n\r\nGET /";
+        assert!(!follow(&[bare], &[(0, Some(5))]));
+        // Empty lines before the head (hyper skips them): their `\r\n\r\n` is not its end,
+        // which would put the request's end inside its body (here: where 4 + its length ends).
+        let n = 60;
+        let head = format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {n}\r\n\r\n");
+        let early = [b"\r\n\r\n", head.as_bytes(), &[b'x'; 60][..n - head.len()]].concat();
+        assert!(!follow(&[&early], &[(0, Some(n as u64))]));
+        assert!(!follow(&[b"\r\n", &early[2..]], &[(1, Some(n as u64))]));
+        // A body of unknown length.
+        assert!(!follow(&[HEAD, b"hello"], &[(0, None)]));
+        // Two heads parsed from one read: where the second began was not followed.
+        let two = b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        assert!(!follow(&[two], &[(0, Some(0)), (0, Some(0))]));
+    }
 }

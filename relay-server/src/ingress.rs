@@ -526,10 +526,12 @@ async fn serve_connection<S>(
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let relay = relay.clone();
         let visitor = visitor.clone();
-        // A body (which may be left unread) or a tunnel keeps hyper reading: not parked then.
-        let parkable =
-            hyper::body::Body::is_end_stream(req.body()) && req.method() != http::Method::CONNECT;
-        let active = requests.request(parkable);
+        // A body of unknown length (chunked, which may be left unread) or a tunnel keeps hyper
+        // reading: not parked then. A `Content-Length` body's end is known.
+        let length = hyper::body::Body::size_hint(req.body())
+            .exact()
+            .filter(|_| req.method() != http::Method::CONNECT);
+        let active = requests.request(length);
         // Boxed: hyper keeps a slot the size of this future for the connection's whole life,
         // idle or not; boxed, an idle keep-alive connection holds a pointer instead of the
         // request path's state machine.

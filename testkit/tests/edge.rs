@@ -840,3 +840,103 @@ async fn idle_http1_connections_are_parked_and_served_again() {
     assert!(took < Duration::from_secs(2), "closed after {took:?}");
     drop(ws);
 }
+
+/// After a request with a `Content-Length` body, an idle HTTP/1 connection parks too, once the
+/// bytes read end exactly where that request ended (its head's end plus its length): whether the
+/// body came with its head or in pieces, and whatever its bytes look like. Where hyper may hold
+/// the start of a next head (pipelined after a body, or after a head whose lines end in a bare
+/// `\n`, which hides where it ended), it does not park, and that start is not lost.
+#[tokio::test]
+async fn idle_http1_connections_park_after_request_bodies() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let relay = relay()
+        .configure(|f| f.limits.header_read_timeout = Some(Duration::from_secs(4)))
+        .spawn()
+        .await;
+    let backend = testkit::Backend::spawn().await;
+    let base = backend.url();
+    let _conn = connect(&relay, "acme", |c| c.target("app", &base)).await;
+    let metrics = relay.view.metrics();
+    let parked = |n: usize| async move {
+        let now = metrics.visitors_parked.load(Relaxed);
+        if now == n {
+            Ok(())
+        } else {
+            Err(format!("{now} parked"))
+        }
+    };
+    let wait = Duration::from_secs(3);
+    let post = |length: usize| {
+        format!("POST /relay/acme/app/sink HTTP/1.1\r\nHost: a\r\nContent-Length: {length}\r\n\r\n")
+            .into_bytes()
+    };
+    let mut s = tokio::net::TcpStream::connect(relay.http_addr.unwrap())
+        .await
+        .unwrap();
+
+    // Head and body in one write.
+    s.write_all(&[post(5), b"hello".to_vec()].concat())
+        .await
+        .unwrap();
+    assert_eq!(response(&mut s).await, "200");
+    testkit::eventually(wait, "parked after a body", || parked(1)).await;
+
+    // The head alone, then a body holding a head's end, in two more writes.
+    s.write_all(&post(6)).await.unwrap();
+    testkit::eventually(wait, "the connection served again", || parked(0)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"a\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"\r\nb").await.unwrap();
+    assert_eq!(response(&mut s).await, "200");
+    testkit::eventually(wait, "parked after a body in pieces", || parked(1)).await;
+
+    // A body and the start of a pipelined head in one write: hyper holds that start, so the
+    // connection must not park; the rest, much later, completes the head.
+    s.write_all(&[post(5), b"helloGET /relay/acme/app/status/204 HT".to_vec()].concat())
+        .await
+        .unwrap();
+    assert_eq!(response(&mut s).await, "200");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(metrics.visitors_parked.load(Relaxed), 0);
+    s.write_all(b"TP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(
+        head.starts_with(b"HTTP/1.1 204"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    testkit::eventually(wait, "parked after the pipelined request", || parked(1)).await;
+
+    // Lines ending in a bare `\n`: the head's end cannot be told from the bytes (the first
+    // `\r\n\r\n` is in the body here, five bytes later), so the five bytes of a next head read
+    // with the body must not be taken for nothing.
+    s.write_all(
+        b"POST /relay/acme/app/sink HTTP/1.1\nHost: a\nContent-Length: 5\n\na\r\n\r\nGET /",
+    )
+    .await
+    .unwrap();
+    assert_eq!(response(&mut s).await, "200");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    s.write_all(b"relay/acme/app/status/204 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(
+        head.starts_with(b"HTTP/1.1 204"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+
+    // A chunked body is not followed; the connection serves on, and parks after a bodiless one.
+    s.write_all(b"POST /relay/acme/app/sink HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(response(&mut s).await, "200");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    s.write_all(b"GET /relay/acme/app/status/200 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(response(&mut s).await, "200");
+    testkit::eventually(wait, "parked after a bodiless request", || parked(1)).await;
+}
