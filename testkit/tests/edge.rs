@@ -654,6 +654,19 @@ async fn response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
     .expect("a whole response within 5 s")
 }
 
+/// Whether `n` visitor connections are parked now (`relay_visitor_connections_parked`): a check
+/// for `testkit::eventually`.
+async fn parked(metrics: &relay_server::Metrics, n: usize) -> Result<(), String> {
+    let now = metrics
+        .visitors_parked
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if now == n {
+        Ok(())
+    } else {
+        Err(format!("{now} parked"))
+    }
+}
+
 /// An idle keep-alive HTTP/1 connection is parked (hyper and its 8 KiB read buffer let go, the
 /// stream kept: `relay_visitor_connections_parked`), and the visitor's next request on it is
 /// served as before: whole or in pieces, after a request with a body, over plain HTTP and TLS.
@@ -662,7 +675,6 @@ async fn response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
 /// between two pipelined reads, or a WebSocket idle for longer, is never parked.
 #[tokio::test]
 async fn idle_http1_connections_are_parked_and_served_again() {
-    use std::sync::atomic::Ordering::Relaxed;
     let relay = relay()
         .configure(|f| f.limits.header_read_timeout = Some(Duration::from_secs(4)))
         .spawn()
@@ -671,14 +683,6 @@ async fn idle_http1_connections_are_parked_and_served_again() {
     let base = backend.url();
     let _conn = connect(&relay, "acme", |c| c.target("app", &base)).await;
     let metrics = relay.view.metrics();
-    let parked = |n: usize| async move {
-        let now = metrics.visitors_parked.load(Relaxed);
-        if now == n {
-            Ok(())
-        } else {
-            Err(format!("{now} parked"))
-        }
-    };
     let wait = Duration::from_secs(3);
     let ok = b"GET /relay/acme/app/status/200 HTTP/1.1\r\nHost: a\r\n\r\n";
 
@@ -687,13 +691,13 @@ async fn idle_http1_connections_are_parked_and_served_again() {
         .unwrap();
     s.write_all(ok).await.unwrap();
     assert_eq!(response(&mut s).await, "200");
-    testkit::eventually(wait, "the idle connection parked", || parked(1)).await;
+    testkit::eventually(wait, "the idle connection parked", || parked(metrics, 1)).await;
 
     // The next request, its head in two writes: served by a new hyper connection.
     s.write_all(b"GET /relay/acme/app/status/201 HTTP/1.1\r\n")
         .await
         .unwrap();
-    testkit::eventually(wait, "the connection served again", || parked(0)).await;
+    testkit::eventually(wait, "the connection served again", || parked(metrics, 0)).await;
     s.write_all(b"Host: a\r\n\r\n").await.unwrap();
     assert_eq!(response(&mut s).await, "201");
 
@@ -729,19 +733,22 @@ async fn idle_http1_connections_are_parked_and_served_again() {
     s.write_all(ok).await.unwrap();
     assert_eq!(response(&mut s).await, "200");
     let idle_since = std::time::Instant::now();
-    testkit::eventually(wait, "the idle connection parked again", || parked(1)).await;
+    testkit::eventually(wait, "the idle connection parked again", || {
+        parked(metrics, 1)
+    })
+    .await;
 
     // HTTP/1.1 over TLS parks and serves again the same way.
     let mut tls = tls_to(&relay, Some("http/1.1")).await;
     let ok_tls = b"GET /relay/acme/app/status/200 HTTP/1.1\r\nHost: localhost\r\n\r\n";
     tls.write_all(ok_tls).await.unwrap();
     assert_eq!(response(&mut tls).await, "200");
-    testkit::eventually(wait, "the TLS connection parked", || parked(2)).await;
+    testkit::eventually(wait, "the TLS connection parked", || parked(metrics, 2)).await;
     tls.write_all(ok_tls).await.unwrap();
     assert_eq!(response(&mut tls).await, "200");
     // Closed by the visitor, it goes: only `s` is left parked.
     drop(tls);
-    testkit::eventually(wait, "the TLS connection gone", || parked(1)).await;
+    testkit::eventually(wait, "the TLS connection gone", || parked(metrics, 1)).await;
 
     // A WebSocket idle for longer than the parking delay still carries bytes.
     let mut ws = tokio::net::TcpStream::connect(relay.http_addr.unwrap())
@@ -773,7 +780,7 @@ async fn idle_http1_connections_are_parked_and_served_again() {
         held >= Duration::from_millis(3500),
         "closed early: {held:?}"
     );
-    testkit::eventually(wait, "no parked connection left", || parked(0)).await;
+    testkit::eventually(wait, "no parked connection left", || parked(metrics, 0)).await;
 
     // A parked connection's next head must be complete within what is left of the header read
     // timeout since it went idle, not within a whole new one: 408 when it is not.
@@ -788,7 +795,7 @@ async fn idle_http1_connections_are_parked_and_served_again() {
     junk.write_all(ok_tls).await.unwrap();
     assert_eq!(response(&mut junk).await, "200");
     let idle_since = std::time::Instant::now();
-    testkit::eventually(wait, "the connections parked", || parked(2)).await;
+    testkit::eventually(wait, "the connections parked", || parked(metrics, 2)).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     late.write_all(b"GET /relay/acme/app/status/200 HTTP/1.1\r\n")
         .await
@@ -819,13 +826,16 @@ async fn idle_http1_connections_are_parked_and_served_again() {
     );
 
     // The shutdown closes a parked connection at once, not at its idle timeout (4 s).
-    testkit::eventually(Duration::from_secs(8), "the others closed", || parked(0)).await;
+    testkit::eventually(Duration::from_secs(8), "the others closed", || {
+        parked(metrics, 0)
+    })
+    .await;
     let mut last = tokio::net::TcpStream::connect(relay.http_addr.unwrap())
         .await
         .unwrap();
     last.write_all(ok).await.unwrap();
     assert_eq!(response(&mut last).await, "200");
-    testkit::eventually(wait, "the last connection parked", || parked(1)).await;
+    testkit::eventually(wait, "the last connection parked", || parked(metrics, 1)).await;
     let closed = closed_at(last);
     let stopped = std::time::Instant::now();
     tokio::time::timeout(Duration::from_secs(15), relay.stop())
@@ -857,14 +867,6 @@ async fn idle_http1_connections_park_after_request_bodies() {
     let base = backend.url();
     let _conn = connect(&relay, "acme", |c| c.target("app", &base)).await;
     let metrics = relay.view.metrics();
-    let parked = |n: usize| async move {
-        let now = metrics.visitors_parked.load(Relaxed);
-        if now == n {
-            Ok(())
-        } else {
-            Err(format!("{now} parked"))
-        }
-    };
     let wait = Duration::from_secs(3);
     let post = |length: usize| {
         format!("POST /relay/acme/app/sink HTTP/1.1\r\nHost: a\r\nContent-Length: {length}\r\n\r\n")
@@ -879,17 +881,17 @@ async fn idle_http1_connections_park_after_request_bodies() {
         .await
         .unwrap();
     assert_eq!(response(&mut s).await, "200");
-    testkit::eventually(wait, "parked after a body", || parked(1)).await;
+    testkit::eventually(wait, "parked after a body", || parked(metrics, 1)).await;
 
     // The head alone, then a body holding a head's end, in two more writes.
     s.write_all(&post(6)).await.unwrap();
-    testkit::eventually(wait, "the connection served again", || parked(0)).await;
+    testkit::eventually(wait, "the connection served again", || parked(metrics, 0)).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     s.write_all(b"a\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     s.write_all(b"\r\nb").await.unwrap();
     assert_eq!(response(&mut s).await, "200");
-    testkit::eventually(wait, "parked after a body in pieces", || parked(1)).await;
+    testkit::eventually(wait, "parked after a body in pieces", || parked(metrics, 1)).await;
 
     // A body and the start of a pipelined head in one write: hyper holds that start, so the
     // connection must not park; the rest, much later, completes the head.
@@ -906,7 +908,10 @@ async fn idle_http1_connections_park_after_request_bodies() {
         "{}",
         String::from_utf8_lossy(&head)
     );
-    testkit::eventually(wait, "parked after the pipelined request", || parked(1)).await;
+    testkit::eventually(wait, "parked after the pipelined request", || {
+        parked(metrics, 1)
+    })
+    .await;
 
     // Lines ending in a bare `\n`: the head's end cannot be told from the bytes (the first
     // `\r\n\r\n` is in the body here, five bytes later), so the five bytes of a next head read
@@ -938,5 +943,8 @@ async fn idle_http1_connections_park_after_request_bodies() {
         .await
         .unwrap();
     assert_eq!(response(&mut s).await, "200");
-    testkit::eventually(wait, "parked after a bodiless request", || parked(1)).await;
+    testkit::eventually(wait, "parked after a bodiless request", || {
+        parked(metrics, 1)
+    })
+    .await;
 }
