@@ -939,6 +939,9 @@ async fn idle_http1_connections_park_after_request_bodies() {
         .unwrap();
     assert_eq!(response(&mut s).await, "200");
     tokio::time::sleep(Duration::from_millis(400)).await;
+    // Not parked: a chunked body's end is not followed (its last bytes may end in `\r\n\r\n`
+    // mid-body, so they prove nothing).
+    assert_eq!(metrics.visitors_parked.load(Relaxed), 0);
     s.write_all(b"GET /relay/acme/app/status/200 HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
