@@ -42,7 +42,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// of these after its last request ended.
 pub(crate) const PARK_AFTER: Duration = Duration::from_millis(100);
 
-/// [`ConnState::length`] of a body whose length is not known.
+/// [`ConnState::length`] when hyper may still be reading for the last request: a body of no
+/// known length (chunked), which may not have been read to its end, or a connection handed over
+/// (`101 Switching Protocols`, `CONNECT`). Such a connection is not parked.
 const UNKNOWN: u64 = u64::MAX;
 
 /// What the connection's reads and its requests tell each other.
@@ -59,10 +61,6 @@ pub(crate) struct ConnState {
     /// Requests begun on the connection, ever (wrapping): an idle watch that sees it unchanged
     /// and none active knows that nothing happened in between.
     begun: AtomicU32,
-    /// The last request's body is of no known length (chunked), which may not have been read to
-    /// its end, or the connection was handed over (`101 Switching Protocols`, `CONNECT`): it is
-    /// not parked.
-    unparkable: AtomicBool,
     /// The last request's body length (`Content-Length`, 0 without a body), or [`UNKNOWN`].
     length: AtomicU64,
     /// Ended by parking, not by the visitor: the stream in the slot is to be served again.
@@ -80,7 +78,6 @@ impl ConnState {
     /// `length`: its body's length (0 without one), or `None` when that is not known (a chunked
     /// body) or the request asks to take the connection over (`CONNECT`).
     pub(crate) fn request(self: &Arc<Self>, length: Option<u64>) -> Active {
-        self.unparkable.store(length.is_none(), Ordering::Relaxed);
         self.length
             .store(length.unwrap_or(UNKNOWN), Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);
@@ -94,7 +91,7 @@ impl ConnState {
 
     /// The connection was handed over to another protocol (an upgrade): it is never parked.
     pub(crate) fn upgraded(&self) {
-        self.unparkable.store(true, Ordering::Relaxed);
+        self.length.store(UNKNOWN, Ordering::Relaxed);
     }
 
     /// Whether the connection ended by parking (and forgets it).
@@ -108,7 +105,7 @@ impl ConnState {
         self.requested.load(Ordering::Relaxed)
             && self.active.load(Ordering::Relaxed) == 0
             && !self.pending.load(Ordering::Relaxed)
-            && !self.unparkable.load(Ordering::Relaxed)
+            && self.length.load(Ordering::Relaxed) != UNKNOWN
     }
 
     /// What an idle watch compares between two looks: requests begun, and whether one is
@@ -206,9 +203,9 @@ pub(crate) struct Watched<S> {
 /// body parks only when the stream's position is exactly its end, so that hyper holds no byte of
 /// the next. The end is its head's end plus its `Content-Length`; the head's end is the first
 /// `\r\n\r\n` from where it began, which the reads scan for (head bytes only: a body's bytes are
-/// counted, not looked at). Anything this cannot follow (a bare `\n` line end, pipelined
-/// requests read before their start was known, a chunked body) loses the track for the rest of
-/// the hyper connection: not parked after a body then.
+/// counted, not looked at). Anything this cannot follow (a bare `\n` line end, empty lines
+/// before a head, pipelined requests read before their start was known, a chunked body) loses
+/// the track for the rest of the hyper connection: not parked after a body then.
 #[derive(Debug)]
 struct Framing {
     /// Bytes read from the stream.
@@ -238,14 +235,14 @@ impl Framing {
         if begun == self.begun {
             return;
         }
-        let one = begun == self.begun.wrapping_add(1);
         self.begun = begun;
         let length = state.length.load(Ordering::Relaxed);
         self.next_head = match self.head_end.take() {
-            Some(end) if one && length != UNKNOWN => end
-                .checked_add(length)
-                // Bytes past its end were read before it was known: they were not scanned.
-                .filter(|&next| next >= self.pos),
+            // Bytes past its end were read before it was known: they were not scanned (so are
+            // the heads of any requests begun after it since the last look).
+            Some(end) if length != UNKNOWN => {
+                end.checked_add(length).filter(|&next| next >= self.pos)
+            }
             _ => None,
         };
     }
@@ -686,7 +683,7 @@ mod tests {
         assert!(!follow(&[b"\r\n", &early[2..]], &[(1, Some(n as u64))]));
         // A body of unknown length.
         assert!(!follow(&[HEAD, b"hello"], &[(0, None)]));
-        // Two heads parsed from one read: where the second began was not followed.
+        // Two heads parsed from one read: the second was read before where it began was known.
         let two = b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
         assert!(!follow(&[two], &[(0, Some(0)), (0, Some(0))]));
     }
