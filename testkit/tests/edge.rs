@@ -654,6 +654,33 @@ async fn response<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
     .expect("a whole response within 5 s")
 }
 
+/// The parking tests' relay: header read timeout 4 s, tenant `acme`'s connector serving target
+/// `app` from a test backend (kept with it).
+async fn parking_relay() -> (
+    relay_server::testing::RelayHandle,
+    testkit::Backend,
+    connector::testing::ConnectorHandle,
+) {
+    let relay = relay()
+        .configure(|f| f.limits.header_read_timeout = Some(Duration::from_secs(4)))
+        .spawn()
+        .await;
+    let backend = testkit::Backend::spawn().await;
+    let base = backend.url();
+    let conn = connect(&relay, "acme", |c| c.target("app", &base)).await;
+    (relay, backend, conn)
+}
+
+/// Reads the next response head from `s`; its status line must begin with `status`.
+async fn expect_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S, status: &str) {
+    let head = read_head(s).await;
+    assert!(
+        head.starts_with(status.as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+}
+
 /// Whether `n` visitor connections are parked now (`relay_visitor_connections_parked`): a check
 /// for `testkit::eventually`.
 async fn parked(metrics: &relay_server::Metrics, n: usize) -> Result<(), String> {
@@ -675,13 +702,7 @@ async fn parked(metrics: &relay_server::Metrics, n: usize) -> Result<(), String>
 /// between two pipelined reads, or a WebSocket idle for longer, is never parked.
 #[tokio::test]
 async fn idle_http1_connections_are_parked_and_served_again() {
-    let relay = relay()
-        .configure(|f| f.limits.header_read_timeout = Some(Duration::from_secs(4)))
-        .spawn()
-        .await;
-    let backend = testkit::Backend::spawn().await;
-    let base = backend.url();
-    let _conn = connect(&relay, "acme", |c| c.target("app", &base)).await;
+    let (relay, _backend, _conn) = parking_relay().await;
     let metrics = relay.view.metrics();
     let wait = Duration::from_secs(3);
     let ok = b"GET /relay/acme/app/status/200 HTTP/1.1\r\nHost: a\r\n\r\n";
@@ -709,12 +730,7 @@ async fn idle_http1_connections_are_parked_and_served_again() {
     assert_eq!(response(&mut s).await, "203");
     tokio::time::sleep(Duration::from_millis(800)).await;
     s.write_all(b"TP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
-    let head = read_head(&mut s).await;
-    assert!(
-        head.starts_with(b"HTTP/1.1 204"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    expect_head(&mut s, "HTTP/1.1 204").await;
 
     // A head begun and left unfinished past the parking delay is not parked: the rest comes.
     s.write_all(b"GET /relay/acme/app/status/202 HTTP/1.1\r\n")
@@ -859,13 +875,7 @@ async fn idle_http1_connections_are_parked_and_served_again() {
 #[tokio::test]
 async fn idle_http1_connections_park_after_request_bodies() {
     use std::sync::atomic::Ordering::Relaxed;
-    let relay = relay()
-        .configure(|f| f.limits.header_read_timeout = Some(Duration::from_secs(4)))
-        .spawn()
-        .await;
-    let backend = testkit::Backend::spawn().await;
-    let base = backend.url();
-    let _conn = connect(&relay, "acme", |c| c.target("app", &base)).await;
+    let (relay, _backend, _conn) = parking_relay().await;
     let metrics = relay.view.metrics();
     let wait = Duration::from_secs(3);
     let post = |length: usize| {
@@ -902,12 +912,7 @@ async fn idle_http1_connections_park_after_request_bodies() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(metrics.visitors_parked.load(Relaxed), 0);
     s.write_all(b"TP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
-    let head = read_head(&mut s).await;
-    assert!(
-        head.starts_with(b"HTTP/1.1 204"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    expect_head(&mut s, "HTTP/1.1 204").await;
     testkit::eventually(wait, "parked after the pipelined request", || {
         parked(metrics, 1)
     })
@@ -926,12 +931,7 @@ async fn idle_http1_connections_park_after_request_bodies() {
     s.write_all(b"relay/acme/app/status/204 HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();
-    let head = read_head(&mut s).await;
-    assert!(
-        head.starts_with(b"HTTP/1.1 204"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    expect_head(&mut s, "HTTP/1.1 204").await;
 
     // A chunked body is not followed; the connection serves on, and parks after a bodiless one.
     s.write_all(b"POST /relay/acme/app/sink HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
