@@ -4,8 +4,9 @@ request. Uses the harness's nginx backend and ports (bench/bench.py); run bench/
 so the release binaries exist.
 
 Usage: python3 bench/profile.py [--transport quic|tcp] [--duration SECONDS] [--callgraph] [--no-perf]
-                               [--relay-bin PATH] [--connector-bin PATH]
-(--no-perf also counts each process's system calls and context switches per request)
+                               [--close] [--relay-bin PATH] [--connector-bin PATH]
+(--no-perf also counts each process's system calls and context switches per request; --close sends
+every request on a new visitor connection that it asks to close)
        python3 bench/profile.py --trace [--transport quic|tcp]
 
 --trace follows single requests instead: 40 requests one at a time on one keep-alive connection,
@@ -45,6 +46,7 @@ def main():
     ap.add_argument("--top", type=int, default=35)
     ap.add_argument("--no-perf", action="store_true", help="only measure: req/s, c1 latency, CPU/request")
     ap.add_argument("--trace", action="store_true", help="print the syscall timeline of single requests")
+    ap.add_argument("--close", action="store_true", help="a new visitor connection per request (Connection: close)")
     ap.add_argument("--relay-bin", default=os.path.join(bench.RELEASE, "relay-server"))
     ap.add_argument("--connector-bin", default=os.path.join(bench.RELEASE, "connector"))
     args = ap.parse_args()
@@ -80,7 +82,7 @@ def main():
                 if time.time() > deadline:
                     raise SystemExit("the tunnel did not come up")
                 time.sleep(0.2)
-        bench.wrk(url, 64, 2, 2)  # warm-up
+        bench.wrk(url, 64, 2, 2, close=args.close)  # warm-up
 
         pids = {"relay-server": relay.pid, "connector": conn.pid}
         if args.trace:
@@ -103,7 +105,7 @@ def main():
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(0.5)
         before = {n: cpu_ticks(p) for n, p in pids.items()}
-        result = bench.wrk(url, 64, 2, args.duration)
+        result = bench.wrk(url, 64, 2, args.duration, close=args.close)
         after = {n: cpu_ticks(p) for n, p in pids.items()}
         for p in perfs:
             p.send_signal(2)
@@ -116,7 +118,8 @@ def main():
                             if line.count(",") >= 2 and line.split(",")[0].replace(".", "").isdigit()}
         requests = result["rps"] * args.duration
         hz = os.sysconf("SC_CLK_TCK")
-        print(f"transport {args.transport}: {result['rps']:.0f} req/s at c64, errors {result.get('errors', 0)}")
+        load = "c64, Connection: close" if args.close else "c64"
+        print(f"transport {args.transport}: {result['rps']:.0f} req/s at {load}, errors {result.get('errors', 0)}")
         for name in pids:
             cpu_us = (after[name] - before[name]) / hz * 1e6
             print(f"{name}: {cpu_us / max(requests, 1):.1f} µs CPU per request")

@@ -13,6 +13,7 @@ use process_setup::layered::EXIT_CONFIG;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    process_setup::allocator::keep_transfer_memory();
     let args = match Cli::parse().command {
         Command::Run(args) => args,
         Command::Config(ConfigCommand::Check(args)) => return config_check(&args),

@@ -8,6 +8,7 @@ use relay_server::cli::{Cli, Command, ConfigCommand, ListenArgs};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
+    process_setup::allocator::keep_transfer_memory();
     let cli = Cli::parse();
     process_setup::init_tracing(&cli.log_format, "info,quinn=warn,rustls=warn,sqlx=warn");
     let config = match cli.load_config(&ProcessEnv) {
