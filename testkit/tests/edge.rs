@@ -276,9 +276,7 @@ async fn h2c_is_never_forwarded_and_websocket_still_works() {
 #[tokio::test]
 async fn connect_is_refused() {
     let relay = relay().spawn().await;
-    let backend = testkit::Backend::spawn().await;
-    let base = backend.url();
-    let _conn = connect(&relay, "acme", |c| c.target("app", &base)).await;
+    let (backend, _conn) = serve_app(&relay).await;
     let addr = relay.http_addr.unwrap();
     for request in [
         "CONNECT /relay/acme/app/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
@@ -304,9 +302,7 @@ async fn connect_is_refused() {
 #[tokio::test]
 async fn http1_and_http2_are_told_apart_every_way_a_visitor_picks_them() {
     let relay = relay().spawn().await;
-    let backend = testkit::Backend::spawn().await;
-    let base = backend.url();
-    let _conn = connect(&relay, "acme", |c| c.target("app", &base)).await;
+    let (backend, _conn) = serve_app(&relay).await;
 
     // The plain listener: HTTP/1.1, h2c with prior knowledge, h2c whose preface arrives in two
     // parts (the relay must wait for the rest, not take it for HTTP/1), and an HTTP/1 request
@@ -521,9 +517,7 @@ async fn an_idle_http2_connection_is_closed_and_a_busy_one_is_not() {
         .configure(|f| f.limits.header_read_timeout = Some(Duration::from_secs(1)))
         .spawn()
         .await;
-    let backend = testkit::Backend::spawn().await;
-    let base = backend.url();
-    let _conn = connect(&relay, "acme", |c| c.target("app", &base)).await;
+    let (backend, _conn) = serve_app(&relay).await;
 
     // An h2c connection; `ended` fires when the relay has closed it.
     let tcp = tokio::net::TcpStream::connect(relay.http_addr.unwrap())
@@ -583,9 +577,7 @@ async fn connections_still_open_after_the_grace_period_are_closed() {
         .configure(|f| f.shutdown.grace = Some(Duration::from_secs(1)))
         .spawn()
         .await;
-    let backend = testkit::Backend::spawn().await;
-    let base = backend.url();
-    let _conn = connect(&relay, "acme", |c| c.target("app", &base)).await;
+    let (_backend, _conn) = serve_app(&relay).await;
 
     let mut s = tokio::net::TcpStream::connect(relay.http_addr.unwrap())
         .await
@@ -665,10 +657,18 @@ async fn parking_relay() -> (
         .configure(|f| f.limits.header_read_timeout = Some(Duration::from_secs(4)))
         .spawn()
         .await;
+    let (backend, conn) = serve_app(&relay).await;
+    (relay, backend, conn)
+}
+
+/// A test backend, and tenant `acme`'s connector serving it on `relay` as target `app`.
+async fn serve_app(
+    relay: &relay_server::testing::RelayHandle,
+) -> (testkit::Backend, connector::testing::ConnectorHandle) {
     let backend = testkit::Backend::spawn().await;
     let base = backend.url();
-    let conn = connect(&relay, "acme", |c| c.target("app", &base)).await;
-    (relay, backend, conn)
+    let conn = connect(relay, "acme", |c| c.target("app", &base)).await;
+    (backend, conn)
 }
 
 /// Reads the next response head from `s`; its status line must begin with `status`.
